@@ -1,0 +1,48 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "dbbackup",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "dbbackup", targets: ["dbbackup"]),
+        .library(name: "DedupStore", targets: ["DedupStore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages, one system-library target each.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
+
+        // The content-addressed chunk store. Knows nothing about databases.
+        .target(
+            name: "DedupStore",
+            dependencies: ["CZstd", "CCrypto", "CLMDB"]
+        ),
+        // The command-line interface: parsing, progress, output.
+        .executableTarget(
+            name: "dbbackup",
+            dependencies: [
+                "DedupStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Release-build benchmark of each stage (tools/bench runs it).
+        .executableTarget(
+            name: "dbbackup-bench",
+            dependencies: ["DedupStore"]
+        ),
+        .testTarget(
+            name: "DedupStoreTests",
+            dependencies: ["DedupStore"]
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["DedupStore"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

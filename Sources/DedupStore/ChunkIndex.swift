@@ -1,0 +1,198 @@
+import CLMDB
+import Foundation
+
+/// The chunk index: chunk id -> pack, offset and lengths, in LMDB, plus the set of
+/// packs it has read. It is a cache of the pack trailers: `rebuild` recreates it
+/// from the packs alone, and `synchronize` catches up with packs it has not seen.
+public final class ChunkIndex {
+    private var env: OpaquePointer?
+    private var chunks: MDB_dbi = 0
+    private var packs: MDB_dbi = 0
+    public let path: String
+    /// Reused read transaction for lookups (reset/renewed around each one).
+    private var readTxn: OpaquePointer?
+
+    static let locationSize = 16 + 8 + 4 + 4 + 1 + 1
+
+    public init(path: String) throws {
+        self.path = path
+        var env: OpaquePointer?
+        try check(mdb_env_create(&env), "create environment")
+        self.env = env
+        do {
+            try check(mdb_env_set_maxdbs(env, 4), "set max dbs")
+            // Virtual address space only; the file grows with the data (1 TiB is
+            // room for billions of chunks).
+            try check(mdb_env_set_mapsize(env, 1 << 40), "set map size")
+            try check(mdb_env_open(env, path, UInt32(MDB_NOSUBDIR | MDB_NOTLS), 0o644), "open \(path)")
+            try write { txn in
+                try check(mdb_dbi_open(txn, "chunks", UInt32(MDB_CREATE), &chunks), "open chunks table")
+                try check(mdb_dbi_open(txn, "packs", UInt32(MDB_CREATE), &packs), "open packs table")
+            }
+        } catch {
+            mdb_env_close(env)
+            self.env = nil
+            throw error
+        }
+    }
+
+    deinit {
+        if let readTxn { mdb_txn_abort(readTxn) }
+        if let env { mdb_env_close(env) }
+    }
+
+    private func check(_ rc: Int32, _ what: String) throws {
+        if rc != 0 {
+            throw DedupError.index("\(what): \(String(cString: mdb_strerror(rc))) (\(path))")
+        }
+    }
+
+    /// Runs `body` in a write transaction and commits it (durably) if it returns.
+    public func write(_ body: (OpaquePointer) throws -> Void) throws {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, 0, &txn), "begin write")
+        guard let txn else { throw DedupError.index("no transaction") }
+        do {
+            try body(txn)
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
+        }
+        try check(mdb_txn_commit(txn), "commit")
+    }
+
+    /// Records every entry of a durable pack, and the pack itself, in one transaction.
+    public func insert(pack: PackID, size: Int64, entries: [PackEntry]) throws {
+        try write { txn in
+            var value = [UInt8](repeating: 0, count: Self.locationSize)
+            var key: [UInt8]
+            for e in entries {
+                encode(e.location, into: &value)
+                key = e.id.bytes
+                try put(txn, chunks, key, value)
+            }
+            var pk = BinaryWriter(capacity: 16)
+            pk.append(pack.hi); pk.append(pack.lo)
+            var pv = BinaryWriter(capacity: 16)
+            pv.append(UInt64(size)); pv.append(UInt64(entries.count))
+            try put(txn, packs, pk.bytes, pv.bytes)
+        }
+    }
+
+    private func put(_ txn: OpaquePointer, _ dbi: MDB_dbi, _ key: [UInt8], _ value: [UInt8]) throws {
+        var key = key, value = value
+        try key.withUnsafeMutableBytes { k in
+            try value.withUnsafeMutableBytes { v in
+                var mk = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
+                var mv = MDB_val(mv_size: v.count, mv_data: v.baseAddress)
+                try check(mdb_put(txn, dbi, &mk, &mv, 0), "put")
+            }
+        }
+    }
+
+    private func encode(_ l: ChunkLocation, into out: inout [UInt8]) {
+        var w = BinaryWriter(capacity: Self.locationSize)
+        w.append(l.pack.hi); w.append(l.pack.lo); w.append(l.offset)
+        w.append(l.rawLength); w.append(l.storedLength); w.append(l.encoding); w.append(l.flags)
+        out = w.bytes
+    }
+
+    private func decode(_ v: MDB_val) -> ChunkLocation? {
+        guard v.mv_size == Self.locationSize, let data = v.mv_data else { return nil }
+        let bytes = Array(UnsafeRawBufferPointer(start: data, count: v.mv_size))
+        var r = BinaryReader(bytes)
+        guard let hi = try? r.u64(), let lo = try? r.u64(), let off = try? r.u64(), let raw = try? r.u32(),
+              let stored = try? r.u32(), let enc = try? r.u8(), let flags = try? r.u8() else { return nil }
+        return ChunkLocation(pack: PackID(hi: hi, lo: lo), offset: off, rawLength: raw, storedLength: stored, encoding: enc, flags: flags)
+    }
+
+    /// Where a chunk is stored, or nil if the index does not know it.
+    public func lookup(_ id: ChunkID) throws -> ChunkLocation? {
+        if let readTxn {
+            try check(mdb_txn_renew(readTxn), "renew read")
+        } else {
+            var txn: OpaquePointer?
+            try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "begin read")
+            readTxn = txn
+        }
+        defer { if let readTxn { mdb_txn_reset(readTxn) } }
+        var key: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        return try withUnsafeMutableBytes(of: &key) { k in
+            guard let kp = k.baseAddress else { return nil }
+            id.store(to: kp)
+            var mk = MDB_val(mv_size: 32, mv_data: kp)
+            var mv = MDB_val()
+            let rc = mdb_get(readTxn, chunks, &mk, &mv)
+            if rc == MDB_NOTFOUND { return nil }
+            try check(rc, "get")
+            guard let loc = decode(mv) else { throw DedupError.index("damaged entry for chunk \(id.shortHex); run `dbbackup dedup index rebuild`") }
+            return loc
+        }
+    }
+
+    /// The number of chunks indexed.
+    public func chunkCount() throws -> Int {
+        var result = 0
+        try read { txn in
+            var st = MDB_stat()
+            try check(mdb_stat(txn, chunks, &st), "stat")
+            result = st.ms_entries
+        }
+        return result
+    }
+
+    /// The packs the index has read, with their sizes and entry counts.
+    public func indexedPacks() throws -> [PackID: (size: Int64, entries: Int)] {
+        var out = [PackID: (size: Int64, entries: Int)]()
+        try scan(packs) { k, v in
+            var kr = BinaryReader(k), vr = BinaryReader(v)
+            guard let hi = try? kr.u64(), let lo = try? kr.u64(), let size = try? vr.u64(), let n = try? vr.u64() else { return }
+            out[PackID(hi: hi, lo: lo)] = (Int64(size), Int(n))
+        }
+        return out
+    }
+
+    /// Calls `body` with every indexed chunk id and location, in id order.
+    public func forEachChunk(_ body: (ChunkID, ChunkLocation) throws -> Void) throws {
+        try scan(chunks) { k, v in
+            guard k.count == 32, let id = ChunkID(bytes: k) else { return }
+            let loc = v.withUnsafeBytes { raw in decode(MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))) }
+            if let loc { try body(id, loc) }
+        }
+    }
+
+    private func read(_ body: (OpaquePointer) throws -> Void) throws {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "begin read")
+        guard let txn else { throw DedupError.index("no transaction") }
+        defer { mdb_txn_abort(txn) }
+        try body(txn)
+    }
+
+    private func scan(_ dbi: MDB_dbi, _ body: ([UInt8], [UInt8]) throws -> Void) throws {
+        try read { txn in
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, dbi, &cursor), "open cursor")
+            defer { mdb_cursor_close(cursor) }
+            var k = MDB_val(), v = MDB_val()
+            var op = MDB_FIRST
+            while true {
+                let rc = mdb_cursor_get(cursor, &k, &v, op)
+                if rc == MDB_NOTFOUND { break }
+                try check(rc, "cursor")
+                let kb = k.mv_data.map { Array(UnsafeRawBufferPointer(start: $0, count: k.mv_size)) } ?? []
+                let vb = v.mv_data.map { Array(UnsafeRawBufferPointer(start: $0, count: v.mv_size)) } ?? []
+                try body(kb, vb)
+                op = MDB_NEXT
+            }
+        }
+    }
+
+    /// Removes every chunk and pack record (before a rebuild).
+    public func clear() throws {
+        try write { txn in
+            try check(mdb_drop(txn, chunks, 0), "clear chunks")
+            try check(mdb_drop(txn, packs, 0), "clear packs")
+        }
+    }
+}

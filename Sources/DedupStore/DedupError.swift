@@ -1,0 +1,89 @@
+import Foundation
+
+/// Every failure the chunk store reports. Each case carries what a user needs to
+/// understand what went wrong and what to do next; `message` is one line.
+public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedError {
+    case notARepository(path: String)
+    case repositoryExists(path: String)
+    case directoryNotEmpty(path: String)
+    case unsupportedFormat(path: String, found: Int, supported: Int)
+    case foreignRepository(path: String, detail: String)
+    case inputNotFound(path: String)
+    case inputUnreadable(path: String, reason: String)
+    case manifestNotFound(idOrPrefix: String)
+    case manifestAmbiguous(prefix: String, candidates: [String])
+    case manifestCorrupt(id: String, detail: String)
+    case chunkMissing(chunk: String, manifest: String)
+    case chunkCorrupt(chunk: String, pack: String, manifest: String, detail: String)
+    case packCorrupt(pack: String, detail: String)
+    case streamChecksumMismatch(manifest: String, expected: String, actual: String)
+    case io(operation: String, path: String, errno: Int32)
+    case compression(String)
+    case crypto(String)
+    case index(String)
+    case locked(String)
+    case incompleteInput(String)
+    case inputCommandFailed(command: String, status: String)
+    case invalidArgument(String)
+
+    public var description: String { message }
+    public var errorDescription: String? { message }
+
+    /// A one-line, user-facing explanation with a hint at the next step.
+    public var message: String {
+        switch self {
+        case .notARepository(let path):
+            return "\(path) is not a dbbackup repository (no config file); create one with `dbbackup dedup init --dedup-dir \(path)` or point --dedup-dir at an existing repository"
+        case .repositoryExists(let path):
+            return "a repository already exists at \(path)"
+        case .directoryNotEmpty(let path):
+            return "\(path) exists, is not empty and is not a dbbackup repository; choose an empty or new folder for --dedup-dir"
+        case .unsupportedFormat(let path, let found, let supported):
+            return "repository \(path) has format version \(found), but this dbbackup reads versions up to \(supported); upgrade dbbackup"
+        case .foreignRepository(let path, let detail):
+            return "\(path) does not hold a dbbackup repository config (\(detail)); check --dedup-dir"
+        case .inputNotFound(let path):
+            return "input file not found: \(path)"
+        case .inputUnreadable(let path, let reason):
+            return "cannot read input \(path): \(reason)"
+        case .manifestNotFound(let id):
+            return "no backup matches '\(id)'; `dbbackup dedup list` shows the backups in this repository"
+        case .manifestAmbiguous(let prefix, let candidates):
+            let shown = candidates.prefix(5).joined(separator: ", ")
+            let more = candidates.count > 5 ? ", ..." : ""
+            return "'\(prefix)' matches \(candidates.count) backups (\(shown)\(more)); give more of the id"
+        case .manifestCorrupt(let id, let detail):
+            return "backup \(id) is damaged: \(detail)"
+        case .chunkMissing(let chunk, let manifest):
+            return "backup \(manifest) needs chunk \(chunk), which is in no pack of this repository; run `dbbackup dedup verify` to see every damaged backup"
+        case .chunkCorrupt(let chunk, let pack, let manifest, let detail):
+            return "chunk \(chunk) in pack \(pack) is corrupt (\(detail)); backup \(manifest) cannot be restored intact"
+        case .packCorrupt(let pack, let detail):
+            return "pack \(pack) is corrupt: \(detail)"
+        case .streamChecksumMismatch(let manifest, let expected, let actual):
+            return "restored data of backup \(manifest) has SHA-256 \(actual), but the backup recorded \(expected)"
+        case .io(let operation, let path, let code):
+            return "\(operation) \(path) failed: \(String(cString: strerror(code)))"
+        case .compression(let detail):
+            return "compression failed: \(detail)"
+        case .crypto(let detail):
+            return "cryptography failed: \(detail)"
+        case .index(let detail):
+            return "chunk index: \(detail)"
+        case .locked(let detail):
+            return detail
+        case .incompleteInput(let detail):
+            return detail
+        case .inputCommandFailed(let command, let status):
+            return "input command '\(command)' \(status); no backup was committed"
+        case .invalidArgument(let detail):
+            return detail
+        }
+    }
+
+    /// True when the failure is the disk filling up, so callers can say so plainly.
+    public var isNoSpace: Bool {
+        if case .io(_, _, let code) = self { return code == ENOSPC || code == EDQUOT }
+        return false
+    }
+}

@@ -1,0 +1,160 @@
+import Foundation
+
+/// Thin, checked wrappers around the POSIX calls the store needs. Every failure
+/// becomes a `DedupError.io` naming the operation and the path.
+public enum FileIO {
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
+        while true {
+            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+            if fd >= 0 { return fd }
+            if errno == EINTR { continue }
+            throw DedupError.io(operation: "open", path: path, errno: errno)
+        }
+    }
+
+    /// Writes every byte or throws.
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+        guard var p = bytes.baseAddress else { return }
+        var left = bytes.count
+        while left > 0 {
+            let n = Glibc.write(fd, p, left)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DedupError.io(operation: "write", path: path, errno: errno)
+            }
+            p += n
+            left -= n
+        }
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset`, or throws (a short file is an error).
+    public static func preadAll(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, at offset: Int64, path: String) throws {
+        guard var p = buffer.baseAddress else { return }
+        var left = buffer.count
+        var off = offset
+        while left > 0 {
+            let n = Glibc.pread(fd, p, left, off_t(off))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DedupError.io(operation: "read", path: path, errno: errno)
+            }
+            if n == 0 { throw DedupError.io(operation: "read (unexpected end of file)", path: path, errno: EIO) }
+            p += n
+            left -= n
+            off += Int64(n)
+        }
+    }
+
+    public static func fsync(_ fd: Int32, path: String) throws {
+        if Glibc.fsync(fd) != 0 { throw DedupError.io(operation: "fsync", path: path, errno: errno) }
+    }
+
+    /// fsyncs a directory so that a rename or a new entry in it survives a crash.
+    public static func fsyncDirectory(_ path: String) throws {
+        let fd = try open(path, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        try fsync(fd, path: path)
+    }
+
+    public static func fileSize(_ path: String) -> Int64? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Int64(st.st_size)
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    /// Creates a directory and any missing parents, fsyncing each new entry's parent.
+    public static func makeDirectories(_ path: String) throws {
+        if isDirectory(path) { return }
+        let parent = (path as NSString).deletingLastPathComponent
+        if !parent.isEmpty && parent != path { try makeDirectories(parent) }
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            throw DedupError.io(operation: "create folder", path: path, errno: errno)
+        }
+        if !parent.isEmpty { try fsyncDirectory(parent) }
+    }
+
+    /// Reads a whole (small) file.
+    public static func readFile(_ path: String) throws -> [UInt8] {
+        let fd = try open(path, O_RDONLY)
+        defer { close(fd) }
+        var out = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DedupError.io(operation: "read", path: path, errno: errno)
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return out
+    }
+
+    /// Writes a small file atomically: temporary name, fsync, rename, fsync folder.
+    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        let tmp = path + ".tmp-\(getpid())-\(Hex.encode(SecureRandom.bytes(4)))"
+        let fd = try open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+        do {
+            try bytes.withUnsafeBytes { try writeAll(fd, $0, path: tmp) }
+            try fsync(fd, path: tmp)
+            close(fd)
+            if rename(tmp, path) != 0 { throw DedupError.io(operation: "rename", path: tmp, errno: errno) }
+            try fsyncDirectory(dir.isEmpty ? "." : dir)
+        } catch {
+            close(fd)
+            unlink(tmp)
+            throw error
+        }
+    }
+}
+
+/// Reads a file descriptor: a file, a pipe or standard input.
+public struct FileDescriptorSource: ByteSource {
+    public let fd: Int32
+    public let name: String
+
+    public init(fd: Int32, name: String) {
+        self.fd = fd
+        self.name = name
+    }
+
+    public mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        while true {
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n >= 0 { return n }
+            if errno == EINTR { continue }
+            throw DedupError.inputUnreadable(path: name, reason: String(cString: strerror(errno)))
+        }
+    }
+}
+
+/// Reads from memory (tests and benchmarks).
+public struct BufferSource: ByteSource {
+    private let bytes: [UInt8]
+    private var position = 0
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = min(buffer.count, bytes.count - position)
+        if n == 0 { return 0 }
+        bytes.withUnsafeBytes { src in
+            guard let dst = buffer.baseAddress, let from = src.baseAddress else { return }
+            dst.copyMemory(from: from + position, byteCount: n)
+        }
+        position += n
+        return n
+    }
+}

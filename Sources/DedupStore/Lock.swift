@@ -1,0 +1,90 @@
+import Foundation
+
+/// Repository locks, as objects under `locks/` so that they work on any backend:
+/// backups hold a shared lock, maintenance (index rebuild, gc, prune) an exclusive
+/// one. A lock records host, pid and start time, so that a lock left by a dead
+/// process can be recognised and reported.
+public struct LockInfo: Codable, Equatable, Sendable {
+    public enum Kind: String, Codable, Sendable { case shared, exclusive }
+    public var kind: Kind
+    public var hostname: String
+    public var pid: Int32
+    public var startedAt: String
+    public var command: String
+
+    /// True when this lock's process is certainly gone: same host, pid not alive.
+    public var isStale: Bool {
+        guard hostname == LockInfo.currentHost else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+
+    public var summary: String {
+        "\(kind.rawValue) lock by '\(command)' (pid \(pid) on \(hostname), since \(startedAt))\(isStale ? " [stale: that process is gone]" : "")"
+    }
+
+    public static var currentHost: String {
+        var buf = [UInt8](repeating: 0, count: 256)
+        _ = buf.withUnsafeMutableBufferPointer { p in
+            p.withMemoryRebound(to: CChar.self) { q -> Int32 in
+                guard let base = q.baseAddress else { return -1 }
+                return gethostname(base, q.count - 1)
+            }
+        }
+        return String(decoding: buf.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+}
+
+/// A held lock; `release()` removes it (also on deinit).
+public final class RepositoryLock {
+    private let backend: Backend
+    public let key: String
+    private var held = true
+
+    /// Takes a lock of `kind`, or throws `.locked` naming whoever conflicts.
+    public init(backend: Backend, kind: LockInfo.Kind, command: String) throws {
+        self.backend = backend
+        let info = LockInfo(kind: kind, hostname: LockInfo.currentHost, pid: getpid(),
+                            startedAt: Timestamps.iso8601(Date()), command: command)
+        key = "locks/\(kind.rawValue)-\(Hex.encode(SecureRandom.bytes(8))).json"
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        try backend.put(key, Array(try enc.encode(info)), ifAbsent: true)
+        // Publish first, then look: of two racing writers at least one sees the other.
+        do {
+            let others = try RepositoryLock.list(backend).filter { $0.key != key }
+            let conflicts = others.filter { kind == .exclusive || $0.info.kind == .exclusive }
+            if let first = conflicts.first {
+                let stale = conflicts.contains { $0.info.isStale }
+                let hint = stale
+                    ? "; the process that held it is gone: remove it with `dbbackup dedup unlock --stale-only`"
+                    : "; try again when it has finished"
+                throw DedupError.locked("repository \(backend.location) is locked: \(first.info.summary)\(hint)")
+            }
+        } catch {
+            try? backend.delete(key)
+            held = false
+            throw error
+        }
+    }
+
+    deinit { release() }
+
+    public func release() {
+        if held {
+            held = false
+            try? backend.delete(key)
+        }
+    }
+
+    /// Every lock in the repository; unreadable lock objects are reported as stale exclusive locks.
+    public static func list(_ backend: Backend) throws -> [(key: String, info: LockInfo)] {
+        try backend.list("locks/").compactMap { obj in
+            guard obj.key.hasSuffix(".json") else { return nil }
+            guard let bytes = try backend.get(obj.key),
+                  let info = try? JSONDecoder().decode(LockInfo.self, from: Data(bytes)) else {
+                return (obj.key, LockInfo(kind: .exclusive, hostname: "?", pid: 0, startedAt: "?", command: "unreadable lock \(obj.key)"))
+            }
+            return (obj.key, info)
+        }
+    }
+}

@@ -1,0 +1,217 @@
+import Foundation
+
+/// A committed backup: `manifests/<id>.manifest.json`, readable with jq. The chunk
+/// list itself lives beside it in a compact binary object, named and checksummed here.
+public struct Manifest: Codable, Equatable, Sendable {
+    public static let currentVersion = 1
+
+    public struct ChunkListRef: Codable, Equatable, Sendable {
+        /// Object key of the binary chunk list.
+        public var key: String
+        public var size: Int64
+        /// SHA-256 of the chunk list's header and records (also in its footer).
+        public var sha256: String
+        public var count: Int
+    }
+
+    public struct Stats: Codable, Equatable, Sendable {
+        /// Chunks in the backup, and those not stored before it.
+        public var chunks: Int
+        public var newChunks: Int
+        /// Plaintext bytes of the new chunks, and what they take in packs.
+        public var newBytes: Int64
+        public var storedBytes: Int64
+        public var durationSeconds: Double
+    }
+
+    public var formatVersion: Int
+    public var id: String
+    /// What the backup is called (the --name, else the database, else the file name).
+    public var name: String
+    /// dump, file, wal, binlog.
+    public var kind: String
+    public var database: String?
+    public var dbType: String?
+    public var dbHost: String?
+    public var tags: [String: String]
+    /// The backup time (RFC 3339, UTC); --time sets it.
+    public var createdAt: String
+    /// When the manifest was written.
+    public var committedAt: String
+    /// Input file path, "stdin", or the input command.
+    public var source: String
+    public var hostname: String
+    public var dbbackupVersion: String
+    /// Length and SHA-256 of the whole input stream.
+    public var size: Int64
+    public var sha256: String
+    public var chunkList: ChunkListRef
+    public var stats: Stats
+
+    public var createdDate: Date? { Timestamps.parse(createdAt) }
+
+    public static func key(for id: String) -> String { "manifests/\(id).manifest.json" }
+    public static func chunkListKey(for id: String) -> String { "manifests/\(id).chunks" }
+
+    func encoded() throws -> [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return Array(try enc.encode(self)) + [0x0A]
+    }
+
+    static func decode(_ bytes: [UInt8], id: String) throws -> Manifest {
+        do {
+            let m = try JSONDecoder().decode(Manifest.self, from: Data(bytes))
+            guard m.formatVersion <= currentVersion else {
+                throw DedupError.manifestCorrupt(id: id, detail: "manifest format \(m.formatVersion) is newer than this dbbackup reads; upgrade dbbackup")
+            }
+            return m
+        } catch let e as DedupError {
+            throw e
+        } catch {
+            throw DedupError.manifestCorrupt(id: id, detail: "manifest JSON does not parse (\(error))")
+        }
+    }
+}
+
+/// The binary chunk list of a backup (docs/FORMAT.md): a header, 36 bytes a chunk
+/// (id and plaintext length), and a footer with counts and a SHA-256. Written and
+/// read streaming, so a 1 TB backup never holds its list in memory.
+public enum ChunkListFormat {
+    public static let headerMagic: [UInt8] = Array("DBBCHNK\0".utf8)
+    public static let footerMagic: [UInt8] = Array("DBBCEND\0".utf8)
+    public static let headerSize = 16
+    public static let recordSize = 36
+    public static let footerSize = 56
+}
+
+public final class ChunkListWriter {
+    private let object: ObjectWriter
+    private let hasher = SHA256Hasher()
+    private var buffer = [UInt8]()
+    public private(set) var count = 0
+    public private(set) var totalBytes: UInt64 = 0
+
+    public init(backend: Backend) throws {
+        object = try backend.create()
+        var h = BinaryWriter(capacity: ChunkListFormat.headerSize)
+        h.append(ChunkListFormat.headerMagic)
+        h.append(UInt32(1))
+        h.append(UInt32(0))
+        buffer = h.bytes
+        buffer.reserveCapacity(64 * 1024)
+    }
+
+    public func append(_ id: ChunkID, length: Int) throws {
+        buffer.append(contentsOf: id.bytes)
+        withUnsafeBytes(of: UInt32(length).littleEndian) { buffer.append(contentsOf: $0) }
+        count += 1
+        totalBytes += UInt64(length)
+        if buffer.count >= 60 * 1024 { try flush() }
+    }
+
+    private func flush() throws {
+        hasher.update(buffer)
+        try object.write(buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes the footer and commits the object under the first free key that
+    /// `key(attempt)` gives; returns the key and the object's checksum and size.
+    public func finish(key: (Int) -> String) throws -> (key: String, sha256: String, size: Int64) {
+        try flush()
+        let digest = hasher.finish()
+        var f = BinaryWriter(capacity: ChunkListFormat.footerSize)
+        f.append(UInt64(count))
+        f.append(totalBytes)
+        f.append(digest)
+        f.append(ChunkListFormat.footerMagic)
+        try object.write(f.bytes)
+        for attempt in 0..<1000 {
+            let k = key(attempt)
+            if try object.commit(key: k, ifAbsent: true) {
+                return (k, digest.hex, object.bytesWritten)
+            }
+        }
+        throw DedupError.invalidArgument("could not find a free backup id after 1000 attempts")
+    }
+
+    public func abort() { object.abort() }
+}
+
+/// Streams a chunk list, after checking its framing and checksum.
+public final class ChunkListReader {
+    private let object: ObjectReader
+    public let count: Int
+    public let totalBytes: UInt64
+    private let manifestID: String
+
+    /// Opens and fully checks the list: size, magic, counts and SHA-256 against
+    /// the manifest (reading it once; it is 36 bytes a chunk).
+    public init(backend: Backend, manifest: Manifest) throws {
+        manifestID = manifest.id
+        let ref = manifest.chunkList
+        let manifestID = manifest.id
+        guard let size = try backend.size(ref.key) else {
+            throw DedupError.manifestCorrupt(id: manifest.id, detail: "its chunk list \(ref.key) is missing")
+        }
+        let object = try backend.openReader(ref.key)
+        self.object = object
+        let bad = { (d: String) in DedupError.manifestCorrupt(id: manifestID, detail: "chunk list \(ref.key): \(d)") }
+        guard size == ref.size, size >= Int64(ChunkListFormat.headerSize + ChunkListFormat.footerSize) else {
+            throw bad("size \(size) bytes, the manifest recorded \(ref.size)")
+        }
+        let recordBytes = size - Int64(ChunkListFormat.headerSize + ChunkListFormat.footerSize)
+        guard recordBytes % Int64(ChunkListFormat.recordSize) == 0 else { throw bad("length is not whole records") }
+        let header = try object.read(at: 0, count: ChunkListFormat.headerSize)
+        guard Array(header[0..<8]) == ChunkListFormat.headerMagic else { throw bad("bad header magic") }
+        let footer = try object.read(at: size - Int64(ChunkListFormat.footerSize), count: ChunkListFormat.footerSize)
+        var fr = BinaryReader(footer)
+        let count = Int((try? fr.u64()) ?? 0)
+        let total = (try? fr.u64()) ?? 0
+        guard let digest = try? fr.id(), Array(footer[48..<56]) == ChunkListFormat.footerMagic else { throw bad("bad footer") }
+        guard Int64(count) * Int64(ChunkListFormat.recordSize) == recordBytes, count == ref.count,
+              digest.hex == ref.sha256 else {
+            throw bad("footer does not match the manifest")
+        }
+        // Check the records' checksum before anything is restored from them.
+        let hasher = SHA256Hasher()
+        var offset: Int64 = 0
+        let end = size - Int64(ChunkListFormat.footerSize)
+        var block = [UInt8](repeating: 0, count: 1 << 20)
+        while offset < end {
+            let n = Int(min(Int64(block.count), end - offset))
+            try block.withUnsafeMutableBytes { try object.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
+            block.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            offset += Int64(n)
+        }
+        guard hasher.finish() == digest else { throw bad("checksum mismatch: the list is damaged") }
+        self.count = count
+        self.totalBytes = total
+    }
+
+    /// Calls `body` with each chunk id and plaintext length, in stream order.
+    public func forEach(_ body: (ChunkID, Int) throws -> Void) throws {
+        let perBlock = 4096
+        var block = [UInt8](repeating: 0, count: perBlock * ChunkListFormat.recordSize)
+        var index = 0
+        while index < count {
+            let n = min(perBlock, count - index)
+            let bytes = n * ChunkListFormat.recordSize
+            try block.withUnsafeMutableBytes {
+                try object.read(at: Int64(ChunkListFormat.headerSize + index * ChunkListFormat.recordSize),
+                                into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<bytes]))
+            }
+            try block.withUnsafeBytes { raw in
+                guard let base = raw.baseAddress else { return }
+                for i in 0..<n {
+                    let p = base + i * ChunkListFormat.recordSize
+                    let id = ChunkID(bytes: p)
+                    let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt32.self)))
+                    try body(id, length)
+                }
+            }
+            index += n
+        }
+    }
+}

@@ -1,0 +1,278 @@
+import Foundation
+
+/// A pack's name: 16 random bytes, written as 32 hex digits.
+public struct PackID: Hashable, Sendable, CustomStringConvertible {
+    public var hi: UInt64, lo: UInt64
+
+    public init(hi: UInt64, lo: UInt64) { self.hi = hi; self.lo = lo }
+
+    public static func random() -> PackID {
+        let b = SecureRandom.bytes(16)
+        var r = BinaryReader(b)
+        // 16 bytes are always there.
+        let hi = (try? r.u64()) ?? 0, lo = (try? r.u64()) ?? 0
+        return PackID(hi: hi, lo: lo)
+    }
+
+    public init?(hex: String) {
+        guard hex.utf8.count == 32, let hi = UInt64(hex.prefix(16), radix: 16),
+              let lo = UInt64(hex.suffix(16), radix: 16) else { return nil }
+        self.init(hi: hi, lo: lo)
+    }
+
+    public var hex: String {
+        func pad(_ v: UInt64) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
+        return pad(hi) + pad(lo)
+    }
+
+    public var description: String { hex }
+
+    /// Object key: packs/<first two hex digits>/<id>.pack, so no folder grows huge.
+    public var key: String { "packs/\(hex.prefix(2))/\(hex).pack" }
+
+    /// The pack named by an object key, or nil for anything else under packs/.
+    public init?(key: String) {
+        guard key.hasPrefix("packs/"), key.hasSuffix(".pack") else { return nil }
+        let name = (key as NSString).lastPathComponent
+        self.init(hex: String(name.dropLast(5)))
+    }
+}
+
+/// How a chunk's bytes are stored in a pack.
+public enum ChunkEncoding: UInt8, Sendable {
+    /// The plaintext as is (compression did not make it smaller).
+    case raw = 0
+    /// One zstd frame.
+    case zstd = 1
+}
+
+/// Where a chunk lives: what the index maps a chunk id to.
+public struct ChunkLocation: Equatable, Sendable {
+    public var pack: PackID
+    /// Offset of the chunk's entry header in the pack.
+    public var offset: UInt64
+    public var rawLength: UInt32
+    public var storedLength: UInt32
+    public var encoding: UInt8
+    public var flags: UInt8
+
+    public init(pack: PackID, offset: UInt64, rawLength: UInt32, storedLength: UInt32, encoding: UInt8, flags: UInt8 = 0) {
+        self.pack = pack; self.offset = offset; self.rawLength = rawLength
+        self.storedLength = storedLength; self.encoding = encoding; self.flags = flags
+    }
+}
+
+/// The fixed layout of pack files, format version 1 (docs/FORMAT.md).
+public enum PackFormat {
+    public static let headerMagic: [UInt8] = Array("DBBPACK\0".utf8)
+    public static let footerMagic: [UInt8] = Array("DBBPEND\0".utf8)
+    public static let version: UInt16 = 1
+    public static let headerSize = 16
+    public static let entryHeaderSize = 48
+    public static let trailerEntrySize = 56
+    public static let footerSize = 56
+}
+
+/// One entry of a pack's trailer.
+public struct PackEntry: Equatable, Sendable {
+    public var id: ChunkID
+    public var location: ChunkLocation
+}
+
+/// Writes one pack, streaming: chunks go to the object as they come; only the
+/// trailer (56 bytes a chunk) is kept in memory until `finish`.
+public final class PackWriter {
+    public let id: PackID
+    private let object: ObjectWriter
+    private var entries: [PackEntry] = []
+    private var buffer = [UInt8]()
+    private let flushThreshold = 1 << 20
+    public private(set) var size: UInt64 = 0
+    public var count: Int { entries.count }
+
+    public init(backend: Backend) throws {
+        id = PackID.random()
+        object = try backend.create()
+        var header = BinaryWriter(capacity: PackFormat.headerSize)
+        header.append(PackFormat.headerMagic)
+        header.append(PackFormat.version)
+        header.append(UInt16(0))
+        header.append(UInt32(0))
+        buffer.reserveCapacity(flushThreshold + 64)
+        try append(header.bytes[...])
+    }
+
+    /// Appends a chunk; `payload` is its stored form (`encoding` says which).
+    @discardableResult
+    public func add(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
+        let location = ChunkLocation(pack: id, offset: size, rawLength: UInt32(rawLength),
+                                     storedLength: UInt32(payload.count), encoding: encoding.rawValue)
+        var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
+        h.append(chunk)
+        h.append(location.rawLength)
+        h.append(location.storedLength)
+        h.append(location.encoding)
+        h.append(location.flags)
+        h.zeros(6)
+        try append(h.bytes[...])
+        if payload.count >= flushThreshold {
+            try flush()
+            try object.write(payload)
+            size += UInt64(payload.count)
+        } else {
+            if buffer.count + payload.count > flushThreshold { try flush() }
+            buffer.append(contentsOf: payload)
+            size += UInt64(payload.count)
+        }
+        entries.append(PackEntry(id: chunk, location: location))
+        return location
+    }
+
+    private func append(_ bytes: ArraySlice<UInt8>) throws {
+        if buffer.count + bytes.count > flushThreshold { try flush() }
+        buffer.append(contentsOf: bytes)
+        size += UInt64(bytes.count)
+    }
+
+    private func flush() throws {
+        guard !buffer.isEmpty else { return }
+        try object.write(buffer)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes the trailer and footer, makes the pack durable and visible, and
+    /// returns its entries for the index.
+    public func finish(backend: Backend) throws -> [PackEntry] {
+        let trailerOffset = size
+        var t = BinaryWriter(capacity: 8 + entries.count * PackFormat.trailerEntrySize)
+        t.append(UInt32(entries.count))
+        t.append(UInt32(0))
+        for e in entries {
+            t.append(e.id)
+            t.append(e.location.offset)
+            t.append(e.location.rawLength)
+            t.append(e.location.storedLength)
+            t.append(e.location.encoding)
+            t.append(e.location.flags)
+            t.zeros(6)
+        }
+        let digest = SHA256Hasher.hash(t.bytes)
+        try append(t.bytes[...])
+        var f = BinaryWriter(capacity: PackFormat.footerSize)
+        f.append(trailerOffset)
+        f.append(UInt64(t.bytes.count))
+        f.append(digest)
+        f.append(PackFormat.footerMagic)
+        try append(f.bytes[...])
+        try flush()
+        FaultInjection.crashPoint("pack.before-commit")
+        guard try object.commit(key: id.key, ifAbsent: true) else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "a pack with this random name already exists")
+        }
+        return entries
+    }
+
+    public func abort() { object.abort() }
+}
+
+/// Reads a pack's trailer and its chunks.
+public final class PackReader {
+    public let id: PackID
+    private let object: ObjectReader
+
+    public init(backend: Backend, id: PackID) throws {
+        self.id = id
+        object = try backend.openReader(id.key)
+    }
+
+    public var size: Int64 { object.size }
+
+    /// The trailer's entries, after checking the footer, the trailer checksum and
+    /// that every entry lies inside the pack.
+    public func entries() throws -> [PackEntry] {
+        let size = object.size
+        guard size >= Int64(PackFormat.headerSize + PackFormat.footerSize) else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "only \(size) bytes, shorter than header and footer: truncated")
+        }
+        let header = try object.read(at: 0, count: PackFormat.headerSize)
+        guard Array(header[0..<8]) == PackFormat.headerMagic else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "bad header magic: not a dbbackup pack")
+        }
+        var hr = BinaryReader(header, at: 8)
+        let version = (try? hr.u16()) ?? 0
+        guard version == PackFormat.version else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "pack format version \(version) is not supported")
+        }
+        let footer = try object.read(at: size - Int64(PackFormat.footerSize), count: PackFormat.footerSize)
+        guard Array(footer[48..<56]) == PackFormat.footerMagic else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "no footer at the end: truncated or damaged")
+        }
+        var fr = BinaryReader(footer)
+        do {
+            let trailerOffset = try fr.u64()
+            let trailerLength = try fr.u64()
+            let digest = try fr.id()
+            guard trailerOffset >= UInt64(PackFormat.headerSize),
+                  trailerLength >= 8,
+                  trailerOffset + trailerLength == UInt64(size) - UInt64(PackFormat.footerSize) else {
+                throw DedupError.packCorrupt(pack: id.hex, detail: "footer points outside the pack")
+            }
+            let trailer = try object.read(at: Int64(trailerOffset), count: Int(trailerLength))
+            guard SHA256Hasher.hash(trailer) == digest else {
+                throw DedupError.packCorrupt(pack: id.hex, detail: "trailer checksum mismatch")
+            }
+            var r = BinaryReader(trailer)
+            let count = Int(try r.u32())
+            try r.skip(4)
+            guard count * PackFormat.trailerEntrySize == r.remaining else {
+                throw DedupError.packCorrupt(pack: id.hex, detail: "trailer length does not match its entry count")
+            }
+            var out = [PackEntry]()
+            out.reserveCapacity(count)
+            for _ in 0..<count {
+                let chunk = try r.id()
+                let offset = try r.u64()
+                let rawLength = try r.u32()
+                let storedLength = try r.u32()
+                let encoding = try r.u8()
+                let flags = try r.u8()
+                try r.skip(6)
+                guard offset + UInt64(PackFormat.entryHeaderSize) + UInt64(storedLength) <= trailerOffset else {
+                    throw DedupError.packCorrupt(pack: id.hex, detail: "entry for chunk \(chunk.shortHex) lies outside the data area")
+                }
+                out.append(PackEntry(id: chunk, location: ChunkLocation(
+                    pack: id, offset: offset, rawLength: rawLength, storedLength: storedLength,
+                    encoding: encoding, flags: flags)))
+            }
+            return out
+        } catch is BinaryReader.OutOfBounds {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "trailer is cut short")
+        }
+    }
+
+    /// Reads a chunk's stored bytes into `buffer` (at least `storedLength` long),
+    /// checking that its entry header agrees with the index.
+    public func readStored(_ location: ChunkLocation, id chunk: ChunkID, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let headerSize = PackFormat.entryHeaderSize
+        let total = headerSize + Int(location.storedLength)
+        guard Int64(location.offset) + Int64(total) <= object.size else {
+            throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "the pack is shorter than the index says (truncated)")
+        }
+        var header = [UInt8](repeating: 0, count: headerSize)
+        try header.withUnsafeMutableBytes { try object.read(at: Int64(location.offset), into: $0) }
+        var r = BinaryReader(header)
+        let storedID = try r.id()
+        let rawLength = try r.u32()
+        let storedLength = try r.u32()
+        let encoding = try r.u8()
+        guard storedID == chunk, rawLength == location.rawLength, storedLength == location.storedLength,
+              encoding == location.encoding else {
+            throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "entry header at offset \(location.offset) does not match the index")
+        }
+        try object.read(at: Int64(location.offset) + Int64(headerSize),
+                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(location.storedLength)]))
+    }
+}

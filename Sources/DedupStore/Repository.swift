@@ -1,0 +1,247 @@
+import Foundation
+
+/// An open chunk-store repository: its config, backend, chunk index and Bloom filter.
+///
+/// Layout of a local repository (docs/FORMAT.md):
+///   config                          the repository's format and parameters
+///   packs/xx/<pack id>.pack         chunks, each pack with its own trailer index
+///   manifests/<id>.manifest.json    one committed backup (JSON)
+///   manifests/<id>.chunks           its chunk list (binary, checksummed)
+///   locks/                          shared and exclusive locks
+///   index/index.lmdb, index/bloom   the cache: rebuilt from the packs when lost
+///   tmp/                            objects being written
+public final class Repository {
+    public let backend: LocalBackend
+    public let config: RepositoryConfig
+    public let path: String
+    private var chunkIndex: ChunkIndex?
+    private var bloomFilter: BloomFilter?
+
+    /// Messages about self-repair of the cache (index rebuilt, packs indexed),
+    /// for the CLI to show on stderr.
+    public var notices: [String] = []
+
+    public static func isRepository(_ path: String) -> Bool {
+        FileIO.exists(path + "/config")
+    }
+
+    /// Creates a new repository in `path` (absent or empty).
+    @discardableResult
+    public static func initialize(at path: String, chunker: ChunkerParameters = .default,
+                                  compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize) throws -> Repository {
+        try chunker.validate()
+        _ = try ZstdCompressor(level: compressionLevel)
+        guard packSize >= 1 << 20, packSize <= 1 << 30 else {
+            throw DedupError.invalidArgument("pack size must be between 1MiB and 1GiB")
+        }
+        if isRepository(path) { throw DedupError.repositoryExists(path: path) }
+        if FileIO.isDirectory(path) {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            if !entries.isEmpty { throw DedupError.directoryNotEmpty(path: path) }
+        } else if FileIO.exists(path) {
+            throw DedupError.directoryNotEmpty(path: path)
+        }
+        try FileIO.makeDirectories(path)
+        for sub in ["packs", "manifests", "locks", "index", "tmp"] {
+            try FileIO.makeDirectories(path + "/" + sub)
+        }
+        let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize)
+        let backend = LocalBackend(root: path)
+        try backend.put("config", try config.encoded(), ifAbsent: true)
+        return try Repository(path: path)
+    }
+
+    /// Opens an existing repository; a clear error if `path` is not one.
+    public init(path: String) throws {
+        self.path = path
+        backend = LocalBackend(root: path)
+        guard FileIO.isDirectory(path) else { throw DedupError.notARepository(path: path) }
+        guard let bytes = try backend.get("config") else { throw DedupError.notARepository(path: path) }
+        config = try RepositoryConfig.decode(bytes, path: path)
+    }
+
+    var indexDirectory: String { path + "/index" }
+
+    // MARK: - Index and Bloom filter (the cache)
+
+    /// The chunk index, opened and brought in step with the packs on first use.
+    public func index() throws -> ChunkIndex {
+        if let chunkIndex { return chunkIndex }
+        try FileIO.makeDirectories(indexDirectory)
+        let indexPath = indexDirectory + "/index.lmdb"
+        let existed = FileIO.exists(indexPath)
+        let idx = try ChunkIndex(path: indexPath)
+        chunkIndex = idx
+        try synchronizeIndex(idx, existed: existed)
+        return idx
+    }
+
+    /// Brings the index in step with the packs present: packs it has not read are
+    /// read (a crash between a pack's commit and its indexing, or a lost index);
+    /// packs it knows that are gone force a full rebuild.
+    private func synchronizeIndex(_ idx: ChunkIndex, existed: Bool) throws {
+        let present = try listPacks()
+        let known = try idx.indexedPacks()
+        let missing = known.keys.filter { present[$0] == nil }
+        if !missing.isEmpty {
+            notices.append("index: \(missing.count) indexed pack(s) no longer exist; rebuilding the index from the packs")
+            try rebuild(idx, packs: present)
+            return
+        }
+        let unindexed = present.filter { known[$0.key] == nil }
+        if !unindexed.isEmpty {
+            if !existed {
+                notices.append("index: no chunk index found; rebuilding it from \(present.count) pack(s)")
+            } else if unindexed.count > 0 {
+                notices.append("index: reading \(unindexed.count) pack(s) missing from the index")
+            }
+            for (pack, size) in unindexed.sorted(by: { $0.key.hex < $1.key.hex }) {
+                try indexPack(idx, pack: pack, size: size)
+            }
+        }
+    }
+
+    /// Reads one pack's trailer into the index. A damaged pack is reported and
+    /// left out (verify names the backups it breaks).
+    private func indexPack(_ idx: ChunkIndex, pack: PackID, size: Int64) throws {
+        do {
+            let entries = try PackReader(backend: backend, id: pack).entries()
+            try idx.insert(pack: pack, size: size, entries: entries)
+        } catch let e as DedupError {
+            if case .packCorrupt = e {
+                notices.append("index: skipping unreadable \(e.message)")
+                return
+            }
+            throw e
+        }
+    }
+
+    private func rebuild(_ idx: ChunkIndex, packs: [PackID: Int64]) throws {
+        try idx.clear()
+        for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
+            try indexPack(idx, pack: pack, size: size)
+        }
+        try? FileManager.default.removeItem(atPath: bloomPath)
+        bloomFilter = nil
+    }
+
+    /// Recreates the index and Bloom filter from the packs alone.
+    public func rebuildIndex() throws -> (packs: Int, chunks: Int) {
+        let packs = try listPacks()
+        if chunkIndex == nil {
+            try FileIO.makeDirectories(indexDirectory)
+            chunkIndex = try ChunkIndex(path: indexDirectory + "/index.lmdb")
+        }
+        guard let idx = chunkIndex else { throw DedupError.index("cannot open") }
+        try rebuild(idx, packs: packs)
+        let bloom = try loadBloom()
+        try saveBloom(bloom)
+        return (packs.count, try idx.chunkCount())
+    }
+
+    /// Every pack object present, with its size.
+    public func listPacks() throws -> [PackID: Int64] {
+        var out = [PackID: Int64]()
+        for obj in try backend.list("packs/") {
+            if let id = PackID(key: obj.key) { out[id] = obj.size }
+        }
+        return out
+    }
+
+    var bloomPath: String { indexDirectory + "/bloom" }
+
+    /// The Bloom filter, loaded if it matches the index, else rebuilt from it.
+    public func bloom() throws -> BloomFilter {
+        if let bloomFilter { return bloomFilter }
+        let b = try loadBloom()
+        bloomFilter = b
+        return b
+    }
+
+    private func loadBloom() throws -> BloomFilter {
+        let idx = try index()
+        let count = try idx.chunkCount()
+        if let bytes = try? FileIO.readFile(bloomPath), let b = BloomFilter(encoded: bytes),
+           b.count == count, b.capacity >= count {
+            return b
+        }
+        var b = BloomFilter(capacity: max(count * 2, 1 << 20))
+        try idx.forEachChunk { id, _ in b.insert(id) }
+        b.count = count
+        return b
+    }
+
+    /// Replaces the in-memory filter (after inserts) and persists it.
+    public func updateBloom(_ b: BloomFilter) throws {
+        var b = b
+        let count = try index().chunkCount()
+        if count > b.capacity {
+            // Outgrown: rebuild at twice the size so false positives stay rare.
+            var bigger = BloomFilter(capacity: count * 2)
+            try index().forEachChunk { id, _ in bigger.insert(id) }
+            b = bigger
+        }
+        b.count = count
+        bloomFilter = b
+        try saveBloom(b)
+    }
+
+    private func saveBloom(_ b: BloomFilter) throws {
+        var b = b
+        b.count = try index().chunkCount()
+        try FileIO.writeFileAtomically(bloomPath, b.encoded())
+    }
+
+    // MARK: - Manifests
+
+    /// Ids of every committed backup, sorted.
+    public func manifestIDs() throws -> [String] {
+        try backend.list("manifests/").compactMap { obj in
+            guard obj.key.hasSuffix(".manifest.json") else { return nil }
+            let name = (obj.key as NSString).lastPathComponent
+            return String(name.dropLast(".manifest.json".count))
+        }.sorted()
+    }
+
+    public func loadManifest(_ id: String) throws -> Manifest {
+        guard let bytes = try backend.get(Manifest.key(for: id)) else { throw DedupError.manifestNotFound(idOrPrefix: id) }
+        return try Manifest.decode(bytes, id: id)
+    }
+
+    /// Every manifest, oldest first by backup time.
+    public func manifests() throws -> [Manifest] {
+        try manifestIDs().map { try loadManifest($0) }.sorted {
+            ($0.createdAt, $0.id) < ($1.createdAt, $1.id)
+        }
+    }
+
+    /// Resolves a full id or a unique prefix of one.
+    public func resolveManifestID(_ text: String) throws -> String {
+        let ids = try manifestIDs()
+        if ids.contains(text) { return text }
+        let matches = ids.filter { $0.hasPrefix(text) }
+        if matches.count == 1 { return matches[0] }
+        if matches.isEmpty || text.isEmpty { throw DedupError.manifestNotFound(idOrPrefix: text) }
+        throw DedupError.manifestAmbiguous(prefix: text, candidates: matches)
+    }
+
+    // MARK: - Locks
+
+    public func lock(_ kind: LockInfo.Kind, command: String) throws -> RepositoryLock {
+        try RepositoryLock(backend: backend, kind: kind, command: command)
+    }
+
+    /// Bytes the repository takes on disk (every file, the cache included).
+    public func diskUsage() -> Int64 {
+        var total: Int64 = 0
+        if let e = FileManager.default.enumerator(atPath: path) {
+            while let rel = e.nextObject() as? String {
+                var st = stat()
+                if lstat(path + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+                    total += Int64(st.st_blocks) * 512
+                }
+            }
+        }
+        return total
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+
+/// The repository's `config` object: written once at init, never changed.
+public struct RepositoryConfig: Codable, Equatable, Sendable {
+    public static let formatName = "dbbackup-dedup"
+    /// The newest format version this build reads and writes.
+    public static let currentVersion = 1
+    public static let defaultPackSize = 32 << 20
+
+    public struct Chunker: Codable, Equatable, Sendable {
+        public var algorithm: String
+        public var minSize: Int
+        public var avgSize: Int
+        public var maxSize: Int
+
+        public var parameters: ChunkerParameters {
+            ChunkerParameters(minSize: minSize, avgSize: avgSize, maxSize: maxSize)
+        }
+    }
+
+    public struct Compression: Codable, Equatable, Sendable {
+        public var algorithm: String
+        public var level: Int
+    }
+
+    public var format: String
+    public var version: Int
+    public var id: String
+    public var createdAt: String
+    public var chunker: Chunker
+    public var compression: Compression
+    public var packSize: Int
+    public var chunkHash: String
+    public var encryption: String
+
+    public init(chunker: ChunkerParameters, compressionLevel: Int, packSize: Int = RepositoryConfig.defaultPackSize) {
+        format = Self.formatName
+        version = Self.currentVersion
+        id = Hex.encode(SecureRandom.bytes(16))
+        createdAt = Timestamps.iso8601(Date())
+        self.chunker = Chunker(algorithm: "fastcdc-gear64-v1", minSize: chunker.minSize,
+                               avgSize: chunker.avgSize, maxSize: chunker.maxSize)
+        compression = Compression(algorithm: "zstd", level: compressionLevel)
+        self.packSize = packSize
+        chunkHash = "sha256"
+        encryption = "none"
+    }
+
+    func encoded() throws -> [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return Array(try enc.encode(self)) + [0x0A]
+    }
+
+    /// Parses and checks a config; `path` is for messages.
+    static func decode(_ bytes: [UInt8], path: String) throws -> RepositoryConfig {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw DedupError.foreignRepository(path: path, detail: "its config file is not JSON")
+        }
+        guard object["format"] as? String == formatName else {
+            throw DedupError.foreignRepository(path: path, detail: "config format is not \(formatName)")
+        }
+        if let v = object["version"] as? Int, v > currentVersion {
+            throw DedupError.unsupportedFormat(path: path, found: v, supported: currentVersion)
+        }
+        do {
+            let config = try JSONDecoder().decode(RepositoryConfig.self, from: Data(bytes))
+            guard config.chunker.algorithm == "fastcdc-gear64-v1", config.chunkHash == "sha256" else {
+                throw DedupError.foreignRepository(path: path, detail: "unknown chunker or hash")
+            }
+            guard config.encryption == "none" else {
+                throw DedupError.unsupportedFormat(path: path, found: config.version, supported: currentVersion)
+            }
+            try config.chunker.parameters.validate()
+            return config
+        } catch let e as DedupError {
+            throw e
+        } catch {
+            throw DedupError.foreignRepository(path: path, detail: "config is incomplete: \(error)")
+        }
+    }
+}
+
+/// Time stamps in manifests and ids.
+public enum Timestamps {
+    /// RFC 3339 / ISO 8601 in UTC with seconds: 2026-11-21T02:00:00Z.
+    public static func iso8601(_ date: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        f.timeZone = TimeZone(identifier: "UTC")
+        return f.string(from: date)
+    }
+
+    /// Parses an ISO 8601 time as users write it: with a zone (Z, +02:00), with
+    /// fractional seconds, or without a zone (local time); a date alone is midnight local.
+    public static func parse(_ text: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        if let d = f.date(from: text) { return d }
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: text) { return d }
+        let local = DateFormatter()
+        local.locale = Locale(identifier: "en_US_POSIX")
+        local.timeZone = TimeZone.current
+        for format in ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm", "yyyy-MM-dd HH:mm", "yyyy-MM-dd"] {
+            local.dateFormat = format
+            if let d = local.date(from: text) { return d }
+        }
+        return nil
+    }
+
+    /// The time part of a manifest id, in UTC: 2026-11-21_020000.
+    public static func idStamp(_ date: Date) -> String {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "UTC")
+        f.dateFormat = "yyyy-MM-dd_HHmmss"
+        return f.string(from: date)
+    }
+}

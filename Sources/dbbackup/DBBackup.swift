@@ -1,0 +1,77 @@
+import ArgumentParser
+import DedupStore
+import Foundation
+
+@main
+struct DBBackup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dbbackup",
+        abstract: "Deduplicating backups of PostgreSQL, MySQL and MariaDB into a content-addressed chunk store.",
+        discussion: """
+        The chunk store lives in --dedup-dir (or DBBACKUP_DEDUP_DIR; default ~/db_backups/dedup).
+        Exit status: 0 on success, 1 on any error (the message is on stderr), 64 for usage errors.
+        See README.md and docs/ for the repository format and the nightly workflow.
+        """,
+        version: DedupStoreVersion.string,
+        subcommands: [Dedup.self]
+    )
+}
+
+struct Dedup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The deduplicating chunk store: backup, restore, list, stats, verify.",
+        subcommands: [
+            DedupInit.self, DedupBackup.self, DedupRestore.self, DedupList.self, DedupStats.self,
+            DedupVerify.self, DedupIndex.self, DedupUnlock.self,
+        ]
+    )
+}
+
+/// Options every `dedup` command takes.
+struct StoreOptions: ParsableArguments {
+    @Option(name: .customLong("dedup-dir"), help: ArgumentHelp(
+        "Repository folder (default: $DBBACKUP_DEDUP_DIR, else ~/db_backups/dedup).", valueName: "dir"))
+    var dedupDir: String?
+
+    var path: String {
+        if let dedupDir { return Self.expand(dedupDir) }
+        if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"], !env.isEmpty { return Self.expand(env) }
+        return Self.expand("~/db_backups/dedup")
+    }
+
+    static func expand(_ p: String) -> String {
+        let expanded = (p as NSString).expandingTildeInPath
+        return expanded.count > 1 && expanded.hasSuffix("/") ? String(expanded.dropLast()) : expanded
+    }
+
+    func open() throws -> Repository { try Repository(path: path) }
+}
+
+/// Runs a command body, turning errors into one line on stderr and exit status 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as DedupError {
+        Terminal.error(e.message)
+        throw ExitCode(1)
+    } catch let e as ExitCode {
+        throw e
+    } catch let e as CleanExit {
+        throw e
+    } catch {
+        Terminal.error("\(error)")
+        throw ExitCode(1)
+    }
+}
+
+/// Parses "256KiB", "1MiB", "4M", "65536".
+func parseSize(_ text: String) -> Int? {
+    let t = text.trimmingCharacters(in: .whitespaces)
+    let units: [(String, Int)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("KB", 1000), ("MB", 1_000_000),
+                                  ("GB", 1_000_000_000), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
+    for (suffix, mult) in units where t.hasSuffix(suffix) {
+        guard let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0 else { return nil }
+        return Int(v * Double(mult))
+    }
+    return Int(t)
+}

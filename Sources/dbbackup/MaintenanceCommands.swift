@@ -1,0 +1,97 @@
+import ArgumentParser
+import DedupStore
+import Foundation
+
+struct DedupVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check that backups can be restored; exit 1 on any problem.",
+        discussion: """
+        Quick (default): every pack's footer and trailer checksum, every backup's chunk
+        list, and every referenced chunk present in a pack. --deep also reads,
+        decompresses and hashes every chunk.
+        """)
+
+    @OptionGroup var store: StoreOptions
+
+    @Argument(help: ArgumentHelp("Only this backup (id or unique prefix).", valueName: "manifest-id"))
+    var id: String?
+
+    @Flag(help: "Read and hash every chunk.")
+    var deep = false
+
+    func run() throws {
+        try reportingErrors {
+            let repo = try store.open()
+            for n in repo.notices { Terminal.notice(n) }
+            let ids = try id.map { [try repo.resolveManifestID($0)] }
+            let started = Date()
+            let report = try Verifier(repository: repo).verify(manifestIDs: ids, deep: deep)
+            let elapsed = Date().timeIntervalSince(started)
+            for p in report.problems { Terminal.err("dbbackup: problem: \(p.message)") }
+            let mode = deep ? "deep" : "quick"
+            Terminal.out("verify (\(mode)): \(report.manifestsChecked) backups, \(report.packsChecked) packs, \(report.chunksChecked) chunk references checked in \(Format.duration(elapsed))")
+            if report.ok {
+                Terminal.out("ok: every checked backup can be restored")
+            } else {
+                Terminal.out("FAILED: \(report.problems.count) problem(s); damaged backups: \(report.damagedManifests.isEmpty ? "none (unreferenced data only)" : report.damagedManifests.joined(separator: ", "))")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+struct DedupIndex: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "index", abstract: "Maintain the chunk index (a cache of the pack trailers).",
+        subcommands: [Rebuild.self])
+
+    struct Rebuild: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Recreate the LMDB index and the Bloom filter from the packs alone.")
+
+        @OptionGroup var store: StoreOptions
+
+        func run() throws {
+            try reportingErrors {
+                let repo = try store.open()
+                let lock = try repo.lock(.exclusive, command: "index rebuild")
+                defer { lock.release() }
+                let started = Date()
+                let r = try repo.rebuildIndex()
+                for n in repo.notices { Terminal.notice(n) }
+                Terminal.out("index rebuilt from \(r.packs) packs: \(r.chunks) chunks in \(Format.duration(Date().timeIntervalSince(started)))")
+            }
+        }
+    }
+}
+
+struct DedupUnlock: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unlock", abstract: "List and remove repository locks.",
+        discussion: "Without --stale-only every lock is removed: make sure no dbbackup is running on the repository.")
+
+    @OptionGroup var store: StoreOptions
+
+    @Flag(help: "Remove only locks whose process is gone (same host, pid not running).")
+    var staleOnly = false
+
+    func run() throws {
+        try reportingErrors {
+            let repo = try store.open()
+            let locks = try RepositoryLock.list(repo.backend)
+            if locks.isEmpty { Terminal.out("no locks"); return }
+            var removed = 0
+            for l in locks {
+                if staleOnly && !l.info.isStale {
+                    Terminal.out("kept    \(l.info.summary)")
+                    continue
+                }
+                try repo.backend.delete(l.key)
+                removed += 1
+                Terminal.out("removed \(l.info.summary)")
+            }
+            Terminal.out("\(removed) lock(s) removed")
+        }
+    }
+}

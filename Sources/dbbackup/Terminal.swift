@@ -1,0 +1,67 @@
+import Foundation
+
+/// Output helpers: results on stdout, messages and progress on stderr, progress
+/// only when stderr is a terminal (cron and systemd see the summary alone).
+enum Terminal {
+    static let stderrIsTerminal = isatty(STDERR_FILENO) == 1
+
+    static func out(_ line: String) {
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    }
+
+    static func err(_ line: String) {
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+
+    static func error(_ message: String) {
+        clearProgress()
+        err("dbbackup: error: \(message)")
+    }
+
+    static func notice(_ message: String) {
+        clearProgress()
+        err("dbbackup: \(message)")
+    }
+
+    static func progress(_ line: String) {
+        guard stderrIsTerminal else { return }
+        FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+    }
+
+    static func clearProgress() {
+        guard stderrIsTerminal else { return }
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+
+    static func json<T: Encodable>(_ value: T) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        out(String(decoding: try enc.encode(value), as: UTF8.self))
+    }
+}
+
+/// Human-readable figures.
+enum Format {
+    static func bytes(_ n: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var v = Double(n)
+        var i = 0
+        while abs(v) >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+    }
+
+    static func rate(_ bytes: Int64, _ seconds: Double) -> String {
+        guard seconds > 0 else { return "-" }
+        return String(format: "%.1f MB/s", Double(bytes) / seconds / 1e6)
+    }
+
+    static func percent(_ fraction: Double) -> String {
+        String(format: "%.1f%%", fraction * 100)
+    }
+
+    static func duration(_ s: Double) -> String {
+        if s < 60 { return String(format: "%.2f s", s) }
+        let t = Int(s)
+        return t < 3600 ? String(format: "%dm%02ds", t / 60, t % 60) : String(format: "%dh%02dm%02ds", t / 3600, t / 60 % 60, t % 60)
+    }
+}

@@ -41,7 +41,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["DedupStore"]
+            dependencies: ["DedupStore", "dbbackup"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -17,9 +17,15 @@ public final class Repository {
     private var chunkIndex: ChunkIndex?
     private var bloomFilter: BloomFilter?
 
-    /// Messages about self-repair of the cache (index rebuilt, packs indexed),
-    /// for the CLI to show on stderr.
-    public var notices: [String] = []
+    /// Messages about self-repair of the cache (index rebuilt, packs indexed).
+    public private(set) var notices: [String] = []
+    /// Called with each notice as it happens (the CLI prints them on stderr).
+    public var onNotice: ((String) -> Void)?
+
+    private func notice(_ message: String) {
+        notices.append(message)
+        onNotice?(message)
+    }
 
     public static func isRepository(_ path: String) -> Bool {
         FileIO.exists(path + "/config")
@@ -84,16 +90,16 @@ public final class Repository {
         let known = try idx.indexedPacks()
         let missing = known.keys.filter { present[$0] == nil }
         if !missing.isEmpty {
-            notices.append("index: \(missing.count) indexed pack(s) no longer exist; rebuilding the index from the packs")
+            notice("index: \(missing.count) indexed pack(s) no longer exist; rebuilding the index from the packs")
             try rebuild(idx, packs: present)
             return
         }
         let unindexed = present.filter { known[$0.key] == nil }
         if !unindexed.isEmpty {
             if !existed {
-                notices.append("index: no chunk index found; rebuilding it from \(present.count) pack(s)")
+                notice("index: no chunk index found; rebuilding it from \(present.count) pack(s)")
             } else if unindexed.count > 0 {
-                notices.append("index: reading \(unindexed.count) pack(s) missing from the index")
+                notice("index: reading \(unindexed.count) pack(s) missing from the index")
             }
             for (pack, size) in unindexed.sorted(by: { $0.key.hex < $1.key.hex }) {
                 try indexPack(idx, pack: pack, size: size)
@@ -109,7 +115,7 @@ public final class Repository {
             try idx.insert(pack: pack, size: size, entries: entries)
         } catch let e as DedupError {
             if case .packCorrupt = e {
-                notices.append("index: skipping unreadable \(e.message)")
+                notice("index: skipping unreadable \(e.message)")
                 return
             }
             throw e

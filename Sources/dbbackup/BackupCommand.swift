@@ -70,9 +70,6 @@ struct DedupBackup: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let repo = try openOrCreate()
-            for n in repo.notices { Terminal.notice(n) }
-
             var sourceName = "stdin"
             var rawFD: Int32 = STDIN_FILENO
             var openedFD: Int32 = -1
@@ -103,6 +100,8 @@ struct DedupBackup: ParsableCommand {
                 }
             }
 
+            // The input is open (or the command started) before a repository is created.
+            let repo = try openOrCreate()
             var options = BackupOptions(name: backupName(sourceName), source: sourceName)
             options.kind = (dbName != nil || dbType != nil) ? "dump" : "file"
             options.database = dbName
@@ -134,11 +133,12 @@ struct DedupBackup: ParsableCommand {
 
     private func openOrCreate() throws -> Repository {
         let path = store.path
-        if Repository.isRepository(path) { return try Repository(path: path) }
+        if Repository.isRepository(path) { return try store.open() }
         let empty = !FileIO.exists(path)
             || (FileIO.isDirectory(path) && ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? ["?"]).isEmpty)
         guard empty else { throw DedupError.notARepository(path: path) }
         let repo = try Repository.initialize(at: path)
+        repo.onNotice = { Terminal.notice($0) }
         Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")
         return repo
     }

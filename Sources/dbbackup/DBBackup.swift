@@ -44,7 +44,12 @@ struct StoreOptions: ParsableArguments {
         return expanded.count > 1 && expanded.hasSuffix("/") ? String(expanded.dropLast()) : expanded
     }
 
-    func open() throws -> Repository { try Repository(path: path) }
+    /// Opens the repository; its self-repair notices go to stderr as they happen.
+    func open() throws -> Repository {
+        let repo = try Repository(path: path)
+        repo.onNotice = { Terminal.notice($0) }
+        return repo
+    }
 }
 
 /// Runs a command body, turning errors into one line on stderr and exit status 1.

@@ -23,7 +23,6 @@ struct DedupVerify: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
-            for n in repo.notices { Terminal.notice(n) }
             let ids = try id.map { [try repo.resolveManifestID($0)] }
             let started = Date()
             let report = try Verifier(repository: repo).verify(manifestIDs: ids, deep: deep)
@@ -59,8 +58,7 @@ struct DedupIndex: ParsableCommand {
                 defer { lock.release() }
                 let started = Date()
                 let r = try repo.rebuildIndex()
-                for n in repo.notices { Terminal.notice(n) }
-                Terminal.out("index rebuilt from \(r.packs) packs: \(r.chunks) chunks in \(Format.duration(Date().timeIntervalSince(started)))")
+                    Terminal.out("index rebuilt from \(r.packs) packs: \(r.chunks) chunks in \(Format.duration(Date().timeIntervalSince(started)))")
             }
         }
     }

@@ -27,7 +27,6 @@ struct DedupRestore: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
-            for n in repo.notices { Terminal.notice(n) }
             let restorer = Restorer(repository: repo)
             let started = Date()
             restorer.progress = { written in
@@ -101,7 +100,6 @@ struct DedupStats: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
-            for n in repo.notices { Terminal.notice(n) }
             let s = try RepositoryStats.compute(repo)
             if json {
                 try Terminal.json(s)

@@ -1,1 +1,126 @@
+import Foundation
 import Testing
+@testable import DedupStore
+
+/// Reads in pieces of varying size, as a pipe would deliver them.
+struct JaggedSource: ByteSource {
+    let bytes: [UInt8]
+    var position = 0
+    var g = SeededGenerator(seed: 99)
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let want = min(buffer.count, Int(g.next() % 70_000) + 1, bytes.count - position)
+        if want <= 0 { return 0 }
+        for i in 0..<want { buffer[i] = bytes[position + i] }
+        position += want
+        return want
+    }
+}
+
+func chunkLengths<S: ByteSource>(_ source: S, _ params: ChunkerParameters, bufferSize: Int = 8 << 20) throws -> [Int] {
+    let stream = ChunkStream(source: source, chunker: ContentDefinedChunker(params), bufferSize: bufferSize)
+    var out = [Int]()
+    while let c = try stream.next() { out.append(c.count) }
+    return out
+}
+
+func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [ChunkID] {
+    let stream = ChunkStream(source: BufferSource(bytes), chunker: ContentDefinedChunker(params))
+    let h = SHA256Hasher()
+    var out = [ChunkID]()
+    while let c = try stream.next() { out.append(h.digest(c)) }
+    return out
+}
+
+@Suite struct ChunkerTests {
+    let params = ChunkerParameters(average: 64 * 1024)
+
+    @Test func chunksRespectBoundsAndCoverInput() throws {
+        let data = randomBytes(6 << 20, seed: 1)
+        let lengths = try chunkLengths(BufferSource(data), params)
+        #expect(lengths.reduce(0, +) == data.count)
+        for l in lengths.dropLast() {
+            #expect(l >= params.minSize && l <= params.maxSize)
+        }
+        let mean = Double(data.count) / Double(lengths.count)
+        // Normalized chunking keeps the mean near the target on random data.
+        #expect(mean > 0.7 * Double(params.avgSize) && mean < 1.3 * Double(params.avgSize), "mean chunk \(mean)")
+    }
+
+    @Test func cutPointsDoNotDependOnReadSizes() throws {
+        let data = randomBytes(5 << 20, seed: 2)
+        let whole = try chunkLengths(BufferSource(data), params)
+        let jagged = try chunkLengths(JaggedSource(bytes: data), params, bufferSize: 1 << 20)
+        #expect(whole == jagged)
+    }
+
+    @Test func insertionChangesOnlyNearbyChunks() throws {
+        let data = randomBytes(8 << 20, seed: 3)
+        var edited = data
+        edited.insert(contentsOf: randomBytes(100, seed: 4), at: 4 << 20)
+        let a = try chunkHashes(data, params), b = try chunkHashes(edited, params)
+        let changed = Set(b).subtracting(a).count
+        #expect(a.count > 100)
+        #expect(changed >= 1 && changed <= 3, "an insertion changed \(changed) of \(b.count) chunks")
+    }
+
+    @Test func deletionChangesOnlyNearbyChunks() throws {
+        let data = randomBytes(8 << 20, seed: 5)
+        var edited = data
+        edited.removeSubrange((3 << 20)..<((3 << 20) + 5000))
+        let a = try chunkHashes(data, params), b = try chunkHashes(edited, params)
+        let changed = Set(b).subtracting(a).count
+        #expect(changed >= 1 && changed <= 3, "a deletion changed \(changed) of \(b.count) chunks")
+    }
+
+    @Test func manyEditsKeepMostChunks() throws {
+        let data = randomBytes(16 << 20, seed: 6)
+        var edited = data
+        for k in 0..<10 { edited.insert(contentsOf: randomBytes(100, seed: 100 + UInt64(k)), at: (k + 1) * (1 << 20) + 12345) }
+        let a = Set(try chunkHashes(data, params)), b = try chunkHashes(edited, params)
+        let changed = b.filter { !a.contains($0) }.count
+        #expect(changed <= 30, "10 insertions changed \(changed) of \(b.count) chunks")
+    }
+
+    @Test func tinyAndEmptyInputs() throws {
+        #expect(try chunkLengths(BufferSource([]), params) == [])
+        #expect(try chunkLengths(BufferSource([7]), params) == [1])
+        let small = randomBytes(params.minSize - 1, seed: 7)
+        #expect(try chunkLengths(BufferSource(small), params) == [small.count])
+    }
+
+    @Test func zeroRunsCutAtMaximum() throws {
+        let zeros = [UInt8](repeating: 0, count: 3 * params.maxSize + 10)
+        let lengths = try chunkLengths(BufferSource(zeros), params)
+        #expect(lengths == [params.maxSize, params.maxSize, params.maxSize, 10])
+    }
+
+    @Test func invalidParametersAreRejected() {
+        #expect(throws: DedupError.self) { try ChunkerParameters(average: 100_000).validate() }
+        #expect(throws: DedupError.self) { try ChunkerParameters(average: 1024).validate() }
+        #expect(throws: Never.self) { try ChunkerParameters.default.validate() }
+    }
+
+    @Test func gearTableIsFixed() {
+        // Format version 1 depends on these exact values: a change would re-cut every stream.
+        #expect(GearTable.values.count == 256)
+        let digest = SHA256Hasher.hash(GearTable.values.flatMap { v in (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } })
+        #expect(digest.hex == GearTableFingerprint.expected)
+    }
+}
+
+extension ChunkerTests {
+    /// Cut points are part of the format: the same input must cut the same way in
+    /// every version, or a new release would stop deduplicating against old backups.
+    @Test func cutPointsArePinned() throws {
+        let lengths = try chunkLengths(BufferSource(randomBytes(1 << 20, seed: 1)), params)
+        #expect(Array(lengths.prefix(6)) == PinnedCuts.first6)
+    }
+}
+
+enum PinnedCuts {
+    static let first6: [Int] = [70666, 91104, 90205, 67875, 57597, 64054]
+}
+
+enum GearTableFingerprint {
+    static let expected = "f65e365cef2d416d6d0ff9a2d062e2070dc299ae914e45b533e13b0034ad09e8"
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+@testable import DedupStore
+
+@Suite struct PackTests {
+    func writePack(_ dir: TempDir, chunks: [[UInt8]]) throws -> (LocalBackend, PackID, [PackEntry]) {
+        let backend = LocalBackend(root: dir.path)
+        let writer = try PackWriter(backend: backend)
+        let h = SHA256Hasher()
+        for c in chunks {
+            try c.withUnsafeBytes { raw in
+                try writer.add(id: h.digest(raw), rawLength: c.count, encoding: .raw, payload: raw)
+            }
+        }
+        let entries = try writer.finish(backend: backend)
+        return (backend, writer.id, entries)
+    }
+
+    @Test func roundTripThroughTrailer() throws {
+        let dir = TempDir()
+        let chunks = (0..<20).map { randomBytes(1000 + $0 * 37, seed: UInt64($0)) }
+        let (backend, id, written) = try writePack(dir, chunks: chunks)
+        let reader = try PackReader(backend: backend, id: id)
+        let read = try reader.entries()
+        #expect(read == written)
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+        defer { buf.deallocate() }
+        for (e, c) in zip(read, chunks) {
+            try reader.readStored(e.location, id: e.id, into: buf)
+            #expect(Array(buf[0..<c.count]) == c)
+        }
+        // Nothing is left in tmp/ after a commit.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("tmp")).isEmpty)
+    }
+
+    @Test func truncatedPackIsReported() throws {
+        let dir = TempDir()
+        let (backend, id, _) = try writePack(dir, chunks: [randomBytes(5000, seed: 1), randomBytes(5000, seed: 2)])
+        let path = backend.path(id.key)
+        let size = FileIO.fileSize(path) ?? 0
+        #expect(truncate(path, off_t(size - 10)) == 0)
+        #expect { try PackReader(backend: backend, id: id).entries() } throws: { e in
+            guard case DedupError.packCorrupt(let pack, let detail) = e else { return false }
+            return pack == id.hex && detail.contains("truncated")
+        }
+    }
+
+    @Test func damagedTrailerIsReported() throws {
+        let dir = TempDir()
+        let (backend, id, _) = try writePack(dir, chunks: [randomBytes(5000, seed: 1), randomBytes(5000, seed: 2)])
+        let path = backend.path(id.key)
+        let size = FileIO.fileSize(path) ?? 0
+        // A byte inside the trailer, before the footer.
+        try flipByte(at: path, offset: size - Int64(PackFormat.footerSize) - 20)
+        #expect { try PackReader(backend: backend, id: id).entries() } throws: { e in
+            (e as? DedupError)?.message.contains("trailer checksum mismatch") == true
+        }
+    }
+
+    @Test func abortLeavesNothing() throws {
+        let dir = TempDir()
+        let backend = LocalBackend(root: dir.path)
+        let writer = try PackWriter(backend: backend)
+        let c = randomBytes(1000, seed: 1)
+        try c.withUnsafeBytes { try writer.add(id: SHA256Hasher.hash(c), rawLength: 1000, encoding: .raw, payload: $0) }
+        writer.abort()
+        #expect(try backend.list("packs/").isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("tmp")).isEmpty)
+    }
+}
+
+@Suite struct BloomAndIndexTests {
+    @Test func bloomHasNoFalseNegativesAndFewFalsePositives() throws {
+        var bloom = BloomFilter(capacity: 100_000)
+        var g = SeededGenerator(seed: 1)
+        let ids = (0..<100_000).map { _ in ChunkID(w0: g.next(), w1: g.next(), w2: g.next(), w3: g.next()) }
+        for id in ids { bloom.insert(id) }
+        #expect(ids.allSatisfy { bloom.mightContain($0) })
+        var falsePositives = 0
+        for _ in 0..<100_000 where bloom.mightContain(ChunkID(w0: g.next(), w1: g.next(), w2: g.next(), w3: g.next())) {
+            falsePositives += 1
+        }
+        #expect(falsePositives < 2000, "false positive rate \(Double(falsePositives) / 1000)%")
+        let decoded = BloomFilter(encoded: bloom.encoded())
+        #expect(decoded == bloom)
+        var damaged = bloom.encoded()
+        damaged.removeLast()
+        #expect(BloomFilter(encoded: damaged) == nil)
+    }
+
+    @Test func indexStoresLocationsAndPacks() throws {
+        let dir = TempDir()
+        let index = try ChunkIndex(path: dir.sub("index.lmdb"))
+        let pack = PackID.random()
+        var entries = [PackEntry]()
+        for i in 0..<1000 {
+            let id = SHA256Hasher.hash(Array("chunk \(i)".utf8))
+            let loc = ChunkLocation(pack: pack, offset: UInt64(i * 100), rawLength: UInt32(i), storedLength: UInt32(i / 2), encoding: 1)
+            entries.append(PackEntry(id: id, location: loc))
+        }
+        try index.insert(pack: pack, size: 123_456, entries: entries)
+        #expect(try index.chunkCount() == 1000)
+        for e in entries { #expect(try index.lookup(e.id) == e.location) }
+        #expect(try index.lookup(SHA256Hasher.hash([1, 2, 3])) == nil)
+        let packs = try index.indexedPacks()
+        #expect(packs.count == 1 && packs[pack]?.size == 123_456 && packs[pack]?.entries == 1000)
+        var seen = 0
+        try index.forEachChunk { _, _ in seen += 1 }
+        #expect(seen == 1000)
+        try index.clear()
+        #expect(try index.chunkCount() == 0)
+    }
+}

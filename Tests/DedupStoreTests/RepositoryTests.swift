@@ -1,0 +1,209 @@
+import Foundation
+import Testing
+@testable import DedupStore
+
+@Suite struct RepositoryTests {
+    @Test func backupAndRestoreAreByteForByte() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        for (i, data) in [randomBytes(3 << 20, seed: 1), sqlLikeBytes(rows: 40_000, seed: 2), [], [42]].enumerated() {
+            let m = try backup(repo, data, name: "b\(i)")
+            #expect(m.size == Int64(data.count))
+            #expect(m.sha256 == SHA256Hasher.hash(data).hex)
+            #expect(try restoreBytes(repo, m.id, dir: dir) == data)
+        }
+        let report = try Verifier(repository: repo).verify(deep: true)
+        #expect(report.ok, "\(report.problems)")
+        #expect(report.manifestsChecked == 4)
+    }
+
+    @Test func secondBackupOfSameDataStoresNothingNew() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let data = sqlLikeBytes(rows: 30_000, seed: 3)
+        let first = try backup(repo, data, name: "night1")
+        #expect(first.stats.newChunks == first.stats.chunks)
+        #expect(first.stats.storedBytes < first.size / 2, "SQL text compresses")
+        let second = try backup(repo, data, name: "night2")
+        #expect(second.stats.newChunks == 0)
+        #expect(second.stats.storedBytes == 0)
+        // An edit in the middle stores only the chunks around it.
+        var edited = data
+        edited.insert(contentsOf: Array("999999\tinserted row\tx@example.com\t1.00\n".utf8), at: data.count / 2)
+        let third = try backup(repo, edited, name: "night3")
+        #expect(third.stats.newChunks <= 3, "\(third.stats.newChunks) new of \(third.stats.chunks)")
+        #expect(try restoreBytes(repo, third.id, dir: dir) == edited)
+    }
+
+    @Test func duplicatesWithinOneBackupAreStoredOnce() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let block = randomBytes(1 << 20, seed: 4)
+        // 1 MiB of zeros cuts into max-size chunks that are all the same.
+        let data = block + [UInt8](repeating: 0, count: 1 << 20) + block
+        let m = try backup(repo, data)
+        #expect(m.stats.newBytes < Int64(block.count) + 300_000, "zeros and the repeated block are stored once")
+        #expect(try restoreBytes(repo, m.id, dir: dir) == data)
+    }
+
+    @Test func idsArePrefixResolvableAndUnique() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let t = try #require(Timestamps.parse("2026-11-21T02:00:00Z"))
+        let a = try backup(repo, [1, 2, 3], name: "mydb", time: t)
+        let b = try backup(repo, [4, 5, 6], name: "mydb", time: t)
+        let c = try backup(repo, [7], name: "other db/x", time: t.addingTimeInterval(86400))
+        #expect(a.id == "2026-11-21_020000_mydb")
+        #expect(b.id == "2026-11-21_020000_mydb_2")
+        #expect(c.id == "2026-11-22_020000_other-db-x")
+        #expect(try repo.resolveManifestID("2026-11-22") == c.id)
+        #expect(try repo.resolveManifestID(a.id) == a.id)
+        #expect(throws: DedupError.manifestAmbiguous(prefix: "2026-11-21", candidates: [a.id, b.id])) {
+            try repo.resolveManifestID("2026-11-21")
+        }
+        #expect(throws: DedupError.manifestNotFound(idOrPrefix: "2025")) { try repo.resolveManifestID("2025") }
+        let listed = try repo.manifests().map(\.id)
+        #expect(listed == [a.id, b.id, c.id])
+    }
+
+    @Test func notARepositoryAndNewerFormatsAreClearErrors() throws {
+        let dir = TempDir()
+        #expect(throws: DedupError.notARepository(path: dir.path)) { try Repository(path: dir.path) }
+        #expect(throws: DedupError.notARepository(path: dir.sub("missing"))) { try Repository(path: dir.sub("missing")) }
+        try FileManager.default.createDirectory(atPath: dir.sub("full"), withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: dir.sub("full/x"), contents: Data([1]))
+        #expect(throws: DedupError.directoryNotEmpty(path: dir.sub("full"))) { try Repository.initialize(at: dir.sub("full")) }
+
+        let repo = try makeRepository(dir)
+        #expect(throws: DedupError.repositoryExists(path: repo.path)) { try Repository.initialize(at: repo.path) }
+        var config = try #require(try JSONSerialization.jsonObject(with: Data(FileIO.readFile(repo.path + "/config"))) as? [String: Any])
+        config["version"] = 2
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: repo.path + "/config"))
+        #expect(throws: DedupError.unsupportedFormat(path: repo.path, found: 2, supported: 1)) { try Repository(path: repo.path) }
+        try Data("{\"format\":\"restic\"}".utf8).write(to: URL(fileURLWithPath: repo.path + "/config"))
+        #expect { try Repository(path: repo.path) } throws: { e in
+            if case DedupError.foreignRepository = e { return true } else { return false }
+        }
+    }
+
+    @Test func corruptChunkFailsRestoreNamingChunkAndPackAndLeavesNoFile() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let data = randomBytes(2 << 20, seed: 5)
+        let m = try backup(repo, data, name: "victim")
+        let other = try backup(repo, randomBytes(300_000, seed: 6), name: "bystander")
+        // Damage one chunk of the first backup.
+        var victimChunk: ChunkID?
+        try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in if victimChunk == nil { victimChunk = id } }
+        let chunk = try #require(victimChunk)
+        let loc = try #require(try repo.index().lookup(chunk))
+        try flipByte(at: repo.backend.path(loc.pack.key), offset: payloadOffset(loc) + 100)
+
+        let out = dir.sub("out.sql")
+        #expect { try Restorer(repository: repo).restore(m.id, to: .file(path: out, overwrite: false)) } throws: { e in
+            guard case DedupError.chunkCorrupt(let c, let p, let manifest, _) = e else { return false }
+            return c == chunk.hex && p == loc.pack.hex && manifest == m.id
+        }
+        #expect(!FileIO.exists(out))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).allSatisfy { !$0.contains("partial") })
+        // verify --deep names the damaged backup and not the other one.
+        let report = try Verifier(repository: repo).verify(deep: true)
+        #expect(!report.ok)
+        #expect(report.damagedManifests == [m.id])
+        #expect(try restoreBytes(repo, other.id, dir: dir) == randomBytes(300_000, seed: 6))
+    }
+
+    @Test func lostIndexIsRebuiltFromPacks() throws {
+        let dir = TempDir()
+        let path: String
+        let ids: [String]
+        do {
+            let repo = try makeRepository(dir)
+            path = repo.path
+            ids = [try backup(repo, randomBytes(2 << 20, seed: 7), name: "a").id,
+                   try backup(repo, sqlLikeBytes(rows: 10_000, seed: 8), name: "b").id]
+        }
+        try FileManager.default.removeItem(atPath: path + "/index")
+        let repo = try Repository(path: path)
+        #expect(try restoreBytes(repo, ids[0], dir: dir) == randomBytes(2 << 20, seed: 7))
+        #expect(repo.notices.contains { $0.contains("rebuilding") })
+        // Dedup still works against the rebuilt index and filter.
+        let again = try backup(repo, sqlLikeBytes(rows: 10_000, seed: 8), name: "c")
+        #expect(again.stats.newChunks == 0)
+        let rebuilt = try repo.rebuildIndex()
+        #expect(rebuilt.chunks == (try repo.index().chunkCount()))
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+    }
+
+    @Test func packWrittenButNotIndexedIsPickedUp() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        try backup(repo, [1, 2, 3])
+        // Write a pack behind the index's back, as a crash between pack commit and
+        // index insert would leave it.
+        let data = randomBytes(200_000, seed: 9)
+        let writer = try PackWriter(backend: repo.backend)
+        let id = SHA256Hasher.hash(data)
+        try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
+        _ = try writer.finish(backend: repo.backend)
+        let reopened = try Repository(path: repo.path)
+        #expect(try reopened.index().lookup(id) != nil)
+        #expect(reopened.notices.contains { $0.contains("missing from the index") })
+    }
+
+    @Test func truncatedPlainDumpIsRefused() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let dump = sqlLikeBytes(rows: 20_000, seed: 10)
+        let cut = Array(dump[0..<(dump.count * 2 / 3)])
+        #expect { try backup(repo, cut, name: "cut") } throws: { e in
+            guard case DedupError.incompleteInput(let msg) = e else { return false }
+            return msg.contains("PostgreSQL database dump complete")
+        }
+        #expect(try repo.manifestIDs().isEmpty)
+        // The packs it wrote are reused by the next, complete backup.
+        let whole = try backup(repo, dump, name: "whole")
+        #expect(whole.stats.newChunks < whole.stats.chunks)
+        // Explicitly allowed, a cut dump is kept.
+        #expect(throws: Never.self) { try backup(repo, cut, name: "cut-allowed", checkDump: false) }
+    }
+
+    @Test func sharedLocksCoexistExclusiveConflicts() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let a = try repo.lock(.shared, command: "backup a")
+        let b = try repo.lock(.shared, command: "backup b")
+        #expect { try repo.lock(.exclusive, command: "gc") } throws: { e in
+            (e as? DedupError)?.message.contains("is locked") == true
+        }
+        a.release(); b.release()
+        let ex = try repo.lock(.exclusive, command: "gc")
+        #expect(throws: DedupError.self) { try backup(repo, [1, 2, 3]) }
+        ex.release()
+        #expect(try RepositoryLock.list(repo.backend).isEmpty)
+    }
+
+    @Test func damagedChunkListIsDetected() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let m = try backup(repo, randomBytes(500_000, seed: 11), name: "x")
+        try flipByte(at: repo.backend.path(m.chunkList.key), offset: 20)
+        #expect { try restoreBytes(repo, m.id, dir: dir) } throws: { e in
+            guard case DedupError.manifestCorrupt(let id, let detail) = e else { return false }
+            return id == m.id && detail.contains("checksum")
+        }
+        #expect(try Verifier(repository: repo).verify(deep: false).damagedManifests == [m.id])
+    }
+
+    @Test func missingPackIsReportedByVerifyAndRestore() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let m = try backup(repo, randomBytes(3 << 20, seed: 12), name: "x")
+        let pack = try #require(try repo.listPacks().keys.first)
+        try repo.backend.delete(pack.key)
+        let reopened = try Repository(path: repo.path)
+        let report = try Verifier(repository: reopened).verify(deep: false)
+        #expect(report.damagedManifests == [m.id])
+        #expect(throws: DedupError.self) { try restoreBytes(reopened, m.id, dir: dir) }
+    }
+}

@@ -29,14 +29,28 @@ struct CLI {
     /// Runs `dbbackup dedup ARGS --dedup-dir repo`, feeding `stdin`.
     @discardableResult
     func dedup(_ args: [String], stdin: [UInt8]? = nil, env: [String: String] = [:]) throws -> Result {
-        try CLI.run(["dedup"] + args + ["--dedup-dir", repo], stdin: stdin, env: env)
+        // --dedup-dir goes right after the subcommand: anything after "--" is an input command.
+        let head = args.first == "index" ? Array(args.prefix(2)) : Array(args.prefix(1))
+        return try CLI.run(["dedup"] + head + ["--dedup-dir", repo] + Array(args.dropFirst(head.count)), stdin: stdin, env: env)
     }
 
     static func run(_ args: [String], stdin: [UInt8]? = nil, env: [String: String] = [:]) throws -> Result {
+        try runProcess(binary, args, stdin: stdin, env: env)
+    }
+
+    /// Runs another program found in PATH (pg_dump, psql, ...).
+    static func runExecutable(_ args: [String], stdin: [UInt8]? = nil) throws -> Result {
+        guard let name = args.first, let exe = findExecutable(name) else {
+            return Result(status: 127, stdout: [], stderr: "\(args.first ?? "") not found in PATH", signaled: false)
+        }
+        return try runProcess(exe, Array(args.dropFirst()), stdin: stdin, env: [:])
+    }
+
+    static func runProcess(_ executable: String, _ args: [String], stdin: [UInt8]?, env: [String: String]) throws -> Result {
         // A child that exits before reading all its input must not kill the tests.
         signal(SIGPIPE, SIG_IGN)
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
         var environment = ProcessInfo.processInfo.environment
         for (k, v) in env { environment[k] = v }

@@ -150,7 +150,12 @@ public final class BackupSession {
         FaultInjection.crashPoint("backup.before-manifest")
         try backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)
         FaultInjection.crashPoint("backup.after-manifest")
-        try repository.updateBloom(bloom)
+        // The backup is committed; a filter that cannot be saved is only a cache.
+        do {
+            try repository.updateBloom(bloom)
+        } catch {
+            repository.notice("could not save the Bloom filter (\(error)); the next run rebuilds it")
+        }
         return manifest
     }
 

@@ -22,7 +22,7 @@ public final class Repository {
     /// Called with each notice as it happens (the CLI prints them on stderr).
     public var onNotice: ((String) -> Void)?
 
-    private func notice(_ message: String) {
+    func notice(_ message: String) {
         notices.append(message)
         onNotice?(message)
     }
@@ -171,7 +171,7 @@ public final class Repository {
            b.count == count, b.capacity >= count {
             return b
         }
-        var b = BloomFilter(capacity: max(count * 2, 1 << 20))
+        var b = BloomFilter(capacity: max(count * 2, 1 << 16))
         try idx.forEachChunk { id, _ in b.insert(id) }
         b.count = count
         return b

@@ -69,7 +69,7 @@ struct DedupBackup: ParsableCommand {
     }
 
     func run() throws {
-        try reportingErrors {
+        try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
             var sourceName = "stdin"
             var rawFD: Int32 = STDIN_FILENO
             var openedFD: Int32 = -1

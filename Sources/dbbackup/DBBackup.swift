@@ -53,11 +53,14 @@ struct StoreOptions: ParsableArguments {
 }
 
 /// Runs a command body, turning errors into one line on stderr and exit status 1.
-func reportingErrors(_ body: () throws -> Void) throws {
+/// `noSpaceHint` is added when the failure is a full disk.
+func reportingErrors(noSpaceHint: String? = nil, _ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as DedupError {
-        Terminal.error(e.message)
+        var message = e.message
+        if e.isNoSpace, let noSpaceHint { message += "; " + noSpaceHint }
+        Terminal.error(message)
         throw ExitCode(1)
     } catch let e as ExitCode {
         throw e

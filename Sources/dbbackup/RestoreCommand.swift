@@ -25,7 +25,7 @@ struct DedupRestore: ParsableCommand {
     var force = false
 
     func run() throws {
-        try reportingErrors {
+        try reportingErrors(noSpaceHint: "the disk receiving the restore is full: the partial output was removed") {
             let repo = try store.open()
             let restorer = Restorer(repository: repo)
             let started = Date()

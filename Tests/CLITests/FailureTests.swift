@@ -47,6 +47,16 @@ import Testing
         #expect(r.stderr.contains("No space left on device"), "\(r.stderr)")
         #expect(manifestCount(mnt + "/repo") == 1)
         try expectIntact(cli, id, small)
+
+        // A restore onto a full disk fails and leaves no partial file behind.
+        let out = dir + "/tiny"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        #expect(shell("mount -t tmpfs -o size=256k tmpfs '\(out)'") == 0)
+        defer { _ = shell("umount '\(out)'") }
+        let restore = try cli.dedup(["restore", id, out + "/small.bin"])
+        #expect(restore.status == 1)
+        #expect(errorLines(restore).count == 1 && restore.stderr.contains("the partial output was removed"), "\(restore.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).isEmpty)
     }
 
     @Test func producerThatFailsCommitsNothing() throws {

@@ -14,6 +14,8 @@ public struct BackupOptions: Sendable {
     public var source: String
     /// Refuse plain SQL dumps that lack their completion line.
     public var checkDumpComplete = true
+    /// How long to wait for an exclusive lock (gc, prune) to go away.
+    public var lockWait: TimeInterval = 600
 
     public init(name: String, source: String) {
         self.name = name
@@ -50,7 +52,7 @@ public final class BackupSession {
 
     public func run<S: ByteSource>(source: S, options: BackupOptions) throws -> Manifest {
         let started = Date()
-        let lock = try repository.lock(.shared, command: "backup \(options.name)")
+        let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
         defer { lock.release() }
         let index = try repository.index()
         var bloom = try repository.bloom()

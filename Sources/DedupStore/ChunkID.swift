@@ -51,9 +51,11 @@ public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
     }
 
     public var bytes: [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: 32) { buf, n in
-            store(to: UnsafeMutableRawPointer(buf.baseAddress!)); n = 32
+        var out = [UInt8](repeating: 0, count: 32)
+        out.withUnsafeMutableBytes { raw in
+            if let base = raw.baseAddress { store(to: base) }
         }
+        return out
     }
 
     public var hex: String { Hex.encode(bytes) }

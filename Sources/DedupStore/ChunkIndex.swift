@@ -188,6 +188,37 @@ public final class ChunkIndex {
         }
     }
 
+    /// Forgets a pack: its record, and each of `ids` whose location is in that pack
+    /// (a chunk that was copied elsewhere keeps its newer location).
+    public func remove(pack: PackID, ids: [ChunkID]) throws {
+        try write { txn in
+            for id in ids {
+                var key = id.bytes
+                let loc: ChunkLocation? = try key.withUnsafeMutableBytes { k in
+                    var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
+                    var mv = MDB_val()
+                    let rc = mdb_get(txn, chunks, &mk, &mv)
+                    if rc == MDB_NOTFOUND { return nil }
+                    try check(rc, "get")
+                    return decode(mv)
+                }
+                guard let loc, loc.pack == pack else { continue }
+                try key.withUnsafeMutableBytes { k in
+                    var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
+                    let rc = mdb_del(txn, chunks, &mk, nil)
+                    if rc != MDB_NOTFOUND { try check(rc, "delete") }
+                }
+            }
+            var pk = BinaryWriter(capacity: 16)
+            pk.append(pack.hi); pk.append(pack.lo)
+            try pk.bytes.withUnsafeBytes { k in
+                var mk = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
+                let rc = mdb_del(txn, packs, &mk, nil)
+                if rc != MDB_NOTFOUND { try check(rc, "delete pack") }
+            }
+        }
+    }
+
     /// Removes every chunk and pack record (before a rebuild).
     public func clear() throws {
         try write { txn in

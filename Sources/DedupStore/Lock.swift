@@ -40,30 +40,50 @@ public final class RepositoryLock {
     public let key: String
     private var held = true
 
-    /// Takes a lock of `kind`, or throws `.locked` naming whoever conflicts.
-    public init(backend: Backend, kind: LockInfo.Kind, command: String) throws {
+    /// Takes a lock of `kind`, or throws `.locked` naming whoever conflicts. With
+    /// `wait` > 0 it retries every two seconds for that long while the conflicting
+    /// locks belong to live processes (`onWait` hears about it once); a stale lock
+    /// fails at once, since waiting cannot end it.
+    public init(backend: Backend, kind: LockInfo.Kind, command: String,
+                wait: TimeInterval = 0, onWait: ((String) -> Void)? = nil) throws {
         self.backend = backend
         let info = LockInfo(kind: kind, hostname: LockInfo.currentHost, pid: getpid(),
                             startedAt: Timestamps.iso8601(Date()), command: command)
         key = "locks/\(kind.rawValue)-\(Hex.encode(SecureRandom.bytes(8))).json"
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        try backend.put(key, Array(try enc.encode(info)), ifAbsent: true)
-        // Publish first, then look: of two racing writers at least one sees the other.
-        do {
-            let others = try RepositoryLock.list(backend).filter { $0.key != key }
-            let conflicts = others.filter { kind == .exclusive || $0.info.kind == .exclusive }
-            if let first = conflicts.first {
-                let stale = conflicts.contains { $0.info.isStale }
-                let hint = stale
-                    ? "; the process that held it is gone: remove it with `dbbackup dedup unlock --stale-only`"
-                    : "; try again when it has finished"
-                throw DedupError.locked("repository \(backend.location) is locked: \(first.info.summary)\(hint)")
+        let body = Array(try enc.encode(info))
+        let deadline = Date().addingTimeInterval(wait)
+        var told = false
+        while true {
+            try backend.put(key, body, ifAbsent: true)
+            // Publish first, then look: of two racing writers at least one sees the other.
+            let conflicts: [LockInfo]
+            do {
+                conflicts = try RepositoryLock.list(backend)
+                    .filter { $0.key != key && (kind == .exclusive || $0.info.kind == .exclusive) }
+                    .map(\.info)
+            } catch {
+                try? backend.delete(key)
+                held = false
+                throw error
             }
-        } catch {
+            guard let first = conflicts.first else { return }
             try? backend.delete(key)
+            let stale = conflicts.first { $0.isStale }
+            if stale == nil, Date() < deadline {
+                if !told {
+                    onWait?("waiting for the repository lock: \(first.summary)")
+                    told = true
+                }
+                Thread.sleep(forTimeInterval: min(2, max(0.1, deadline.timeIntervalSinceNow)))
+                continue
+            }
             held = false
-            throw error
+            let hint = stale != nil
+                ? "; the process that held it is gone: remove it with `dbbackup dedup unlock --stale-only`"
+                : (wait > 0 ? "; gave up after waiting \(Int(wait)) s" : "; try again when it has finished (or pass --lock-wait)")
+            throw DedupError.locked("repository \(backend.location) is locked: \((stale ?? first).summary)\(hint)")
         }
     }
 

@@ -66,7 +66,7 @@ public final class Repository {
         config = try RepositoryConfig.decode(bytes, path: path)
     }
 
-    var indexDirectory: String { path + "/index" }
+    public var indexDirectory: String { path + "/index" }
 
     // MARK: - Index and Bloom filter (the cache)
 
@@ -171,6 +171,13 @@ public final class Repository {
            b.count == count, b.capacity >= count {
             return b
         }
+        return try freshBloom()
+    }
+
+    /// A filter built anew from the index (after gc removed chunks).
+    public func freshBloom() throws -> BloomFilter {
+        let idx = try index()
+        let count = try idx.chunkCount()
         var b = BloomFilter(capacity: max(count * 2, 1 << 16))
         try idx.forEachChunk { id, _ in b.insert(id) }
         b.count = count
@@ -183,9 +190,7 @@ public final class Repository {
         let count = try index().chunkCount()
         if count > b.capacity {
             // Outgrown: rebuild at twice the size so false positives stay rare.
-            var bigger = BloomFilter(capacity: count * 2)
-            try index().forEachChunk { id, _ in bigger.insert(id) }
-            b = bigger
+            b = try freshBloom()
         }
         b.count = count
         bloomFilter = b
@@ -231,10 +236,37 @@ public final class Repository {
         throw DedupError.manifestAmbiguous(prefix: text, candidates: matches)
     }
 
+    /// Deletes a backup: its manifest first (the backup is gone at that instant),
+    /// then its chunk list and verification record. Its chunks stay until gc.
+    public func deleteManifest(_ id: String) throws {
+        let manifest = try loadManifest(id)
+        try backend.delete(Manifest.key(for: id))
+        try backend.delete(manifest.chunkList.key)
+        try backend.delete(VerificationRecord.key(for: id))
+    }
+
+    /// The last verification of each backup that has one.
+    public func verificationRecords() throws -> [String: VerificationRecord] {
+        var out = [String: VerificationRecord]()
+        for obj in try backend.list("verified/") where obj.key.hasSuffix(".json") {
+            guard let bytes = try backend.get(obj.key),
+                  let r = try? JSONDecoder().decode(VerificationRecord.self, from: Data(bytes)) else { continue }
+            out[r.id] = r
+        }
+        return out
+    }
+
+    public func saveVerification(_ r: VerificationRecord) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        try backend.put(VerificationRecord.key(for: r.id), Array(try enc.encode(r)), ifAbsent: false)
+    }
+
     // MARK: - Locks
 
-    public func lock(_ kind: LockInfo.Kind, command: String) throws -> RepositoryLock {
-        try RepositoryLock(backend: backend, kind: kind, command: command)
+    /// Takes a repository lock, waiting up to `wait` seconds for live holders.
+    public func lock(_ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0) throws -> RepositoryLock {
+        try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait) { [weak self] in self?.notice($0) }
     }
 
     /// Bytes the repository takes on disk (every file, the cache included).

@@ -1,5 +1,17 @@
 import Foundation
 
+/// The outcome of the last verification of one backup: `verified/<id>.json`.
+public struct VerificationRecord: Codable, Equatable, Sendable {
+    public var id: String
+    public var verifiedAt: String
+    /// "quick" (structure and presence), or "deep" (every chunk read and hashed).
+    public var mode: String
+    public var ok: Bool
+    public var problem: String?
+
+    public static func key(for id: String) -> String { "verified/\(id).json" }
+}
+
 /// What `verify` found.
 public struct VerifyReport: Sendable {
     public struct Problem: Sendable, Equatable {
@@ -25,24 +37,39 @@ public struct VerifyReport: Sendable {
 /// Quick mode: every pack's footer and trailer checksum; every manifest's chunk
 /// list (framing and checksum); every referenced chunk present in the index, in a
 /// pack that exists and is long enough. Deep mode adds: read, decompress and hash
-/// every chunk of every pack, and the whole-stream checksum of each backup follows
-/// from chunk checks plus the chunk list.
+/// every chunk of every pack; with a sample, of a random share of the packs, so
+/// that a nightly job covers the whole repository over several nights. Each
+/// backup's outcome is recorded (`verified/<id>.json`): "deep" when every pack it
+/// uses was read in full, else "quick".
 public final class Verifier {
     private let repository: Repository
+    /// Record each backup's outcome in the repository.
+    public var record = true
 
     public init(repository: Repository) {
         self.repository = repository
     }
 
-    public func verify(manifestIDs requested: [String]? = nil, deep: Bool) throws -> VerifyReport {
+    /// `samplePercent` (0...100) reads that share of the packs in full; `deep`
+    /// reads all of them.
+    public func verify(manifestIDs requested: [String]? = nil, deep: Bool, samplePercent: Double? = nil) throws -> VerifyReport {
         var report = VerifyReport()
         let index = try repository.index()
         let packs = try repository.listPacks()
         var badPacks = [PackID: String]()
         var corruptChunks = [ChunkID: String]()
+        var readInFull = Set<PackID>()
 
-        // Packs: footer and trailer; in deep mode every chunk.
-        let fetcher = deep ? try ChunkFetcher(repository: repository) : nil
+        var toRead = Set<PackID>()
+        if deep {
+            toRead = Set(packs.keys)
+        } else if let p = samplePercent, p > 0, !packs.isEmpty {
+            let n = min(packs.count, max(1, Int((Double(packs.count) * p / 100).rounded(.up))))
+            toRead = Set(packs.keys.shuffled().prefix(n))
+        }
+
+        // Packs: footer and trailer; for the packs to read, every chunk.
+        let fetcher = toRead.isEmpty ? nil : try ChunkFetcher(repository: repository)
         for (pack, _) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
             report.packsChecked += 1
             let entries: [PackEntry]
@@ -53,7 +80,7 @@ public final class Verifier {
                 report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: nil, message: e.message))
                 continue
             }
-            guard let fetcher else { continue }
+            guard let fetcher, toRead.contains(pack) else { continue }
             for e in entries {
                 do {
                     _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
@@ -61,19 +88,23 @@ public final class Verifier {
                 } catch let err as DedupError {
                     let detail: String
                     if case .chunkCorrupt(_, _, _, let d) = err { detail = d } else { detail = err.message }
-                    corruptChunks[e.id] = "chunk \(e.id.hex) in pack \(pack.hex) is corrupt (\(detail))"
-                    report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: e.id.hex, message: corruptChunks[e.id] ?? detail))
+                    let message = "chunk \(e.id.hex) in pack \(pack.hex) is corrupt (\(detail))"
+                    corruptChunks[e.id] = message
+                    report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: e.id.hex, message: message))
                 }
             }
+            readInFull.insert(pack)
         }
 
         // Manifests: chunk list, then each chunk's location.
         let ids = try requested ?? repository.manifestIDs()
+        let now = Timestamps.iso8601(Date())
         for id in ids {
             report.manifestsChecked += 1
-            var damaged = false
+            var firstProblem: String?
+            var coveredInFull = true
             func problem(_ message: String, pack: String? = nil, chunk: String? = nil) {
-                damaged = true
+                if firstProblem == nil { firstProblem = message }
                 report.problems.append(.init(manifest: id, pack: pack, chunk: chunk, message: message))
             }
             do {
@@ -91,6 +122,7 @@ public final class Verifier {
                         reported += 1
                         return
                     }
+                    if !readInFull.contains(loc.pack) { coveredInFull = false }
                     if let why = badPacks[loc.pack] {
                         problem("backup \(id) needs chunk \(chunk.hex) from a damaged pack: \(why)", pack: loc.pack.hex, chunk: chunk.hex)
                         reported += 1
@@ -110,7 +142,11 @@ public final class Verifier {
             } catch let e as DedupError {
                 problem(e.message)
             }
-            if damaged { report.damagedManifests.append(id) }
+            if firstProblem != nil { report.damagedManifests.append(id) }
+            if record, (try? repository.backend.size(Manifest.key(for: id))) != nil {
+                try repository.saveVerification(VerificationRecord(
+                    id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil, problem: firstProblem))
+            }
         }
         return report
     }

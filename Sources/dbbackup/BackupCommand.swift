@@ -53,6 +53,9 @@ struct DedupBackup: ParsableCommand {
     @Flag(help: "Print the committed manifest as JSON.")
     var json = false
 
+    @Option(help: ArgumentHelp("Seconds to wait while gc or prune holds the repository.", valueName: "seconds"))
+    var lockWait: Int = 600
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The input command, after --, with --from-command.", valueName: "command"))
     var command: [String] = []
 
@@ -108,6 +111,7 @@ struct DedupBackup: ParsableCommand {
             options.dbType = dbType
             options.dbHost = dbHost
             options.checkDumpComplete = !noDumpCheck
+            options.lockWait = TimeInterval(lockWait)
             for t in tag {
                 let parts = t.split(separator: "=", maxSplits: 1)
                 options.tags[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""

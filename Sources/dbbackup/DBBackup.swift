@@ -19,10 +19,10 @@ struct DBBackup: ParsableCommand {
 
 struct Dedup: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The deduplicating chunk store: backup, restore, list, stats, verify.",
+        abstract: "The deduplicating chunk store: backup, restore, list, stats, verify, prune, gc.",
         subcommands: [
             DedupInit.self, DedupBackup.self, DedupRestore.self, DedupList.self, DedupStats.self,
-            DedupVerify.self, DedupIndex.self, DedupUnlock.self,
+            DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self,
         ]
     )
 }

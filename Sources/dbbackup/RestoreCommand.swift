@@ -60,19 +60,36 @@ struct DedupList: ParsableCommand {
             var manifests = try repo.manifests()
             if let database { manifests = manifests.filter { $0.database == database } }
             if json {
-                try Terminal.json(manifests)
+                let verified = try repo.verificationRecords()
+                try Terminal.json(manifests.map { ListedBackup(manifest: $0, lastVerification: verified[$0.id]) })
                 return
             }
             if manifests.isEmpty {
                 Terminal.out("no backups\(database.map { " of database \($0)" } ?? "") in \(repo.path)")
                 return
             }
+            let verified = try repo.verificationRecords()
             let rows = manifests.map { m -> [String] in
                 let dedup = m.size > 0 ? 1 - Double(m.stats.newBytes) / Double(m.size) : 1
-                return [m.id, m.database ?? "-", Format.bytes(m.size), Format.percent(dedup), "\(m.stats.chunks)", m.createdAt]
+                let v = verified[m.id].map { $0.ok ? "\($0.verifiedAt) \($0.mode)" : "FAILED \($0.verifiedAt)" } ?? "never"
+                return [m.id, m.database ?? "-", Format.bytes(m.size), Format.percent(dedup), "\(m.stats.chunks)", m.createdAt, v]
             }
-            printTable(header: ["ID", "DATABASE", "SIZE", "DEDUP", "CHUNKS", "CREATED"], rows: rows)
+            printTable(header: ["ID", "DATABASE", "SIZE", "DEDUP", "CHUNKS", "CREATED", "VERIFIED"], rows: rows)
         }
+    }
+}
+
+/// A manifest's fields plus its last verification, flat, for `list --json`.
+struct ListedBackup: Encodable {
+    var manifest: Manifest
+    var lastVerification: VerificationRecord?
+
+    enum Key: String, CodingKey { case lastVerification }
+
+    func encode(to encoder: Encoder) throws {
+        try manifest.encode(to: encoder)
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encodeIfPresent(lastVerification, forKey: .lastVerification)
     }
 }
 

@@ -61,6 +61,7 @@ func backup(_ repo: Repository, _ bytes: [UInt8], name: String = "test", time: D
     var options = BackupOptions(name: name, source: "memory")
     options.time = time
     options.checkDumpComplete = checkDump
+    options.lockWait = 0
     return try BackupSession(repository: repo).run(source: BufferSource(bytes), options: options)
 }
 

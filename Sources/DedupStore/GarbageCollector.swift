@@ -1,0 +1,161 @@
+import Foundation
+
+/// What gc did (or, with `dryRun`, would do).
+public struct GCReport: Codable, Sendable {
+    public var manifests = 0
+    public var liveChunks = 0
+    public var missingChunks = 0
+    public var packsBefore = 0
+    public var packsDeleted = 0
+    public var packsRepacked = 0
+    public var packsWritten = 0
+    public var packsUnreadable: [String] = []
+    public var chunksRemoved = 0
+    public var bytesBefore: Int64 = 0
+    public var bytesReclaimed: Int64 = 0
+    public var orphanChunkListsRemoved = 0
+    public var dryRun = false
+    public var durationSeconds = 0.0
+}
+
+/// Mark and sweep over the whole repository, under the exclusive lock.
+///
+/// Mark: every chunk id of every manifest goes into an on-disk set (memory stays
+/// bounded). If any backup cannot be read, gc stops before deleting anything.
+/// Sweep, pack by pack: a chunk is live in a pack when it is marked and the index
+/// places it in that pack (a duplicate elsewhere is dead). Packs with nothing live
+/// are deleted; packs whose live bytes fall below the threshold are repacked: their
+/// live chunks, checked against their ids, are copied as stored into new packs,
+/// which are committed and indexed before the old pack is forgotten and deleted.
+/// A crash at any point leaves every manifest restorable; the next gc finishes.
+public final class GarbageCollector {
+    private let repository: Repository
+    public var repackThreshold = 0.5
+    public var dryRun = false
+
+    public init(repository: Repository) {
+        self.repository = repository
+    }
+
+    public func run() throws -> GCReport {
+        let started = Date()
+        var report = GCReport()
+        report.dryRun = dryRun
+        let backend = repository.backend
+        let index = try repository.index()
+
+        // Mark.
+        let marks = try ChunkSet(path: repository.indexDirectory + "/gc-marks-\(getpid()).lmdb")
+        let ids = try repository.manifestIDs()
+        var liveChunkLists = Set<String>()
+        for id in ids {
+            do {
+                let m = try repository.loadManifest(id)
+                let list = try ChunkListReader(backend: backend, manifest: m)
+                liveChunkLists.insert(m.chunkList.key)
+                try list.forEach { chunk, _ in try marks.insert(chunk) }
+            } catch let e as DedupError {
+                throw DedupError.invalidArgument("gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again")
+            }
+        }
+        try marks.flush()
+        report.manifests = ids.count
+        report.liveChunks = try marks.count()
+        FaultInjection.crashPoint("gc.after-mark")
+
+        // Sweep.
+        let packs = try repository.listPacks()
+        report.packsBefore = packs.count
+        report.bytesBefore = packs.values.reduce(0, +)
+        let fetcher = try ChunkFetcher(repository: repository)
+        var writer: PackWriter?
+        var awaitingCommit: [(PackID, [ChunkID], Int64)] = []
+        var foundLive = 0
+
+        func commitWriter() throws {
+            guard let w = writer else { return }
+            writer = nil
+            let size = Int64(w.size)
+            let entries = try w.finish(backend: backend)
+            report.packsWritten += 1
+            report.bytesReclaimed -= size
+            FaultInjection.crashPoint("gc.after-repack-commit")
+            try index.insert(pack: w.id, size: size, entries: entries)
+            for (old, oldIDs, oldSize) in awaitingCommit {
+                try forget(old, oldIDs, oldSize)
+            }
+            awaitingCommit.removeAll()
+        }
+
+        func forget(_ pack: PackID, _ chunkIDs: [ChunkID], _ size: Int64) throws {
+            try index.remove(pack: pack, ids: chunkIDs)
+            FaultInjection.crashPoint("gc.before-pack-delete")
+            try backend.delete(pack.key)
+            report.bytesReclaimed += size
+        }
+
+        for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
+            let entries: [PackEntry]
+            do {
+                entries = try PackReader(backend: backend, id: pack).entries()
+            } catch let e as DedupError {
+                // Never delete what cannot be read: verify reports it.
+                report.packsUnreadable.append("\(pack.hex): \(e.message)")
+                continue
+            }
+            var live = [PackEntry]()
+            var liveBytes: Int64 = 0
+            for e in entries where try marks.contains(e.id) {
+                if let loc = try index.lookup(e.id), loc.pack == pack, loc.offset == e.location.offset {
+                    live.append(e)
+                    liveBytes += Int64(e.location.storedLength) + Int64(PackFormat.entryHeaderSize)
+                }
+            }
+            foundLive += live.count
+            let allIDs = entries.map(\.id)
+            if live.isEmpty {
+                report.packsDeleted += 1
+                report.chunksRemoved += entries.count
+                if dryRun { report.bytesReclaimed += size } else { try forget(pack, allIDs, size) }
+                continue
+            }
+            guard Double(liveBytes) < repackThreshold * Double(size) else { continue }
+            report.packsRepacked += 1
+            report.chunksRemoved += entries.count - live.count
+            if dryRun {
+                report.bytesReclaimed += size - liveBytes
+                continue
+            }
+            for e in live {
+                _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+                let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
+                if writer == nil { writer = try PackWriter(backend: backend) }
+                try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
+                                encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: stored)
+                if let w = writer, w.size >= UInt64(repository.config.packSize) {
+                    // Forgets only packs copied in full before this one.
+                    try commitWriter()
+                }
+            }
+            // This pack goes once every live chunk of it is in a committed pack:
+            // at the next commit.
+            awaitingCommit.append((pack, allIDs, size))
+        }
+        if !dryRun { try commitWriter() }
+        report.missingChunks = max(0, report.liveChunks - foundLive)
+
+        // Chunk lists that no manifest names (a backup that died before committing).
+        for obj in try backend.list("manifests/") where obj.key.hasSuffix(".chunks") && !liveChunkLists.contains(obj.key) {
+            report.orphanChunkListsRemoved += 1
+            if !dryRun { try backend.delete(obj.key) }
+        }
+        if !dryRun {
+            // Leftovers of processes that died while writing (nothing else can be
+            // writing: gc holds the exclusive lock).
+            for obj in try backend.list("tmp/") { try backend.delete(obj.key) }
+            try repository.updateBloom(try repository.freshBloom())
+        }
+        report.durationSeconds = Date().timeIntervalSince(started)
+        return report
+    }
+}

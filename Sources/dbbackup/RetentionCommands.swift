@@ -1,0 +1,160 @@
+import ArgumentParser
+import DedupStore
+import Foundation
+
+/// Options of commands that need the exclusive lock.
+struct ExclusiveLockOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Seconds to wait for running backups to finish (default: fail at once).", valueName: "seconds"))
+    var lockWait: Int = 0
+}
+
+struct DedupDelete: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete",
+        abstract: "Delete backups (their chunks stay until `dedup gc`).")
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var locking: ExclusiveLockOptions
+
+    @Argument(help: ArgumentHelp("Backup ids or unique prefixes.", valueName: "manifest-id"))
+    var ids: [String]
+
+    func validate() throws {
+        if ids.isEmpty { throw ValidationError("name at least one backup to delete") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let repo = try store.open()
+            let lock = try repo.lock(.exclusive, command: "delete", wait: TimeInterval(locking.lockWait))
+            defer { lock.release() }
+            let resolved = try ids.map { try repo.resolveManifestID($0) }
+            for id in Set(resolved).sorted() {
+                try repo.deleteManifest(id)
+                Terminal.out("deleted \(id)")
+            }
+            Terminal.out("run `dbbackup dedup gc` to reclaim the space of chunks no backup uses any more")
+        }
+    }
+}
+
+struct DedupPrune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Delete backups that a GFS retention policy does not keep.",
+        discussion: """
+        Backups are grouped by database (or by name when they have none). Within a
+        group each rule walks the backups newest first and keeps the newest backup
+        of each day, ISO week, month or year (in the local time zone) until it has
+        kept its count; --keep-last N keeps the N newest. A backup kept by any rule
+        stays. A policy that would delete every backup of a group is refused without
+        --allow-empty. Run `dedup gc` afterwards to reclaim the space.
+        """)
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var locking: ExclusiveLockOptions
+
+    @Option(help: "Keep the N newest backups.") var keepLast: Int = 0
+    @Option(help: "Keep the newest backup of each of the last N days.") var keepDaily: Int = 0
+    @Option(help: "Keep the newest backup of each of the last N ISO weeks.") var keepWeekly: Int = 0
+    @Option(help: "Keep the newest backup of each of the last N months.") var keepMonthly: Int = 0
+    @Option(help: "Keep the newest backup of each of the last N years.") var keepYearly: Int = 0
+    @Option(help: "Only backups of this database (or name).") var database: String?
+    @Flag(help: "Show what would be kept and deleted; change nothing.") var dryRun = false
+    @Flag(help: "Allow a policy that deletes every backup of a database.") var allowEmpty = false
+    @Flag(help: "Print the decisions as JSON.") var json = false
+
+    func validate() throws {
+        for v in [keepLast, keepDaily, keepWeekly, keepMonthly, keepYearly] where v < 0 {
+            throw ValidationError("--keep-* values must not be negative")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let repo = try store.open()
+            let lock = dryRun ? nil : try repo.lock(.exclusive, command: "prune", wait: TimeInterval(locking.lockWait))
+            defer { lock?.release() }
+            let policy = RetentionPolicy(keepLast: keepLast, keepDaily: keepDaily, keepWeekly: keepWeekly,
+                                         keepMonthly: keepMonthly, keepYearly: keepYearly)
+            var manifests = try repo.manifests()
+            if let database { manifests = manifests.filter { Retention.group(of: $0) == database } }
+            let decisions = Retention.decide(manifests, policy: policy)
+            let emptied = Dictionary(grouping: decisions, by: \.group).filter { $0.value.allSatisfy { !$0.keep } }.keys.sorted()
+            if !emptied.isEmpty && !allowEmpty {
+                throw DedupError.invalidArgument("this policy (\(policy.isEmpty ? "keeps nothing" : policy.summary)) would delete every backup of \(emptied.joined(separator: ", ")); nothing was deleted (pass --allow-empty if that is what you want)")
+            }
+            if json {
+                struct Row: Encodable { var id, group, createdAt: String; var keep: Bool; var reasons: [String] }
+                try Terminal.json(decisions.map { Row(id: $0.id, group: $0.group, createdAt: $0.createdAt, keep: $0.keep, reasons: $0.reasons) })
+            } else {
+                printTable(header: ["ACTION", "ID", "GROUP", "CREATED", "REASONS"], rows: decisions.map {
+                    [$0.keep ? "KEEP" : "DELETE", $0.id, $0.group, $0.createdAt, $0.reasons.joined(separator: ", ")]
+                })
+            }
+            let doomed = decisions.filter { !$0.keep }
+            if dryRun {
+                if !json { Terminal.out("dry run: \(doomed.count) of \(decisions.count) backups would be deleted; nothing was changed") }
+                return
+            }
+            for (i, d) in doomed.enumerated() {
+                try repo.deleteManifest(d.id)
+                if i == 0 { FaultInjection.crashPoint("prune.after-first-delete") }
+            }
+            if !json {
+                Terminal.out("deleted \(doomed.count) of \(decisions.count) backups; run `dbbackup dedup gc` to reclaim their space")
+            }
+        }
+    }
+}
+
+struct DedupGC: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc",
+        abstract: "Reclaim the space of chunks that no backup uses (mark and sweep, with repacking).",
+        discussion: """
+        Holds the exclusive lock: backups started meanwhile wait (see backup --lock-wait).
+        Packs with no live chunk are deleted; packs whose live share falls below the
+        repack threshold are rewritten without their dead chunks. Memory stays bounded:
+        the set of live chunks is kept on disk. If any backup is unreadable, gc stops
+        before deleting anything.
+        """)
+
+    @OptionGroup var store: StoreOptions
+    @OptionGroup var locking: ExclusiveLockOptions
+
+    @Flag(help: "Report what would be reclaimed; change nothing.") var dryRun = false
+
+    @Option(help: ArgumentHelp("Repack packs whose live share is below this fraction (0-1).", valueName: "fraction"))
+    var repackThreshold: Double = 0.5
+
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func validate() throws {
+        guard (0...1).contains(repackThreshold) else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let repo = try store.open()
+            let lock = try repo.lock(.exclusive, command: "gc", wait: TimeInterval(locking.lockWait))
+            defer { lock.release() }
+            let gc = GarbageCollector(repository: repo)
+            gc.dryRun = dryRun
+            gc.repackThreshold = repackThreshold
+            let r = try gc.run()
+            if json { try Terminal.json(r); return }
+            let verb = dryRun ? "would reclaim" : "reclaimed"
+            Terminal.out("gc\(dryRun ? " (dry run)" : ""): \(r.manifests) backups reference \(r.liveChunks) chunks")
+            Terminal.out("  packs     \(r.packsBefore) before: \(r.packsDeleted) deleted, \(r.packsRepacked) repacked into \(r.packsWritten) new")
+            Terminal.out("  chunks    \(r.chunksRemoved) removed")
+            Terminal.out("  space     \(verb) \(Format.bytes(r.bytesReclaimed)) of \(Format.bytes(r.bytesBefore)) in packs")
+            if r.orphanChunkListsRemoved > 0 { Terminal.out("  \(r.orphanChunkListsRemoved) chunk list(s) of unfinished backups removed") }
+            Terminal.out("  duration  \(Format.duration(r.durationSeconds))")
+            for p in r.packsUnreadable { Terminal.err("dbbackup: warning: unreadable pack kept: \(p)") }
+            if r.missingChunks > 0 {
+                Terminal.err("dbbackup: warning: \(r.missingChunks) referenced chunk(s) are missing; run `dbbackup dedup verify` to see the damaged backups")
+            }
+        }
+    }
+}

@@ -140,7 +140,8 @@ public final class LocalBackend: Backend {
 
     public func delete(_ key: String) throws {
         let p = path(key)
-        if unlink(p) != 0 && errno != ENOENT {
+        if unlink(p) != 0 {
+            if errno == ENOENT { return }
             throw DedupError.io(operation: "delete", path: p, errno: errno)
         }
         try FileIO.fsyncDirectory((p as NSString).deletingLastPathComponent)

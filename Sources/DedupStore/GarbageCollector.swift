@@ -75,8 +75,8 @@ public final class GarbageCollector {
         func commitWriter() throws {
             guard let w = writer else { return }
             writer = nil
-            let size = Int64(w.size)
             let entries = try w.finish(backend: backend)
+            let size = Int64(w.size)
             report.packsWritten += 1
             report.bytesReclaimed -= size
             FaultInjection.crashPoint("gc.after-repack-commit")

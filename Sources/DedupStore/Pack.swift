@@ -144,7 +144,7 @@ public final class PackWriter {
     }
 
     /// Writes the trailer and footer, makes the pack durable and visible, and
-    /// returns its entries for the index.
+    /// returns its entries for the index. `size` is then the whole pack's size.
     public func finish(backend: Backend) throws -> [PackEntry] {
         let trailerOffset = size
         var t = BinaryWriter(capacity: 8 + entries.count * PackFormat.trailerEntrySize)

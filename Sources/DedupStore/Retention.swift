@@ -49,26 +49,25 @@ public enum Retention {
         for key in groups.keys.sorted() {
             guard let members = groups[key] else { continue }
             // Newest first; ids break ties between backups of the same second.
-            let ordered = members.sorted {
-                let a = $0.createdDate ?? .distantPast, b = $1.createdDate ?? .distantPast
-                return a != b ? a > b : $0.id > $1.id
-            }
+            let ordered = members.map { ($0, $0.createdDate ?? .distantPast) }.sorted {
+                $0.1 != $1.1 ? $0.1 > $1.1 : $0.0.id > $1.0.id
+            }.map(\.0)
             var reasons = [[String]](repeating: [], count: ordered.count)
             for (i, _) in ordered.enumerated() where i < policy.keepLast {
                 reasons[i].append("last \(i + 1)")
             }
-            let rules: [(String, Int, (Date) -> String)] = [
-                ("daily", policy.keepDaily, { bucket($0, [.year, .month, .day], calendar) }),
-                ("weekly", policy.keepWeekly, { isoWeek($0, calendar) }),
-                ("monthly", policy.keepMonthly, { bucket($0, [.year, .month], calendar) }),
-                ("yearly", policy.keepYearly, { bucket($0, [.year], calendar) }),
+            // One calendar computation per backup (they are slow), four bucket names.
+            let buckets = ordered.map { Buckets($0.createdDate ?? .distantPast, calendar) }
+            let rules: [(String, Int, KeyPath<Buckets, String>)] = [
+                ("daily", policy.keepDaily, \.day), ("weekly", policy.keepWeekly, \.week),
+                ("monthly", policy.keepMonthly, \.month), ("yearly", policy.keepYearly, \.year),
             ]
-            for (name, count, bucketOf) in rules where count > 0 {
+            for (name, count, bucketName) in rules where count > 0 {
                 var kept = 0
                 var lastBucket: String?
-                for (i, m) in ordered.enumerated() {
+                for i in ordered.indices {
                     guard kept < count else { break }
-                    let b = bucketOf(m.createdDate ?? .distantPast)
+                    let b = buckets[i][keyPath: bucketName]
                     if b != lastBucket {
                         lastBucket = b
                         reasons[i].append("\(name) \(b)")
@@ -91,16 +90,20 @@ public enum Retention {
         return c
     }
 
-    private static func bucket(_ d: Date, _ parts: Set<Calendar.Component>, _ c: Calendar) -> String {
-        let x = c.dateComponents(parts, from: d)
-        var s = String(format: "%04d", x.year ?? 0)
-        if parts.contains(.month) { s += String(format: "-%02d", x.month ?? 0) }
-        if parts.contains(.day) { s += String(format: "-%02d", x.day ?? 0) }
-        return s
-    }
+    /// The day, ISO week, month and year a backup falls in, as names.
+    struct Buckets {
+        let day: String, week: String, month: String, year: String
 
-    private static func isoWeek(_ d: Date, _ c: Calendar) -> String {
-        let x = c.dateComponents([.yearForWeekOfYear, .weekOfYear], from: d)
-        return String(format: "%04d-W%02d", x.yearForWeekOfYear ?? 0, x.weekOfYear ?? 0)
+        init(_ d: Date, _ c: Calendar) {
+            let x = c.dateComponents([.year, .month, .day, .yearForWeekOfYear, .weekOfYear], from: d)
+            func pad(_ v: Int?, _ width: Int) -> String {
+                let s = String(v ?? 0)
+                return String(repeating: "0", count: max(0, width - s.count)) + s
+            }
+            year = pad(x.year, 4)
+            month = year + "-" + pad(x.month, 2)
+            day = month + "-" + pad(x.day, 2)
+            week = pad(x.yearForWeekOfYear, 4) + "-W" + pad(x.weekOfYear, 2)
+        }
     }
 }

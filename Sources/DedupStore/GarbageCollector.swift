@@ -105,6 +105,9 @@ public final class GarbageCollector {
             }
             var live = [PackEntry]()
             var liveBytes: Int64 = 0
+            // Measured against the chunks' bytes, not the file: header, trailer and
+            // footer would make a small, wholly live pack look mostly dead.
+            let chunkBytes = entries.reduce(Int64(0)) { $0 + Int64($1.location.storedLength) + Int64(PackFormat.entryHeaderSize) }
             for e in entries where try marks.contains(e.id) {
                 if let loc = try index.lookup(e.id), loc.pack == pack, loc.offset == e.location.offset {
                     live.append(e)
@@ -119,7 +122,7 @@ public final class GarbageCollector {
                 if dryRun { report.bytesReclaimed += size } else { try forget(pack, allIDs, size) }
                 continue
             }
-            guard Double(liveBytes) < repackThreshold * Double(size) else { continue }
+            guard live.count < entries.count, Double(liveBytes) < repackThreshold * Double(chunkBytes) else { continue }
             report.packsRepacked += 1
             report.chunksRemoved += entries.count - live.count
             if dryRun {

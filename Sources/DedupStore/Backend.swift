@@ -105,7 +105,7 @@ public final class LocalBackend: Backend {
 
     public func list(_ prefix: String) throws -> [ObjectInfo] {
         // Keys are "folder/name" or "folder/xx/name"; walk the folder part of the prefix.
-        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : (prefix as NSString).deletingLastPathComponent
+        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
         var out = [ObjectInfo]()
         try walk(folder, into: &out)
         return out.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
@@ -144,7 +144,7 @@ public final class LocalBackend: Backend {
             if errno == ENOENT { return }
             throw DedupError.io(operation: "delete", path: p, errno: errno)
         }
-        try FileIO.fsyncDirectory((p as NSString).deletingLastPathComponent)
+        try FileIO.fsyncDirectory(FileIO.parent(p))
     }
 }
 
@@ -181,7 +181,7 @@ final class LocalObjectWriter: ObjectWriter {
         }
         guard !finished else { throw DedupError.io(operation: "commit", path: tmpPath, errno: EBADF) }
         let final = backend.path(key)
-        let folder = (final as NSString).deletingLastPathComponent
+        let folder = FileIO.parent(final)
         try FileIO.makeDirectories(folder)
         if ifAbsent {
             // link() fails with EEXIST rather than replace: create-if-absent. The

@@ -78,6 +78,8 @@ public final class BackupSession {
             let entries = try p.finish(backend: backend)
             FaultInjection.crashPoint("backup.after-pack-commit")
             try index.insert(pack: p.id, size: size, entries: entries)
+            // The filter now holds these index entries too.
+            bloom.count += entries.count
             pending.removeAll(keepingCapacity: true)
         }
 
@@ -118,7 +120,7 @@ public final class BackupSession {
             pack?.abort()
             chunkList.abort()
             // Keep the filter in step with what was committed, best effort.
-            try? repository.updateBloom(bloom)
+            try? repository.saveBloom(bloom)
             throw error
         }
 
@@ -139,7 +141,7 @@ public final class BackupSession {
             chunkList.abort()
             throw error
         }
-        let id = String((list.key as NSString).lastPathComponent.dropLast(".chunks".count))
+        let id = String(FileIO.lastComponent(list.key).dropLast(".chunks".count))
         stats.durationSeconds = Date().timeIntervalSince(started)
         let manifest = Manifest(
             formatVersion: Manifest.currentVersion, id: id, name: options.name, kind: options.kind,
@@ -154,7 +156,7 @@ public final class BackupSession {
         FaultInjection.crashPoint("backup.after-manifest")
         // The backup is committed; a filter that cannot be saved is only a cache.
         do {
-            try repository.updateBloom(bloom)
+            try repository.saveBloom(bloom)
         } catch {
             repository.notice("could not save the Bloom filter (\(error)); the next run rebuilds it")
         }

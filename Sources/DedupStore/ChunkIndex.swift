@@ -219,6 +219,60 @@ public final class ChunkIndex {
         }
     }
 
+    /// Forgets whole packs (gone, or not the size the index recorded): their records
+    /// and every chunk entry that points into them. One scan of the index.
+    @discardableResult
+    public func forget(packs doomed: Set<PackID>) throws -> Int {
+        guard !doomed.isEmpty else { return 0 }
+        var removed = 0
+        try write { txn in
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, chunks, &cursor), "open cursor")
+            defer { mdb_cursor_close(cursor) }
+            var k = MDB_val(), v = MDB_val()
+            var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+            while rc == 0 {
+                if let loc = decode(v), doomed.contains(loc.pack) {
+                    try check(mdb_cursor_del(cursor, 0), "delete")
+                    removed += 1
+                }
+                // After a delete LMDB marks the cursor so that MDB_NEXT yields the
+                // entry that followed the deleted one (tested: none is skipped).
+                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+            }
+            if rc != MDB_NOTFOUND { try check(rc, "cursor") }
+            for pack in doomed {
+                var pk = BinaryWriter(capacity: 16)
+                pk.append(pack.hi); pk.append(pack.lo)
+                try pk.bytes.withUnsafeBytes { raw in
+                    var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+                    let r = mdb_del(txn, packs, &mk, nil)
+                    if r != MDB_NOTFOUND { try check(r, "delete pack") }
+                }
+            }
+        }
+        return removed
+    }
+
+    /// Drops single chunk entries (found corrupt), if they still point into `pack`,
+    /// so that the next backup of the same data stores them again.
+    public func dropChunks(_ ids: [ChunkID], inPack pack: PackID) throws {
+        try write { txn in
+            for id in ids {
+                var key = id.bytes
+                try key.withUnsafeMutableBytes { k in
+                    var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
+                    var mv = MDB_val()
+                    let rc = mdb_get(txn, chunks, &mk, &mv)
+                    if rc == MDB_NOTFOUND { return }
+                    try check(rc, "get")
+                    guard decode(mv)?.pack == pack else { return }
+                    try check(mdb_del(txn, chunks, &mk, nil), "delete")
+                }
+            }
+        }
+    }
+
     /// Removes every chunk and pack record (before a rebuild).
     public func clear() throws {
         try write { txn in

@@ -3,6 +3,32 @@ import Foundation
 /// Thin, checked wrappers around the POSIX calls the store needs. Every failure
 /// becomes a `DedupError.io` naming the operation and the path.
 public enum FileIO {
+    /// The folder part of a path ("" for a bare name, "/" for a file in /).
+    /// Foundation's NSString path methods trap on some inputs on Linux; these don't.
+    public static func parent(_ path: String) -> String {
+        var p = Substring(path)
+        while p.count > 1 && p.hasSuffix("/") { p = p.dropLast() }
+        guard let slash = p.lastIndex(of: "/") else { return "" }
+        if slash == p.startIndex { return "/" }
+        return String(p[p.startIndex..<slash])
+    }
+
+    /// The last component of a path.
+    public static func lastComponent(_ path: String) -> String {
+        var p = Substring(path)
+        while p.count > 1 && p.hasSuffix("/") { p = p.dropLast() }
+        guard let slash = p.lastIndex(of: "/") else { return String(p) }
+        return String(p[p.index(after: slash)...])
+    }
+
+    /// An absolute path: relative ones are taken from the current folder.
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        let cwd = FileManager.default.currentDirectoryPath
+        let joined = path == "." ? cwd : cwd + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
+        return joined.count > 1 && joined.hasSuffix("/") ? String(joined.dropLast()) : joined
+    }
+
     public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
         while true {
             let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
@@ -75,7 +101,7 @@ public enum FileIO {
     /// Creates a directory and any missing parents, fsyncing each new entry's parent.
     public static func makeDirectories(_ path: String) throws {
         if isDirectory(path) { return }
-        let parent = (path as NSString).deletingLastPathComponent
+        let parent = parent(path)
         if !parent.isEmpty && parent != path { try makeDirectories(parent) }
         if mkdir(path, 0o755) != 0 && errno != EEXIST {
             throw DedupError.io(operation: "create folder", path: path, errno: errno)
@@ -103,7 +129,7 @@ public enum FileIO {
 
     /// Writes a small file atomically: temporary name, fsync, rename, fsync folder.
     public static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
-        let dir = (path as NSString).deletingLastPathComponent
+        let dir = parent(path)
         let tmp = path + ".tmp-\(getpid())-\(Hex.encode(SecureRandom.bytes(4)))"
         let fd = try open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
         do {

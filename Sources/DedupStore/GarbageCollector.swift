@@ -156,7 +156,7 @@ public final class GarbageCollector {
             // Leftovers of processes that died while writing (nothing else can be
             // writing: gc holds the exclusive lock).
             for obj in try backend.list("tmp/") { try backend.delete(obj.key) }
-            try repository.updateBloom(try repository.freshBloom())
+            try repository.saveBloom(try repository.freshBloom())
         }
         report.durationSeconds = Date().timeIntervalSince(started)
         return report

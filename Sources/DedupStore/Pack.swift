@@ -36,7 +36,7 @@ public struct PackID: Hashable, Sendable, CustomStringConvertible {
     /// The pack named by an object key, or nil for anything else under packs/.
     public init?(key: String) {
         guard key.hasPrefix("packs/"), key.hasSuffix(".pack") else { return nil }
-        let name = (key as NSString).lastPathComponent
+        let name = FileIO.lastComponent(key)
         self.init(hex: String(name.dropLast(5)))
     }
 }

@@ -82,24 +82,29 @@ public final class Repository {
         return idx
     }
 
-    /// Brings the index in step with the packs present: packs it has not read are
-    /// read (a crash between a pack's commit and its indexing, or a lost index);
-    /// packs it knows that are gone force a full rebuild.
+    /// Brings the index in step with the packs present, incrementally (it never
+    /// empties the index, so commands running meanwhile keep finding chunks):
+    /// packs it knows that are gone, or whose size changed (truncated), are
+    /// forgotten; packs it has not read (a crash between a pack's commit and its
+    /// indexing, or a lost index) are read.
     private func synchronizeIndex(_ idx: ChunkIndex, existed: Bool) throws {
         let present = try listPacks()
         let known = try idx.indexedPacks()
-        let missing = known.keys.filter { present[$0] == nil }
+        let missing = Set(known.keys.filter { present[$0] == nil })
+        let resized = Set(known.filter { k, v in present[k].map { $0 != v.size } ?? false }.keys)
         if !missing.isEmpty {
-            notice("index: \(missing.count) indexed pack(s) no longer exist; rebuilding the index from the packs")
-            try rebuild(idx, packs: present)
-            return
+            notice("index: \(missing.count) indexed pack(s) no longer exist; their chunks are forgotten, and the next backup of the same data stores them again")
         }
-        let unindexed = present.filter { known[$0.key] == nil }
+        if !resized.isEmpty {
+            notice("index: \(resized.count) pack(s) changed size since they were indexed (damaged?); re-reading them: \(resized.map(\.hex).sorted().joined(separator: ", "))")
+        }
+        try idx.forget(packs: missing.union(resized))
+        let unindexed = present.filter { known[$0.key] == nil || resized.contains($0.key) }
         if !unindexed.isEmpty {
             if !existed {
                 notice("index: no chunk index found; rebuilding it from \(present.count) pack(s)")
-            } else if unindexed.count > 0 {
-                notice("index: reading \(unindexed.count) pack(s) missing from the index")
+            } else if unindexed.count > resized.count {
+                notice("index: reading \(unindexed.count - resized.count) pack(s) missing from the index")
             }
             for (pack, size) in unindexed.sorted(by: { $0.key.hex < $1.key.hex }) {
                 try indexPack(idx, pack: pack, size: size)
@@ -140,8 +145,7 @@ public final class Repository {
         }
         guard let idx = chunkIndex else { throw DedupError.index("cannot open") }
         try rebuild(idx, packs: packs)
-        let bloom = try loadBloom()
-        try saveBloom(bloom)
+        try saveBloom(try freshBloom())
         return (packs.count, try idx.chunkCount())
     }
 
@@ -157,26 +161,32 @@ public final class Repository {
     var bloomPath: String { indexDirectory + "/bloom" }
 
     /// The Bloom filter, loaded if it matches the index, else rebuilt from it.
+    ///
+    /// A filter's `count` is the number of index entries it is known to contain.
+    /// A saved filter is trusted only when that equals the index's entry count: a
+    /// backup that ran alongside another saves its own count plus what it added,
+    /// which then differs from the index, so the next run rebuilds the filter
+    /// instead of missing the other backup's chunks.
     public func bloom() throws -> BloomFilter {
         if let bloomFilter { return bloomFilter }
-        let b = try loadBloom()
+        let idx = try index()
+        let count = try idx.chunkCount()
+        let b: BloomFilter
+        if let bytes = try? FileIO.readFile(bloomPath), let saved = BloomFilter(encoded: bytes),
+           saved.count == count, saved.capacity >= count {
+            b = saved
+        } else {
+            b = try freshBloom()
+        }
         bloomFilter = b
         return b
     }
 
-    private func loadBloom() throws -> BloomFilter {
-        let idx = try index()
-        let count = try idx.chunkCount()
-        if let bytes = try? FileIO.readFile(bloomPath), let b = BloomFilter(encoded: bytes),
-           b.count == count, b.capacity >= count {
-            return b
-        }
-        return try freshBloom()
-    }
-
-    /// A filter built anew from the index (after gc removed chunks).
+    /// A filter built anew from the index (after a rebuild, gc, or when stale).
     public func freshBloom() throws -> BloomFilter {
         let idx = try index()
+        // Counted before the scan: entries are only added meanwhile (removal needs
+        // the exclusive lock), so the filter holds at least `count` of them.
         let count = try idx.chunkCount()
         var b = BloomFilter(capacity: max(count * 2, 1 << 16))
         try idx.forEachChunk { id, _ in b.insert(id) }
@@ -184,22 +194,11 @@ public final class Repository {
         return b
     }
 
-    /// Replaces the in-memory filter (after inserts) and persists it.
-    public func updateBloom(_ b: BloomFilter) throws {
-        var b = b
-        let count = try index().chunkCount()
-        if count > b.capacity {
-            // Outgrown: rebuild at twice the size so false positives stay rare.
-            b = try freshBloom()
-        }
-        b.count = count
+    /// Persists a filter (atomically); one outgrown by the index is rebuilt larger.
+    public func saveBloom(_ filter: BloomFilter) throws {
+        var b = filter
+        if b.count > b.capacity { b = try freshBloom() }
         bloomFilter = b
-        try saveBloom(b)
-    }
-
-    private func saveBloom(_ b: BloomFilter) throws {
-        var b = b
-        b.count = try index().chunkCount()
         try FileIO.writeFileAtomically(bloomPath, b.encoded())
     }
 
@@ -209,7 +208,7 @@ public final class Repository {
     public func manifestIDs() throws -> [String] {
         try backend.list("manifests/").compactMap { obj in
             guard obj.key.hasSuffix(".manifest.json") else { return nil }
-            let name = (obj.key as NSString).lastPathComponent
+            let name = FileIO.lastComponent(obj.key)
             return String(name.dropLast(".manifest.json".count))
         }.sorted()
     }

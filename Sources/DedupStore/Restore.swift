@@ -129,8 +129,8 @@ public final class Restorer {
             if !overwrite && FileIO.exists(path) {
                 throw DedupError.invalidArgument("\(path) already exists; remove it or pass --force to replace it")
             }
-            let dir = (path as NSString).deletingLastPathComponent
-            let name = (path as NSString).lastPathComponent
+            let dir = FileIO.parent(path)
+            let name = FileIO.lastComponent(path)
             let tmp = (dir.isEmpty ? "." : dir) + "/.\(name).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
             fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
             tmpPath = tmp
@@ -175,7 +175,7 @@ public final class Restorer {
                 if rename(tmp, finalPath) != 0 { throw DedupError.io(operation: "rename", path: finalPath, errno: errno) }
                 close(fd)
                 tmpPath = nil
-                let dir = (finalPath as NSString).deletingLastPathComponent
+                let dir = FileIO.parent(finalPath)
                 try FileIO.fsyncDirectory(dir.isEmpty ? "." : dir)
             }
         } catch {

@@ -25,6 +25,8 @@ public struct VerifyReport: Sendable {
     public var packsChecked = 0
     public var chunksChecked = 0
     public var bytesRead: Int64 = 0
+    /// Corrupt chunks dropped from the index (the next backup stores them anew).
+    public var chunksDropped = 0
     public var problems: [Problem] = []
     /// Backups that cannot be restored intact.
     public var damagedManifests: [String] = []
@@ -58,6 +60,7 @@ public final class Verifier {
         let packs = try repository.listPacks()
         var badPacks = [PackID: String]()
         var corruptChunks = [ChunkID: String]()
+        var corruptInPack = [PackID: [ChunkID]]()
         var readInFull = Set<PackID>()
 
         var toRead = Set<PackID>()
@@ -90,6 +93,7 @@ public final class Verifier {
                     if case .chunkCorrupt(_, _, _, let d) = err { detail = d } else { detail = err.message }
                     let message = "chunk \(e.id.hex) in pack \(pack.hex) is corrupt (\(detail))"
                     corruptChunks[e.id] = message
+                    corruptInPack[pack, default: []].append(e.id)
                     report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: e.id.hex, message: message))
                 }
             }
@@ -130,7 +134,7 @@ public final class Verifier {
                         if Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + Int64(loc.storedLength) > size || Int(loc.rawLength) != length {
                             problem("backup \(id): chunk \(chunk.hex) lies outside pack \(loc.pack.hex) or has the wrong length", pack: loc.pack.hex, chunk: chunk.hex)
                             reported += 1
-                        } else if let why = corruptChunks[chunk] {
+                        } else if let why = corruptChunks[chunk], corruptInPack[loc.pack]?.contains(chunk) == true {
                             problem("backup \(id) needs \(why)", pack: loc.pack.hex, chunk: chunk.hex)
                             reported += 1
                         }
@@ -148,6 +152,10 @@ public final class Verifier {
                     id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil, problem: firstProblem))
             }
         }
+        // A corrupt chunk leaves the index, so that the next backup of the same data
+        // stores it again, which heals every backup that needs it.
+        for (pack, chunks) in corruptInPack { try index.dropChunks(chunks, inPack: pack) }
+        report.chunksDropped = corruptInPack.values.reduce(0) { $0 + $1.count }
         return report
     }
 }

@@ -151,7 +151,7 @@ struct DedupBackup: ParsableCommand {
         if let name { return name }
         if let dbName { return dbName }
         if fromCommand || input == nil || input == "-" { return "stdin" }
-        return (sourceName as NSString).lastPathComponent
+        return FileIO.lastComponent(sourceName)
     }
 
     private func printSummary(_ m: Manifest) {

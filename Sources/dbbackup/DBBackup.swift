@@ -39,9 +39,14 @@ struct StoreOptions: ParsableArguments {
         return Self.expand("~/db_backups/dedup")
     }
 
+    /// `~` and `~/x` become the home folder; relative paths become absolute.
     static func expand(_ p: String) -> String {
-        let expanded = (p as NSString).expandingTildeInPath
-        return expanded.count > 1 && expanded.hasSuffix("/") ? String(expanded.dropLast()) : expanded
+        var path = p
+        if path == "~" || path.hasPrefix("~/") {
+            let home = ProcessInfo.processInfo.environment["HOME"] ?? FileManager.default.homeDirectoryForCurrentUser.path
+            path = home + path.dropFirst()
+        }
+        return FileIO.absolute(path)
     }
 
     /// Opens the repository; its self-repair notices go to stderr as they happen.

@@ -52,6 +52,9 @@ struct DedupVerify: ParsableCommand {
                 Terminal.out("ok: every checked backup can be restored")
             } else {
                 Terminal.out("FAILED: \(report.problems.count) problem(s); damaged backups: \(report.damagedManifests.isEmpty ? "none (unreferenced data only)" : report.damagedManifests.joined(separator: ", "))")
+                if report.chunksDropped > 0 {
+                    Terminal.out("\(report.chunksDropped) corrupt chunk(s) were dropped from the index: the next backup of the same data stores them again, which repairs every backup that needs them")
+                }
                 throw ExitCode(1)
             }
         }

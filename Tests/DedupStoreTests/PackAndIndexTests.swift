@@ -110,4 +110,24 @@ import Testing
         try index.clear()
         #expect(try index.chunkCount() == 0)
     }
+
+    @Test func forgettingPacksRemovesExactlyTheirEntries() throws {
+        let dir = TempDir()
+        let index = try ChunkIndex(path: dir.sub("index.lmdb"))
+        let packs = (0..<3).map { _ in PackID.random() }
+        var byPack = [PackID: [ChunkID]]()
+        // Interleaved in key order, runs of consecutive deletions included.
+        for i in 0..<3000 {
+            let id = SHA256Hasher.hash(Array("c\(i)".utf8))
+            let pack = packs[(i / 7) % 3]
+            byPack[pack, default: []].append(id)
+            try index.insert(pack: pack, size: 1, entries: [PackEntry(id: id, location: ChunkLocation(pack: pack, offset: 0, rawLength: 1, storedLength: 1, encoding: 0))])
+        }
+        let removed = try index.forget(packs: [packs[0], packs[2]])
+        #expect(removed == (byPack[packs[0]]?.count ?? 0) + (byPack[packs[2]]?.count ?? 0))
+        #expect(try index.chunkCount() == byPack[packs[1]]?.count)
+        for id in byPack[packs[1]] ?? [] { #expect(try index.lookup(id)?.pack == packs[1]) }
+        for id in (byPack[packs[0]] ?? []) + (byPack[packs[2]] ?? []) { #expect(try index.lookup(id) == nil) }
+        #expect(Set(try index.indexedPacks().keys) == [packs[1]])
+    }
 }

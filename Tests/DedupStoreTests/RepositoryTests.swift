@@ -111,6 +111,13 @@ import Testing
         #expect(!report.ok)
         #expect(report.damagedManifests == [m.id])
         #expect(try restoreBytes(repo, other.id, dir: dir) == randomBytes(300_000, seed: 6))
+        // verify dropped the corrupt chunk from the index: backing up the same data
+        // stores it again and the damaged backup restores once more.
+        #expect(report.chunksDropped == 1)
+        let healed = try backup(repo, data, name: "again")
+        #expect(healed.stats.newChunks == 1)
+        #expect(try restoreBytes(repo, m.id, dir: dir) == data)
+        #expect(try Verifier(repository: repo).verify(deep: true).damagedManifests.isEmpty)
     }
 
     @Test func lostIndexIsRebuiltFromPacks() throws {
@@ -133,6 +140,52 @@ import Testing
         let rebuilt = try repo.rebuildIndex()
         #expect(rebuilt.chunks == (try repo.index().chunkCount()))
         #expect(try Verifier(repository: repo).verify(deep: true).ok)
+    }
+
+    @Test func overlappingBackupsKeepTheBloomFilterHonest() throws {
+        let dir = TempDir()
+        let a = try makeRepository(dir)
+        try backup(a, [1])
+        // B loads its filter before A's backup and saves after it, as two
+        // overlapping nightly jobs would.
+        let b = try Repository(path: a.path)
+        _ = try b.bloom()
+        let x = randomBytes(1 << 20, seed: 21), y = randomBytes(1 << 20, seed: 22)
+        try backup(a, x, name: "x")
+        try backup(b, y, name: "y")
+        let c = try Repository(path: a.path)
+        #expect(try backup(c, x, name: "x-again").stats.newChunks == 0, "A's chunks must not be stored again")
+        #expect(try backup(c, y, name: "y-again").stats.newChunks == 0)
+    }
+
+    @Test func truncatedPackIsForgottenAndItsChunksStoredAgain() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let data = randomBytes(600_000, seed: 23)
+        let first = try backup(repo, data, name: "first")
+        let pack = try #require(try repo.listPacks().keys.first)
+        let path = repo.backend.path(pack.key)
+        #expect(truncate(path, off_t((FileIO.fileSize(path) ?? 0) / 2)) == 0)
+        // The next night: the index no longer trusts the truncated pack, so the
+        // same data is stored again and the new backup restores.
+        let next = try Repository(path: repo.path)
+        let second = try backup(next, data, name: "second")
+        #expect(second.stats.newChunks == second.stats.chunks)
+        #expect(next.notices.contains { $0.contains("changed size") })
+        #expect(try restoreBytes(next, second.id, dir: dir) == data)
+        // The chunks are content-addressed: storing them again heals the first backup too.
+        #expect(try restoreBytes(next, first.id, dir: dir) == data)
+        let report = try Verifier(repository: next).verify(deep: true)
+        #expect(report.damagedManifests.isEmpty)
+        #expect(report.problems.contains { $0.pack == pack.hex }, "the damaged pack itself is still reported")
+    }
+
+    @Test func pathHelpersHandleEveryShape() {
+        #expect(FileIO.parent("RR") == "" && FileIO.parent("a/b") == "a" && FileIO.parent("/x") == "/")
+        #expect(FileIO.parent("/a/b/") == "/a" && FileIO.parent("/") == "/")
+        #expect(FileIO.lastComponent("a/b.pack") == "b.pack" && FileIO.lastComponent("RR") == "RR" && FileIO.lastComponent("/a/b/") == "b")
+        #expect(FileIO.absolute("/x/y") == "/x/y")
+        #expect(FileIO.absolute("rel").hasSuffix("/rel") && FileIO.absolute("rel").hasPrefix("/"))
     }
 
     @Test func packWrittenButNotIndexedIsPickedUp() throws {

@@ -76,8 +76,20 @@ public final class LocalBackend: Backend {
 
     public func create() throws -> ObjectWriter {
         try FileIO.makeDirectories(tmpDirectory)
-        let tmp = tmpDirectory + "/" + Hex.encode(SecureRandom.bytes(12)) + ".tmp"
+        let tmp = tmpDirectory + "/" + TemporaryName.make()
         return try LocalObjectWriter(backend: self, tmpPath: tmp)
+    }
+
+    /// Removes temporary objects left by processes of this host that are gone.
+    /// Returns how many were removed.
+    @discardableResult
+    public func removeDeadTemporaries() -> Int {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: tmpDirectory) else { return 0 }
+        var removed = 0
+        for name in names where TemporaryName.ownerIsGone(name) {
+            if unlink(tmpDirectory + "/" + name) == 0 { removed += 1 }
+        }
+        return removed
     }
 
     public func put(_ key: String, _ bytes: [UInt8], ifAbsent: Bool) throws {
@@ -148,6 +160,24 @@ public final class LocalBackend: Backend {
     }
 }
 
+/// Names of temporary files: `<host>_<pid>_<random>.tmp`, so that leftovers of a
+/// process that died can be told from files another process is still writing.
+enum TemporaryName {
+    static func make() -> String {
+        "\(LockInfo.currentHost)_\(getpid())_\(Hex.encode(SecureRandom.bytes(8))).tmp"
+    }
+
+    /// True for a temporary of this host whose process no longer runs.
+    static func ownerIsGone(_ name: String) -> Bool {
+        guard name.hasSuffix(".tmp") else { return false }
+        let parts = name.dropLast(4).split(separator: "_")
+        guard parts.count >= 3, let pid = Int32(parts[parts.count - 2]) else { return false }
+        let host = parts.dropLast(2).joined(separator: "_")
+        guard host == LockInfo.currentHost, pid > 0 else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+}
+
 final class LocalObjectWriter: ObjectWriter {
     private let backend: LocalBackend
     private let tmpPath: String
@@ -160,6 +190,7 @@ final class LocalObjectWriter: ObjectWriter {
         self.backend = backend
         self.tmpPath = tmpPath
         fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+        InterruptCleanup.register(tmpPath)
     }
 
     deinit { abort() }
@@ -196,6 +227,7 @@ final class LocalObjectWriter: ObjectWriter {
             throw DedupError.io(operation: "rename", path: final, errno: errno)
         }
         finished = true
+        InterruptCleanup.unregister(tmpPath)
         try FileIO.fsyncDirectory(folder)
         return true
     }
@@ -208,6 +240,7 @@ final class LocalObjectWriter: ObjectWriter {
         if !finished {
             finished = true
             unlink(tmpPath)
+            InterruptCleanup.unregister(tmpPath)
         }
     }
 }

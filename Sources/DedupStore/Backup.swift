@@ -54,6 +54,8 @@ public final class BackupSession {
         let started = Date()
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
         defer { lock.release() }
+        let leftovers = repository.backend.removeDeadTemporaries()
+        if leftovers > 0 { repository.notice("removed \(leftovers) temporary file(s) left by interrupted runs") }
         let index = try repository.index()
         var bloom = try repository.bloom()
         let backend = repository.backend

@@ -38,6 +38,15 @@ public enum FileIO {
         }
     }
 
+    /// A pipe whose two ends are closed on exec (children get only what they are given).
+    public static func makePipe() -> (read: Int32, write: Int32)? {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return nil }
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        return (fds[0], fds[1])
+    }
+
     /// Writes every byte or throws.
     public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
         guard var p = bytes.baseAddress else { return }

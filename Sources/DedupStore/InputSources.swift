@@ -15,42 +15,36 @@ public func findExecutable(_ name: String) -> String? {
 /// has exited 0: a producer that fails, or is killed, half way makes `read` throw,
 /// so no backup of a cut-short stream is committed.
 public final class ProcessOutputSource: ByteSource {
-    private let process: Process
+    private let child: ChildProcess
     private let fd: Int32
-    private let pipe: Pipe
-    public let commandLine: String
+    public var commandLine: String { child.commandLine }
     private var finished = false
 
     /// Starts `arguments[0]` (looked up in PATH) with the rest as its arguments.
-    /// Its stdin is /dev/null unless `standardInput` is given; its stderr is ours.
-    public init(arguments: [String], environment: [String: String]? = nil, standardInput: FileHandle? = nil) throws {
+    /// Its stdin is /dev/null unless `stdinFD` is given; its stderr is ours.
+    public init(arguments: [String], environment: [String: String]? = nil, stdinFD: Int32? = nil) throws {
         guard let name = arguments.first else { throw DedupError.invalidArgument("no input command given") }
-        commandLine = arguments.joined(separator: " ")
         guard let exe = findExecutable(name) else {
             throw DedupError.inputCommandFailed(command: name, status: "was not found in PATH")
         }
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = Array(arguments.dropFirst())
-        if let environment { process.environment = environment }
-        pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardInput = standardInput ?? FileHandle(forReadingAtPath: "/dev/null")
-        process.standardError = FileHandle.standardError
-        do {
-            try process.run()
-        } catch {
-            throw DedupError.inputCommandFailed(command: commandLine, status: "could not be started (\(error.localizedDescription))")
+        guard let fds = FileIO.makePipe() else {
+            throw DedupError.inputCommandFailed(command: name, status: "could not be started (no pipe: \(String(cString: strerror(errno))))")
         }
-        fd = pipe.fileHandleForReading.fileDescriptor
-        try? pipe.fileHandleForWriting.close()
+        let devNull = stdinFD == nil ? Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC) : -1
+        defer { if devNull >= 0 { close(devNull) } }
+        do {
+            child = try ChildProcess(executable: exe, arguments: arguments, environment: environment,
+                                     stdinFD: stdinFD ?? devNull, stdoutFD: fds.write)
+        } catch {
+            close(fds.read); close(fds.write)
+            throw error
+        }
+        close(fds.write)
+        fd = fds.read
     }
 
     deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        close(fd)  // a child still writing gets SIGPIPE; ChildProcess's deinit stops it
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -64,13 +58,9 @@ public final class ProcessOutputSource: ByteSource {
             }
             break
         }
-        process.waitUntilExit()
         finished = true
-        if process.terminationReason == .uncaughtSignal {
-            throw DedupError.inputCommandFailed(command: commandLine, status: "was killed by signal \(process.terminationStatus)")
-        }
-        if process.terminationStatus != 0 {
-            throw DedupError.inputCommandFailed(command: commandLine, status: "exited with status \(process.terminationStatus)")
+        if let failure = child.failure() {
+            throw DedupError.inputCommandFailed(command: commandLine, status: failure)
         }
         return 0
     }
@@ -98,21 +88,41 @@ public enum DecompressingInput {
             return (try ZstdStreamSource(inner), .zstd)
         }
         if prefix.count >= 2, prefix[0] == 0x1F, prefix[1] == 0x8B {
-            let feed = Pipe()
-            let source = try ProcessOutputSource(arguments: ["gzip", "-dc"], standardInput: feed.fileHandleForReading)
-            try? feed.fileHandleForReading.close()
-            let writeFD = dup(feed.fileHandleForWriting.fileDescriptor)
-            try? feed.fileHandleForWriting.close()
-            let inputFD = fd
+            guard let feed = FileIO.makePipe() else {
+                throw DedupError.inputUnreadable(path: name, reason: "cannot set up gzip decompression (\(String(cString: strerror(errno))))")
+            }
+            let source: ProcessOutputSource
+            do {
+                source = try ProcessOutputSource(arguments: ["gzip", "-dc"], stdinFD: feed.read)
+            } catch {
+                close(feed.read); close(feed.write)
+                throw error
+            }
+            close(feed.read)
+            // The feeder owns its own descriptors: the caller may close `fd` on error.
+            let writeFD = feed.write
+            let readFD = dup(fd)
+            guard readFD >= 0 else {
+                close(writeFD)
+                throw DedupError.inputUnreadable(path: name, reason: "cannot set up gzip decompression (\(String(cString: strerror(errno))))")
+            }
             let thread = Thread {
                 // Copies prefix + rest of the input into gzip; closing ends its input.
+                // SIGPIPE is blocked in this thread only: if gzip exits early (bad
+                // input, or dbbackup stopping it on an error), write() fails with
+                // EPIPE here instead of killing the process.
+                var set = sigset_t()
+                sigemptyset(&set)
+                sigaddset(&set, SIGPIPE)
+                pthread_sigmask(SIG_BLOCK, &set, nil)
                 var buf = [UInt8](repeating: 0, count: 1 << 20)
-                var src = PrefixedSource(prefix: prefix, rest: FileDescriptorSource(fd: inputFD, name: name))
+                var src = PrefixedSource(prefix: prefix, rest: FileDescriptorSource(fd: readFD, name: name))
                 while let n = try? buf.withUnsafeMutableBytes({ try src.read(into: $0) }), n > 0 {
                     let ok = (try? buf.withUnsafeBytes { try FileIO.writeAll(writeFD, UnsafeRawBufferPointer(rebasing: $0[0..<n]), path: "gzip") }) != nil
                     if !ok { break }
                 }
                 close(writeFD)
+                close(readFD)
             }
             thread.start()
             return (source, .gzip)

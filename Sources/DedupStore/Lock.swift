@@ -55,8 +55,10 @@ public final class RepositoryLock {
         let body = Array(try enc.encode(info))
         let deadline = Date().addingTimeInterval(wait)
         var told = false
+        let localPath = (backend as? LocalBackend)?.path(key)
         while true {
             try backend.put(key, body, ifAbsent: true)
+            if let localPath { InterruptCleanup.register(localPath) }
             // Publish first, then look: of two racing writers at least one sees the other.
             let conflicts: [LockInfo]
             do {
@@ -70,6 +72,7 @@ public final class RepositoryLock {
             }
             guard let first = conflicts.first else { return }
             try? backend.delete(key)
+            if let localPath { InterruptCleanup.unregister(localPath) }
             let stale = conflicts.first { $0.isStale }
             if stale == nil, Date() < deadline {
                 if !told {
@@ -93,6 +96,7 @@ public final class RepositoryLock {
         if held {
             held = false
             try? backend.delete(key)
+            if let local = backend as? LocalBackend { InterruptCleanup.unregister(local.path(key)) }
         }
     }
 

@@ -41,20 +41,32 @@ public final class Repository {
             throw DedupError.invalidArgument("pack size must be between 1MiB and 1GiB")
         }
         if isRepository(path) { throw DedupError.repositoryExists(path: path) }
-        if FileIO.isDirectory(path) {
-            let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-            if !entries.isEmpty { throw DedupError.directoryNotEmpty(path: path) }
-        } else if FileIO.exists(path) {
-            throw DedupError.directoryNotEmpty(path: path)
-        }
+        guard isEmptyOrSkeleton(path) else { throw DedupError.directoryNotEmpty(path: path) }
         try FileIO.makeDirectories(path)
-        for sub in ["packs", "manifests", "locks", "index", "tmp"] {
-            try FileIO.makeDirectories(path + "/" + sub)
-        }
+        // The config first: once it exists this is a repository, and every other
+        // folder is created when first needed.
         let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize)
         let backend = LocalBackend(root: path)
         try backend.put("config", try config.encoded(), ifAbsent: true)
+        for sub in ["packs", "manifests", "locks", "index", "tmp"] {
+            try FileIO.makeDirectories(path + "/" + sub)
+        }
         return try Repository(path: path)
+    }
+
+    /// True for a folder that is absent, empty, or holds only the empty folders an
+    /// interrupted `init` leaves: a repository may be created there.
+    public static func isEmptyOrSkeleton(_ path: String) -> Bool {
+        if !FileIO.exists(path) { return true }
+        guard FileIO.isDirectory(path), let entries = try? FileManager.default.contentsOfDirectory(atPath: path) else { return false }
+        let skeleton: Set<String> = ["packs", "manifests", "locks", "index", "tmp"]
+        return entries.allSatisfy { name in
+            // tmp/ may hold the half-written config of an interrupted init.
+            skeleton.contains(name) && FileIO.isDirectory(path + "/" + name)
+                && (name == "tmp" || ((try? FileManager.default.subpathsOfDirectory(atPath: path + "/" + name)) ?? ["?"]).allSatisfy {
+                    FileIO.isDirectory(path + "/" + name + "/" + $0)
+                })
+        }
     }
 
     /// Opens an existing repository; a clear error if `path` is not one.

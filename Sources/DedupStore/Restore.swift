@@ -133,6 +133,7 @@ public final class Restorer {
             let name = FileIO.lastComponent(path)
             let tmp = (dir.isEmpty ? "." : dir) + "/.\(name).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
             fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            InterruptCleanup.register(tmp)
             tmpPath = tmp
         }
 
@@ -173,6 +174,7 @@ public final class Restorer {
             if let tmp = tmpPath {
                 try FileIO.fsync(fd, path: tmp)
                 if rename(tmp, finalPath) != 0 { throw DedupError.io(operation: "rename", path: finalPath, errno: errno) }
+                InterruptCleanup.unregister(tmp)
                 close(fd)
                 tmpPath = nil
                 let dir = FileIO.parent(finalPath)
@@ -182,6 +184,7 @@ public final class Restorer {
             if let tmp = tmpPath {
                 close(fd)
                 unlink(tmp)
+                InterruptCleanup.unregister(tmp)
             }
             throw error
         }

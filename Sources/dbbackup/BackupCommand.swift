@@ -138,9 +138,7 @@ struct DedupBackup: ParsableCommand {
     private func openOrCreate() throws -> Repository {
         let path = store.path
         if Repository.isRepository(path) { return try store.open() }
-        let empty = !FileIO.exists(path)
-            || (FileIO.isDirectory(path) && ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? ["?"]).isEmpty)
-        guard empty else { throw DedupError.notARepository(path: path) }
+        guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
         let repo = try Repository.initialize(at: path)
         repo.onNotice = { Terminal.notice($0) }
         Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")

@@ -4,6 +4,17 @@ import Foundation
 
 @main
 struct DBBackup: ParsableCommand {
+    static func main() {
+        unblockAllSignals()
+        InterruptCleanup.install()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "dbbackup",
         abstract: "Deduplicating backups of PostgreSQL, MySQL and MariaDB into a content-addressed chunk store.",

@@ -144,3 +144,60 @@ func canMountTmpfs() -> Bool {
     _ = shell("umount '\(probe)'")
     return true
 }
+
+@Suite struct InterruptTests {
+    @Test func sigtermDuringBackupLeavesNoTemporaryFilesNorLock() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = dir + "/repo"
+        _ = try CLI.run(["dedup", "init", "--dedup-dir", repo, "--pack-size", "1MiB"])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["dedup", "backup", "--dedup-dir", repo, "--name", "slow", "--from-command", "--",
+                       "sh", "-c", "head -c 3000000 /dev/urandom; sleep 30"]
+        p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try p.run()
+        // Wait until it holds its lock and is writing a pack.
+        let deadline = Date().addingTimeInterval(20)
+        func count(_ sub: String) -> Int { ((try? FileManager.default.contentsOfDirectory(atPath: repo + "/" + sub)) ?? []).count }
+        while Date() < deadline && !(count("locks") > 0 && count("tmp") > 0) { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(count("locks") == 1 && count("tmp") >= 1, "the backup never got going")
+        p.terminate()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 128 + SIGTERM)
+        #expect(count("tmp") == 0, "temporary files left: \(count("tmp"))")
+        #expect(count("locks") == 0)
+        #expect(manifestCount(repo) == 0)
+        #expect(try CLI(repo: repo).dedup(["verify"]).status == 0)
+    }
+
+    @Test func badGzipInputIsAClearErrorNotASignal() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        // A gzip header followed by garbage.
+        try writeFile(dir + "/bad.gz", [0x1F, 0x8B, 0x08, 0x00] + pseudoRandom(3_000_000, seed: 5))
+        let bad = try cli.dedup(["backup", dir + "/bad.gz", "--decompress-input"])
+        #expect(bad.status == 1 && !bad.signaled)
+        #expect(errorLines(bad).count == 1 && bad.stderr.contains("gzip -dc' exited with status"), "\(bad.stderr)")
+        #expect(manifestCount(dir + "/repo") == 0)
+        // A good .gz while gc holds the repository: the lock error, not SIGPIPE.
+        try writeFile(dir + "/d.sql", plainDump(rows: 50_000, seed: 6))
+        _ = shell("gzip -k -f '\(dir)/d.sql'")
+        #expect(try cli.dedup(["backup", "-", "--name", "first"], stdin: [1]).status == 0)
+        let repo = try Repository(path: dir + "/repo")
+        let lock = try repo.lock(.exclusive, command: "gc")
+        defer { lock.release() }
+        let locked = try cli.dedup(["backup", dir + "/d.sql.gz", "--decompress-input", "--lock-wait", "0"])
+        #expect(locked.status == 1 && !locked.signaled)
+        #expect(errorLines(locked).count == 1 && locked.stderr.contains("is locked"), "\(locked.stderr)")
+    }
+
+    @Test func initAfterAnInterruptedInitWorks() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        for sub in ["packs", "tmp", "index"] {
+            try FileManager.default.createDirectory(atPath: dir + "/repo/" + sub, withIntermediateDirectories: true)
+        }
+        let r = try CLI.run(["dedup", "init", "--dedup-dir", dir + "/repo"])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+}

@@ -265,8 +265,8 @@ final class LocalObjectReader: ObjectReader {
     deinit { close(fd) }
 
     func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        guard offset >= 0, offset + Int64(buffer.count) <= size else {
-            throw DedupError.io(operation: "read beyond the end of", path: path, errno: EIO)
+        guard offset >= 0, offset <= size - Int64(buffer.count) else {
+            throw DedupError.shortRead(path: path)
         }
         try FileIO.preadAll(fd, buffer, at: offset, path: path)
     }

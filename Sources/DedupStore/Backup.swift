@@ -77,7 +77,7 @@ public final class BackupSession {
             guard let p = pack else { return }
             pack = nil
             let size = Int64(p.size)
-            let entries = try p.finish(backend: backend)
+            let entries = try p.finish()
             FaultInjection.crashPoint("backup.after-pack-commit")
             try index.insert(pack: p.id, size: size, entries: entries)
             // The filter now holds these index entries too.

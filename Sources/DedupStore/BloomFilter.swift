@@ -75,10 +75,11 @@ public struct BloomFilter: Equatable {
         guard let magic = try? r.raw(8), magic == Self.magic, (try? r.u32()) == 1,
               (try? r.u32()) == UInt32(Self.hashCount),
               let cap = try? r.u64(), let count = try? r.u64(), let bits = try? r.u64(),
-              bits > 0, bits % 64 == 0, r.remaining == Int(bits / 8) else { return nil }
-        capacity = Int(cap)
+              bits > 0, bits % 64 == 0, let bytes = Int(exactly: bits / 8), r.remaining == bytes,
+              let capacity = Int(exactly: cap), let keys = Int(exactly: count) else { return nil }
+        self.capacity = capacity
         bitCount = bits
-        self.count = Int(count)
+        self.count = keys
         var words = [UInt64](repeating: 0, count: Int(bits / 64))
         for i in 0..<words.count { words[i] = (try? r.u64()) ?? 0 }
         self.words = words

@@ -219,6 +219,18 @@ public final class ChunkIndex {
         }
     }
 
+    /// Points chunks at the given copies (gc, when the index's copy is unusable).
+    public func point(_ entries: [PackEntry]) throws {
+        guard !entries.isEmpty else { return }
+        try write { txn in
+            var value = [UInt8]()
+            for e in entries {
+                encode(e.location, into: &value)
+                try put(txn, chunks, e.id.bytes, value)
+            }
+        }
+    }
+
     /// Forgets whole packs (gone, or not the size the index recorded): their records
     /// and every chunk entry that points into them. One scan of the index.
     @discardableResult

@@ -16,7 +16,8 @@ public struct ChunkerParameters: Codable, Equatable, Sendable {
 
     /// min = avg/4, max = avg*4: the FastCDC paper's spread around the average.
     public init(average: Int) {
-        self.init(minSize: average / 4, avgSize: average, maxSize: average * 4)
+        let (max, overflow) = average.multipliedReportingOverflow(by: 4)
+        self.init(minSize: average / 4, avgSize: average, maxSize: overflow ? Int.max : max)
     }
 
     public func validate() throws {

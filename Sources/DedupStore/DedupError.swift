@@ -19,7 +19,8 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case streamChecksumMismatch(manifest: String, expected: String, actual: String)
     case io(operation: String, path: String, errno: Int32)
     case compression(String)
-    case crypto(String)
+    case shortRead(path: String)
+    case unsupportedRepository(path: String, detail: String)
     case index(String)
     case locked(String)
     case incompleteInput(String)
@@ -66,8 +67,10 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "\(operation) \(path) failed: \(String(cString: strerror(code)))"
         case .compression(let detail):
             return "compression failed: \(detail)"
-        case .crypto(let detail):
-            return "cryptography failed: \(detail)"
+        case .shortRead(let path):
+            return "\(path) ends before the data it should hold (truncated?)"
+        case .unsupportedRepository(let path, let detail):
+            return "repository \(path) uses \(detail), which this dbbackup does not support; use a dbbackup that does"
         case .index(let detail):
             return "chunk index: \(detail)"
         case .locked(let detail):

@@ -73,7 +73,7 @@ public enum FileIO {
                 if errno == EINTR { continue }
                 throw DedupError.io(operation: "read", path: path, errno: errno)
             }
-            if n == 0 { throw DedupError.io(operation: "read (unexpected end of file)", path: path, errno: EIO) }
+            if n == 0 { throw DedupError.shortRead(path: path) }
             p += n
             left -= n
             off += Int64(n)
@@ -141,14 +141,16 @@ public enum FileIO {
         let dir = parent(path)
         let tmp = path + ".tmp-\(getpid())-\(Hex.encode(SecureRandom.bytes(4)))"
         let fd = try open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+        var open = true
         do {
             try bytes.withUnsafeBytes { try writeAll(fd, $0, path: tmp) }
             try fsync(fd, path: tmp)
             close(fd)
+            open = false
             if rename(tmp, path) != 0 { throw DedupError.io(operation: "rename", path: tmp, errno: errno) }
             try fsyncDirectory(dir.isEmpty ? "." : dir)
         } catch {
-            close(fd)
+            if open { close(fd) }
             unlink(tmp)
             throw error
         }

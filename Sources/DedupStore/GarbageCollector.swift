@@ -10,6 +10,8 @@ public struct GCReport: Codable, Sendable {
     public var packsRepacked = 0
     public var packsWritten = 0
     public var packsUnreadable: [String] = []
+    /// Live chunks found damaged while repacking (their packs were kept).
+    public var corruptChunks: [String] = []
     public var chunksRemoved = 0
     public var bytesBefore: Int64 = 0
     public var bytesReclaimed: Int64 = 0
@@ -67,7 +69,6 @@ public final class GarbageCollector {
         let packs = try repository.listPacks()
         report.packsBefore = packs.count
         report.bytesBefore = packs.values.reduce(0, +)
-        let fetcher = try ChunkFetcher(repository: repository)
         var writer: PackWriter?
         var awaitingCommit: [(PackID, [ChunkID], Int64)] = []
         var foundLive = 0
@@ -75,7 +76,7 @@ public final class GarbageCollector {
         func commitWriter() throws {
             guard let w = writer else { return }
             writer = nil
-            let entries = try w.finish(backend: backend)
+            let entries = try w.finish()
             let size = Int64(w.size)
             report.packsWritten += 1
             report.bytesReclaimed -= size
@@ -94,26 +95,45 @@ public final class GarbageCollector {
             report.bytesReclaimed += size
         }
 
-        for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
-            let entries: [PackEntry]
+        let fetcher = try ChunkFetcher(repository: repository)
+        // Packs whose trailer cannot be read are never deleted, and a copy of a
+        // chunk there does not count: another, readable copy is kept instead.
+        var unreadable = Set<PackID>()
+        for pack in packs.keys {
             do {
-                entries = try PackReader(backend: backend, id: pack).entries()
+                _ = try PackReader(backend: backend, id: pack).entries()
             } catch let e as DedupError {
-                // Never delete what cannot be read: verify reports it.
+                unreadable.insert(pack)
                 report.packsUnreadable.append("\(pack.hex): \(e.message)")
-                continue
             }
+        }
+
+        for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) where !unreadable.contains(pack) {
+            let entries = try PackReader(backend: backend, id: pack).entries()
             var live = [PackEntry]()
             var liveBytes: Int64 = 0
+            var repointed = [PackEntry]()
             // Measured against the chunks' bytes, not the file: header, trailer and
             // footer would make a small, wholly live pack look mostly dead.
             let chunkBytes = entries.reduce(Int64(0)) { $0 + Int64($1.location.storedLength) + Int64(PackFormat.entryHeaderSize) }
             for e in entries where try marks.contains(e.id) {
-                if let loc = try index.lookup(e.id), loc.pack == pack, loc.offset == e.location.offset {
+                let loc = try index.lookup(e.id)
+                let indexCopyUsable = loc.map { packs[$0.pack] != nil && !unreadable.contains($0.pack) } ?? false
+                if let loc, loc.pack == pack, loc.offset == e.location.offset {
                     live.append(e)
-                    liveBytes += Int64(e.location.storedLength) + Int64(PackFormat.entryHeaderSize)
+                } else if !indexCopyUsable {
+                    // The index has no usable copy (dropped as corrupt, or in a pack
+                    // that is gone or unreadable): this one becomes the copy, if it
+                    // is itself intact.
+                    guard (try? fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc)")) != nil else { continue }
+                    live.append(e)
+                    repointed.append(e)
+                } else {
+                    continue
                 }
+                liveBytes += Int64(e.location.storedLength) + Int64(PackFormat.entryHeaderSize)
             }
+            if !repointed.isEmpty && !dryRun { try index.point(repointed) }
             foundLive += live.count
             let allIDs = entries.map(\.id)
             if live.isEmpty {
@@ -129,8 +149,16 @@ public final class GarbageCollector {
                 report.bytesReclaimed += size - liveBytes
                 continue
             }
+            var intact = true
             for e in live {
-                _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+                do {
+                    _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+                } catch let err as DedupError {
+                    // Never copy a damaged chunk, and keep its pack: verify reports it.
+                    report.corruptChunks.append(err.message)
+                    intact = false
+                    continue
+                }
                 let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
                 if writer == nil { writer = try PackWriter(backend: backend) }
                 try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
@@ -142,7 +170,7 @@ public final class GarbageCollector {
             }
             // This pack goes once every live chunk of it is in a committed pack:
             // at the next commit.
-            awaitingCommit.append((pack, allIDs, size))
+            if intact { awaitingCommit.append((pack, allIDs, size)) }
         }
         if !dryRun { try commitWriter() }
         report.missingChunks = max(0, report.liveChunks - foundLive)

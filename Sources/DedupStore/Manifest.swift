@@ -69,7 +69,7 @@ public struct Manifest: Codable, Equatable, Sendable {
         } catch let e as DedupError {
             throw e
         } catch {
-            throw DedupError.manifestCorrupt(id: id, detail: "manifest JSON does not parse (\(error))")
+            throw DedupError.manifestCorrupt(id: id, detail: "its manifest JSON does not parse (\(RepositoryConfig.describe(error)))")
         }
     }
 }
@@ -144,12 +144,10 @@ public final class ChunkListReader {
     private let object: ObjectReader
     public let count: Int
     public let totalBytes: UInt64
-    private let manifestID: String
 
     /// Opens and fully checks the list: size, magic, counts and SHA-256 against
     /// the manifest (reading it once; it is 36 bytes a chunk).
     public init(backend: Backend, manifest: Manifest) throws {
-        manifestID = manifest.id
         let ref = manifest.chunkList
         let manifestID = manifest.id
         guard let size = try backend.size(ref.key) else {
@@ -165,11 +163,14 @@ public final class ChunkListReader {
         guard recordBytes % Int64(ChunkListFormat.recordSize) == 0 else { throw bad("length is not whole records") }
         let header = try object.read(at: 0, count: ChunkListFormat.headerSize)
         guard Array(header[0..<8]) == ChunkListFormat.headerMagic else { throw bad("bad header magic") }
+        var hr = BinaryReader(header, at: 8)
+        guard (try? hr.u32()) == 1 else { throw bad("chunk list version is not 1 (written by a newer dbbackup?)") }
         let footer = try object.read(at: size - Int64(ChunkListFormat.footerSize), count: ChunkListFormat.footerSize)
         var fr = BinaryReader(footer)
-        let count = Int((try? fr.u64()) ?? 0)
-        let total = (try? fr.u64()) ?? 0
-        guard let digest = try? fr.id(), Array(footer[48..<56]) == ChunkListFormat.footerMagic else { throw bad("bad footer") }
+        // The footer is not under its own checksum: every number is checked.
+        guard let rawCount = try? fr.u64(), let count = Int(exactly: rawCount), count <= Int(recordBytes),
+              let total = try? fr.u64(), let digest = try? fr.id(),
+              Array(footer[48..<56]) == ChunkListFormat.footerMagic else { throw bad("bad footer") }
         guard Int64(count) * Int64(ChunkListFormat.recordSize) == recordBytes, count == ref.count,
               digest.hex == ref.sha256 else {
             throw bad("footer does not match the manifest")

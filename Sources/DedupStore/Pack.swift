@@ -145,7 +145,7 @@ public final class PackWriter {
 
     /// Writes the trailer and footer, makes the pack durable and visible, and
     /// returns its entries for the index. `size` is then the whole pack's size.
-    public func finish(backend: Backend) throws -> [PackEntry] {
+    public func finish() throws -> [PackEntry] {
         let trailerOffset = size
         var t = BinaryWriter(capacity: 8 + entries.count * PackFormat.trailerEntrySize)
         t.append(UInt32(entries.count))
@@ -215,9 +215,10 @@ public final class PackReader {
             let trailerOffset = try fr.u64()
             let trailerLength = try fr.u64()
             let digest = try fr.id()
-            guard trailerOffset >= UInt64(PackFormat.headerSize),
-                  trailerLength >= 8,
-                  trailerOffset + trailerLength == UInt64(size) - UInt64(PackFormat.footerSize) else {
+            let (end, overflow) = trailerOffset.addingReportingOverflow(trailerLength)
+            guard !overflow, trailerOffset >= UInt64(PackFormat.headerSize),
+                  trailerLength >= 8, trailerLength <= UInt64(Int32.max),
+                  end == UInt64(size) - UInt64(PackFormat.footerSize) else {
                 throw DedupError.packCorrupt(pack: id.hex, detail: "footer points outside the pack")
             }
             let trailer = try object.read(at: Int64(trailerOffset), count: Int(trailerLength))
@@ -240,7 +241,7 @@ public final class PackReader {
                 let encoding = try r.u8()
                 let flags = try r.u8()
                 try r.skip(6)
-                guard offset + UInt64(PackFormat.entryHeaderSize) + UInt64(storedLength) <= trailerOffset else {
+                guard offset < trailerOffset, offset + UInt64(PackFormat.entryHeaderSize) + UInt64(storedLength) <= trailerOffset else {
                     throw DedupError.packCorrupt(pack: id.hex, detail: "entry for chunk \(chunk.shortHex) lies outside the data area")
                 }
                 out.append(PackEntry(id: chunk, location: ChunkLocation(
@@ -258,21 +259,22 @@ public final class PackReader {
     public func readStored(_ location: ChunkLocation, id chunk: ChunkID, into buffer: UnsafeMutableRawBufferPointer) throws {
         let headerSize = PackFormat.entryHeaderSize
         let total = headerSize + Int(location.storedLength)
-        guard Int64(location.offset) + Int64(total) <= object.size else {
+        guard let start = Int64(exactly: location.offset), start <= object.size - Int64(total) else {
             throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "the pack is shorter than the index says (truncated)")
         }
         var header = [UInt8](repeating: 0, count: headerSize)
-        try header.withUnsafeMutableBytes { try object.read(at: Int64(location.offset), into: $0) }
+        try header.withUnsafeMutableBytes { try object.read(at: start, into: $0) }
         var r = BinaryReader(header)
         let storedID = try r.id()
         let rawLength = try r.u32()
         let storedLength = try r.u32()
         let encoding = try r.u8()
+        let flags = try r.u8()
         guard storedID == chunk, rawLength == location.rawLength, storedLength == location.storedLength,
-              encoding == location.encoding else {
+              encoding == location.encoding, flags == location.flags else {
             throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "entry header at offset \(location.offset) does not match the index")
         }
-        try object.read(at: Int64(location.offset) + Int64(headerSize),
+        try object.read(at: start + Int64(headerSize),
                         into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(location.storedLength)]))
     }
 }

@@ -230,11 +230,19 @@ public final class Repository {
         return try Manifest.decode(bytes, id: id)
     }
 
-    /// Every manifest, oldest first by backup time.
+    /// Every readable manifest, oldest first by backup time. A damaged one is
+    /// reported as a notice and left out (`verify` names it; gc refuses to run).
     public func manifests() throws -> [Manifest] {
-        try manifestIDs().map { try loadManifest($0) }.sorted {
-            ($0.createdAt, $0.id) < ($1.createdAt, $1.id)
+        var out = [Manifest]()
+        for id in try manifestIDs() {
+            do {
+                out.append(try loadManifest(id))
+            } catch let e as DedupError {
+                if case .manifestCorrupt = e { notice("skipping \(e.message)"); continue }
+                throw e
+            }
         }
+        return out.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
     /// Resolves a full id or a unique prefix of one.

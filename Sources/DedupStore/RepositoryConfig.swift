@@ -46,6 +46,17 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
         encryption = "none"
     }
 
+    /// A decoding error in one short phrase, without Swift's type dump.
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing '\(key.stringValue)'"
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c):
+            return "bad '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.dataCorrupted(let c): return c.debugDescription
+        default: return "\(error)"
+        }
+    }
+
     func encoded() throws -> [UInt8] {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -69,14 +80,14 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
                 throw DedupError.foreignRepository(path: path, detail: "unknown chunker or hash")
             }
             guard config.encryption == "none" else {
-                throw DedupError.unsupportedFormat(path: path, found: config.version, supported: currentVersion)
+                throw DedupError.unsupportedRepository(path: path, detail: "encryption '\(config.encryption)'")
             }
             try config.chunker.parameters.validate()
             return config
         } catch let e as DedupError {
             throw e
         } catch {
-            throw DedupError.foreignRepository(path: path, detail: "config is incomplete: \(error)")
+            throw DedupError.foreignRepository(path: path, detail: "its config file lacks a field or has a wrong value (\(Self.describe(error)))")
         }
     }
 }

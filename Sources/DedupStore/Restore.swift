@@ -51,9 +51,14 @@ final class ChunkFetcher {
         func corrupt(_ detail: String) -> DedupError {
             .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
         }
-        guard Int(loc.rawLength) == expectedLength, Int(loc.rawLength) <= plain.count,
-              Int(loc.storedLength) <= stored.count else {
-            throw corrupt("its recorded length \(loc.rawLength) does not match the backup's \(expectedLength)")
+        guard Int(loc.rawLength) == expectedLength else {
+            throw corrupt("the index records \(loc.rawLength) bytes, the backup \(expectedLength)")
+        }
+        guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= stored.count else {
+            throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
+        }
+        guard loc.flags == 0 else {
+            throw corrupt("it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)")
         }
         let r: PackReader
         do {
@@ -65,8 +70,8 @@ final class ChunkFetcher {
                 throw corrupt("its pack is missing")
             case .chunkCorrupt(_, _, _, let detail):
                 throw corrupt(detail)
-            case .io(let op, _, _):
-                throw corrupt("\(op) failed: \(e.message)")
+            case .shortRead:
+                throw corrupt("its pack ends before it (truncated)")
             default:
                 throw e
             }
@@ -106,6 +111,8 @@ public enum RestoreTarget {
 public final class Restorer {
     private let repository: Repository
     public var progress: ((UInt64) -> Void)?
+    /// How long to wait for gc or an index rebuild to finish.
+    public var lockWait: TimeInterval = 600
 
     public init(repository: Repository) {
         self.repository = repository
@@ -113,6 +120,9 @@ public final class Restorer {
 
     @discardableResult
     public func restore(_ idOrPrefix: String, to target: RestoreTarget) throws -> Manifest {
+        // Shared: gc and index rebuild, which move or forget chunks, wait for us.
+        let lock = try repository.lock(.shared, command: "restore \(idOrPrefix)", wait: lockWait)
+        defer { lock.release() }
         let id = try repository.resolveManifestID(idOrPrefix)
         let manifest = try repository.loadManifest(id)
         let list = try ChunkListReader(backend: repository.backend, manifest: manifest)

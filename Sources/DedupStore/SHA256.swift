@@ -42,8 +42,9 @@ public final class SHA256Hasher {
     }
 
     /// The digest of one buffer.
+    /// The digest of one buffer. (The context is always fresh here: `init` and
+    /// `finish` reset it.)
     public func digest(_ bytes: UnsafeRawBufferPointer) -> ChunkID {
-        reset()
         update(bytes)
         return finish()
     }

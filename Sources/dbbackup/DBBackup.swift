@@ -94,7 +94,8 @@ func parseSize(_ text: String) -> Int? {
     let units: [(String, Int)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("KB", 1000), ("MB", 1_000_000),
                                   ("GB", 1_000_000_000), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("B", 1)]
     for (suffix, mult) in units where t.hasSuffix(suffix) {
-        guard let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0 else { return nil }
+        guard let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0,
+              v * Double(mult) < Double(Int.max) else { return nil }
         return Int(v * Double(mult))
     }
     return Int(t)

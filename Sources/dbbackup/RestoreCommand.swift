@@ -24,10 +24,14 @@ struct DedupRestore: ParsableCommand {
     @Flag(help: "Replace the output file if it exists.")
     var force = false
 
+    @Option(help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
+    var lockWait: Int = 600
+
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk receiving the restore is full: the partial output was removed") {
             let repo = try store.open()
             let restorer = Restorer(repository: repo)
+            restorer.lockWait = TimeInterval(lockWait)
             let started = Date()
             restorer.progress = { written in
                 Terminal.progress("\(Format.bytes(Int64(written))) restored, \(Format.rate(Int64(written), Date().timeIntervalSince(started)))")

@@ -152,6 +152,7 @@ struct DedupGC: ParsableCommand {
             if r.orphanChunkListsRemoved > 0 { Terminal.out("  \(r.orphanChunkListsRemoved) chunk list(s) of unfinished backups removed") }
             Terminal.out("  duration  \(Format.duration(r.durationSeconds))")
             for p in r.packsUnreadable { Terminal.err("dbbackup: warning: unreadable pack kept: \(p)") }
+            for c in r.corruptChunks { Terminal.err("dbbackup: warning: damaged chunk not copied, its pack kept: \(c)") }
             if r.missingChunks > 0 {
                 Terminal.err("dbbackup: warning: \(r.missingChunks) referenced chunk(s) are missing; run `dbbackup dedup verify` to see the damaged backups")
             }

@@ -138,3 +138,49 @@ import Testing
         #expect(try cli.dedup(["verify"]).status == 0)
     }
 }
+
+/// Hostile or absurd input gives one line on stderr, never a crash.
+@Suite struct HostileInputTests {
+    @Test func absurdSizesAreUsageErrors() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        for size in ["4611686018427387904", "1e30KiB", "100000", "banana", "0"] {
+            let r = try CLI.run(["dedup", "init", "--dedup-dir", dir + "/r", "--chunk-size", size])
+            #expect(r.status == 1 && !r.signaled && errorLines(r).count == 1, "\(size): \(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/r/config"))
+    }
+
+    @Test func damagedChunkListFooterIsAnErrorNotACrash() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        let id = try #require(CLI.committedID(try cli.dedup(["backup", "-", "--name", "x"], stdin: pseudoRandom(500_000, seed: 1))))
+        let list = dir + "/repo/manifests/\(id).chunks"
+        let size = FileIO.fileSize(list) ?? 0
+        // The top bit of the record count in the footer (not under its checksum).
+        let fd = open(list, O_RDWR)
+        var b: UInt8 = 0
+        pread(fd, &b, 1, off_t(size - 56 + 7)); b ^= 0x80; pwrite(fd, &b, 1, off_t(size - 56 + 7))
+        close(fd)
+        for args in [["restore", id, dir + "/out"], ["verify"]] {
+            let r = try cli.dedup(args)
+            #expect(r.status == 1 && !r.signaled, "\(args): \(r.stderr)")
+            #expect(r.stderr.contains("chunk list") || r.out.contains("chunk list"))
+        }
+    }
+
+    @Test func oneDamagedManifestDoesNotHideTheOthers() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        let good = try #require(CLI.committedID(try cli.dedup(["backup", "-", "--name", "good"], stdin: [1, 2])))
+        let bad = try #require(CLI.committedID(try cli.dedup(["backup", "-", "--name", "bad"], stdin: [3, 4])))
+        try writeFile(dir + "/repo/manifests/\(bad).manifest.json", Array("{\"id\": ".utf8))
+        let list = try cli.dedup(["list"])
+        #expect(list.status == 0 && list.out.contains(good))
+        #expect(list.stderr.contains("skipping") && list.stderr.contains(bad))
+        #expect(try cli.dedup(["stats"]).status == 0)
+        let verify = try cli.dedup(["verify"])
+        #expect(verify.status == 1 && verify.out.contains("damaged backups: \(bad)"))
+        let gc = try cli.dedup(["gc"])
+        #expect(gc.status == 1 && gc.stderr.contains("gc stopped before deleting anything"))
+    }
+}

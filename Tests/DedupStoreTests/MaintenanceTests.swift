@@ -148,6 +148,31 @@ import Testing
         try repo.index().forEachChunk { _, loc in #expect(present[loc.pack] != nil) }
     }
 
+    @Test func gcKeepsTheIntactCopyOfADuplicatedChunk() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let data = randomBytes(10_000, seed: 31)  // one chunk
+        let m = try backup(repo, data, name: "x")
+        let index = try repo.index()
+        let id = SHA256Hasher.hash(data)
+        let first = try #require(try index.lookup(id))
+        // A second copy in another pack, as a re-store after damage leaves it.
+        let writer = try PackWriter(backend: repo.backend)
+        try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
+        let entries = try writer.finish()
+        try index.insert(pack: writer.id, size: Int64(writer.size), entries: entries)
+        // The first copy is damaged and the index has forgotten the chunk.
+        try flipByte(at: repo.backend.path(first.pack.key), offset: payloadOffset(first) + 5)
+        try index.dropChunks([id], inPack: writer.id)
+        try index.dropChunks([id], inPack: first.pack)
+        #expect(try index.lookup(id) == nil)
+        let report = try GarbageCollector(repository: repo).run()
+        #expect(report.packsDeleted == 1)
+        #expect(try index.lookup(id)?.pack == writer.id, "the intact copy is the one kept")
+        #expect(try restoreBytes(repo, m.id, dir: dir) == data)
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+    }
+
     @Test func gcRefusesWhenABackupIsUnreadable() throws {
         let dir = TempDir()
         let repo = try makeRepository(dir)

@@ -12,7 +12,7 @@ import Testing
                 try writer.add(id: h.digest(raw), rawLength: c.count, encoding: .raw, payload: raw)
             }
         }
-        let entries = try writer.finish(backend: backend)
+        let entries = try writer.finish()
         return (backend, writer.id, entries)
     }
 

@@ -198,7 +198,7 @@ import Testing
         let writer = try PackWriter(backend: repo.backend)
         let id = SHA256Hasher.hash(data)
         try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
-        _ = try writer.finish(backend: repo.backend)
+        _ = try writer.finish()
         let reopened = try Repository(path: repo.path)
         #expect(try reopened.index().lookup(id) != nil)
         #expect(reopened.notices.contains { $0.contains("missing from the index") })

@@ -12,8 +12,20 @@ public struct LockInfo: Codable, Equatable, Sendable {
     public var startedAt: String
     public var command: String
 
-    /// True when this lock's process is certainly gone: same host, pid not alive.
+    /// How old a lock may grow before it counts as stale whatever its host:
+    /// 72 hours, or `DBBACKUP_STALE_LOCK_HOURS`.
+    public static var staleAfter: TimeInterval {
+        let hours = ProcessInfo.processInfo.environment["DBBACKUP_STALE_LOCK_HOURS"].flatMap(Double.init) ?? 72
+        return hours * 3600
+    }
+
+    /// True when this lock's process is certainly gone (same host, pid not
+    /// running), or the lock is older than `staleAfter` (a process on another
+    /// host cannot be checked, and a pid may have been reused).
     public var isStale: Bool {
+        if let started = Timestamps.parse(startedAt), Date().timeIntervalSince(started) > LockInfo.staleAfter {
+            return true
+        }
         guard hostname == LockInfo.currentHost else { return false }
         return kill(pid, 0) != 0 && errno == ESRCH
     }

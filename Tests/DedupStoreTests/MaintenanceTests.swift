@@ -158,7 +158,7 @@ import Testing
         let first = try #require(try index.lookup(id))
         // A second copy in another pack, as a re-store after damage leaves it.
         let writer = try PackWriter(backend: repo.backend)
-        try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
+        _ = try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
         let entries = try writer.finish()
         try index.insert(pack: writer.id, size: Int64(writer.size), entries: entries)
         // The first copy is damaged and the index has forgotten the chunk.

@@ -8,7 +8,7 @@ import Testing
         let writer = try PackWriter(backend: backend)
         let h = SHA256Hasher()
         for c in chunks {
-            try c.withUnsafeBytes { raw in
+            _ = try c.withUnsafeBytes { raw in
                 try writer.add(id: h.digest(raw), rawLength: c.count, encoding: .raw, payload: raw)
             }
         }
@@ -62,7 +62,7 @@ import Testing
         let backend = LocalBackend(root: dir.path)
         let writer = try PackWriter(backend: backend)
         let c = randomBytes(1000, seed: 1)
-        try c.withUnsafeBytes { try writer.add(id: SHA256Hasher.hash(c), rawLength: 1000, encoding: .raw, payload: $0) }
+        _ = try c.withUnsafeBytes { try writer.add(id: SHA256Hasher.hash(c), rawLength: 1000, encoding: .raw, payload: $0) }
         writer.abort()
         #expect(try backend.list("packs/").isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("tmp")).isEmpty)

@@ -71,7 +71,7 @@ import Testing
         #expect(throws: DedupError.notARepository(path: dir.path)) { try Repository(path: dir.path) }
         #expect(throws: DedupError.notARepository(path: dir.sub("missing"))) { try Repository(path: dir.sub("missing")) }
         try FileManager.default.createDirectory(atPath: dir.sub("full"), withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: dir.sub("full/x"), contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: dir.sub("full/x"), contents: Data([1]))
         #expect(throws: DedupError.directoryNotEmpty(path: dir.sub("full"))) { try Repository.initialize(at: dir.sub("full")) }
 
         let repo = try makeRepository(dir)
@@ -197,7 +197,7 @@ import Testing
         let data = randomBytes(200_000, seed: 9)
         let writer = try PackWriter(backend: repo.backend)
         let id = SHA256Hasher.hash(data)
-        try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
+        _ = try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
         _ = try writer.finish()
         let reopened = try Repository(path: repo.path)
         #expect(try reopened.index().lookup(id) != nil)
@@ -234,6 +234,19 @@ import Testing
         #expect(throws: DedupError.self) { try backup(repo, [1, 2, 3]) }
         ex.release()
         #expect(try RepositoryLock.list(repo.backend).isEmpty)
+    }
+
+    @Test func oldLocksFromOtherHostsAreStale() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let enc = JSONEncoder()
+        let old = LockInfo(kind: .exclusive, hostname: "elsewhere", pid: 1, startedAt: "2020-01-01T00:00:00Z", command: "gc")
+        let fresh = LockInfo(kind: .exclusive, hostname: "elsewhere", pid: 1, startedAt: Timestamps.iso8601(Date()), command: "gc")
+        #expect(old.isStale && !fresh.isStale)
+        try repo.backend.put("locks/exclusive-old.json", Array(try enc.encode(old)), ifAbsent: true)
+        #expect { try repo.lock(.shared, command: "backup", wait: 5) } throws: { e in
+            (e as? DedupError)?.message.contains("stale") == true
+        }
     }
 
     @Test func damagedChunkListIsDetected() throws {

@@ -76,8 +76,8 @@ public final class BackupSession {
         func commitPack() throws {
             guard let p = pack else { return }
             pack = nil
-            let size = Int64(p.size)
             let entries = try p.finish()
+            let size = Int64(p.size)  // after finish: trailer and footer included
             FaultInjection.crashPoint("backup.after-pack-commit")
             try index.insert(pack: p.id, size: size, entries: entries)
             // The filter now holds these index entries too.

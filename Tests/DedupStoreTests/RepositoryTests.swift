@@ -15,6 +15,12 @@ import Testing
         let report = try Verifier(repository: repo).verify(deep: true)
         #expect(report.ok, "\(report.problems)")
         #expect(report.manifestsChecked == 4)
+        // The index recorded every pack as it is on disk: a new process has
+        // nothing to repair.
+        let reopened = try Repository(path: repo.path)
+        _ = try reopened.index()
+        _ = try reopened.bloom()
+        #expect(reopened.notices.isEmpty, "\(reopened.notices)")
     }
 
     @Test func secondBackupOfSameDataStoresNothingNew() throws {

@@ -38,18 +38,36 @@ public struct BackupProgress: Sendable {
 /// only unreferenced packs that the next backup reuses or gc reclaims.
 public final class BackupSession {
     private let repository: Repository
-    private let compressor: ZstdCompressor
     private let chunker: ContentDefinedChunker
     public var progress: ((BackupProgress) -> Void)?
     /// How often `progress` is called, in input bytes.
     public var progressInterval: UInt64 = 32 << 20
+    /// Worker threads for hashing and compression (default: every core).
+    public var jobs = ProcessInfo.processInfo.activeProcessorCount
 
     public init(repository: Repository) throws {
         self.repository = repository
-        compressor = try ZstdCompressor(level: repository.config.compression.level)
+        _ = try ZstdCompressor(level: repository.config.compression.level)
         chunker = ContentDefinedChunker(repository.config.chunker.parameters)
     }
 
+    /// One chunk of a batch as it goes through the pipeline.
+    struct Slot {
+        var range: Range<Int> = 0..<0
+        var id = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
+        var isNew = false
+        var arenaOffset = 0
+        var storedLength = 0
+        var encoding = ChunkEncoding.raw
+        var failure: DedupError?
+    }
+
+    /// Reads the input in batches of chunks, cut in place in the chunk buffer.
+    /// Per batch: all cores hash the chunks (one of them also the whole-stream
+    /// SHA-256); this thread looks each id up (pending pack, Bloom filter, index);
+    /// all cores compress the new chunks into an arena; this thread appends them
+    /// to the pack in input order. Memory: the chunk buffer, the arena (about one
+    /// batch) and a context per worker.
     public func run<S: ByteSource>(source: S, options: BackupOptions) throws -> Manifest {
         let started = Date()
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
@@ -59,19 +77,29 @@ public final class BackupSession {
         let index = try repository.index()
         var bloom = try repository.bloom()
         let backend = repository.backend
+        let maxChunk = repository.config.chunker.maxSize
 
-        let stream = ChunkStream(source: source, chunker: chunker)
-        let hasher = SHA256Hasher()
-        let streamHasher = SHA256Hasher()
+        let workers = max(1, min(jobs, 16))
+        let batchBytes = 8 << 20
+        let stream = ChunkStream(source: source, chunker: chunker, bufferSize: batchBytes + 2 * maxChunk)
+        let hashers = (0...workers).map { _ in SHA256Hasher() }
+        let streamHasher = hashers[workers]
+        let compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
+        var arena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
+        defer { arena.deallocate() }
+        var slotCapacity = 1024
+        var slotStorage = UnsafeMutablePointer<Slot>.allocate(capacity: slotCapacity)
+        slotStorage.initialize(repeating: Slot(), count: slotCapacity)
+        defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
+
         let chunkList = try ChunkListWriter(backend: backend)
         var pack: PackWriter?
         var pending = Set<ChunkID>()
         var completeness = DumpCompleteness()
         var stats = Manifest.Stats(chunks: 0, newChunks: 0, newBytes: 0, storedBytes: 0, durationSeconds: 0)
-        let scratch = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: ZstdCompressor.bound(repository.config.chunker.maxSize), alignment: 16)
-        defer { scratch.deallocate() }
         var nextProgress = progressInterval
+        var ranges = [Range<Int>]()
+        var newSlots = [Int]()
 
         func commitPack() throws {
             guard let p = pack else { return }
@@ -86,28 +114,105 @@ public final class BackupSession {
         }
 
         do {
-            while let chunk = try stream.next() {
-                let id = hasher.digest(chunk)
-                streamHasher.update(chunk)
-                completeness.observe(chunk)
-                try chunkList.append(id, length: chunk.count)
-                stats.chunks += 1
+            while let base = try stream.nextBatch(maxBytes: batchBytes, into: &ranges) {
+                let n = ranges.count
+                if n > slotCapacity {
+                    slotStorage.deinitialize(count: slotCapacity)
+                    slotStorage.deallocate()
+                    slotCapacity = n * 2
+                    slotStorage = .allocate(capacity: slotCapacity)
+                    slotStorage.initialize(repeating: Slot(), count: slotCapacity)
+                }
+                let slots = SharedPointer(base: slotStorage)
+                for i in 0..<n { slots[i] = Slot(range: ranges[i]) }
+                let batchLength = ranges[n - 1].upperBound
+                let input = UnsafeRawBufferPointer(start: base, count: batchLength)
 
-                var known = pending.contains(id)
-                if !known && bloom.mightContain(id) { known = try index.lookup(id) != nil }
-                if !known {
-                    let compressed = try compressor.compress(chunk, into: scratch)
-                    let useZstd = compressed < chunk.count
-                    let payload = useZstd ? UnsafeRawBufferPointer(rebasing: scratch[0..<compressed]) : chunk
+                // 1. Hash: tasks 0..<workers take every workers-th chunk; the last
+                //    task hashes the whole batch into the stream digest.
+                runInParallel(workers + 1) { task in
+                    if task == workers {
+                        streamHasher.update(input)
+                        return
+                    }
+                    let h = hashers[task]
+                    var i = task
+                    while i < n {
+                        slots[i].id = h.digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
+                        i += workers
+                    }
+                }
+                completeness.observe(input)
+
+                // 2. Dedup, in input order (the pending set and the filter are this thread's).
+                newSlots.removeAll(keepingCapacity: true)
+                var arenaUsed = 0
+                for i in 0..<n {
+                    let id = slots[i].id
+                    try chunkList.append(id, length: slots[i].range.count)
+                    var known = pending.contains(id)
+                    if !known && bloom.mightContain(id) { known = try index.lookup(id) != nil }
+                    if !known {
+                        pending.insert(id)
+                        bloom.insert(id)
+                        slots[i].isNew = true
+                        slots[i].arenaOffset = arenaUsed
+                        arenaUsed += ZstdCompressor.bound(slots[i].range.count)
+                        newSlots.append(i)
+                    }
+                }
+                stats.chunks += n
+                if arenaUsed > arena.count {
+                    // Many small chunks: each one's bound adds a little.
+                    arena.deallocate()
+                    arena = .allocate(byteCount: arenaUsed, alignment: 16)
+                }
+
+                // 3. Compress the new chunks on all cores, each into its arena place.
+                if !newSlots.isEmpty {
+                    let newCount = newSlots.count
+                    let tasks = min(workers, newCount)
+                    let arena = arena
+                    newSlots.withUnsafeBufferPointer { order in
+                        nonisolated(unsafe) let order = order
+                        runInParallel(tasks) { task in
+                            let z = compressors[task]
+                            var k = task
+                            while k < newCount {
+                                let i = order[k]
+                                let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
+                                let out = UnsafeMutableRawBufferPointer(
+                                    rebasing: arena[slots[i].arenaOffset..<(slots[i].arenaOffset + ZstdCompressor.bound(chunk.count))])
+                                do {
+                                    let c = try z.compress(chunk, into: out)
+                                    slots[i].storedLength = c < chunk.count ? c : chunk.count
+                                    slots[i].encoding = c < chunk.count ? .zstd : .raw
+                                } catch let e as DedupError {
+                                    slots[i].failure = e
+                                } catch {
+                                    slots[i].failure = .compression("\(error)")
+                                }
+                                k += tasks
+                            }
+                        }
+                    }
+                }
+
+                // 4. Append to the pack in input order.
+                for i in newSlots {
+                    if let failure = slots[i].failure { throw failure }
+                    let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
+                    let payload = slots[i].encoding == .zstd
+                        ? UnsafeRawBufferPointer(rebasing: arena[slots[i].arenaOffset..<(slots[i].arenaOffset + slots[i].storedLength)])
+                        : chunk
                     if pack == nil { pack = try PackWriter(backend: backend) }
-                    try pack?.add(id: id, rawLength: chunk.count, encoding: useZstd ? .zstd : .raw, payload: payload)
-                    pending.insert(id)
-                    bloom.insert(id)
+                    try pack?.add(id: slots[i].id, rawLength: chunk.count, encoding: slots[i].encoding, payload: payload)
                     stats.newChunks += 1
                     stats.newBytes += Int64(chunk.count)
                     stats.storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
                     if let p = pack, p.size >= UInt64(repository.config.packSize) { try commitPack() }
                 }
+
                 if stream.offset >= nextProgress, let progress {
                     nextProgress = stream.offset + progressInterval
                     progress(BackupProgress(bytesRead: stream.offset, chunks: stats.chunks,

@@ -56,6 +56,9 @@ struct DedupBackup: ParsableCommand {
     @Option(help: ArgumentHelp("Seconds to wait while gc or prune holds the repository.", valueName: "seconds"))
     var lockWait: Int = 600
 
+    @Option(help: ArgumentHelp("Threads for hashing and compression (default: all cores).", valueName: "n"))
+    var jobs: Int?
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The input command, after --, with --from-command.", valueName: "command"))
     var command: [String] = []
 
@@ -69,6 +72,7 @@ struct DedupBackup: ParsableCommand {
         }
         for t in tag where !t.contains("=") { throw ValidationError("--tag takes key=value, got '\(t)'") }
         if let time, Timestamps.parse(time) == nil { throw ValidationError("cannot read --time '\(time)'; use ISO 8601 like 2026-11-21T02:00:00Z") }
+        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
     }
 
     func run() throws {
@@ -120,6 +124,7 @@ struct DedupBackup: ParsableCommand {
             if let time, let date = Timestamps.parse(time) { options.time = date }
 
             let session = try BackupSession(repository: repo)
+            if let jobs { session.jobs = jobs }
             let started = Date()
             session.progress = { p in
                 let elapsed = Date().timeIntervalSince(started)

@@ -53,6 +53,19 @@ func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [Chunk
         #expect(whole == jagged)
     }
 
+    @Test func batchesCutExactlyLikeSingleChunks() throws {
+        let data = randomBytes(5 << 20, seed: 9) + [UInt8](repeating: 7, count: 1 << 20)
+        let single = try chunkLengths(JaggedSource(bytes: data), params, bufferSize: 1 << 20)
+        let stream = ChunkStream(source: JaggedSource(bytes: data), chunker: ContentDefinedChunker(params), bufferSize: 1 << 20)
+        var batched = [Int]()
+        var ranges = [Range<Int>]()
+        while try stream.nextBatch(maxBytes: 300_000, into: &ranges) != nil {
+            #expect(!ranges.isEmpty)
+            batched += ranges.map(\.count)
+        }
+        #expect(batched == single)
+    }
+
     @Test func insertionChangesOnlyNearbyChunks() throws {
         let data = randomBytes(8 << 20, seed: 3)
         var edited = data

@@ -23,6 +23,31 @@ import Testing
         #expect(reopened.notices.isEmpty, "\(reopened.notices)")
     }
 
+    @Test func parallelBackupMatchesSerialByteForByte() throws {
+        // Small chunks: many per batch, and the compression arena must grow.
+        let data = sqlLikeBytes(rows: 60_000, seed: 41) + randomBytes(3 << 20, seed: 42) + sqlLikeBytes(rows: 20_000, seed: 41)
+        var lists = [[ChunkID]]()
+        var packBytes = [Int64]()
+        for jobs in [1, 2, 5] {
+            let dir = TempDir()
+            let repo = try Repository.initialize(at: dir.sub("repo"), chunker: ChunkerParameters(average: 4096), compressionLevel: 3, packSize: 1 << 20)
+            let session = try BackupSession(repository: repo)
+            session.jobs = jobs
+            var options = BackupOptions(name: "p", source: "memory")
+            options.lockWait = 0
+            let m = try session.run(source: BufferSource(data), options: options)
+            var ids = [ChunkID]()
+            try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in ids.append(id) }
+            lists.append(ids)
+            packBytes.append(m.stats.storedBytes)
+            #expect(try restoreBytes(repo, m.id, dir: dir) == data)
+            #expect(m.sha256 == SHA256Hasher.hash(data).hex)
+        }
+        #expect(lists[0].count > 1000, "many chunks per batch")
+        #expect(lists[1] == lists[0] && lists[2] == lists[0])
+        #expect(packBytes[1] == packBytes[0] && packBytes[2] == packBytes[0])
+    }
+
     @Test func secondBackupOfSameDataStoresNothingNew() throws {
         let dir = TempDir()
         let repo = try makeRepository(dir)

@@ -4,7 +4,7 @@ import Foundation
 /// open so consecutive chunks from one pack cost one pread each.
 final class ChunkFetcher {
     private let repository: Repository
-    private let index: ChunkIndex
+    let index: ChunkIndex
     private let decompressor: ZstdDecompressor
     private let hasher = SHA256Hasher()
     private var readers: [PackID: PackReader] = [:]
@@ -48,22 +48,29 @@ final class ChunkFetcher {
     }
 
     func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
+        try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
+        let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])
+        return try ChunkDecoder.decode(id, at: loc, stored: storedBytes, into: plain, manifest: manifest,
+                                       decompressor: decompressor, hasher: hasher)
+    }
+
+    /// Checks a location and reads the chunk's stored bytes into `buffer`.
+    func readStored(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int,
+                    into buffer: UnsafeMutableRawBufferPointer, manifest: String) throws {
         func corrupt(_ detail: String) -> DedupError {
             .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
         }
         guard Int(loc.rawLength) == expectedLength else {
             throw corrupt("the index records \(loc.rawLength) bytes, the backup \(expectedLength)")
         }
-        guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= stored.count else {
+        guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= stored.count, Int(loc.storedLength) <= buffer.count else {
             throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
         }
         guard loc.flags == 0 else {
             throw corrupt("it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)")
         }
-        let r: PackReader
         do {
-            r = try reader(loc.pack)
-            try r.readStored(loc, id: id, into: stored)
+            try reader(loc.pack).readStored(loc, id: id, into: buffer)
         } catch let e as DedupError {
             switch e {
             case .io(_, _, let code) where code == ENOENT:
@@ -76,17 +83,30 @@ final class ChunkFetcher {
                 throw e
             }
         }
-        let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])
+    }
+}
+
+/// Turns a chunk's stored bytes back into its plaintext and checks it against its
+/// id. Stateless apart from the contexts it is given, so workers run it in parallel.
+enum ChunkDecoder {
+    /// Returns the plaintext: `stored` itself for a raw chunk, else `plain`'s start.
+    static func decode(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer,
+                       into plain: UnsafeMutableRawBufferPointer, manifest: String,
+                       decompressor: ZstdDecompressor, hasher: SHA256Hasher) throws -> UnsafeRawBufferPointer {
+        func corrupt(_ detail: String) -> DedupError {
+            .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
         let out: UnsafeRawBufferPointer
         switch ChunkEncoding(rawValue: loc.encoding) {
         case .raw:
             guard loc.storedLength == loc.rawLength else { throw corrupt("raw chunk with stored length \(loc.storedLength)") }
-            out = storedBytes
+            out = stored
         case .zstd:
+            guard Int(loc.rawLength) <= plain.count else { throw corrupt("larger than its buffer") }
             let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
             let n: Int
             do {
-                n = try decompressor.decompress(storedBytes, into: target)
+                n = try decompressor.decompress(stored, into: target)
             } catch {
                 throw corrupt("zstd: \(error)")
             }
@@ -113,6 +133,8 @@ public final class Restorer {
     public var progress: ((UInt64) -> Void)?
     /// How long to wait for gc or an index rebuild to finish.
     public var lockWait: TimeInterval = 600
+    /// Worker threads for decompression and hashing (default: every core).
+    public var jobs = ProcessInfo.processInfo.activeProcessorCount
 
     public init(repository: Repository) {
         self.repository = repository
@@ -147,36 +169,94 @@ public final class Restorer {
             tmpPath = tmp
         }
 
-        let writeBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 16)
-        defer { writeBuffer.deallocate() }
-        var buffered = 0
         let outName = tmpPath ?? finalPath
-        func flush() throws {
-            try FileIO.writeAll(fd, UnsafeRawBufferPointer(rebasing: writeBuffer[0..<buffered]), path: outName)
-            buffered = 0
+        let maxChunk = repository.config.chunker.maxSize
+        let batchBytes = 16 << 20
+        let workers = max(1, min(jobs, 16))
+        let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
+        let hashers = (0..<workers).map { _ in SHA256Hasher() }
+        let streamHasher = SHA256Hasher()
+        // Stored bytes in, plaintext out: one batch of each.
+        let inArena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
+        let outArena = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes + maxChunk, alignment: 16)
+        defer { inArena.deallocate(); outArena.deallocate() }
+
+        struct Item {
+            var id: ChunkID
+            var loc: ChunkLocation
+            var inOffset: Int
+            var outOffset: Int
+            var failure: DedupError?
+        }
+        var items = [Item]()
+        var inUsed = 0, outUsed = 0
+        var written: UInt64 = 0
+        var nextProgress: UInt64 = 64 << 20
+
+        /// Decodes the batch on all cores, then hashes and writes it in order.
+        func flushBatch() throws {
+            guard !items.isEmpty else { return }
+            let count = items.count
+            try items.withUnsafeMutableBufferPointer { buf in
+                guard let base = buf.baseAddress else { return }
+                let shared = SharedPointer(base: base)
+                runInParallel(min(workers, count)) { task in
+                    var k = task
+                    while k < count {
+                        let it = shared[k]
+                        let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
+                        let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
+                        do {
+                            let plain = try ChunkDecoder.decode(it.id, at: it.loc, stored: stored, into: out, manifest: manifest.id,
+                                                                decompressor: decompressors[task], hasher: hashers[task])
+                            // A raw chunk decodes to its stored bytes: copy it into place.
+                            if plain.baseAddress != UnsafeRawPointer(out.baseAddress) { out.copyMemory(from: plain) }
+                        } catch let e as DedupError {
+                            shared[k].failure = e
+                        } catch {
+                            shared[k].failure = .compression("\(error)")
+                        }
+                        k += min(workers, count)
+                    }
+                }
+                for k in 0..<count { if let f = buf[k].failure { throw f } }
+            }
+            // The stream digest on one core while this one writes.
+            let batch = UnsafeRawBufferPointer(rebasing: outArena[0..<outUsed])
+            nonisolated(unsafe) var writeError: Error?
+            runInParallel(2) { task in
+                if task == 0 {
+                    streamHasher.update(batch)
+                } else {
+                    do { try FileIO.writeAll(fd, batch, path: outName) } catch { writeError = error }
+                }
+            }
+            if let writeError { throw writeError }
+            written += UInt64(outUsed)
+            items.removeAll(keepingCapacity: true)
+            inUsed = 0
+            outUsed = 0
+            if written >= nextProgress, let progress {
+                nextProgress = written + (64 << 20)
+                progress(written)
+            }
         }
 
         do {
-            let streamHasher = SHA256Hasher()
-            var written: UInt64 = 0
-            var nextProgress: UInt64 = 64 << 20
             try list.forEach { id, length in
-                let plain = try fetcher.fetch(id, expectedLength: length, manifest: manifest.id)
-                streamHasher.update(plain)
-                if buffered + plain.count > writeBuffer.count { try flush() }
-                if plain.count > writeBuffer.count {
-                    try FileIO.writeAll(fd, plain, path: outName)
-                } else {
-                    UnsafeMutableRawBufferPointer(rebasing: writeBuffer[buffered..<(buffered + plain.count)]).copyMemory(from: plain)
-                    buffered += plain.count
+                guard let loc = try fetcher.index.lookup(id) else {
+                    throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest.id)
                 }
-                written += UInt64(plain.count)
-                if written >= nextProgress, let progress {
-                    nextProgress = written + (64 << 20)
-                    progress(written)
-                }
+                if outUsed + length > outArena.count || inUsed + Int(loc.storedLength) > inArena.count { try flushBatch() }
+                // Reads stay on this thread, in list order (sequential within a pack).
+                try fetcher.readStored(id, at: loc, expectedLength: length,
+                                       into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
+                items.append(Item(id: id, loc: loc, inOffset: inUsed, outOffset: outUsed))
+                inUsed += Int(loc.storedLength)
+                outUsed += length
+                if outUsed >= batchBytes { try flushBatch() }
             }
-            try flush()
+            try flushBatch()
             let digest = streamHasher.finish().hex
             guard written == UInt64(manifest.size), digest == manifest.sha256 else {
                 throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: manifest.sha256, actual: digest)

@@ -27,11 +27,19 @@ struct DedupRestore: ParsableCommand {
     @Option(help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
     var lockWait: Int = 600
 
+    @Option(help: ArgumentHelp("Threads for decompression and hashing (default: all cores).", valueName: "n"))
+    var jobs: Int?
+
+    func validate() throws {
+        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
+    }
+
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk receiving the restore is full: the partial output was removed") {
             let repo = try store.open()
             let restorer = Restorer(repository: repo)
             restorer.lockWait = TimeInterval(lockWait)
+            if let jobs { restorer.jobs = jobs }
             let started = Date()
             restorer.progress = { written in
                 Terminal.progress("\(Format.bytes(Int64(written))) restored, \(Format.rate(Int64(written), Date().timeIntervalSince(started)))")

@@ -40,8 +40,12 @@ import Testing
             try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in ids.append(id) }
             lists.append(ids)
             packBytes.append(m.stats.storedBytes)
-            #expect(try restoreBytes(repo, m.id, dir: dir) == data)
             #expect(m.sha256 == SHA256Hasher.hash(data).hex)
+            let restorer = Restorer(repository: repo)
+            restorer.jobs = jobs
+            let out = dir.sub("out")
+            try restorer.restore(m.id, to: .file(path: out, overwrite: false))
+            #expect(try FileIO.readFile(out) == data)
         }
         #expect(lists[0].count > 1000, "many chunks per batch")
         #expect(lists[1] == lists[0] && lists[2] == lists[0])

@@ -192,30 +192,32 @@ public final class ChunkIndex {
     /// (a chunk that was copied elsewhere keeps its newer location).
     public func remove(pack: PackID, ids: [ChunkID]) throws {
         try write { txn in
-            for id in ids {
-                var key = id.bytes
-                let loc: ChunkLocation? = try key.withUnsafeMutableBytes { k in
-                    var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
-                    var mv = MDB_val()
-                    let rc = mdb_get(txn, chunks, &mk, &mv)
-                    if rc == MDB_NOTFOUND { return nil }
-                    try check(rc, "get")
-                    return decode(mv)
-                }
-                guard let loc, loc.pack == pack else { continue }
-                try key.withUnsafeMutableBytes { k in
-                    var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
-                    let rc = mdb_del(txn, chunks, &mk, nil)
-                    if rc != MDB_NOTFOUND { try check(rc, "delete") }
-                }
-            }
-            var pk = BinaryWriter(capacity: 16)
-            pk.append(pack.hi); pk.append(pack.lo)
-            try pk.bytes.withUnsafeBytes { k in
-                var mk = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
-                let rc = mdb_del(txn, packs, &mk, nil)
-                if rc != MDB_NOTFOUND { try check(rc, "delete pack") }
-            }
+            for id in ids { try deleteChunk(txn, id, ifIn: pack) }
+            try deletePackRecord(txn, pack)
+        }
+    }
+
+    /// Deletes a chunk's entry if it points into `pack`.
+    private func deleteChunk(_ txn: OpaquePointer, _ id: ChunkID, ifIn pack: PackID) throws {
+        var key = id.bytes
+        try key.withUnsafeMutableBytes { k in
+            var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
+            var mv = MDB_val()
+            let rc = mdb_get(txn, chunks, &mk, &mv)
+            if rc == MDB_NOTFOUND { return }
+            try check(rc, "get")
+            guard decode(mv)?.pack == pack else { return }
+            try check(mdb_del(txn, chunks, &mk, nil), "delete")
+        }
+    }
+
+    private func deletePackRecord(_ txn: OpaquePointer, _ pack: PackID) throws {
+        var pk = BinaryWriter(capacity: 16)
+        pk.append(pack.hi); pk.append(pack.lo)
+        try pk.bytes.withUnsafeBytes { raw in
+            var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+            let rc = mdb_del(txn, packs, &mk, nil)
+            if rc != MDB_NOTFOUND { try check(rc, "delete pack") }
         }
     }
 
@@ -253,15 +255,7 @@ public final class ChunkIndex {
                 rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
             }
             if rc != MDB_NOTFOUND { try check(rc, "cursor") }
-            for pack in doomed {
-                var pk = BinaryWriter(capacity: 16)
-                pk.append(pack.hi); pk.append(pack.lo)
-                try pk.bytes.withUnsafeBytes { raw in
-                    var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-                    let r = mdb_del(txn, packs, &mk, nil)
-                    if r != MDB_NOTFOUND { try check(r, "delete pack") }
-                }
-            }
+            for pack in doomed { try deletePackRecord(txn, pack) }
         }
         return removed
     }
@@ -270,18 +264,7 @@ public final class ChunkIndex {
     /// so that the next backup of the same data stores them again.
     public func dropChunks(_ ids: [ChunkID], inPack pack: PackID) throws {
         try write { txn in
-            for id in ids {
-                var key = id.bytes
-                try key.withUnsafeMutableBytes { k in
-                    var mk = MDB_val(mv_size: 32, mv_data: k.baseAddress)
-                    var mv = MDB_val()
-                    let rc = mdb_get(txn, chunks, &mk, &mv)
-                    if rc == MDB_NOTFOUND { return }
-                    try check(rc, "get")
-                    guard decode(mv)?.pack == pack else { return }
-                    try check(mdb_del(txn, chunks, &mk, nil), "delete")
-                }
-            }
+            for id in ids { try deleteChunk(txn, id, ifIn: pack) }
         }
     }
 

@@ -191,9 +191,16 @@ public final class ChunkIndex {
     /// Forgets a pack: its record, and each of `ids` whose location is in that pack
     /// (a chunk that was copied elsewhere keeps its newer location).
     public func remove(pack: PackID, ids: [ChunkID]) throws {
+        try remove(packs: [(pack, ids)])
+    }
+
+    /// The same for many packs, in one transaction.
+    public func remove(packs: [(PackID, [ChunkID])]) throws {
         try write { txn in
-            for id in ids { try deleteChunk(txn, id, ifIn: pack) }
-            try deletePackRecord(txn, pack)
+            for (pack, ids) in packs {
+                for id in ids { try deleteChunk(txn, id, ifIn: pack) }
+                try deletePackRecord(txn, pack)
+            }
         }
     }
 

@@ -88,11 +88,32 @@ public final class GarbageCollector {
             awaitingCommit.removeAll()
         }
 
+        // Packs to forget, batched: one durable index transaction for many packs
+        // (one per pack rewrote a large part of a big index for each). The batch is
+        // capped by chunk count: LMDB keeps each page a transaction changes in
+        // memory, at most one page per removed entry, so 16 Ki entries cost at most
+        // 64 MiB; with the default 256 KiB chunks that is about 128 packs a batch.
+        var doomed: [(pack: PackID, ids: [ChunkID], size: Int64)] = []
+        var doomedIDs = 0
+
         func forget(_ pack: PackID, _ chunkIDs: [ChunkID], _ size: Int64) throws {
-            try index.remove(pack: pack, ids: chunkIDs)
+            doomed.append((pack, chunkIDs, size))
+            doomedIDs += chunkIDs.count
+            if doomedIDs >= 16_384 { try flushDoomed() }
+        }
+
+        /// Index entries first, then the pack objects: a crash in between leaves
+        /// packs the index does not know, which the next command reads back in.
+        func flushDoomed() throws {
+            guard !doomed.isEmpty else { return }
+            try index.remove(packs: doomed.map { ($0.pack, $0.ids) })
             FaultInjection.crashPoint("gc.before-pack-delete")
-            try backend.delete(pack.key)
-            report.bytesReclaimed += size
+            for d in doomed {
+                try backend.delete(d.pack.key)
+                report.bytesReclaimed += d.size
+            }
+            doomed.removeAll()
+            doomedIDs = 0
         }
 
         let fetcher = try ChunkFetcher(repository: repository)
@@ -172,7 +193,10 @@ public final class GarbageCollector {
             // at the next commit.
             if intact { awaitingCommit.append((pack, allIDs, size)) }
         }
-        if !dryRun { try commitWriter() }
+        if !dryRun {
+            try commitWriter()
+            try flushDoomed()
+        }
         report.missingChunks = max(0, report.liveChunks - foundLive)
 
         // Chunk lists that no manifest names (a backup that died before committing).

@@ -39,14 +39,8 @@ final class ChunkFetcher {
         return r
     }
 
-    /// The plaintext of a chunk, verified against its id; valid until the next call.
-    func fetch(_ id: ChunkID, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
-        guard let loc = try index.lookup(id) else {
-            throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest)
-        }
-        return try fetch(id, at: loc, expectedLength: expectedLength, manifest: manifest)
-    }
-
+    /// The plaintext of a chunk at a known location, verified against its id;
+    /// valid until the next call.
     func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
         try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
         let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])

@@ -182,7 +182,6 @@ final class LocalObjectWriter: ObjectWriter {
     private let backend: LocalBackend
     private let tmpPath: String
     private var fd: Int32
-    private var synced = false
     private var finished = false
     private(set) var bytesWritten: Int64 = 0
 
@@ -203,14 +202,14 @@ final class LocalObjectWriter: ObjectWriter {
     }
 
     func commit(key: String, ifAbsent: Bool) throws -> Bool {
-        if !synced {
-            guard fd >= 0 else { throw DedupError.io(operation: "commit", path: tmpPath, errno: EBADF) }
+        guard !finished else { throw DedupError.io(operation: "commit", path: tmpPath, errno: EBADF) }
+        // The first commit attempt makes the data durable; a retry under another
+        // key (the first was taken) finds the descriptor already closed.
+        if fd >= 0 {
             try FileIO.fsync(fd, path: tmpPath)
             close(fd)
             fd = -1
-            synced = true
         }
-        guard !finished else { throw DedupError.io(operation: "commit", path: tmpPath, errno: EBADF) }
         let final = backend.path(key)
         let folder = FileIO.parent(final)
         try FileIO.makeDirectories(folder)

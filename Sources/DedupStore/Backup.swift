@@ -55,7 +55,6 @@ public final class BackupSession {
     struct Slot {
         var range: Range<Int> = 0..<0
         var id = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
-        var isNew = false
         var arenaOffset = 0
         var storedLength = 0
         var encoding = ChunkEncoding.raw
@@ -155,7 +154,6 @@ public final class BackupSession {
                     if !known {
                         pending.insert(id)
                         bloom.insert(id)
-                        slots[i].isNew = true
                         slots[i].arenaOffset = arenaUsed
                         arenaUsed += ZstdCompressor.bound(slots[i].range.count)
                         newSlots.append(i)
@@ -169,31 +167,20 @@ public final class BackupSession {
                 }
 
                 // 3. Compress the new chunks on all cores, each into its arena place.
-                if !newSlots.isEmpty {
-                    let newCount = newSlots.count
-                    let tasks = min(workers, newCount)
-                    let arena = arena
-                    newSlots.withUnsafeBufferPointer { order in
-                        nonisolated(unsafe) let order = order
-                        runInParallel(tasks) { task in
-                            let z = compressors[task]
-                            var k = task
-                            while k < newCount {
-                                let i = order[k]
-                                let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
-                                let out = UnsafeMutableRawBufferPointer(
-                                    rebasing: arena[slots[i].arenaOffset..<(slots[i].arenaOffset + ZstdCompressor.bound(chunk.count))])
-                                do {
-                                    let c = try z.compress(chunk, into: out)
-                                    slots[i].storedLength = c < chunk.count ? c : chunk.count
-                                    slots[i].encoding = c < chunk.count ? .zstd : .raw
-                                } catch let e as DedupError {
-                                    slots[i].failure = e
-                                } catch {
-                                    slots[i].failure = .compression("\(error)")
-                                }
-                                k += tasks
-                            }
+                let arena = arena
+                newSlots.withUnsafeBufferPointer { order in
+                    nonisolated(unsafe) let order = order
+                    forEachInParallel(order.count, workers: workers) { worker, k in
+                        let i = order[k]
+                        let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
+                        let out = UnsafeMutableRawBufferPointer(
+                            rebasing: arena[slots[i].arenaOffset..<(slots[i].arenaOffset + ZstdCompressor.bound(chunk.count))])
+                        do {
+                            let c = try compressors[worker].compress(chunk, into: out)
+                            slots[i].storedLength = c < chunk.count ? c : chunk.count
+                            slots[i].encoding = c < chunk.count ? .zstd : .raw
+                        } catch {
+                            slots[i].failure = .wrapping(error)
                         }
                     }
                 }

@@ -2,8 +2,8 @@ import CLMDB
 import Foundation
 
 /// The chunk index: chunk id -> pack, offset and lengths, in LMDB, plus the set of
-/// packs it has read. It is a cache of the pack trailers: `rebuild` recreates it
-/// from the packs alone, and `synchronize` catches up with packs it has not seen.
+/// packs it has read. It is a cache of the pack trailers: the repository rebuilds
+/// it from the packs alone, and catches it up with packs it has not seen.
 public final class ChunkIndex {
     private var env: OpaquePointer?
     private var chunks: MDB_dbi = 0
@@ -64,19 +64,22 @@ public final class ChunkIndex {
     /// Records every entry of a durable pack, and the pack itself, in one transaction.
     public func insert(pack: PackID, size: Int64, entries: [PackEntry]) throws {
         try write { txn in
-            var value = [UInt8](repeating: 0, count: Self.locationSize)
-            var key: [UInt8]
-            for e in entries {
-                encode(e.location, into: &value)
-                key = e.id.bytes
-                try put(txn, chunks, key, value)
-            }
-            var pk = BinaryWriter(capacity: 16)
-            pk.append(pack.hi); pk.append(pack.lo)
+            try putChunks(txn, entries)
             var pv = BinaryWriter(capacity: 16)
             pv.append(UInt64(size)); pv.append(UInt64(entries.count))
-            try put(txn, packs, pk.bytes, pv.bytes)
+            try put(txn, packs, Self.packKey(pack), pv.bytes)
         }
+    }
+
+    private func putChunks(_ txn: OpaquePointer, _ entries: [PackEntry]) throws {
+        for e in entries { try put(txn, chunks, e.id.bytes, Self.encode(e.location)) }
+    }
+
+    /// A pack's key in the packs table: its two halves, little-endian.
+    private static func packKey(_ pack: PackID) -> [UInt8] {
+        var w = BinaryWriter(capacity: 16)
+        w.append(pack.hi); w.append(pack.lo)
+        return w.bytes
     }
 
     private func put(_ txn: OpaquePointer, _ dbi: MDB_dbi, _ key: [UInt8], _ value: [UInt8]) throws {
@@ -90,20 +93,25 @@ public final class ChunkIndex {
         }
     }
 
-    private func encode(_ l: ChunkLocation, into out: inout [UInt8]) {
-        var w = BinaryWriter(capacity: Self.locationSize)
+    private static func encode(_ l: ChunkLocation) -> [UInt8] {
+        var w = BinaryWriter(capacity: locationSize)
         w.append(l.pack.hi); w.append(l.pack.lo); w.append(l.offset)
         w.append(l.rawLength); w.append(l.storedLength); w.append(l.encoding); w.append(l.flags)
-        out = w.bytes
+        return w.bytes
     }
 
-    private func decode(_ v: MDB_val) -> ChunkLocation? {
-        guard v.mv_size == Self.locationSize, let data = v.mv_data else { return nil }
-        let bytes = Array(UnsafeRawBufferPointer(start: data, count: v.mv_size))
-        var r = BinaryReader(bytes)
-        guard let hi = try? r.u64(), let lo = try? r.u64(), let off = try? r.u64(), let raw = try? r.u32(),
-              let stored = try? r.u32(), let enc = try? r.u8(), let flags = try? r.u8() else { return nil }
-        return ChunkLocation(pack: PackID(hi: hi, lo: lo), offset: off, rawLength: raw, storedLength: stored, encoding: enc, flags: flags)
+    /// Reads a location straight from LMDB's memory: no copy, no allocation (every
+    /// dedup lookup and every scanned entry goes through here).
+    private static func decode(_ v: UnsafeRawBufferPointer) -> ChunkLocation? {
+        guard v.count == locationSize, let p = v.baseAddress else { return nil }
+        func u64(_ at: Int) -> UInt64 { UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+        func u32(_ at: Int) -> UInt32 { UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
+        return ChunkLocation(pack: PackID(hi: u64(0), lo: u64(8)), offset: u64(16), rawLength: u32(24),
+                             storedLength: u32(28), encoding: v[32], flags: v[33])
+    }
+
+    private static func decode(_ v: MDB_val) -> ChunkLocation? {
+        decode(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
     }
 
     /// Where a chunk is stored, or nil if the index does not know it.
@@ -125,7 +133,7 @@ public final class ChunkIndex {
             let rc = mdb_get(readTxn, chunks, &mk, &mv)
             if rc == MDB_NOTFOUND { return nil }
             try check(rc, "get")
-            guard let loc = decode(mv) else { throw DedupError.index("damaged entry for chunk \(id.shortHex); run `dbbackup dedup index rebuild`") }
+            guard let loc = Self.decode(mv) else { throw DedupError.index("damaged entry for chunk \(id.shortHex); run `dbbackup dedup index rebuild`") }
             return loc
         }
     }
@@ -145,9 +153,9 @@ public final class ChunkIndex {
     public func indexedPacks() throws -> [PackID: (size: Int64, entries: Int)] {
         var out = [PackID: (size: Int64, entries: Int)]()
         try scan(packs) { k, v in
-            var kr = BinaryReader(k), vr = BinaryReader(v)
-            guard let hi = try? kr.u64(), let lo = try? kr.u64(), let size = try? vr.u64(), let n = try? vr.u64() else { return }
-            out[PackID(hi: hi, lo: lo)] = (Int64(size), Int(n))
+            guard k.count == 16, v.count == 16, let kp = k.baseAddress, let vp = v.baseAddress else { return }
+            func u64(_ p: UnsafeRawPointer, _ at: Int) -> UInt64 { UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+            out[PackID(hi: u64(kp, 0), lo: u64(kp, 8))] = (Int64(bitPattern: u64(vp, 0)), Int(truncatingIfNeeded: u64(vp, 8)))
         }
         return out
     }
@@ -155,9 +163,8 @@ public final class ChunkIndex {
     /// Calls `body` with every indexed chunk id and location, in id order.
     public func forEachChunk(_ body: (ChunkID, ChunkLocation) throws -> Void) throws {
         try scan(chunks) { k, v in
-            guard k.count == 32, let id = ChunkID(bytes: k) else { return }
-            let loc = v.withUnsafeBytes { raw in decode(MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))) }
-            if let loc { try body(id, loc) }
+            guard k.count == 32, let kp = k.baseAddress, let loc = Self.decode(v) else { return }
+            try body(ChunkID(bytes: kp), loc)
         }
     }
 
@@ -169,7 +176,8 @@ public final class ChunkIndex {
         try body(txn)
     }
 
-    private func scan(_ dbi: MDB_dbi, _ body: ([UInt8], [UInt8]) throws -> Void) throws {
+    /// Calls `body` with each key and value in LMDB's memory (valid during the call).
+    private func scan(_ dbi: MDB_dbi, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void) throws {
         try read { txn in
             var cursor: OpaquePointer?
             try check(mdb_cursor_open(txn, dbi, &cursor), "open cursor")
@@ -180,9 +188,8 @@ public final class ChunkIndex {
                 let rc = mdb_cursor_get(cursor, &k, &v, op)
                 if rc == MDB_NOTFOUND { break }
                 try check(rc, "cursor")
-                let kb = k.mv_data.map { Array(UnsafeRawBufferPointer(start: $0, count: k.mv_size)) } ?? []
-                let vb = v.mv_data.map { Array(UnsafeRawBufferPointer(start: $0, count: v.mv_size)) } ?? []
-                try body(kb, vb)
+                try body(UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size),
+                         UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
                 op = MDB_NEXT
             }
         }
@@ -213,15 +220,13 @@ public final class ChunkIndex {
             let rc = mdb_get(txn, chunks, &mk, &mv)
             if rc == MDB_NOTFOUND { return }
             try check(rc, "get")
-            guard decode(mv)?.pack == pack else { return }
+            guard Self.decode(mv)?.pack == pack else { return }
             try check(mdb_del(txn, chunks, &mk, nil), "delete")
         }
     }
 
     private func deletePackRecord(_ txn: OpaquePointer, _ pack: PackID) throws {
-        var pk = BinaryWriter(capacity: 16)
-        pk.append(pack.hi); pk.append(pack.lo)
-        try pk.bytes.withUnsafeBytes { raw in
+        try Self.packKey(pack).withUnsafeBytes { raw in
             var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
             let rc = mdb_del(txn, packs, &mk, nil)
             if rc != MDB_NOTFOUND { try check(rc, "delete pack") }
@@ -231,13 +236,7 @@ public final class ChunkIndex {
     /// Points chunks at the given copies (gc, when the index's copy is unusable).
     public func point(_ entries: [PackEntry]) throws {
         guard !entries.isEmpty else { return }
-        try write { txn in
-            var value = [UInt8]()
-            for e in entries {
-                encode(e.location, into: &value)
-                try put(txn, chunks, e.id.bytes, value)
-            }
-        }
+        try write { txn in try putChunks(txn, entries) }
     }
 
     /// Forgets whole packs (gone, or not the size the index recorded): their records
@@ -253,7 +252,7 @@ public final class ChunkIndex {
             var k = MDB_val(), v = MDB_val()
             var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
             while rc == 0 {
-                if let loc = decode(v), doomed.contains(loc.pack) {
+                if let loc = Self.decode(v), doomed.contains(loc.pack) {
                     try check(mdb_cursor_del(cursor, 0), "delete")
                     removed += 1
                 }

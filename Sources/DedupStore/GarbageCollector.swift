@@ -120,18 +120,24 @@ public final class GarbageCollector {
         let fetcher = try ChunkFetcher(repository: repository)
         // Packs whose trailer cannot be read are never deleted, and a copy of a
         // chunk there does not count: another, readable copy is kept instead.
-        var unreadable = Set<PackID>()
-        for pack in packs.keys {
-            do {
-                _ = try PackReader(backend: backend, id: pack).entries()
-            } catch let e as DedupError {
-                unreadable.insert(pack)
-                report.packsUnreadable.append("\(pack.hex): \(e.message)")
-            }
+        // Opening the index read every readable trailer into it, so the packs it
+        // does not know are exactly the unreadable ones.
+        let indexed = try index.indexedPacks()
+        var unreadable = Set(packs.keys.filter { indexed[$0] == nil })
+        for pack in unreadable.sorted(by: { $0.hex < $1.hex }) {
+            report.packsUnreadable.append("\(pack.hex): its trailer cannot be read (see `dbbackup dedup verify`)")
         }
 
         for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) where !unreadable.contains(pack) {
-            let entries = try PackReader(backend: backend, id: pack).entries()
+            let entries: [PackEntry]
+            do {
+                entries = try PackReader(backend: backend, id: pack).entries()
+            } catch let e as DedupError {
+                // Damaged since it was indexed, with its size unchanged.
+                unreadable.insert(pack)
+                report.packsUnreadable.append("\(pack.hex): \(e.message)")
+                continue
+            }
             var live = [PackEntry]()
             var liveBytes: Int64 = 0
             var repointed = [PackEntry]()

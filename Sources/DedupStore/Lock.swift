@@ -50,7 +50,9 @@ public struct LockInfo: Codable, Equatable, Sendable {
 public final class RepositoryLock {
     private let backend: Backend
     public let key: String
-    private var held = true
+    private var held = false
+    /// The lock's file, for removal on SIGINT/SIGTERM (local backend only).
+    private var localPath: String? { (backend as? LocalBackend)?.path(key) }
 
     /// Takes a lock of `kind`, or throws `.locked` naming whoever conflicts. With
     /// `wait` > 0 it retries every two seconds for that long while the conflicting
@@ -67,9 +69,9 @@ public final class RepositoryLock {
         let body = Array(try enc.encode(info))
         let deadline = Date().addingTimeInterval(wait)
         var told = false
-        let localPath = (backend as? LocalBackend)?.path(key)
         while true {
             try backend.put(key, body, ifAbsent: true)
+            held = true
             if let localPath { InterruptCleanup.register(localPath) }
             // Publish first, then look: of two racing writers at least one sees the other.
             let conflicts: [LockInfo]
@@ -78,13 +80,11 @@ public final class RepositoryLock {
                     .filter { $0.key != key && (kind == .exclusive || $0.info.kind == .exclusive) }
                     .map(\.info)
             } catch {
-                try? backend.delete(key)
-                held = false
+                release()
                 throw error
             }
             guard let first = conflicts.first else { return }
-            try? backend.delete(key)
-            if let localPath { InterruptCleanup.unregister(localPath) }
+            release()
             let stale = conflicts.first { $0.isStale }
             if stale == nil, Date() < deadline {
                 if !told {
@@ -94,7 +94,6 @@ public final class RepositoryLock {
                 Thread.sleep(forTimeInterval: min(2, max(0.1, deadline.timeIntervalSinceNow)))
                 continue
             }
-            held = false
             let hint = stale != nil
                 ? "; the process that held it is gone: remove it with `dbbackup dedup unlock --stale-only`"
                 : (wait > 0 ? "; gave up after waiting \(Int(wait)) s" : "; try again when it has finished (or pass --lock-wait)")
@@ -108,7 +107,7 @@ public final class RepositoryLock {
         if held {
             held = false
             try? backend.delete(key)
-            if let local = backend as? LocalBackend { InterruptCleanup.unregister(local.path(key)) }
+            if let localPath { InterruptCleanup.unregister(localPath) }
         }
     }
 

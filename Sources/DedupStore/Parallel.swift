@@ -16,6 +16,28 @@ func runInParallel(_ count: Int, _ body: (Int) -> Void) {
     }
 }
 
+/// Runs `body(worker, item)` for every item in 0..<count: item i on worker
+/// i % workers, the workers in parallel. Worker w uses only its own contexts (the
+/// w-th compressor, hasher...) and item i only its own slot.
+func forEachInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ item: Int) -> Void) {
+    let tasks = min(workers, count)
+    guard tasks > 0 else { return }
+    runInParallel(tasks) { worker in
+        var item = worker
+        while item < count {
+            body(worker, item)
+            item += tasks
+        }
+    }
+}
+
+extension DedupError {
+    /// Any error as a DedupError (for the per-chunk failure slots of parallel work).
+    static func wrapping(_ error: Error) -> DedupError {
+        (error as? DedupError) ?? .compression("\(error)")
+    }
+}
+
 /// A pointer handed to parallel tasks that each use their own part of it.
 struct SharedPointer<T>: @unchecked Sendable {
     let base: UnsafeMutablePointer<T>

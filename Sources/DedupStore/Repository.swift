@@ -27,6 +27,9 @@ public final class Repository {
         onNotice?(message)
     }
 
+    /// The folders of a repository (each also created when first needed).
+    static let folders: Set<String> = ["packs", "manifests", "locks", "index", "tmp"]
+
     public static func isRepository(_ path: String) -> Bool {
         FileIO.exists(path + "/config")
     }
@@ -48,7 +51,7 @@ public final class Repository {
         let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize)
         let backend = LocalBackend(root: path)
         try backend.put("config", try config.encoded(), ifAbsent: true)
-        for sub in ["packs", "manifests", "locks", "index", "tmp"] {
+        for sub in folders.sorted() {
             try FileIO.makeDirectories(path + "/" + sub)
         }
         return try Repository(path: path)
@@ -59,10 +62,9 @@ public final class Repository {
     public static func isEmptyOrSkeleton(_ path: String) -> Bool {
         if !FileIO.exists(path) { return true }
         guard FileIO.isDirectory(path), let entries = try? FileManager.default.contentsOfDirectory(atPath: path) else { return false }
-        let skeleton: Set<String> = ["packs", "manifests", "locks", "index", "tmp"]
         return entries.allSatisfy { name in
             // tmp/ may hold the half-written config of an interrupted init.
-            skeleton.contains(name) && FileIO.isDirectory(path + "/" + name)
+            folders.contains(name) && FileIO.isDirectory(path + "/" + name)
                 && (name == "tmp" || ((try? FileManager.default.subpathsOfDirectory(atPath: path + "/" + name)) ?? ["?"]).allSatisfy {
                     FileIO.isDirectory(path + "/" + name + "/" + $0)
                 })
@@ -85,12 +87,20 @@ public final class Repository {
     /// The chunk index, opened and brought in step with the packs on first use.
     public func index() throws -> ChunkIndex {
         if let chunkIndex { return chunkIndex }
-        try FileIO.makeDirectories(indexDirectory)
-        let indexPath = indexDirectory + "/index.lmdb"
         let existed = FileIO.exists(indexPath)
+        let idx = try openIndexFile()
+        try synchronizeIndex(idx, existed: existed)
+        return idx
+    }
+
+    private var indexPath: String { indexDirectory + "/index.lmdb" }
+
+    /// Opens (or creates) the LMDB file without bringing it in step.
+    private func openIndexFile() throws -> ChunkIndex {
+        if let chunkIndex { return chunkIndex }
+        try FileIO.makeDirectories(indexDirectory)
         let idx = try ChunkIndex(path: indexPath)
         chunkIndex = idx
-        try synchronizeIndex(idx, existed: existed)
         return idx
     }
 
@@ -139,24 +149,15 @@ public final class Repository {
         }
     }
 
-    private func rebuild(_ idx: ChunkIndex, packs: [PackID: Int64]) throws {
+    /// Recreates the index and Bloom filter from the packs alone (under the
+    /// exclusive lock: the index is empty while it refills).
+    public func rebuildIndex() throws -> (packs: Int, chunks: Int) {
+        let packs = try listPacks()
+        let idx = try openIndexFile()
         try idx.clear()
         for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
             try indexPack(idx, pack: pack, size: size)
         }
-        try? FileManager.default.removeItem(atPath: bloomPath)
-        bloomFilter = nil
-    }
-
-    /// Recreates the index and Bloom filter from the packs alone.
-    public func rebuildIndex() throws -> (packs: Int, chunks: Int) {
-        let packs = try listPacks()
-        if chunkIndex == nil {
-            try FileIO.makeDirectories(indexDirectory)
-            chunkIndex = try ChunkIndex(path: indexDirectory + "/index.lmdb")
-        }
-        guard let idx = chunkIndex else { throw DedupError.index("cannot open") }
-        try rebuild(idx, packs: packs)
         try saveBloom(try freshBloom())
         return (packs.count, try idx.chunkCount())
     }

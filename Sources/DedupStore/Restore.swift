@@ -194,23 +194,17 @@ public final class Restorer {
             try items.withUnsafeMutableBufferPointer { buf in
                 guard let base = buf.baseAddress else { return }
                 let shared = SharedPointer(base: base)
-                runInParallel(min(workers, count)) { task in
-                    var k = task
-                    while k < count {
-                        let it = shared[k]
-                        let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
-                        let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
-                        do {
-                            let plain = try ChunkDecoder.decode(it.id, at: it.loc, stored: stored, into: out, manifest: manifest.id,
-                                                                decompressor: decompressors[task], hasher: hashers[task])
-                            // A raw chunk decodes to its stored bytes: copy it into place.
-                            if plain.baseAddress != UnsafeRawPointer(out.baseAddress) { out.copyMemory(from: plain) }
-                        } catch let e as DedupError {
-                            shared[k].failure = e
-                        } catch {
-                            shared[k].failure = .compression("\(error)")
-                        }
-                        k += min(workers, count)
+                forEachInParallel(count, workers: workers) { worker, k in
+                    let it = shared[k]
+                    let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
+                    let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
+                    do {
+                        let plain = try ChunkDecoder.decode(it.id, at: it.loc, stored: stored, into: out, manifest: manifest.id,
+                                                            decompressor: decompressors[worker], hasher: hashers[worker])
+                        // A raw chunk decodes to its stored bytes: copy it into place.
+                        if plain.baseAddress != UnsafeRawPointer(out.baseAddress) { out.copyMemory(from: plain) }
+                    } catch {
+                        shared[k].failure = .wrapping(error)
                     }
                 }
                 for k in 0..<count { if let f = buf[k].failure { throw f } }

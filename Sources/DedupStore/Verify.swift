@@ -12,6 +12,12 @@ public struct VerificationRecord: Codable, Equatable, Sendable {
     public static func key(for id: String) -> String { "verified/\(id).json" }
 }
 
+/// One stored copy of a chunk.
+struct PackChunk: Hashable {
+    var pack: PackID
+    var chunk: ChunkID
+}
+
 /// What `verify` found.
 public struct VerifyReport: Sendable {
     public struct Problem: Sendable, Equatable {
@@ -59,8 +65,8 @@ public final class Verifier {
         let index = try repository.index()
         let packs = try repository.listPacks()
         var badPacks = [PackID: String]()
-        var corruptChunks = [ChunkID: String]()
-        var corruptInPack = [PackID: [ChunkID]]()
+        // Corrupt copies found by reading packs, by pack and chunk.
+        var corrupt = [PackChunk: String]()
         var readInFull = Set<PackID>()
 
         var toRead = Set<PackID>()
@@ -92,8 +98,7 @@ public final class Verifier {
                     let detail: String
                     if case .chunkCorrupt(_, _, _, let d) = err { detail = d } else { detail = err.message }
                     let message = "chunk \(e.id.hex) in pack \(pack.hex) is corrupt (\(detail))"
-                    corruptChunks[e.id] = message
-                    corruptInPack[pack, default: []].append(e.id)
+                    corrupt[PackChunk(pack: pack, chunk: e.id)] = message
                     report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: e.id.hex, message: message))
                 }
             }
@@ -134,7 +139,7 @@ public final class Verifier {
                         if Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + Int64(loc.storedLength) > size || Int(loc.rawLength) != length {
                             problem("backup \(id): chunk \(chunk.hex) lies outside pack \(loc.pack.hex) or has the wrong length", pack: loc.pack.hex, chunk: chunk.hex)
                             reported += 1
-                        } else if let why = corruptChunks[chunk], corruptInPack[loc.pack]?.contains(chunk) == true {
+                        } else if let why = corrupt[PackChunk(pack: loc.pack, chunk: chunk)] {
                             problem("backup \(id) needs \(why)", pack: loc.pack.hex, chunk: chunk.hex)
                             reported += 1
                         }
@@ -154,8 +159,10 @@ public final class Verifier {
         }
         // A corrupt chunk leaves the index, so that the next backup of the same data
         // stores it again, which heals every backup that needs it.
-        for (pack, chunks) in corruptInPack { try index.dropChunks(chunks, inPack: pack) }
-        report.chunksDropped = corruptInPack.values.reduce(0) { $0 + $1.count }
+        for (pack, copies) in Dictionary(grouping: corrupt.keys, by: \.pack) {
+            try index.dropChunks(copies.map(\.chunk), inPack: pack)
+        }
+        report.chunksDropped = corrupt.count
         return report
     }
 }

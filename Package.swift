@@ -13,6 +13,7 @@ let package = Package(
     ],
     targets: [
         // C libraries from Debian's -dev packages, one system-library target each.
+        .systemLibrary(name: "CLinux"),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
@@ -20,7 +21,7 @@ let package = Package(
         // The content-addressed chunk store. Knows nothing about databases.
         .target(
             name: "DedupStore",
-            dependencies: ["CZstd", "CCrypto", "CLMDB"]
+            dependencies: ["CLinux", "CZstd", "CCrypto", "CLMDB"]
         ),
         // The command-line interface: parsing, progress, output.
         .executableTarget(

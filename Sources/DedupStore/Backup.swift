@@ -61,12 +61,12 @@ public final class BackupSession {
         var failure: DedupError?
     }
 
-    /// Reads the input in batches of chunks, cut in place in the chunk buffer.
-    /// Per batch: all cores hash the chunks (one of them also the whole-stream
-    /// SHA-256); this thread looks each id up (pending pack, Bloom filter, index);
-    /// all cores compress the new chunks into an arena; this thread appends them
-    /// to the pack in input order. Memory: the chunk buffer, the arena (about one
-    /// batch) and a context per worker.
+    /// A reader thread reads the input, cuts it into batches of chunks in place
+    /// and takes the whole-stream SHA-256, a few batches ahead. Per batch: all
+    /// cores hash the chunks; this thread looks each id up (pending pack, Bloom
+    /// filter, index); all cores compress the new chunks into an arena; this
+    /// thread appends them to the pack in input order. Memory: the reader's
+    /// buffers, the arena (about one batch) and a context per worker.
     public func run<S: ByteSource>(source: S, options: BackupOptions) throws -> Manifest {
         let started = Date()
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
@@ -80,9 +80,10 @@ public final class BackupSession {
 
         let workers = max(1, min(jobs, 16))
         let batchBytes = 8 << 20
-        let stream = ChunkStream(source: source, chunker: chunker, bufferSize: batchBytes + 2 * maxChunk)
-        let hashers = (0...workers).map { _ in SHA256Hasher() }
-        let streamHasher = hashers[workers]
+        let reader = ChunkBatchProducer(source: source, chunker: chunker, batchBytes: batchBytes)
+        reader.start()
+        defer { reader.stop() }
+        let hashers = (0..<workers).map { _ in SHA256Hasher() }
         let compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
         var arena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
         defer { arena.deallocate() }
@@ -97,7 +98,8 @@ public final class BackupSession {
         var completeness = DumpCompleteness()
         var stats = Manifest.Stats(chunks: 0, newChunks: 0, newBytes: 0, storedBytes: 0, durationSeconds: 0)
         var nextProgress = progressInterval
-        var ranges = [Range<Int>]()
+        var bytesRead: UInt64 = 0
+        var streamDigest = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
         var newSlots = [Int]()
 
         func commitPack() throws {
@@ -113,7 +115,9 @@ public final class BackupSession {
         }
 
         do {
-            while let base = try stream.nextBatch(maxBytes: batchBytes, into: &ranges) {
+            while let batch = try reader.next() {
+                defer { reader.release(batch) }
+                let ranges = batch.ranges
                 let n = ranges.count
                 if n > slotCapacity {
                     slotStorage.deinitialize(count: slotCapacity)
@@ -124,23 +128,13 @@ public final class BackupSession {
                 }
                 let slots = SharedPointer(base: slotStorage)
                 for i in 0..<n { slots[i] = Slot(range: ranges[i]) }
-                let batchLength = ranges[n - 1].upperBound
-                let input = UnsafeRawBufferPointer(start: base, count: batchLength)
+                let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
 
-                // 1. Hash: tasks 0..<workers take every workers-th chunk; the last
-                //    task hashes the whole batch into the stream digest.
-                runInParallel(workers + 1) { task in
-                    if task == workers {
-                        streamHasher.update(input)
-                        return
-                    }
-                    let h = hashers[task]
-                    var i = task
-                    while i < n {
-                        slots[i].id = h.digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
-                        i += workers
-                    }
+                // 1. Hash the chunks on all cores.
+                forEachInParallel(n, workers: workers) { worker, i in
+                    slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
                 }
+                bytesRead += UInt64(batch.length)
                 completeness.observe(input)
 
                 // 2. Dedup, in input order (the pending set and the filter are this thread's).
@@ -200,13 +194,14 @@ public final class BackupSession {
                     if let p = pack, p.size >= UInt64(repository.config.packSize) { try commitPack() }
                 }
 
-                if stream.offset >= nextProgress, let progress {
-                    nextProgress = stream.offset + progressInterval
-                    progress(BackupProgress(bytesRead: stream.offset, chunks: stats.chunks,
+                if bytesRead >= nextProgress, let progress {
+                    nextProgress = bytesRead + progressInterval
+                    progress(BackupProgress(bytesRead: bytesRead, chunks: stats.chunks,
                                             newChunks: stats.newChunks, storedBytes: stats.storedBytes))
                 }
             }
             try commitPack()
+            streamDigest = reader.finish()
             if options.checkDumpComplete, let problem = completeness.problem() {
                 throw DedupError.incompleteInput(problem)
             }
@@ -242,7 +237,7 @@ public final class BackupSession {
             database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
             createdAt: Timestamps.iso8601(options.time), committedAt: Timestamps.iso8601(Date()),
             source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
-            size: Int64(stream.offset), sha256: streamHasher.finish().hex,
+            size: Int64(bytesRead), sha256: streamDigest.hex,
             chunkList: .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count),
             stats: stats)
         FaultInjection.crashPoint("backup.before-manifest")

@@ -142,28 +142,6 @@ public final class ChunkStream<Source: ByteSource> {
         return chunk
     }
 
-    /// The next chunks, cut in place in the buffer: `ranges` receives their offsets
-    /// from the returned base, which stays valid until the next call. At most
-    /// `maxBytes` (and at least one chunk); nil at the end of input.
-    public func nextBatch(maxBytes: Int, into ranges: inout [Range<Int>]) throws -> UnsafeRawPointer? {
-        ranges.removeAll(keepingCapacity: true)
-        if end - start < chunker.parameters.maxSize && !atEOF {
-            try refill()
-        }
-        guard end > start, let base = buffer.baseAddress else { return nil }
-        let batchStart = start
-        // Cut while a full maximum-size chunk is available (or the input is all
-        // here): a cut near the end of the buffer must see the bytes after it.
-        while end > start && (atEOF || end - start >= chunker.parameters.maxSize) && start - batchStart < maxBytes {
-            let p = (base + start).assumingMemoryBound(to: UInt8.self)
-            let n = chunker.cutPoint(p, count: end - start)
-            ranges.append((start - batchStart)..<(start - batchStart + n))
-            start += n
-            offset += UInt64(n)
-        }
-        return UnsafeRawPointer(base + batchStart)
-    }
-
     private func refill() throws {
         guard let base = buffer.baseAddress else { return }
         if start > 0 {

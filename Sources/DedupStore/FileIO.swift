@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// Thin, checked wrappers around the POSIX calls the store needs. Every failure
@@ -44,6 +45,7 @@ public enum FileIO {
         guard pipe(&fds) == 0 else { return nil }
         _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        enlargePipe(fds[0])
         return (fds[0], fds[1])
     }
 
@@ -82,6 +84,30 @@ public enum FileIO {
 
     public static func fsync(_ fd: Int32, path: String) throws {
         if Glibc.fsync(fd) != 0 { throw DedupError.io(operation: "fsync", path: path, errno: errno) }
+    }
+
+    /// Reserves `size` bytes for a new file, so that a full disk shows at once
+    /// (ENOSPC) rather than half way; file systems without fallocate are fine.
+    public static func preallocate(_ fd: Int32, size: Int64, path: String) throws {
+        guard size > 0 else { return }
+        if dbb_fallocate(fd, 0, size) != 0 && errno != EOPNOTSUPP && errno != ENOSYS {
+            throw DedupError.io(operation: "fallocate", path: path, errno: errno)
+        }
+    }
+
+    /// Asks the kernel to start writing a range of a file to disk now, without
+    /// waiting (a later fsync then finds little left to do).
+    public static func startWriteback(_ fd: Int32, offset: Int64, length: Int64) {
+        _ = dbb_start_writeback(fd, offset, length)
+    }
+
+    /// Grows a pipe's kernel buffer to 1 MiB (the unprivileged maximum), so a
+    /// reader gets large reads and far fewer wake-ups than with the default 64 KiB.
+    /// Does nothing for files, terminals and sockets, or when the kernel refuses.
+    public static func enlargePipe(_ fd: Int32) {
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFIFO else { return }
+        _ = dbb_set_pipe_size(fd, 1 << 20)
     }
 
     /// fsyncs a directory so that a rename or a new entry in it survives a crash.
@@ -165,6 +191,7 @@ public struct FileDescriptorSource: ByteSource {
     public init(fd: Int32, name: String) {
         self.fd = fd
         self.name = name
+        FileIO.enlargePipe(fd)
     }
 
     public mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {

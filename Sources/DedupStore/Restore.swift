@@ -170,10 +170,35 @@ public final class Restorer {
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
         let hashers = (0..<workers).map { _ in SHA256Hasher() }
         let streamHasher = SHA256Hasher()
-        // Stored bytes in, plaintext out: one batch of each.
+        // Stored bytes in, plaintext out: one batch in, two out (one is being
+        // decoded into while the writer thread hashes and writes the other).
         let inArena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
-        let outArena = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes + maxChunk, alignment: 16)
-        defer { inArena.deallocate(); outArena.deallocate() }
+        let outArenas = (0..<2).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes + maxChunk, alignment: 16) }
+        var outArena = outArenas[0]
+        var writtenToFile: Int64 = 0
+        let isFile = tmpPath != nil
+        let writer = BackgroundSink { batch in
+            // The stream digest on one core while the other writes.
+            nonisolated(unsafe) var writeError: Error?
+            runInParallel(2) { task in
+                if task == 0 {
+                    streamHasher.update(batch)
+                } else {
+                    do { try FileIO.writeAll(fd, batch, path: outName) } catch { writeError = error }
+                }
+            }
+            if let writeError { throw writeError }
+            if isFile {
+                // Start writeback now, so that the final fsync has little left.
+                FileIO.startWriteback(fd, offset: writtenToFile, length: Int64(batch.count))
+                writtenToFile += Int64(batch.count)
+            }
+        }
+        defer {
+            writer.close()
+            inArena.deallocate()
+            for a in outArenas { a.deallocate() }
+        }
 
         struct Item {
             var id: ChunkID
@@ -209,17 +234,9 @@ public final class Restorer {
                 }
                 for k in 0..<count { if let f = buf[k].failure { throw f } }
             }
-            // The stream digest on one core while this one writes.
-            let batch = UnsafeRawBufferPointer(rebasing: outArena[0..<outUsed])
-            nonisolated(unsafe) var writeError: Error?
-            runInParallel(2) { task in
-                if task == 0 {
-                    streamHasher.update(batch)
-                } else {
-                    do { try FileIO.writeAll(fd, batch, path: outName) } catch { writeError = error }
-                }
-            }
-            if let writeError { throw writeError }
+            // Returns once the previous batch is written: its arena is free.
+            try writer.submit(UnsafeRawBufferPointer(rebasing: outArena[0..<outUsed]))
+            outArena = outArena.baseAddress == outArenas[0].baseAddress ? outArenas[1] : outArenas[0]
             written += UInt64(outUsed)
             items.removeAll(keepingCapacity: true)
             inUsed = 0
@@ -231,6 +248,7 @@ public final class Restorer {
         }
 
         do {
+            if tmpPath != nil { try FileIO.preallocate(fd, size: manifest.size, path: outName) }
             try list.forEach { id, length in
                 guard let loc = try fetcher.index.lookup(id) else {
                     throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest.id)
@@ -245,6 +263,7 @@ public final class Restorer {
                 if outUsed >= batchBytes { try flushBatch() }
             }
             try flushBatch()
+            try writer.finish()
             let digest = streamHasher.finish().hex
             guard written == UInt64(manifest.size), digest == manifest.sha256 else {
                 throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: manifest.sha256, actual: digest)

@@ -53,17 +53,51 @@ func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [Chunk
         #expect(whole == jagged)
     }
 
-    @Test func batchesCutExactlyLikeSingleChunks() throws {
+    @Test(arguments: [2, 3])
+    func readerThreadCutsExactlyLikeSingleChunks(depth: Int) throws {
         let data = randomBytes(5 << 20, seed: 9) + [UInt8](repeating: 7, count: 1 << 20)
         let single = try chunkLengths(JaggedSource(bytes: data), params, bufferSize: 1 << 20)
-        let stream = ChunkStream(source: JaggedSource(bytes: data), chunker: ContentDefinedChunker(params), bufferSize: 1 << 20)
+        let reader = ChunkBatchProducer(source: JaggedSource(bytes: data), chunker: ContentDefinedChunker(params),
+                                        batchBytes: 300_000, depth: depth)
+        reader.start()
         var batched = [Int]()
-        var ranges = [Range<Int>]()
-        while try stream.nextBatch(maxBytes: 300_000, into: &ranges) != nil {
-            #expect(!ranges.isEmpty)
-            batched += ranges.map(\.count)
+        var held = [ChunkBatch]()
+        while let batch = try reader.next() {
+            #expect(!batch.ranges.isEmpty)
+            batched += batch.ranges.map(\.count)
+            // Hold one batch back: buffers are handed out again only once released.
+            held.append(batch)
+            if held.count == depth - 1 { reader.release(held.removeFirst()) }
         }
+        held.forEach(reader.release)
+        #expect(reader.finish() == data.withUnsafeBytes { SHA256Hasher().digest($0) })
         #expect(batched == single)
+    }
+
+    @Test func readerThreadPassesReadErrorsOnAndStops() throws {
+        struct FailingSource: ByteSource {
+            var left = 3 << 20
+            mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+                if left == 0 { throw DedupError.inputUnreadable(path: "test", reason: "boom") }
+                let n = min(left, buffer.count, 100_000)
+                for i in 0..<n { buffer[i] = UInt8(truncatingIfNeeded: (left - i) &* 31) }
+                left -= n
+                return n
+            }
+        }
+        let reader = ChunkBatchProducer(source: FailingSource(), chunker: ContentDefinedChunker(params), batchBytes: 1 << 20)
+        reader.start()
+        #expect(throws: DedupError.self) {
+            while let batch = try reader.next() { reader.release(batch) }
+        }
+        reader.stop()
+
+        // Stopping while the reader waits for a free buffer does not hang.
+        let early = ChunkBatchProducer(source: BufferSource(randomBytes(8 << 20, seed: 3)),
+                                       chunker: ContentDefinedChunker(params), batchBytes: 300_000, depth: 2)
+        early.start()
+        _ = try early.next()
+        early.stop()
     }
 
     @Test func insertionChangesOnlyNearbyChunks() throws {

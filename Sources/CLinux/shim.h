@@ -1,0 +1,24 @@
+// Linux calls that Swift's Glibc module leaves out (they need _GNU_SOURCE).
+#ifndef DBBACKUP_CLINUX_SHIM_H
+#define DBBACKUP_CLINUX_SHIM_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <fcntl.h>
+#include <errno.h>
+
+/// fallocate(2) with mode 0: 0, or -1 with errno set.
+static inline int dbb_fallocate(int fd, long long offset, long long length) {
+    return fallocate(fd, 0, (off_t)offset, (off_t)length);
+}
+
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback, does not wait.
+static inline int dbb_start_writeback(int fd, long long offset, long long length) {
+    return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE);
+}
+
+/// fcntl(F_SETPIPE_SZ): the new size, or -1.
+static inline int dbb_set_pipe_size(int fd, int size) {
+    return fcntl(fd, F_SETPIPE_SZ, size);
+}
+#endif

@@ -1,0 +1,206 @@
+import Foundation
+
+/// What a background thread runs.
+protocol ThreadBody: AnyObject, Sendable {
+    func run(_ role: Int)
+}
+
+/// One batch of chunks cut by a `ChunkBatchProducer`: the chunks lie back to back
+/// from `base`; `ranges` are their offsets. Valid until handed back with `release`.
+struct ChunkBatch {
+    let buffer: Int
+    let base: UnsafeRawPointer
+    let ranges: [Range<Int>]
+    var length: Int { ranges.last?.upperBound ?? 0 }
+}
+
+/// Reads and cuts the input on its own thread, a few batches ahead of the thread
+/// that hashes, compresses and stores them; a second thread folds every batch into
+/// the whole-stream SHA-256 meanwhile. Memory: `depth` buffers of one batch plus
+/// two maximum-size chunks each, whatever the input's length.
+///
+/// The consumer calls `next()` until it returns nil and `release` for every batch
+/// it got, then `finish()` for the stream digest. `stop()` ends both threads early
+/// (after an error); one of the two must be called before the source goes away.
+final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Sendable {
+    // Guarded by `condition`: the queues, the buffer users and the flags. The
+    // source and the chunker belong to the reader thread, the hasher to the
+    // digest thread, until each has ended.
+    private let condition = NSCondition()
+    private var free: [Int]
+    private var users: [Int]
+    private var ready: [ChunkBatch] = []
+    private var toDigest: [ChunkBatch] = []
+    private var readerEnded = false
+    private var failure: Error?
+    private var cancelled = false
+    private var running = 0
+
+    private var source: Source
+    private let chunker: ContentDefinedChunker
+    private let buffers: [UnsafeMutableRawBufferPointer]
+    private let batchBytes: Int
+    private let streamHasher = SHA256Hasher()
+
+    init(source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3) {
+        self.source = source
+        self.chunker = chunker
+        self.batchBytes = batchBytes
+        let size = batchBytes + 2 * chunker.parameters.maxSize
+        buffers = (0..<max(2, depth)).map { _ in .allocate(byteCount: size, alignment: 64) }
+        free = Array(buffers.indices)
+        users = Array(repeating: 0, count: buffers.count)
+    }
+
+    deinit {
+        for b in buffers { b.deallocate() }
+    }
+
+    /// Starts the reader and the digest thread.
+    func start() {
+        // Through an existential: the closures then need no generic metatype.
+        let body: any ThreadBody = self
+        running = 2
+        for (role, name) in [(0, "dbbackup-reader"), (1, "dbbackup-digest")] {
+            let thread = Thread { body.run(role) }
+            thread.name = name
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+    }
+
+    /// The next batch in input order; nil at the end of the input. Throws what the
+    /// input's read threw.
+    func next() throws -> ChunkBatch? {
+        condition.lock()
+        defer { condition.unlock() }
+        while ready.isEmpty && !readerEnded { condition.wait() }
+        if !ready.isEmpty { return ready.removeFirst() }
+        if let failure { throw failure }
+        return nil
+    }
+
+    /// Gives a batch's buffer back (the consumer's and the digest thread's turn).
+    func release(_ batch: ChunkBatch) {
+        condition.lock()
+        users[batch.buffer] -= 1
+        if users[batch.buffer] == 0 {
+            free.append(batch.buffer)
+            condition.broadcast()
+        }
+        condition.unlock()
+    }
+
+    /// Once `next()` has returned nil: waits for the digest thread and returns the
+    /// SHA-256 of every byte handed out.
+    func finish() -> ChunkID {
+        waitForThreads()
+        return streamHasher.finish()
+    }
+
+    /// Stops both threads (the reader after its current read) and waits for them.
+    func stop() {
+        condition.lock()
+        cancelled = true
+        condition.broadcast()
+        condition.unlock()
+        waitForThreads()
+    }
+
+    private func waitForThreads() {
+        condition.lock()
+        while running > 0 { condition.wait() }
+        condition.unlock()
+    }
+
+    func run(_ role: Int) {
+        if role == 0 { readInput() } else { digest() }
+        condition.lock()
+        running -= 1
+        if role == 0 { readerEnded = true }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: - digest thread
+
+    private func digest() {
+        while true {
+            condition.lock()
+            while toDigest.isEmpty && !readerEnded && !cancelled { condition.wait() }
+            if cancelled || toDigest.isEmpty {
+                condition.unlock()
+                return
+            }
+            let batch = toDigest.removeFirst()
+            condition.unlock()
+            streamHasher.update(UnsafeRawBufferPointer(start: batch.base, count: batch.length))
+            release(batch)
+        }
+    }
+
+    // MARK: - reader thread
+
+    private func takeFreeBuffer() -> Int? {
+        condition.lock()
+        defer { condition.unlock() }
+        while free.isEmpty && !cancelled { condition.wait() }
+        return cancelled ? nil : free.removeFirst()
+    }
+
+    private func publish(_ batch: ChunkBatch) {
+        condition.lock()
+        users[batch.buffer] = 2
+        ready.append(batch)
+        toDigest.append(batch)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func readInput() {
+        let maxChunk = chunker.parameters.maxSize
+        // The uncut tail of the previous buffer: it moves to the front of the next.
+        var carry: (buffer: Int, start: Int, count: Int)?
+        var atEOF = false
+        do {
+            while true {
+                guard let index = takeFreeBuffer() else { return }
+                let buffer = buffers[index]
+                guard let base = buffer.baseAddress else { return }
+                var end = 0
+                if let c = carry, c.count > 0, let from = buffers[c.buffer].baseAddress {
+                    // memmove: the free buffer may be the one the tail is in.
+                    memmove(base, from + c.start, c.count)
+                    end = c.count
+                }
+                carry = nil
+                while end < buffer.count && !atEOF {
+                    let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
+                    if n == 0 { atEOF = true } else { end += n }
+                }
+                var ranges = [Range<Int>]()
+                ranges.reserveCapacity(batchBytes / chunker.parameters.minSize + 1)
+                var start = 0
+                // A cut near the end must see the bytes after it: cut while a
+                // maximum-size chunk is available, or the input is all here.
+                while end > start && (atEOF || end - start >= maxChunk) && start < batchBytes {
+                    let n = chunker.cutPoint((base + start).assumingMemoryBound(to: UInt8.self), count: end - start)
+                    ranges.append(start..<(start + n))
+                    start += n
+                }
+                if ranges.isEmpty {
+                    condition.lock()
+                    free.append(index)
+                    condition.unlock()
+                    return
+                }
+                if end > start { carry = (index, start, end - start) }
+                publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges))
+            }
+        } catch {
+            condition.lock()
+            failure = error
+            condition.unlock()
+        }
+    }
+}

@@ -4,6 +4,7 @@ import Foundation
 /// understand what went wrong and what to do next; `message` is one line.
 public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedError {
     case notARepository(path: String)
+    case cacheUnavailable(path: String, reason: String)
     case repositoryExists(path: String)
     case directoryNotEmpty(path: String)
     case unsupportedFormat(path: String, found: Int, supported: Int)
@@ -33,6 +34,8 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     /// A one-line, user-facing explanation with a hint at the next step.
     public var message: String {
         switch self {
+        case .cacheUnavailable(let path, let reason):
+            return "cannot use the cache folder \(path) (\(reason)); point --cache-dir or DBBACKUP_CACHE_DIR at a writable local folder"
         case .notARepository(let path):
             return "\(path) is not a dbbackup repository (no config file); create one with `dbbackup dedup init --dedup-dir \(path)` or point --dedup-dir at an existing repository"
         case .repositoryExists(let path):

@@ -47,7 +47,7 @@ public final class GarbageCollector {
         let index = try repository.index()
 
         // Mark.
-        let marks = try ChunkSet(path: repository.indexDirectory + "/gc-marks-\(getpid()).lmdb")
+        let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
         let ids = try repository.manifestIDs()
         var liveChunkLists = Set<String>()
         for id in ids {

@@ -101,6 +101,13 @@ public final class RepositoryLock {
         }
     }
 
+    /// A lock that holds nothing: for reading a repository on a read-only file
+    /// system, where no lock can be written (and nothing of ours can change it).
+    init(unheldOn backend: Backend) {
+        self.backend = backend
+        key = ""
+    }
+
     deinit { release() }
 
     public func release() {

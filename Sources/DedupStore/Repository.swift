@@ -8,12 +8,17 @@ import Foundation
 ///   manifests/<id>.manifest.json    one committed backup (JSON)
 ///   manifests/<id>.chunks           its chunk list (binary, checksummed)
 ///   locks/                          shared and exclusive locks
-///   index/index.lmdb, index/bloom   the cache: rebuilt from the packs when lost
 ///   tmp/                            objects being written
+///
+/// The chunk index and the Bloom filter are a local cache outside the repository
+/// (`cacheDirectory`), rebuilt from the pack trailers when lost: the repository
+/// itself can be read-only, on NFS, or shared by several hosts.
 public final class Repository {
     public let backend: LocalBackend
     public let config: RepositoryConfig
     public let path: String
+    /// This repository's cache folder: index.lmdb, bloom, gc scratch files.
+    public let cacheDirectory: String
     private var chunkIndex: ChunkIndex?
     private var bloomFilter: BloomFilter?
 
@@ -28,7 +33,7 @@ public final class Repository {
     }
 
     /// The folders of a repository (each also created when first needed).
-    static let folders: Set<String> = ["packs", "manifests", "locks", "index", "tmp"]
+    static let folders: Set<String> = ["packs", "manifests", "locks", "tmp"]
 
     public static func isRepository(_ path: String) -> Bool {
         FileIO.exists(path + "/config")
@@ -37,7 +42,8 @@ public final class Repository {
     /// Creates a new repository in `path` (absent or empty).
     @discardableResult
     public static func initialize(at path: String, chunker: ChunkerParameters = .default,
-                                  compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize) throws -> Repository {
+                                  compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize,
+                                  cacheRoot: String? = nil) throws -> Repository {
         try chunker.validate()
         _ = try ZstdCompressor(level: compressionLevel)
         guard packSize >= 1 << 20, packSize <= 1 << 30 else {
@@ -54,7 +60,7 @@ public final class Repository {
         for sub in folders.sorted() {
             try FileIO.makeDirectories(path + "/" + sub)
         }
-        return try Repository(path: path)
+        return try Repository(path: path, cacheRoot: cacheRoot)
     }
 
     /// True for a folder that is absent, empty, or holds only the empty folders an
@@ -71,16 +77,38 @@ public final class Repository {
         }
     }
 
-    /// Opens an existing repository; a clear error if `path` is not one.
-    public init(path: String) throws {
+    /// Opens an existing repository; a clear error if `path` is not one. The
+    /// cache goes under `cacheRoot` (default: `Repository.defaultCacheRoot()`).
+    public init(path: String, cacheRoot: String? = nil) throws {
         self.path = path
         backend = LocalBackend(root: path)
         guard FileIO.isDirectory(path) else { throw DedupError.notARepository(path: path) }
         guard let bytes = try backend.get("config") else { throw DedupError.notARepository(path: path) }
         config = try RepositoryConfig.decode(bytes, path: path)
+        cacheDirectory = Self.cacheDirectory(root: cacheRoot ?? Self.defaultCacheRoot(), repositoryID: config.id, path: path)
     }
 
-    public var indexDirectory: String { path + "/index" }
+    /// Where caches go: $DBBACKUP_CACHE_DIR, else systemd's $CACHE_DIRECTORY (a
+    /// unit's CacheDirectory=), else $XDG_CACHE_HOME/dbbackup, else ~/.cache/dbbackup.
+    public static func defaultCacheRoot(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let dir = environment["DBBACKUP_CACHE_DIR"], !dir.isEmpty { return FileIO.absolute(dir) }
+        if let dirs = environment["CACHE_DIRECTORY"], let first = dirs.split(separator: ":").first {
+            return FileIO.absolute(String(first)) + "/dbbackup"
+        }
+        if let xdg = environment["XDG_CACHE_HOME"], xdg.hasPrefix("/") { return xdg + "/dbbackup" }
+        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? FileManager.default.homeDirectoryForCurrentUser.path
+        return home + "/.cache/dbbackup"
+    }
+
+    /// One folder per repository and path: `<repository id>-<hash of its real
+    /// path>`. A copy of a repository elsewhere (same id, other packs) so gets a
+    /// cache of its own and never finds chunks that only the original holds.
+    static func cacheDirectory(root: String, repositoryID: String, path: String) -> String {
+        let real = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? FileIO.absolute(path)
+        let tag = Array(real.utf8).withUnsafeBytes { SHA256Hasher().digest($0) }.hex.prefix(12)
+        return root + "/" + repositoryID + "-" + tag
+    }
+
 
     // MARK: - Index and Bloom filter (the cache)
 
@@ -93,12 +121,16 @@ public final class Repository {
         return idx
     }
 
-    private var indexPath: String { indexDirectory + "/index.lmdb" }
+    private var indexPath: String { cacheDirectory + "/index.lmdb" }
 
     /// Opens (or creates) the LMDB file without bringing it in step.
     private func openIndexFile() throws -> ChunkIndex {
         if let chunkIndex { return chunkIndex }
-        try FileIO.makeDirectories(indexDirectory)
+        do {
+            try FileIO.makeDirectories(cacheDirectory)
+        } catch let e as DedupError {
+            throw DedupError.cacheUnavailable(path: cacheDirectory, reason: e.message)
+        }
         let idx = try ChunkIndex(path: indexPath)
         chunkIndex = idx
         return idx
@@ -171,7 +203,7 @@ public final class Repository {
         return out
     }
 
-    var bloomPath: String { indexDirectory + "/bloom" }
+    var bloomPath: String { cacheDirectory + "/bloom" }
 
     /// The Bloom filter, loaded if it matches the index, else rebuilt from it.
     ///
@@ -285,17 +317,34 @@ public final class Repository {
     // MARK: - Locks
 
     /// Takes a repository lock, waiting up to `wait` seconds for live holders.
+    /// On a read-only file system a shared lock cannot be written; readers then go
+    /// on without one (every chunk they read is still verified).
     public func lock(_ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0) throws -> RepositoryLock {
-        try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait) { [weak self] in self?.notice($0) }
+        if kind == .shared && isReadOnly {
+            notice("repository \(path) is on a read-only file system: reading it without a lock")
+            return RepositoryLock(unheldOn: backend)
+        }
+        return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait) { [weak self] in self?.notice($0) }
     }
 
-    /// Bytes the repository takes on disk (every file, the cache included).
-    public func diskUsage() -> Int64 {
+    /// True when the repository's file system is mounted read-only.
+    public var isReadOnly: Bool {
+        var st = statvfs()
+        return statvfs(path, &st) == 0 && (st.f_flag & UInt(ST_RDONLY)) != 0
+    }
+
+    /// Bytes the repository takes on disk (every file in its folder).
+    public func diskUsage() -> Int64 { Self.diskUsage(of: path) }
+
+    /// Bytes this repository's local cache takes on disk.
+    public func cacheUsage() -> Int64 { Self.diskUsage(of: cacheDirectory) }
+
+    static func diskUsage(of folder: String) -> Int64 {
         var total: Int64 = 0
-        if let e = FileManager.default.enumerator(atPath: path) {
+        if let e = FileManager.default.enumerator(atPath: folder) {
             while let rel = e.nextObject() as? String {
                 var st = stat()
-                if lstat(path + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+                if lstat(folder + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
                     total += Int64(st.st_blocks) * 512
                 }
             }

@@ -63,6 +63,8 @@ public final class Verifier {
     public func verify(manifestIDs requested: [String]? = nil, deep: Bool, samplePercent: Double? = nil) throws -> VerifyReport {
         var report = VerifyReport()
         let index = try repository.index()
+        // Nothing can be recorded on a read-only repository; the report still says all.
+        let readOnly = repository.isReadOnly
         let packs = try repository.listPacks()
         var badPacks = [PackID: String]()
         // Corrupt copies found by reading packs, by pack and chunk.
@@ -152,7 +154,7 @@ public final class Verifier {
                 problem(e.message)
             }
             if firstProblem != nil { report.damagedManifests.append(id) }
-            if record, (try? repository.backend.size(Manifest.key(for: id))) != nil {
+            if record, !readOnly, (try? repository.backend.size(Manifest.key(for: id))) != nil {
                 try repository.saveVerification(VerificationRecord(
                     id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil, problem: firstProblem))
             }
@@ -179,6 +181,8 @@ public struct RepositoryStats: Codable, Sendable {
     public var spaceSaved: Int64
     public var dedupRatio: Double
     public var diskUsage: Int64
+    /// The local cache (chunk index, Bloom filter), outside the repository.
+    public var cacheUsage: Int64
 
     public static func compute(_ repository: Repository) throws -> RepositoryStats {
         let manifests = try repository.manifests()
@@ -189,6 +193,6 @@ public struct RepositoryStats: Codable, Sendable {
             manifests: manifests.count, packs: packs.count, uniqueChunks: try repository.index().chunkCount(),
             rawBytes: raw, storedBytes: stored, spaceSaved: max(0, raw - stored),
             dedupRatio: stored > 0 ? Double(raw) / Double(stored) : 0,
-            diskUsage: repository.diskUsage())
+            diskUsage: repository.diskUsage(), cacheUsage: repository.cacheUsage())
     }
 }

@@ -144,7 +144,7 @@ struct DedupBackup: ParsableCommand {
         let path = store.path
         if Repository.isRepository(path) { return try store.open() }
         guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
-        let repo = try Repository.initialize(at: path)
+        let repo = try Repository.initialize(at: path, cacheRoot: store.cacheRoot)
         repo.onNotice = { Terminal.notice($0) }
         Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")
         return repo

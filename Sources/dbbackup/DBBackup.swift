@@ -44,6 +44,13 @@ struct StoreOptions: ParsableArguments {
         "Repository folder (default: $DBBACKUP_DEDUP_DIR, else ~/db_backups/dedup).", valueName: "dir"))
     var dedupDir: String?
 
+    @Option(name: .customLong("cache-dir"), help: ArgumentHelp(
+        "Local cache folder for the chunk index (default: $DBBACKUP_CACHE_DIR, else ~/.cache/dbbackup).", valueName: "dir"))
+    var cacheDir: String?
+
+    /// The cache root: --cache-dir, else the environment's (see Repository.defaultCacheRoot).
+    var cacheRoot: String? { cacheDir.map { Self.expand($0) } }
+
     var path: String {
         if let dedupDir { return Self.expand(dedupDir) }
         if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"], !env.isEmpty { return Self.expand(env) }
@@ -62,7 +69,7 @@ struct StoreOptions: ParsableArguments {
 
     /// Opens the repository; its self-repair notices go to stderr as they happen.
     func open() throws -> Repository {
-        let repo = try Repository(path: path)
+        let repo = try Repository(path: path, cacheRoot: cacheRoot)
         repo.onNotice = { Terminal.notice($0) }
         return repo
     }

@@ -23,7 +23,7 @@ struct DedupInit: ParsableCommand {
             guard let avg = parseSize(chunkSize) else { throw DedupError.invalidArgument("cannot read --chunk-size '\(chunkSize)' (examples: 256KiB, 1MiB)") }
             guard let pack = parseSize(packSize) else { throw DedupError.invalidArgument("cannot read --pack-size '\(packSize)'") }
             let repo = try Repository.initialize(at: store.path, chunker: ChunkerParameters(average: avg),
-                                                 compressionLevel: compression, packSize: pack)
+                                                 compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot)
             let c = repo.config
             Terminal.out("created repository \(repo.path)")
             Terminal.out("  chunks: \(Format.bytes(Int64(c.chunker.minSize))) min, \(Format.bytes(Int64(c.chunker.avgSize))) average, \(Format.bytes(Int64(c.chunker.maxSize))) max; zstd level \(c.compression.level); packs of \(Format.bytes(Int64(c.packSize)))")

@@ -97,6 +97,7 @@ struct CLI {
 }
 
 func tempDir() -> String {
+    _ = testCacheRoot
     let path = NSTemporaryDirectory() + "dbbackup-cli-" + UUID().uuidString
     try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
@@ -146,3 +147,12 @@ func manifestCount(_ repo: String) -> Int {
 func errorLines(_ r: CLI.Result) -> [Substring] {
     r.stderr.split(separator: "\n").filter { $0.hasPrefix("dbbackup: error:") }
 }
+
+/// The chunk-index caches of this test process go to one temporary folder (unless
+/// tools/test already chose one), not to ~/.cache; the CLI runs inherit it.
+let testCacheRoot: String = {
+    if let set = ProcessInfo.processInfo.environment["DBBACKUP_CACHE_DIR"], !set.isEmpty { return set }
+    let root = NSTemporaryDirectory() + "dbbackup-test-cache-\(getpid())"
+    setenv("DBBACKUP_CACHE_DIR", root, 1)
+    return root
+}()

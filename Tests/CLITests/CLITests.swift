@@ -129,7 +129,7 @@ import Testing
         let cli = CLI(repo: dir + "/repo")
         let data = pseudoRandom(1_500_000, seed: 5)
         let id = try #require(CLI.committedID(try cli.dedup(["backup", "-", "--name", "x"], stdin: data)))
-        try FileManager.default.removeItem(atPath: dir + "/repo/index")
+        try FileManager.default.removeItem(atPath: try Repository(path: dir + "/repo").cacheDirectory)
         let restored = try cli.dedup(["restore", id, "-"])
         #expect(restored.status == 0 && restored.stdout == data)
         #expect(restored.stderr.contains("rebuilding"))

@@ -194,7 +194,7 @@ func canMountTmpfs() -> Bool {
 
     @Test func initAfterAnInterruptedInitWorks() throws {
         let dir = tempDir(); defer { removeDir(dir) }
-        for sub in ["packs", "tmp", "index"] {
+        for sub in ["packs", "tmp", "manifests"] {
             try FileManager.default.createDirectory(atPath: dir + "/repo/" + sub, withIntermediateDirectories: true)
         }
         let r = try CLI.run(["dedup", "init", "--dedup-dir", dir + "/repo"])

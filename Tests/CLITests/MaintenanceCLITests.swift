@@ -168,7 +168,7 @@ struct SharedPacksFixture {
 
     @Test func deletedIndexIsRebuiltAndVerifies() throws {
         let f = try SharedPacksFixture(); defer { removeDir(f.dir) }
-        try FileManager.default.removeItem(atPath: f.dir + "/repo/index")
+        try FileManager.default.removeItem(atPath: try Repository(path: f.dir + "/repo").cacheDirectory)
         let rebuild = try f.cli.dedup(["index", "rebuild"])
         #expect(rebuild.status == 0 && rebuild.out.contains("index rebuilt"))
         #expect(try f.cli.dedup(["verify", "--deep"]).status == 0)

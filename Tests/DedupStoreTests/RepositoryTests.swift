@@ -158,14 +158,16 @@ import Testing
     @Test func lostIndexIsRebuiltFromPacks() throws {
         let dir = TempDir()
         let path: String
+        let cache: String
         let ids: [String]
         do {
             let repo = try makeRepository(dir)
             path = repo.path
+            cache = repo.cacheDirectory
             ids = [try backup(repo, randomBytes(2 << 20, seed: 7), name: "a").id,
                    try backup(repo, sqlLikeBytes(rows: 10_000, seed: 8), name: "b").id]
         }
-        try FileManager.default.removeItem(atPath: path + "/index")
+        try FileManager.default.removeItem(atPath: cache)
         let repo = try Repository(path: path)
         #expect(try restoreBytes(repo, ids[0], dir: dir) == randomBytes(2 << 20, seed: 7))
         #expect(repo.notices.contains { $0.contains("rebuilding") })

@@ -42,6 +42,7 @@ func sqlLikeBytes(rows: Int, seed: UInt64) -> [UInt8] {
 final class TempDir {
     let path: String
     init() {
+        _ = testCacheRoot
         path = NSTemporaryDirectory() + "dbbackup-test-" + UUID().uuidString
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
@@ -84,3 +85,12 @@ func flipByte(at path: String, offset: Int64) throws {
     b ^= 0xFF
     _ = pwrite(fd, &b, 1, off_t(offset))
 }
+
+/// The chunk-index caches of this test process go to one temporary folder (unless
+/// tools/test already chose one), not to ~/.cache; the CLI runs inherit it.
+let testCacheRoot: String = {
+    if let set = ProcessInfo.processInfo.environment["DBBACKUP_CACHE_DIR"], !set.isEmpty { return set }
+    let root = NSTemporaryDirectory() + "dbbackup-test-cache-\(getpid())"
+    setenv("DBBACKUP_CACHE_DIR", root, 1)
+    return root
+}()

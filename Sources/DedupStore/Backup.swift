@@ -55,10 +55,22 @@ public final class BackupSession {
     struct Slot {
         var range: Range<Int> = 0..<0
         var id = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
-        var arenaOffset = 0
+    }
+
+    /// New chunks compressed together: `count` of them from `first` in the
+    /// batch's list of new chunks. One chunk is stored zstd or raw; several
+    /// become a group (one frame), or raw chunks when zstd does not shrink them.
+    struct CompressionUnit {
+        var first: Int
+        var count = 0
+        var rawLength = 0
+        /// Where its compressed form goes in the arena; -1 while the unit is open.
+        var arenaOffset = -1
         var storedLength = 0
         var encoding = ChunkEncoding.raw
         var failure: DedupError?
+
+        init(first: Int) { self.first = first }
     }
 
     /// A reader thread reads the input, cuts it into batches of chunks in place
@@ -101,6 +113,7 @@ public final class BackupSession {
         var bytesRead: UInt64 = 0
         var streamDigest = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
         var newSlots = [Int]()
+        var units = [CompressionUnit]()
 
         func commitPack() throws {
             guard let p = pack else { return }
@@ -137,9 +150,18 @@ public final class BackupSession {
                 bytesRead += UInt64(batch.length)
                 completeness.observe(input)
 
-                // 2. Dedup, in input order (the pending set and the filter are this thread's).
+                // 2. Dedup, in input order (the pending set and the filter are this
+                //    thread's); the new chunks form compression units: runs of
+                //    consecutive new chunks up to PackFormat.groupTarget bytes.
                 newSlots.removeAll(keepingCapacity: true)
+                units.removeAll(keepingCapacity: true)
                 var arenaUsed = 0
+                func closeUnit() {
+                    guard var u = units.last, u.arenaOffset < 0 else { return }
+                    u.arenaOffset = arenaUsed
+                    arenaUsed += ZstdCompressor.bound(u.rawLength)
+                    units[units.count - 1] = u
+                }
                 for i in 0..<n {
                     let id = slots[i].id
                     try chunkList.append(id, length: slots[i].range.count)
@@ -148,49 +170,70 @@ public final class BackupSession {
                     if !known {
                         pending.insert(id)
                         bloom.insert(id)
-                        slots[i].arenaOffset = arenaUsed
-                        arenaUsed += ZstdCompressor.bound(slots[i].range.count)
+                        if units.last.map({ $0.arenaOffset >= 0 }) ?? true {
+                            units.append(CompressionUnit(first: newSlots.count))
+                        }
                         newSlots.append(i)
+                        units[units.count - 1].count += 1
+                        units[units.count - 1].rawLength += slots[i].range.count
+                        if units[units.count - 1].rawLength >= PackFormat.groupTarget { closeUnit() }
                     }
                 }
+                closeUnit()
                 stats.chunks += n
                 if arenaUsed > arena.count {
-                    // Many small chunks: each one's bound adds a little.
                     arena.deallocate()
                     arena = .allocate(byteCount: arenaUsed, alignment: 16)
                 }
 
-                // 3. Compress the new chunks on all cores, each into its arena place.
+                // 3. Compress the units on all cores, each into its arena place.
                 let arena = arena
                 newSlots.withUnsafeBufferPointer { order in
-                    nonisolated(unsafe) let order = order
-                    forEachInParallel(order.count, workers: workers) { worker, k in
-                        let i = order[k]
-                        let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
-                        let out = UnsafeMutableRawBufferPointer(
-                            rebasing: arena[slots[i].arenaOffset..<(slots[i].arenaOffset + ZstdCompressor.bound(chunk.count))])
-                        do {
-                            let c = try compressors[worker].compress(chunk, into: out)
-                            slots[i].storedLength = c < chunk.count ? c : chunk.count
-                            slots[i].encoding = c < chunk.count ? .zstd : .raw
-                        } catch {
-                            slots[i].failure = .wrapping(error)
+                    units.withUnsafeMutableBufferPointer { unitBuffer in
+                        nonisolated(unsafe) let order = order
+                        guard let unitBase = unitBuffer.baseAddress else { return }
+                        let shared = SharedPointer(base: unitBase)
+                        forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
+                            var u = shared[k]
+                            let out = UnsafeMutableRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + ZstdCompressor.bound(u.rawLength))])
+                            let pieces = order[u.first..<(u.first + u.count)].map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }
+                            do {
+                                let c = u.count == 1
+                                    ? try compressors[worker].compress(pieces[0], into: out)
+                                    : try compressors[worker].compress(pieces: pieces, into: out)
+                                // Not smaller: every chunk of the unit is stored raw.
+                                u.storedLength = c < u.rawLength ? c : u.rawLength
+                                u.encoding = c >= u.rawLength ? .raw : (u.count == 1 ? .zstd : .zstdGroup)
+                            } catch {
+                                u.failure = .wrapping(error)
+                            }
+                            shared[k] = u
                         }
                     }
                 }
 
                 // 4. Append to the pack in input order.
-                for i in newSlots {
-                    if let failure = slots[i].failure { throw failure }
-                    let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
-                    let payload = slots[i].encoding == .zstd
-                        ? UnsafeRawBufferPointer(rebasing: arena[slots[i].arenaOffset..<(slots[i].arenaOffset + slots[i].storedLength)])
-                        : chunk
+                for u in units {
+                    if let failure = u.failure { throw failure }
+                    let members = newSlots[u.first..<(u.first + u.count)]
+                    let payload = UnsafeRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + u.storedLength)])
                     if pack == nil { pack = try PackWriter(backend: backend) }
-                    try pack?.add(id: slots[i].id, rawLength: chunk.count, encoding: slots[i].encoding, payload: payload)
-                    stats.newChunks += 1
-                    stats.newBytes += Int64(chunk.count)
-                    stats.storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+                    switch u.encoding {
+                    case .zstdGroup:
+                        try pack?.addGroup(members: members.map { (slots[$0].id, slots[$0].range.count) }, payload: payload)
+                        stats.storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+                    case .zstd:
+                        try pack?.add(id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: .zstd, payload: payload)
+                        stats.storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+                    case .raw:
+                        for i in members {
+                            let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
+                            try pack?.add(id: slots[i].id, rawLength: chunk.count, encoding: .raw, payload: chunk)
+                            stats.storedBytes += Int64(chunk.count + PackFormat.entryHeaderSize)
+                        }
+                    }
+                    stats.newChunks += u.count
+                    stats.newBytes += Int64(u.rawLength)
                     if let p = pack, p.size >= UInt64(repository.config.packSize) { try commitPack() }
                 }
 

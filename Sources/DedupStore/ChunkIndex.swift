@@ -12,7 +12,7 @@ public final class ChunkIndex {
     /// Reused read transaction for lookups (reset/renewed around each one).
     private var readTxn: OpaquePointer?
 
-    static let locationSize = 16 + 8 + 4 + 4 + 1 + 1
+    static let locationSize = 16 + 8 + 4 + 4 + 1 + 1 + 4
 
     public init(path: String) throws {
         self.path = path
@@ -26,8 +26,10 @@ public final class ChunkIndex {
             try check(mdb_env_set_mapsize(env, 1 << 40), "set map size")
             try check(mdb_env_open(env, path, UInt32(MDB_NOSUBDIR | MDB_NOTLS), 0o644), "open \(path)")
             try write { txn in
-                try check(mdb_dbi_open(txn, "chunks", UInt32(MDB_CREATE), &chunks), "open chunks table")
-                try check(mdb_dbi_open(txn, "packs", UInt32(MDB_CREATE), &packs), "open packs table")
+                // "-v2": locations with a group offset. A cache written by an older
+                // dbbackup has other tables, so its packs are read in again.
+                try check(mdb_dbi_open(txn, "chunks-v2", UInt32(MDB_CREATE), &chunks), "open chunks table")
+                try check(mdb_dbi_open(txn, "packs-v2", UInt32(MDB_CREATE), &packs), "open packs table")
             }
         } catch {
             mdb_env_close(env)
@@ -97,6 +99,7 @@ public final class ChunkIndex {
         var w = BinaryWriter(capacity: locationSize)
         w.append(l.pack.hi); w.append(l.pack.lo); w.append(l.offset)
         w.append(l.rawLength); w.append(l.storedLength); w.append(l.encoding); w.append(l.flags)
+        w.append(l.groupOffset)
         return w.bytes
     }
 
@@ -107,7 +110,7 @@ public final class ChunkIndex {
         func u64(_ at: Int) -> UInt64 { UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
         func u32(_ at: Int) -> UInt32 { UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
         return ChunkLocation(pack: PackID(hi: u64(0), lo: u64(8)), offset: u64(16), rawLength: u32(24),
-                             storedLength: u32(28), encoding: v[32], flags: v[33])
+                             storedLength: u32(28), encoding: v[32], flags: v[33], groupOffset: u32(34))
     }
 
     private static func decode(_ v: MDB_val) -> ChunkLocation? {

@@ -118,6 +118,10 @@ public final class GarbageCollector {
         }
 
         let fetcher = try ChunkFetcher(repository: repository)
+        let recompressor = try ZstdCompressor(level: repository.config.compression.level)
+        let recompressed = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: ZstdCompressor.bound(repository.config.chunker.maxSize), alignment: 16)
+        defer { recompressed.deallocate() }
         // Packs whose trailer cannot be read are never deleted, and a copy of a
         // chunk there does not count: another, readable copy is kept instead.
         // Opening the index read every readable trailer into it, so the packs it
@@ -142,8 +146,16 @@ public final class GarbageCollector {
             var liveBytes: Int64 = 0
             var repointed = [PackEntry]()
             // Measured against the chunks' bytes, not the file: header, trailer and
-            // footer would make a small, wholly live pack look mostly dead.
-            let chunkBytes = entries.reduce(Int64(0)) { $0 + Int64($1.location.storedLength) + Int64(PackFormat.entryHeaderSize) }
+            // footer would make a small, wholly live pack look mostly dead. A group
+            // member counts for its share of the group's frame.
+            var groupLength = [UInt64: Int64]()
+            for e in entries where e.location.isGroupMember { groupLength[e.location.offset, default: 0] += Int64(e.location.rawLength) }
+            func storedShare(_ e: PackEntry) -> Int64 {
+                let whole = Int64(e.location.storedLength) + Int64(PackFormat.entryHeaderSize)
+                guard e.location.isGroupMember, let total = groupLength[e.location.offset], total > 0 else { return whole }
+                return whole * Int64(e.location.rawLength) / total
+            }
+            let chunkBytes = entries.reduce(Int64(0)) { $0 + storedShare($1) }
             for e in entries where try marks.contains(e.id) {
                 let loc = try index.lookup(e.id)
                 let indexCopyUsable = loc.map { packs[$0.pack] != nil && !unreadable.contains($0.pack) } ?? false
@@ -159,7 +171,7 @@ public final class GarbageCollector {
                 } else {
                     continue
                 }
-                liveBytes += Int64(e.location.storedLength) + Int64(PackFormat.entryHeaderSize)
+                liveBytes += storedShare(e)
             }
             if !repointed.isEmpty && !dryRun { try index.point(repointed) }
             foundLive += live.count
@@ -178,19 +190,53 @@ public final class GarbageCollector {
                 continue
             }
             var intact = true
-            for e in live {
+            var members = [UInt64: Int]()
+            for e in entries where e.location.isGroupMember { members[e.location.offset, default: 0] += 1 }
+            /// Reads a live chunk back (verified); a damaged one is reported, and
+            /// its pack kept for verify to name.
+            func readBack(_ e: PackEntry) -> UnsafeRawBufferPointer? {
                 do {
-                    _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+                    return try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
                 } catch let err as DedupError {
-                    // Never copy a damaged chunk, and keep its pack: verify reports it.
                     report.corruptChunks.append(err.message)
                     intact = false
-                    continue
+                    return nil
+                } catch {
+                    intact = false
+                    return nil
                 }
-                let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
+            }
+            var k = 0
+            while k < live.count {
+                let e = live[k]
+                var run = k + 1
+                while run < live.count && e.location.isGroupMember && live[run].location.isGroupMember
+                    && live[run].location.offset == e.location.offset { run += 1 }
+                let batch = live[k..<run]
+                k = run
                 if writer == nil { writer = try PackWriter(backend: backend) }
-                try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
-                                encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: stored)
+                if !e.location.isGroupMember {
+                    // Copied as stored: no decompression, no recompression.
+                    guard readBack(e) != nil else { continue }
+                    let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
+                    try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
+                                    encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: stored)
+                } else if batch.count == members[e.location.offset] {
+                    // A wholly live group is copied as stored too, once every member checks out.
+                    guard batch.allSatisfy({ readBack($0) != nil }) else { continue }
+                    let frame = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
+                    try writer?.addGroup(members: batch.map { ($0.id, Int($0.location.rawLength)) }, payload: frame)
+                } else {
+                    // A group that also holds dead chunks: each live member is stored
+                    // on its own, compressed again.
+                    for m in batch {
+                        guard let plain = readBack(m) else { continue }
+                        let n = try recompressor.compress(plain, into: recompressed)
+                        let smaller = n < plain.count
+                        try writer?.add(id: m.id, rawLength: plain.count, encoding: smaller ? .zstd : .raw,
+                                        payload: smaller ? UnsafeRawBufferPointer(rebasing: recompressed[0..<n]) : plain)
+                    }
+                }
                 if let w = writer, w.size >= UInt64(repository.config.packSize) {
                     // Forgets only packs copied in full before this one.
                     try commitWriter()

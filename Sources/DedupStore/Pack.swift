@@ -47,6 +47,9 @@ public enum ChunkEncoding: UInt8, Sendable {
     case raw = 0
     /// One zstd frame.
     case zstd = 1
+    /// A member of a group: one zstd frame holds the plaintexts of several
+    /// consecutive chunks, so that zstd sees more than one chunk at a time.
+    case zstdGroup = 2
 }
 
 /// Where a chunk lives: what the index maps a chunk id to.
@@ -58,11 +61,18 @@ public struct ChunkLocation: Equatable, Sendable {
     public var storedLength: UInt32
     public var encoding: UInt8
     public var flags: UInt8
+    /// For a group member: where its plaintext starts in the group's (else 0).
+    public var groupOffset: UInt32
 
-    public init(pack: PackID, offset: UInt64, rawLength: UInt32, storedLength: UInt32, encoding: UInt8, flags: UInt8 = 0) {
+    public init(pack: PackID, offset: UInt64, rawLength: UInt32, storedLength: UInt32, encoding: UInt8,
+                flags: UInt8 = 0, groupOffset: UInt32 = 0) {
         self.pack = pack; self.offset = offset; self.rawLength = rawLength
         self.storedLength = storedLength; self.encoding = encoding; self.flags = flags
+        self.groupOffset = groupOffset
     }
+
+    /// True for a member of a compression group.
+    public var isGroupMember: Bool { encoding == ChunkEncoding.zstdGroup.rawValue }
 }
 
 /// The fixed layout of pack files, format version 1 (docs/FORMAT.md).
@@ -74,6 +84,10 @@ public enum PackFormat {
     public static let entryHeaderSize = 48
     public static let trailerEntrySize = 56
     public static let footerSize = 56
+    /// Readers refuse groups whose plaintext is larger (writers stay far below).
+    public static let maxGroupLength = 16 << 20
+    /// Writers close a group once its plaintext reaches this size.
+    public static let groupTarget = 1 << 20
 }
 
 /// One entry of a pack's trailer.
@@ -131,6 +145,33 @@ public final class PackWriter {
         return location
     }
 
+    /// Appends a group: `payload` is one zstd frame of the members' plaintexts,
+    /// concatenated in order. One entry header (the first member's id, the
+    /// group's plaintext length) precedes it; the trailer lists every member.
+    public func addGroup(members: [(id: ChunkID, rawLength: Int)], payload: UnsafeRawBufferPointer) throws {
+        guard let first = members.first else { return }
+        let total = members.reduce(0) { $0 + $1.rawLength }
+        let offset = size
+        var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
+        h.append(first.id)
+        h.append(UInt32(total))
+        h.append(UInt32(payload.count))
+        h.append(ChunkEncoding.zstdGroup.rawValue)
+        h.append(UInt8(0))
+        h.zeros(6)
+        try append(h.bytes[...])
+        try flush()
+        try object.write(payload)
+        size += UInt64(payload.count)
+        var inGroup = 0
+        for m in members {
+            entries.append(PackEntry(id: m.id, location: ChunkLocation(
+                pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(payload.count),
+                encoding: ChunkEncoding.zstdGroup.rawValue, groupOffset: UInt32(inGroup))))
+            inGroup += m.rawLength
+        }
+    }
+
     private func append(_ bytes: ArraySlice<UInt8>) throws {
         if buffer.count + bytes.count > flushThreshold { try flush() }
         buffer.append(contentsOf: bytes)
@@ -157,7 +198,8 @@ public final class PackWriter {
             t.append(e.location.storedLength)
             t.append(e.location.encoding)
             t.append(e.location.flags)
-            t.zeros(6)
+            t.append(e.location.groupOffset)
+            t.zeros(2)
         }
         let digest = SHA256Hasher.hash(t.bytes)
         try append(t.bytes[...])
@@ -240,13 +282,18 @@ public final class PackReader {
                 let storedLength = try r.u32()
                 let encoding = try r.u8()
                 let flags = try r.u8()
-                try r.skip(6)
+                let groupOffset = try r.u32()
+                try r.skip(2)
                 guard offset < trailerOffset, offset + UInt64(PackFormat.entryHeaderSize) + UInt64(storedLength) <= trailerOffset else {
                     throw DedupError.packCorrupt(pack: id.hex, detail: "entry for chunk \(chunk.shortHex) lies outside the data area")
                 }
+                let grouped = encoding == ChunkEncoding.zstdGroup.rawValue
+                guard grouped ? UInt64(groupOffset) + UInt64(rawLength) <= UInt64(PackFormat.maxGroupLength) : groupOffset == 0 else {
+                    throw DedupError.packCorrupt(pack: id.hex, detail: "entry for chunk \(chunk.shortHex) has a bad group offset")
+                }
                 out.append(PackEntry(id: chunk, location: ChunkLocation(
                     pack: id, offset: offset, rawLength: rawLength, storedLength: storedLength,
-                    encoding: encoding, flags: flags)))
+                    encoding: encoding, flags: flags, groupOffset: groupOffset)))
             }
             return out
         } catch is BinaryReader.OutOfBounds {
@@ -270,7 +317,12 @@ public final class PackReader {
         let storedLength = try r.u32()
         let encoding = try r.u8()
         let flags = try r.u8()
-        guard storedID == chunk, rawLength == location.rawLength, storedLength == location.storedLength,
+        // A group's header names its first member and the whole group's plaintext.
+        let agrees = location.isGroupMember
+            ? UInt64(location.groupOffset) + UInt64(location.rawLength) <= UInt64(rawLength)
+                && (location.groupOffset != 0 || storedID == chunk)
+            : storedID == chunk && rawLength == location.rawLength
+        guard agrees, storedLength == location.storedLength,
               encoding == location.encoding, flags == location.flags else {
             throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "entry header at offset \(location.offset) does not match the index")
         }

@@ -31,6 +31,17 @@ func forEachInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ ite
     }
 }
 
+/// Runs `body(worker, item)` for every item in 0..<count, each worker taking one
+/// contiguous run of items (for work where neighbours share state, such as the
+/// members of one compression group).
+func forEachRunInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ item: Int) -> Void) {
+    let tasks = min(workers, count)
+    guard tasks > 0 else { return }
+    runInParallel(tasks) { worker in
+        for item in (count * worker / tasks)..<(count * (worker + 1) / tasks) { body(worker, item) }
+    }
+}
+
 extension DedupError {
     /// Any error as a DedupError (for the per-chunk failure slots of parallel work).
     static func wrapping(_ error: Error) -> DedupError {

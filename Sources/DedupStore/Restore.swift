@@ -7,11 +7,15 @@ final class ChunkFetcher {
     let index: ChunkIndex
     private let decompressor: ZstdDecompressor
     private let hasher = SHA256Hasher()
+    private let group = GroupScratch()
     private var readers: [PackID: PackReader] = [:]
     private var readerOrder: [PackID] = []
     private let maxOpenPacks = 16
-    let stored: UnsafeMutableRawBufferPointer
-    let plain: UnsafeMutableRawBufferPointer
+    /// The last chunk's stored bytes (a group's: its whole frame).
+    private(set) var stored: UnsafeMutableRawBufferPointer
+    private let plain: UnsafeMutableRawBufferPointer
+    /// The last group read into `stored` (members of one group come in a row).
+    private var storedGroup: (pack: PackID, offset: UInt64)?
 
     init(repository: Repository) throws {
         self.repository = repository
@@ -42,10 +46,37 @@ final class ChunkFetcher {
     /// The plaintext of a chunk at a known location, verified against its id;
     /// valid until the next call.
     func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
-        try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
+        try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
+        let sameGroup = loc.isGroupMember && storedGroup.map { $0.pack == loc.pack && $0.offset == loc.offset } == true
+        if !sameGroup {
+            storedGroup = nil
+            if Int(loc.storedLength) > stored.count {
+                stored.deallocate()
+                stored = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
+            }
+            try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
+            if loc.isGroupMember { storedGroup = (loc.pack, loc.offset) }
+        }
         let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])
         return try ChunkDecoder.decode(id, at: loc, stored: storedBytes, into: plain, manifest: manifest,
-                                       decompressor: decompressor, hasher: hasher)
+                                       decompressor: decompressor, hasher: hasher, group: group)
+    }
+
+    /// Checks that a location is one this repository and this reader can hold.
+    func checkLocation(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws {
+        func corrupt(_ detail: String) -> DedupError {
+            .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+        guard Int(loc.rawLength) == expectedLength else {
+            throw corrupt("the index records \(loc.rawLength) bytes, the backup \(expectedLength)")
+        }
+        let storedLimit = ZstdCompressor.bound(loc.isGroupMember ? PackFormat.maxGroupLength : plain.count)
+        guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= storedLimit else {
+            throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
+        }
+        guard loc.flags == 0 else {
+            throw corrupt("it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)")
+        }
     }
 
     /// Checks a location and reads the chunk's stored bytes into `buffer`.
@@ -54,14 +85,9 @@ final class ChunkFetcher {
         func corrupt(_ detail: String) -> DedupError {
             .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
         }
-        guard Int(loc.rawLength) == expectedLength else {
-            throw corrupt("the index records \(loc.rawLength) bytes, the backup \(expectedLength)")
-        }
-        guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= stored.count, Int(loc.storedLength) <= buffer.count else {
-            throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
-        }
-        guard loc.flags == 0 else {
-            throw corrupt("it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)")
+        try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
+        guard Int(loc.storedLength) <= buffer.count else {
+            throw corrupt("its stored length \(loc.storedLength) exceeds the read buffer")
         }
         do {
             try reader(loc.pack).readStored(loc, id: id, into: buffer)
@@ -84,9 +110,12 @@ final class ChunkFetcher {
 /// id. Stateless apart from the contexts it is given, so workers run it in parallel.
 enum ChunkDecoder {
     /// Returns the plaintext: `stored` itself for a raw chunk, else `plain`'s start.
+    /// A group member's group is decompressed into `group` (once for a run of
+    /// members of the same group).
     static func decode(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer,
                        into plain: UnsafeMutableRawBufferPointer, manifest: String,
-                       decompressor: ZstdDecompressor, hasher: SHA256Hasher) throws -> UnsafeRawBufferPointer {
+                       decompressor: ZstdDecompressor, hasher: SHA256Hasher,
+                       group: GroupScratch) throws -> UnsafeRawBufferPointer {
         func corrupt(_ detail: String) -> DedupError {
             .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
         }
@@ -106,11 +135,56 @@ enum ChunkDecoder {
             }
             guard n == Int(loc.rawLength) else { throw corrupt("decompressed to \(n) bytes, expected \(loc.rawLength)") }
             out = UnsafeRawBufferPointer(target)
+        case .zstdGroup:
+            let plaintext: UnsafeRawBufferPointer
+            do {
+                plaintext = try group.decompress(pack: loc.pack, offset: loc.offset, frame: stored, decompressor: decompressor)
+            } catch let e as DedupError {
+                throw corrupt("its group: \(e.message)")
+            }
+            let start = Int(loc.groupOffset), end = start + Int(loc.rawLength)
+            guard end <= plaintext.count, Int(loc.rawLength) <= plain.count else {
+                throw corrupt("lies beyond its group's \(plaintext.count) bytes")
+            }
+            let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
+            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: plaintext[start..<end]))
+            out = UnsafeRawBufferPointer(target)
         case nil:
             throw corrupt("unknown encoding \(loc.encoding) (written by a newer dbbackup?)")
         }
         guard hasher.digest(out) == id else { throw corrupt("SHA-256 of its contents does not match its id") }
         return out
+    }
+}
+
+/// The plaintext of the last group decompressed, kept while its members are read.
+final class GroupScratch {
+    private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var key: (pack: PackID, offset: UInt64)?
+    private var length = 0
+
+    deinit { buffer.deallocate() }
+
+    /// The group's plaintext (checked against the size its frame declares), from
+    /// the previous call when it was the same group.
+    func decompress(pack: PackID, offset: UInt64, frame: UnsafeRawBufferPointer,
+                    decompressor: ZstdDecompressor) throws -> UnsafeRawBufferPointer {
+        if let key, key.pack == pack, key.offset == offset {
+            return UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        }
+        key = nil
+        guard let size = ZstdDecompressor.contentSize(frame), size <= PackFormat.maxGroupLength else {
+            throw DedupError.compression("the group's zstd frame does not declare a plausible size")
+        }
+        if size > buffer.count {
+            buffer.deallocate()
+            buffer = .allocate(byteCount: size, alignment: 16)
+        }
+        let n = try decompressor.decompress(frame, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
+        guard n == size else { throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(size)") }
+        key = (pack, offset)
+        length = size
+        return UnsafeRawBufferPointer(rebasing: buffer[0..<size])
     }
 }
 
@@ -169,6 +243,7 @@ public final class Restorer {
         let workers = max(1, min(jobs, 16))
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
         let hashers = (0..<workers).map { _ in SHA256Hasher() }
+        let groups = (0..<workers).map { _ in GroupScratch() }
         let streamHasher = SHA256Hasher()
         // Stored bytes in, plaintext out: one batch in, two out (one is being
         // decoded into while the writer thread hashes and writes the other).
@@ -211,6 +286,8 @@ public final class Restorer {
         var inUsed = 0, outUsed = 0
         var written: UInt64 = 0
         var nextProgress: UInt64 = 64 << 20
+        /// The group whose frame was read last in this batch, and where it is.
+        var lastGroup: (pack: PackID, offset: UInt64, inOffset: Int)?
 
         /// Decodes the batch on all cores, then hashes and writes it in order.
         func flushBatch() throws {
@@ -219,13 +296,16 @@ public final class Restorer {
             try items.withUnsafeMutableBufferPointer { buf in
                 guard let base = buf.baseAddress else { return }
                 let shared = SharedPointer(base: base)
-                forEachInParallel(count, workers: workers) { worker, k in
+                // In runs, not strided: a worker then decompresses a group once
+                // for all the members of it that come in a row.
+                forEachRunInParallel(count, workers: workers) { worker, k in
                     let it = shared[k]
                     let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
                     let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
                     do {
                         let plain = try ChunkDecoder.decode(it.id, at: it.loc, stored: stored, into: out, manifest: manifest.id,
-                                                            decompressor: decompressors[worker], hasher: hashers[worker])
+                                                            decompressor: decompressors[worker], hasher: hashers[worker],
+                                                            group: groups[worker])
                         // A raw chunk decodes to its stored bytes: copy it into place.
                         if plain.baseAddress != UnsafeRawPointer(out.baseAddress) { out.copyMemory(from: plain) }
                     } catch {
@@ -241,6 +321,7 @@ public final class Restorer {
             items.removeAll(keepingCapacity: true)
             inUsed = 0
             outUsed = 0
+            lastGroup = nil
             if written >= nextProgress, let progress {
                 nextProgress = written + (64 << 20)
                 progress(written)
@@ -254,11 +335,18 @@ public final class Restorer {
                     throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest.id)
                 }
                 if outUsed + length > outArena.count || inUsed + Int(loc.storedLength) > inArena.count { try flushBatch() }
-                // Reads stay on this thread, in list order (sequential within a pack).
-                try fetcher.readStored(id, at: loc, expectedLength: length,
-                                       into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
-                items.append(Item(id: id, loc: loc, inOffset: inUsed, outOffset: outUsed))
-                inUsed += Int(loc.storedLength)
+                if loc.isGroupMember, let g = lastGroup, g.pack == loc.pack, g.offset == loc.offset {
+                    // The next member of the group just read: its frame is here already.
+                    try fetcher.checkLocation(id, at: loc, expectedLength: length, manifest: manifest.id)
+                    items.append(Item(id: id, loc: loc, inOffset: g.inOffset, outOffset: outUsed))
+                } else {
+                    // Reads stay on this thread, in list order (sequential within a pack).
+                    try fetcher.readStored(id, at: loc, expectedLength: length,
+                                           into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
+                    items.append(Item(id: id, loc: loc, inOffset: inUsed, outOffset: outUsed))
+                    lastGroup = loc.isGroupMember ? (loc.pack, loc.offset, inUsed) : nil
+                    inUsed += Int(loc.storedLength)
+                }
                 outUsed += length
                 if outUsed >= batchBytes { try flushBatch() }
             }

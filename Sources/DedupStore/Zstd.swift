@@ -24,6 +24,26 @@ public final class ZstdCompressor {
 
     public static func bound(_ size: Int) -> Int { ZSTD_compressBound(size) }
 
+    /// Compresses several pieces as one frame (their concatenation, without
+    /// copying them together) into `output`, at least `bound(total)` bytes long.
+    public func compress(pieces: [UnsafeRawBufferPointer], into output: UnsafeMutableRawBufferPointer) throws -> Int {
+        let total = pieces.reduce(0) { $0 + $1.count }
+        ZSTD_CCtx_reset(cctx, ZSTD_reset_session_only)
+        ZSTD_CCtx_setPledgedSrcSize(cctx, UInt64(total))
+        var out = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)
+        for (i, piece) in pieces.enumerated() {
+            var inp = ZSTD_inBuffer(src: piece.baseAddress, size: piece.count, pos: 0)
+            let last = i == pieces.count - 1
+            while true {
+                let left = ZSTD_compressStream2(cctx, &out, &inp, last ? ZSTD_e_end : ZSTD_e_continue)
+                if ZSTD_isError(left) != 0 { throw DedupError.compression(String(cString: ZSTD_getErrorName(left))) }
+                if last ? left == 0 : inp.pos == inp.size { break }
+                if out.pos == out.size { throw DedupError.compression("output buffer too small for the group") }
+            }
+        }
+        return out.pos
+    }
+
     /// Compresses `input` into `output` (at least `bound(input.count)` bytes) and
     /// returns the compressed length.
     public func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -45,6 +65,14 @@ public final class ZstdDecompressor {
     }
 
     deinit { ZSTD_freeDCtx(dctx) }
+
+    /// The plaintext size a frame declares, or nil when it declares none or is not a frame.
+    public static func contentSize(_ frame: UnsafeRawBufferPointer) -> Int? {
+        let n = ZSTD_getFrameContentSize(frame.baseAddress, frame.count)
+        // ZSTD_CONTENTSIZE_UNKNOWN and _ERROR are the two largest u64 values.
+        guard n < UInt64.max - 1, n <= UInt64(Int.max) else { return nil }
+        return Int(n)
+    }
 
     /// Decompresses a whole frame whose plaintext must be exactly `output.count` bytes.
     public func decompress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {

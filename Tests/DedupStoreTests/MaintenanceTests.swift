@@ -148,6 +148,34 @@ import Testing
         try repo.index().forEachChunk { _, loc in #expect(present[loc.pack] != nil) }
     }
 
+    @Test func repackingSplitsPartlyDeadGroupsAndKeepsWholeOnes() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir, packSize: 1 << 20)
+        // Compressible input: new chunks are stored in groups of ~1 MiB.
+        let a = sqlLikeBytes(rows: 120_000, seed: 31)
+        let first = try backup(repo, a, name: "a")
+        var grouped = 0
+        try repo.index().forEachChunk { _, loc in if loc.isGroupMember { grouped += 1 } }
+        #expect(grouped > 0)
+        // b shares a's first part, which ends inside a group.
+        let bData = Array(a[0..<(a.count * 2 / 5)]) + sqlLikeBytes(rows: 20_000, seed: 32)
+        let b = try backup(repo, bData, name: "b", checkDump: false)
+        try repo.deleteManifest(first.id)
+        let gc = GarbageCollector(repository: repo)
+        gc.repackThreshold = 0.99
+        let r = try gc.run()
+        #expect(r.packsRepacked + r.packsDeleted >= 1, "\(r)")
+        #expect(try restoreBytes(repo, b.id, dir: dir) == bData)
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+        // Live members of partly dead groups were stored on their own; whole groups stayed groups.
+        var single = 0, members = 0
+        try repo.index().forEachChunk { _, loc in
+            if loc.isGroupMember { members += 1 } else if loc.encoding == ChunkEncoding.zstd.rawValue { single += 1 }
+        }
+        #expect(members > 0 && single > 0, "members \(members), single \(single)")
+        #expect(try backup(repo, bData, name: "again", checkDump: false).stats.newChunks == 0)
+    }
+
     @Test func gcKeepsTheIntactCopyOfADuplicatedChunk() throws {
         let dir = TempDir()
         let repo = try makeRepository(dir)

@@ -33,6 +33,51 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("tmp")).isEmpty)
     }
 
+    @Test func groupMembersRoundTripAndShareOneFrame() throws {
+        let dir = TempDir()
+        let backend = LocalBackend(root: dir.path)
+        let writer = try PackWriter(backend: backend)
+        let h = SHA256Hasher()
+        let single = sqlLikeBytes(rows: 300, seed: 1)
+        let members = (0..<5).map { sqlLikeBytes(rows: 200 + 50 * $0, seed: UInt64(10 + $0)) }
+        let compressor = try ZstdCompressor(level: 3)
+        let frame = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(members.reduce(0) { $0 + $1.count }), alignment: 16)
+        defer { frame.deallocate() }
+        _ = try single.withUnsafeBytes { try writer.add(id: h.digest($0), rawLength: single.count, encoding: .raw, payload: $0) }
+        let ids = members.map { m in m.withUnsafeBytes { h.digest($0) } }
+        let n = try withPieces(members) { try compressor.compress(pieces: $0, into: frame) }
+        try writer.addGroup(members: zip(ids, members).map { ($0, $1.count) }, payload: UnsafeRawBufferPointer(rebasing: frame[0..<n]))
+        let written = try writer.finish()
+
+        let reader = try PackReader(backend: backend, id: writer.id)
+        let read = try reader.entries()
+        #expect(read == written && read.count == 6)
+        #expect(read.dropFirst().allSatisfy { $0.location.isGroupMember && $0.location.offset == read[1].location.offset })
+        #expect(read.dropFirst().map(\.location.groupOffset) == [0] + members.dropLast().reduce(into: [UInt32]()) { acc, m in
+            acc.append((acc.last ?? 0) + UInt32(m.count)) })
+        let stored = UnsafeMutableRawBufferPointer.allocate(byteCount: n + 64, alignment: 16)
+        let plain = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { stored.deallocate(); plain.deallocate() }
+        let scratch = GroupScratch()
+        let decompressor = try ZstdDecompressor()
+        // Read back in reverse order: each member on its own, not only in a run.
+        for (e, m) in zip(read.dropFirst(), members).reversed() {
+            try reader.readStored(e.location, id: e.id, into: stored)
+            let out = try ChunkDecoder.decode(e.id, at: e.location, stored: UnsafeRawBufferPointer(rebasing: stored[0..<n]),
+                                              into: plain, manifest: "t", decompressor: decompressor, hasher: h, group: scratch)
+            #expect(Array(out) == m)
+        }
+        // One flipped byte in the shared frame: every member fails, none decodes to garbage.
+        try flipByte(at: backend.path(writer.id.key), offset: Int64(read[1].location.offset) + Int64(PackFormat.entryHeaderSize) + Int64(n / 2))
+        for e in read.dropFirst() {
+            try reader.readStored(e.location, id: e.id, into: stored)
+            #expect(throws: DedupError.self) {
+                _ = try ChunkDecoder.decode(e.id, at: e.location, stored: UnsafeRawBufferPointer(rebasing: stored[0..<n]),
+                                            into: plain, manifest: "t", decompressor: decompressor, hasher: h, group: GroupScratch())
+            }
+        }
+    }
+
     @Test func truncatedPackIsReported() throws {
         let dir = TempDir()
         let (backend, id, _) = try writePack(dir, chunks: [randomBytes(5000, seed: 1), randomBytes(5000, seed: 2)])
@@ -130,4 +175,17 @@ import Testing
         for id in (byPack[packs[0]] ?? []) + (byPack[packs[2]] ?? []) { #expect(try index.lookup(id) == nil) }
         #expect(Set(try index.indexedPacks().keys) == [packs[1]])
     }
+}
+
+/// Calls `body` with raw views of every array (kept alive for the call).
+func withPieces<R>(_ arrays: [[UInt8]], _ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+    var views = [UnsafeRawBufferPointer]()
+    func nest(_ i: Int) throws -> R {
+        if i == arrays.count { return try body(views) }
+        return try arrays[i].withUnsafeBytes { raw in
+            views.append(raw)
+            return try nest(i + 1)
+        }
+    }
+    return try nest(0)
 }

@@ -16,6 +16,9 @@ public struct BackupOptions: Sendable {
     public var checkDumpComplete = true
     /// How long to wait for an exclusive lock (gc, prune) to go away.
     public var lockWait: TimeInterval = 600
+    /// Also take the SHA-256 of the whole input (one more hashing pass) and record
+    /// it in the manifest; restore then checks it too.
+    public var streamSHA256 = false
 
     public init(name: String, source: String) {
         self.name = name
@@ -92,7 +95,8 @@ public final class BackupSession {
 
         let workers = max(1, min(jobs, 16))
         let batchBytes = 8 << 20
-        let reader = ChunkBatchProducer(source: source, chunker: chunker, batchBytes: batchBytes)
+        let reader = ChunkBatchProducer(source: source, chunker: chunker, batchBytes: batchBytes,
+                                        streamDigest: options.streamSHA256)
         reader.start()
         defer { reader.stop() }
         let hashers = (0..<workers).map { _ in SHA256Hasher() }
@@ -111,7 +115,7 @@ public final class BackupSession {
         var stats = Manifest.Stats(chunks: 0, newChunks: 0, newBytes: 0, storedBytes: 0, durationSeconds: 0)
         var nextProgress = progressInterval
         var bytesRead: UInt64 = 0
-        var streamDigest = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
+        var streamDigest: ChunkID?
         var newSlots = [Int]()
         var units = [CompressionUnit]()
 
@@ -280,7 +284,7 @@ public final class BackupSession {
             database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
             createdAt: Timestamps.iso8601(options.time), committedAt: Timestamps.iso8601(Date()),
             source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
-            size: Int64(bytesRead), sha256: streamDigest.hex,
+            size: Int64(bytesRead), sha256: streamDigest?.hex,
             chunkList: .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count),
             stats: stats)
         FaultInjection.crashPoint("backup.before-manifest")

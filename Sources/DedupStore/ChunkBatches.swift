@@ -15,8 +15,8 @@ struct ChunkBatch {
 }
 
 /// Reads and cuts the input on its own thread, a few batches ahead of the thread
-/// that hashes, compresses and stores them; a second thread folds every batch into
-/// the whole-stream SHA-256 meanwhile. Memory: `depth` buffers of one batch plus
+/// that hashes, compresses and stores them; on request a second thread folds
+/// every batch into the whole-stream SHA-256 meanwhile. Memory: `depth` buffers of one batch plus
 /// two maximum-size chunks each, whatever the input's length.
 ///
 /// The consumer calls `next()` until it returns nil and `release` for every batch
@@ -42,8 +42,12 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     private let batchBytes: Int
     private let streamHasher = SHA256Hasher()
 
-    init(source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3) {
+    private let digests: Bool
+
+    /// With `streamDigest` false there is no digest thread and `finish()` returns nil.
+    init(source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3, streamDigest: Bool = true) {
         self.source = source
+        digests = streamDigest
         self.chunker = chunker
         self.batchBytes = batchBytes
         let size = batchBytes + 2 * chunker.parameters.maxSize
@@ -60,8 +64,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     func start() {
         // Through an existential: the closures then need no generic metatype.
         let body: any ThreadBody = self
-        running = 2
-        for (role, name) in [(0, "dbbackup-reader"), (1, "dbbackup-digest")] {
+        let roles = digests ? [(0, "dbbackup-reader"), (1, "dbbackup-digest")] : [(0, "dbbackup-reader")]
+        running = roles.count
+        for (role, name) in roles {
             let thread = Thread { body.run(role) }
             thread.name = name
             thread.stackSize = 1 << 20
@@ -92,10 +97,10 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     }
 
     /// Once `next()` has returned nil: waits for the digest thread and returns the
-    /// SHA-256 of every byte handed out.
-    func finish() -> ChunkID {
+    /// SHA-256 of every byte handed out (nil when not asked for).
+    func finish() -> ChunkID? {
         waitForThreads()
-        return streamHasher.finish()
+        return digests ? streamHasher.finish() : nil
     }
 
     /// Stops both threads (the reader after its current read) and waits for them.
@@ -150,9 +155,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
 
     private func publish(_ batch: ChunkBatch) {
         condition.lock()
-        users[batch.buffer] = 2
+        users[batch.buffer] = digests ? 2 : 1
         ready.append(batch)
-        toDigest.append(batch)
+        if digests { toDigest.append(batch) }
         condition.broadcast()
         condition.unlock()
     }

@@ -65,7 +65,7 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
         case .packCorrupt(let pack, let detail):
             return "pack \(pack) is corrupt: \(detail)"
         case .streamChecksumMismatch(let manifest, let expected, let actual):
-            return "restored data of backup \(manifest) has SHA-256 \(actual), but the backup recorded \(expected)"
+            return "restored data of backup \(manifest) came out as \(actual), but the backup recorded \(expected); the output was not kept"
         case .io(let operation, let path, let code):
             return "\(operation) \(path) failed: \(String(cString: strerror(code)))"
         case .compression(let detail):

@@ -42,9 +42,10 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var source: String
     public var hostname: String
     public var dbbackupVersion: String
-    /// Length and SHA-256 of the whole input stream.
+    /// Length of the whole input stream, and its SHA-256 when the backup was
+    /// asked for one (`--stream-sha256`; every chunk is verified regardless).
     public var size: Int64
-    public var sha256: String
+    public var sha256: String?
     public var chunkList: ChunkListRef
     public var stats: Stats
 

@@ -244,7 +244,8 @@ public final class Restorer {
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
         let hashers = (0..<workers).map { _ in SHA256Hasher() }
         let groups = (0..<workers).map { _ in GroupScratch() }
-        let streamHasher = SHA256Hasher()
+        // The whole-stream digest only for backups that recorded one.
+        let streamHasher: SHA256Hasher? = manifest.sha256 == nil ? nil : SHA256Hasher()
         // Stored bytes in, plaintext out: one batch in, two out (one is being
         // decoded into while the writer thread hashes and writes the other).
         let inArena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
@@ -253,16 +254,20 @@ public final class Restorer {
         var writtenToFile: Int64 = 0
         let isFile = tmpPath != nil
         let writer = BackgroundSink { batch in
-            // The stream digest on one core while the other writes.
-            nonisolated(unsafe) var writeError: Error?
-            runInParallel(2) { task in
-                if task == 0 {
-                    streamHasher.update(batch)
-                } else {
-                    do { try FileIO.writeAll(fd, batch, path: outName) } catch { writeError = error }
+            if let streamHasher {
+                // The stream digest on one core while the other writes.
+                nonisolated(unsafe) var writeError: Error?
+                runInParallel(2) { task in
+                    if task == 0 {
+                        streamHasher.update(batch)
+                    } else {
+                        do { try FileIO.writeAll(fd, batch, path: outName) } catch { writeError = error }
+                    }
                 }
+                if let writeError { throw writeError }
+            } else {
+                try FileIO.writeAll(fd, batch, path: outName)
             }
-            if let writeError { throw writeError }
             if isFile {
                 // Start writeback now, so that the final fsync has little left.
                 FileIO.startWriteback(fd, offset: writtenToFile, length: Int64(batch.count))
@@ -352,9 +357,11 @@ public final class Restorer {
             }
             try flushBatch()
             try writer.finish()
-            let digest = streamHasher.finish().hex
-            guard written == UInt64(manifest.size), digest == manifest.sha256 else {
-                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: manifest.sha256, actual: digest)
+            guard written == UInt64(manifest.size) else {
+                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "\(manifest.size) bytes", actual: "\(written) bytes")
+            }
+            if let expected = manifest.sha256, let digest = streamHasher?.finish().hex, digest != expected {
+                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "SHA-256 \(expected)", actual: digest)
             }
             if let tmp = tmpPath {
                 try FileIO.fsync(fd, path: tmp)

@@ -50,6 +50,10 @@ struct DedupBackup: ParsableCommand {
     @Flag(help: "Do not refuse plain SQL dumps that lack their completion line.")
     var noDumpCheck = false
 
+    @Flag(name: .customLong("stream-sha256"), help: ArgumentHelp(
+        "Also record the SHA-256 of the whole input (as sha256sum prints it); restore then checks it too. Costs one more hashing pass; every chunk is verified either way."))
+    var streamSHA256 = false
+
     @Flag(help: "Print the committed manifest as JSON.")
     var json = false
 
@@ -116,6 +120,7 @@ struct DedupBackup: ParsableCommand {
             options.dbHost = dbHost
             options.checkDumpComplete = !noDumpCheck
             options.lockWait = TimeInterval(lockWait)
+            options.streamSHA256 = streamSHA256
             for t in tag {
                 let parts = t.split(separator: "=", maxSplits: 1)
                 options.tags[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
@@ -162,7 +167,7 @@ struct DedupBackup: ParsableCommand {
         let dedup = m.size > 0 ? 1 - Double(s.newBytes) / Double(m.size) : 1
         let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
         Terminal.out("backup \(m.id) committed")
-        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes), sha256 \(m.sha256)")
+        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (m.sha256.map { ", sha256 \($0)" } ?? ""))
         Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
         Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
         Terminal.out("  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")")

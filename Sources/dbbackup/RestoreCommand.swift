@@ -48,7 +48,8 @@ struct DedupRestore: ParsableCommand {
             let m = try restorer.restore(id, to: target)
             Terminal.clearProgress()
             let elapsed = Date().timeIntervalSince(started)
-            let line = "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), sha256 verified, \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
+            let checked = m.sha256 == nil ? "every chunk verified" : "every chunk and the stream's sha256 verified"
+            let line = "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
             if output == "-" { Terminal.err(line) } else { Terminal.out(line + " -> \(output)") }
         }
     }

@@ -14,7 +14,9 @@ import Testing
         #expect(r.stderr.contains("created repository"))
         #expect(r.out.contains("chunks") && r.out.contains("dedup") && r.out.contains("MB/s"))
 
-        let again = try cli.dedup(["backup", "-", "--name", "shop", "--db-name", "shop", "--time", "2026-11-22T02:00:00Z", "--json"], stdin: data)
+        #expect(!r.out.contains("sha256"), "no whole-stream digest unless asked for")
+        let again = try cli.dedup(["backup", "-", "--name", "shop", "--db-name", "shop", "--time", "2026-11-22T02:00:00Z",
+                                   "--json", "--stream-sha256"], stdin: data)
         #expect(again.status == 0)
         let manifest = try JSONSerialization.jsonObject(with: Data(again.stdout)) as? [String: Any]
         let stats = manifest?["stats"] as? [String: Any]
@@ -24,6 +26,7 @@ import Testing
         let restored = try cli.dedup(["restore", "2026-11-22", "-"])
         #expect(restored.status == 0)
         #expect(restored.stdout == data)
+        #expect(restored.stderr.contains("sha256 verified"), "\(restored.stderr)")
 
         let list = try cli.dedup(["list", "--database", "shop"])
         #expect(list.out.contains("2026-11-21_020000_shop") && list.out.contains("2026-11-22_020000_shop"))

@@ -7,9 +7,10 @@ import Testing
         let dir = TempDir()
         let repo = try makeRepository(dir)
         for (i, data) in [randomBytes(3 << 20, seed: 1), sqlLikeBytes(rows: 40_000, seed: 2), [], [42]].enumerated() {
-            let m = try backup(repo, data, name: "b\(i)")
+            // With and without the optional whole-stream digest.
+            let m = try backup(repo, data, name: "b\(i)", streamSHA256: i % 2 == 0)
             #expect(m.size == Int64(data.count))
-            #expect(m.sha256 == SHA256Hasher.hash(data).hex)
+            #expect(m.sha256 == (i % 2 == 0 ? SHA256Hasher.hash(data).hex : nil))
             #expect(try restoreBytes(repo, m.id, dir: dir) == data)
         }
         let report = try Verifier(repository: repo).verify(deep: true)
@@ -21,6 +22,24 @@ import Testing
         _ = try reopened.index()
         _ = try reopened.bloom()
         #expect(reopened.notices.isEmpty, "\(reopened.notices)")
+    }
+
+    @Test func recordedStreamDigestIsChecked() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let data = sqlLikeBytes(rows: 5_000, seed: 9)
+        let m = try backup(repo, data, name: "s", streamSHA256: true)
+        let path = repo.backend.path(Manifest.key(for: m.id))
+        let text = String(decoding: try FileIO.readFile(path), as: UTF8.self)
+        let forged = text.replacingOccurrences(of: m.sha256 ?? "?", with: String(repeating: "0", count: 64))
+        #expect(forged != text)
+        try Data(forged.utf8).write(to: URL(fileURLWithPath: path))
+        let out = dir.sub("out")
+        #expect { try Restorer(repository: repo).restore(m.id, to: .file(path: out, overwrite: false)) } throws: { e in
+            guard case DedupError.streamChecksumMismatch = e else { return false }
+            return true
+        }
+        #expect(!FileIO.exists(out))
     }
 
     @Test func parallelBackupMatchesSerialByteForByte() throws {
@@ -35,6 +54,7 @@ import Testing
             session.jobs = jobs
             var options = BackupOptions(name: "p", source: "memory")
             options.lockWait = 0
+            options.streamSHA256 = true
             let m = try session.run(source: BufferSource(data), options: options)
             var ids = [ChunkID]()
             try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in ids.append(id) }

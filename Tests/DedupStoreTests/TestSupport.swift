@@ -58,9 +58,11 @@ func makeRepository(_ dir: TempDir, packSize: Int = 1 << 20) throws -> Repositor
 }
 
 @discardableResult
-func backup(_ repo: Repository, _ bytes: [UInt8], name: String = "test", time: Date = Date(), checkDump: Bool = true) throws -> Manifest {
+func backup(_ repo: Repository, _ bytes: [UInt8], name: String = "test", time: Date = Date(), checkDump: Bool = true,
+            streamSHA256: Bool = false) throws -> Manifest {
     var options = BackupOptions(name: name, source: "memory")
     options.time = time
+    options.streamSHA256 = streamSHA256
     options.checkDumpComplete = checkDump
     options.lockWait = 0
     return try BackupSession(repository: repo).run(source: BufferSource(bytes), options: options)

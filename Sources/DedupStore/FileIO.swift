@@ -49,12 +49,18 @@ public enum FileIO {
         return (fds[0], fds[1])
     }
 
+    /// The largest single write(2). Measured on this project's machines: writing
+    /// 360 MB into a new file took 1.24 s of kernel time in 16 MiB writes and 0.17 s
+    /// in 1 MiB writes (`dd bs=16M` vs `bs=1M`; large writes make the kernel
+    /// assemble large page-cache folios, which is slow on fresh memory).
+    static let maxWrite = 1 << 20
+
     /// Writes every byte or throws.
     public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
         guard var p = bytes.baseAddress else { return }
         var left = bytes.count
         while left > 0 {
-            let n = Glibc.write(fd, p, left)
+            let n = Glibc.write(fd, p, min(left, maxWrite))
             if n < 0 {
                 if errno == EINTR { continue }
                 throw DedupError.io(operation: "write", path: path, errno: errno)

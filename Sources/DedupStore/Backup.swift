@@ -200,11 +200,18 @@ public final class BackupSession {
                         forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
                             var u = shared[k]
                             let out = UnsafeMutableRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + ZstdCompressor.bound(u.rawLength))])
-                            let pieces = order[u.first..<(u.first + u.count)].map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }
+                            let members = order[u.first..<(u.first + u.count)]
+                            // Consecutive chunks of the input (the usual case) are one
+                            // buffer: one-shot compression, without zstd's stream copy.
+                            let contiguous = zip(members, members.dropFirst()).allSatisfy { slots[$0].range.upperBound == slots[$1].range.lowerBound }
                             do {
-                                let c = u.count == 1
-                                    ? try compressors[worker].compress(pieces[0], into: out)
-                                    : try compressors[worker].compress(pieces: pieces, into: out)
+                                let c: Int
+                                if contiguous, let a = members.first, let b = members.last {
+                                    let whole = UnsafeRawBufferPointer(rebasing: input[slots[a].range.lowerBound..<slots[b].range.upperBound])
+                                    c = try compressors[worker].compress(whole, into: out)
+                                } else {
+                                    c = try compressors[worker].compress(pieces: members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }, into: out)
+                                }
                                 // Not smaller: every chunk of the unit is stored raw.
                                 u.storedLength = c < u.rawLength ? c : u.rawLength
                                 u.encoding = c >= u.rawLength ? .raw : (u.count == 1 ? .zstd : .zstdGroup)

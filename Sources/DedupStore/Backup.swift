@@ -94,7 +94,7 @@ public final class BackupSession {
         let maxChunk = repository.config.chunker.maxSize
 
         let workers = max(1, min(jobs, 16))
-        let batchBytes = 8 << 20
+        let batchBytes = 4 << 20
         let reader = ChunkBatchProducer(source: source, chunker: chunker, batchBytes: batchBytes,
                                         streamDigest: options.streamSHA256)
         reader.start()

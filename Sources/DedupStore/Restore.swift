@@ -239,7 +239,7 @@ public final class Restorer {
 
         let outName = tmpPath ?? finalPath
         let maxChunk = repository.config.chunker.maxSize
-        let batchBytes = 16 << 20
+        let batchBytes = 4 << 20
         let workers = max(1, min(jobs, 16))
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
         let hashers = (0..<workers).map { _ in SHA256Hasher() }

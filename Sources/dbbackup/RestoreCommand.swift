@@ -7,9 +7,11 @@ struct DedupRestore: ParsableCommand {
         commandName: "restore",
         abstract: "Restore a backup byte for byte to a file or standard output.",
         discussion: """
-        Every chunk's SHA-256 and the whole stream's SHA-256 are checked. A file is
-        written under a temporary name and renamed only when all checks pass, so a
-        failed restore leaves no file that looks complete. With -, a failure is
+        Every chunk is checked against its SHA-256 id, the chunk list against its
+        checksum, the length, and the whole stream's SHA-256 when the backup recorded
+        one (--stream-sha256). A file is written under a temporary name, fsynced and
+        renamed only when all checks pass, so a failed restore leaves no file that
+        looks complete. With -, a failure is
         reported on stderr and the exit status is 1 after partial output.
         """)
 

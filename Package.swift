@@ -17,17 +17,24 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
 
         // The content-addressed chunk store. Knows nothing about databases.
         .target(
             name: "DedupStore",
             dependencies: ["CLinux", "CZstd", "CCrypto", "CLMDB"]
         ),
+        // Talking to database servers (libpq) and running their dump tools.
+        .target(
+            name: "DatabaseDumps",
+            dependencies: ["DedupStore", "CLibPQ"]
+        ),
         // The command-line interface: parsing, progress, output.
         .executableTarget(
             name: "dbbackup",
             dependencies: [
                 "DedupStore",
+                "DatabaseDumps",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

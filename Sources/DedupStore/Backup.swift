@@ -19,6 +19,8 @@ public struct BackupOptions: Sendable {
     /// Also take the SHA-256 of the whole input (one more hashing pass) and record
     /// it in the manifest; restore then checks it too.
     public var streamSHA256 = false
+    /// How the dump was made, for `dedup backup-db`.
+    public var dump: Manifest.DumpInfo?
 
     public init(name: String, source: String) {
         self.name = name
@@ -293,7 +295,7 @@ public final class BackupSession {
             source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
             size: Int64(bytesRead), sha256: streamDigest?.hex,
             chunkList: .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count),
-            stats: stats)
+            stats: stats, dump: options.dump)
         FaultInjection.crashPoint("backup.before-manifest")
         try backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)
         FaultInjection.crashPoint("backup.after-manifest")

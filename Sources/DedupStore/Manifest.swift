@@ -24,6 +24,28 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var durationSeconds: Double
     }
 
+    /// How a database dump was made (backups of `dedup backup-db`).
+    public struct DumpInfo: Codable, Equatable, Sendable {
+        /// postgres, mysql, mariadb.
+        public var engine: String
+        public var serverVersion: String
+        /// Where the server was: host:port or the socket.
+        public var server: String
+        /// The dump tool and its version line, e.g. "pg_dump (PostgreSQL) 15.18".
+        public var tool: String
+        public var toolVersion: String
+        /// custom, plain, ...
+        public var format: String
+        /// Size of the database as the server reported it before the dump.
+        public var databaseSize: Int64?
+
+        public init(engine: String, serverVersion: String, server: String, tool: String, toolVersion: String,
+                    format: String, databaseSize: Int64?) {
+            self.engine = engine; self.serverVersion = serverVersion; self.server = server
+            self.tool = tool; self.toolVersion = toolVersion; self.format = format; self.databaseSize = databaseSize
+        }
+    }
+
     public var formatVersion: Int
     public var id: String
     /// What the backup is called (the --name, else the database, else the file name).
@@ -48,6 +70,8 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var sha256: String?
     public var chunkList: ChunkListRef
     public var stats: Stats
+    /// Set for database dumps made by dbbackup itself.
+    public var dump: DumpInfo?
 
     public var createdDate: Date? { Timestamps.parse(createdAt) }
 

@@ -35,12 +35,6 @@ struct DedupBackup: ParsableCommand {
     @Option(help: "Database host the dump came from.")
     var dbHost: String?
 
-    @Option(help: ArgumentHelp("A tag to record (repeatable).", valueName: "key=value"))
-    var tag: [String] = []
-
-    @Option(help: ArgumentHelp("Backup time to record instead of now (ISO 8601, e.g. 2026-11-21T02:00:00Z).", valueName: "time"))
-    var time: String?
-
     @Flag(help: "Decompress gzip (.gz) or zstd (.zst) input first, so that its contents deduplicate.")
     var decompressInput = false
 
@@ -50,18 +44,7 @@ struct DedupBackup: ParsableCommand {
     @Flag(help: "Do not refuse plain SQL dumps that lack their completion line.")
     var noDumpCheck = false
 
-    @Flag(name: .customLong("stream-sha256"), help: ArgumentHelp(
-        "Also record the SHA-256 of the whole input (as sha256sum prints it); restore then checks it too. Costs one more hashing pass; every chunk is verified either way."))
-    var streamSHA256 = false
-
-    @Flag(help: "Print the committed manifest as JSON.")
-    var json = false
-
-    @Option(help: ArgumentHelp("Seconds to wait while gc or prune holds the repository.", valueName: "seconds"))
-    var lockWait: Int = 600
-
-    @Option(help: ArgumentHelp("Threads for hashing and compression (default: all cores).", valueName: "n"))
-    var jobs: Int?
+    @OptionGroup var committing: CommitOptions
 
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The input command, after --, with --from-command.", valueName: "command"))
     var command: [String] = []
@@ -74,9 +57,6 @@ struct DedupBackup: ParsableCommand {
             guard input != nil else { throw ValidationError("missing input: a file, - for standard input, or --from-command -- CMD...") }
             guard command.isEmpty else { throw ValidationError("arguments after -- need --from-command") }
         }
-        for t in tag where !t.contains("=") { throw ValidationError("--tag takes key=value, got '\(t)'") }
-        if let time, Timestamps.parse(time) == nil { throw ValidationError("cannot read --time '\(time)'; use ISO 8601 like 2026-11-21T02:00:00Z") }
-        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
     }
 
     func run() throws {
@@ -112,47 +92,16 @@ struct DedupBackup: ParsableCommand {
             }
 
             // The input is open (or the command started) before a repository is created.
-            let repo = try openOrCreate()
+            let repo = try store.openOrCreate()
             var options = BackupOptions(name: backupName(sourceName), source: sourceName)
             options.kind = (dbName != nil || dbType != nil) ? "dump" : "file"
             options.database = dbName
             options.dbType = dbType
             options.dbHost = dbHost
             options.checkDumpComplete = !noDumpCheck
-            options.lockWait = TimeInterval(lockWait)
-            options.streamSHA256 = streamSHA256
-            for t in tag {
-                let parts = t.split(separator: "=", maxSplits: 1)
-                options.tags[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
-            }
             if inputFormat != .none { options.tags["decompressed"] = inputFormat.rawValue }
-            if let time, let date = Timestamps.parse(time) { options.time = date }
-
-            let session = try BackupSession(repository: repo)
-            if let jobs { session.jobs = jobs }
-            let started = Date()
-            session.progress = { p in
-                let elapsed = Date().timeIntervalSince(started)
-                Terminal.progress("\(Format.bytes(Int64(p.bytesRead))) read, \(p.chunks) chunks (\(p.newChunks) new), \(Format.rate(Int64(p.bytesRead), elapsed))")
-            }
-            let manifest = try session.run(source: AnySource(source), options: options)
-            Terminal.clearProgress()
-            if json {
-                try Terminal.json(manifest)
-            } else {
-                printSummary(manifest)
-            }
+            try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
         }
-    }
-
-    private func openOrCreate() throws -> Repository {
-        let path = store.path
-        if Repository.isRepository(path) { return try store.open() }
-        guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
-        let repo = try Repository.initialize(at: path, cacheRoot: store.cacheRoot)
-        repo.onNotice = { Terminal.notice($0) }
-        Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")
-        return repo
     }
 
     private func backupName(_ sourceName: String) -> String {
@@ -160,17 +109,5 @@ struct DedupBackup: ParsableCommand {
         if let dbName { return dbName }
         if fromCommand || input == nil || input == "-" { return "stdin" }
         return FileIO.lastComponent(sourceName)
-    }
-
-    private func printSummary(_ m: Manifest) {
-        let s = m.stats
-        let dedup = m.size > 0 ? 1 - Double(s.newBytes) / Double(m.size) : 1
-        let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
-        Terminal.out("backup \(m.id) committed")
-        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (m.sha256.map { ", sha256 \($0)" } ?? ""))
-        Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
-        Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
-        Terminal.out("  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")")
-        Terminal.out("  duration  \(Format.duration(s.durationSeconds)), \(Format.rate(m.size, s.durationSeconds))")
     }
 }

@@ -32,7 +32,7 @@ struct Dedup: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The deduplicating chunk store: backup, restore, list, stats, verify, prune, gc.",
         subcommands: [
-            DedupInit.self, DedupBackup.self, DedupRestore.self, DedupList.self, DedupStats.self,
+            DedupInit.self, DedupBackup.self, DedupBackupDB.self, DedupRestore.self, DedupList.self, DedupStats.self,
             DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self,
         ]
     )

@@ -1,0 +1,33 @@
+import Foundation
+
+/// What can go wrong talking to a database server or running its dump tool, with a
+/// one-line message that says what to do.
+public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedError {
+    /// The server could not be reached or refused us; `detail` is the client
+    /// library's own message, `hint` the next step.
+    case connectionFailed(server: String, detail: String, hint: String)
+    case queryFailed(query: String, detail: String)
+    /// The dump tool is not installed.
+    case toolMissing(tool: String, package: String)
+    case invalidArgument(String)
+    /// An engine this build cannot back up yet.
+    case unsupportedEngine(String)
+
+    public var description: String { message }
+    public var errorDescription: String? { message }
+
+    public var message: String {
+        switch self {
+        case .connectionFailed(let server, let detail, let hint):
+            return "cannot connect to \(server): \(detail); \(hint)"
+        case .queryFailed(let query, let detail):
+            return "query \(query) failed: \(detail)"
+        case .toolMissing(let tool, let package):
+            return "\(tool) was not found in PATH; install it (Debian: apt-get install \(package)) or put it on PATH"
+        case .invalidArgument(let text):
+            return text
+        case .unsupportedEngine(let engine):
+            return "--db-type \(engine) cannot be backed up by this version yet (postgres can)"
+        }
+    }
+}

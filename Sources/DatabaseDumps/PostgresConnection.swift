@@ -1,0 +1,128 @@
+import CLibPQ
+import Foundation
+
+/// Where a database server is and who we are there. Unset fields fall back to the
+/// client library's own defaults and environment (PGHOST, PGPORT, PGUSER; for
+/// MySQL/MariaDB their option files). Passwords never travel in here: libpq reads
+/// PGPASSWORD or ~/.pgpass itself.
+public struct ServerAddress: Sendable, Equatable {
+    public var host: String?
+    public var port: Int?
+    public var user: String?
+    /// A Unix socket: for PostgreSQL its folder (or the socket file in it).
+    public var socket: String?
+
+    public init(host: String? = nil, port: Int? = nil, user: String? = nil, socket: String? = nil) {
+        self.host = host; self.port = port; self.user = user; self.socket = socket
+    }
+
+    /// The folder libpq takes as "host" for a socket given as a folder or as the
+    /// `.s.PGSQL.<port>` file itself.
+    var postgresSocketFolder: String? {
+        guard let socket else { return nil }
+        let name = socket.split(separator: "/").last.map(String.init) ?? ""
+        if name.hasPrefix(".s.PGSQL."), let slash = socket.lastIndex(of: "/") {
+            return slash == socket.startIndex ? "/" : String(socket[..<slash])
+        }
+        return socket
+    }
+
+    /// For messages: host:port, the socket, or "the default server".
+    public var label: String {
+        if let socket { return "socket \(socket)" }
+        let env = ProcessInfo.processInfo.environment
+        let h = host ?? env["PGHOST"] ?? "localhost"
+        let p = port.map(String.init) ?? env["PGPORT"]
+        return p.map { "\(h):\($0)" } ?? h
+    }
+}
+
+/// A libpq connection: the connection check, the server's version and the sizes
+/// and names of its databases.
+public final class PostgresConnection {
+    private let conn: OpaquePointer
+    public let address: ServerAddress
+
+    /// Connects to `database` ("postgres" to look at the server as a whole). A
+    /// failure becomes one line with libpq's message and what to do about it.
+    public init(_ address: ServerAddress, database: String) throws {
+        self.address = address
+        var params: [(String, String)] = [("dbname", database), ("application_name", "dbbackup"),
+                                          ("connect_timeout", "10")]
+        if let folder = address.postgresSocketFolder { params.append(("host", folder)) } else if let host = address.host { params.append(("host", host)) }
+        if let port = address.port { params.append(("port", String(port))) }
+        if let user = address.user { params.append(("user", user)) }
+        let keys = params.map { strdup($0.0) }
+        let values = params.map { strdup($0.1) }
+        defer { (keys + values).forEach { free($0) } }
+        var keyPointers = keys.map { UnsafePointer<CChar>($0) } + [nil]
+        var valuePointers = values.map { UnsafePointer<CChar>($0) } + [nil]
+        let c = keyPointers.withUnsafeMutableBufferPointer { k in
+            valuePointers.withUnsafeMutableBufferPointer { v in
+                PQconnectdbParams(k.baseAddress, v.baseAddress, 0)
+            }
+        }
+        guard let c else {
+            throw DatabaseError.connectionFailed(server: address.label, detail: "libpq could not allocate a connection", hint: "the machine is out of memory")
+        }
+        guard PQstatus(c) == CONNECTION_OK else {
+            let detail = Self.oneLine(PQerrorMessage(c))
+            PQfinish(c)
+            throw DatabaseError.connectionFailed(server: address.label, detail: detail, hint: Self.hint(for: detail, database: database))
+        }
+        conn = c
+    }
+
+    deinit { PQfinish(conn) }
+
+    /// The server's version as it reports it, e.g. "15.18 (Debian 15.18-0+deb12u1)".
+    public var serverVersion: String {
+        PQparameterStatus(conn, "server_version").map { String(cString: $0) } ?? "unknown"
+    }
+
+    /// The first column of every row of a query without parameters.
+    public func column(_ sql: String) throws -> [String] {
+        guard let result = PQexec(conn, sql) else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
+        }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_TUPLES_OK else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
+        }
+        return (0..<PQntuples(result)).map { row in String(cString: PQgetvalue(result, row, 0)) }
+    }
+
+    /// The connected database's size in bytes (for progress and ETA).
+    public func databaseSize() throws -> Int64 {
+        Int64(try column("SELECT pg_database_size(current_database())").first ?? "") ?? 0
+    }
+
+    /// Databases that can be dumped: not templates, connections allowed.
+    public func databases() throws -> [String] {
+        try column("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")
+    }
+
+    static func oneLine(_ message: UnsafePointer<CChar>?) -> String {
+        let text = message.map { String(cString: $0) } ?? "unknown error"
+        let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        // libpq prefixes "connection to server at ... failed:"; the reason follows.
+        return lines.joined(separator: " ")
+    }
+
+    static func hint(for detail: String, database: String) -> String {
+        let d = detail.lowercased()
+        if d.contains("password authentication failed") || d.contains("no password supplied") {
+            return "set PGPASSWORD or add a ~/.pgpass line (host:port:database:user:password, mode 0600) for this user"
+        }
+        if d.contains("database \"\(database.lowercased())\" does not exist") {
+            return "check --database; the server's databases are listed by `psql -l`"
+        }
+        if d.contains("role") && d.contains("does not exist") {
+            return "check --user (default: PGUSER, else your login name)"
+        }
+        if d.contains("connection refused") || d.contains("no such file") || d.contains("timeout") || d.contains("could not translate host name") {
+            return "check --host/--port (or --socket) and that the server is running"
+        }
+        return "check the connection flags and the server's pg_hba.conf"
+    }
+}

@@ -1,0 +1,95 @@
+import ArgumentParser
+import DedupStore
+import Foundation
+
+/// What every command that commits a backup takes: tags, time, digest, output,
+/// locking and threads; and the run itself, with its progress line and summary.
+struct CommitOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("A tag to record (repeatable).", valueName: "key=value"))
+    var tag: [String] = []
+
+    @Option(help: ArgumentHelp("Backup time to record instead of now (ISO 8601, e.g. 2026-11-21T02:00:00Z).", valueName: "time"))
+    var time: String?
+
+    @Flag(name: .customLong("stream-sha256"), help: ArgumentHelp(
+        "Also record the SHA-256 of the whole input (as sha256sum prints it); restore then checks it too. Costs one more hashing pass; every chunk is verified either way."))
+    var streamSHA256 = false
+
+    @Flag(help: "Print the committed manifest as JSON.")
+    var json = false
+
+    @Option(help: ArgumentHelp("Seconds to wait while gc or prune holds the repository.", valueName: "seconds"))
+    var lockWait: Int = 600
+
+    @Option(help: ArgumentHelp("Threads for hashing and compression (default: all cores).", valueName: "n"))
+    var jobs: Int?
+
+    func validate() throws {
+        for t in tag where !t.contains("=") { throw ValidationError("--tag takes key=value, got '\(t)'") }
+        if let time, Timestamps.parse(time) == nil { throw ValidationError("cannot read --time '\(time)'; use ISO 8601 like 2026-11-21T02:00:00Z") }
+        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
+    }
+
+    /// Backs `source` up with these settings added to `options`, showing progress on
+    /// a terminal (with an ETA when `expectedSize` is known), then the summary.
+    @discardableResult
+    func commit(_ source: AnySource, into repo: Repository, options base: BackupOptions, expectedSize: Int64?) throws -> Manifest {
+        var options = base
+        options.lockWait = TimeInterval(lockWait)
+        options.streamSHA256 = streamSHA256
+        for t in tag {
+            let parts = t.split(separator: "=", maxSplits: 1)
+            options.tags[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        if let time, let date = Timestamps.parse(time) { options.time = date }
+
+        let session = try BackupSession(repository: repo)
+        if let jobs { session.jobs = jobs }
+        let started = Date()
+        session.progress = { p in
+            let elapsed = Date().timeIntervalSince(started)
+            var line = "\(Format.bytes(Int64(p.bytesRead))) read, \(p.chunks) chunks (\(p.newChunks) new), \(Format.rate(Int64(p.bytesRead), elapsed))"
+            if let expectedSize, expectedSize > 0, p.bytesRead > 0 {
+                // A dump is about as large as the database; the estimate says so.
+                let done = min(0.99, Double(p.bytesRead) / Double(expectedSize))
+                line += ", ~\(Format.percent(done)) of the database size, ETA \(Format.duration(elapsed / done - elapsed))"
+            }
+            Terminal.progress(line)
+        }
+        let manifest = try session.run(source: source, options: options)
+        Terminal.clearProgress()
+        if json {
+            try Terminal.json(manifest)
+        } else {
+            printSummary(manifest)
+        }
+        return manifest
+    }
+
+    private func printSummary(_ m: Manifest) {
+        let s = m.stats
+        let dedup = m.size > 0 ? 1 - Double(s.newBytes) / Double(m.size) : 1
+        let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
+        Terminal.out("backup \(m.id) committed")
+        if let d = m.dump {
+            Terminal.out("  database  \(m.database ?? "?") on \(d.server), \(d.engine) \(d.serverVersion); \(d.toolVersion), \(d.format) format")
+        }
+        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (m.sha256.map { ", sha256 \($0)" } ?? ""))
+        Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
+        Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
+        Terminal.out("  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")")
+        Terminal.out("  duration  \(Format.duration(s.durationSeconds)), \(Format.rate(m.size, s.durationSeconds))")
+    }
+}
+
+extension StoreOptions {
+    /// The repository, created with defaults when the folder is absent or empty.
+    func openOrCreate() throws -> Repository {
+        if Repository.isRepository(path) { return try open() }
+        guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
+        let repo = try Repository.initialize(at: path, cacheRoot: cacheRoot)
+        repo.onNotice = { Terminal.notice($0) }
+        Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")
+        return repo
+    }
+}

@@ -176,6 +176,9 @@ public final class BackupSession {
                     if !known {
                         pending.insert(id)
                         bloom.insert(id)
+                        // A unit never grows past what readers accept for a group.
+                        if let open = units.last, open.arenaOffset < 0,
+                           open.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
                         if units.last.map({ $0.arenaOffset >= 0 }) ?? true {
                             units.append(CompressionUnit(first: newSlots.count))
                         }

@@ -180,6 +180,8 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                 }
                 carry = nil
                 while end < buffer.count && !atEOF {
+                    // Stopped (the consumer failed): wait for no more than this read.
+                    if condition.withLock({ cancelled }) { return }
                     let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
                     if n == 0 { atEOF = true } else { end += n }
                 }

@@ -206,6 +206,16 @@ public final class GarbageCollector {
                     return nil
                 }
             }
+            /// True when the members' group offsets are their running sum from 0: the
+            /// frame then holds exactly them, in this order, and can be copied as is.
+            func membersInOrder(_ group: ArraySlice<PackEntry>) -> Bool {
+                var next: UInt64 = 0
+                for m in group {
+                    guard UInt64(m.location.groupOffset) == next else { return false }
+                    next += UInt64(m.location.rawLength)
+                }
+                return true
+            }
             var k = 0
             while k < live.count {
                 let e = live[k]
@@ -221,7 +231,7 @@ public final class GarbageCollector {
                     let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
                     try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
                                     encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: stored)
-                } else if batch.count == members[e.location.offset] {
+                } else if batch.count == members[e.location.offset], membersInOrder(batch) {
                     // A wholly live group is copied as stored too, once every member checks out.
                     guard batch.allSatisfy({ readBack($0) != nil }) else { continue }
                     let frame = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])

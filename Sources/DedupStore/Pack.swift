@@ -151,6 +151,9 @@ public final class PackWriter {
     public func addGroup(members: [(id: ChunkID, rawLength: Int)], payload: UnsafeRawBufferPointer) throws {
         guard let first = members.first else { return }
         let total = members.reduce(0) { $0 + $1.rawLength }
+        guard total <= PackFormat.maxGroupLength else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "a group of \(total) bytes exceeds the \(PackFormat.maxGroupLength) readers accept")
+        }
         let offset = size
         var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
         h.append(first.id)

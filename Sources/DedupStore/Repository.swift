@@ -100,13 +100,18 @@ public final class Repository {
         return home + "/.cache/dbbackup"
     }
 
-    /// One folder per repository and path: `<repository id>-<hash of its real
-    /// path>`. A copy of a repository elsewhere (same id, other packs) so gets a
+    /// One folder per repository, path and host: `<repository id>-<hash of the
+    /// host name and the real path>`. A copy of a repository elsewhere (same id, other packs) so gets a
     /// cache of its own and never finds chunks that only the original holds.
     static func cacheDirectory(root: String, repositoryID: String, path: String) -> String {
         let real = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? FileIO.absolute(path)
-        let tag = Array(real.utf8).withUnsafeBytes { SHA256Hasher().digest($0) }.hex.prefix(12)
-        return root + "/" + repositoryID + "-" + tag
+        // The host too: a cache folder shared between machines (home on NFS) still
+        // gives each machine's view of the repository a cache of its own.
+        let tag = Array((LockInfo.currentHost + "\n" + real).utf8).withUnsafeBytes { SHA256Hasher().digest($0) }.hex.prefix(12)
+        // The id comes from the repository's config: only hex digits go into a path.
+        let id = repositoryID.count == 32 && repositoryID.allSatisfy(\.isHexDigit)
+            ? repositoryID : Array(repositoryID.utf8).withUnsafeBytes { SHA256Hasher().digest($0) }.hex.prefix(32).description
+        return root + "/" + id + "-" + tag
     }
 
 
@@ -321,6 +326,10 @@ public final class Repository {
     /// on without one (every chunk they read is still verified).
     public func lock(_ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0) throws -> RepositoryLock {
         if kind == .shared && isReadOnly {
+            // Another host with a writable mount may run gc or prune: respect it.
+            if let holder = try RepositoryLock.list(backend).first(where: { $0.info.kind == .exclusive }) {
+                throw DedupError.locked("repository \(path) is locked: \(holder.info.summary); try again when it has finished")
+            }
             notice("repository \(path) is on a read-only file system: reading it without a lock")
             return RepositoryLock(unheldOn: backend)
         }

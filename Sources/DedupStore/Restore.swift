@@ -15,7 +15,7 @@ final class ChunkFetcher {
     private(set) var stored: UnsafeMutableRawBufferPointer
     private let plain: UnsafeMutableRawBufferPointer
     /// The last group read into `stored` (members of one group come in a row).
-    private var storedGroup: (pack: PackID, offset: UInt64)?
+    private var storedGroup: (pack: PackID, offset: UInt64, storedLength: UInt32)?
 
     init(repository: Repository) throws {
         self.repository = repository
@@ -47,7 +47,8 @@ final class ChunkFetcher {
     /// valid until the next call.
     func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
         try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
-        let sameGroup = loc.isGroupMember && storedGroup.map { $0.pack == loc.pack && $0.offset == loc.offset } == true
+        let sameGroup = loc.isGroupMember
+            && storedGroup.map { $0.pack == loc.pack && $0.offset == loc.offset && $0.storedLength == loc.storedLength } == true
         if !sameGroup {
             storedGroup = nil
             if Int(loc.storedLength) > stored.count {
@@ -55,7 +56,7 @@ final class ChunkFetcher {
                 stored = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
             }
             try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
-            if loc.isGroupMember { storedGroup = (loc.pack, loc.offset) }
+            if loc.isGroupMember { storedGroup = (loc.pack, loc.offset, loc.storedLength) }
         }
         let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])
         return try ChunkDecoder.decode(id, at: loc, stored: storedBytes, into: plain, manifest: manifest,
@@ -292,7 +293,7 @@ public final class Restorer {
         var written: UInt64 = 0
         var nextProgress: UInt64 = 64 << 20
         /// The group whose frame was read last in this batch, and where it is.
-        var lastGroup: (pack: PackID, offset: UInt64, inOffset: Int)?
+        var lastGroup: (pack: PackID, offset: UInt64, storedLength: UInt32, inOffset: Int)?
 
         /// Decodes the batch on all cores, then hashes and writes it in order.
         func flushBatch() throws {
@@ -334,13 +335,16 @@ public final class Restorer {
         }
 
         do {
+            guard list.totalBytes == UInt64(manifest.size) else {
+                throw DedupError.manifestCorrupt(id: manifest.id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(manifest.size)")
+            }
             if tmpPath != nil { try FileIO.preallocate(fd, size: manifest.size, path: outName) }
             try list.forEach { id, length in
                 guard let loc = try fetcher.index.lookup(id) else {
                     throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest.id)
                 }
                 if outUsed + length > outArena.count || inUsed + Int(loc.storedLength) > inArena.count { try flushBatch() }
-                if loc.isGroupMember, let g = lastGroup, g.pack == loc.pack, g.offset == loc.offset {
+                if loc.isGroupMember, let g = lastGroup, g.pack == loc.pack, g.offset == loc.offset, g.storedLength == loc.storedLength {
                     // The next member of the group just read: its frame is here already.
                     try fetcher.checkLocation(id, at: loc, expectedLength: length, manifest: manifest.id)
                     items.append(Item(id: id, loc: loc, inOffset: g.inOffset, outOffset: outUsed))
@@ -349,7 +353,7 @@ public final class Restorer {
                     try fetcher.readStored(id, at: loc, expectedLength: length,
                                            into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
                     items.append(Item(id: id, loc: loc, inOffset: inUsed, outOffset: outUsed))
-                    lastGroup = loc.isGroupMember ? (loc.pack, loc.offset, inUsed) : nil
+                    lastGroup = loc.isGroupMember ? (loc.pack, loc.offset, loc.storedLength, inUsed) : nil
                     inUsed += Int(loc.storedLength)
                 }
                 outUsed += length
@@ -373,6 +377,8 @@ public final class Restorer {
                 try FileIO.fsyncDirectory(dir.isEmpty ? "." : dir)
             }
         } catch {
+            // The writer thread may still be writing the previous batch to fd.
+            writer.close()
             if let tmp = tmpPath {
                 close(fd)
                 unlink(tmp)

@@ -50,6 +50,13 @@ import Testing
         let cli = CLI(repo: mnt + "/repo")
         let data = pseudoRandom(2_000_000, seed: 23)
         let id = try #require(CLI.committedID(try cli.dedup(["backup", "-", "--name", "x"], stdin: data)))
+        // gc from another host (a writable mount) holds the repository: refused.
+        let gc = try Repository(path: mnt + "/repo").lock(.exclusive, command: "gc")
+        #expect(shell("mount -o remount,ro '\(mnt)'") == 0)
+        let locked = try cli.dedup(["restore", id, "-"])
+        #expect(locked.status == 1 && locked.stderr.contains("is locked"), "\(locked.stderr)")
+        #expect(shell("mount -o remount,rw '\(mnt)'") == 0)
+        gc.release()
         #expect(shell("mount -o remount,ro '\(mnt)'") == 0)
         // A cache that has never seen this repository: rebuilt from the packs.
         let fresh = ["--cache-dir", dir + "/other-cache"]

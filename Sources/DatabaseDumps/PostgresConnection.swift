@@ -97,6 +97,38 @@ public final class PostgresConnection {
         Int64(try column("SELECT pg_database_size(current_database())").first ?? "") ?? 0
     }
 
+    /// Runs a statement that returns no rows.
+    public func execute(_ sql: String) throws {
+        guard let result = PQexec(conn, sql) else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
+        }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COMMAND_OK else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
+        }
+    }
+
+    /// `text` as an SQL identifier or literal, quoted by libpq for this server.
+    public func quoted(identifier text: String) throws -> String { try escape(text, PQescapeIdentifier) }
+    public func quoted(literal text: String) throws -> String { try escape(text, PQescapeLiteral) }
+
+    private func escape(_ text: String, _ f: (OpaquePointer?, UnsafePointer<CChar>?, Int) -> UnsafeMutablePointer<CChar>?) throws -> String {
+        let utf8 = Array(text.utf8CString)
+        guard let out = utf8.withUnsafeBufferPointer({ f(conn, $0.baseAddress, utf8.count - 1) }) else {
+            throw DatabaseError.invalidArgument("cannot quote '\(text)': \(Self.oneLine(PQerrorMessage(conn)))")
+        }
+        defer { PQfreemem(out) }
+        return String(cString: out)
+    }
+
+    /// Tables, views, sequences and other relations outside the system schemas.
+    public func userRelationCount() throws -> Int {
+        Int(try column("""
+            SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+            """).first ?? "0") ?? 0
+    }
+
     /// Databases that can be dumped: not templates, connections allowed.
     public func databases() throws -> [String] {
         try column("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")

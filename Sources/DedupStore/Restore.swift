@@ -194,6 +194,8 @@ final class GroupScratch {
 public enum RestoreTarget {
     case file(path: String, overwrite: Bool)
     case standardOutput
+    /// An open descriptor, such as a pipe into pg_restore; `name` is for messages.
+    case descriptor(Int32, name: String)
 }
 
 /// Restores a backup byte for byte, checking every chunk and the whole stream.
@@ -225,6 +227,9 @@ public final class Restorer {
         switch target {
         case .standardOutput:
             fd = STDOUT_FILENO
+        case .descriptor(let given, let name):
+            fd = given
+            finalPath = name
         case .file(let path, let overwrite):
             finalPath = path
             if !overwrite && FileIO.exists(path) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DatabaseDumps
 import DedupStore
 import Foundation
 
@@ -13,6 +14,13 @@ struct DedupRestore: ParsableCommand {
         renamed only when all checks pass, so a failed restore leaves no file that
         looks complete. With -, a failure is
         reported on stderr and the exit status is 1 after partial output.
+
+        With --target-db a dump made by `dedup backup-db` from PostgreSQL goes straight
+        into a database: pg_restore --exit-on-error (custom format) or psql with
+        ON_ERROR_STOP (plain) reads the verified stream. The database must exist
+        (--create makes it) and be empty unless --force (then pg_restore drops what
+        it restores first: --clean --if-exists).
+          dbbackup dedup restore 2026-11-21_020000_shop --target-db shop_copy --create
         """)
 
     @OptionGroup var store: StoreOptions
@@ -20,11 +28,29 @@ struct DedupRestore: ParsableCommand {
     @Argument(help: ArgumentHelp("Backup id, or a unique prefix of one.", valueName: "manifest-id"))
     var id: String
 
-    @Argument(help: ArgumentHelp("Output file, or - for standard output.", valueName: "output"))
-    var output: String
+    @Argument(help: ArgumentHelp("Output file, or - for standard output (or use --target-db).", valueName: "output"))
+    var output: String?
 
-    @Flag(help: "Replace the output file if it exists.")
+    @Flag(help: "Replace the output file if it exists; with --target-db, restore over a database that is not empty.")
     var force = false
+
+    @Option(help: ArgumentHelp("Restore a PostgreSQL dump straight into this database (pg_restore or psql).", valueName: "database"))
+    var targetDb: String?
+
+    @Flag(help: "With --target-db: create the database first if it does not exist.")
+    var create = false
+
+    @Option(help: "With --target-db: database server host (default: PGHOST).")
+    var host: String?
+
+    @Option(help: "With --target-db: database server port (default: PGPORT).")
+    var port: Int?
+
+    @Option(help: "With --target-db: database user (default: PGUSER). Passwords: PGPASSWORD or ~/.pgpass.")
+    var user: String?
+
+    @Option(help: ArgumentHelp("With --target-db: Unix socket folder of the server.", valueName: "path"))
+    var socket: String?
 
     @Option(help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
     var lockWait: Int = 600
@@ -34,6 +60,14 @@ struct DedupRestore: ParsableCommand {
 
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
+        switch (output, targetDb) {
+        case (nil, nil): throw ValidationError("where to? give an output file, - for standard output, or --target-db")
+        case (.some, .some): throw ValidationError("give either an output file or --target-db, not both")
+        default: break
+        }
+        if targetDb == nil && (create || host != nil || port != nil || user != nil || socket != nil) {
+            throw ValidationError("--create and the connection flags go with --target-db")
+        }
     }
 
     func run() throws {
@@ -46,14 +80,61 @@ struct DedupRestore: ParsableCommand {
             restorer.progress = { written in
                 Terminal.progress("\(Format.bytes(Int64(written))) restored, \(Format.rate(Int64(written), Date().timeIntervalSince(started)))")
             }
+            if let targetDb {
+                let m = try restoreIntoServer(repo, restorer, database: targetDb)
+                Terminal.clearProgress()
+                Terminal.out(summary(m, since: started) + " -> database \(targetDb)")
+                return
+            }
+            let output = output ?? "-"
             let target: RestoreTarget = output == "-" ? .standardOutput : .file(path: output, overwrite: force)
             let m = try restorer.restore(id, to: target)
             Terminal.clearProgress()
-            let elapsed = Date().timeIntervalSince(started)
-            let checked = m.sha256 == nil ? "every chunk verified" : "every chunk and the stream's sha256 verified"
-            let line = "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
-            if output == "-" { Terminal.err(line) } else { Terminal.out(line + " -> \(output)") }
+            if output == "-" { Terminal.err(summary(m, since: started)) } else { Terminal.out(summary(m, since: started) + " -> \(output)") }
         }
+    }
+
+    private func summary(_ m: Manifest, since started: Date) -> String {
+        let elapsed = Date().timeIntervalSince(started)
+        let checked = m.sha256 == nil ? "every chunk verified" : "every chunk and the stream's sha256 verified"
+        return "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
+    }
+
+    /// Pipes the verified stream into pg_restore (custom format) or psql (plain).
+    private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
+        let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
+        guard let dump = manifest.dump, dump.engine == "postgres", let format = PostgresDumpFormat(rawValue: dump.format) else {
+            throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db` from PostgreSQL; restore it to a file and load it yourself")
+        }
+        let address = ServerAddress(host: host, port: port, user: user, socket: socket)
+        let plan = try PostgresRestorePlan.prepare(address: address, target: database, format: format, create: create, force: force)
+        // A loader that dies early must make our writes fail (EPIPE), not kill us.
+        signal(SIGPIPE, SIG_IGN)
+        guard let pipe = FileIO.makePipe(), let exe = findExecutable(plan.arguments[0]) else {
+            throw DatabaseError.toolMissing(tool: plan.arguments[0], package: "postgresql-client")
+        }
+        let loader: ChildProcess
+        do {
+            loader = try ChildProcess(executable: exe, arguments: plan.arguments, stdinFD: pipe.read,
+                                      stdoutFD: STDERR_FILENO, closeInChild: [pipe.write])
+        } catch {
+            close(pipe.read); close(pipe.write)
+            throw error
+        }
+        close(pipe.read)
+        let tool = plan.arguments[0]
+        do {
+            _ = try restorer.restore(manifest.id, to: .descriptor(pipe.write, name: tool))
+        } catch {
+            close(pipe.write)
+            _ = loader.wait()
+            throw error
+        }
+        close(pipe.write)
+        if let failure = loader.failure() {
+            throw DatabaseError.invalidArgument("\(tool) \(failure) (its messages are above); database \(database) may be partly restored")
+        }
+        return manifest
     }
 }
 

@@ -62,6 +62,37 @@ struct BackupDBTests {
         #expect(try PG.query(copy, "SELECT count(*) FROM audit") == "1000")
     }
 
+    @Test(arguments: ["custom", "plain"])
+    func restoresStraightIntoANewDatabase(format: String) throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "bdb_into_\(format)_\(getpid())", copy = "bdb_into_copy_\(format)_\(getpid())"
+        defer {
+            _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(db)")
+            _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(copy)")
+        }
+        try makeDatabase(db, rows: 20_000)
+        let cli = CLI(repo: dir + "/repo")
+        let backup = try cli.dedup(["backup-db", db, "--format", format] + connection)
+        let id = try #require(CLI.committedID(backup), "\(backup.stderr)")
+
+        let missing = try cli.dedup(["restore", id, "--target-db", copy] + connection)
+        #expect(missing.status == 1 && missing.stderr.contains("pass --create"), "\(missing.stderr)")
+        let restored = try cli.dedup(["restore", id, "--target-db", copy, "--create"] + connection)
+        #expect(restored.status == 0, "\(restored.stderr)")
+        let checksum = "SELECT md5(string_agg(md5(i::text), ',' ORDER BY id)) FROM items i"
+        #expect(try PG.query(db, checksum) == PG.query(copy, checksum))
+
+        // Not empty now: refused, unless --force.
+        let again = try cli.dedup(["restore", id, "--target-db", copy] + connection)
+        #expect(again.status == 1 && errorLines(again).count == 1 && again.stderr.contains("is not empty"), "\(again.stderr)")
+        if format == "custom" {
+            try PG.psql(copy, "DELETE FROM items WHERE id < 100")
+            let forced = try cli.dedup(["restore", id, "--target-db", copy, "--force"] + connection)
+            #expect(forced.status == 0, "\(forced.stderr)")
+            #expect(try PG.query(db, checksum) == PG.query(copy, checksum))
+        }
+    }
+
     @Test func noPasswordOnAnyCommandLine() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let db = "bdb_pw_\(getpid())"

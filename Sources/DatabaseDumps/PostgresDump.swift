@@ -36,11 +36,28 @@ public struct PostgresDumpPlan: Sendable {
         case .custom: args += ["--format=custom", "--compress=0"]
         case .plain: args += ["--format=plain"]
         }
+        args += connectionArguments(address)
+        args.append(database)
+        return PostgresDumpPlan(arguments: args, toolVersion: try Self.version(of: "pg_dump"), format: format)
+    }
+
+    /// pg_dumpall --globals-only: roles and tablespaces, as SQL.
+    public static func globals(address: ServerAddress) throws -> PostgresDumpPlan {
+        guard findExecutable("pg_dumpall") != nil else {
+            throw DatabaseError.toolMissing(tool: "pg_dumpall", package: "postgresql-client")
+        }
+        var args = ["pg_dumpall", "--globals-only", "--no-password"]
+        args += connectionArguments(address)
+        return PostgresDumpPlan(arguments: args, toolVersion: try Self.version(of: "pg_dumpall"), format: .plain)
+    }
+
+    /// --host, --port and --username as pg_dump, pg_dumpall, pg_restore and psql take them.
+    public static func connectionArguments(_ address: ServerAddress) -> [String] {
+        var args = [String]()
         if let folder = address.postgresSocketFolder { args.append("--host=\(folder)") } else if let host = address.host { args.append("--host=\(host)") }
         if let port = address.port { args.append("--port=\(port)") }
         if let user = address.user { args.append("--username=\(user)") }
-        args.append(database)
-        return PostgresDumpPlan(arguments: args, toolVersion: try Self.version(of: "pg_dump"), format: format)
+        return args
     }
 
     /// The first line `tool --version` prints, e.g. "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".

@@ -37,9 +37,7 @@ public struct PostgresRestorePlan: Sendable {
             args = ["psql", "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--dbname=\(target)"]
         }
         guard findExecutable(tool) != nil else { throw DatabaseError.toolMissing(tool: tool, package: "postgresql-client") }
-        if let folder = address.postgresSocketFolder { args.append("--host=\(folder)") } else if let host = address.host { args.append("--host=\(host)") }
-        if let port = address.port { args.append("--port=\(port)") }
-        if let user = address.user { args.append("--username=\(user)") }
+        args += PostgresDumpPlan.connectionArguments(address)
         return PostgresRestorePlan(arguments: args)
     }
 }

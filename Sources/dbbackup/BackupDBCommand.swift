@@ -11,6 +11,7 @@ struct DedupBackupDB: ParsableCommand {
         Examples:
           dbbackup dedup backup-db --db-type postgres --database shop --host db1 --user backup
           dbbackup dedup backup-db shop --socket /run/postgresql
+          dbbackup dedup backup-db --all --host db1     # every database, plus roles and tablespaces
 
         PostgreSQL: the server is checked through libpq first (a clear error if it
         cannot be reached, refuses the login or lacks the database), then pg_dump
@@ -51,10 +52,17 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "Name of the backup (default: the database).")
     var name: String?
 
+    @Flag(help: "Every database of the server, plus its roles and tablespaces (pg_dumpall --globals-only) as a backup named globals.")
+    var all = false
+
     @OptionGroup var committing: CommitOptions
 
     func validate() throws {
-        guard (positionalDatabase ?? database) != nil else { throw ValidationError("which database? give it as an argument or with --database") }
+        if all {
+            guard positionalDatabase == nil, database == nil, name == nil else { throw ValidationError("--all backs up every database: give no database and no --name") }
+        } else {
+            guard (positionalDatabase ?? database) != nil else { throw ValidationError("which database? give it as an argument or with --database (or --all)") }
+        }
         if positionalDatabase != nil && database != nil && positionalDatabase != database {
             throw ValidationError("two different databases given: \(positionalDatabase ?? "") and \(database ?? "")")
         }
@@ -65,31 +73,75 @@ struct DedupBackupDB: ParsableCommand {
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
             guard dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
-            let db = positionalDatabase ?? database ?? ""
             let address = ServerAddress(host: host, port: port, user: user, socket: socket)
-            let dumpFormat = PostgresDumpFormat(rawValue: format) ?? .custom
-
-            try PostgresDumpPlan.checkDatabaseName(db)
-            // The connection check, version and size through libpq, before anything runs.
-            let connection = try PostgresConnection(address, database: db)
-            let serverVersion = connection.serverVersion
-            let size = try? connection.databaseSize()
-            let plan = try PostgresDumpPlan.make(address: address, database: db, format: dumpFormat)
+            guard all else {
+                let db = positionalDatabase ?? database ?? ""
+                try PostgresDumpPlan.checkDatabaseName(db)
+                // The connection check, version and size through libpq, before anything runs.
+                let connection = try PostgresConnection(address, database: db)
+                try backUp(db, connection: connection, into: try store.openOrCreate(), address: address)
+                return
+            }
+            // The whole cluster: globals, then every database; a failure does not
+            // stop the others, and is counted in the exit status.
+            let server = try PostgresConnection(address, database: "postgres")
+            let databases = try server.databases()
             let repo = try store.openOrCreate()
-
-            let source = try ProcessOutputSource(arguments: plan.arguments)
-            var options = BackupOptions(name: name ?? db, source: plan.arguments.joined(separator: " "))
-            options.kind = "dump"
-            options.database = db
-            options.dbType = "postgres"
-            options.dbHost = address.label
-            // Only the plain format ends with a completion line; pg_dump's exit
-            // status guards both.
-            options.checkDumpComplete = dumpFormat == .plain
-            options.dump = Manifest.DumpInfo(engine: "postgres", serverVersion: serverVersion, server: address.label,
-                                             tool: "pg_dump", toolVersion: plan.toolVersion, format: dumpFormat.rawValue,
-                                             databaseSize: size)
-            try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
+            var failed = [String]()
+            do {
+                try backUpGlobals(into: repo, address: address, serverVersion: server.serverVersion)
+            } catch {
+                Terminal.error("globals: \(describe(error))")
+                failed.append("globals")
+            }
+            for db in databases {
+                do {
+                    try backUp(db, connection: try PostgresConnection(address, database: db), into: repo, address: address)
+                } catch {
+                    Terminal.error("\(db): \(describe(error))")
+                    failed.append(db)
+                }
+            }
+            if !failed.isEmpty {
+                throw DatabaseError.invalidArgument("\(failed.count) of \(databases.count + 1) backups failed (\(failed.joined(separator: ", "))); the others were committed")
+            }
         }
+    }
+
+    private func describe(_ error: Error) -> String {
+        (error as? DedupError)?.message ?? (error as? DatabaseError)?.message ?? "\(error)"
+    }
+
+    /// One database through pg_dump, checked first through `connection`.
+    private func backUp(_ db: String, connection: PostgresConnection, into repo: Repository, address: ServerAddress) throws {
+        let dumpFormat = PostgresDumpFormat(rawValue: format) ?? .custom
+        let size = try? connection.databaseSize()
+        let plan = try PostgresDumpPlan.make(address: address, database: db, format: dumpFormat)
+        let source = try ProcessOutputSource(arguments: plan.arguments)
+        var options = BackupOptions(name: all ? db : (name ?? db), source: plan.arguments.joined(separator: " "))
+        options.kind = "dump"
+        options.database = db
+        options.dbType = "postgres"
+        options.dbHost = address.label
+        // Only the plain format ends with a completion line; pg_dump's exit
+        // status guards both.
+        options.checkDumpComplete = dumpFormat == .plain
+        options.dump = Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion, server: address.label,
+                                         tool: "pg_dump", toolVersion: plan.toolVersion, format: dumpFormat.rawValue,
+                                         databaseSize: size)
+        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
+    }
+
+    /// Roles and tablespaces (pg_dumpall --globals-only), as a backup named "globals".
+    private func backUpGlobals(into repo: Repository, address: ServerAddress, serverVersion: String) throws {
+        let plan = try PostgresDumpPlan.globals(address: address)
+        let source = try ProcessOutputSource(arguments: plan.arguments)
+        var options = BackupOptions(name: "globals", source: plan.arguments.joined(separator: " "))
+        options.kind = "dump"
+        options.dbType = "postgres"
+        options.dbHost = address.label
+        options.dump = Manifest.DumpInfo(engine: "postgres", serverVersion: serverVersion, server: address.label,
+                                         tool: "pg_dumpall", toolVersion: plan.toolVersion, format: "plain", databaseSize: nil)
+        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
     }
 }

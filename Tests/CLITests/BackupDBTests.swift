@@ -2,9 +2,15 @@ import DedupStore
 import Foundation
 import Testing
 
+/// Every test that uses the PostgreSQL server tools/test starts, one at a time: a
+/// test of `--all` dumps every database on it, which must not race with other
+/// tests creating and dropping theirs.
+@Suite(.serialized, .enabled(if: PG.available, "tools/test starts PostgreSQL and sets DBBACKUP_TEST_PGHOST"))
+enum PostgresServerTests {}
+
+extension PostgresServerTests {
 /// `dedup backup-db` against the PostgreSQL server tools/test starts.
-@Suite(.enabled(if: PG.available, "tools/test starts PostgreSQL and sets DBBACKUP_TEST_PGHOST"))
-struct BackupDBTests {
+@Suite struct BackupDBTests {
     let connection = ["--host", PG.host, "--port", PG.port, "--user", PG.user]
 
     func makeDatabase(_ db: String, rows: Int) throws {
@@ -152,7 +158,33 @@ struct BackupDBTests {
         #expect(r.stderr.contains("pg_dump") && r.stderr.contains("no backup was committed"), "\(r.stderr)")
         #expect(manifestCount(dir + "/repo") == 0)
     }
+
+    @Test func wholeClusterGoesOnPastAFailureAndSaysWhich() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let dbs = (1...2).map { "bdb_all\($0)_\(getpid())" }
+        defer { for db in dbs { _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(db)") } }
+        for db in dbs { try makeDatabase(db, rows: 2_000) }
+        let cli = CLI(repo: dir + "/repo")
+        let ok = try cli.dedup(["backup-db", "--all"] + connection)
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let names = try Repository(path: dir + "/repo").manifests().map(\.name)
+        #expect(names.contains("globals") && dbs.allSatisfy(names.contains), "\(names)")
+
+        // No pg_dumpall on PATH: the globals fail, every database is still backed up.
+        let bin = dir + "/bin"
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        let pgDump = try #require(findExecutable("pg_dump"))
+        try FileManager.default.createSymbolicLink(atPath: bin + "/pg_dump", withDestinationPath: pgDump)
+        let partial = try cli.dedup(["backup-db", "--all", "--time", "2026-11-23T02:00:00Z"] + connection, env: ["PATH": bin])
+        #expect(partial.status == 1)
+        #expect(partial.stderr.contains("globals: pg_dumpall was not found"), "\(partial.stderr)")
+        #expect(partial.stderr.contains("backups failed (globals)"), "\(partial.stderr)")
+        let later = try Repository(path: dir + "/repo").manifests().filter { $0.id.hasPrefix("2026-11-23") }.map(\.name)
+        #expect(dbs.allSatisfy(later.contains) && !later.contains("globals"), "\(later)")
+    }
 }
+}
+
 
 /// Samples /proc/<pid>/cmdline of every process whose command line mentions a word.
 final class CommandLineWatcher: @unchecked Sendable {

@@ -4,8 +4,8 @@ import Testing
 
 /// The real thing: pg_dump from the PostgreSQL server that tools/test starts,
 /// streamed into the store, restored, and loaded back into a new database.
-@Suite(.enabled(if: PG.available, "tools/test starts PostgreSQL and sets DBBACKUP_TEST_PGHOST"))
-struct PostgresDumpTests {
+extension PostgresServerTests {
+@Suite struct PostgresDumpTests {
     @Test func pgDumpStreamsInDeduplicatesAndRestoresIntoANewDatabase() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let db = "dedup_src_\(getpid())", copy = "dedup_copy_\(getpid())"
@@ -62,6 +62,8 @@ struct PostgresDumpTests {
         #expect(try PG.query(copy, "SELECT count(*) FROM items") == "60001")
         #expect(try PG.query(copy, "SELECT count(*) FROM audit") == "1000")
     }
+}
+
 }
 
 enum PG {

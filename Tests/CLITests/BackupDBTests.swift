@@ -127,15 +127,27 @@ extension PostgresServerTests {
         #expect(unreachable.status == 1 && errorLines(unreachable).count == 1)
         #expect(unreachable.stderr.contains("cannot connect to 127.0.0.1:1") && unreachable.stderr.contains("server is running"), "\(unreachable.stderr)")
 
-        let role = try cli.dedup(["backup-db", "postgres", "--host", PG.host, "--port", PG.port, "--user", "no_such_role"])
-        #expect(role.status == 1 && role.stderr.contains("check --user"), "\(role.stderr)")
+        let noRole = try cli.dedup(["backup-db", "postgres", "--host", PG.host, "--port", PG.port, "--user", "no_such_role"])
+        #expect(noRole.status == 1 && noRole.stderr.contains("check --user"), "\(noRole.stderr)")
+
+        // A role that must log in with a password (pg_hba: scram for pwtest).
+        let role = "pwtest"
+        try PG.psql("postgres", "DROP ROLE IF EXISTS \(role); CREATE ROLE \(role) LOGIN PASSWORD 'right-one'")
+        defer { _ = try? PG.psql("postgres", "DROP ROLE IF EXISTS \(role)") }
+        let pw = ["--host", PG.host, "--port", PG.port, "--user", role]
+        let wrong = try cli.dedup(["backup-db", "postgres"] + pw, env: ["PGPASSWORD": "wrong-one"])
+        #expect(wrong.status == 1 && errorLines(wrong).count == 1, "\(wrong.stderr)")
+        #expect(wrong.stderr.contains("password authentication failed") && wrong.stderr.contains("set PGPASSWORD"), "\(wrong.stderr)")
+        #expect(!wrong.stderr.contains("wrong-one"))
+        let right = try cli.dedup(["backup-db", "postgres"] + pw, env: ["PGPASSWORD": "right-one"])
+        #expect(right.status == 0, "\(right.stderr)")
 
         let noTool = try cli.dedup(["backup-db", "postgres"] + connection, env: ["PATH": "/nonexistent"])
         #expect(noTool.status == 1 && errorLines(noTool) == ["dbbackup: error: pg_dump was not found in PATH; install it (Debian: apt-get install postgresql-client) or put it on PATH"], "\(noTool.stderr)")
 
         let connString = try cli.dedup(["backup-db", "dbname=postgres password=x"] + connection)
         #expect(connString.status == 1 && connString.stderr.contains("not a connection string"), "\(connString.stderr)")
-        #expect(manifestCount(dir + "/repo") == 0)
+        #expect(manifestCount(dir + "/repo") == 1, "only the backup with the right password")
     }
 
     @Test func dumpThatFailsHalfWayCommitsNothing() throws {

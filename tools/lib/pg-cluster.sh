@@ -8,7 +8,8 @@
 # DIR is a throwaway folder for this cluster alone (make it with mktemp -d); the
 # caller removes it after pg_cluster_stop. The server listens on 127.0.0.1:PORT and
 # on a unix socket in DIR; authentication is "trust" for local and 127.0.0.1
-# connections; the superuser is "postgres". fsync is off: the data is disposable.
+# connections, but scram-sha-256 over TCP for the role pwtest; the superuser
+# is "postgres". fsync is off: the data is disposable.
 #
 # PostgreSQL refuses to run as root, so the server runs as the OS user postgres
 # (runuser); clients (psql, pg_dump, pgbench, tests) may run as root.
@@ -159,7 +160,9 @@ full_page_writes = off
 max_wal_size = 1GB
 EOF
   cat >"$data/pg_hba.conf" <<EOF
-# throwaway cluster: trust local and 127.0.0.1 connections only
+# throwaway cluster: trust local and 127.0.0.1 connections only, except roles
+# the role pwtest (password checks in the tests)
+host    all             pwtest          127.0.0.1/32    scram-sha-256
 local   all             all                     trust
 host    all             all     127.0.0.1/32    trust
 local   replication     all                     trust

@@ -99,6 +99,19 @@ extension PostgresServerTests {
         }
     }
 
+    @Test func overTheUnixSocket() throws {
+        let socket = try #require(ProcessInfo.processInfo.environment["DBBACKUP_TEST_PGSOCKET"])
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        // The folder, or the socket file itself.
+        for given in [socket, socket + "/.s.PGSQL.\(PG.port)"] {
+            let r = try cli.dedup(["backup-db", "postgres", "--socket", given, "--port", PG.port, "--user", PG.user, "--json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let m = try JSONSerialization.jsonObject(with: Data(r.stdout)) as? [String: Any]
+            #expect((m?["dump"] as? [String: Any])?["server"] as? String == "socket \(given)")
+        }
+    }
+
     @Test func noPasswordOnAnyCommandLine() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let db = "bdb_pw_\(getpid())"

@@ -18,6 +18,7 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CMariaDB", pkgConfig: "libmariadb", providers: [.apt(["libmariadb-dev"])]),
 
         // The content-addressed chunk store. Knows nothing about databases.
         .target(
@@ -27,7 +28,7 @@ let package = Package(
         // Talking to database servers (libpq) and running their dump tools.
         .target(
             name: "DatabaseDumps",
-            dependencies: ["DedupStore", "CLibPQ"]
+            dependencies: ["DedupStore", "CLibPQ", "CMariaDB"]
         ),
         // The command-line interface: parsing, progress, output.
         .executableTarget(

@@ -38,11 +38,18 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var format: String
         /// Size of the database as the server reported it before the dump.
         public var databaseSize: Int64?
+        /// MySQL/MariaDB: the binary log position (and GTID) of the dump's snapshot,
+        /// where a point-in-time recovery replays from.
+        public var binlogFile: String?
+        public var binlogPosition: UInt64?
+        public var gtid: String?
 
         public init(engine: String, serverVersion: String, server: String, tool: String, toolVersion: String,
-                    format: String, databaseSize: Int64?) {
+                    format: String, databaseSize: Int64?, binlogFile: String? = nil, binlogPosition: UInt64? = nil,
+                    gtid: String? = nil) {
             self.engine = engine; self.serverVersion = serverVersion; self.server = server
             self.tool = tool; self.toolVersion = toolVersion; self.format = format; self.databaseSize = databaseSize
+            self.binlogFile = binlogFile; self.binlogPosition = binlogPosition; self.gtid = gtid
         }
     }
 

@@ -20,7 +20,12 @@ struct DedupBackupDB: ParsableCommand {
         Nothing is committed unless pg_dump exits 0; its own messages pass through.
         Passwords never go on a command line: set PGPASSWORD or use ~/.pgpass; PGHOST,
         PGPORT and PGUSER are the defaults of --host, --port and --user.
-        MySQL and MariaDB are not supported by this version yet.
+        MySQL/MariaDB (-d mariadb or mysql): the server is checked through
+        libmariadb, then mariadb-dump (or mysqldump) runs with --single-transaction
+        --routines --triggers --events --hex-blob, and, when the server writes a
+        binary log, --master-data=2 --gtid: the log position and GTID of the
+        snapshot go into the manifest. Passwords: MYSQL_PWD or the [client] group
+        of ~/.my.cnf.
         """)
 
     @OptionGroup var store: StoreOptions
@@ -72,8 +77,13 @@ struct DedupBackupDB: ParsableCommand {
 
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
-            guard dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
             let address = ServerAddress(host: host, port: port, user: user, socket: socket)
+            if dbType == "mysql" || dbType == "mariadb" {
+                guard !all else { throw DatabaseError.invalidArgument("--all is for PostgreSQL in this version; back up MySQL/MariaDB databases one by one") }
+                try backUpMariaDB(positionalDatabase ?? database ?? "", address: address)
+                return
+            }
+            guard dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
             guard all else {
                 let db = positionalDatabase ?? database ?? ""
                 try PostgresDumpPlan.checkDatabaseName(db)
@@ -129,6 +139,41 @@ struct DedupBackupDB: ParsableCommand {
         options.dump = Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion, server: address.label,
                                          tool: "pg_dump", toolVersion: plan.toolVersion, format: dumpFormat.rawValue,
                                          databaseSize: size)
+        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
+    }
+
+    /// One MySQL/MariaDB database through mariadb-dump (or mysqldump), with the
+    /// binary log position of its snapshot recorded.
+    private func backUpMariaDB(_ db: String, address: ServerAddress) throws {
+        let connection = try MariaDBConnection(address, database: db)
+        let size = try? connection.databaseSize(db)
+        let binaryLog = (try? connection.binaryLogOn()) ?? false
+        let plan = try MariaDBDumpPlan.make(address: address, database: db, binaryLog: binaryLog)
+        let repo = try store.openOrCreate()
+        let dump = try ProcessOutputSource(arguments: plan.arguments)
+        // The header (the first 64 KiB) carries the snapshot's binary log position.
+        var header = [UInt8](repeating: 0, count: 64 << 10)
+        var got = 0
+        while got < header.count {
+            let n = try header.withUnsafeMutableBytes { try dump.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
+            if n == 0 { break }
+            got += n
+        }
+        header.removeSubrange(got...)
+        let position = BinlogPosition(dumpHeader: header)
+        if binaryLog && position == nil {
+            Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
+        }
+        var options = BackupOptions(name: name ?? db, source: plan.arguments.joined(separator: " "))
+        options.kind = "dump"
+        options.database = db
+        options.dbType = connection.engine
+        options.dbHost = address.mariaLabel
+        options.dump = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion, server: address.mariaLabel,
+                                         tool: plan.tool, toolVersion: plan.toolVersion, format: "sql", databaseSize: size,
+                                         binlogFile: position?.file, binlogPosition: position?.position,
+                                         gtid: position.flatMap { connection.gtid(at: $0) })
+        let source = PrefixedSource(prefix: header, rest: AnySource(dump))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
     }
 

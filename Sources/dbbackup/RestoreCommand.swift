@@ -34,7 +34,7 @@ struct DedupRestore: ParsableCommand {
     @Flag(help: "Replace the output file if it exists; with --target-db, restore over a database that is not empty.")
     var force = false
 
-    @Option(help: ArgumentHelp("Restore a PostgreSQL dump straight into this database (pg_restore or psql).", valueName: "database"))
+    @Option(help: ArgumentHelp("Restore a backup-db dump straight into this database (pg_restore, psql or mariadb).", valueName: "database"))
     var targetDb: String?
 
     @Flag(help: "With --target-db: create the database first if it does not exist.")
@@ -46,10 +46,10 @@ struct DedupRestore: ParsableCommand {
     @Option(help: "With --target-db: database server port (default: PGPORT).")
     var port: Int?
 
-    @Option(help: "With --target-db: database user (default: PGUSER). Passwords: PGPASSWORD or ~/.pgpass.")
+    @Option(help: "With --target-db: database user. Passwords: PGPASSWORD or ~/.pgpass; MYSQL_PWD or ~/.my.cnf.")
     var user: String?
 
-    @Option(help: ArgumentHelp("With --target-db: Unix socket folder of the server.", valueName: "path"))
+    @Option(help: ArgumentHelp("With --target-db: the server's Unix socket (PostgreSQL: its folder).", valueName: "path"))
     var socket: String?
 
     @Option(help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
@@ -100,29 +100,36 @@ struct DedupRestore: ParsableCommand {
         return "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
     }
 
-    /// Pipes the verified stream into pg_restore (custom format) or psql (plain).
+    /// Pipes the verified stream into pg_restore (custom format), psql (plain) or
+    /// the mariadb client.
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
-        guard let dump = manifest.dump, dump.engine == "postgres", let format = PostgresDumpFormat(rawValue: dump.format) else {
-            throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db` from PostgreSQL; restore it to a file and load it yourself")
-        }
         let address = ServerAddress(host: host, port: port, user: user, socket: socket)
-        let plan = try PostgresRestorePlan.prepare(address: address, target: database, format: format, create: create, force: force)
+        let arguments: [String]
+        switch manifest.dump?.engine {
+        case "postgres":
+            guard let format = manifest.dump.flatMap({ PostgresDumpFormat(rawValue: $0.format) }) else { fallthrough }
+            arguments = try PostgresRestorePlan.prepare(address: address, target: database, format: format, create: create, force: force).arguments
+        case "mariadb", "mysql":
+            arguments = try MariaDBRestorePlan.prepare(address: address, target: database, create: create, force: force).arguments
+        default:
+            throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")
+        }
         // A loader that dies early must make our writes fail (EPIPE), not kill us.
         signal(SIGPIPE, SIG_IGN)
-        guard let pipe = FileIO.makePipe(), let exe = findExecutable(plan.arguments[0]) else {
-            throw DatabaseError.toolMissing(tool: plan.arguments[0], package: "postgresql-client")
+        guard let pipe = FileIO.makePipe(), let exe = findExecutable(arguments[0]) else {
+            throw DatabaseError.toolMissing(tool: arguments[0], package: "the database's client tools")
         }
         let loader: ChildProcess
         do {
-            loader = try ChildProcess(executable: exe, arguments: plan.arguments, stdinFD: pipe.read,
+            loader = try ChildProcess(executable: exe, arguments: arguments, stdinFD: pipe.read,
                                       stdoutFD: STDERR_FILENO, closeInChild: [pipe.write])
         } catch {
             close(pipe.read); close(pipe.write)
             throw error
         }
         close(pipe.read)
-        let tool = plan.arguments[0]
+        let tool = arguments[0]
         do {
             _ = try restorer.restore(manifest.id, to: .descriptor(pipe.write, name: tool))
         } catch {

@@ -1,3 +1,4 @@
+import DedupStore
 import Foundation
 
 /// Output helpers: results on stdout, messages and progress on stderr, progress
@@ -5,12 +6,15 @@ import Foundation
 enum Terminal {
     static let stderrIsTerminal = isatty(STDERR_FILENO) == 1
 
-    static func out(_ line: String) {
-        FileHandle.standardOutput.write(Data((line + "\n").utf8))
-    }
+    static func out(_ line: String) { write(STDOUT_FILENO, line + "\n") }
 
-    static func err(_ line: String) {
-        FileHandle.standardError.write(Data((line + "\n").utf8))
+    static func err(_ line: String) { write(STDERR_FILENO, line + "\n") }
+
+    /// write(2), not FileHandle (which traps when the reader is gone, as with
+    /// `dbbackup ... | head`): a closed stdout or stderr loses the text, nothing else.
+    private static func write(_ fd: Int32, _ text: String) {
+        let bytes = Array(text.utf8)
+        bytes.withUnsafeBytes { try? FileIO.writeAll(fd, $0, path: fd == STDOUT_FILENO ? "standard output" : "standard error") }
     }
 
     static func error(_ message: String) {
@@ -25,12 +29,12 @@ enum Terminal {
 
     static func progress(_ line: String) {
         guard stderrIsTerminal else { return }
-        FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+        write(STDERR_FILENO, "\r\u{1B}[K" + line)
     }
 
     static func clearProgress() {
         guard stderrIsTerminal else { return }
-        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+        write(STDERR_FILENO, "\r\u{1B}[K")
     }
 
     static func json<T: Encodable>(_ value: T) throws {

@@ -20,7 +20,7 @@
 # The Debian packages the build, the tests and the demo need.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 DBBACKUP_APT_PACKAGES=(
-  liblmdb-dev libzstd-dev libssl-dev libsqlite3-dev libpq-dev pkg-config
+  liblmdb-dev libzstd-dev libssl-dev libsqlite3-dev libpq-dev libmariadb-dev pkg-config
   postgresql-15 postgresql-client-15 zstd gzip time
 )
 

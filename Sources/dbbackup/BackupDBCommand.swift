@@ -127,7 +127,15 @@ struct DedupBackupDB: ParsableCommand {
         let dumpFormat = PostgresDumpFormat(rawValue: format) ?? .custom
         let size = try? connection.databaseSize()
         let plan = try PostgresDumpPlan.make(address: address, database: db, format: dumpFormat)
-        let source = try ProcessOutputSource(arguments: plan.arguments)
+        let dump = try ProcessOutputSource(arguments: plan.arguments)
+        // A custom-format archive starts with "PGDMP": anything else (nothing at
+        // all, a wrapper's message) is not a dump, whatever the exit status.
+        let head = try readHead(dump, upTo: 5)
+        if dumpFormat == .custom && head != Array("PGDMP".utf8) {
+            _ = try? readHead(dump, upTo: 1 << 20)  // let pg_dump finish and say why
+            throw DatabaseError.invalidArgument("pg_dump's output does not start like a custom-format archive (\(head.count) bytes: \(String(decoding: head, as: UTF8.self).debugDescription)); no backup was committed")
+        }
+        let source = PrefixedSource(prefix: head, rest: AnySource(dump))
         var options = BackupOptions(name: all ? db : (name ?? db), source: plan.arguments.joined(separator: " "))
         options.kind = "dump"
         options.database = db
@@ -152,14 +160,7 @@ struct DedupBackupDB: ParsableCommand {
         let repo = try store.openOrCreate()
         let dump = try ProcessOutputSource(arguments: plan.arguments)
         // The header (the first 64 KiB) carries the snapshot's binary log position.
-        var header = [UInt8](repeating: 0, count: 64 << 10)
-        var got = 0
-        while got < header.count {
-            let n = try header.withUnsafeMutableBytes { try dump.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
-            if n == 0 { break }
-            got += n
-        }
-        header.removeSubrange(got...)
+        let header = try readHead(dump, upTo: 64 << 10)
         let position = BinlogPosition(dumpHeader: header)
         if binaryLog && position == nil {
             Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
@@ -175,6 +176,18 @@ struct DedupBackupDB: ParsableCommand {
                                          gtid: position.flatMap { connection.gtid(at: $0) })
         let source = PrefixedSource(prefix: header, rest: AnySource(dump))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
+    }
+
+    /// The first bytes of a dump (fewer at its end), read before the backup starts.
+    private func readHead(_ source: ProcessOutputSource, upTo count: Int) throws -> [UInt8] {
+        var head = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = try head.withUnsafeMutableBytes { try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
+            if n == 0 { break }
+            got += n
+        }
+        return Array(head[0..<got])
     }
 
     /// Roles and tablespaces (pg_dumpall --globals-only), as a backup named "globals".

@@ -20,7 +20,7 @@ extension PostgresServerTests {
             CREATE TABLE items (id int PRIMARY KEY, label text, blob bytea, note text);
             INSERT INTO items SELECT g, 'item ' || g || ' ünïcödé ✓', decode(md5(g::text) || md5((g*7)::text), 'hex'),
                 CASE WHEN g % 10 = 0 THEN NULL ELSE repeat(md5(g::text), 3) END FROM generate_series(1, \(rows)) g;
-            INSERT INTO items VALUES (0, 'big row', decode(repeat(md5('x'), 100000), 'hex'), NULL);
+            INSERT INTO items VALUES (0, 'big row', decode(repeat(md5('x'), 250000), 'hex'), NULL);
             """)
     }
 
@@ -66,6 +66,7 @@ extension PostgresServerTests {
         let checksum = "SELECT md5(string_agg(md5(i::text), ',' ORDER BY id)) FROM items i"
         #expect(try PG.query(db, checksum) == PG.query(copy, checksum))
         #expect(try PG.query(copy, "SELECT count(*) FROM audit") == "1000")
+        #expect(try PG.query(copy, "SELECT length(blob) FROM items WHERE id = 0") == "4000000")
     }
 
     @Test(arguments: ["custom", "plain"])
@@ -157,6 +158,15 @@ extension PostgresServerTests {
 
         let noTool = try cli.dedup(["backup-db", "postgres"] + connection, env: ["PATH": "/nonexistent"])
         #expect(noTool.status == 1 && errorLines(noTool) == ["dbbackup: error: pg_dump was not found in PATH; install it (Debian: apt-get install postgresql-client) or put it on PATH"], "\(noTool.stderr)")
+
+        // A "pg_dump" that exits 0 with something that is not an archive.
+        let fake = dir + "/fake-bin"
+        try FileManager.default.createDirectory(atPath: fake, withIntermediateDirectories: true)
+        try Data("#!/bin/sh\necho 'pg_dump (PostgreSQL) 15.0'\nexit 0\n".utf8).write(to: URL(fileURLWithPath: fake + "/pg_dump"))
+        chmod(fake + "/pg_dump", 0o755)
+        let notADump = try cli.dedup(["backup-db", "postgres"] + connection,
+                                     env: ["PATH": fake + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "")])
+        #expect(notADump.status == 1 && notADump.stderr.contains("does not start like a custom-format archive"), "\(notADump.stderr)")
 
         let connString = try cli.dedup(["backup-db", "dbname=postgres password=x"] + connection)
         #expect(connString.status == 1 && connString.stderr.contains("not a connection string"), "\(connString.stderr)")

@@ -14,7 +14,7 @@ struct MariaDBTests {
             CREATE TABLE items (id INT PRIMARY KEY, label VARCHAR(200), blob_col LONGBLOB, note TEXT) CHARACTER SET utf8mb4;
             INSERT INTO items SELECT seq, CONCAT('item ', seq, ' ünïcödé ✓'), UNHEX(CONCAT(MD5(seq), MD5(seq * 7))),
                 IF(seq % 10 = 0, NULL, REPEAT(MD5(seq), 3)) FROM seq_1_to_\(rows);
-            INSERT INTO items VALUES (0, 'big row', UNHEX(REPEAT(MD5('x'), 100000)), NULL);
+            INSERT INTO items VALUES (0, 'big row', UNHEX(REPEAT(MD5('x'), 250000)), NULL);
             CREATE TRIGGER items_touch BEFORE UPDATE ON items FOR EACH ROW SET NEW.label = NEW.label;
             CREATE PROCEDURE item_count() SELECT COUNT(*) FROM items;
             """)
@@ -55,6 +55,7 @@ struct MariaDBTests {
                     Maria.query("CHECKSUM TABLE \(copy).\(table)").split(separator: "\t").last, "\(table)")
         }
         #expect(try Maria.query("SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = '\(copy)'") == "1")
+        #expect(try Maria.query("SELECT LENGTH(blob_col) FROM \(copy).items WHERE id = 0") == "4000000")
         let again = try cli.dedup(["restore", "2026-11-21", "--target-db", copy, "--socket", Maria.socket, "--user", "root"])
         #expect(again.status == 1 && again.stderr.contains("is not empty"), "\(again.stderr)")
     }

@@ -80,6 +80,14 @@ public final class MariaDBConnection {
         Int64(try column("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables WHERE table_schema = \(quoted(literal: database))").first ?? "") ?? 0
     }
 
+    /// The user databases (not information_schema, performance_schema, mysql, sys).
+    public func databases() throws -> [String] {
+        try column("""
+            SELECT schema_name FROM information_schema.schemata
+            WHERE schema_name NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') ORDER BY schema_name
+            """)
+    }
+
     /// Whether the server writes a binary log (then a dump records its position).
     public func binaryLogOn() throws -> Bool { try column("SELECT @@log_bin").first == "1" }
 

@@ -28,6 +28,13 @@ public struct MariaDBDumpPlan: Sendable {
         return MariaDBDumpPlan(arguments: args, tool: tool, toolVersion: try PostgresDumpPlan.version(of: tool))
     }
 
+    /// MariaDB's users, roles and grants as CREATE USER and GRANT statements.
+    public static func users(address: ServerAddress) throws -> MariaDBDumpPlan {
+        guard findExecutable("mariadb-dump") != nil else { throw DatabaseError.toolMissing(tool: "mariadb-dump", package: "mariadb-client") }
+        let args = ["mariadb-dump", "--system=users", "--insert-ignore"] + connectionArguments(address)
+        return MariaDBDumpPlan(arguments: args, tool: "mariadb-dump", toolVersion: try PostgresDumpPlan.version(of: "mariadb-dump"))
+    }
+
     /// --host, --port, --user and --socket as the MariaDB client tools take them.
     public static func connectionArguments(_ address: ServerAddress) -> [String] {
         var args = [String]()

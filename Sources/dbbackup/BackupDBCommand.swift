@@ -57,7 +57,7 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "Name of the backup (default: the database).")
     var name: String?
 
-    @Flag(help: "Every database of the server, plus its roles and tablespaces (pg_dumpall --globals-only) as a backup named globals.")
+    @Flag(help: "Every database of the server, plus a backup named globals: roles and tablespaces (pg_dumpall --globals-only), or MariaDB's users and grants (mariadb-dump --system=users).")
     var all = false
 
     @OptionGroup var committing: CommitOptions
@@ -78,38 +78,45 @@ struct DedupBackupDB: ParsableCommand {
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
             let address = ServerAddress(host: host, port: port, user: user, socket: socket)
-            if dbType == "mysql" || dbType == "mariadb" {
-                guard !all else { throw DatabaseError.invalidArgument("--all is for PostgreSQL in this version; back up MySQL/MariaDB databases one by one") }
-                try backUpMariaDB(positionalDatabase ?? database ?? "", address: address)
-                return
-            }
-            guard dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
+            let maria = dbType == "mysql" || dbType == "mariadb"
+            guard maria || dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
             guard all else {
                 let db = positionalDatabase ?? database ?? ""
-                try PostgresDumpPlan.checkDatabaseName(db)
-                // The connection check, version and size through libpq, before anything runs.
-                let connection = try PostgresConnection(address, database: db)
-                try backUp(db, connection: connection, into: try store.openOrCreate(), address: address)
+                if maria {
+                    try backUpMariaDB(db, connection: try MariaDBConnection(address, database: db), into: try store.openOrCreate(), address: address)
+                } else {
+                    try PostgresDumpPlan.checkDatabaseName(db)
+                    // The connection check, version and size through libpq, before anything runs.
+                    let connection = try PostgresConnection(address, database: db)
+                    try backUp(db, connection: connection, into: try store.openOrCreate(), address: address)
+                }
                 return
             }
-            // The whole cluster: globals, then every database; a failure does not
-            // stop the others, and is counted in the exit status.
-            let server = try PostgresConnection(address, database: "postgres")
-            let databases = try server.databases()
+            // The whole server: globals (roles, or users and grants), then every
+            // database; a failure does not stop the others, and is counted in the
+            // exit status.
+            let databases: [String]
+            let globals: (Repository) throws -> Void
+            let one: (String, Repository) throws -> Void
+            if maria {
+                let server = try MariaDBConnection(address, database: nil)
+                databases = try server.databases()
+                globals = { try backUpMariaDBUsers(into: $0, connection: server, address: address) }
+                one = { db, repo in try backUpMariaDB(db, connection: try MariaDBConnection(address, database: db), into: repo, address: address) }
+            } else {
+                let server = try PostgresConnection(address, database: "postgres")
+                databases = try server.databases()
+                globals = { try backUpGlobals(into: $0, address: address, serverVersion: server.serverVersion) }
+                one = { db, repo in try backUp(db, connection: try PostgresConnection(address, database: db), into: repo, address: address) }
+            }
             let repo = try store.openOrCreate()
             var failed = [String]()
-            do {
-                try backUpGlobals(into: repo, address: address, serverVersion: server.serverVersion)
-            } catch {
-                Terminal.error("globals: \(describe(error))")
-                failed.append("globals")
-            }
-            for db in databases {
+            for target in ["globals"] + databases {
                 do {
-                    try backUp(db, connection: try PostgresConnection(address, database: db), into: repo, address: address)
+                    if target == "globals" { try globals(repo) } else { try one(target, repo) }
                 } catch {
-                    Terminal.error("\(db): \(describe(error))")
-                    failed.append(db)
+                    Terminal.error("\(target): \(describe(error))")
+                    failed.append(target)
                 }
             }
             if !failed.isEmpty {
@@ -152,12 +159,10 @@ struct DedupBackupDB: ParsableCommand {
 
     /// One MySQL/MariaDB database through mariadb-dump (or mysqldump), with the
     /// binary log position of its snapshot recorded.
-    private func backUpMariaDB(_ db: String, address: ServerAddress) throws {
-        let connection = try MariaDBConnection(address, database: db)
+    private func backUpMariaDB(_ db: String, connection: MariaDBConnection, into repo: Repository, address: ServerAddress) throws {
         let size = try? connection.databaseSize(db)
         let binaryLog = (try? connection.binaryLogOn()) ?? false
         let plan = try MariaDBDumpPlan.make(address: address, database: db, binaryLog: binaryLog)
-        let repo = try store.openOrCreate()
         let dump = try ProcessOutputSource(arguments: plan.arguments)
         // The header (the first 64 KiB) carries the snapshot's binary log position.
         let header = try readHead(dump, upTo: 64 << 10)
@@ -165,7 +170,7 @@ struct DedupBackupDB: ParsableCommand {
         if binaryLog && position == nil {
             Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
         }
-        var options = BackupOptions(name: name ?? db, source: plan.arguments.joined(separator: " "))
+        var options = BackupOptions(name: all ? db : (name ?? db), source: plan.arguments.joined(separator: " "))
         options.kind = "dump"
         options.database = db
         options.dbType = connection.engine
@@ -176,6 +181,24 @@ struct DedupBackupDB: ParsableCommand {
                                          gtid: position.flatMap { connection.gtid(at: $0) })
         let source = PrefixedSource(prefix: header, rest: AnySource(dump))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
+    }
+
+    /// MariaDB's users, roles and grants (mariadb-dump --system=users), as a backup
+    /// named "globals". MySQL's mysqldump has no such option: skipped with a notice.
+    private func backUpMariaDBUsers(into repo: Repository, connection: MariaDBConnection, address: ServerAddress) throws {
+        guard connection.engine == "mariadb" else {
+            Terminal.notice("MySQL: users and grants are not dumped by mysqldump; back up the mysql database for them")
+            return
+        }
+        let plan = try MariaDBDumpPlan.users(address: address)
+        let source = try ProcessOutputSource(arguments: plan.arguments)
+        var options = BackupOptions(name: "globals", source: plan.arguments.joined(separator: " "))
+        options.kind = "dump"
+        options.dbType = connection.engine
+        options.dbHost = address.mariaLabel
+        options.dump = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion, server: address.mariaLabel,
+                                         tool: plan.tool, toolVersion: plan.toolVersion, format: "sql", databaseSize: nil)
+        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
     }
 
     /// The first bytes of a dump (fewer at its end), read before the backup starts.

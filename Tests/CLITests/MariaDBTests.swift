@@ -80,6 +80,24 @@ struct MariaDBTests {
         #expect(seen.allSatisfy { !$0.contains(Maria.password) }, "\(seen)")
     }
 
+    @Test func wholeServerWithUsersGoesOnPastABrokenDatabase() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let good = "mdb_all_good_\(getpid())", broken = "mdb_all_broken_\(getpid())"
+        defer { _ = try? Maria.sql("DROP DATABASE IF EXISTS \(good); DROP DATABASE IF EXISTS \(broken);") }
+        try makeDatabase(good, rows: 1_000)
+        // A view whose table is gone: mariadb-dump stops on it with an error.
+        try Maria.sql("DROP DATABASE IF EXISTS \(broken); CREATE DATABASE \(broken); USE \(broken); CREATE TABLE t (a INT); CREATE VIEW v AS SELECT a FROM t; DROP TABLE t;")
+        let cli = CLI(repo: dir + "/repo")
+        let r = try cli.dedup(["backup-db", "--all"] + connection)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("\(broken):") && r.stderr.contains("backups failed (\(broken))"), "\(r.stderr)")
+        let repo = try Repository(path: dir + "/repo")
+        let names = try repo.manifests().map(\.name)
+        #expect(names.contains("globals") && names.contains(good) && !names.contains(broken), "\(names)")
+        let globals = try cli.dedup(["restore", try #require(repo.manifests().first { $0.name == "globals" }?.id), "-"])
+        #expect(String(decoding: globals.stdout, as: UTF8.self).contains("dbbackup_pw"), "users and grants are in the globals")
+    }
+
     @Test func clearOneLineErrors() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let cli = CLI(repo: dir + "/repo")

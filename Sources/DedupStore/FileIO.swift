@@ -49,11 +49,12 @@ public enum FileIO {
         return (fds[0], fds[1])
     }
 
-    /// The largest single write(2). Measured on this project's machines: writing
-    /// 360 MB into a new file took 1.24 s of kernel time in 16 MiB writes and 0.17 s
-    /// in 1 MiB writes (`dd bs=16M` vs `bs=1M`; large writes make the kernel
-    /// assemble large page-cache folios, which is slow on fresh memory).
-    static let maxWrite = 1 << 20
+    /// The largest single write(2). Measured on this project's machines (VMs whose
+    /// free memory goes back to the host): writing 360 MB into a new file took
+    /// 1.24 s of kernel time in 16 MiB writes, 0.32–0.83 s in 1 MiB writes and
+    /// 0.10–0.47 s in 128 KiB writes (`dd bs=...` after rm, sync and a pause; large
+    /// writes make the kernel assemble large page-cache folios from fresh memory).
+    static let maxWrite = 128 << 10
 
     /// Writes every byte or throws.
     public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {

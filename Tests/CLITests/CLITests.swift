@@ -3,6 +3,18 @@ import Foundation
 import Testing
 
 @Suite struct CLIBasics {
+    @Test func aClosedStdoutLosesTheSummaryNotTheBackup() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        // `dbbackup ... | head -1`: the reader is gone before the summary is printed.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", "printf 'abc%.0s' $(seq 1 1000) | '\(CLI.binary)' dedup backup - --dedup-dir '\(dir)/repo' --name x | head -c 1 >/dev/null; exit ${PIPESTATUS[1]}"]
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0 && p.terminationReason == .exit, "exit status \(p.terminationStatus)")
+        #expect(manifestCount(dir + "/repo") == 1)
+    }
+
     @Test func stdinRoundTripListStatsJSON() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let cli = CLI(repo: dir + "/repo")

@@ -58,6 +58,12 @@ struct MariaDBTests {
         #expect(try Maria.query("SELECT LENGTH(blob_col) FROM \(copy).items WHERE id = 0") == "4000000")
         let again = try cli.dedup(["restore", "2026-11-21", "--target-db", copy, "--socket", Maria.socket, "--user", "root"])
         #expect(again.status == 1 && again.stderr.contains("is not empty"), "\(again.stderr)")
+        // --force restores over it (the dump drops and recreates each table).
+        try Maria.sql("DELETE FROM \(copy).items WHERE id < 100")
+        let forced = try cli.dedup(["restore", "2026-11-21", "--target-db", copy, "--force", "--socket", Maria.socket, "--user", "root"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        #expect(try Maria.query("CHECKSUM TABLE \(db).items").split(separator: "\t").last ==
+                Maria.query("CHECKSUM TABLE \(copy).items").split(separator: "\t").last)
     }
 
     @Test func passwordStaysOffCommandLinesAndAWrongOneIsOneLine() throws {

@@ -103,9 +103,18 @@ ensure_packages() {
     local apt_opts=(-q -y -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300)
     run_quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update ||
       die "apt-get update failed"
+    # Installing a server package must not start a system service (mariadb-server
+    # would start one): without a policy-rc.d, one that refuses is put in place
+    # for the install and removed afterwards.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+      as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 0755 $policy" && made_policy=1
+    fi
+    local install_ok=1
     run_quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" \
-      install --no-install-recommends "${missing[@]}" ||
-      die "apt-get install failed for: ${missing[*]}"
+      install --no-install-recommends "${missing[@]}" || install_ok=0
+    [[ $made_policy == 1 ]] && as_root rm -f "$policy"
+    [[ $install_ok == 1 ]] || die "apt-get install failed for: ${missing[*]}"
     for pkg in "${missing[@]}"; do
       _pkg_installed "$pkg" || die "package $pkg still not installed after apt-get install"
     done

@@ -114,10 +114,6 @@ public final class MariaDBConnection {
 }
 
 extension ServerAddress {
-    /// For messages: host:port, the socket, or "the default server".
-    public var mariaLabel: String {
-        if let socket { return "socket \(socket)" }
-        let h = host ?? "localhost"
-        return port.map { "\(h):\($0)" } ?? h
-    }
+    /// As libmariadb is given it (no environment defaults).
+    public var mariaLabel: String { label(defaultHost: nil, defaultPort: nil) }
 }

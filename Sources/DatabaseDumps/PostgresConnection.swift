@@ -27,13 +27,18 @@ public struct ServerAddress: Sendable, Equatable {
         return socket
     }
 
-    /// For messages: host:port, the socket, or "the default server".
-    public var label: String {
+    /// For messages and manifests: the socket, or host:port with what is unset
+    /// taken from the defaults (an engine's environment variables).
+    public func label(defaultHost: String?, defaultPort: String?) -> String {
         if let socket { return "socket \(socket)" }
+        let h = host ?? defaultHost ?? "localhost"
+        return (port.map(String.init) ?? defaultPort).map { "\(h):\($0)" } ?? h
+    }
+
+    /// As libpq sees it: PGHOST and PGPORT fill in what is unset.
+    public var postgresLabel: String {
         let env = ProcessInfo.processInfo.environment
-        let h = host ?? env["PGHOST"] ?? "localhost"
-        let p = port.map(String.init) ?? env["PGPORT"]
-        return p.map { "\(h):\($0)" } ?? h
+        return label(defaultHost: env["PGHOST"], defaultPort: env["PGPORT"])
     }
 }
 
@@ -63,12 +68,12 @@ public final class PostgresConnection {
             }
         }
         guard let c else {
-            throw DatabaseError.connectionFailed(server: address.label, detail: "libpq could not allocate a connection", hint: "the machine is out of memory")
+            throw DatabaseError.connectionFailed(server: address.postgresLabel, detail: "libpq could not allocate a connection", hint: "the machine is out of memory")
         }
         guard PQstatus(c) == CONNECTION_OK else {
             let detail = Self.oneLine(PQerrorMessage(c))
             PQfinish(c)
-            throw DatabaseError.connectionFailed(server: address.label, detail: detail, hint: Self.hint(for: detail, database: database))
+            throw DatabaseError.connectionFailed(server: address.postgresLabel, detail: detail, hint: Self.hint(for: detail, database: database))
         }
         conn = c
     }

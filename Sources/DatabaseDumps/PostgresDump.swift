@@ -62,15 +62,7 @@ public struct PostgresDumpPlan: Sendable {
 
     /// The first line `tool --version` prints, e.g. "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
     static func version(of tool: String) throws -> String {
-        let out = try ProcessOutputSource(arguments: [tool, "--version"])
-        var bytes = [UInt8](repeating: 0, count: 4096)
-        var used = 0
-        while used < bytes.count {
-            let n = try bytes.withUnsafeMutableBytes { try out.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[used...])) }
-            if n == 0 { break }
-            used += n
-        }
-        let text = String(decoding: bytes[0..<used], as: UTF8.self)
+        let text = String(decoding: try ProcessOutputSource(arguments: [tool, "--version"]).read(upTo: 4096), as: UTF8.self)
         return text.split(separator: "\n").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? tool
     }
 }

@@ -16,7 +16,7 @@ public struct PostgresRestorePlan: Sendable {
         let exists = try server.column("SELECT 1 FROM pg_database WHERE datname = \(try server.quoted(literal: target))").count == 1
         if !exists {
             guard create else {
-                throw DatabaseError.invalidArgument("database \(target) does not exist on \(address.label); pass --create to create it")
+                throw DatabaseError.invalidArgument("database \(target) does not exist on \(address.postgresLabel); pass --create to create it")
             }
             try server.execute("CREATE DATABASE \(try server.quoted(identifier: target))")
         } else {

@@ -6,7 +6,7 @@ import Foundation
 /// `submit` returns once the previous buffer is done with: the caller may then
 /// reuse that one. The first error `body` throws is rethrown by the next `submit`
 /// or by `finish`; later buffers are then skipped.
-final class BackgroundSink: ThreadBody, @unchecked Sendable {
+final class BackgroundSink: @unchecked Sendable {
     private let condition = NSCondition()
     private var pending: UnsafeRawBufferPointer?
     private var busy = false
@@ -17,11 +17,8 @@ final class BackgroundSink: ThreadBody, @unchecked Sendable {
 
     init(_ body: @escaping (UnsafeRawBufferPointer) throws -> Void) {
         self.body = body
-        let thread = Thread { [self] in run(0) }
-        thread.name = "dbbackup-writer"
-        thread.stackSize = 1 << 20
         running = true
-        thread.start()
+        startThread(named: "dbbackup-writer") { [self] in run() }
     }
 
     /// Waits until the buffer submitted before is processed, then queues this one.
@@ -50,7 +47,7 @@ final class BackgroundSink: ThreadBody, @unchecked Sendable {
         condition.unlock()
     }
 
-    func run(_ role: Int) {
+    private func run() {
         condition.lock()
         while true {
             while pending == nil && !closed { condition.wait() }

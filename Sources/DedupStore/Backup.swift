@@ -69,8 +69,8 @@ public final class BackupSession {
         var first: Int
         var count = 0
         var rawLength = 0
-        /// Where its compressed form goes in the arena; -1 while the unit is open.
-        var arenaOffset = -1
+        /// Where its compressed form goes in the arena.
+        var arenaOffset = 0
         var storedLength = 0
         var encoding = ChunkEncoding.raw
         var failure: DedupError?
@@ -162,11 +162,13 @@ public final class BackupSession {
                 newSlots.removeAll(keepingCapacity: true)
                 units.removeAll(keepingCapacity: true)
                 var arenaUsed = 0
+                var open: CompressionUnit?
                 func closeUnit() {
-                    guard var u = units.last, u.arenaOffset < 0 else { return }
+                    guard var u = open else { return }
                     u.arenaOffset = arenaUsed
                     arenaUsed += ZstdCompressor.bound(u.rawLength)
-                    units[units.count - 1] = u
+                    units.append(u)
+                    open = nil
                 }
                 for i in 0..<n {
                     let id = slots[i].id
@@ -177,15 +179,13 @@ public final class BackupSession {
                         pending.insert(id)
                         bloom.insert(id)
                         // A unit never grows past what readers accept for a group.
-                        if let open = units.last, open.arenaOffset < 0,
-                           open.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
-                        if units.last.map({ $0.arenaOffset >= 0 }) ?? true {
-                            units.append(CompressionUnit(first: newSlots.count))
-                        }
+                        if let u = open, u.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
+                        var u = open ?? CompressionUnit(first: newSlots.count)
                         newSlots.append(i)
-                        units[units.count - 1].count += 1
-                        units[units.count - 1].rawLength += slots[i].range.count
-                        if units[units.count - 1].rawLength >= PackFormat.groupTarget { closeUnit() }
+                        u.count += 1
+                        u.rawLength += slots[i].range.count
+                        open = u
+                        if u.rawLength >= PackFormat.groupTarget { closeUnit() }
                     }
                 }
                 closeUnit()

@@ -1,6 +1,6 @@
 import Foundation
 
-/// What a background thread runs.
+/// What the producer's threads run (`role` 0: reader, 1: digest).
 protocol ThreadBody: AnyObject, Sendable {
     func run(_ role: Int)
 }
@@ -67,10 +67,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         let roles = digests ? [(0, "dbbackup-reader"), (1, "dbbackup-digest")] : [(0, "dbbackup-reader")]
         running = roles.count
         for (role, name) in roles {
-            let thread = Thread { body.run(role) }
-            thread.name = name
-            thread.stackSize = 1 << 20
-            thread.start()
+            startThread(named: name) { body.run(role) }
         }
     }
 

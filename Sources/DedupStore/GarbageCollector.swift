@@ -148,11 +148,15 @@ public final class GarbageCollector {
             // Measured against the chunks' bytes, not the file: header, trailer and
             // footer would make a small, wholly live pack look mostly dead. A group
             // member counts for its share of the group's frame.
-            var groupLength = [UInt64: Int64]()
-            for e in entries where e.location.isGroupMember { groupLength[e.location.offset, default: 0] += Int64(e.location.rawLength) }
+            // Each group's member count and plaintext length, by entry offset.
+            var groups = [UInt64: (members: Int, rawLength: Int64)]()
+            for e in entries where e.location.isGroupMember {
+                groups[e.location.offset, default: (0, 0)].members += 1
+                groups[e.location.offset, default: (0, 0)].rawLength += Int64(e.location.rawLength)
+            }
             func storedShare(_ e: PackEntry) -> Int64 {
                 let whole = Int64(e.location.storedLength) + Int64(PackFormat.entryHeaderSize)
-                guard e.location.isGroupMember, let total = groupLength[e.location.offset], total > 0 else { return whole }
+                guard e.location.isGroupMember, let total = groups[e.location.offset]?.rawLength, total > 0 else { return whole }
                 return whole * Int64(e.location.rawLength) / total
             }
             let chunkBytes = entries.reduce(Int64(0)) { $0 + storedShare($1) }
@@ -190,8 +194,6 @@ public final class GarbageCollector {
                 continue
             }
             var intact = true
-            var members = [UInt64: Int]()
-            for e in entries where e.location.isGroupMember { members[e.location.offset, default: 0] += 1 }
             /// Reads a live chunk back (verified); a damaged one is reported, and
             /// its pack kept for verify to name.
             func readBack(_ e: PackEntry) -> UnsafeRawBufferPointer? {
@@ -221,7 +223,7 @@ public final class GarbageCollector {
                 let e = live[k]
                 var run = k + 1
                 while run < live.count && e.location.isGroupMember && live[run].location.isGroupMember
-                    && live[run].location.offset == e.location.offset { run += 1 }
+                    && live[run].location.frame == e.location.frame { run += 1 }
                 let batch = live[k..<run]
                 k = run
                 if writer == nil { writer = try PackWriter(backend: backend) }
@@ -231,7 +233,7 @@ public final class GarbageCollector {
                     let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
                     try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
                                     encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: stored)
-                } else if batch.count == members[e.location.offset], membersInOrder(batch) {
+                } else if batch.count == groups[e.location.offset]?.members, membersInOrder(batch) {
                     // A wholly live group is copied as stored too, once every member checks out.
                     guard batch.allSatisfy({ readBack($0) != nil }) else { continue }
                     let frame = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])

@@ -47,6 +47,18 @@ public final class ProcessOutputSource: ByteSource {
         close(fd)  // a child still writing gets SIGPIPE; ChildProcess's deinit stops it
     }
 
+    /// The next `count` bytes (fewer at the end of the output).
+    public func read(upTo count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = try bytes.withUnsafeMutableBytes { try read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
+            if n == 0 { break }
+            got += n
+        }
+        return Array(bytes[0..<got])
+    }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         if finished { return 0 }
         while true {

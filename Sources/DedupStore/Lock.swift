@@ -58,8 +58,12 @@ public final class RepositoryLock {
     /// `wait` > 0 it retries every two seconds for that long while the conflicting
     /// locks belong to live processes (`onWait` hears about it once); a stale lock
     /// fails at once, since waiting cannot end it.
+    ///
+    /// With `publish` false nothing is written (a reader on a read-only file
+    /// system): the same conflicts are waited for or refused, and the lock holds
+    /// nothing once they are gone.
     public init(backend: Backend, kind: LockInfo.Kind, command: String,
-                wait: TimeInterval = 0, onWait: ((String) -> Void)? = nil) throws {
+                wait: TimeInterval = 0, publish: Bool = true, onWait: ((String) -> Void)? = nil) throws {
         self.backend = backend
         let info = LockInfo(kind: kind, hostname: LockInfo.currentHost, pid: getpid(),
                             startedAt: Timestamps.iso8601(Date()), command: command)
@@ -70,9 +74,11 @@ public final class RepositoryLock {
         let deadline = Date().addingTimeInterval(wait)
         var told = false
         while true {
-            try backend.put(key, body, ifAbsent: true)
-            held = true
-            if let localPath { InterruptCleanup.register(localPath) }
+            if publish {
+                try backend.put(key, body, ifAbsent: true)
+                held = true
+                if let localPath { InterruptCleanup.register(localPath) }
+            }
             // Publish first, then look: of two racing writers at least one sees the other.
             let conflicts: [LockInfo]
             do {
@@ -99,13 +105,6 @@ public final class RepositoryLock {
                 : (wait > 0 ? "; gave up after waiting \(Int(wait)) s" : "; try again when it has finished (or pass --lock-wait)")
             throw DedupError.locked("repository \(backend.location) is locked: \((stale ?? first).summary)\(hint)")
         }
-    }
-
-    /// A lock that holds nothing: for reading a repository on a read-only file
-    /// system, where no lock can be written (and nothing of ours can change it).
-    init(unheldOn backend: Backend) {
-        self.backend = backend
-        key = ""
     }
 
     deinit { release() }

@@ -73,6 +73,17 @@ public struct ChunkLocation: Equatable, Sendable {
 
     /// True for a member of a compression group.
     public var isGroupMember: Bool { encoding == ChunkEncoding.zstdGroup.rawValue }
+
+    /// The stored entry this location reads: one per chunk, shared by a group's members.
+    public var frame: FrameKey { FrameKey(pack: pack, offset: offset, storedLength: storedLength) }
+}
+
+/// Names one stored entry of a pack (a chunk's, or a whole group's frame): what
+/// readers key on to read or decompress a group once for a run of its members.
+public struct FrameKey: Equatable, Sendable {
+    public var pack: PackID
+    public var offset: UInt64
+    public var storedLength: UInt32
 }
 
 /// The fixed layout of pack files, format version 1 (docs/FORMAT.md).
@@ -122,25 +133,9 @@ public final class PackWriter {
     /// Appends a chunk; `payload` is its stored form (`encoding` says which).
     @discardableResult
     public func add(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
-        let location = ChunkLocation(pack: id, offset: size, rawLength: UInt32(rawLength),
+        let offset = try appendEntry(id: chunk, rawLength: rawLength, encoding: encoding, payload: payload)
+        let location = ChunkLocation(pack: id, offset: offset, rawLength: UInt32(rawLength),
                                      storedLength: UInt32(payload.count), encoding: encoding.rawValue)
-        var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
-        h.append(chunk)
-        h.append(location.rawLength)
-        h.append(location.storedLength)
-        h.append(location.encoding)
-        h.append(location.flags)
-        h.zeros(6)
-        try append(h.bytes[...])
-        if payload.count >= flushThreshold {
-            try flush()
-            try object.write(payload)
-            size += UInt64(payload.count)
-        } else {
-            if buffer.count + payload.count > flushThreshold { try flush() }
-            buffer.append(contentsOf: payload)
-            size += UInt64(payload.count)
-        }
         entries.append(PackEntry(id: chunk, location: location))
         return location
     }
@@ -154,18 +149,7 @@ public final class PackWriter {
         guard total <= PackFormat.maxGroupLength else {
             throw DedupError.packCorrupt(pack: id.hex, detail: "a group of \(total) bytes exceeds the \(PackFormat.maxGroupLength) readers accept")
         }
-        let offset = size
-        var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
-        h.append(first.id)
-        h.append(UInt32(total))
-        h.append(UInt32(payload.count))
-        h.append(ChunkEncoding.zstdGroup.rawValue)
-        h.append(UInt8(0))
-        h.zeros(6)
-        try append(h.bytes[...])
-        try flush()
-        try object.write(payload)
-        size += UInt64(payload.count)
+        let offset = try appendEntry(id: first.id, rawLength: total, encoding: .zstdGroup, payload: payload)
         var inGroup = 0
         for m in members {
             entries.append(PackEntry(id: m.id, location: ChunkLocation(
@@ -173,6 +157,30 @@ public final class PackWriter {
                 encoding: ChunkEncoding.zstdGroup.rawValue, groupOffset: UInt32(inGroup))))
             inGroup += m.rawLength
         }
+    }
+
+    /// Writes one entry (48-byte header, then the payload) and returns its offset.
+    private func appendEntry(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding,
+                             payload: UnsafeRawBufferPointer) throws -> UInt64 {
+        let offset = size
+        var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
+        h.append(chunk)
+        h.append(UInt32(rawLength))
+        h.append(UInt32(payload.count))
+        h.append(encoding.rawValue)
+        h.append(UInt8(0))
+        h.zeros(6)
+        try append(h.bytes[...])
+        if payload.count >= flushThreshold {
+            try flush()
+            try object.write(payload)
+            size += UInt64(payload.count)
+        } else {
+            if buffer.count + payload.count > flushThreshold { try flush() }
+            buffer.append(contentsOf: payload)
+            size += UInt64(payload.count)
+        }
+        return offset
     }
 
     private func append(_ bytes: ArraySlice<UInt8>) throws {

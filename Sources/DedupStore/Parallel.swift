@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 
 /// Runs `body(task)` for task 0..<count on all cores and returns when all are done.
 ///
@@ -40,6 +41,14 @@ func forEachRunInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ 
     runInParallel(tasks) { worker in
         for item in (count * worker / tasks)..<(count * (worker + 1) / tasks) { body(worker, item) }
     }
+}
+
+/// Starts a named thread with a 1 MiB stack running `body`.
+func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+    let thread = Thread(block: body)
+    thread.name = name
+    thread.stackSize = 1 << 20
+    thread.start()
 }
 
 extension DedupError {

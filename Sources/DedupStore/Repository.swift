@@ -107,10 +107,10 @@ public final class Repository {
         let real = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? FileIO.absolute(path)
         // The host too: a cache folder shared between machines (home on NFS) still
         // gives each machine's view of the repository a cache of its own.
-        let tag = Array((LockInfo.currentHost + "\n" + real).utf8).withUnsafeBytes { SHA256Hasher().digest($0) }.hex.prefix(12)
+        let tag = SHA256Hasher.hash(Array((LockInfo.currentHost + "\n" + real).utf8)).hex.prefix(12)
         // The id comes from the repository's config: only hex digits go into a path.
         let id = repositoryID.count == 32 && repositoryID.allSatisfy(\.isHexDigit)
-            ? repositoryID : Array(repositoryID.utf8).withUnsafeBytes { SHA256Hasher().digest($0) }.hex.prefix(32).description
+            ? repositoryID : String(SHA256Hasher.hash(Array(repositoryID.utf8)).hex.prefix(32))
         return root + "/" + id + "-" + tag
     }
 
@@ -322,18 +322,13 @@ public final class Repository {
     // MARK: - Locks
 
     /// Takes a repository lock, waiting up to `wait` seconds for live holders.
-    /// On a read-only file system a shared lock cannot be written; readers then go
-    /// on without one (every chunk they read is still verified).
+    /// On a read-only file system a shared lock cannot be written: readers then
+    /// respect exclusive locks (another host with a writable mount may run gc)
+    /// without publishing their own.
     public func lock(_ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0) throws -> RepositoryLock {
-        if kind == .shared && isReadOnly {
-            // Another host with a writable mount may run gc or prune: respect it.
-            if let holder = try RepositoryLock.list(backend).first(where: { $0.info.kind == .exclusive }) {
-                throw DedupError.locked("repository \(path) is locked: \(holder.info.summary); try again when it has finished")
-            }
-            notice("repository \(path) is on a read-only file system: reading it without a lock")
-            return RepositoryLock(unheldOn: backend)
-        }
-        return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait) { [weak self] in self?.notice($0) }
+        let publish = !(kind == .shared && isReadOnly)
+        if !publish { notice("repository \(path) is on a read-only file system: reading it without a lock") }
+        return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait, publish: publish) { [weak self] in self?.notice($0) }
     }
 
     /// True when the repository's file system is mounted read-only.

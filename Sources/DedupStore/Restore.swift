@@ -14,8 +14,8 @@ final class ChunkFetcher {
     /// The last chunk's stored bytes (a group's: its whole frame).
     private(set) var stored: UnsafeMutableRawBufferPointer
     private let plain: UnsafeMutableRawBufferPointer
-    /// The last group read into `stored` (members of one group come in a row).
-    private var storedGroup: (pack: PackID, offset: UInt64, storedLength: UInt32)?
+    /// The last group frame read into `stored` (members of one group come in a row).
+    private var storedGroup: FrameKey?
 
     init(repository: Repository) throws {
         self.repository = repository
@@ -47,16 +47,14 @@ final class ChunkFetcher {
     /// valid until the next call.
     func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
         try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
-        let sameGroup = loc.isGroupMember
-            && storedGroup.map { $0.pack == loc.pack && $0.offset == loc.offset && $0.storedLength == loc.storedLength } == true
-        if !sameGroup {
+        if !loc.isGroupMember || storedGroup != loc.frame {
             storedGroup = nil
             if Int(loc.storedLength) > stored.count {
                 stored.deallocate()
                 stored = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
             }
             try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
-            if loc.isGroupMember { storedGroup = (loc.pack, loc.offset, loc.storedLength) }
+            if loc.isGroupMember { storedGroup = loc.frame }
         }
         let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])
         return try ChunkDecoder.decode(id, at: loc, stored: storedBytes, into: plain, manifest: manifest,
@@ -139,7 +137,7 @@ enum ChunkDecoder {
         case .zstdGroup:
             let plaintext: UnsafeRawBufferPointer
             do {
-                plaintext = try group.decompress(pack: loc.pack, offset: loc.offset, frame: stored, decompressor: decompressor)
+                plaintext = try group.decompress(loc.frame, frame: stored, decompressor: decompressor)
             } catch let e as DedupError {
                 throw corrupt("its group: \(e.message)")
             }
@@ -161,16 +159,16 @@ enum ChunkDecoder {
 /// The plaintext of the last group decompressed, kept while its members are read.
 final class GroupScratch {
     private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-    private var key: (pack: PackID, offset: UInt64)?
+    private var key: FrameKey?
     private var length = 0
 
     deinit { buffer.deallocate() }
 
     /// The group's plaintext (checked against the size its frame declares), from
     /// the previous call when it was the same group.
-    func decompress(pack: PackID, offset: UInt64, frame: UnsafeRawBufferPointer,
+    func decompress(_ group: FrameKey, frame: UnsafeRawBufferPointer,
                     decompressor: ZstdDecompressor) throws -> UnsafeRawBufferPointer {
-        if let key, key.pack == pack, key.offset == offset {
+        if key == group {
             return UnsafeRawBufferPointer(rebasing: buffer[0..<length])
         }
         key = nil
@@ -183,7 +181,7 @@ final class GroupScratch {
         }
         let n = try decompressor.decompress(frame, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
         guard n == size else { throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(size)") }
-        key = (pack, offset)
+        key = group
         length = size
         return UnsafeRawBufferPointer(rebasing: buffer[0..<size])
     }
@@ -298,7 +296,7 @@ public final class Restorer {
         var written: UInt64 = 0
         var nextProgress: UInt64 = 64 << 20
         /// The group whose frame was read last in this batch, and where it is.
-        var lastGroup: (pack: PackID, offset: UInt64, storedLength: UInt32, inOffset: Int)?
+        var lastGroup: (frame: FrameKey, inOffset: Int)?
 
         /// Decodes the batch on all cores, then hashes and writes it in order.
         func flushBatch() throws {
@@ -349,7 +347,7 @@ public final class Restorer {
                     throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest.id)
                 }
                 if outUsed + length > outArena.count || inUsed + Int(loc.storedLength) > inArena.count { try flushBatch() }
-                if loc.isGroupMember, let g = lastGroup, g.pack == loc.pack, g.offset == loc.offset, g.storedLength == loc.storedLength {
+                if loc.isGroupMember, let g = lastGroup, g.frame == loc.frame {
                     // The next member of the group just read: its frame is here already.
                     try fetcher.checkLocation(id, at: loc, expectedLength: length, manifest: manifest.id)
                     items.append(Item(id: id, loc: loc, inOffset: g.inOffset, outOffset: outUsed))
@@ -358,7 +356,7 @@ public final class Restorer {
                     try fetcher.readStored(id, at: loc, expectedLength: length,
                                            into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
                     items.append(Item(id: id, loc: loc, inOffset: inUsed, outOffset: outUsed))
-                    lastGroup = loc.isGroupMember ? (loc.pack, loc.offset, loc.storedLength, inUsed) : nil
+                    lastGroup = loc.isGroupMember ? (loc.frame, inUsed) : nil
                     inUsed += Int(loc.storedLength)
                 }
                 outUsed += length

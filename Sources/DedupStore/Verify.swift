@@ -92,13 +92,13 @@ public final class Verifier {
                 continue
             }
             guard let fetcher, toRead.contains(pack) else { continue }
-            var lastOffset: UInt64?
+            var lastFrame: FrameKey?
             for e in entries {
                 do {
                     _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
                     // A group's frame counts once, however many members it has.
-                    if lastOffset != e.location.offset { report.bytesRead += Int64(e.location.storedLength) }
-                    lastOffset = e.location.offset
+                    if lastFrame != e.location.frame { report.bytesRead += Int64(e.location.storedLength) }
+                    lastFrame = e.location.frame
                 } catch let err as DedupError {
                     let detail: String
                     if case .chunkCorrupt(_, _, _, let d) = err { detail = d } else { detail = err.message }

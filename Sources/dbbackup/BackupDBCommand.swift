@@ -39,17 +39,7 @@ struct DedupBackupDB: ParsableCommand {
     @Option(name: [.customShort("d"), .long], help: "Database engine: postgres, mysql, mariadb.")
     var dbType: String = "postgres"
 
-    @Option(help: "Database server host (PostgreSQL default: PGHOST, else the local socket).")
-    var host: String?
-
-    @Option(help: "Database server port.")
-    var port: Int?
-
-    @Option(help: "Database user (PostgreSQL default: PGUSER, else your login name).")
-    var user: String?
-
-    @Option(help: ArgumentHelp("Unix socket: for PostgreSQL its folder (or the .s.PGSQL.<port> file).", valueName: "path"))
-    var socket: String?
+    @OptionGroup var server: ServerOptions
 
     @Option(help: ArgumentHelp("pg_dump format: custom (-Fc -Z0, default) or plain (-Fp).", valueName: "format"))
     var format: String = PostgresDumpFormat.custom.rawValue
@@ -72,12 +62,11 @@ struct DedupBackupDB: ParsableCommand {
             throw ValidationError("two different databases given: \(positionalDatabase ?? "") and \(database ?? "")")
         }
         guard PostgresDumpFormat(rawValue: format) != nil else { throw ValidationError("--format takes custom or plain") }
-        if let port, !(1...65535).contains(port) { throw ValidationError("--port takes 1-65535") }
     }
 
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
-            let address = ServerAddress(host: host, port: port, user: user, socket: socket)
+            let address = server.address
             let maria = dbType == "mysql" || dbType == "mariadb"
             guard maria || dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
             guard all else {
@@ -115,7 +104,7 @@ struct DedupBackupDB: ParsableCommand {
                 do {
                     if target == "globals" { try globals(repo) } else { try one(target, repo) }
                 } catch {
-                    Terminal.error("\(target): \(describe(error))")
+                    Terminal.error("\(target): \(errorMessage(error))")
                     failed.append(target)
                 }
             }
@@ -123,10 +112,6 @@ struct DedupBackupDB: ParsableCommand {
                 throw DatabaseError.invalidArgument("\(failed.count) of \(databases.count + 1) backups failed (\(failed.joined(separator: ", "))); the others were committed")
             }
         }
-    }
-
-    private func describe(_ error: Error) -> String {
-        (error as? DedupError)?.message ?? (error as? DatabaseError)?.message ?? "\(error)"
     }
 
     /// One database through pg_dump, checked first through `connection`.
@@ -137,23 +122,19 @@ struct DedupBackupDB: ParsableCommand {
         let dump = try ProcessOutputSource(arguments: plan.arguments)
         // A custom-format archive starts with "PGDMP": anything else (nothing at
         // all, a wrapper's message) is not a dump, whatever the exit status.
-        let head = try readHead(dump, upTo: 5)
+        let head = try dump.read(upTo: 5)
         if dumpFormat == .custom && head != Array("PGDMP".utf8) {
-            _ = try? readHead(dump, upTo: 1 << 20)  // let pg_dump finish and say why
+            _ = try? dump.read(upTo: 1 << 20)  // let pg_dump finish and say why
             throw DatabaseError.invalidArgument("pg_dump's output does not start like a custom-format archive (\(head.count) bytes: \(String(decoding: head, as: UTF8.self).debugDescription)); no backup was committed")
         }
         let source = PrefixedSource(prefix: head, rest: AnySource(dump))
-        var options = BackupOptions(name: all ? db : (name ?? db), source: plan.arguments.joined(separator: " "))
-        options.kind = "dump"
-        options.database = db
-        options.dbType = "postgres"
-        options.dbHost = address.label
+        var options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments,
+                                  dump: Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion,
+                                                          server: address.postgresLabel, tool: "pg_dump", toolVersion: plan.toolVersion,
+                                                          format: dumpFormat.rawValue, databaseSize: size))
         // Only the plain format ends with a completion line; pg_dump's exit
         // status guards both.
         options.checkDumpComplete = dumpFormat == .plain
-        options.dump = Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion, server: address.label,
-                                         tool: "pg_dump", toolVersion: plan.toolVersion, format: dumpFormat.rawValue,
-                                         databaseSize: size)
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
     }
 
@@ -165,20 +146,16 @@ struct DedupBackupDB: ParsableCommand {
         let plan = try MariaDBDumpPlan.make(address: address, database: db, binaryLog: binaryLog)
         let dump = try ProcessOutputSource(arguments: plan.arguments)
         // The header (the first 64 KiB) carries the snapshot's binary log position.
-        let header = try readHead(dump, upTo: 64 << 10)
+        let header = try dump.read(upTo: 64 << 10)
         let position = BinlogPosition(dumpHeader: header)
         if binaryLog && position == nil {
             Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
         }
-        var options = BackupOptions(name: all ? db : (name ?? db), source: plan.arguments.joined(separator: " "))
-        options.kind = "dump"
-        options.database = db
-        options.dbType = connection.engine
-        options.dbHost = address.mariaLabel
-        options.dump = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion, server: address.mariaLabel,
-                                         tool: plan.tool, toolVersion: plan.toolVersion, format: "sql", databaseSize: size,
-                                         binlogFile: position?.file, binlogPosition: position?.position,
-                                         gtid: position.flatMap { connection.gtid(at: $0) })
+        let options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments,
+                                  dump: Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
+                                                          server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
+                                                          format: "sql", databaseSize: size, binlogFile: position?.file,
+                                                          binlogPosition: position?.position, gtid: position.flatMap { connection.gtid(at: $0) }))
         let source = PrefixedSource(prefix: header, rest: AnySource(dump))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
     }
@@ -192,37 +169,32 @@ struct DedupBackupDB: ParsableCommand {
         }
         let plan = try MariaDBDumpPlan.users(address: address)
         let source = try ProcessOutputSource(arguments: plan.arguments)
-        var options = BackupOptions(name: "globals", source: plan.arguments.joined(separator: " "))
-        options.kind = "dump"
-        options.dbType = connection.engine
-        options.dbHost = address.mariaLabel
-        options.dump = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion, server: address.mariaLabel,
-                                         tool: plan.tool, toolVersion: plan.toolVersion, format: "sql", databaseSize: nil)
+        let options = dumpOptions(name: "globals", database: nil, command: plan.arguments,
+                                  dump: Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
+                                                          server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
+                                                          format: "sql", databaseSize: nil))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
     }
 
-    /// The first bytes of a dump (fewer at its end), read before the backup starts.
-    private func readHead(_ source: ProcessOutputSource, upTo count: Int) throws -> [UInt8] {
-        var head = [UInt8](repeating: 0, count: count)
-        var got = 0
-        while got < count {
-            let n = try head.withUnsafeMutableBytes { try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
-            if n == 0 { break }
-            got += n
-        }
-        return Array(head[0..<got])
+    /// A dump's backup options: its engine and server are the dump's.
+    private func dumpOptions(name: String, database: String?, command: [String], dump: Manifest.DumpInfo) -> BackupOptions {
+        var options = BackupOptions(name: name, source: command.joined(separator: " "))
+        options.kind = "dump"
+        options.database = database
+        options.dbType = dump.engine
+        options.dbHost = dump.server
+        options.dump = dump
+        return options
     }
 
     /// Roles and tablespaces (pg_dumpall --globals-only), as a backup named "globals".
     private func backUpGlobals(into repo: Repository, address: ServerAddress, serverVersion: String) throws {
         let plan = try PostgresDumpPlan.globals(address: address)
         let source = try ProcessOutputSource(arguments: plan.arguments)
-        var options = BackupOptions(name: "globals", source: plan.arguments.joined(separator: " "))
-        options.kind = "dump"
-        options.dbType = "postgres"
-        options.dbHost = address.label
-        options.dump = Manifest.DumpInfo(engine: "postgres", serverVersion: serverVersion, server: address.label,
-                                         tool: "pg_dumpall", toolVersion: plan.toolVersion, format: "plain", databaseSize: nil)
+        let options = dumpOptions(name: "globals", database: nil, command: plan.arguments,
+                                  dump: Manifest.DumpInfo(engine: "postgres", serverVersion: serverVersion,
+                                                          server: address.postgresLabel, tool: "pg_dumpall", toolVersion: plan.toolVersion,
+                                                          format: "plain", databaseSize: nil))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DatabaseDumps
 import DedupStore
 import Foundation
 
@@ -75,6 +76,34 @@ struct StoreOptions: ParsableArguments {
     }
 }
 
+/// Where a database server is, as `backup-db` and `restore --target-db` take it.
+/// No password option: passwords come from the environment or option files.
+struct ServerOptions: ParsableArguments {
+    @Option(help: "Database server host (PostgreSQL default: PGHOST, else the local socket).")
+    var host: String?
+
+    @Option(help: "Database server port.")
+    var port: Int?
+
+    @Option(help: "Database user (PostgreSQL default: PGUSER, else your login name). Passwords: PGPASSWORD or ~/.pgpass; MYSQL_PWD or ~/.my.cnf.")
+    var user: String?
+
+    @Option(help: ArgumentHelp("Unix socket: for PostgreSQL its folder (or the .s.PGSQL.<port> file).", valueName: "path"))
+    var socket: String?
+
+    var address: ServerAddress { ServerAddress(host: host, port: port, user: user, socket: socket) }
+    var isEmpty: Bool { address == ServerAddress() }
+
+    func validate() throws {
+        if let port, !(1...65535).contains(port) { throw ValidationError("--port takes 1-65535") }
+    }
+}
+
+/// One line for an error: the message of dbbackup's own errors, else its description.
+func errorMessage(_ error: Error) -> String {
+    (error as? DedupError)?.message ?? (error as? DatabaseError)?.message ?? "\(error)"
+}
+
 /// Runs a command body, turning errors into one line on stderr and exit status 1.
 /// `noSpaceHint` is added when the failure is a full disk.
 func reportingErrors(noSpaceHint: String? = nil, _ body: () throws -> Void) throws {
@@ -90,7 +119,7 @@ func reportingErrors(noSpaceHint: String? = nil, _ body: () throws -> Void) thro
     } catch let e as CleanExit {
         throw e
     } catch {
-        Terminal.error("\(error)")
+        Terminal.error(errorMessage(error))
         throw ExitCode(1)
     }
 }

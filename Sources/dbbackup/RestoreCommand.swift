@@ -15,11 +15,12 @@ struct DedupRestore: ParsableCommand {
         looks complete. With -, a failure is
         reported on stderr and the exit status is 1 after partial output.
 
-        With --target-db a dump made by `dedup backup-db` from PostgreSQL goes straight
-        into a database: pg_restore --exit-on-error (custom format) or psql with
-        ON_ERROR_STOP (plain) reads the verified stream. The database must exist
-        (--create makes it) and be empty unless --force (then pg_restore drops what
-        it restores first: --clean --if-exists).
+        With --target-db a dump made by `dedup backup-db` goes straight into a
+        database: pg_restore --exit-on-error (PostgreSQL custom format), psql with
+        ON_ERROR_STOP (plain) or the mariadb client reads the verified stream. The
+        database must exist (--create makes it) and be empty unless --force (then
+        pg_restore drops what it restores first: --clean --if-exists; a MariaDB dump
+        drops and recreates each of its tables).
           dbbackup dedup restore 2026-11-21_020000_shop --target-db shop_copy --create
         """)
 
@@ -40,17 +41,8 @@ struct DedupRestore: ParsableCommand {
     @Flag(help: "With --target-db: create the database first if it does not exist.")
     var create = false
 
-    @Option(help: "With --target-db: database server host (default: PGHOST).")
-    var host: String?
-
-    @Option(help: "With --target-db: database server port (default: PGPORT).")
-    var port: Int?
-
-    @Option(help: "With --target-db: database user. Passwords: PGPASSWORD or ~/.pgpass; MYSQL_PWD or ~/.my.cnf.")
-    var user: String?
-
-    @Option(help: ArgumentHelp("With --target-db: the server's Unix socket (PostgreSQL: its folder).", valueName: "path"))
-    var socket: String?
+    /// With --target-db: the server.
+    @OptionGroup var server: ServerOptions
 
     @Option(help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
     var lockWait: Int = 600
@@ -65,7 +57,7 @@ struct DedupRestore: ParsableCommand {
         case (.some, .some): throw ValidationError("give either an output file or --target-db, not both")
         default: break
         }
-        if targetDb == nil && (create || host != nil || port != nil || user != nil || socket != nil) {
+        if targetDb == nil && (create || !server.isEmpty) {
             throw ValidationError("--create and the connection flags go with --target-db")
         }
     }
@@ -104,13 +96,12 @@ struct DedupRestore: ParsableCommand {
     /// the mariadb client.
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
-        let address = ServerAddress(host: host, port: port, user: user, socket: socket)
+        let address = server.address
         let arguments: [String]
-        switch manifest.dump?.engine {
-        case "postgres":
-            guard let format = manifest.dump.flatMap({ PostgresDumpFormat(rawValue: $0.format) }) else { fallthrough }
+        switch (manifest.dump?.engine, manifest.dump.flatMap { PostgresDumpFormat(rawValue: $0.format) }) {
+        case ("postgres", let format?):
             arguments = try PostgresRestorePlan.prepare(address: address, target: database, format: format, create: create, force: force).arguments
-        case "mariadb", "mysql":
+        case ("mariadb", _), ("mysql", _):
             arguments = try MariaDBRestorePlan.prepare(address: address, target: database, create: create, force: force).arguments
         default:
             throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")

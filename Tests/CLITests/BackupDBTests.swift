@@ -52,9 +52,7 @@ extension PostgresServerTests {
             """)
         let second = try cli.dedup(["backup-db", db, "--time", "2026-11-21T02:00:00Z", "--json"] + connection)
         #expect(second.status == 0, "\(second.stderr)")
-        let m2 = try JSONSerialization.jsonObject(with: Data(second.stdout)) as? [String: Any]
-        let size = m2?["size"] as? Int ?? 0
-        let newBytes = (m2?["stats"] as? [String: Any])?["newBytes"] as? Int ?? size
+        let (size, newBytes) = try storedAnew(second)
         #expect(size > 5_000_000)
         #expect(Double(newBytes) < 0.25 * Double(size), "night two stored \(newBytes) of \(size) bytes anew")
 

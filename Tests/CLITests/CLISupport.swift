@@ -156,3 +156,10 @@ let testCacheRoot: String = {
     setenv("DBBACKUP_CACHE_DIR", root, 1)
     return root
 }()
+
+/// The share of a committed backup's input that was stored anew, from its
+/// `--json` output: (input bytes, new bytes).
+func storedAnew(_ r: CLI.Result) throws -> (size: Int64, newBytes: Int64) {
+    let m = try JSONDecoder().decode(Manifest.self, from: Data(r.stdout))
+    return (m.size, m.stats.newBytes)
+}

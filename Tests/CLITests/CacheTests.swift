@@ -53,7 +53,7 @@ import Testing
         // gc from another host (a writable mount) holds the repository: refused.
         let gc = try Repository(path: mnt + "/repo").lock(.exclusive, command: "gc")
         #expect(shell("mount -o remount,ro '\(mnt)'") == 0)
-        let locked = try cli.dedup(["restore", id, "-"])
+        let locked = try cli.dedup(["restore", id, "-", "--lock-wait", "0"])
         #expect(locked.status == 1 && locked.stderr.contains("is locked"), "\(locked.stderr)")
         #expect(shell("mount -o remount,rw '\(mnt)'") == 0)
         gc.release()

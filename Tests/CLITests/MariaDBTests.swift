@@ -40,9 +40,7 @@ struct MariaDBTests {
         try Maria.sql("USE \(db); CREATE TABLE audit (id INT, what TEXT); INSERT INTO audit SELECT seq, CONCAT('night two ', seq) FROM seq_1_to_1000; UPDATE items SET note = 'changed' WHERE id BETWEEN 30000 AND 30100;")
         let second = try cli.dedup(["backup-db", db, "--time", "2026-11-21T02:00:00Z", "--json"] + connection)
         #expect(second.status == 0, "\(second.stderr)")
-        let m2 = try JSONSerialization.jsonObject(with: Data(second.stdout)) as? [String: Any]
-        let size = m2?["size"] as? Int ?? 0
-        let newBytes = (m2?["stats"] as? [String: Any])?["newBytes"] as? Int ?? size
+        let (size, newBytes) = try storedAnew(second)
         #expect(size > 5_000_000)
         // Measured: 30% anew (PostgreSQL's custom format: under 20%). An extended
         // INSERT's end moves with every changed row before it; see MariaDBDumpPlan.

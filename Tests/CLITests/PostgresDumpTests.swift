@@ -37,9 +37,7 @@ extension PostgresServerTests {
         let second = try cli.dedup(["backup", "--name", db, "--db-type", "postgres", "--db-name", db,
                                     "--time", "2026-11-21T02:00:00Z", "--json", "--from-command", "--"] + dumpArgs)
         #expect(second.status == 0, "\(second.stderr)")
-        let manifest = try JSONSerialization.jsonObject(with: Data(second.stdout)) as? [String: Any]
-        let size = manifest?["size"] as? Int ?? 0
-        let newBytes = (manifest?["stats"] as? [String: Any])?["newBytes"] as? Int ?? size
+        let (size, newBytes) = try storedAnew(second)
         #expect(size > 5_000_000)
         #expect(Double(newBytes) < 0.2 * Double(size), "night two stored \(newBytes) of \(size) bytes anew")
 

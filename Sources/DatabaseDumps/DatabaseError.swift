@@ -12,6 +12,8 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
     case invalidArgument(String)
     /// An engine this build cannot back up yet.
     case unsupportedEngine(String)
+    /// A WAL file or binlog that cannot go into the archive as it is.
+    case archiveConflict(file: String, detail: String)
 
     public var description: String { message }
     public var errorDescription: String? { message }
@@ -26,6 +28,8 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
             return "\(tool) was not found in PATH; install it (Debian: apt-get install \(package)) or put it on PATH"
         case .invalidArgument(let text):
             return text
+        case .archiveConflict(let file, let detail):
+            return "refusing to archive \(file): \(detail)"
         case .unsupportedEngine(let engine):
             return "--db-type \(engine) cannot be backed up by this version yet (postgres can)"
         }

@@ -21,6 +21,12 @@ public struct BackupOptions: Sendable {
     public var streamSHA256 = false
     /// How the dump was made, for `dedup backup-db`.
     public var dump: Manifest.DumpInfo?
+    /// The archived file (WAL segment, binlog) this backup is.
+    public var archive: Manifest.ArchiveInfo?
+    /// Commit under exactly this id, or fail with `DedupError.backupExists` if a
+    /// backup holds it already (archives: one manifest per file name). Nil: the
+    /// id is `<time>_<name>`, with a suffix when taken.
+    public var fixedID: String?
 
     public init(name: String, source: String) {
         self.name = name
@@ -273,23 +279,33 @@ public final class BackupSession {
         }
 
         FaultInjection.crashPoint("backup.before-chunklist")
-        let base = Timestamps.idStamp(options.time) + "_" + Self.sanitize(options.name)
-        let existing = Set(try repository.manifestIDs())
+        let id: String
         let list: (key: String, sha256: String, size: Int64)
         do {
-            func candidate(_ n: Int) -> String { n == 0 ? base : "\(base)_\(n + 1)" }
-            var n = 0
-            // Skip ids whose manifest exists even if its chunk list was lost.
-            list = try chunkList.finish { _ in
-                while existing.contains(candidate(n)) { n += 1 }
-                defer { n += 1 }
-                return Manifest.chunkListKey(for: candidate(n))
+            if let fixed = options.fixedID {
+                // A fixed id: its chunk list under a name of its own, so that two
+                // runs racing for the id never share a list; the manifest decides.
+                if FileIO.exists(repository.backend.path(Manifest.key(for: fixed))) { throw DedupError.backupExists(id: fixed) }
+                id = fixed
+                let key = "manifests/\(fixed).\(Hex.encode(SecureRandom.bytes(4))).chunks"
+                list = try chunkList.finish { _ in key }
+            } else {
+                let base = Timestamps.idStamp(options.time) + "_" + Self.sanitize(options.name)
+                let existing = Set(try repository.manifestIDs())
+                func candidate(_ n: Int) -> String { n == 0 ? base : "\(base)_\(n + 1)" }
+                var n = 0
+                // Skip ids whose manifest exists even if its chunk list was lost.
+                list = try chunkList.finish { _ in
+                    while existing.contains(candidate(n)) { n += 1 }
+                    defer { n += 1 }
+                    return Manifest.chunkListKey(for: candidate(n))
+                }
+                id = String(FileIO.lastComponent(list.key).dropLast(".chunks".count))
             }
         } catch {
             chunkList.abort()
             throw error
         }
-        let id = String(FileIO.lastComponent(list.key).dropLast(".chunks".count))
         stats.durationSeconds = Date().timeIntervalSince(started)
         let manifest = Manifest(
             formatVersion: Manifest.currentVersion, id: id, name: options.name, kind: options.kind,
@@ -298,9 +314,15 @@ public final class BackupSession {
             source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
             size: Int64(bytesRead), sha256: streamDigest?.hex,
             chunkList: .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count),
-            stats: stats, dump: options.dump)
+            stats: stats, dump: options.dump, archive: options.archive)
         FaultInjection.crashPoint("backup.before-manifest")
-        try backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)
+        do {
+            try backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)
+        } catch DedupError.io(_, _, EEXIST) where options.fixedID != nil {
+            // Another run committed this id first; our chunk list is nobody's.
+            try? backend.delete(list.key)
+            throw DedupError.backupExists(id: id)
+        }
         FaultInjection.crashPoint("backup.after-manifest")
         // The backup is committed; a filter that cannot be saved is only a cache.
         do {

@@ -27,6 +27,7 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case incompleteInput(String)
     case inputCommandFailed(command: String, status: String)
     case invalidArgument(String)
+    case backupExists(id: String)
 
     public var description: String { message }
     public var errorDescription: String? { message }
@@ -82,6 +83,8 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return detail
         case .inputCommandFailed(let command, let status):
             return "input command '\(command)' \(status); no backup was committed"
+        case .backupExists(let id):
+            return "a backup with the id \(id) exists already"
         case .invalidArgument(let detail):
             return detail
         }

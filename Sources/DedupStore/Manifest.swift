@@ -43,6 +43,17 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var binlogFile: String?
         public var binlogPosition: UInt64?
         public var gtid: String?
+        /// MySQL/MariaDB: the server's @@server_id, which ties the dump to the
+        /// binary logs archived from the same server.
+        public var serverID: UInt32?
+        /// PostgreSQL base backups: where WAL replay starts and ends, on which
+        /// timeline, the first WAL file needed, and the cluster's system identifier
+        /// (which ties the backup to its archived WAL).
+        public var startLSN: String?
+        public var stopLSN: String?
+        public var timeline: UInt32?
+        public var startWALFile: String?
+        public var systemIdentifier: String?
 
         public init(engine: String, serverVersion: String, server: String, tool: String, toolVersion: String,
                     format: String, databaseSize: Int64?, binlogFile: String? = nil, binlogPosition: UInt64? = nil,
@@ -50,6 +61,23 @@ public struct Manifest: Codable, Equatable, Sendable {
             self.engine = engine; self.serverVersion = serverVersion; self.server = server
             self.tool = tool; self.toolVersion = toolVersion; self.format = format; self.databaseSize = databaseSize
             self.binlogFile = binlogFile; self.binlogPosition = binlogPosition; self.gtid = gtid
+        }
+    }
+
+    /// A server's log file kept for point-in-time recovery (kinds wal and binlog):
+    /// one manifest per file, under the id `<kind>_<archive name>_<file>`.
+    public struct ArchiveInfo: Codable, Equatable, Sendable {
+        /// The file's own name (000000010000000000000003, 00000002.history, mariadb-bin.000007).
+        public var file: String
+        /// PostgreSQL WAL: timeline, and the cluster's system identifier from the
+        /// segment's first page (history and backup-label files carry none).
+        public var timeline: UInt32?
+        public var systemIdentifier: String?
+        /// MySQL/MariaDB: the @@server_id of the server that wrote the binlog.
+        public var serverID: UInt32?
+
+        public init(file: String, timeline: UInt32? = nil, systemIdentifier: String? = nil, serverID: UInt32? = nil) {
+            self.file = file; self.timeline = timeline; self.systemIdentifier = systemIdentifier; self.serverID = serverID
         }
     }
 
@@ -79,6 +107,8 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var stats: Stats
     /// Set for database dumps made by dbbackup itself.
     public var dump: DumpInfo?
+    /// Set for archived WAL segments and binlogs.
+    public var archive: ArchiveInfo?
 
     public var createdDate: Date? { Timestamps.parse(createdAt) }
 

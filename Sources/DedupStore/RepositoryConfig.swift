@@ -113,6 +113,15 @@ public enum Timestamps {
         let local = DateFormatter()
         local.locale = Locale(identifier: "en_US_POSIX")
         local.timeZone = TimeZone.current
+        // With a zone as PostgreSQL prints it: 2026-11-21 12:00:00+00, ...+05:30, ...Z.
+        for time in ["HH:mm:ss", "HH:mm:ss.SSSSSS", "HH:mm:ss.SSS", "HH:mm"] {
+            for zone in ["X", "XXX", "XX", " X", " XXX", " z"] {
+                for sep in [" ", "'T'"] {
+                    local.dateFormat = "yyyy-MM-dd" + sep + time + zone
+                    if let d = local.date(from: text) { return d }
+                }
+            }
+        }
         for format in ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm", "yyyy-MM-dd HH:mm", "yyyy-MM-dd"] {
             local.dateFormat = format
             if let d = local.date(from: text) { return d }

@@ -47,12 +47,20 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "Name of the backup (default: the database).")
     var name: String?
 
+    @Flag(help: "PostgreSQL: the whole cluster with pg_basebackup (tar, with the WAL it needs), the start of point-in-time recovery (see `dbbackup restore pitr`).")
+    var baseBackup = false
+
     @Flag(help: "Every database of the server, plus a backup named globals: roles and tablespaces (pg_dumpall --globals-only), or MariaDB's users and grants (mariadb-dump --system=users).")
     var all = false
 
     @OptionGroup var committing: CommitOptions
 
     func validate() throws {
+        if baseBackup {
+            guard !all, positionalDatabase == nil, database == nil else { throw ValidationError("--base-backup copies the whole cluster: give no database and no --all") }
+            guard dbType == "postgres" || dbType == "postgresql" else { throw ValidationError("--base-backup is for PostgreSQL; for MySQL/MariaDB, dump a database and archive its binlogs") }
+            return
+        }
         if all {
             guard positionalDatabase == nil, database == nil, name == nil else { throw ValidationError("--all backs up every database: give no database and no --name") }
         } else {
@@ -69,6 +77,10 @@ struct DedupBackupDB: ParsableCommand {
             let address = server.address
             let maria = dbType == "mysql" || dbType == "mariadb"
             guard maria || dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
+            if baseBackup {
+                try backUpCluster(connection: try PostgresConnection(address, database: "postgres"), into: try store.openOrCreate(), address: address)
+                return
+            }
             guard all else {
                 let db = positionalDatabase ?? database ?? ""
                 if maria {
@@ -136,6 +148,32 @@ struct DedupBackupDB: ParsableCommand {
         // status guards both.
         options.checkDumpComplete = dumpFormat == .plain
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
+    }
+
+    /// The whole cluster through pg_basebackup: a tar stream whose first member,
+    /// backup_label, says where WAL replay starts; that and the cluster's system
+    /// identifier go into the manifest.
+    private func backUpCluster(connection: PostgresConnection, into repo: Repository, address: ServerAddress) throws {
+        let systemIdentifier = try connection.column("SELECT system_identifier::text FROM pg_control_system()").first
+        let size = try? connection.column("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").first.flatMap { Int64($0) }
+        let plan = try PostgresBaseBackupPlan.make(address: address)
+        let tar = try ProcessOutputSource(arguments: plan.arguments)
+        let head = try tar.read(upTo: 64 << 10)
+        guard let labelBytes = TarHead.member(named: "backup_label", in: head),
+              let label = BackupLabel(String(decoding: labelBytes, as: UTF8.self)) else {
+            _ = try? tar.read(upTo: 1 << 20)  // let pg_basebackup finish and say why
+            throw DatabaseError.invalidArgument("pg_basebackup's output does not start with a backup_label (\(head.count) bytes read); no backup was committed")
+        }
+        var info = Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion, server: address.postgresLabel,
+                                     tool: "pg_basebackup", toolVersion: plan.toolVersion, format: "tar", databaseSize: size)
+        info.startLSN = label.startLSN
+        info.startWALFile = label.startWALFile
+        info.timeline = label.timeline
+        info.systemIdentifier = systemIdentifier
+        var options = dumpOptions(name: name ?? "basebackup", database: nil, command: plan.arguments, dump: info)
+        options.kind = "basebackup"
+        options.checkDumpComplete = false
+        try committing.commit(AnySource(PrefixedSource(prefix: head, rest: AnySource(tar))), into: repo, options: options, expectedSize: size)
     }
 
     /// One MySQL/MariaDB database through mariadb-dump (or mysqldump), with the

@@ -106,34 +106,45 @@ struct DedupRestore: ParsableCommand {
         default:
             throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")
         }
-        // A loader that dies early must make our writes fail (EPIPE), not kill us.
-        signal(SIGPIPE, SIG_IGN)
-        guard let pipe = FileIO.makePipe(), let exe = findExecutable(arguments[0]) else {
-            throw DatabaseError.toolMissing(tool: arguments[0], package: "the database's client tools")
-        }
-        let loader: ChildProcess
-        do {
-            loader = try ChildProcess(executable: exe, arguments: arguments, stdinFD: pipe.read,
-                                      stdoutFD: STDERR_FILENO, closeInChild: [pipe.write])
-        } catch {
-            close(pipe.read); close(pipe.write)
-            throw error
-        }
-        close(pipe.read)
         let tool = arguments[0]
-        do {
-            _ = try restorer.restore(manifest.id, to: .descriptor(pipe.write, name: tool))
-        } catch {
-            close(pipe.write)
-            _ = loader.wait()
-            throw error
-        }
-        close(pipe.write)
-        if let failure = loader.failure() {
+        if let failure = try restore(manifest.id, with: restorer, into: arguments) {
             throw DatabaseError.invalidArgument("\(tool) \(failure) (its messages are above); database \(database) may be partly restored")
         }
         return manifest
     }
+}
+
+/// Restores a backup into the standard input of a program (pg_restore, psql,
+/// mariadb, tar), whose standard output goes to `stdoutFD`. Returns how the
+/// program failed, or nil when it exited 0.
+func restore(_ id: String, with restorer: Restorer, into arguments: [String], stdoutFD: Int32 = STDERR_FILENO,
+             environment: [String: String]? = nil) throws -> String? {
+    // A loader that dies early must make our writes fail (EPIPE), not kill us.
+    signal(SIGPIPE, SIG_IGN)
+    guard let tool = arguments.first, let exe = findExecutable(tool) else {
+        throw DatabaseError.toolMissing(tool: arguments.first ?? "?", package: "the database's client tools")
+    }
+    guard let pipe = FileIO.makePipe() else {
+        throw DedupError.io(operation: "pipe", path: tool, errno: errno)
+    }
+    let loader: ChildProcess
+    do {
+        loader = try ChildProcess(executable: exe, arguments: arguments, environment: environment, stdinFD: pipe.read,
+                                  stdoutFD: stdoutFD, closeInChild: [pipe.write])
+    } catch {
+        close(pipe.read); close(pipe.write)
+        throw error
+    }
+    close(pipe.read)
+    do {
+        _ = try restorer.restore(id, to: .descriptor(pipe.write, name: tool))
+    } catch {
+        close(pipe.write)
+        _ = loader.wait()
+        throw error
+    }
+    close(pipe.write)
+    return loader.failure()
 }
 
 struct DedupList: ParsableCommand {

@@ -1,0 +1,301 @@
+import DedupStore
+import Foundation
+
+/// The name of a file PostgreSQL hands to archive_command or asks restore_command
+/// for: a WAL segment (`TTTTTTTTXXXXXXXXYYYYYYYY`), a timeline history file
+/// (`TTTTTTTT.history`), a backup history file (`<segment>.XXXXXXXX.backup`) or a
+/// partial segment (`<segment>.partial`).
+public struct WALFileName: Equatable, Sendable {
+    public enum Kind: String, Sendable { case segment, history, backupHistory = "backup", partial }
+
+    public let name: String
+    public let kind: Kind
+    public let timeline: UInt32
+    /// The segment's position ("XXXXXXXXYYYYYYYY"), which sorts like the WAL;
+    /// nil for history files.
+    public let position: String?
+
+    public init?(_ name: String) {
+        func hex(_ s: Substring, _ count: Int) -> Bool {
+            s.count == count && s.allSatisfy { $0.isHexDigit && !$0.isLowercase }
+        }
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard let head = parts.first, let tli = UInt32(head.prefix(8), radix: 16) else { return nil }
+        switch parts.count {
+        case 1 where hex(head, 24):
+            kind = .segment
+        case 2 where parts[1] == "history" && hex(head, 8):
+            kind = .history
+        case 2 where parts[1] == "partial" && hex(head, 24):
+            kind = .partial
+        case 3 where parts[2] == "backup" && hex(head, 24) && hex(parts[1], 8):
+            kind = .backupHistory
+        default:
+            return nil
+        }
+        guard tli > 0 else { return nil }
+        self.name = name
+        timeline = tli
+        position = kind == .history ? nil : String(head.dropFirst(8))
+    }
+}
+
+/// The first page header of a WAL segment: its timeline and the system identifier
+/// of the cluster that wrote it (XLogLongPageHeaderData, little-endian).
+public struct WALSegmentHeader: Equatable, Sendable {
+    public let timeline: UInt32
+    public let systemIdentifier: UInt64
+
+    /// nil when the bytes do not start with a long page header.
+    public init?(_ bytes: [UInt8]) {
+        guard bytes.count >= 40 else { return nil }
+        func le<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
+            var v: T = 0
+            for i in 0..<MemoryLayout<T>.size { v |= T(bytes[offset + i]) << (8 * i) }
+            return v
+        }
+        let info = le(2, UInt16.self)
+        let xlpLongHeader: UInt16 = 0x0002
+        guard info & xlpLongHeader != 0 else { return nil }
+        timeline = le(4, UInt32.self)
+        systemIdentifier = le(24, UInt64.self)
+        guard timeline > 0, systemIdentifier != 0 else { return nil }
+    }
+}
+
+/// PostgreSQL's WAL archive inside the chunk store: one backup of kind `wal` per
+/// file, under the id `wal_<archive name>_<file name>`. The archive name tells
+/// the WAL of different clusters in one repository apart (default "main").
+public struct WALArchive {
+    public let repository: Repository
+    public let name: String
+
+    public static let defaultName = "main"
+
+    public init(repository: Repository, name: String) throws {
+        guard !name.isEmpty, BackupSession.sanitize(name) == name, !name.contains("_") else {
+            throw DatabaseError.invalidArgument("archive name '\(name)' must be letters, digits, '.' and '-' (no '_')")
+        }
+        self.repository = repository
+        self.name = name
+    }
+
+    public static func manifestID(name: String, file: String) -> String { "wal_\(name)_\(file)" }
+    public func manifestID(_ file: String) -> String { Self.manifestID(name: name, file: file) }
+
+    public enum Outcome {
+        case archived(Manifest)
+        /// The file was archived before with the same content.
+        case alreadyArchived(Manifest)
+    }
+
+    /// Archives the file at `path` under `file` (archive_command's %p and %f).
+    /// Returns once the file is durable in the repository. The same file again
+    /// succeeds; other content under an archived name, or a segment of another
+    /// cluster under this archive name, is refused.
+    public func archive(path: String, file: String, jobs: Int? = nil, lockWait: TimeInterval = 600) throws -> Outcome {
+        guard let walName = WALFileName(file) else {
+            throw DatabaseError.invalidArgument("'\(file)' is not a WAL file name (archive_command passes %p then %f)")
+        }
+        let input = try ArchivedFileInput(path: path)
+        let id = manifestID(file)
+        if let outcome = try compareWithArchived(id: id, file: file, size: input.size, sha256: input.sha256) { return outcome }
+
+        var info = Manifest.ArchiveInfo(file: file, timeline: walName.timeline)
+        if walName.kind == .segment || walName.kind == .partial, let header = WALSegmentHeader(input.head) {
+            info.systemIdentifier = String(header.systemIdentifier)
+            try checkCluster(header.systemIdentifier, file: file)
+        }
+        var options = BackupOptions(name: name, source: FileIO.absolute(path))
+        options.kind = "wal"
+        options.dbType = "postgres"
+        options.fixedID = id
+        options.archive = info
+        options.streamSHA256 = true
+        options.checkDumpComplete = false
+        options.lockWait = lockWait
+        // The time the server finished the file: what a recovery target compares with.
+        options.time = input.modified
+        let session = try BackupSession(repository: repository)
+        if let jobs { session.jobs = jobs }
+        do {
+            let manifest = try session.run(source: try input.source(), options: options)
+            // The file changed while it was read: keep nothing half-true.
+            guard manifest.sha256 == input.sha256 else {
+                try? repository.deleteManifest(id)
+                throw DatabaseError.archiveConflict(file: file, detail: "\(path) changed while it was archived; nothing was kept, so the server will try again")
+            }
+            return .archived(manifest)
+        } catch DedupError.backupExists {
+            // Another run archived it meanwhile: the same rules as above.
+            if let outcome = try compareWithArchived(id: id, file: file, size: input.size, sha256: input.sha256) { return outcome }
+            throw DedupError.backupExists(id: id)
+        }
+    }
+
+    /// nil when `file` is not archived yet; `.alreadyArchived` when it is, with
+    /// this content; an error when it is, with other content.
+    private func compareWithArchived(id: String, file: String, size: Int, sha256: String) throws -> Outcome? {
+        guard FileIO.exists(repository.backend.path(Manifest.key(for: id))) else { return nil }
+        let existing = try repository.loadManifest(id)
+        guard existing.size == Int64(size), existing.sha256 == sha256 else {
+            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes, sha256 \(existing.sha256 ?? "unknown"); this one: \(size) bytes, sha256 \(sha256)). Two clusters may be archiving under one name: give each its own --name")
+        }
+        return .alreadyArchived(existing)
+    }
+
+    /// Refuses a segment of another cluster: the newest segment archived under
+    /// this name must carry the same system identifier.
+    private func checkCluster(_ systemIdentifier: UInt64, file: String) throws {
+        let prefix = "wal_\(name)_"
+        guard let newest = try repository.manifestIDs().last(where: { $0.hasPrefix(prefix) && WALFileName(String($0.dropFirst(prefix.count)))?.position != nil }) else { return }
+        guard let known = try repository.loadManifest(newest).archive?.systemIdentifier, known != String(systemIdentifier) else { return }
+        throw DatabaseError.archiveConflict(file: file, detail: "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name")
+    }
+
+    /// Restores `file` to `path` (restore_command's %f and %p). False when the
+    /// archive does not hold it, which PostgreSQL asks about routinely (the next
+    /// timeline's history file, the segment after the last).
+    public func restore(file: String, to path: String, jobs: Int? = nil) throws -> Bool {
+        guard WALFileName(file) != nil else {
+            throw DatabaseError.invalidArgument("'\(file)' is not a WAL file name (restore_command passes %f then %p)")
+        }
+        let id = manifestID(file)
+        guard FileIO.exists(repository.backend.path(Manifest.key(for: id))) else { return false }
+        let restorer = Restorer(repository: repository)
+        if let jobs { restorer.jobs = jobs }
+        try restorer.restore(id, to: .file(path: path, overwrite: true))
+        return true
+    }
+
+    /// Every file archived under this name, in WAL order (history files with
+    /// their timeline's first segment), optionally of one timeline.
+    public func files(timeline: UInt32? = nil) throws -> [Manifest] {
+        let prefix = "wal_\(name)_"
+        return try repository.manifestIDs().filter { $0.hasPrefix(prefix) }.compactMap { id -> Manifest? in
+            guard let w = WALFileName(String(id.dropFirst(prefix.count))) else { return nil }
+            if let timeline, w.timeline != timeline { return nil }
+            return try repository.loadManifest(id)
+        }.sorted { Self.order($0) < Self.order($1) }
+    }
+
+    /// Sort key: position, then timeline; history files first on their timeline.
+    static func order(_ m: Manifest) -> String {
+        guard let file = m.archive?.file, let w = WALFileName(file) else { return m.id }
+        return (w.position ?? "") + String(format: "%08X", w.timeline) + file
+    }
+
+    /// The archive names with WAL in the repository.
+    public static func names(in repository: Repository) throws -> [String] {
+        Set(try repository.manifestIDs().compactMap { id -> String? in
+            guard id.hasPrefix("wal_") else { return nil }
+            let rest = id.dropFirst(4)
+            guard let end = rest.firstIndex(of: "_") else { return nil }
+            return String(rest[..<end])
+        }).sorted()
+    }
+}
+
+/// A server's finished log file (WAL segment, binlog) about to be archived: its
+/// size, SHA-256, first bytes and modification time, read before the backup,
+/// which then reads it again from the start (from the page cache).
+public struct ArchivedFileInput {
+    public let path: String
+    public let size: Int
+    public let sha256: String
+    /// Its first 64 bytes (or fewer): page and event headers.
+    public let head: [UInt8]
+    public let modified: Date
+    private let fd: Int32
+    private let owner: Descriptor
+
+    /// Closes the file when the last copy goes.
+    private final class Descriptor {
+        let fd: Int32
+        init(_ fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+    }
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { throw DedupError.inputNotFound(path: path) }
+            throw DedupError.inputUnreadable(path: path, reason: String(cString: strerror(errno)))
+        }
+        self.fd = fd
+        owner = Descriptor(fd)
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw DedupError.inputUnreadable(path: path, reason: "not a regular file")
+        }
+        modified = Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec) + TimeInterval(st.st_mtim.tv_nsec) / 1e9)
+        let hasher = SHA256Hasher()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var total = 0
+        var head = [UInt8]()
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw DedupError.inputUnreadable(path: path, reason: String(cString: strerror(errno))) }
+            if n == 0 { break }
+            if head.count < 64 { head += buffer[0..<min(n, 64 - head.count)] }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            total += n
+        }
+        size = total
+        sha256 = hasher.finish().hex
+        self.head = head
+    }
+
+    /// The file again from its start.
+    public func source() throws -> FileDescriptorSource {
+        guard lseek(fd, 0, SEEK_SET) == 0 else {
+            throw DedupError.inputUnreadable(path: path, reason: String(cString: strerror(errno)))
+        }
+        return FileDescriptorSource(fd: fd, name: path)
+    }
+}
+
+/// Continuity of archived WAL: segments follow one another on each timeline.
+public enum WALChain {
+    public struct Gap: Equatable, Sendable {
+        public let timeline: UInt32
+        /// "000000010000000000000005" or "000000010000000000000005 to ...0007".
+        public let missing: String
+    }
+
+    /// The segment number of `position` ("XXXXXXXXYYYYYYYY") for segments of
+    /// `segmentSize` bytes, and back.
+    public static func number(_ position: String, segmentSize: Int64) -> UInt64? {
+        guard position.count == 16, let log = UInt64(position.prefix(8), radix: 16), let seg = UInt64(position.suffix(8), radix: 16),
+              segmentSize > 0, (UInt64(1) << 32) % UInt64(segmentSize) == 0 else { return nil }
+        return log * ((UInt64(1) << 32) / UInt64(segmentSize)) + seg
+    }
+
+    public static func position(_ number: UInt64, segmentSize: Int64) -> String {
+        let perLog = (UInt64(1) << 32) / UInt64(max(1, segmentSize))
+        return String(format: "%08llX%08llX", number / perLog, number % perLog)
+    }
+
+    /// Missing segments between the first and the last archived one of each
+    /// timeline. `files` are (file name, size); only full segments count.
+    public static func gaps(in files: [(String, Int64)]) -> [Gap] {
+        var byTimeline = [UInt32: [(number: UInt64, size: Int64)]]()
+        for (file, size) in files {
+            guard let w = WALFileName(file), w.kind == .segment, let p = w.position, let n = number(p, segmentSize: size) else { continue }
+            byTimeline[w.timeline, default: []].append((n, size))
+        }
+        var out = [Gap]()
+        for tli in byTimeline.keys.sorted() {
+            let segments = (byTimeline[tli] ?? []).sorted { $0.number < $1.number }
+            let prefix = String(format: "%08X", tli)
+            for (a, b) in zip(segments, segments.dropFirst()) where b.number > a.number + 1 {
+                let first = prefix + position(a.number + 1, segmentSize: a.size)
+                let last = prefix + position(b.number - 1, segmentSize: a.size)
+                out.append(Gap(timeline: tli, missing: first == last ? first : "\(first) to \(last)"))
+            }
+        }
+        return out
+    }
+}

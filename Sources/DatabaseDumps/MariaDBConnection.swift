@@ -41,17 +41,38 @@ public final class MariaDBConnection {
 
     /// The first column of every row (NULL as "").
     public func column(_ sql: String) throws -> [String] {
+        try rows(sql).map { $0.first ?? "" }
+    }
+
+    /// Every row, every column (NULL as "").
+    public func rows(_ sql: String) throws -> [[String]] {
         guard mysql_query(mysql, sql) == 0 else {
             throw DatabaseError.queryFailed(query: sql, detail: String(cString: mysql_error(mysql)))
         }
         guard let result = mysql_store_result(mysql) else { return [] }
         defer { mysql_free_result(result) }
-        var out = [String]()
+        let columns = Int(mysql_num_fields(result))
+        var out = [[String]]()
         while let row = mysql_fetch_row(result) {
-            out.append(row[0].map { String(cString: $0) } ?? "")
+            out.append((0..<columns).map { row[$0].map { String(cString: $0) } ?? "" })
         }
         return out
     }
+
+    /// The binary log file being written and the position in it (SHOW MASTER
+    /// STATUS); nil when the binary log is off.
+    public func currentBinlog() throws -> BinlogPosition? {
+        guard let row = try rows("SHOW MASTER STATUS").first, row.count >= 2, let pos = UInt64(row[1]) else { return nil }
+        return BinlogPosition(file: row[0], position: pos)
+    }
+
+    /// The binary logs the server still has (SHOW BINARY LOGS): name and size.
+    public func binaryLogs() throws -> [(file: String, size: Int64)] {
+        try rows("SHOW BINARY LOGS").compactMap { r in r.count >= 2 ? (r[0], Int64(r[1]) ?? 0) : nil }
+    }
+
+    /// @@server_id, which ties dumps and binlogs of one server together.
+    public func serverID() throws -> UInt32? { UInt32(try column("SELECT @@server_id").first ?? "") }
 
     /// Runs a statement that returns no rows.
     public func execute(_ sql: String) throws {

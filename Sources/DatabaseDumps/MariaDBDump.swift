@@ -54,6 +54,10 @@ public struct BinlogPosition: Equatable, Sendable {
     public var position: UInt64
     public var gtid: String?
 
+    public init(file: String, position: UInt64, gtid: String? = nil) {
+        self.file = file; self.position = position; self.gtid = gtid
+    }
+
     public init?(dumpHeader: [UInt8]) {
         let text = String(decoding: dumpHeader, as: UTF8.self)
         var file: String?, position: UInt64?, gtid: String?

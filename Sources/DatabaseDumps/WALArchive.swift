@@ -67,27 +67,19 @@ public struct WALSegmentHeader: Equatable, Sendable {
 /// file, under the id `wal_<archive name>_<file name>`. The archive name tells
 /// the WAL of different clusters in one repository apart (default "main").
 public struct WALArchive {
-    public let repository: Repository
-    public let name: String
+    public let log: LogArchive
+    public var repository: Repository { log.repository }
+    public var name: String { log.name }
 
     public static let defaultName = "main"
 
     public init(repository: Repository, name: String) throws {
-        guard !name.isEmpty, BackupSession.sanitize(name) == name, !name.contains("_") else {
-            throw DatabaseError.invalidArgument("archive name '\(name)' must be letters, digits, '.' and '-' (no '_')")
-        }
-        self.repository = repository
-        self.name = name
+        log = try LogArchive(repository: repository, kind: "wal", name: name, dbType: "postgres")
     }
 
     public static func manifestID(name: String, file: String) -> String { "wal_\(name)_\(file)" }
-    public func manifestID(_ file: String) -> String { Self.manifestID(name: name, file: file) }
 
-    public enum Outcome {
-        case archived(Manifest)
-        /// The file was archived before with the same content.
-        case alreadyArchived(Manifest)
-    }
+    public typealias Outcome = LogArchive.Outcome
 
     /// Archives the file at `path` under `file` (archive_command's %p and %f).
     /// Returns once the file is durable in the repository. The same file again
@@ -98,58 +90,20 @@ public struct WALArchive {
             throw DatabaseError.invalidArgument("'\(file)' is not a WAL file name (archive_command passes %p then %f)")
         }
         let input = try ArchivedFileInput(path: path)
-        let id = manifestID(file)
-        if let outcome = try compareWithArchived(id: id, file: file, size: input.size, sha256: input.sha256) { return outcome }
-
         var info = Manifest.ArchiveInfo(file: file, timeline: walName.timeline)
         if walName.kind == .segment || walName.kind == .partial, let header = WALSegmentHeader(input.head) {
             info.systemIdentifier = String(header.systemIdentifier)
-            try checkCluster(header.systemIdentifier, file: file)
         }
-        var options = BackupOptions(name: name, source: FileIO.absolute(path))
-        options.kind = "wal"
-        options.dbType = "postgres"
-        options.fixedID = id
-        options.archive = info
-        options.streamSHA256 = true
-        options.checkDumpComplete = false
-        options.lockWait = lockWait
-        // The time the server finished the file: what a recovery target compares with.
-        options.time = input.modified
-        let session = try BackupSession(repository: repository)
-        if let jobs { session.jobs = jobs }
-        do {
-            let manifest = try session.run(source: try input.source(), options: options)
-            // The file changed while it was read: keep nothing half-true.
-            guard manifest.sha256 == input.sha256 else {
-                try? repository.deleteManifest(id)
-                throw DatabaseError.archiveConflict(file: file, detail: "\(path) changed while it was archived; nothing was kept, so the server will try again")
-            }
-            return .archived(manifest)
-        } catch DedupError.backupExists {
-            // Another run archived it meanwhile: the same rules as above.
-            if let outcome = try compareWithArchived(id: id, file: file, size: input.size, sha256: input.sha256) { return outcome }
-            throw DedupError.backupExists(id: id)
+        return try log.archive(input, info: info, jobs: jobs, lockWait: lockWait) {
+            if let id = info.systemIdentifier { try checkCluster(id, file: file) }
         }
-    }
-
-    /// nil when `file` is not archived yet; `.alreadyArchived` when it is, with
-    /// this content; an error when it is, with other content.
-    private func compareWithArchived(id: String, file: String, size: Int, sha256: String) throws -> Outcome? {
-        guard FileIO.exists(repository.backend.path(Manifest.key(for: id))) else { return nil }
-        let existing = try repository.loadManifest(id)
-        guard existing.size == Int64(size), existing.sha256 == sha256 else {
-            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes, sha256 \(existing.sha256 ?? "unknown"); this one: \(size) bytes, sha256 \(sha256)). Two clusters may be archiving under one name: give each its own --name")
-        }
-        return .alreadyArchived(existing)
     }
 
     /// Refuses a segment of another cluster: the newest segment archived under
     /// this name must carry the same system identifier.
-    private func checkCluster(_ systemIdentifier: UInt64, file: String) throws {
-        let prefix = "wal_\(name)_"
-        guard let newest = try repository.manifestIDs().last(where: { $0.hasPrefix(prefix) && WALFileName(String($0.dropFirst(prefix.count)))?.position != nil }) else { return }
-        guard let known = try repository.loadManifest(newest).archive?.systemIdentifier, known != String(systemIdentifier) else { return }
+    private func checkCluster(_ systemIdentifier: String, file: String) throws {
+        guard let newest = try log.ids().last(where: { WALFileName($0.file)?.position != nil }) else { return }
+        guard let known = try repository.loadManifest(newest.id).archive?.systemIdentifier, known != systemIdentifier else { return }
         throw DatabaseError.archiveConflict(file: file, detail: "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name")
     }
 
@@ -160,22 +114,16 @@ public struct WALArchive {
         guard WALFileName(file) != nil else {
             throw DatabaseError.invalidArgument("'\(file)' is not a WAL file name (restore_command passes %f then %p)")
         }
-        let id = manifestID(file)
-        guard FileIO.exists(repository.backend.path(Manifest.key(for: id))) else { return false }
-        let restorer = Restorer(repository: repository)
-        if let jobs { restorer.jobs = jobs }
-        try restorer.restore(id, to: .file(path: path, overwrite: true))
-        return true
+        return try log.restore(file: file, to: path, jobs: jobs)
     }
 
     /// Every file archived under this name, in WAL order (history files with
     /// their timeline's first segment), optionally of one timeline.
     public func files(timeline: UInt32? = nil) throws -> [Manifest] {
-        let prefix = "wal_\(name)_"
-        return try repository.manifestIDs().filter { $0.hasPrefix(prefix) }.compactMap { id -> Manifest? in
-            guard let w = WALFileName(String(id.dropFirst(prefix.count))) else { return nil }
+        try log.ids().compactMap { entry -> Manifest? in
+            guard let w = WALFileName(entry.file) else { return nil }
             if let timeline, w.timeline != timeline { return nil }
-            return try repository.loadManifest(id)
+            return try repository.loadManifest(entry.id)
         }.sorted { Self.order($0) < Self.order($1) }
     }
 
@@ -187,9 +135,107 @@ public struct WALArchive {
 
     /// The archive names with WAL in the repository.
     public static func names(in repository: Repository) throws -> [String] {
+        try LogArchive.names(kind: "wal", in: repository)
+    }
+}
+
+/// What WAL and binlog archives share: one backup per log file, committed under
+/// the fixed id `<kind>_<archive name>_<file>`, never replaced by other content.
+public struct LogArchive {
+    public let repository: Repository
+    /// wal or binlog.
+    public let kind: String
+    public let name: String
+    let dbType: String
+
+    public init(repository: Repository, kind: String, name: String, dbType: String) throws {
+        guard !name.isEmpty, BackupSession.sanitize(name) == name, !name.contains("_") else {
+            throw DatabaseError.invalidArgument("archive name '\(name)' must be letters, digits, '.' and '-' (no '_')")
+        }
+        self.repository = repository
+        self.kind = kind
+        self.name = name
+        self.dbType = dbType
+    }
+
+    public func manifestID(_ file: String) -> String { "\(kind)_\(name)_\(file)" }
+
+    public func contains(_ file: String) -> Bool {
+        FileIO.exists(repository.backend.path(Manifest.key(for: manifestID(file))))
+    }
+
+    public enum Outcome {
+        case archived(Manifest)
+        /// The file was archived before with the same content.
+        case alreadyArchived(Manifest)
+    }
+
+    /// Archives `input` under `info.file`; `precheck` runs before anything is
+    /// written (and not when the file is archived already).
+    public func archive(_ input: ArchivedFileInput, info: Manifest.ArchiveInfo, jobs: Int? = nil, lockWait: TimeInterval = 600,
+                        precheck: () throws -> Void = {}) throws -> Outcome {
+        let file = info.file
+        let id = manifestID(file)
+        if let outcome = try compareWithArchived(id: id, file: file, input: input) { return outcome }
+        try precheck()
+        var options = BackupOptions(name: name, source: FileIO.absolute(input.path))
+        options.kind = kind
+        options.dbType = dbType
+        options.fixedID = id
+        options.archive = info
+        options.streamSHA256 = true
+        options.checkDumpComplete = false
+        options.lockWait = lockWait
+        // When the server finished the file.
+        options.time = input.modified
+        let session = try BackupSession(repository: repository)
+        if let jobs { session.jobs = jobs }
+        do {
+            let manifest = try session.run(source: try input.source(), options: options)
+            // The file changed while it was read: keep nothing half-true.
+            guard manifest.sha256 == input.sha256 else {
+                try? repository.deleteManifest(id)
+                throw DatabaseError.archiveConflict(file: file, detail: "\(input.path) changed while it was archived; nothing was kept")
+            }
+            return .archived(manifest)
+        } catch DedupError.backupExists {
+            // Another run archived it meanwhile: the same rules as above.
+            if let outcome = try compareWithArchived(id: id, file: file, input: input) { return outcome }
+            throw DedupError.backupExists(id: id)
+        }
+    }
+
+    /// nil when `file` is not archived yet; `.alreadyArchived` when it is, with
+    /// this content; an error when it is, with other content.
+    private func compareWithArchived(id: String, file: String, input: ArchivedFileInput) throws -> Outcome? {
+        guard contains(file) else { return nil }
+        let existing = try repository.loadManifest(id)
+        guard existing.size == Int64(input.size), existing.sha256 == input.sha256 else {
+            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes, sha256 \(existing.sha256 ?? "unknown"); this one: \(input.size) bytes, sha256 \(input.sha256)). Two servers may be archiving under one name: give each its own --name")
+        }
+        return .alreadyArchived(existing)
+    }
+
+    /// Restores `file` to `path`; false when the archive does not hold it.
+    public func restore(file: String, to path: String, jobs: Int? = nil) throws -> Bool {
+        guard contains(file) else { return false }
+        let restorer = Restorer(repository: repository)
+        if let jobs { restorer.jobs = jobs }
+        try restorer.restore(manifestID(file), to: .file(path: path, overwrite: true))
+        return true
+    }
+
+    /// The ids and file names of this archive, in id order.
+    public func ids() throws -> [(id: String, file: String)] {
+        let prefix = "\(kind)_\(name)_"
+        return try repository.manifestIDs().filter { $0.hasPrefix(prefix) }.map { ($0, String($0.dropFirst(prefix.count))) }
+    }
+
+    /// The archive names of `kind` in the repository.
+    public static func names(kind: String, in repository: Repository) throws -> [String] {
         Set(try repository.manifestIDs().compactMap { id -> String? in
-            guard id.hasPrefix("wal_") else { return nil }
-            let rest = id.dropFirst(4)
+            guard id.hasPrefix(kind + "_") else { return nil }
+            let rest = id.dropFirst(kind.count + 1)
             guard let end = rest.firstIndex(of: "_") else { return nil }
             return String(rest[..<end])
         }).sorted()

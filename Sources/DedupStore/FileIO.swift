@@ -152,6 +152,16 @@ public enum FileIO {
     }
 
     /// Reads a whole (small) file.
+    /// A new folder only this user can enter, in $TMPDIR (else /tmp).
+    public static func makePrivateTemporaryDirectory(prefix: String) throws -> String {
+        let root = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array((root + "/" + prefix + ".XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ buf in buf.baseAddress.flatMap { mkdtemp($0) } }) else {
+            throw DedupError.io(operation: "mkdtemp", path: root, errno: errno)
+        }
+        return String(cString: made)
+    }
+
     public static func readFile(_ path: String) throws -> [UInt8] {
         let fd = try open(path, O_RDONLY)
         defer { close(fd) }

@@ -189,11 +189,12 @@ struct DedupBackupDB: ParsableCommand {
         if binaryLog && position == nil {
             Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
         }
-        let options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
-                                                          server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
-                                                          format: "sql", databaseSize: size, binlogFile: position?.file,
-                                                          binlogPosition: position?.position, gtid: position.flatMap { connection.gtid(at: $0) }))
+        var info = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
+                                     server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
+                                     format: "sql", databaseSize: size, binlogFile: position?.file,
+                                     binlogPosition: position?.position, gtid: position.flatMap { connection.gtid(at: $0) })
+        info.serverID = try? connection.serverID()
+        let options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments, dump: info)
         let source = PrefixedSource(prefix: header, rest: AnySource(dump))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
     }

@@ -25,7 +25,7 @@ struct DBBackup: ParsableCommand {
         See README.md and docs/ for the repository format and the nightly workflow.
         """,
         version: DedupStoreVersion.string,
-        subcommands: [Dedup.self, WAL.self, PITR.self, RestoreGroup.self]
+        subcommands: [Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self]
     )
 }
 

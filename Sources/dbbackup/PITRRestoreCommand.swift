@@ -181,7 +181,82 @@ struct RestorePITR: ParsableCommand {
     // MARK: MySQL / MariaDB
 
     private func recoverMariaDB(_ repo: Repository, dump: Manifest, target: Date?) throws {
-        throw DatabaseError.unsupportedEngine("mariadb")
+        guard dump.kind == "dump", let info = dump.dump, let source = dump.database else {
+            throw DatabaseError.invalidArgument("\(dump.id) is not a database dump made by dbbackup dedup backup-db")
+        }
+        guard let startFile = info.binlogFile, let startPosition = info.binlogPosition else {
+            throw DatabaseError.invalidArgument("dump \(dump.id) records no binary log position (was log_bin on?); it can be restored, but not rolled forward")
+        }
+        guard let targetDb else { throw DatabaseError.invalidArgument("give --target-db: the database to recover into") }
+        guard targetDir == nil else { throw DatabaseError.invalidArgument("--target-dir is for PostgreSQL; MySQL/MariaDB recover into --target-db") }
+        if let target, let taken = dump.createdDate, target < taken {
+            throw DatabaseError.invalidArgument("the dump \(dump.id) was taken at \(dump.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older dump")
+        }
+        let archive = try BinlogArchive(repository: repo, name: try binlogArchiveName(for: info, in: repo))
+        let chain = try replayChain(archive, from: startFile)
+        // The archive must reach the target: a replay that runs out of binlogs
+        // before it would quietly stop short.
+        if let target, let last = chain.last, let finished = last.createdDate, finished < target {
+            throw DatabaseError.invalidArgument("the archived binlogs end with \(last.archive?.file ?? last.id), last written at \(last.createdAt), before the target time \(Timestamps.iso8601(target)); run dbbackup binlog archive (--include-current for the binlog being written) and try again")
+        }
+
+        // 1. The dump, into the target database.
+        let address = server.address
+        let plan = try MariaDBRestorePlan.prepare(address: address, target: targetDb, create: create, force: force)
+        let restorer = Restorer(repository: repo)
+        if let failure = try restore(dump.id, with: restorer, into: plan.arguments) {
+            throw DatabaseError.invalidArgument("\(plan.arguments[0]) \(failure) while loading the dump (its messages are above); database \(targetDb) may be partly restored")
+        }
+        Terminal.out("dump \(dump.id) restored into \(targetDb); replaying \(chain.count) binlog(s) from \(startFile):\(startPosition) up to \(target.map(PostgresTime.utc) ?? "their end")")
+
+        // 2. The binlogs, from the dump's position, in one session.
+        let scratch = try FileIO.makePrivateTemporaryDirectory(prefix: "dbbackup-binlogs")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var paths = [String]()
+        for m in chain {
+            let path = scratch + "/" + (m.archive?.file ?? m.id)
+            try restorer.restore(m.id, to: .file(path: path, overwrite: true))
+            paths.append(path)
+        }
+        let replay = try MariaDBReplayPlan.make(files: paths, startPosition: startPosition, stopTime: target,
+                                                sourceDatabase: source, targetDatabase: targetDb, client: plan.arguments)
+        if let failure = try replay.run() {
+            throw DatabaseError.invalidArgument("the binlog replay failed: \(failure) (messages above); database \(targetDb) holds the dump and part of the replay")
+        }
+        Terminal.out("database \(targetDb) recovered to \(target.map(PostgresTime.utc) ?? "the end of the archived binlogs")")
+    }
+
+    /// The binlog archive of the dump's server: the one whose files carry its
+    /// server_id, else --name.
+    private func binlogArchiveName(for info: Manifest.DumpInfo, in repo: Repository) throws -> String {
+        guard let id = info.serverID, archiveName.name == WALArchive.defaultName else { return archiveName.name }
+        for name in try BinlogArchive.names(in: repo) {
+            if try BinlogArchive(repository: repo, name: name).files().last?.archive?.serverID == id { return name }
+        }
+        return archiveName.name
+    }
+
+    /// The archived binlogs from `startFile` on, in order and without a gap
+    /// (a partial copy may end the chain).
+    private func replayChain(_ archive: BinlogArchive, from startFile: String) throws -> [Manifest] {
+        guard let start = BinlogFileName(startFile) else { throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name") }
+        var chain = [Manifest]()
+        var expected = start.number
+        for m in try archive.files() {
+            guard let file = m.archive?.file else { continue }
+            let partial = file.hasSuffix(".partial")
+            guard let n = BinlogFileName(partial ? String(file.dropLast(8)) : file), n.base == start.base, n.number >= start.number else { continue }
+            if n.number == expected - 1 && partial { continue }  // the finished file came first
+            guard n.number == expected else {
+                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' lacks \(start.base).\(String(format: "%06llu", expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
+            }
+            chain.append(m)
+            expected += 1
+        }
+        guard !chain.isEmpty else {
+            throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' does not hold \(startFile), where the dump starts; run dbbackup binlog archive first")
+        }
+        return chain
     }
 }
 

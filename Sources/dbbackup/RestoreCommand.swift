@@ -156,6 +156,9 @@ struct DedupList: ParsableCommand {
     @Option(help: "Only backups of this database.")
     var database: String?
 
+    @Option(help: ArgumentHelp("Only backups of this kind: dump, basebackup, file, wal, binlog (default: all but wal and binlog, which `wal list` and `binlog list` show).", valueName: "kind"))
+    var kind: String?
+
     @Flag(help: "Print JSON (the manifests).")
     var json = false
 
@@ -164,6 +167,8 @@ struct DedupList: ParsableCommand {
             let repo = try store.open()
             var manifests = try repo.manifests()
             if let database { manifests = manifests.filter { $0.database == database } }
+            let logFiles = manifests.filter { $0.kind == "wal" || $0.kind == "binlog" }.count
+            manifests = manifests.filter { m in kind.map { m.kind == $0 } ?? (m.kind != "wal" && m.kind != "binlog") }
             if json {
                 let verified = try repo.verificationRecords()
                 try Terminal.json(manifests.map { ListedBackup(manifest: $0, lastVerification: verified[$0.id]) })
@@ -180,6 +185,9 @@ struct DedupList: ParsableCommand {
                 return [m.id, m.database ?? "-", Format.bytes(m.size), Format.percent(dedup), "\(m.stats.chunks)", m.createdAt, v]
             }
             printTable(header: ["ID", "DATABASE", "SIZE", "DEDUP", "CHUNKS", "CREATED", "VERIFIED"], rows: rows)
+            if kind == nil && logFiles > 0 {
+                Terminal.out("(and \(logFiles) archived WAL and binlog files: dbbackup wal list, dbbackup binlog list, or --kind wal|binlog)")
+            }
         }
     }
 }

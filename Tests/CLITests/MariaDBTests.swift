@@ -135,6 +135,71 @@ struct MariaDBTests {
         #expect(r.stderr.contains("mariadb-dump") && r.stderr.contains("no backup was committed"), "\(r.stderr)")
         #expect(manifestCount(dir + "/repo") == 0)
     }
+
+    /// Point-in-time recovery: a dump, three batches with the binlogs archived as
+    /// they come, recovery to a time between batches 2 and 3.
+    @Test func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "pitr_src_\(getpid())", copy = "pitr_dst_\(getpid())"
+        defer { _ = try? Maria.sql("DROP DATABASE IF EXISTS \(db); DROP DATABASE IF EXISTS \(copy); DROP DATABASE IF EXISTS \(copy)_2;") }
+        try Maria.sql("DROP DATABASE IF EXISTS \(db); CREATE DATABASE \(db); CREATE TABLE \(db).t (batch INT, n INT, note VARCHAR(50)) CHARACTER SET utf8mb4;")
+        let cli = CLI(repo: dir + "/repo")
+        let server = ["--socket", Maria.socket, "--user", "root"]
+        let dump = try cli.dedup(["backup-db", "--database", db, "--json"] + connection)
+        #expect(dump.status == 0, "\(dump.stderr)")
+        let dumpID = try JSONDecoder().decode(Manifest.self, from: Data(dump.stdout)).id
+
+        func batch(_ b: Int) throws {
+            // As an application does: with its database as the default one.
+            try Maria.sql("USE \(db); INSERT INTO t SELECT \(b), seq, 'ünï \(b)' FROM seq_1_to_500;")
+        }
+        func archive() throws -> CLI.Result {
+            let r = try CLI.run(["binlog", "archive", "--dedup-dir", cli.repo] + server)
+            #expect(r.status == 0, "\(r.stderr)")
+            return r
+        }
+        try batch(1)
+        try Maria.sql("FLUSH BINARY LOGS;")
+        _ = try archive()
+        usleep(1_100_000)
+        try batch(2)
+        usleep(1_100_000)
+        let target = try Maria.sql("SELECT DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f')") + "+00"
+        usleep(1_100_000)
+        try batch(3)
+        try Maria.sql("FLUSH BINARY LOGS;")
+        let second = try archive()
+        #expect(second.out.contains("archived before"), "\(second.out)")
+        // A run with nothing new archives nothing and succeeds.
+        #expect(try archive().out.hasPrefix("0 binlog(s) archived"))
+        let validate = try CLI.run(["binlog", "validate", "--dedup-dir", cli.repo] + server)
+        #expect(validate.status == 0 && validate.out.contains("chain OK"), "\(validate.out) \(validate.stderr)")
+
+        let r = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
+                             "--target-time", target, "--target-db", copy, "--create"] + server)
+        #expect(r.status == 0, "\(r.out) \(r.stderr)")
+        #expect(try Maria.sql("SELECT CONCAT(batch, ':', COUNT(*)) FROM \(copy).t GROUP BY batch ORDER BY batch") == "1:500\n2:500")
+        #expect(try Maria.sql("SELECT COUNT(*) FROM \(copy).t WHERE note = 'ünï 2'") == "500")
+        #expect(try Maria.sql("SELECT COUNT(*) FROM \(db).t") == "1500")
+
+        // A target past the end of the archive is refused, not quietly cut short.
+        let future = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
+                                  "--target-time", Timestamps.iso8601(Date().addingTimeInterval(3600)), "--target-db", copy + "_2", "--create"] + server)
+        #expect(future.status == 1 && future.stderr.contains("before the target time"), "\(future.stderr)")
+
+        // A binlog missing from the archive: validate says so, recovery refuses.
+        try Maria.sql("FLUSH BINARY LOGS;")
+        _ = try archive()
+        let files = try JSONDecoder().decode([Manifest].self, from: Data(try cli.dedup(["list", "--kind", "binlog", "--json"]).stdout))
+        let start = try #require(try JSONDecoder().decode(Manifest.self, from: Data(dump.stdout)).dump?.binlogFile)
+        let victim = try #require(files.first { ($0.archive?.file ?? "") > start })
+        #expect(try cli.dedup(["delete", victim.id]).status == 0)
+        let broken = try CLI.run(["binlog", "validate", "--dedup-dir", cli.repo] + server)
+        #expect(broken.status == 1 && broken.out.contains("GAP"), "\(broken.out) \(broken.stderr)")
+        let refused = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
+                                   "--target-time", target, "--target-db", copy + "_2", "--create"] + server)
+        #expect(refused.status == 1 && refused.stderr.contains("lacks \(victim.archive?.file ?? "?")"), "\(refused.stderr)")
+    }
 }
 
 enum Maria {

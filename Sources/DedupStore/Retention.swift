@@ -30,9 +30,14 @@ public struct RetentionDecision: Equatable, Sendable {
     public var keep: Bool
     /// Every rule that keeps it ("daily 2026-11-21", "last 1", ...); empty when deleted.
     public var reasons: [String]
+
+    public init(id: String, group: String, createdAt: String, keep: Bool, reasons: [String]) {
+        self.id = id; self.group = group; self.createdAt = createdAt; self.keep = keep; self.reasons = reasons
+    }
 }
 
-/// Applies GFS retention to the backups of a repository.
+/// Applies GFS retention to the backups of a repository (not to archived WAL
+/// files and binlogs, which have a manifest each but follow their backups).
 ///
 /// Backups are grouped by database (or by name when they have none). Within a
 /// group each rule walks the backups newest first and keeps the newest backup of
@@ -45,7 +50,9 @@ public enum Retention {
     public static func decide(_ manifests: [Manifest], policy: RetentionPolicy,
                               calendar: Calendar = localISOCalendar()) -> [RetentionDecision] {
         var out = [RetentionDecision]()
-        let groups = Dictionary(grouping: manifests, by: group(of:))
+        // Archived WAL files and binlogs are not backups of their own: they go
+        // with the base backups and dumps they extend (see LogRetention).
+        let groups = Dictionary(grouping: manifests.filter { $0.archive == nil }, by: group(of:))
         for key in groups.keys.sorted() {
             guard let members = groups[key] else { continue }
             // Newest first; ids break ties between backups of the same second.

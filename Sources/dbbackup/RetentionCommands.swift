@@ -1,4 +1,5 @@
 import ArgumentParser
+import DatabaseDumps
 import DedupStore
 import Foundation
 
@@ -77,32 +78,45 @@ struct DedupPrune: ParsableCommand {
             defer { lock?.release() }
             let policy = RetentionPolicy(keepLast: keepLast, keepDaily: keepDaily, keepWeekly: keepWeekly,
                                          keepMonthly: keepMonthly, keepYearly: keepYearly)
-            var manifests = try repo.manifests()
-            if let database { manifests = manifests.filter { Retention.group(of: $0) == database } }
-            let decisions = Retention.decide(manifests, policy: policy)
+            let all = try repo.manifests()
+            let backups = all.filter { $0.archive == nil }
+            let decisions = Retention.decide(database.map { db in backups.filter { Retention.group(of: $0) == db } } ?? backups, policy: policy)
+            let deleted = Set(decisions.filter { !$0.keep }.map(\.id))
+            // Archived WAL and binlogs: what the backups that stay need.
+            let logDecisions = LogRetention.decide(logs: all.filter { $0.archive != nil },
+                                                   keptBackups: backups.filter { !deleted.contains($0.id) })
             let emptied = Dictionary(grouping: decisions, by: \.group).filter { $0.value.allSatisfy { !$0.keep } }.keys.sorted()
             if !emptied.isEmpty && !allowEmpty {
                 throw DedupError.invalidArgument("this policy (\(policy.isEmpty ? "keeps nothing" : policy.summary)) would delete every backup of \(emptied.joined(separator: ", ")); nothing was deleted (pass --allow-empty if that is what you want)")
             }
             if json {
                 struct Row: Encodable { var id, group, createdAt: String; var keep: Bool; var reasons: [String] }
-                try Terminal.json(decisions.map { Row(id: $0.id, group: $0.group, createdAt: $0.createdAt, keep: $0.keep, reasons: $0.reasons) })
+                try Terminal.json((decisions + logDecisions).map { Row(id: $0.id, group: $0.group, createdAt: $0.createdAt, keep: $0.keep, reasons: $0.reasons) })
             } else {
                 printTable(header: ["ACTION", "ID", "GROUP", "CREATED", "REASONS"], rows: decisions.map {
                     [$0.keep ? "KEEP" : "DELETE", $0.id, $0.group, $0.createdAt, $0.reasons.joined(separator: ", ")]
                 })
+                // One line per WAL or binlog archive: they can be thousands of files.
+                for (group, members) in Dictionary(grouping: logDecisions, by: \.group).sorted(by: { $0.key < $1.key }) {
+                    let kept = members.filter(\.keep)
+                    let why = Set(kept.flatMap(\.reasons)).sorted().joined(separator: "; ")
+                    Terminal.out("\(group): keep \(kept.count) files\(why.isEmpty ? "" : " (\(why))"), delete \(members.count - kept.count)")
+                }
             }
             let doomed = decisions.filter { !$0.keep }
+            let doomedLogs = logDecisions.filter { !$0.keep }
             if dryRun {
-                if !json { Terminal.out("dry run: \(doomed.count) of \(decisions.count) backups would be deleted; nothing was changed") }
+                if !json { Terminal.out("dry run: \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files would be deleted; nothing was changed") }
                 return
             }
             for (i, d) in doomed.enumerated() {
                 try repo.deleteManifest(d.id)
                 if i == 0 { FaultInjection.crashPoint("prune.after-first-delete") }
             }
+            // Logs last: a crash in between leaves more logs than needed, never fewer.
+            for d in doomedLogs { try repo.deleteManifest(d.id) }
             if !json {
-                Terminal.out("deleted \(doomed.count) of \(decisions.count) backups; run `dbbackup dedup gc` to reclaim their space")
+                Terminal.out("deleted \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files; run `dbbackup dedup gc` to reclaim their space")
             }
         }
     }

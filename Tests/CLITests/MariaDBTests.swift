@@ -199,6 +199,19 @@ struct MariaDBTests {
         let refused = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
                                    "--target-time", target, "--target-db", copy + "_2", "--create"] + server)
         #expect(refused.status == 1 && refused.stderr.contains("lacks \(victim.archive?.file ?? "?")"), "\(refused.stderr)")
+
+        // Retention: with a newer dump kept and the old one pruned, the binlogs
+        // before the newer dump's position go too; those after it stay.
+        let newer = try cli.dedup(["backup-db", "--database", db, "--json"] + connection)
+        let newerStart = try #require(try JSONDecoder().decode(Manifest.self, from: Data(newer.stdout)).dump?.binlogFile)
+        try Maria.sql("FLUSH BINARY LOGS;")
+        _ = try archive()
+        let prune = try cli.dedup(["prune", "--keep-last", "1"])
+        #expect(prune.status == 0 && prune.out.contains("binlog:main: keep"), "\(prune.out) \(prune.stderr)")
+        let left = try JSONDecoder().decode([Manifest].self, from: Data(try cli.dedup(["list", "--kind", "binlog", "--json"]).stdout))
+        #expect(!left.isEmpty && left.allSatisfy { ($0.archive?.file ?? "") >= newerStart }, "\(left.map { $0.archive?.file ?? "" }) from \(newerStart)")
+        #expect(left.contains { $0.archive?.file == newerStart })
+        #expect(try cli.dedup(["list", "--kind", "dump"]).out.contains(dumpID) == false)
     }
 }
 

@@ -157,5 +157,20 @@ struct PostgresPITRTests {
         #expect(try cluster.sql("SELECT batch || ':' || count(*) FROM t GROUP BY batch ORDER BY batch", port: port2) == "1:1000\n2:1000")
         // The original still has all three.
         #expect(try cluster.sql("SELECT count(*) FROM t") == "3000")
+
+        // Retention: a newer base backup kept and the old one pruned; the WAL
+        // before the newer one's start goes, the rest stays.
+        let newer = try cluster.dbbackup(["dedup", "backup-db", "--base-backup", "--dedup-dir", repo, "--json"] + address)
+        #expect(newer.status == 0, "\(newer.stderr)")
+        let newerBase = try JSONDecoder().decode(Manifest.self, from: Data(newer.stdout))
+        let newerStart = try #require(newerBase.dump?.startWALFile)
+        try switchAndWaitForArchive()
+        let prune = try cluster.dbbackup(["dedup", "prune", "--dedup-dir", repo, "--keep-last", "1"])
+        #expect(prune.status == 0 && prune.out.contains("wal:main: keep"), "\(prune.out) \(prune.stderr)")
+        let left = try JSONDecoder().decode([Manifest].self, from: Data(try cluster.dbbackup(["wal", "list", "--dedup-dir", repo, "--json"]).stdout))
+        let segmentsLeft = left.compactMap { $0.archive?.file }.filter { $0.count == 24 }
+        #expect(!segmentsLeft.isEmpty && segmentsLeft.allSatisfy { $0 >= newerStart } && segmentsLeft.contains(newerStart), "\(segmentsLeft) from \(newerStart)")
+        let after = try CLI.run(["pitr", "status", "--dedup-dir", repo] + address)
+        #expect(after.out.contains("recoverable from  \(newerBase.createdAt)"), "\(after.out)")
     }
 }

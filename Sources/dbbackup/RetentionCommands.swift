@@ -49,7 +49,10 @@ struct DedupPrune: ParsableCommand {
         of each day, ISO week, month or year (in the local time zone) until it has
         kept its count; --keep-last N keeps the N newest. A backup kept by any rule
         stays. A policy that would delete every backup of a group is refused without
-        --allow-empty. Run `dedup gc` afterwards to reclaim the space.
+        --allow-empty. Archived WAL files and binlogs are not backups of their own:
+        they are kept from the oldest kept base backup or dump of their server on
+        (all of them while none is kept), and the rest deleted. Run `dedup gc`
+        afterwards to reclaim the space.
         """)
 
     @OptionGroup var store: StoreOptions

@@ -2,7 +2,7 @@ import DedupStore
 import Foundation
 
 /// A binary log file name: `<base>.<number>` (mariadb-bin.000007).
-public struct BinlogFileName: Equatable, Comparable, Sendable {
+public struct BinlogFileName: Hashable, Comparable, Sendable {
     public let name: String
     public let base: String
     public let number: UInt64
@@ -24,7 +24,7 @@ public struct BinlogFileName: Equatable, Comparable, Sendable {
 /// MySQL/MariaDB binary logs inside the chunk store: one backup of kind `binlog`
 /// per file, id `binlog_<archive name>_<file>`. Only finished files are archived
 /// (the one the server is writing is skipped unless asked for, and then kept as
-/// `<file>.partial` until the finished file replaces it).
+/// `<file>.partial-<bytes>` until a longer copy or the finished file replaces it).
 public struct BinlogArchive {
     public let log: LogArchive
     public var repository: Repository { log.repository }
@@ -38,9 +38,19 @@ public struct BinlogArchive {
         log = try LogArchive(repository: repository, kind: "binlog", name: name, dbType: "mariadb")
     }
 
+    /// The binlog an archived name stands for, and for a partial copy its length.
+    public static func split(_ archived: String) -> (name: BinlogFileName, partialBytes: Int?)? {
+        if let r = archived.range(of: ".partial-", options: .backwards) {
+            guard let bytes = Int(archived[r.upperBound...]), let n = BinlogFileName(String(archived[..<r.lowerBound])) else { return nil }
+            return (n, bytes)
+        }
+        return BinlogFileName(archived).map { ($0, nil) }
+    }
+
     /// Archives the binlog at `path`. A `partial` copy (of the file the server is
-    /// still writing) replaces an older partial copy; a finished file replaces
-    /// the partial copy of itself.
+    /// still writing: its first bytes, as many as there are now) is committed
+    /// before older partial copies of it are deleted; the finished file replaces
+    /// them all.
     public func archive(path: String, file: String, serverID: UInt32?, partial: Bool = false, jobs: Int? = nil) throws -> LogArchive.Outcome {
         guard BinlogFileName(file) != nil else {
             throw DatabaseError.invalidArgument("'\(file)' is not a binary log file name (<base>.<number>)")
@@ -49,18 +59,16 @@ public struct BinlogArchive {
         guard input.head.starts(with: Self.magic) else {
             throw DatabaseError.archiveConflict(file: file, detail: "\(path) does not start like a binary log")
         }
-        let key = partial ? file + ".partial" : file
-        if partial, log.contains(key) {
-            let old = try repository.loadManifest(log.manifestID(key))
-            if old.sha256 == input.sha256 { return .alreadyArchived(old) }
-            try repository.deleteManifest(old.id)
+        let olderPartials = try log.ids().filter { entry in
+            guard let s = Self.split(entry.file), s.name.name == file, let bytes = s.partialBytes else { return false }
+            return !partial || bytes != input.size
         }
+        let key = partial ? "\(file).partial-\(input.size)" : file
         let outcome = try log.archive(input, info: Manifest.ArchiveInfo(file: key, serverID: serverID), jobs: jobs) {
             if let serverID { try checkServer(serverID, file: file) }
         }
-        if !partial, log.contains(file + ".partial") {
-            try repository.deleteManifest(log.manifestID(file + ".partial"))
-        }
+        // The new copy is committed: the older partial ones can go.
+        for old in olderPartials { try repository.deleteManifest(old.id) }
         return outcome
     }
 
@@ -71,26 +79,21 @@ public struct BinlogArchive {
         throw DatabaseError.archiveConflict(file: file, detail: "it comes from the server with server_id \(serverID), but the archive '\(name)' holds binlogs of server_id \(known); give each server its own --name")
     }
 
-    /// Every archived binlog, in log order; a partial copy comes last.
+    /// Every archived binlog, in log order; partial copies after the finished
+    /// file of the same number, longest last.
     public func files() throws -> [Manifest] {
-        try log.ids().compactMap { entry -> (BinlogFileName, Bool, String)? in
-            let partial = entry.file.hasSuffix(".partial")
-            guard let n = BinlogFileName(partial ? String(entry.file.dropLast(8)) : entry.file) else { return nil }
-            return (n, partial, entry.id)
-        }.sorted { ($0.0, $0.1 ? 1 : 0) < ($1.0, $1.1 ? 1 : 0) }.map { try repository.loadManifest($0.2) }
+        try log.ids().compactMap { entry -> (BinlogFileName, Int, String)? in
+            guard let s = Self.split(entry.file) else { return nil }
+            return (s.name, s.partialBytes.map { $0 + 1 } ?? 0, entry.id)
+        }.sorted { ($0.0, $0.1) < ($1.0, $1.1) }.map { try repository.loadManifest($0.2) }
     }
 
     /// Numbers missing between the first and the last archived file.
     public static func gaps(in files: [String]) -> [String] {
-        let names = files.compactMap { BinlogFileName($0.hasSuffix(".partial") ? String($0.dropLast(8)) : $0) }.sorted()
+        let names = Set(files.compactMap { split($0)?.name }).sorted()
         var out = [String]()
-        for (a, b) in zip(names, names.dropFirst()) where a.base == b.base && b.number > a.number + 1 {
-            let width = a.name.count - a.base.count - 1
-            func name(_ n: UInt64) -> String {
-                let digits = String(n)
-                return a.base + "." + String(repeating: "0", count: max(0, width - digits.count)) + digits
-            }
-            out.append(b.number == a.number + 2 ? name(a.number + 1) : "\(name(a.number + 1)) to \(name(b.number - 1))")
+        for (a, b) in zip(names, names.dropFirst()) where a.base == b.base && b.number - a.number > 1 {
+            out.append(b.number - a.number == 2 ? a.sibling(a.number + 1) : "\(a.sibling(a.number + 1)) to \(a.sibling(b.number - 1))")
         }
         return out
     }
@@ -98,5 +101,14 @@ public struct BinlogArchive {
     /// The archive names with binlogs in the repository.
     public static func names(in repository: Repository) throws -> [String] {
         try LogArchive.names(kind: "binlog", in: repository)
+    }
+}
+
+extension BinlogFileName {
+    /// The file of the same series with another number, zero-padded alike.
+    public func sibling(_ n: UInt64) -> String {
+        let width = name.count - base.count - 1
+        let digits = String(n)
+        return base + "." + String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
 }

@@ -47,13 +47,13 @@ public enum LogRetention {
     private static func binlogRule(_ files: [Manifest], _ kept: [Manifest]) -> (Manifest) -> String? {
         let servers = Set(files.compactMap { $0.archive?.serverID })
         let dumps = kept.filter { m in
-            m.kind == "dump" && m.dump?.binlogFile != nil && (m.dump?.serverID.map(servers.contains) ?? servers.isEmpty)
+            // A dump that recorded no server_id (older dbbackup) may belong to any server.
+            m.kind == "dump" && m.dump?.binlogFile != nil && (m.dump?.serverID.map(servers.contains) ?? true)
         }
         let oldest = dumps.compactMap { d in d.dump?.binlogFile.flatMap(BinlogFileName.init).map { ($0, d.id) } }.min { $0.0 < $1.0 }
         guard let (start, dumpID) = oldest else { return { _ in "no dump of this server is kept" } }
         return { m in
-            let file = m.archive?.file ?? ""
-            guard let n = BinlogFileName(file.hasSuffix(".partial") ? String(file.dropLast(8)) : file), n.base == start.base else {
+            guard let n = BinlogArchive.split(m.archive?.file ?? "")?.name, n.base == start.base else {
                 return "not a binlog of this series"
             }
             return n.number >= start.number ? "needed from dump \(dumpID)" : nil

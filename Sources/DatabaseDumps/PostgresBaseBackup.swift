@@ -65,7 +65,7 @@ public enum TarHead {
                 if !prefix.isEmpty { memberName = prefix + "/" + memberName }
             }
             if memberName.hasPrefix("./") { memberName.removeFirst(2) }
-            guard let size = Int(text(124, 12).trimmingCharacters(in: .whitespaces), radix: 8) else { return nil }
+            guard let size = Int(text(124, 12).trimmingCharacters(in: .whitespaces), radix: 8), size >= 0, size < 1 << 40 else { return nil }
             let dataStart = offset + 512
             if memberName == name {
                 guard dataStart + size <= bytes.count else { return nil }

@@ -102,7 +102,8 @@ public struct WALArchive {
     /// Refuses a segment of another cluster: the newest segment archived under
     /// this name must carry the same system identifier.
     private func checkCluster(_ systemIdentifier: String, file: String) throws {
-        guard let newest = try log.ids().last(where: { WALFileName($0.file)?.position != nil }) else { return }
+        // The newest full or partial segment: history and backup history files carry no identifier.
+        guard let newest = try log.ids().last(where: { [.segment, .partial].contains(WALFileName($0.file)?.kind) }) else { return }
         guard let known = try repository.loadManifest(newest.id).archive?.systemIdentifier, known != systemIdentifier else { return }
         throw DatabaseError.archiveConflict(file: file, detail: "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name")
     }
@@ -294,12 +295,31 @@ public struct ArchivedFileInput {
         self.head = head
     }
 
-    /// The file again from its start.
-    public func source() throws -> FileDescriptorSource {
+    /// The file again from its start, and no further than the `size` bytes that
+    /// were hashed (a binlog the server is still writing grows meanwhile).
+    public func source() throws -> LimitedSource<FileDescriptorSource> {
         guard lseek(fd, 0, SEEK_SET) == 0 else {
             throw DedupError.inputUnreadable(path: path, reason: String(cString: strerror(errno)))
         }
-        return FileDescriptorSource(fd: fd, name: path)
+        return LimitedSource(FileDescriptorSource(fd: fd, name: path), limit: size)
+    }
+}
+
+/// The first `limit` bytes of another source.
+public struct LimitedSource<Inner: ByteSource>: ByteSource {
+    private var inner: Inner
+    private var left: Int
+
+    public init(_ inner: Inner, limit: Int) {
+        self.inner = inner
+        left = limit
+    }
+
+    public mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard left > 0, buffer.count > 0 else { return 0 }
+        let n = try inner.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, left)]))
+        left -= n
+        return n
     }
 }
 

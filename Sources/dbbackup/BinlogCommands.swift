@@ -54,17 +54,24 @@ struct BinlogList: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let archive = try BinlogArchive(repository: try store.open(), name: archiveName.name)
-            let archived = Dictionary(try archive.files().compactMap { m in m.archive.map { ($0.file, m) } }, uniquingKeysWith: { a, _ in a })
+            // Per binlog: the finished copy, else the longest partial one (files() sorts them last).
+            var archived = [String: (manifest: Manifest, partial: Bool)]()
+            for m in try archive.files() {
+                guard let s = m.archive.flatMap({ BinlogArchive.split($0.file) }) else { continue }
+                if archived[s.name.name]?.partial == false { continue }
+                archived[s.name.name] = (m, s.partialBytes != nil)
+            }
             let connection = try MariaDBConnection(server.address, database: nil)
             let current = try connection.currentBinlog()?.file
             let onServer = try connection.binaryLogs()
             var rows = [[String]]()
-            let names = Set(onServer.map(\.file)).union(archived.keys.filter { !$0.hasSuffix(".partial") })
-            for file in names.sorted(by: { (BinlogFileName($0).map { [$0] } ?? []).lexicographicallyPrecedes(BinlogFileName($1).map { [$0] } ?? []) }) {
+            let names = Set(onServer.map(\.file)).union(archived.keys).compactMap(BinlogFileName.init).sorted()
+            for name in names {
+                let file = name.name
                 let size = onServer.first { $0.file == file }?.size
-                let m = archived[file] ?? archived[file + ".partial"]
-                let state = archived[file] != nil ? "archived" : (m != nil ? "partial copy" : (file == current ? "being written" : "not archived"))
-                rows.append([file, size.map { Format.bytes($0) } ?? "purged", state, m.map { Format.bytes($0.stats.storedBytes) } ?? "-"])
+                let entry = archived[file]
+                let state = entry.map { $0.partial ? "partial copy" : "archived" } ?? (file == current ? "being written" : "not archived")
+                rows.append([file, size.map { Format.bytes($0) } ?? "purged", state, entry.map { Format.bytes($0.manifest.stats.storedBytes) } ?? "-"])
             }
             printTable(header: ["FILE", "ON SERVER", "ARCHIVE", "STORED"], rows: rows)
         }
@@ -120,7 +127,10 @@ struct BinlogArchiveCommand: ParsableCommand {
     private func pass() throws {
         let archive = try BinlogArchive(repository: try store.open(), name: archiveName.name)
         let connection = try MariaDBConnection(server.address, database: nil)
-        guard let current = try connection.currentBinlog() else {
+        // The list first, then the file being written: a rotation in between only
+        // makes the current file newer than every listed one, never older.
+        let listed = try connection.binaryLogs().map(\.file).compactMap(BinlogFileName.init).sorted()
+        guard let current = try connection.currentBinlog(), let currentName = BinlogFileName(current.file) else {
             throw DatabaseError.invalidArgument("the server on \(server.address.mariaLabel) writes no binary log (log_bin is off)")
         }
         let dir = try binlogDir.map(StoreOptions.expand) ?? {
@@ -130,19 +140,17 @@ struct BinlogArchiveCommand: ParsableCommand {
             return FileIO.parent(basename)
         }()
         let serverID = try connection.serverID()
-        let onServer = try connection.binaryLogs().map(\.file).filter { BinlogFileName($0) != nil }
-            .sorted { (BinlogFileName($0).map { [$0] } ?? []).lexicographicallyPrecedes(BinlogFileName($1).map { [$0] } ?? []) }
         // Binlogs purged from the server before they were archived: a gap for good.
-        if let newest = try archive.files().compactMap({ $0.archive?.file }).last(where: { !$0.hasSuffix(".partial") }),
-           let first = onServer.first, let a = BinlogFileName(newest), let b = BinlogFileName(first),
-           a.base == b.base, b.number > a.number + 1 {
-            Terminal.notice("binlogs after \(newest) up to before \(first) were purged from the server unarchived: point-in-time recovery cannot cross that gap")
+        if let newest = try archive.files().compactMap({ $0.archive.flatMap { BinlogArchive.split($0.file) } }).last(where: { $0.partialBytes == nil })?.name,
+           let first = listed.first, newest.base == first.base, first.number > newest.number, first.number - newest.number > 1 {
+            Terminal.notice("binlogs after \(newest.name) up to before \(first.name) were purged from the server unarchived: point-in-time recovery cannot cross that gap")
         }
         var archived = 0, before = 0
         var stored: Int64 = 0
-        for file in onServer {
-            let isCurrent = file == current.file
-            if isCurrent && !includeCurrent { continue }
+        // Finished: every listed file before the one being written.
+        var work = listed.filter { $0.base != currentName.base || $0.number < currentName.number }.map { ($0.name, false) }
+        if includeCurrent { work.append((current.file, true)) }
+        for (file, isCurrent) in work {
             switch try archive.archive(path: dir + "/" + file, file: file, serverID: serverID, partial: isCurrent) {
             case .archived(let m):
                 archived += 1
@@ -172,14 +180,15 @@ struct BinlogValidate: ParsableCommand {
         try reportingErrors {
             let repo = try store.open()
             let archive = try BinlogArchive(repository: repo, name: archiveName.name)
-            let files = try archive.files().compactMap { $0.archive?.file }.filter { !$0.hasSuffix(".partial") }
+            let files = try archive.files().compactMap { $0.archive?.file }.filter { BinlogArchive.split($0)?.partialBytes == nil }
             var problems = BinlogArchive.gaps(in: files).map { "missing from the archive: \($0)" }
             let connection = try MariaDBConnection(server.address, database: nil)
             let onServer = try connection.binaryLogs().map(\.file)
             let serverID = try connection.serverID()
             let known = Set(files).union(onServer)
             if let newest = files.last.flatMap(BinlogFileName.init),
-               let first = onServer.compactMap(BinlogFileName.init).min(), first.base == newest.base, first.number > newest.number + 1 {
+               let first = onServer.compactMap(BinlogFileName.init).min(), first.base == newest.base, first.number > newest.number,
+               first.number - newest.number > 1 {
                 problems.append("purged from the server before they were archived: after \(newest.name), before \(first.name)")
             }
             for m in try repo.manifests() where m.kind == "dump" && (m.dump?.engine == "mariadb" || m.dump?.engine == "mysql") {

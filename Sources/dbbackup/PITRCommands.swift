@@ -16,8 +16,8 @@ struct PITR: ParsableCommand {
 enum ServerSideCommand {
     static func make(_ verb: [String], repository: String, name: String) throws -> String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        for path in [exe, repository] where path.contains(where: { "\"$`\\\n'".contains($0) }) {
-            throw DatabaseError.invalidArgument("\(path) holds a quote, $, ` or \\; PostgreSQL's command line cannot name it safely: move it")
+        for path in [exe, repository] where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
+            throw DatabaseError.invalidArgument("\(path) holds a quote, $, `, % or \\; PostgreSQL's command line cannot name it safely: move it")
         }
         var words = ["\"\(exe)\""] + verb + ["--dedup-dir", "\"\(repository)\""]
         if name != WALArchive.defaultName { words += ["--name", name] }
@@ -134,7 +134,7 @@ struct PITRStatus: ParsableCommand {
                                 archiveName: archive.name, archivedFiles: files.count, newestInRepository: chain.newestSegment,
                                 gaps: WALChain.gaps(in: segments).map(\.missing), baseBackups: chain.baseBackups.count,
                                 oldestRecoverableTime: chain.oldestRecoverable?.createdAt)
-            let segmentSize = Int64(one("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'") ?? "") ?? 16 << 20
+            let segmentSize = Int64(one("SELECT pg_size_bytes(current_setting('wal_segment_size'))") ?? "") ?? 16 << 20
             if let current = report.currentWAL.flatMap(WALFileName.init), let currentPos = current.position,
                let c = WALChain.number(currentPos, segmentSize: segmentSize) {
                 let last = report.lastArchivedWAL.flatMap(WALFileName.init)?.position.flatMap { WALChain.number($0, segmentSize: segmentSize) }

@@ -76,8 +76,12 @@ struct RestorePITR: ParsableCommand {
             switch engine {
             case "postgres", "postgresql":
                 try recoverPostgres(repo, base: manifest, target: target)
-            case "mariadb", "mysql":
+            case "mariadb":
                 try recoverMariaDB(repo, dump: manifest, target: target)
+            case "mysql":
+                // mysqlbinlog applies --database after --rewrite-db, and GTIDs of
+                // transactions the server ran already are skipped: not built yet.
+                throw DatabaseError.invalidArgument("restore pitr for MySQL is not supported yet (MariaDB is); restore the dump with dbbackup dedup restore --target-db and replay the binlogs with mysqlbinlog yourself")
             default:
                 throw DatabaseError.unsupportedEngine(engine)
             }
@@ -130,7 +134,7 @@ struct RestorePITR: ParsableCommand {
         let existing = (try? FileIO.readFile(autoConf)) ?? []
         try FileIO.writeFileAtomically(autoConf, existing + Array(settings.joined(separator: "\n").utf8))
         try FileIO.writeFileAtomically(targetDir + "/recovery.signal", [])
-        let owner = matchOwner(of: targetDir)
+        let owner = matchOwner(of: targetDir, files: ["postgresql.auto.conf", "recovery.signal"])
 
         Terminal.out("base backup \(base.id) (taken \(base.createdAt)) restored into \(targetDir)")
         Terminal.out("recovery: WAL from archive '\(name)' up to \(target.map(PostgresTime.utc) ?? "the end of the archive"), then promote")
@@ -169,12 +173,15 @@ struct RestorePITR: ParsableCommand {
         chmod(path, 0o700)
     }
 
-    /// As root, gives the data folder itself to the owner of its files (tar kept
-    /// the server's user on them); returns that user's name.
-    private func matchOwner(of dir: String) -> String? {
+    /// As root, gives the data folder itself and the files written here to the
+    /// owner of its files (tar kept the server's user on them); returns that
+    /// user's name.
+    private func matchOwner(of dir: String, files: [String]) -> String? {
         var st = stat()
         guard stat(dir + "/PG_VERSION", &st) == 0 else { return nil }
-        if geteuid() == 0 { _ = chown(dir, st.st_uid, st.st_gid) }
+        if geteuid() == 0 {
+            for path in [dir] + files.map({ dir + "/" + $0 }) { _ = chown(path, st.st_uid, st.st_gid) }
+        }
         return getpwuid(st.st_uid).map { String(cString: $0.pointee.pw_name) }
     }
 
@@ -226,31 +233,40 @@ struct RestorePITR: ParsableCommand {
         Terminal.out("database \(targetDb) recovered to \(target.map(PostgresTime.utc) ?? "the end of the archived binlogs")")
     }
 
-    /// The binlog archive of the dump's server: the one whose files carry its
-    /// server_id, else --name.
+    /// The binlog archive of the dump's server: --name when given, else the one
+    /// whose files carry its server_id (refused when several do: server ids are
+    /// 1 on many servers), else the default.
     private func binlogArchiveName(for info: Manifest.DumpInfo, in repo: Repository) throws -> String {
-        guard let id = info.serverID, archiveName.name == WALArchive.defaultName else { return archiveName.name }
-        for name in try BinlogArchive.names(in: repo) {
-            if try BinlogArchive(repository: repo, name: name).files().last?.archive?.serverID == id { return name }
+        guard let id = info.serverID, archiveName.name == BinlogArchive.defaultName else { return archiveName.name }
+        let matching = try BinlogArchive.names(in: repo).filter { try BinlogArchive(repository: repo, name: $0).files().last?.archive?.serverID == id }
+        guard matching.count <= 1 else {
+            throw DatabaseError.invalidArgument("the binlog archives \(matching.joined(separator: ", ")) all hold binlogs of server_id \(id); say which with --name")
         }
-        return archiveName.name
+        return matching.first ?? archiveName.name
     }
 
-    /// The archived binlogs from `startFile` on, in order and without a gap
-    /// (a partial copy may end the chain).
+    /// The archived binlogs from `startFile` on, in order and without a gap. A
+    /// partial copy (the longest) may only end the chain: a finished file after
+    /// it means its end was never archived.
     private func replayChain(_ archive: BinlogArchive, from startFile: String) throws -> [Manifest] {
         guard let start = BinlogFileName(startFile) else { throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name") }
+        // Per number: the finished copy, else the longest partial one.
+        var best = [UInt64: (manifest: Manifest, partial: Bool)]()
+        for m in try archive.files() {
+            guard let s = m.archive.flatMap({ BinlogArchive.split($0.file) }), s.name.base == start.base, s.name.number >= start.number else { continue }
+            if best[s.name.number]?.partial == false { continue }
+            best[s.name.number] = (m, s.partialBytes != nil)
+        }
         var chain = [Manifest]()
         var expected = start.number
-        for m in try archive.files() {
-            guard let file = m.archive?.file else { continue }
-            let partial = file.hasSuffix(".partial")
-            guard let n = BinlogFileName(partial ? String(file.dropLast(8)) : file), n.base == start.base, n.number >= start.number else { continue }
-            if n.number == expected - 1 && partial { continue }  // the finished file came first
-            guard n.number == expected else {
-                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' lacks \(start.base).\(String(format: "%06llu", expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
+        for number in best.keys.sorted() {
+            guard number == expected, let entry = best[number] else {
+                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' lacks \(start.sibling(expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
             }
-            chain.append(m)
+            if entry.partial && number != best.keys.max() {
+                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' holds only the beginning of \(start.sibling(number)) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it")
+            }
+            chain.append(entry.manifest)
             expected += 1
         }
         guard !chain.isEmpty else {

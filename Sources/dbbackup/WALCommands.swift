@@ -65,7 +65,9 @@ struct WALRestoreCommand: ParsableCommand {
           restore_command = '/usr/local/bin/dbbackup wal restore "%f" "%p" --dedup-dir /srv/dedup'
         (`dbbackup restore pitr` writes it for you). Every chunk is checked. Exits 1
         when the archive does not hold the file, which PostgreSQL asks about
-        routinely (the end of the archive, a timeline that does not exist).
+        routinely (the end of the archive, a timeline that does not exist); any
+        other failure (a damaged chunk, an unreadable repository) exits 126, which
+        makes PostgreSQL stop recovery instead of ending it at that point.
         """)
 
     @OptionGroup var store: StoreOptions
@@ -77,13 +79,22 @@ struct WALRestoreCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("Where to write it (%p).", valueName: "path"))
     var path: String
 
+    /// PostgreSQL reads exit status 1 as "not in the archive" and may end recovery
+    /// there; any other failure must stop recovery instead: above 125.
+    static let fatalStatus: Int32 = 126
+
     func run() throws {
-        try reportingErrors {
+        let found: Bool
+        do {
             let archive = try WALArchive(repository: try store.open(), name: archiveName.name)
-            guard try archive.restore(file: file, to: path) else {
-                Terminal.err("dbbackup: \(file) is not in the WAL archive '\(archiveName.name)'")
-                throw ExitCode(1)
-            }
+            found = try archive.restore(file: file, to: path)
+        } catch {
+            Terminal.error(errorMessage(error) + " (exit status \(Self.fatalStatus): PostgreSQL stops recovery rather than end it here)")
+            throw ExitCode(Self.fatalStatus)
+        }
+        guard found else {
+            Terminal.err("dbbackup: \(file) is not in the WAL archive '\(archiveName.name)'")
+            throw ExitCode(1)
         }
     }
 }

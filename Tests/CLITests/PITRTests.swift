@@ -165,7 +165,8 @@ struct PostgresPITRTests {
         let newerBase = try JSONDecoder().decode(Manifest.self, from: Data(newer.stdout))
         let newerStart = try #require(newerBase.dump?.startWALFile)
         try switchAndWaitForArchive()
-        let prune = try cluster.dbbackup(["dedup", "prune", "--dedup-dir", repo, "--keep-last", "1"])
+        // archive_command may hold its shared lock for a moment: wait for it, as a nightly job does.
+        let prune = try cluster.dbbackup(["dedup", "prune", "--dedup-dir", repo, "--keep-last", "1", "--lock-wait", "60"])
         #expect(prune.status == 0 && prune.out.contains("wal:main: keep"), "\(prune.out) \(prune.stderr)")
         let left = try JSONDecoder().decode([Manifest].self, from: Data(try cluster.dbbackup(["wal", "list", "--dedup-dir", repo, "--json"]).stdout))
         let segmentsLeft = left.compactMap { $0.archive?.file }.filter { $0.count == 24 }

@@ -124,6 +124,26 @@ import Testing
         #expect(bytes == nil)
     }
 
+    /// A damaged archive must stop recovery, not look like its end (exit 1).
+    @Test func aDamagedSegmentExits126AndWritesNothing() throws {
+        let s = try setup(); defer { removeDir(s.dir) }
+        #expect(try s.archive(Self.segment(seed: 9), as: name).status == 0)
+        let repo = try Repository(path: s.repo)
+        let manifest = try repo.loadManifest("wal_main_" + name)
+        var first: ChunkID?
+        try ChunkListReader(backend: repo.backend, manifest: manifest).forEach { id, _ in if first == nil { first = id } }
+        let chunk = try #require(first)
+        let loc = try #require(try repo.index().lookup(chunk))
+        let fd = open(repo.backend.path(loc.pack.key), O_RDWR)
+        var byte: UInt8 = 0
+        let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + 10
+        pread(fd, &byte, 1, at); byte ^= 1; pwrite(fd, &byte, 1, at)
+        close(fd)
+        let (r, bytes) = try s.restored(name)
+        #expect(r.status == 126 && errorLines(r).count == 1, "\(r.status) \(r.stderr)")
+        #expect(bytes == nil)
+    }
+
     @Test func swappedArgumentsAndAMissingFileAreClearErrors() throws {
         let s = try setup(); defer { removeDir(s.dir) }
         let path = s.dir + "/pg_wal/" + name

@@ -19,6 +19,7 @@ let package = Package(
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CMariaDB", pkgConfig: "libmariadb", providers: [.apt(["libmariadb-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
         // The content-addressed chunk store. Knows nothing about databases.
         .target(
@@ -30,12 +31,19 @@ let package = Package(
             name: "DatabaseDumps",
             dependencies: ["DedupStore", "CLibPQ", "CMariaDB"]
         ),
+        // The SQLite catalog of backups (a local, rebuildable view of the manifests),
+        // and the Prometheus metrics made from it.
+        .target(
+            name: "Catalog",
+            dependencies: ["DedupStore", "CSQLite"]
+        ),
         // The command-line interface: parsing, progress, output.
         .executableTarget(
             name: "dbbackup",
             dependencies: [
                 "DedupStore",
                 "DatabaseDumps",
+                "Catalog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

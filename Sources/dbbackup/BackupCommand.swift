@@ -60,47 +60,50 @@ struct DedupBackup: ParsableCommand {
     }
 
     func run() throws {
+        let label = name ?? dbName ?? (fromCommand || input == nil || input == "-" ? "stdin" : FileIO.lastComponent(input ?? "stdin"))
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
-            var sourceName = "stdin"
-            var rawFD: Int32 = STDIN_FILENO
-            var openedFD: Int32 = -1
-            defer { if openedFD >= 0 { close(openedFD) } }
-            var source: any ByteSource
-            var inputFormat = DecompressingInput.Format.none
-            if fromCommand {
-                sourceName = command.joined(separator: " ")
-                source = try ProcessOutputSource(arguments: command)
-            } else {
-                if let input, input != "-" {
-                    sourceName = input
-                    guard FileIO.exists(input) else { throw DedupError.inputNotFound(path: input) }
-                    guard !FileIO.isDirectory(input) else { throw DedupError.inputUnreadable(path: input, reason: "it is a folder; back up files or streams") }
-                    do {
-                        openedFD = try FileIO.open(input, O_RDONLY)
-                    } catch let DedupError.io(_, _, code) {
-                        throw DedupError.inputUnreadable(path: input, reason: String(cString: strerror(code)))
-                    }
-                    rawFD = openedFD
-                }
-                if decompressInput {
-                    let opened = try DecompressingInput.open(fd: rawFD, name: sourceName)
-                    source = opened.source
-                    inputFormat = opened.format
+            try recordingFailure(store, name: label, database: dbName, engine: dbType, backupType: (dbName != nil || dbType != nil) ? "dump" : "file") {
+                var sourceName = "stdin"
+                var rawFD: Int32 = STDIN_FILENO
+                var openedFD: Int32 = -1
+                defer { if openedFD >= 0 { close(openedFD) } }
+                var source: any ByteSource
+                var inputFormat = DecompressingInput.Format.none
+                if fromCommand {
+                    sourceName = command.joined(separator: " ")
+                    source = try ProcessOutputSource(arguments: command)
                 } else {
-                    source = FileDescriptorSource(fd: rawFD, name: sourceName)
+                    if let input, input != "-" {
+                        sourceName = input
+                        guard FileIO.exists(input) else { throw DedupError.inputNotFound(path: input) }
+                        guard !FileIO.isDirectory(input) else { throw DedupError.inputUnreadable(path: input, reason: "it is a folder; back up files or streams") }
+                        do {
+                            openedFD = try FileIO.open(input, O_RDONLY)
+                        } catch let DedupError.io(_, _, code) {
+                            throw DedupError.inputUnreadable(path: input, reason: String(cString: strerror(code)))
+                        }
+                        rawFD = openedFD
+                    }
+                    if decompressInput {
+                        let opened = try DecompressingInput.open(fd: rawFD, name: sourceName)
+                        source = opened.source
+                        inputFormat = opened.format
+                    } else {
+                        source = FileDescriptorSource(fd: rawFD, name: sourceName)
+                    }
                 }
-            }
 
-            // The input is open (or the command started) before a repository is created.
-            let repo = try store.openOrCreate()
-            var options = BackupOptions(name: backupName(sourceName), source: sourceName)
-            options.kind = (dbName != nil || dbType != nil) ? "dump" : "file"
-            options.database = dbName
-            options.dbType = dbType
-            options.dbHost = dbHost
-            options.checkDumpComplete = !noDumpCheck
-            if inputFormat != .none { options.tags["decompressed"] = inputFormat.rawValue }
-            try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
+                // The input is open (or the command started) before a repository is created.
+                let repo = try store.openOrCreate()
+                var options = BackupOptions(name: backupName(sourceName), source: sourceName)
+                options.kind = (dbName != nil || dbType != nil) ? "dump" : "file"
+                options.database = dbName
+                options.dbType = dbType
+                options.dbHost = dbHost
+                options.checkDumpComplete = !noDumpCheck
+                if inputFormat != .none { options.tags["decompressed"] = inputFormat.rawValue }
+                try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
+            }
         }
     }
 

@@ -77,19 +77,24 @@ struct DedupBackupDB: ParsableCommand {
             let address = server.address
             let maria = dbType == "mysql" || dbType == "mariadb"
             guard maria || dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
+            let engine = maria ? dbType : "postgres"
             if baseBackup {
-                try backUpCluster(connection: try PostgresConnection(address, database: "postgres"), into: try store.openOrCreate(), address: address)
+                try recordingFailure(store, name: name ?? "basebackup", database: nil, engine: engine, backupType: "basebackup") {
+                    try backUpCluster(connection: try PostgresConnection(address, database: "postgres"), into: try store.openOrCreate(), address: address)
+                }
                 return
             }
             guard all else {
                 let db = positionalDatabase ?? database ?? ""
-                if maria {
-                    try backUpMariaDB(db, connection: try MariaDBConnection(address, database: db), into: try store.openOrCreate(), address: address)
-                } else {
-                    try PostgresDumpPlan.checkDatabaseName(db)
-                    // The connection check, version and size through libpq, before anything runs.
-                    let connection = try PostgresConnection(address, database: db)
-                    try backUp(db, connection: connection, into: try store.openOrCreate(), address: address)
+                try recordingFailure(store, name: name ?? db, database: db, engine: engine, backupType: "dump") {
+                    if maria {
+                        try backUpMariaDB(db, connection: try MariaDBConnection(address, database: db), into: try store.openOrCreate(), address: address)
+                    } else {
+                        try PostgresDumpPlan.checkDatabaseName(db)
+                        // The connection check, version and size through libpq, before anything runs.
+                        let connection = try PostgresConnection(address, database: db)
+                        try backUp(db, connection: connection, into: try store.openOrCreate(), address: address)
+                    }
                 }
                 return
             }
@@ -117,6 +122,8 @@ struct DedupBackupDB: ParsableCommand {
                     if target == "globals" { try globals(repo) } else { try one(target, repo) }
                 } catch {
                     Terminal.error("\(target): \(errorMessage(error))")
+                    CatalogHook.failed(store, kind: "backup", name: target, database: target == "globals" ? nil : target, engine: engine,
+                                       backupType: "dump", error: error)
                     failed.append(target)
                 }
             }

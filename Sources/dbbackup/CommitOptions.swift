@@ -58,6 +58,7 @@ struct CommitOptions: ParsableArguments {
         }
         let manifest = try session.run(source: source, options: options)
         Terminal.clearProgress()
+        CatalogHook.sync(repo)
         if json {
             try Terminal.json(manifest)
         } else {

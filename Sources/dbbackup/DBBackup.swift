@@ -25,7 +25,7 @@ struct DBBackup: ParsableCommand {
         See README.md and docs/ for the repository format and the nightly workflow.
         """,
         version: DedupStoreVersion.string,
-        subcommands: [Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self]
+        subcommands: [Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self, CatalogCommand.self, Metrics.self, StatusCommand.self]
     )
 }
 
@@ -34,7 +34,7 @@ struct Dedup: ParsableCommand {
         abstract: "The deduplicating chunk store: backup, restore, list, stats, verify, prune, gc.",
         subcommands: [
             DedupInit.self, DedupBackup.self, DedupBackupDB.self, DedupRestore.self, DedupList.self, DedupStats.self,
-            DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self,
+            DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self, DedupMetrics.self,
         ]
     )
 }

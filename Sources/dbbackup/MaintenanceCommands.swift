@@ -44,6 +44,7 @@ struct DedupVerify: ParsableCommand {
             let ids = try id.map { [try repo.resolveManifestID($0)] }
             let started = Date()
             let report = try Verifier(repository: repo).verify(manifestIDs: ids, deep: deep, samplePercent: sample.flatMap(samplePercent))
+            if !repo.isReadOnly { CatalogHook.sync(repo) }
             let elapsed = Date().timeIntervalSince(started)
             for p in report.problems { Terminal.err("dbbackup: problem: \(p.message)") }
             let mode = deep ? "deep" : (sample.map { "quick, \($0) of packs read" } ?? "quick")

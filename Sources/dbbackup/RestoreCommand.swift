@@ -1,4 +1,5 @@
 import ArgumentParser
+import Catalog
 import DatabaseDumps
 import DedupStore
 import Foundation
@@ -72,15 +73,30 @@ struct DedupRestore: ParsableCommand {
             restorer.progress = { written in
                 Terminal.progress("\(Format.bytes(Int64(written))) restored, \(Format.rate(Int64(written), Date().timeIntervalSince(started)))")
             }
+            func recorded(_ body: () throws -> Manifest) throws -> Manifest {
+                do {
+                    let m = try body()
+                    if !repo.isReadOnly {
+                        CatalogHook.record(repo, .init(kind: "restore", status: "success", name: m.name, database: m.database, engine: m.dump?.engine ?? m.dbType,
+                                                       backupType: m.kind, durationSeconds: Date().timeIntervalSince(started), size: m.size))
+                    }
+                    return m
+                } catch {
+                    if !repo.isReadOnly {
+                        CatalogHook.record(repo, .init(kind: "restore", status: "failure", name: id, message: errorMessage(error)))
+                    }
+                    throw error
+                }
+            }
             if let targetDb {
-                let m = try restoreIntoServer(repo, restorer, database: targetDb)
+                let m = try recorded { try restoreIntoServer(repo, restorer, database: targetDb) }
                 Terminal.clearProgress()
                 Terminal.out(summary(m, since: started) + " -> database \(targetDb)")
                 return
             }
             let output = output ?? "-"
             let target: RestoreTarget = output == "-" ? .standardOutput : .file(path: output, overwrite: force)
-            let m = try restorer.restore(id, to: target)
+            let m = try recorded { try restorer.restore(id, to: target) }
             Terminal.clearProgress()
             if output == "-" { Terminal.err(summary(m, since: started)) } else { Terminal.out(summary(m, since: started) + " -> \(output)") }
         }

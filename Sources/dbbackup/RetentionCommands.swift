@@ -34,6 +34,7 @@ struct DedupDelete: ParsableCommand {
                 try repo.deleteManifest(id)
                 Terminal.out("deleted \(id)")
             }
+            CatalogHook.sync(repo)
             Terminal.out("run `dbbackup dedup gc` to reclaim the space of chunks no backup uses any more")
         }
     }
@@ -118,6 +119,7 @@ struct DedupPrune: ParsableCommand {
             }
             // Logs last: a crash in between leaves more logs than needed, never fewer.
             for d in doomedLogs { try repo.deleteManifest(d.id) }
+            CatalogHook.sync(repo)
             if !json {
                 Terminal.out("deleted \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files; run `dbbackup dedup gc` to reclaim their space")
             }

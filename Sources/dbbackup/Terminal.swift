@@ -10,6 +10,9 @@ enum Terminal {
 
     static func err(_ line: String) { write(STDERR_FILENO, line + "\n") }
 
+    /// Text as it is, on stdout.
+    static func raw(_ text: String) { write(STDOUT_FILENO, text) }
+
     /// write(2), not FileHandle (which traps when the reader is gone, as with
     /// `dbbackup ... | head`): a closed stdout or stderr loses the text, nothing else.
     private static func write(_ fd: Int32, _ text: String) {

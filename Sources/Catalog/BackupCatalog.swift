@@ -1,0 +1,264 @@
+import DedupStore
+import Foundation
+
+/// The SQLite catalog of a repository's backups, kept in the local cache folder
+/// beside the chunk index (`<cache>/catalog.sqlite`). The manifests stay the
+/// truth: every open brings the catalog in step with them (new manifests added,
+/// deleted ones removed, verifications updated), and `rebuild()` makes it anew.
+/// Besides the backups it keeps events the manifests cannot tell: failed backups
+/// and restores, for monitoring.
+public final class BackupCatalog {
+    private let db: SQLiteDatabase
+    public let repository: Repository
+    public var path: String { db.path }
+
+    /// One backup as the catalog holds it.
+    public struct Entry: Codable, Equatable, Sendable {
+        public var id: String
+        public var name: String
+        public var kind: String
+        public var database: String?
+        public var engine: String?
+        public var host: String?
+        public var createdAt: String
+        public var size: Int64
+        public var storedBytes: Int64
+        public var newBytes: Int64
+        public var durationSeconds: Double
+        public var tags: [String: String]
+        public var verifiedAt: String?
+        public var verifiedOK: Bool?
+        public var verifyMode: String?
+
+        public var createdDate: Date? { Timestamps.parse(createdAt) }
+        /// What a backup is of: its database, else its name.
+        public var subject: String { database ?? name }
+    }
+
+    /// An outcome a manifest cannot record: kind backup or restore, status
+    /// success or failure.
+    public struct Event: Codable, Equatable, Sendable {
+        public var at: String
+        public var kind: String
+        public var status: String
+        public var name: String
+        public var database: String?
+        public var engine: String?
+        /// The kind of backup (dump, basebackup, file) for backup events.
+        public var backupType: String?
+        public var durationSeconds: Double?
+        public var size: Int64?
+        public var message: String?
+
+        public init(at: Date = Date(), kind: String, status: String, name: String, database: String? = nil, engine: String? = nil,
+                    backupType: String? = nil, durationSeconds: Double? = nil, size: Int64? = nil, message: String? = nil) {
+            self.at = Timestamps.iso8601(at); self.kind = kind; self.status = status; self.name = name
+            self.database = database; self.engine = engine; self.backupType = backupType
+            self.durationSeconds = durationSeconds; self.size = size; self.message = message
+        }
+    }
+
+    public static func defaultPath(for repository: Repository) -> String { repository.cacheDirectory + "/catalog.sqlite" }
+
+    /// Opens (or creates) the catalog and brings it in step with the manifests.
+    public init(repository: Repository, path: String? = nil, synchronize: Bool = true) throws {
+        self.repository = repository
+        let file = path ?? Self.defaultPath(for: repository)
+        try FileIO.makeDirectories(FileIO.parent(file))
+        db = try SQLiteDatabase(path: file)
+        try db.execute("""
+            CREATE TABLE IF NOT EXISTS backups (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, database TEXT, engine TEXT, host TEXT,
+                created_at TEXT NOT NULL, created_unix REAL NOT NULL, size INTEGER NOT NULL, stored_bytes INTEGER NOT NULL,
+                new_bytes INTEGER NOT NULL, duration REAL NOT NULL, tags TEXT NOT NULL,
+                verified_at TEXT, verified_ok INTEGER, verify_mode TEXT);
+            CREATE INDEX IF NOT EXISTS backups_by_subject ON backups (coalesce(database, name), created_unix);
+            CREATE INDEX IF NOT EXISTS backups_by_kind ON backups (kind, created_unix);
+            CREATE TABLE IF NOT EXISTS events (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+                name TEXT NOT NULL, database TEXT, engine TEXT, backup_type TEXT, duration REAL, size INTEGER, message TEXT);
+            """)
+        if synchronize { try self.synchronize() }
+    }
+
+    // MARK: Keeping in step
+
+    public struct SyncReport: Equatable, Sendable {
+        public var added = 0
+        public var removed = 0
+        public var verificationsUpdated = 0
+    }
+
+    /// Adds the manifests the catalog lacks, removes the backups that are gone,
+    /// and takes in newer verification records.
+    @discardableResult
+    public func synchronize() throws -> SyncReport {
+        var report = SyncReport()
+        let inRepository = Set(try repository.manifestIDs())
+        var inCatalog = [String: String?]()  // id -> verified_at
+        try db.run("SELECT id, verified_at FROM backups") { row in
+            if let id = row.text(0) { inCatalog[id] = row.text(1) }
+        }
+        let verifications = try repository.verificationRecords()
+        try db.transaction {
+            for id in inRepository.subtracting(inCatalog.keys).sorted() {
+                let manifest: Manifest
+                do {
+                    manifest = try repository.loadManifest(id)
+                } catch DedupError.manifestCorrupt {
+                    continue  // verify names it; the catalog lists what can be read
+                } catch DedupError.manifestNotFound {
+                    continue  // deleted meanwhile
+                }
+                try upsert(manifest)
+                report.added += 1
+                if let v = verifications[id] { try apply(v) }
+            }
+            for id in Set(inCatalog.keys).subtracting(inRepository) {
+                try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
+                report.removed += 1
+            }
+            for (id, v) in verifications where inRepository.contains(id) {
+                if let known = inCatalog[id], known != v.verifiedAt {
+                    try apply(v)
+                    report.verificationsUpdated += 1
+                }
+            }
+        }
+        return report
+    }
+
+    /// Forgets every backup and reads all manifests again (events stay).
+    @discardableResult
+    public func rebuild() throws -> SyncReport {
+        try db.execute("DELETE FROM backups")
+        return try synchronize()
+    }
+
+    /// Records a committed backup.
+    public func record(_ m: Manifest) throws {
+        try db.transaction { try upsert(m) }
+    }
+
+    /// Forgets a deleted backup.
+    public func remove(_ id: String) throws {
+        try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
+    }
+
+    public func recordVerification(_ v: VerificationRecord) throws { try apply(v) }
+
+    public func recordEvent(_ e: Event) throws {
+        try db.run("INSERT INTO events (at, kind, status, name, database, engine, backup_type, duration, size, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   [.text(e.at), .text(e.kind), .text(e.status), .text(e.name), .text(e.database), .text(e.engine), .text(e.backupType),
+                    .real(e.durationSeconds), .int(e.size), .text(e.message)])
+    }
+
+    private func upsert(_ m: Manifest) throws {
+        let tags = String(decoding: (try? JSONEncoder().encode(m.tags)) ?? Data("{}".utf8), as: UTF8.self)
+        try db.run("""
+            INSERT OR REPLACE INTO backups (id, name, kind, database, engine, host, created_at, created_unix, size, stored_bytes,
+                new_bytes, duration, tags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            """, [.text(m.id), .text(m.name), .text(m.kind), .text(m.database), .text(m.dump?.engine ?? m.dbType), .text(m.dbHost),
+                  .text(m.createdAt), .real(m.createdDate?.timeIntervalSince1970 ?? 0), .int(m.size), .int(m.stats.storedBytes),
+                  .int(m.stats.newBytes), .real(m.stats.durationSeconds), .text(tags)])
+    }
+
+    private func apply(_ v: VerificationRecord) throws {
+        try db.run("UPDATE backups SET verified_at = ?2, verified_ok = ?3, verify_mode = ?4 WHERE id = ?1",
+                   [.text(v.id), .text(v.verifiedAt), .int(v.ok ? 1 : 0), .text(v.mode)])
+    }
+
+    // MARK: Queries
+
+    public struct Filter: Sendable {
+        public var database: String?
+        public var kind: String?
+        public var after: Date?
+        public var before: Date?
+        /// Substring of the id, name or database.
+        public var text: String?
+        public var tag: (key: String, value: String)?
+        /// The newest N (all when nil); results are oldest first either way.
+        public var limit: Int?
+        public init() {}
+    }
+
+    public func backups(_ f: Filter = Filter()) throws -> [Entry] {
+        var clauses = [String](), values = [SQLiteDatabase.Value]()
+        func add(_ clause: String, _ value: SQLiteDatabase.Value) {
+            values.append(value)
+            clauses.append(clause.replacingOccurrences(of: "?", with: "?\(values.count)"))
+        }
+        if let d = f.database { add("coalesce(database, name) = ?", .text(d)) }
+        if let k = f.kind { add("kind = ?", .text(k)) }
+        if let a = f.after { add("created_unix >= ?", .real(a.timeIntervalSince1970)) }
+        if let b = f.before { add("created_unix < ?", .real(b.timeIntervalSince1970)) }
+        if let t = f.text {
+            add("(instr(id, ?) > 0", .text(t))
+            clauses[clauses.count - 1] += " OR instr(name, ?\(values.count)) > 0 OR instr(coalesce(database, ''), ?\(values.count)) > 0)"
+        }
+        var sql = "SELECT id, name, kind, database, engine, host, created_at, size, stored_bytes, new_bytes, duration, tags, verified_at, verified_ok, verify_mode FROM backups"
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY created_unix DESC, id DESC"
+        var out = [Entry]()
+        try db.run(sql, values) { r in
+            let tags = (try? JSONDecoder().decode([String: String].self, from: Data((r.text(11) ?? "{}").utf8))) ?? [:]
+            if let tag = f.tag, tags[tag.key] != tag.value { return }
+            if let limit = f.limit, out.count >= limit { return }
+            out.append(Entry(id: r.text(0) ?? "", name: r.text(1) ?? "", kind: r.text(2) ?? "", database: r.text(3), engine: r.text(4),
+                             host: r.text(5), createdAt: r.text(6) ?? "", size: r.int(7) ?? 0, storedBytes: r.int(8) ?? 0,
+                             newBytes: r.int(9) ?? 0, durationSeconds: r.real(10) ?? 0, tags: tags, verifiedAt: r.text(12),
+                             verifiedOK: r.int(13).map { $0 != 0 }, verifyMode: r.text(14)))
+        }
+        return out.reversed()
+    }
+
+    public func events(kind: String? = nil) throws -> [Event] {
+        var out = [Event]()
+        try db.run("SELECT at, kind, status, name, database, engine, backup_type, duration, size, message FROM events"
+                   + (kind == nil ? "" : " WHERE kind = ?1") + " ORDER BY seq", kind.map { [.text($0)] } ?? []) { r in
+            var e = Event(kind: r.text(1) ?? "", status: r.text(2) ?? "", name: r.text(3) ?? "", database: r.text(4), engine: r.text(5),
+                          backupType: r.text(6), durationSeconds: r.real(7), size: r.int(8), message: r.text(9))
+            e.at = r.text(0) ?? ""
+            out.append(e)
+        }
+        return out
+    }
+
+    // MARK: Gaps
+
+    /// A stretch longer than the expected interval without a backup.
+    public struct Gap: Codable, Equatable, Sendable {
+        public var database: String
+        /// The backups before and after it (after: nil when the gap runs up to now).
+        public var from: String
+        public var to: String?
+        public var hours: Double
+        /// How many scheduled backups are missing in it.
+        public var missed: Int
+    }
+
+    /// Per database (or name), every interval between consecutive backups (and
+    /// from the last one to `now`) longer than `interval` plus `tolerance`.
+    /// Archived WAL and binlogs are not scheduled backups: left out.
+    public func gaps(interval: TimeInterval, tolerance: TimeInterval, database: String? = nil, now: Date = Date()) throws -> [Gap] {
+        var f = Filter()
+        f.database = database
+        let all = try backups(f).filter { $0.kind != "wal" && $0.kind != "binlog" }
+        var out = [Gap]()
+        for (subject, entries) in Dictionary(grouping: all, by: \.subject).sorted(by: { $0.key < $1.key }) {
+            let times = entries.compactMap { e in e.createdDate.map { (e.createdAt, $0) } }.sorted { $0.1 < $1.1 }
+            for (a, b) in zip(times, times.dropFirst()) {
+                let span = b.1.timeIntervalSince(a.1)
+                if span > interval + tolerance {
+                    out.append(Gap(database: subject, from: a.0, to: b.0, hours: span / 3600, missed: Int((span - tolerance) / interval)))
+                }
+            }
+            if let last = times.last, now.timeIntervalSince(last.1) > interval + tolerance {
+                let span = now.timeIntervalSince(last.1)
+                out.append(Gap(database: subject, from: last.0, to: nil, hours: span / 3600, missed: Int((span - tolerance) / interval)))
+            }
+        }
+        return out
+    }
+}

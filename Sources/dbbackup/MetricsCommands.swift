@@ -1,0 +1,260 @@
+import ArgumentParser
+import Catalog
+import DedupStore
+import Foundation
+
+/// What the metrics commands share: the repository, the server label, rendering.
+struct MetricsOptions: ParsableArguments {
+    @OptionGroup var store: StoreOptions
+
+    @Option(help: ArgumentHelp("The `server` label (default: this host's name).", valueName: "name"))
+    var server: String?
+
+    func render() throws -> String {
+        let repo = try store.open()
+        let catalog = try BackupCatalog(repository: repo)
+        // Repository-wide figures need the index: skipped, not fatal, when gc holds the repository.
+        let stats: RepositoryStats?
+        do {
+            let lock = try repo.lock(.shared, command: "metrics", wait: 30)
+            defer { lock.release() }
+            stats = try RepositoryStats.compute(repo)
+        } catch {
+            Terminal.notice("repository figures left out: \(errorMessage(error))")
+            stats = nil
+        }
+        return try RepositoryMetrics.render(catalog: catalog, stats: stats, server: server ?? LockInfo.currentHost)
+    }
+}
+
+struct DedupMetrics: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics",
+        abstract: "Prometheus metrics of the repository, for node_exporter's textfile collector.",
+        discussion: """
+          dbbackup dedup metrics --output /var/lib/node_exporter/textfile_collector/dbbackup.prom
+        The file is written atomically (temporary name, fsync, rename), so the
+        collector never reads half of it. Without --output the text goes to stdout.
+        Names and labels: docs/METRICS.md.
+        """)
+
+    @OptionGroup var options: MetricsOptions
+
+    @Option(help: ArgumentHelp("Write to this file instead of stdout.", valueName: "path"))
+    var output: String?
+
+    func run() throws {
+        try reportingErrors {
+            let text = try options.render()
+            if let output {
+                try FileIO.writeFileAtomically(StoreOptions.expand(output), Array(text.utf8))
+            } else {
+                Terminal.raw(text)
+            }
+        }
+    }
+}
+
+struct Metrics: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics",
+        abstract: "Prometheus metrics: export (as `dedup metrics`) or serve them over HTTP.",
+        subcommands: [MetricsExport.self, MetricsServe.self])
+}
+
+struct MetricsExport: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "export", abstract: "The same as `dbbackup dedup metrics`.")
+    @OptionGroup var options: MetricsOptions
+    @Option(help: ArgumentHelp("Write to this file instead of stdout.", valueName: "path")) var output: String?
+
+    func run() throws {
+        var command = DedupMetrics()
+        command.options = options
+        command.output = output
+        try command.run()
+    }
+}
+
+struct MetricsServe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve /metrics and /health over HTTP (default 127.0.0.1:9399).",
+        discussion: """
+        /metrics renders the metrics afresh for every request; /health answers 200
+        "OK" while the repository opens, 503 with the reason when it does not.
+        Anything else is 404. One request at a time, each with a 10 s deadline.
+        Listens on 127.0.0.1 unless --bind says otherwise (0.0.0.0 for every address).
+        """)
+
+    @OptionGroup var options: MetricsOptions
+    @Option(help: "TCP port (0: any free one, printed at start).") var port: Int = 9399
+    @Option(help: ArgumentHelp("Address to listen on.", valueName: "ipv4")) var bind: String = "127.0.0.1"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port takes 0-65535") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let server = try HTTPServer(address: bind, port: UInt16(port))
+            Terminal.out("serving http://\(bind):\(server.port)/metrics and /health")
+            server.serve { path in
+                switch path {
+                case "/metrics":
+                    do {
+                        return (200, "text/plain; version=0.0.4; charset=utf-8", try options.render())
+                    } catch {
+                        return (500, "text/plain", errorMessage(error) + "\n")
+                    }
+                case "/health", "/healthz":
+                    do {
+                        _ = try Repository(path: options.store.path, cacheRoot: options.store.cacheRoot)
+                        return (200, "text/plain", "OK\n")
+                    } catch {
+                        return (503, "text/plain", errorMessage(error) + "\n")
+                    }
+                default:
+                    return (404, "text/plain", "not found: try /metrics or /health\n")
+                }
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 server for GET requests, one connection at a time.
+final class HTTPServer {
+    private let fd: Int32
+    let port: UInt16
+
+    init(address: String, port: UInt16) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw DedupError.io(operation: "socket", path: address, errno: errno) }
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, address, &addr.sin_addr) == 1 else {
+            close(fd)
+            throw DedupError.invalidArgument("--bind takes an IPv4 address like 127.0.0.1, not '\(address)'")
+        }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 16) == 0 else {
+            let code = errno
+            close(fd)
+            throw DedupError.io(operation: "listen on", path: "\(address):\(port)", errno: code)
+        }
+        var actual = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &actual) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        self.port = UInt16(bigEndian: actual.sin_port)
+    }
+
+    deinit { close(fd) }
+
+    /// Answers requests until the process is stopped.
+    func serve(_ handler: (String) -> (status: Int, type: String, body: String)) {
+        signal(SIGPIPE, SIG_IGN)
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 { if errno == EINTR { continue }; usleep(100_000); continue }
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            respond(client, handler)
+            close(client)
+        }
+    }
+
+    private func respond(_ client: Int32, _ handler: (String) -> (status: Int, type: String, body: String)) {
+        var request = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while request.count < 16384 {
+            let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            request += buffer[0..<n]
+            if request.count >= 4, request.suffix(4) == [13, 10, 13, 10] { break }
+            if String(decoding: request, as: UTF8.self).contains("\r\n\r\n") { break }
+        }
+        let firstLine = String(decoding: request, as: UTF8.self).split(separator: "\r\n").first ?? ""
+        let parts = firstLine.split(separator: " ")
+        let reply: (status: Int, type: String, body: String)
+        if parts.count >= 2, parts[0] == "GET" || parts[0] == "HEAD" {
+            let path = String(parts[1].split(separator: "?").first ?? "")
+            reply = handler(path)
+        } else {
+            reply = (405, "text/plain", "only GET\n")
+        }
+        let reason = [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"][reply.status] ?? "Error"
+        let body = Array(reply.body.utf8)
+        let head = "HTTP/1.1 \(reply.status) \(reason)\r\nContent-Type: \(reply.type)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        let bytes = Array(head.utf8) + (parts.first == "HEAD" ? [] : body)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return -1 }
+                return send(client, base + sent, bytes.count - sent, 0)
+            }
+            if n <= 0 { break }
+            sent += n
+        }
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Per database: last backup, its age, size, verified, encrypted, and whether it is stale.",
+        discussion: "Colour only on a terminal (and not with NO_COLOR). State: ok below --warn, aging below --crit, stale above.")
+
+    @OptionGroup var store: StoreOptions
+    @Option(help: ArgumentHelp("Age at which a database's last backup is aging.", valueName: "duration")) var warn: String = "26h"
+    @Option(help: ArgumentHelp("Age at which it is stale.", valueName: "duration")) var crit: String = "50h"
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Row: Encodable {
+        var database: String, kind: String, engine: String?, lastBackup: String, ageSeconds: Double, size: Int64
+        var verified: Bool, encrypted: Bool, failuresSinceLastBackup: Int, state: String
+    }
+
+    func validate() throws {
+        guard parseDuration(warn) != nil, parseDuration(crit) != nil else { throw ValidationError("--warn and --crit take durations like 26h") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let repo = try store.open()
+            let catalog = try BackupCatalog(repository: repo)
+            let now = Date()
+            let failures = try catalog.events(kind: "backup").filter { $0.status == "failure" }
+            var rows = [Row]()
+            let backups = try catalog.backups().filter { $0.kind != "wal" && $0.kind != "binlog" }
+            for (_, group) in Dictionary(grouping: backups, by: { "\($0.subject)\u{0}\($0.kind)" }).sorted(by: { $0.key < $1.key }) {
+                guard let last = group.max(by: { ($0.createdDate ?? .distantPast) < ($1.createdDate ?? .distantPast) }) else { continue }
+                let age = now.timeIntervalSince(last.createdDate ?? now)
+                let state = age < (parseDuration(warn) ?? 93600) ? "ok" : (age < (parseDuration(crit) ?? 180000) ? "aging" : "stale")
+                let failed = failures.filter { ($0.database ?? $0.name) == last.subject && $0.at > last.createdAt }.count
+                rows.append(Row(database: last.subject, kind: last.kind, engine: last.engine, lastBackup: last.createdAt, ageSeconds: age,
+                                size: last.size, verified: last.verifiedOK == true, encrypted: repo.config.encryption != "none",
+                                failuresSinceLastBackup: failed, state: failed > 0 && state == "ok" ? "failing" : state))
+            }
+            if json { try Terminal.json(rows); return }
+            if rows.isEmpty { Terminal.out("no backups in \(repo.path)"); return }
+            let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+            func paint(_ s: String) -> String {
+                guard colour else { return s }
+                let code = ["ok": "32", "aging": "33", "failing": "33", "stale": "31"][s] ?? "0"
+                return "\u{1B}[\(code)m\(s)\u{1B}[0m"
+            }
+            printTable(header: ["DATABASE", "KIND", "ENGINE", "LAST BACKUP", "AGE", "SIZE", "VERIFIED", "ENCRYPTED", "STATE"], rows: rows.map {
+                [$0.database, $0.kind, $0.engine ?? "-", $0.lastBackup, Format.duration($0.ageSeconds), Format.bytes($0.size),
+                 $0.verified ? "yes" : "no", $0.encrypted ? "yes" : "no", paint($0.state) + ($0.failuresSinceLastBackup > 0 ? " (\($0.failuresSinceLastBackup) failed since)" : "")]
+            })
+        }
+    }
+}

@@ -1,3 +1,5 @@
 #include <openssl/evp.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
+#include <openssl/hmac.h>
+#include <openssl/kdf.h>

@@ -57,6 +57,7 @@ public final class BackupSession {
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
 
     public init(repository: Repository) throws {
+        try repository.requireKey()
         self.repository = repository
         _ = try ZstdCompressor(level: repository.config.compression.level)
         chunker = ContentDefinedChunker(repository.config.chunker.parameters)
@@ -107,7 +108,7 @@ public final class BackupSession {
                                         streamDigest: options.streamSHA256)
         reader.start()
         defer { reader.stop() }
-        let hashers = (0..<workers).map { _ in SHA256Hasher() }
+        let hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         let compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
         var arena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
         defer { arena.deallocate() }
@@ -116,7 +117,7 @@ public final class BackupSession {
         slotStorage.initialize(repeating: Slot(), count: slotCapacity)
         defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
 
-        let chunkList = try ChunkListWriter(backend: backend)
+        let chunkList = try ChunkListWriter(backend: backend, cipher: repository.cipher)
         var pack: PackWriter?
         var pending = Set<ChunkID>()
         var completeness = DumpCompleteness()
@@ -239,7 +240,7 @@ public final class BackupSession {
                     if let failure = u.failure { throw failure }
                     let members = newSlots[u.first..<(u.first + u.count)]
                     let payload = UnsafeRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + u.storedLength)])
-                    if pack == nil { pack = try PackWriter(backend: backend) }
+                    if pack == nil { pack = try PackWriter(backend: backend, cipher: repository.cipher) }
                     switch u.encoding {
                     case .zstdGroup:
                         try pack?.addGroup(members: members.map { (slots[$0].id, slots[$0].range.count) }, payload: payload)

@@ -28,6 +28,9 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case inputCommandFailed(command: String, status: String)
     case invalidArgument(String)
     case backupExists(id: String)
+    case keyRequired(path: String)
+    case wrongKey(path: String)
+    case authenticationFailed(String)
 
     public var description: String { message }
     public var errorDescription: String? { message }
@@ -83,6 +86,12 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return detail
         case .inputCommandFailed(let command, let status):
             return "input command '\(command)' \(status); no backup was committed"
+        case .keyRequired(let path):
+            return "repository \(path) is encrypted: give its key with --key-file <file> (or the passphrase in DBBACKUP_DEDUP_KEY)"
+        case .wrongKey(let path):
+            return "the key given does not open repository \(path) (wrong key file or passphrase); nothing was read or written"
+        case .authenticationFailed(let detail):
+            return "decryption failed: \(detail)"
         case .backupExists(let id):
             return "a backup with the id \(id) exists already"
         case .invalidArgument(let detail):

@@ -40,6 +40,7 @@ public final class GarbageCollector {
     }
 
     public func run() throws -> GCReport {
+        try repository.requireKey()
         let started = Date()
         var report = GCReport()
         report.dryRun = dryRun
@@ -53,7 +54,7 @@ public final class GarbageCollector {
         for id in ids {
             do {
                 let m = try repository.loadManifest(id)
-                let list = try ChunkListReader(backend: backend, manifest: m)
+                let list = try ChunkListReader(backend: backend, manifest: m, cipher: repository.cipher)
                 liveChunkLists.insert(m.chunkList.key)
                 try list.forEach { chunk, _ in try marks.insert(chunk) }
             } catch let e as DedupError {
@@ -135,7 +136,7 @@ public final class GarbageCollector {
         for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) where !unreadable.contains(pack) {
             let entries: [PackEntry]
             do {
-                entries = try PackReader(backend: backend, id: pack).entries()
+                entries = try PackReader(backend: backend, id: pack, cipher: repository.cipher).entries()
             } catch let e as DedupError {
                 // Damaged since it was indexed, with its size unchanged.
                 unreadable.insert(pack)
@@ -226,17 +227,17 @@ public final class GarbageCollector {
                     && live[run].location.frame == e.location.frame { run += 1 }
                 let batch = live[k..<run]
                 k = run
-                if writer == nil { writer = try PackWriter(backend: backend) }
+                if writer == nil { writer = try PackWriter(backend: backend, cipher: repository.cipher) }
                 if !e.location.isGroupMember {
                     // Copied as stored: no decompression, no recompression.
                     guard readBack(e) != nil else { continue }
-                    let stored = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
+                    let stored = fetcher.storedPayload
                     try writer?.add(id: e.id, rawLength: Int(e.location.rawLength),
                                     encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: stored)
                 } else if batch.count == groups[e.location.offset]?.members, membersInOrder(batch) {
                     // A wholly live group is copied as stored too, once every member checks out.
                     guard batch.allSatisfy({ readBack($0) != nil }) else { continue }
-                    let frame = UnsafeRawBufferPointer(rebasing: fetcher.stored[0..<Int(e.location.storedLength)])
+                    let frame = fetcher.storedPayload
                     try writer?.addGroup(members: batch.map { ($0.id, Int($0.location.rawLength)) }, payload: frame)
                 } else {
                     // A group that also holds dead chunks: each live member is stored

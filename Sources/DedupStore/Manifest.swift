@@ -145,31 +145,67 @@ public enum ChunkListFormat {
     public static let headerSize = 16
     public static let recordSize = 36
     public static let footerSize = 56
+    /// Version 2 (encrypted repositories): records in sealed blocks of this many.
+    public static let recordsPerSealedBlock = 4096
+
+    static func blockAAD(_ index: Int) -> [UInt8] {
+        var w = BinaryWriter(capacity: 16)
+        w.append(Array("chunks\0\0".utf8))
+        w.append(UInt64(index))
+        return w.bytes
+    }
+
+    /// Bytes between header and footer of a list of `count` records.
+    static func bodySize(count: Int, sealed: Bool) -> Int64 {
+        guard sealed else { return Int64(count) * Int64(recordSize) }
+        let blocks = (count + recordsPerSealedBlock - 1) / recordsPerSealedBlock
+        return Int64(count) * Int64(recordSize) + Int64(blocks) * Int64(RepositoryCipher.overhead)
+    }
 }
 
 public final class ChunkListWriter {
     private let object: ObjectWriter
     private let hasher = SHA256Hasher()
     private var buffer = [UInt8]()
+    private let cipher: RepositoryCipher?
+    /// Encrypted: the records of the block being filled, and the blocks sealed so far.
+    private var pending = [UInt8]()
+    private var sealedBlocks = 0
     public private(set) var count = 0
     public private(set) var totalBytes: UInt64 = 0
 
-    public init(backend: Backend) throws {
+    /// With `cipher`, the records are sealed in blocks (version 2).
+    public init(backend: Backend, cipher: RepositoryCipher? = nil) throws {
         object = try backend.create()
+        self.cipher = cipher
         var h = BinaryWriter(capacity: ChunkListFormat.headerSize)
         h.append(ChunkListFormat.headerMagic)
-        h.append(UInt32(1))
+        h.append(UInt32(cipher == nil ? 1 : 2))
         h.append(UInt32(0))
         buffer = h.bytes
         buffer.reserveCapacity(64 * 1024)
     }
 
     public func append(_ id: ChunkID, length: Int) throws {
-        buffer.append(contentsOf: id.bytes)
-        withUnsafeBytes(of: UInt32(length).littleEndian) { buffer.append(contentsOf: $0) }
         count += 1
         totalBytes += UInt64(length)
+        if cipher != nil {
+            pending.append(contentsOf: id.bytes)
+            withUnsafeBytes(of: UInt32(length).littleEndian) { pending.append(contentsOf: $0) }
+            if pending.count == ChunkListFormat.recordsPerSealedBlock * ChunkListFormat.recordSize { try sealPending() }
+            return
+        }
+        buffer.append(contentsOf: id.bytes)
+        withUnsafeBytes(of: UInt32(length).littleEndian) { buffer.append(contentsOf: $0) }
         if buffer.count >= 60 * 1024 { try flush() }
+    }
+
+    private func sealPending() throws {
+        guard let cipher, !pending.isEmpty else { return }
+        buffer += try cipher.seal(pending, aad: ChunkListFormat.blockAAD(sealedBlocks))
+        sealedBlocks += 1
+        pending.removeAll(keepingCapacity: true)
+        try flush()
     }
 
     private func flush() throws {
@@ -181,6 +217,7 @@ public final class ChunkListWriter {
     /// Writes the footer and commits the object under the first free key that
     /// `key(attempt)` gives; returns the key and the object's checksum and size.
     public func finish(key: (Int) -> String) throws -> (key: String, sha256: String, size: Int64) {
+        try sealPending()
         try flush()
         let digest = hasher.finish()
         var f = BinaryWriter(capacity: ChunkListFormat.footerSize)
@@ -209,8 +246,12 @@ public final class ChunkListReader {
 
     /// Opens and fully checks the list: size, magic, counts and SHA-256 against
     /// the manifest (reading it once; it is 36 bytes a chunk).
-    public init(backend: Backend, manifest: Manifest) throws {
+    private let cipher: RepositoryCipher?
+
+    /// `cipher`: the repository's, when it is encrypted (its lists are sealed).
+    public init(backend: Backend, manifest: Manifest, cipher: RepositoryCipher? = nil) throws {
         let ref = manifest.chunkList
+        self.cipher = cipher
         let manifestID = manifest.id
         guard let size = try backend.size(ref.key) else {
             throw DedupError.manifestCorrupt(id: manifest.id, detail: "its chunk list \(ref.key) is missing")
@@ -222,18 +263,21 @@ public final class ChunkListReader {
             throw bad("size \(size) bytes, the manifest recorded \(ref.size)")
         }
         let recordBytes = size - Int64(ChunkListFormat.headerSize + ChunkListFormat.footerSize)
-        guard recordBytes % Int64(ChunkListFormat.recordSize) == 0 else { throw bad("length is not whole records") }
         let header = try object.read(at: 0, count: ChunkListFormat.headerSize)
         guard Array(header[0..<8]) == ChunkListFormat.headerMagic else { throw bad("bad header magic") }
         var hr = BinaryReader(header, at: 8)
-        guard (try? hr.u32()) == 1 else { throw bad("chunk list version is not 1 (written by a newer dbbackup?)") }
+        let version = (try? hr.u32()) ?? 0
+        guard version == (cipher == nil ? 1 : 2) else {
+            throw bad(version == 2 ? "it is encrypted, in a repository that is not" : version == 1 ? "it is not encrypted, in an encrypted repository"
+                                   : "chunk list version \(version) is not known (written by a newer dbbackup?)")
+        }
         let footer = try object.read(at: size - Int64(ChunkListFormat.footerSize), count: ChunkListFormat.footerSize)
         var fr = BinaryReader(footer)
         // The footer is not under its own checksum: every number is checked.
         guard let rawCount = try? fr.u64(), let count = Int(exactly: rawCount), count <= Int(recordBytes),
               let total = try? fr.u64(), let digest = try? fr.id(),
               Array(footer[48..<56]) == ChunkListFormat.footerMagic else { throw bad("bad footer") }
-        guard Int64(count) * Int64(ChunkListFormat.recordSize) == recordBytes, count == ref.count,
+        guard ChunkListFormat.bodySize(count: count, sealed: cipher != nil) == recordBytes, count == ref.count,
               digest.hex == ref.sha256 else {
             throw bad("footer does not match the manifest")
         }
@@ -255,15 +299,30 @@ public final class ChunkListReader {
 
     /// Calls `body` with each chunk id and plaintext length, in stream order.
     public func forEach(_ body: (ChunkID, Int) throws -> Void) throws {
-        let perBlock = 4096
+        let perBlock = ChunkListFormat.recordsPerSealedBlock
+        let sealedBlockSize = perBlock * ChunkListFormat.recordSize + RepositoryCipher.overhead
         var block = [UInt8](repeating: 0, count: perBlock * ChunkListFormat.recordSize)
+        var box = [UInt8](repeating: 0, count: cipher == nil ? 0 : sealedBlockSize)
         var index = 0
         while index < count {
             let n = min(perBlock, count - index)
             let bytes = n * ChunkListFormat.recordSize
-            try block.withUnsafeMutableBytes {
-                try object.read(at: Int64(ChunkListFormat.headerSize + index * ChunkListFormat.recordSize),
-                                into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<bytes]))
+            if let cipher {
+                let blockIndex = index / perBlock
+                let boxBytes = bytes + RepositoryCipher.overhead
+                try box.withUnsafeMutableBytes {
+                    try object.read(at: Int64(ChunkListFormat.headerSize) + Int64(blockIndex) * Int64(sealedBlockSize),
+                                    into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<boxBytes]))
+                }
+                let opened = try box.withUnsafeBytes { b in
+                    try block.withUnsafeMutableBytes { try cipher.open(UnsafeRawBufferPointer(rebasing: b[0..<boxBytes]), aad: ChunkListFormat.blockAAD(blockIndex), into: $0) }
+                }
+                guard opened == bytes else { throw DedupError.authenticationFailed("a chunk list block opened to \(opened) bytes, not \(bytes)") }
+            } else {
+                try block.withUnsafeMutableBytes {
+                    try object.read(at: Int64(ChunkListFormat.headerSize + index * ChunkListFormat.recordSize),
+                                    into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<bytes]))
+                }
             }
             try block.withUnsafeBytes { raw in
                 guard let base = raw.baseAddress else { return }

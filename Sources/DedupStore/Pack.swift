@@ -99,6 +99,8 @@ public enum PackFormat {
     public static let maxGroupLength = 16 << 20
     /// Writers close a group once its plaintext reaches this size.
     public static let groupTarget = 1 << 20
+    /// Header flags bit 0, entry flags bit 0: sealed with AES-256-GCM.
+    public static let encryptedFlag: UInt16 = 1
 }
 
 /// One entry of a pack's trailer.
@@ -118,13 +120,18 @@ public final class PackWriter {
     public private(set) var size: UInt64 = 0
     public var count: Int { entries.count }
 
-    public init(backend: Backend) throws {
+    /// Seals every payload and the trailer (an encrypted repository's packs).
+    private let cipher: RepositoryCipher?
+    private var sealScratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+
+    public init(backend: Backend, cipher: RepositoryCipher? = nil) throws {
         id = PackID.random()
+        self.cipher = cipher
         object = try backend.create()
         var header = BinaryWriter(capacity: PackFormat.headerSize)
         header.append(PackFormat.headerMagic)
         header.append(PackFormat.version)
-        header.append(UInt16(0))
+        header.append(UInt16(cipher == nil ? 0 : PackFormat.encryptedFlag))
         header.append(UInt32(0))
         buffer.reserveCapacity(flushThreshold + 64)
         try append(header.bytes[...])
@@ -133,9 +140,9 @@ public final class PackWriter {
     /// Appends a chunk; `payload` is its stored form (`encoding` says which).
     @discardableResult
     public func add(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
-        let offset = try appendEntry(id: chunk, rawLength: rawLength, encoding: encoding, payload: payload)
+        let (offset, stored) = try appendEntry(id: chunk, rawLength: rawLength, encoding: encoding, payload: payload)
         let location = ChunkLocation(pack: id, offset: offset, rawLength: UInt32(rawLength),
-                                     storedLength: UInt32(payload.count), encoding: encoding.rawValue)
+                                     storedLength: UInt32(stored), encoding: encoding.rawValue, flags: entryFlags)
         entries.append(PackEntry(id: chunk, location: location))
         return location
     }
@@ -149,26 +156,42 @@ public final class PackWriter {
         guard total <= PackFormat.maxGroupLength else {
             throw DedupError.packCorrupt(pack: id.hex, detail: "a group of \(total) bytes exceeds the \(PackFormat.maxGroupLength) readers accept")
         }
-        let offset = try appendEntry(id: first.id, rawLength: total, encoding: .zstdGroup, payload: payload)
+        let (offset, stored) = try appendEntry(id: first.id, rawLength: total, encoding: .zstdGroup, payload: payload)
         var inGroup = 0
         for m in members {
             entries.append(PackEntry(id: m.id, location: ChunkLocation(
-                pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(payload.count),
-                encoding: ChunkEncoding.zstdGroup.rawValue, groupOffset: UInt32(inGroup))))
+                pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(stored),
+                encoding: ChunkEncoding.zstdGroup.rawValue, flags: entryFlags, groupOffset: UInt32(inGroup))))
             inGroup += m.rawLength
         }
     }
 
-    /// Writes one entry (48-byte header, then the payload) and returns its offset.
+    private var entryFlags: UInt8 { cipher == nil ? 0 : UInt8(PackFormat.encryptedFlag) }
+
+    deinit { sealScratch.deallocate() }
+
+    /// Writes one entry (48-byte header, then the payload, sealed when the pack
+    /// is encrypted) and returns its offset and stored length.
     private func appendEntry(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding,
-                             payload: UnsafeRawBufferPointer) throws -> UInt64 {
+                             payload plainPayload: UnsafeRawBufferPointer) throws -> (UInt64, Int) {
         let offset = size
+        var payload = plainPayload
+        if let cipher {
+            let needed = plainPayload.count + RepositoryCipher.overhead
+            if sealScratch.count < needed {
+                sealScratch.deallocate()
+                sealScratch = .allocate(byteCount: max(needed, 1 << 20), alignment: 16)
+            }
+            let n = try cipher.seal(plainPayload, aad: RepositoryCipher.entryAAD(pack: id, offset: offset, encoding: encoding.rawValue),
+                                    into: sealScratch)
+            payload = UnsafeRawBufferPointer(rebasing: sealScratch[0..<n])
+        }
         var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
         h.append(chunk)
         h.append(UInt32(rawLength))
         h.append(UInt32(payload.count))
         h.append(encoding.rawValue)
-        h.append(UInt8(0))
+        h.append(entryFlags)
         h.zeros(6)
         try append(h.bytes[...])
         if payload.count >= flushThreshold {
@@ -180,7 +203,7 @@ public final class PackWriter {
             buffer.append(contentsOf: payload)
             size += UInt64(payload.count)
         }
-        return offset
+        return (offset, payload.count)
     }
 
     private func append(_ bytes: ArraySlice<UInt8>) throws {
@@ -212,11 +235,13 @@ public final class PackWriter {
             t.append(e.location.groupOffset)
             t.zeros(2)
         }
-        let digest = SHA256Hasher.hash(t.bytes)
-        try append(t.bytes[...])
+        // Encrypted: the trailer is sealed too, bound to this pack.
+        let trailer = try cipher.map { try $0.seal(t.bytes, aad: Self.trailerAAD(id)) } ?? t.bytes
+        let digest = SHA256Hasher.hash(trailer)
+        try append(trailer[...])
         var f = BinaryWriter(capacity: PackFormat.footerSize)
         f.append(trailerOffset)
-        f.append(UInt64(t.bytes.count))
+        f.append(UInt64(trailer.count))
         f.append(digest)
         f.append(PackFormat.footerMagic)
         try append(f.bytes[...])
@@ -229,15 +254,25 @@ public final class PackWriter {
     }
 
     public func abort() { object.abort() }
+
+    static func trailerAAD(_ id: PackID) -> [UInt8] {
+        var w = BinaryWriter(capacity: 24)
+        w.append(Array("trailer\0".utf8))
+        w.append(id.hi); w.append(id.lo)
+        return w.bytes
+    }
 }
 
 /// Reads a pack's trailer and its chunks.
 public final class PackReader {
     public let id: PackID
     private let object: ObjectReader
+    private let cipher: RepositoryCipher?
 
-    public init(backend: Backend, id: PackID) throws {
+    /// `cipher`: the repository's, when it is encrypted (its packs must all be).
+    public init(backend: Backend, id: PackID, cipher: RepositoryCipher? = nil) throws {
         self.id = id
+        self.cipher = cipher
         object = try backend.openReader(id.key)
     }
 
@@ -259,6 +294,11 @@ public final class PackReader {
         guard version == PackFormat.version else {
             throw DedupError.packCorrupt(pack: id.hex, detail: "pack format version \(version) is not supported")
         }
+        let headerFlags = (try? hr.u16()) ?? 0
+        guard headerFlags == (cipher == nil ? 0 : PackFormat.encryptedFlag) else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: cipher == nil
+                ? "it is encrypted (flags \(headerFlags)) in a repository that is not" : "it is not encrypted, in an encrypted repository")
+        }
         let footer = try object.read(at: size - Int64(PackFormat.footerSize), count: PackFormat.footerSize)
         guard Array(footer[48..<56]) == PackFormat.footerMagic else {
             throw DedupError.packCorrupt(pack: id.hex, detail: "no footer at the end: truncated or damaged")
@@ -274,14 +314,20 @@ public final class PackReader {
                   end == UInt64(size) - UInt64(PackFormat.footerSize) else {
                 throw DedupError.packCorrupt(pack: id.hex, detail: "footer points outside the pack")
             }
-            let trailer = try object.read(at: Int64(trailerOffset), count: Int(trailerLength))
-            guard SHA256Hasher.hash(trailer) == digest else {
+            let stored = try object.read(at: Int64(trailerOffset), count: Int(trailerLength))
+            guard SHA256Hasher.hash(stored) == digest else {
                 throw DedupError.packCorrupt(pack: id.hex, detail: "trailer checksum mismatch")
+            }
+            let trailer: [UInt8]
+            do {
+                trailer = try cipher.map { try $0.open(stored, aad: PackWriter.trailerAAD(id)) } ?? stored
+            } catch DedupError.authenticationFailed(let detail) {
+                throw DedupError.packCorrupt(pack: id.hex, detail: "its trailer does not decrypt: \(detail)")
             }
             var r = BinaryReader(trailer)
             let count = Int(try r.u32())
             try r.skip(4)
-            guard count * PackFormat.trailerEntrySize == r.remaining else {
+            guard trailer.count >= 8, count * PackFormat.trailerEntrySize == r.remaining else {
                 throw DedupError.packCorrupt(pack: id.hex, detail: "trailer length does not match its entry count")
             }
             var out = [PackEntry]()

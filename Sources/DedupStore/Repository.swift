@@ -33,7 +33,7 @@ public final class Repository {
     }
 
     /// The folders of a repository (each also created when first needed).
-    static let folders: Set<String> = ["packs", "manifests", "locks", "tmp"]
+    static let folders: Set<String> = ["packs", "manifests", "locks", "tmp", "keys"]
 
     public static func isRepository(_ path: String) -> Bool {
         FileIO.exists(path + "/config")
@@ -43,7 +43,7 @@ public final class Repository {
     @discardableResult
     public static func initialize(at path: String, chunker: ChunkerParameters = .default,
                                   compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize,
-                                  cacheRoot: String? = nil) throws -> Repository {
+                                  cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
         try chunker.validate()
         _ = try ZstdCompressor(level: compressionLevel)
         guard packSize >= 1 << 20, packSize <= 1 << 30 else {
@@ -52,15 +52,25 @@ public final class Repository {
         if isRepository(path) { throw DedupError.repositoryExists(path: path) }
         guard isEmptyOrSkeleton(path) else { throw DedupError.directoryNotEmpty(path: path) }
         try FileIO.makeDirectories(path)
+        // Key objects of an interrupted init wrap a master key nothing uses.
+        for leftover in (try? FileManager.default.contentsOfDirectory(atPath: path + "/keys")) ?? [] {
+            try? FileManager.default.removeItem(atPath: path + "/keys/" + leftover)
+        }
         // The config first: once it exists this is a repository, and every other
         // folder is created when first needed.
-        let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize)
+        let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize,
+                                      encrypted: encryptionKey != nil)
         let backend = LocalBackend(root: path)
+        if let encryptionKey {
+            // The key object before the config: a repository is never encrypted without one.
+            try FileIO.makeDirectories(path + "/keys")
+            try WrappedKey.wrap(SecureRandom.bytes(64), secret: encryptionKey, repositoryID: config.id).store(in: backend)
+        }
         try backend.put("config", try config.encoded(), ifAbsent: true)
-        for sub in folders.sorted() {
+        for sub in folders.sorted() where sub != "keys" {  // keys/: encrypted repositories only
             try FileIO.makeDirectories(path + "/" + sub)
         }
-        return try Repository(path: path, cacheRoot: cacheRoot)
+        return try Repository(path: path, cacheRoot: cacheRoot, key: encryptionKey)
     }
 
     /// True for a folder that is absent, empty, or holds only the empty folders an
@@ -69,9 +79,10 @@ public final class Repository {
         if !FileIO.exists(path) { return true }
         guard FileIO.isDirectory(path), let entries = try? FileManager.default.contentsOfDirectory(atPath: path) else { return false }
         return entries.allSatisfy { name in
-            // tmp/ may hold the half-written config of an interrupted init.
+            // tmp/ may hold the half-written config of an interrupted init, keys/
+            // the key object of one (removed when init runs again).
             folders.contains(name) && FileIO.isDirectory(path + "/" + name)
-                && (name == "tmp" || ((try? FileManager.default.subpathsOfDirectory(atPath: path + "/" + name)) ?? ["?"]).allSatisfy {
+                && (name == "tmp" || name == "keys" || ((try? FileManager.default.subpathsOfDirectory(atPath: path + "/" + name)) ?? ["?"]).allSatisfy {
                     FileIO.isDirectory(path + "/" + name + "/" + $0)
                 })
         }
@@ -79,13 +90,62 @@ public final class Repository {
 
     /// Opens an existing repository; a clear error if `path` is not one. The
     /// cache goes under `cacheRoot` (default: `Repository.defaultCacheRoot()`).
-    public init(path: String, cacheRoot: String? = nil) throws {
+    /// Opens a repository. An encrypted one opens without `key` too (its manifests
+    /// are readable), but anything that reads or writes data then throws
+    /// `DedupError.keyRequired`; a key that opens none of its key objects is
+    /// `DedupError.wrongKey`.
+    public init(path: String, cacheRoot: String? = nil, key: [UInt8]? = nil) throws {
         self.path = path
         backend = LocalBackend(root: path)
         guard FileIO.isDirectory(path) else { throw DedupError.notARepository(path: path) }
         guard let bytes = try backend.get("config") else { throw DedupError.notARepository(path: path) }
         config = try RepositoryConfig.decode(bytes, path: path)
         cacheDirectory = Self.cacheDirectory(root: cacheRoot ?? Self.defaultCacheRoot(), repositoryID: config.id, path: path)
+        if config.isEncrypted, let key {
+            guard let (master, _) = try Self.unwrapMaster(backend: backend, secret: key, repositoryID: config.id, path: path) else {
+                throw DedupError.wrongKey(path: path)
+            }
+            cipher = RepositoryCipher(master: master)
+        }
+    }
+
+    /// The data cipher of an encrypted repository opened with its key (nil for a
+    /// plain one).
+    public private(set) var cipher: RepositoryCipher?
+
+    /// Throws `keyRequired` for an encrypted repository opened without its key.
+    public func requireKey() throws {
+        if config.isEncrypted && cipher == nil { throw DedupError.keyRequired(path: path) }
+    }
+
+    /// A hasher for chunk ids: SHA-256, or HMAC-SHA256 with the id key when encrypted.
+    public func makeChunkHasher() throws -> SHA256Hasher {
+        try requireKey()
+        return SHA256Hasher(hmacKey: cipher?.idKey)
+    }
+
+    /// The master key under `secret`, and the key object that holds it.
+    static func unwrapMaster(backend: LocalBackend, secret: [UInt8], repositoryID: String, path: String) throws -> ([UInt8], String)? {
+        let objects = try backend.list(WrappedKey.folder).filter { $0.key.hasSuffix(".json") }
+        guard !objects.isEmpty else {
+            throw DedupError.unsupportedRepository(path: path, detail: "encrypted, but it holds no key object (keys/ is empty)")
+        }
+        for object in objects {
+            guard let bytes = try backend.get(object.key), let wrapped = try? JSONDecoder().decode(WrappedKey.self, from: Data(bytes)) else { continue }
+            if let master = try wrapped.unwrap(secret: secret, repositoryID: repositoryID) { return (master, object.key) }
+        }
+        return nil
+    }
+
+    /// Re-wraps the master key under `newSecret` (a new key object), then deletes
+    /// the key object `oldSecret` opened. No data is rewritten.
+    public func rotateKey(oldSecret: [UInt8], newSecret: [UInt8]) throws {
+        guard config.isEncrypted else { throw DedupError.invalidArgument("repository \(path) is not encrypted") }
+        guard let (master, oldKey) = try Self.unwrapMaster(backend: backend, secret: oldSecret, repositoryID: config.id, path: path) else {
+            throw DedupError.wrongKey(path: path)
+        }
+        try WrappedKey.wrap(master, secret: newSecret, repositoryID: config.id).store(in: backend)
+        try backend.delete(oldKey)
     }
 
     /// Where caches go: $DBBACKUP_CACHE_DIR, else systemd's $CACHE_DIRECTORY (a
@@ -120,6 +180,7 @@ public final class Repository {
     /// The chunk index, opened and brought in step with the packs on first use.
     public func index() throws -> ChunkIndex {
         if let chunkIndex { return chunkIndex }
+        try requireKey()
         let existed = FileIO.exists(indexPath)
         let idx = try openIndexFile()
         try synchronizeIndex(idx, existed: existed)
@@ -175,7 +236,7 @@ public final class Repository {
     /// left out (verify names the backups it breaks).
     private func indexPack(_ idx: ChunkIndex, pack: PackID, size: Int64) throws {
         do {
-            let entries = try PackReader(backend: backend, id: pack).entries()
+            let entries = try PackReader(backend: backend, id: pack, cipher: cipher).entries()
             try idx.insert(pack: pack, size: size, entries: entries)
         } catch let e as DedupError {
             if case .packCorrupt = e {
@@ -189,6 +250,7 @@ public final class Repository {
     /// Recreates the index and Bloom filter from the packs alone (under the
     /// exclusive lock: the index is empty while it refills).
     public func rebuildIndex() throws -> (packs: Int, chunks: Int) {
+        try self.requireKey()
         let packs = try listPacks()
         let idx = try openIndexFile()
         try idx.clear()

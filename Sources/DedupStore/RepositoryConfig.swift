@@ -33,7 +33,12 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
     public var chunkHash: String
     public var encryption: String
 
-    public init(chunker: ChunkerParameters, compressionLevel: Int, packSize: Int = RepositoryConfig.defaultPackSize) {
+    public static let aesGCM = "aes-256-gcm"
+
+    public var isEncrypted: Bool { encryption != "none" }
+
+    public init(chunker: ChunkerParameters, compressionLevel: Int, packSize: Int = RepositoryConfig.defaultPackSize,
+                encrypted: Bool = false) {
         format = Self.formatName
         version = Self.currentVersion
         id = Hex.encode(SecureRandom.bytes(16))
@@ -42,8 +47,8 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
                                avgSize: chunker.avgSize, maxSize: chunker.maxSize)
         compression = Compression(algorithm: "zstd", level: compressionLevel)
         self.packSize = packSize
-        chunkHash = "sha256"
-        encryption = "none"
+        chunkHash = encrypted ? "hmac-sha256" : "sha256"
+        encryption = encrypted ? Self.aesGCM : "none"
     }
 
     /// A decoding error in one short phrase, without Swift's type dump.
@@ -76,11 +81,13 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
         }
         do {
             let config = try JSONDecoder().decode(RepositoryConfig.self, from: Data(bytes))
-            guard config.chunker.algorithm == "fastcdc-gear64-v1", config.chunkHash == "sha256" else {
+            guard config.chunker.algorithm == "fastcdc-gear64-v1", ["sha256", "hmac-sha256"].contains(config.chunkHash) else {
                 throw DedupError.foreignRepository(path: path, detail: "unknown chunker or hash")
             }
-            guard config.encryption == "none" else {
-                throw DedupError.unsupportedRepository(path: path, detail: "encryption '\(config.encryption)'")
+            // Plain: SHA-256 ids. Encrypted: AES-256-GCM and keyed ids, always together.
+            guard (config.encryption == "none" && config.chunkHash == "sha256")
+                    || (config.encryption == Self.aesGCM && config.chunkHash == "hmac-sha256") else {
+                throw DedupError.unsupportedRepository(path: path, detail: "encryption '\(config.encryption)' with chunk hash '\(config.chunkHash)'")
             }
             try config.chunker.parameters.validate()
             return config

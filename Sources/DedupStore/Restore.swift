@@ -6,8 +6,11 @@ final class ChunkFetcher {
     private let repository: Repository
     let index: ChunkIndex
     private let decompressor: ZstdDecompressor
-    private let hasher = SHA256Hasher()
+    private let hasher: SHA256Hasher
     private let group = GroupScratch()
+    private let cipher: RepositoryCipher?
+    /// An encrypted chunk's box as read, before `stored` gets its opened bytes.
+    private var sealed = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var readers: [PackID: PackReader] = [:]
     private var readerOrder: [PackID] = []
     private let maxOpenPacks = 16
@@ -20,6 +23,8 @@ final class ChunkFetcher {
     init(repository: Repository) throws {
         self.repository = repository
         index = try repository.index()
+        hasher = try repository.makeChunkHasher()
+        cipher = repository.cipher
         decompressor = try ZstdDecompressor()
         let maxChunk = repository.config.chunker.maxSize
         stored = .allocate(byteCount: ZstdCompressor.bound(maxChunk), alignment: 16)
@@ -29,11 +34,12 @@ final class ChunkFetcher {
     deinit {
         stored.deallocate()
         plain.deallocate()
+        sealed.deallocate()
     }
 
     private func reader(_ pack: PackID) throws -> PackReader {
         if let r = readers[pack] { return r }
-        let r = try PackReader(backend: repository.backend, id: pack)
+        let r = try PackReader(backend: repository.backend, id: pack, cipher: cipher)
         if readerOrder.count >= maxOpenPacks {
             let old = readerOrder.removeFirst()
             readers[old] = nil
@@ -53,13 +59,34 @@ final class ChunkFetcher {
                 stored.deallocate()
                 stored = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
             }
-            try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
+            if let cipher {
+                // Read the box, open it into `stored`: gc copies `stored` as the
+                // chunk's payload, and the new pack seals it again where it lands.
+                if Int(loc.storedLength) > sealed.count {
+                    sealed.deallocate()
+                    sealed = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
+                }
+                try readStored(id, at: loc, expectedLength: expectedLength, into: sealed, manifest: manifest)
+                openedLength = try ChunkDecoder.open(id, at: loc, box: UnsafeRawBufferPointer(rebasing: sealed[0..<Int(loc.storedLength)]),
+                                                     into: stored, cipher: cipher, manifest: manifest)
+            } else {
+                try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
+                openedLength = Int(loc.storedLength)
+            }
             if loc.isGroupMember { storedGroup = loc.frame }
         }
-        let storedBytes = UnsafeRawBufferPointer(rebasing: stored[0..<Int(loc.storedLength)])
-        return try ChunkDecoder.decode(id, at: loc, stored: storedBytes, into: plain, manifest: manifest,
+        var opened = loc
+        opened.flags = 0
+        opened.storedLength = UInt32(openedLength)
+        return try ChunkDecoder.decode(id, at: opened, stored: storedPayload, into: plain, manifest: manifest,
                                        decompressor: decompressor, hasher: hasher, group: group)
     }
+
+    /// Length of the payload in `stored` (opened, when the repository is encrypted).
+    private var openedLength = 0
+
+    /// The last chunk's payload as compressed (decrypted when the repository is encrypted).
+    var storedPayload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: stored[0..<openedLength]) }
 
     /// Checks that a location is one this repository and this reader can hold.
     func checkLocation(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws {
@@ -73,8 +100,9 @@ final class ChunkFetcher {
         guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= storedLimit else {
             throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
         }
-        guard loc.flags == 0 else {
-            throw corrupt("it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)")
+        guard loc.flags == (cipher == nil ? 0 : UInt8(PackFormat.encryptedFlag)) else {
+            throw corrupt(cipher == nil ? "it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)"
+                                        : "it is not encrypted, in an encrypted repository")
         }
     }
 
@@ -108,6 +136,16 @@ final class ChunkFetcher {
 /// Turns a chunk's stored bytes back into its plaintext and checks it against its
 /// id. Stateless apart from the contexts it is given, so workers run it in parallel.
 enum ChunkDecoder {
+    /// Opens an encrypted chunk's (or group's) box into `out`; returns the payload's length.
+    static func open(_ id: ChunkID, at loc: ChunkLocation, box: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer,
+                     cipher: RepositoryCipher, manifest: String) throws -> Int {
+        do {
+            return try cipher.open(box, aad: RepositoryCipher.entryAAD(pack: loc.pack, offset: loc.offset, encoding: loc.encoding), into: out)
+        } catch DedupError.authenticationFailed(let detail) {
+            throw DedupError.chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+    }
+
     /// Returns the plaintext: `stored` itself for a raw chunk, else `plain`'s start.
     /// A group member's group is decompressed into `group` (once for a run of
     /// members of the same group).
@@ -156,6 +194,22 @@ enum ChunkDecoder {
     }
 }
 
+/// A growable buffer owned by one worker.
+final class ScratchBuffer: @unchecked Sendable {
+    private var storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+
+    deinit { storage.deallocate() }
+
+    /// At least `count` bytes (the same memory until a larger size is asked for).
+    func buffer(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        if storage.count < count {
+            storage.deallocate()
+            storage = .allocate(byteCount: max(count, 1 << 16), alignment: 16)
+        }
+        return storage
+    }
+}
+
 /// The plaintext of the last group decompressed, kept while its members are read.
 final class GroupScratch {
     private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
@@ -166,6 +220,9 @@ final class GroupScratch {
 
     /// The group's plaintext (checked against the size its frame declares), from
     /// the previous call when it was the same group.
+    /// True when the last group decompressed is `group` (its frame need not be read).
+    func holds(_ group: FrameKey) -> Bool { key == group }
+
     func decompress(_ group: FrameKey, frame: UnsafeRawBufferPointer,
                     decompressor: ZstdDecompressor) throws -> UnsafeRawBufferPointer {
         if key == group {
@@ -211,12 +268,13 @@ public final class Restorer {
 
     @discardableResult
     public func restore(_ idOrPrefix: String, to target: RestoreTarget) throws -> Manifest {
+        try repository.requireKey()
         // Shared: gc and index rebuild, which move or forget chunks, wait for us.
         let lock = try repository.lock(.shared, command: "restore \(idOrPrefix)", wait: lockWait)
         defer { lock.release() }
         let id = try repository.resolveManifestID(idOrPrefix)
         let manifest = try repository.loadManifest(id)
-        let list = try ChunkListReader(backend: repository.backend, manifest: manifest)
+        let list = try ChunkListReader(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
         let fetcher = try ChunkFetcher(repository: repository)
 
         let fd: Int32
@@ -246,8 +304,10 @@ public final class Restorer {
         let batchBytes = 4 << 20
         let workers = max(1, min(jobs, 16))
         let decompressors = try (0..<workers).map { _ in try ZstdDecompressor() }
-        let hashers = (0..<workers).map { _ in SHA256Hasher() }
+        let hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         let groups = (0..<workers).map { _ in GroupScratch() }
+        let cipher = repository.cipher
+        let openScratch = (0..<workers).map { _ in ScratchBuffer() }
         // The whole-stream digest only for backups that recorded one.
         let streamHasher: SHA256Hasher? = manifest.sha256 == nil ? nil : SHA256Hasher()
         // Stored bytes in, plaintext out: one batch in, two out (one is being
@@ -309,10 +369,26 @@ public final class Restorer {
                 // for all the members of it that come in a row.
                 forEachRunInParallel(count, workers: workers) { worker, k in
                     let it = shared[k]
-                    let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
+                    var stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
                     let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
                     do {
-                        let plain = try ChunkDecoder.decode(it.id, at: it.loc, stored: stored, into: out, manifest: manifest.id,
+                        var loc = it.loc
+                        if let cipher {
+                            // Open the box (a group's once for its run of members).
+                            let openedFrame = FrameKey(pack: loc.pack, offset: loc.offset,
+                                                       storedLength: loc.storedLength &- UInt32(RepositoryCipher.overhead))
+                            if !(loc.isGroupMember && groups[worker].holds(openedFrame)) {
+                                let n = try ChunkDecoder.open(it.id, at: loc, box: stored, into: openScratch[worker].buffer(stored.count),
+                                                              cipher: cipher, manifest: manifest.id)
+                                stored = UnsafeRawBufferPointer(rebasing: openScratch[worker].buffer(stored.count)[0..<n])
+                                loc.storedLength = UInt32(n)
+                            } else {
+                                stored = UnsafeRawBufferPointer(start: nil, count: 0)
+                                loc.storedLength = openedFrame.storedLength
+                            }
+                            loc.flags = 0
+                        }
+                        let plain = try ChunkDecoder.decode(it.id, at: loc, stored: stored, into: out, manifest: manifest.id,
                                                             decompressor: decompressors[worker], hasher: hashers[worker],
                                                             group: groups[worker])
                         // A raw chunk decodes to its stored bytes: copy it into place.

@@ -7,7 +7,12 @@ public final class SHA256Hasher {
     private let ctx: OpaquePointer
     private let md: OpaquePointer
 
-    public init() {
+    /// With a key, `digest` is HMAC-SHA256 (the chunk ids of an encrypted
+    /// repository); streaming (`update`/`finish`) stays plain SHA-256.
+    private let hmacKey: [UInt8]?
+
+    public init(hmacKey: [UInt8]? = nil) {
+        self.hmacKey = hmacKey
         // EVP_MD_CTX_new and EVP_sha256 only fail when the process is out of memory.
         guard let ctx = EVP_MD_CTX_new(), let md = EVP_sha256() else {
             fatalError("libcrypto could not allocate a SHA-256 context")
@@ -45,6 +50,7 @@ public final class SHA256Hasher {
     /// The digest of one buffer. (The context is always fresh here: `init` and
     /// `finish` reset it.)
     public func digest(_ bytes: UnsafeRawBufferPointer) -> ChunkID {
+        if let hmacKey { return hmacSHA256(key: hmacKey, bytes) }
         update(bytes)
         return finish()
     }

@@ -61,6 +61,7 @@ public final class Verifier {
     /// `samplePercent` (0...100) reads that share of the packs in full; `deep`
     /// reads all of them.
     public func verify(manifestIDs requested: [String]? = nil, deep: Bool, samplePercent: Double? = nil) throws -> VerifyReport {
+        try repository.requireKey()
         var report = VerifyReport()
         let index = try repository.index()
         // Nothing can be recorded on a read-only repository; the report still says all.
@@ -85,7 +86,7 @@ public final class Verifier {
             report.packsChecked += 1
             let entries: [PackEntry]
             do {
-                entries = try PackReader(backend: repository.backend, id: pack).entries()
+                entries = try PackReader(backend: repository.backend, id: pack, cipher: repository.cipher).entries()
             } catch let e as DedupError {
                 badPacks[pack] = e.message
                 report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: nil, message: e.message))
@@ -123,7 +124,7 @@ public final class Verifier {
             }
             do {
                 let manifest = try repository.loadManifest(id)
-                let list = try ChunkListReader(backend: repository.backend, manifest: manifest)
+                let list = try ChunkListReader(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
                 guard list.totalBytes == UInt64(manifest.size) else {
                     throw DedupError.manifestCorrupt(id: id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(manifest.size)")
                 }

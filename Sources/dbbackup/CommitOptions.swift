@@ -88,6 +88,9 @@ extension StoreOptions {
     func openOrCreate() throws -> Repository {
         if Repository.isRepository(path) { return try open() }
         guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
+        if keyFile != nil {
+            throw DedupError.invalidArgument("there is no repository at \(path) yet; create an encrypted one with dbbackup dedup init --encrypt --key-file \(keyFile ?? "")")
+        }
         let repo = try Repository.initialize(at: path, cacheRoot: cacheRoot)
         repo.onNotice = { Terminal.notice($0) }
         Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")

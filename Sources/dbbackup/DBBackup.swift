@@ -25,7 +25,7 @@ struct DBBackup: ParsableCommand {
         See README.md and docs/ for the repository format and the nightly workflow.
         """,
         version: DedupStoreVersion.string,
-        subcommands: [Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self, CatalogCommand.self, Metrics.self, StatusCommand.self]
+        subcommands: [Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self, CatalogCommand.self, Metrics.self, StatusCommand.self, Encryption.self]
     )
 }
 
@@ -68,9 +68,33 @@ struct StoreOptions: ParsableArguments {
         return FileIO.absolute(path)
     }
 
-    /// Opens the repository; its self-repair notices go to stderr as they happen.
+    @Option(name: .customLong("key-file"), help: ArgumentHelp(
+        "Key of an encrypted repository: a file whose bytes are the key (default: the passphrase in $DBBACKUP_DEDUP_KEY).", valueName: "file"))
+    var keyFile: String?
+
+    /// The key given: the key file's bytes (one trailing newline dropped), else
+    /// DBBACKUP_DEDUP_KEY's. Never printed.
+    func key() throws -> [UInt8]? {
+        if let keyFile { return try Self.readKey(file: keyFile) }
+        if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_KEY"], !env.isEmpty { return Array(env.utf8) }
+        return nil
+    }
+
+    /// A key file's bytes, one trailing newline dropped.
+    static func readKey(file: String) throws -> [UInt8] {
+        let path = expand(file)
+        guard FileIO.exists(path) else { throw DedupError.inputNotFound(path: path) }
+        var bytes = try FileIO.readFile(path)
+        if bytes.last == 0x0A { bytes.removeLast() }
+        if bytes.last == 0x0D { bytes.removeLast() }
+        guard !bytes.isEmpty else { throw DedupError.invalidArgument("key file \(path) is empty") }
+        return bytes
+    }
+
+    /// Opens the repository (with the key, when one is given); its self-repair
+    /// notices go to stderr as they happen.
     func open() throws -> Repository {
-        let repo = try Repository(path: path, cacheRoot: cacheRoot)
+        let repo = try Repository(path: path, cacheRoot: cacheRoot, key: try key())
         repo.onNotice = { Terminal.notice($0) }
         return repo
     }

@@ -18,15 +18,63 @@ struct DedupInit: ParsableCommand {
     @Option(help: ArgumentHelp("Target pack file size.", valueName: "size"))
     var packSize: String = "32MiB"
 
+    @Flag(help: "Encrypt (AES-256-GCM, keyed chunk ids) under the key of --key-file or DBBACKUP_DEDUP_KEY. Keep the key: without it nothing can be restored.")
+    var encrypt = false
+
     func run() throws {
         try reportingErrors {
             guard let avg = parseSize(chunkSize) else { throw DedupError.invalidArgument("cannot read --chunk-size '\(chunkSize)' (examples: 256KiB, 1MiB)") }
             guard let pack = parseSize(packSize) else { throw DedupError.invalidArgument("cannot read --pack-size '\(packSize)'") }
+            let key = try store.key()
+            if encrypt && key == nil {
+                throw DedupError.invalidArgument("--encrypt needs a key: --key-file <file> (e.g. made with: head -c 32 /dev/urandom > dedup.key; chmod 600 dedup.key) or a passphrase in DBBACKUP_DEDUP_KEY")
+            }
+            if !encrypt && store.keyFile != nil {
+                throw DedupError.invalidArgument("--key-file without --encrypt: add --encrypt to create an encrypted repository")
+            }
             let repo = try Repository.initialize(at: store.path, chunker: ChunkerParameters(average: avg),
-                                                 compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot)
+                                                 compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot,
+                                                 encryptionKey: encrypt ? key : nil)
             let c = repo.config
-            Terminal.out("created repository \(repo.path)")
+            Terminal.out("created \(encrypt ? "encrypted " : "")repository \(repo.path)")
+            if encrypt { Terminal.out("  encryption: AES-256-GCM, keyed chunk ids; keep the key safe and apart from the repository: without it nothing can be restored") }
             Terminal.out("  chunks: \(Format.bytes(Int64(c.chunker.minSize))) min, \(Format.bytes(Int64(c.chunker.avgSize))) average, \(Format.bytes(Int64(c.chunker.maxSize))) max; zstd level \(c.compression.level); packs of \(Format.bytes(Int64(c.packSize)))")
+        }
+    }
+}
+
+struct Encryption: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encryption",
+        abstract: "Manage the key of an encrypted repository.",
+        subcommands: [EncryptionRotate.self])
+}
+
+struct EncryptionRotate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rotate",
+        abstract: "Re-wrap the master key under a new key; no data is rewritten.",
+        discussion: """
+          dbbackup encryption rotate --dedup-dir /srv/dedup --key-file old.key --new-key-file new.key
+        Writes a new key object (the master key sealed under the new key), then
+        deletes the one the old key opened. The old key stops working; backups,
+        packs and chunk ids stay as they are.
+        """)
+
+    @OptionGroup var store: StoreOptions
+
+    @Option(help: ArgumentHelp("The new key: a file whose bytes are the key.", valueName: "file"))
+    var newKeyFile: String
+
+    func run() throws {
+        try reportingErrors {
+            guard let old = try store.key() else { throw DedupError.invalidArgument("give the current key with --key-file (or DBBACKUP_DEDUP_KEY)") }
+            let newKey = try StoreOptions.readKey(file: newKeyFile)
+            let repo = try Repository(path: store.path, cacheRoot: store.cacheRoot)
+            let lock = try repo.lock(.exclusive, command: "encryption rotate")
+            defer { lock.release() }
+            try repo.rotateKey(oldSecret: old, newSecret: newKey)
+            Terminal.out("key rotated for \(repo.path): the new key opens it, the old one no longer does")
         }
     }
 }

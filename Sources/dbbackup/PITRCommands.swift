@@ -14,13 +14,16 @@ struct PITR: ParsableCommand {
 /// restore_command): this very dbbackup binary, the repository and the archive
 /// name, double-quoted for sh.
 enum ServerSideCommand {
-    static func make(_ verb: [String], repository: String, name: String) throws -> String {
+    static func make(_ verb: [String], repository: String, name: String, keyFile: String? = nil) throws -> String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        for path in [exe, repository] where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
+        let key = keyFile.map(StoreOptions.expand)
+        for path in [exe, repository] + (key.map { [$0] } ?? []) where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
             throw DatabaseError.invalidArgument("\(path) holds a quote, $, `, % or \\; PostgreSQL's command line cannot name it safely: move it")
         }
         var words = ["\"\(exe)\""] + verb + ["--dedup-dir", "\"\(repository)\""]
         if name != WALArchive.defaultName { words += ["--name", name] }
+        // An encrypted repository: the key file (never the key itself) goes on the line.
+        if let key { words += ["--key-file", "\"\(key)\""] }
         return words.joined(separator: " ")
     }
 }
@@ -48,7 +51,11 @@ struct PITREnable: ParsableCommand {
             let repo = try store.open()
             _ = try WALArchive(repository: repo, name: archiveName.name)
             let connection = try PostgresConnection(server.address, database: "postgres")
-            let command = try ServerSideCommand.make(["wal", "archive", "\"%p\"", "\"%f\""], repository: repo.path, name: archiveName.name)
+            if repo.config.isEncrypted && store.keyFile == nil {
+                throw DedupError.invalidArgument("the repository is encrypted: give --key-file with a key file the server's OS user can read; archive_command names the file, never the key")
+            }
+            let command = try ServerSideCommand.make(["wal", "archive", "\"%p\"", "\"%f\""], repository: repo.path, name: archiveName.name,
+                                                     keyFile: repo.config.isEncrypted ? store.keyFile : nil)
             let before = (mode: try connection.column("SHOW archive_mode").first ?? "", level: try connection.column("SHOW wal_level").first ?? "")
             var restart = before.mode == "off"
             if before.level == "minimal" {

@@ -115,7 +115,8 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("\(base.id) unpacked, but \(targetDir) holds no PG_VERSION: it is not a PostgreSQL base backup")
         }
 
-        let restoreCommand = try ServerSideCommand.make(["wal", "restore", "\"%f\"", "\"%p\""], repository: repo.path, name: name)
+        let restoreCommand = try ServerSideCommand.make(["wal", "restore", "\"%f\"", "\"%p\""], repository: repo.path, name: name,
+                                                        keyFile: repo.config.isEncrypted ? store.keyFile : nil)
         func literal(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
         var settings = [
             "", "# Added by dbbackup restore pitr at \(Timestamps.iso8601(Date())): recovery from base backup \(base.id)",

@@ -144,6 +144,29 @@ import Testing
         #expect(bytes == nil)
     }
 
+    /// An encrypted repository: archive and restore take the key file; without
+    /// it restore_command fails fatally (126), not as "not archived" (1).
+    @Test func anEncryptedArchiveNeedsItsKey() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/pg_wal", withIntermediateDirectories: true)
+        let key = dir + "/k"
+        try writeFile(key, pseudoRandom(32, seed: 1))
+        let repo = dir + "/repo"
+        #expect(try CLI.run(["dedup", "init", "--encrypt", "--key-file", key, "--dedup-dir", repo]).status == 0)
+        let seg = Self.segment(seed: 12)
+        try writeFile(dir + "/pg_wal/" + name, seg)
+        let archived = try CLI.run(["wal", "archive", dir + "/pg_wal/" + name, name, "--dedup-dir", repo, "--key-file", key])
+        #expect(archived.status == 0, "\(archived.stderr)")
+        let restored = try CLI.run(["wal", "restore", name, dir + "/out", "--dedup-dir", repo, "--key-file", key])
+        #expect(restored.status == 0 && (try? readFile(dir + "/out")) == seg)
+        let keyless = try CLI.run(["wal", "restore", name, dir + "/out2", "--dedup-dir", repo])
+        #expect(keyless.status == 126 && keyless.stderr.contains("--key-file"), "\(keyless.status) \(keyless.stderr)")
+        let next = "000000010000000000000004"
+        try writeFile(dir + "/pg_wal/" + next, Self.segment(seed: 13))
+        let keylessArchive = try CLI.run(["wal", "archive", dir + "/pg_wal/" + next, next, "--dedup-dir", repo])
+        #expect(keylessArchive.status == 1 && keylessArchive.stderr.contains("--key-file"), "\(keylessArchive.stderr)")
+    }
+
     @Test func swappedArgumentsAndAMissingFileAreClearErrors() throws {
         let s = try setup(); defer { removeDir(s.dir) }
         let path = s.dir + "/pg_wal/" + name

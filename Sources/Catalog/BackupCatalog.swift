@@ -94,13 +94,15 @@ public final class BackupCatalog {
     @discardableResult
     public func synchronize() throws -> SyncReport {
         var report = SyncReport()
-        let inRepository = Set(try repository.manifestIDs())
-        var inCatalog = [String: String?]()  // id -> verified_at
-        try db.run("SELECT id, verified_at FROM backups") { row in
-            if let id = row.text(0) { inCatalog[id] = row.text(1) }
-        }
-        let verifications = try repository.verificationRecords()
+        // Both sides read inside the transaction: another process's commit cannot
+        // fall between them.
         try db.transaction {
+            let inRepository = Set(try repository.manifestIDs())
+            var inCatalog = [String: String?]()  // id -> verified_at
+            try db.run("SELECT id, verified_at FROM backups") { row in
+                if let id = row.text(0) { inCatalog[id] = row.text(1) }
+            }
+            let verifications = try repository.verificationRecords()
             for id in inRepository.subtracting(inCatalog.keys).sorted() {
                 let manifest: Manifest
                 do {

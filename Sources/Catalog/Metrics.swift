@@ -83,9 +83,14 @@ public enum RepositoryMetrics {
             p.add("dbbackup_backup_verified", "gauge", "1 when the last backup's last verification passed.", labels: labels(k),
                   last[k]?.verifiedOK == true ? 1 : 0)
         }
-        for k in keys {
+        // One series per database: the newest backup of any kind or engine.
+        var newestPerDatabase = [String: Double]()
+        for (k, b) in last {
+            newestPerDatabase[k.database] = max(newestPerDatabase[k.database] ?? 0, b.createdDate?.timeIntervalSince1970 ?? 0)
+        }
+        for database in newestPerDatabase.keys.sorted() {
             p.add("dbbackup_dedup_database_last_backup_timestamp", "gauge", "Unix time of the last deduplicated backup of a database.",
-                  labels: [("server", server), ("database", k.database)], last[k]?.createdDate?.timeIntervalSince1970 ?? 0)
+                  labels: [("server", server), ("database", database)], newestPerDatabase[database] ?? 0)
         }
 
         // Successes are the backups the repository holds; failures the ones recorded

@@ -194,7 +194,7 @@ public struct LogArchive {
         do {
             let manifest = try session.run(source: try input.source(), options: options)
             // The file changed while it was read: keep nothing half-true.
-            guard manifest.sha256 == input.sha256 else {
+            guard manifest.sha256 == recorded(input) else {
                 try? repository.deleteManifest(id)
                 throw DatabaseError.archiveConflict(file: file, detail: "\(input.path) changed while it was archived; nothing was kept")
             }
@@ -211,10 +211,15 @@ public struct LogArchive {
     private func compareWithArchived(id: String, file: String, input: ArchivedFileInput) throws -> Outcome? {
         guard contains(file) else { return nil }
         let existing = try repository.loadManifest(id)
-        guard existing.size == Int64(input.size), existing.sha256 == input.sha256 else {
-            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes, sha256 \(existing.sha256 ?? "unknown"); this one: \(input.size) bytes, sha256 \(input.sha256)). Two servers may be archiving under one name: give each its own --name")
+        guard existing.size == Int64(input.size), existing.sha256 == recorded(input) else {
+            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes; this one: \(input.size) bytes, sha256 \(input.sha256)). Two servers may be archiving under one name: give each its own --name")
         }
         return .alreadyArchived(existing)
+    }
+
+    /// The input's digest as manifests of this repository record it.
+    private func recorded(_ input: ArchivedFileInput) -> String? {
+        ChunkID(hex: input.sha256).map { repository.recordedStreamDigest($0) }
     }
 
     /// Restores `file` to `path`; false when the archive does not hold it.

@@ -308,14 +308,15 @@ public final class BackupSession {
             throw error
         }
         stats.durationSeconds = Date().timeIntervalSince(started)
-        let manifest = Manifest(
+        var manifest = Manifest(
             formatVersion: Manifest.currentVersion, id: id, name: options.name, kind: options.kind,
             database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
             createdAt: Timestamps.iso8601(options.time), committedAt: Timestamps.iso8601(Date()),
             source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
-            size: Int64(bytesRead), sha256: streamDigest?.hex,
+            size: Int64(bytesRead), sha256: streamDigest.map { repository.recordedStreamDigest($0) },
             chunkList: .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count),
             stats: stats, dump: options.dump, archive: options.archive)
+        manifest.auth = repository.manifestTag(manifest)
         FaultInjection.crashPoint("backup.before-manifest")
         do {
             try backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)

@@ -94,15 +94,26 @@ public final class RepositoryCipher: @unchecked Sendable {
     }
 }
 
+/// HMAC-SHA256 of `prefix` followed by `data` under `key` (chunk ids, manifest
+/// tags and stream digests of an encrypted repository).
+func hmacSHA256(key: [UInt8], _ data: UnsafeRawBufferPointer, prefix: [UInt8]) -> ChunkID {
+    guard data.count > 0 else { return prefix.withUnsafeBytes { hmacSHA256(key: key, $0) } }
+    var joined = prefix
+    joined += data
+    return joined.withUnsafeBytes { hmacSHA256(key: key, $0) }
+}
+
 /// HMAC-SHA256 of one buffer under `key` (the chunk ids of an encrypted repository).
 func hmacSHA256(key: [UInt8], _ data: UnsafeRawBufferPointer) -> ChunkID {
     var out = [UInt8](repeating: 0, count: 32)
     var length: UInt32 = 0
-    key.withUnsafeBufferPointer { k in
+    let ok = key.withUnsafeBufferPointer { k in
         out.withUnsafeMutableBufferPointer { o in
-            _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count, o.baseAddress, &length)
+            HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count, o.baseAddress, &length) != nil
         }
     }
+    // HMAC fails only when libcrypto cannot allocate: ids of zeros would merge every chunk.
+    guard ok, length == 32 else { fatalError("libcrypto HMAC-SHA256 failed") }
     return ChunkID(out[...])
 }
 
@@ -125,7 +136,8 @@ public struct WrappedKey: Codable, Sendable {
 
     /// The key-encryption key of `secret` with these parameters.
     static func derive(_ secret: [UInt8], salt: [UInt8], n: UInt64, r: UInt64, p: UInt64) throws -> [UInt8] {
-        guard n >= 1 << 10, n <= 1 << 22, r >= 1, r <= 32, p >= 1, p <= 16 else {
+        // Within the 256 MiB scrypt may use here (128 * N * r bytes).
+        guard n >= 1 << 10, n <= 1 << 20, r >= 1, r <= 16, p >= 1, p <= 16, 128 * n * r <= 256 << 20 else {
             throw DedupError.unsupportedRepository(path: "keys", detail: "key object with implausible scrypt parameters")
         }
         var out = [UInt8](repeating: 0, count: 32)

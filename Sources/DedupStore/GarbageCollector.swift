@@ -54,7 +54,7 @@ public final class GarbageCollector {
         for id in ids {
             do {
                 let m = try repository.loadManifest(id)
-                let list = try ChunkListReader(backend: backend, manifest: m, cipher: repository.cipher)
+                let list = try ChunkListReader(repository: repository, manifest: m)
                 liveChunkLists.insert(m.chunkList.key)
                 try list.forEach { chunk, _ in try marks.insert(chunk) }
             } catch let e as DedupError {

@@ -109,6 +109,10 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var dump: DumpInfo?
     /// Set for archived WAL segments and binlogs.
     public var archive: ArchiveInfo?
+    /// Encrypted repositories: HMAC-SHA256 under the id key of the id, sizes,
+    /// digests and chunk-list reference, so that an edited manifest (pointed at
+    /// another backup's list, shortened) is refused.
+    public var auth: String?
 
     public var createdDate: Date? { Timestamps.parse(createdAt) }
 
@@ -247,6 +251,19 @@ public final class ChunkListReader {
     /// Opens and fully checks the list: size, magic, counts and SHA-256 against
     /// the manifest (reading it once; it is 36 bytes a chunk).
     private let cipher: RepositoryCipher?
+
+    /// Opens a backup's chunk list in `repository`; in an encrypted one the
+    /// manifest's tag is checked first.
+    public convenience init(repository: Repository, manifest: Manifest) throws {
+        if repository.config.isEncrypted {
+            try repository.requireKey()
+            guard let tag = manifest.auth, tag == repository.manifestTag(manifest) else {
+                throw DedupError.manifestCorrupt(id: manifest.id, detail: manifest.auth == nil
+                    ? "it carries no authentication tag, in an encrypted repository" : "its authentication tag does not match (the manifest was changed)")
+            }
+        }
+        try self.init(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
+    }
 
     /// `cipher`: the repository's, when it is encrypted (its lists are sealed).
     public init(backend: Backend, manifest: Manifest, cipher: RepositoryCipher? = nil) throws {

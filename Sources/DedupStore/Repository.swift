@@ -106,7 +106,33 @@ public final class Repository {
                 throw DedupError.wrongKey(path: path)
             }
             cipher = RepositoryCipher(master: master)
+        } else if !config.isEncrypted {
+            // A plain config beside key objects: someone turned encryption off by
+            // editing the config. New data would go out in plaintext: refused.
+            if try !backend.list(WrappedKey.folder).isEmpty {
+                throw DedupError.unsupportedRepository(path: path, detail: "its config says unencrypted but keys/ holds key objects: the config was changed; restore it")
+            }
+            if key != nil {
+                throw DedupError.invalidArgument("repository \(path) is not encrypted, but a key was given (--key-file or DBBACKUP_DEDUP_KEY); drop the key, or back up into an encrypted repository")
+            }
         }
+    }
+
+    /// What a manifest records as the stream's SHA-256: the digest itself, or in
+    /// an encrypted repository an HMAC of it under the id key (a plain digest
+    /// would confirm known content).
+    public func recordedStreamDigest(_ digest: ChunkID) -> String {
+        guard let cipher else { return digest.hex }
+        return hmacSHA256(key: cipher.idKey, UnsafeRawBufferPointer(start: nil, count: 0), prefix: Array("stream\0".utf8) + digest.bytes).hex
+    }
+
+    /// The authentication tag of a manifest in an encrypted repository (nil in a
+    /// plain one): HMAC under the id key of what ties it to its data.
+    public func manifestTag(_ m: Manifest) -> String? {
+        guard let cipher else { return nil }
+        let text = ["manifest", m.id, String(m.size), m.sha256 ?? "", m.chunkList.key, String(m.chunkList.size), m.chunkList.sha256,
+                    String(m.chunkList.count), m.kind, m.archive?.file ?? ""].joined(separator: "\0")
+        return hmacSHA256(key: cipher.idKey, UnsafeRawBufferPointer(start: nil, count: 0), prefix: Array(text.utf8)).hex
     }
 
     /// The data cipher of an encrypted repository opened with its key (nil for a
@@ -132,7 +158,8 @@ public final class Repository {
         }
         for object in objects {
             guard let bytes = try backend.get(object.key), let wrapped = try? JSONDecoder().decode(WrappedKey.self, from: Data(bytes)) else { continue }
-            if let master = try wrapped.unwrap(secret: secret, repositoryID: repositoryID) { return (master, object.key) }
+            // A key object this build cannot use does not stop the search.
+            if let master = try? wrapped.unwrap(secret: secret, repositoryID: repositoryID) { return (master, object.key) }
         }
         return nil
     }

@@ -274,7 +274,7 @@ public final class Restorer {
         defer { lock.release() }
         let id = try repository.resolveManifestID(idOrPrefix)
         let manifest = try repository.loadManifest(id)
-        let list = try ChunkListReader(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
+        let list = try ChunkListReader(repository: repository, manifest: manifest)
         let fetcher = try ChunkFetcher(repository: repository)
 
         let fd: Int32
@@ -443,7 +443,7 @@ public final class Restorer {
             guard written == UInt64(manifest.size) else {
                 throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "\(manifest.size) bytes", actual: "\(written) bytes")
             }
-            if let expected = manifest.sha256, let digest = streamHasher?.finish().hex, digest != expected {
+            if let expected = manifest.sha256, let digest = streamHasher.map({ repository.recordedStreamDigest($0.finish()) }), digest != expected {
                 throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "SHA-256 \(expected)", actual: digest)
             }
             if let tmp = tmpPath {

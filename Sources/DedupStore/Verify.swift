@@ -124,7 +124,7 @@ public final class Verifier {
             }
             do {
                 let manifest = try repository.loadManifest(id)
-                let list = try ChunkListReader(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
+                let list = try ChunkListReader(repository: repository, manifest: manifest)
                 guard list.totalBytes == UInt64(manifest.size) else {
                     throw DedupError.manifestCorrupt(id: id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(manifest.size)")
                 }

@@ -111,7 +111,7 @@ struct CatalogSearch: ParsableCommand {
     @Option(help: ArgumentHelp("A tag the backup carries.", valueName: "key=value")) var tag: String?
 
     func validate() throws {
-        if let tag, !tag.contains("=") { throw ValidationError("--tag takes key=value") }
+        if let tag, !tag.contains("=") || tag.hasPrefix("=") { throw ValidationError("--tag takes key=value") }
     }
 
     func run() throws {
@@ -119,7 +119,7 @@ struct CatalogSearch: ParsableCommand {
             var f = filters.filter()
             f.text = text
             if let tag {
-                let parts = tag.split(separator: "=", maxSplits: 1).map(String.init)
+                let parts = tag.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
                 f.tag = (parts[0], parts.count > 1 ? parts[1] : "")
             }
             try filters.show(try BackupCatalog(repository: try store.open()).backups(f))

@@ -88,8 +88,8 @@ extension StoreOptions {
     func openOrCreate() throws -> Repository {
         if Repository.isRepository(path) { return try open() }
         guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
-        if keyFile != nil {
-            throw DedupError.invalidArgument("there is no repository at \(path) yet; create an encrypted one with dbbackup dedup init --encrypt --key-file \(keyFile ?? "")")
+        if try key() != nil {
+            throw DedupError.invalidArgument("there is no repository at \(path) yet, and a key was given; create an encrypted one first: dbbackup dedup init --encrypt --key-file <file>")
         }
         let repo = try Repository.initialize(at: path, cacheRoot: cacheRoot)
         repo.onNotice = { Terminal.notice($0) }

@@ -8,6 +8,12 @@ struct DBBackup: ParsableCommand {
     static func main() {
         unblockAllSignals()
         InterruptCleanup.install()
+        // The passphrase leaves the environment at once: no child (pg_dump, tar,
+        // an input command) inherits it.
+        if let passphrase = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_KEY"] {
+            if !passphrase.isEmpty { KeyEnvironment.passphrase = Array(passphrase.utf8) }
+            unsetenv("DBBACKUP_DEDUP_KEY")
+        }
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -76,8 +82,7 @@ struct StoreOptions: ParsableArguments {
     /// DBBACKUP_DEDUP_KEY's. Never printed.
     func key() throws -> [UInt8]? {
         if let keyFile { return try Self.readKey(file: keyFile) }
-        if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_KEY"], !env.isEmpty { return Array(env.utf8) }
-        return nil
+        return KeyEnvironment.passphrase
     }
 
     /// A key file's bytes, one trailing newline dropped.
@@ -98,6 +103,11 @@ struct StoreOptions: ParsableArguments {
         repo.onNotice = { Terminal.notice($0) }
         return repo
     }
+}
+
+/// DBBACKUP_DEDUP_KEY, read once at start and removed from the environment.
+enum KeyEnvironment {
+    nonisolated(unsafe) static var passphrase: [UInt8]?
 }
 
 /// Where a database server is, as `backup-db` and `restore --target-db` take it.

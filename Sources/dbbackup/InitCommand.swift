@@ -29,8 +29,8 @@ struct DedupInit: ParsableCommand {
             if encrypt && key == nil {
                 throw DedupError.invalidArgument("--encrypt needs a key: --key-file <file> (e.g. made with: head -c 32 /dev/urandom > dedup.key; chmod 600 dedup.key) or a passphrase in DBBACKUP_DEDUP_KEY")
             }
-            if !encrypt && store.keyFile != nil {
-                throw DedupError.invalidArgument("--key-file without --encrypt: add --encrypt to create an encrypted repository")
+            if !encrypt && key != nil {
+                throw DedupError.invalidArgument("a key was given (--key-file or DBBACKUP_DEDUP_KEY) without --encrypt: add --encrypt for an encrypted repository, or drop the key")
             }
             let repo = try Repository.initialize(at: store.path, chunker: ChunkerParameters(average: avg),
                                                  compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot,

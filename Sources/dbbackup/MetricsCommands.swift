@@ -174,7 +174,13 @@ final class HTTPServer {
     private func respond(_ client: Int32, _ handler: (String) -> (status: Int, type: String, body: String)) {
         var request = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 4096)
+        // One deadline for the whole request, however slowly it trickles in.
+        let deadline = Date().addingTimeInterval(10)
         while request.count < 16384 {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { break }
+            var pfd = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, Int32(left * 1000)) > 0 else { break }
             let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
             if n <= 0 { break }
             request += buffer[0..<n]

@@ -104,6 +104,9 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("the base backup \(base.id) was taken at \(base.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older base backup")
         }
         let name = try walArchiveName(for: base, in: repo)
+        if repo.config.isEncrypted && store.keyFile == nil {
+            throw DatabaseError.invalidArgument("the repository is encrypted: give --key-file with a key file the server's OS user can read; restore_command names the file, never the key")
+        }
         try prepareEmptyDirectory(targetDir)
 
         // The base backup, verified chunk by chunk, into tar.

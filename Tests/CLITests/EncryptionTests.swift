@@ -152,4 +152,49 @@ import Testing
         let r = try CLI(repo: s1.dir + "/fresh").dedup(["backup", "-", "--key-file", s1.key], stdin: [1])
         #expect(r.status == 1 && r.stderr.contains("dedup init --encrypt"))
     }
+
+    @Test func anEditedManifestOrConfigIsRefused() throws {
+        let s = try setup(); defer { removeDir(s.dir) }
+        let a = try #require(CLI.committedID(try s.run(["backup", "-", "--name", "a"], stdin: pseudoRandom(400_000, seed: 31), key: s.key)))
+        let b = try #require(CLI.committedID(try s.run(["backup", "-", "--name", "b"], stdin: pseudoRandom(400_000, seed: 32), key: s.key)))
+        // Point a's manifest at b's chunk list (everything in it consistent but the tag).
+        let aPath = s.cli.repo + "/manifests/\(a).manifest.json", bPath = s.cli.repo + "/manifests/\(b).manifest.json"
+        var aJSON = try JSONSerialization.jsonObject(with: Data(try readFile(aPath))) as? [String: Any] ?? [:]
+        let bJSON = try JSONSerialization.jsonObject(with: Data(try readFile(bPath))) as? [String: Any] ?? [:]
+        aJSON["chunkList"] = bJSON["chunkList"]
+        aJSON["size"] = bJSON["size"]
+        try writeFile(aPath, Array(try JSONSerialization.data(withJSONObject: aJSON)))
+        let r = try s.run(["restore", a, s.dir + "/a.bin"], key: s.key)
+        #expect(r.status == 1 && r.stderr.contains("authentication tag does not match"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: s.dir + "/a.bin"))
+        let verify = try s.run(["verify"], key: s.key)
+        #expect(verify.status == 1 && verify.out.contains(a) && !verify.out.contains(b), "\(verify.out)")
+
+        // A config turned to "none" beside key objects: refused, nothing written in plaintext.
+        let configPath = s.cli.repo + "/config"
+        let config = String(decoding: try readFile(configPath), as: UTF8.self)
+        try writeFile(configPath, Array(config.replacingOccurrences(of: "\"aes-256-gcm\"", with: "\"none\"")
+            .replacingOccurrences(of: "\"hmac-sha256\"", with: "\"sha256\"").utf8))
+        let downgraded = try s.run(["backup", "-", "--name", "c"], stdin: Self.marker)
+        #expect(downgraded.status == 1 && downgraded.stderr.contains("the config was changed"), "\(downgraded.stderr)")
+        #expect(try Self.filesContaining(Self.marker, under: s.cli.repo).isEmpty)
+    }
+
+    @Test func aKeyForAPlainRepositoryIsRefusedAndThePassphraseReachesNoChild() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let plain = CLI(repo: dir + "/plain")
+        #expect(try plain.dedup(["init"]).status == 0)
+        let refused = try plain.dedup(["backup", "-"], stdin: [1, 2], env: ["DBBACKUP_DEDUP_KEY": "some passphrase"])
+        #expect(refused.status == 1 && refused.stderr.contains("is not encrypted, but a key was given"), "\(refused.stderr)")
+
+        // An encrypted repository opened with DBBACKUP_DEDUP_KEY: an input command does not see it.
+        let enc = CLI(repo: dir + "/enc")
+        let env = ["DBBACKUP_DEDUP_KEY": "correct horse battery staple"]
+        #expect(try enc.dedup(["init", "--encrypt"], env: env).status == 0)
+        let b = try enc.dedup(["backup", "--name", "env", "--from-command", "--", "sh", "-c", "echo \"[$DBBACKUP_DEDUP_KEY]\""], env: env)
+        #expect(b.status == 0, "\(b.stderr)")
+        let id = try #require(CLI.committedID(b))
+        let r = try enc.dedup(["restore", id, "-"], env: env)
+        #expect(r.status == 0 && r.out == "[]\n", "\(r.out)")
+    }
 }

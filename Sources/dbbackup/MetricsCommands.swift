@@ -222,6 +222,7 @@ struct StatusCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Age at which a database's last backup is aging.", valueName: "duration")) var warn: String = "26h"
     @Option(help: ArgumentHelp("Age at which it is stale.", valueName: "duration")) var crit: String = "50h"
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Exit 1 when a database is stale or failing (for a cron job or a check).") var check = false
 
     struct Row: Encodable {
         var database: String, kind: String, engine: String?, lastBackup: String, ageSeconds: Double, size: Int64
@@ -249,18 +250,24 @@ struct StatusCommand: ParsableCommand {
                                 size: last.size, verified: last.verifiedOK == true, encrypted: repo.config.encryption != "none",
                                 failuresSinceLastBackup: failed, state: failed > 0 && state == "ok" ? "failing" : state))
             }
-            if json { try Terminal.json(rows); return }
-            if rows.isEmpty { Terminal.out("no backups in \(repo.path)"); return }
-            let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
-            func paint(_ s: String) -> String {
-                guard colour else { return s }
-                let code = ["ok": "32", "aging": "33", "failing": "33", "stale": "31"][s] ?? "0"
-                return "\u{1B}[\(code)m\(s)\u{1B}[0m"
-            }
-            printTable(header: ["DATABASE", "KIND", "ENGINE", "LAST BACKUP", "AGE", "SIZE", "VERIFIED", "ENCRYPTED", "STATE"], rows: rows.map {
-                [$0.database, $0.kind, $0.engine ?? "-", $0.lastBackup, Format.duration($0.ageSeconds), Format.bytes($0.size),
-                 $0.verified ? "yes" : "no", $0.encrypted ? "yes" : "no", paint($0.state) + ($0.failuresSinceLastBackup > 0 ? " (\($0.failuresSinceLastBackup) failed since)" : "")]
-            })
+            let unhealthy = rows.filter { $0.state == "stale" || $0.state == "failing" }.map(\.database)
+            defer { if check && !unhealthy.isEmpty { Terminal.err("dbbackup: not healthy: \(unhealthy.joined(separator: ", "))") } }
+            if json { try Terminal.json(rows) } else if rows.isEmpty { Terminal.out("no backups in \(repo.path)") } else { printRows(rows) }
+            if check && !unhealthy.isEmpty { throw ExitCode(1) }
         }
+    }
+
+    /// The table; the state in colour only on a terminal without NO_COLOR.
+    private func printRows(_ rows: [Row]) {
+        let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+        func paint(_ s: String) -> String {
+            guard colour else { return s }
+            let code = ["ok": "32", "aging": "33", "failing": "33", "stale": "31"][s] ?? "0"
+            return "\u{1B}[\(code)m\(s)\u{1B}[0m"
+        }
+        printTable(header: ["DATABASE", "KIND", "ENGINE", "LAST BACKUP", "AGE", "SIZE", "VERIFIED", "ENCRYPTED", "STATE"], rows: rows.map {
+            [$0.database, $0.kind, $0.engine ?? "-", $0.lastBackup, Format.duration($0.ageSeconds), Format.bytes($0.size),
+             $0.verified ? "yes" : "no", $0.encrypted ? "yes" : "no", paint($0.state) + ($0.failuresSinceLastBackup > 0 ? " (\($0.failuresSinceLastBackup) failed since)" : "")]
+        })
     }
 }

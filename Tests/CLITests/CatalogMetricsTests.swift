@@ -148,6 +148,9 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("shop ") && $0.contains("stale") && $0.contains("no ") })
         #expect(lines.contains { $0.hasPrefix("fresh ") && $0.contains(" ok") })
         #expect(!status.out.contains("\u{1B}["))
+        // --check: exit 1, naming the stale database, for a cron job.
+        let check = try CLI.run(["status", "--dedup-dir", cli.repo, "--check"])
+        #expect(check.status == 1 && check.stderr.contains("not healthy: shop") && !check.stderr.contains("fresh"), "\(check.stderr)")
         let verified = try cli.dedup(["verify"])
         #expect(verified.status == 0)
         struct Row: Decodable { var database: String; var verified: Bool; var encrypted: Bool; var state: String }

@@ -79,7 +79,10 @@ struct TestFailure: Error, CustomStringConvertible {
 /// it comes, and recovery to a time between the second and the third batch.
 @Suite(.serialized, .enabled(if: ThrowawayCluster.canRun, "needs root, PostgreSQL 15's server binaries and the OS user postgres"))
 struct PostgresPITRTests {
-    @Test func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo() throws {
+    /// Plain, and again with an encrypted repository (archive_command and
+    /// restore_command then carry --key-file).
+    @Test(arguments: [false, true])
+    func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo(encrypted: Bool) throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let work = dir + "/work"
         try FileManager.default.createDirectory(atPath: work + "/cache", withIntermediateDirectories: true)
@@ -90,15 +93,23 @@ struct PostgresPITRTests {
         defer { cluster.stop() }
         let address = ["--host", "127.0.0.1", "--port", String(cluster.port), "--user", "postgres"]
 
-        #expect(try cluster.dbbackup(["dedup", "init", "--dedup-dir", repo]).status == 0)
-        let enable = try CLI.run(["pitr", "enable", "--dedup-dir", repo] + address)
+        let keyFile = work + "/dedup.key"
+        let key = encrypted ? ["--key-file", keyFile] : []
+        if encrypted {
+            try writeFile(keyFile, pseudoRandom(32, seed: 99))
+            #expect(chown(keyFile, getpwnam("postgres").pointee.pw_uid, getpwnam("postgres").pointee.pw_gid) == 0)
+            chmod(keyFile, 0o600)
+        }
+        #expect(try cluster.dbbackup(["dedup", "init", "--dedup-dir", repo] + key + (encrypted ? ["--encrypt"] : [])).status == 0)
+        let enable = try CLI.run(["pitr", "enable", "--dedup-dir", repo] + key + address)
         #expect(enable.status == 0 && enable.out.contains("after a restart"), "\(enable.out) \(enable.stderr)")
+        #expect(enable.out.contains("--key-file") == encrypted, "\(enable.out)")
         let restart = try cluster.pgCtl(["-D", cluster.dir + "/data", "-l", cluster.dir + "/server.log", "-w", "-t", "60", "restart"])
         #expect(restart.status == 0, "\(restart.stderr)")
         #expect(try cluster.sql("SHOW archive_mode") == "on")
 
         try cluster.sql("CREATE TABLE t (batch int, n int, at timestamptz DEFAULT clock_timestamp())")
-        let base = try cluster.dbbackup(["dedup", "backup-db", "--base-backup", "--dedup-dir", repo, "--json"] + address)
+        let base = try cluster.dbbackup(["dedup", "backup-db", "--base-backup", "--dedup-dir", repo] + key + ["--json"] + address)
         #expect(base.status == 0, "\(base.stderr)")
         let baseManifest = try JSONDecoder().decode(Manifest.self, from: Data(base.stdout))
         #expect(baseManifest.kind == "basebackup" && baseManifest.dump?.startWALFile != nil && baseManifest.dump?.systemIdentifier != nil)
@@ -126,25 +137,25 @@ struct PostgresPITRTests {
         try switchAndWaitForArchive()
 
         // The archive: gap-free, and a segment closed early by a switch costs little.
-        let list = try cluster.dbbackup(["wal", "list", "--dedup-dir", repo, "--json"])
+        let list = try cluster.dbbackup(["wal", "list", "--dedup-dir", repo] + key + ["--json"])
         let files = try JSONDecoder().decode([Manifest].self, from: Data(list.stdout))
         let afterBase = files.filter { ($0.archive?.file ?? "") > (baseManifest.dump?.startWALFile ?? "~") && $0.archive?.file.count == 24 }
         #expect(afterBase.count >= 2)
         for m in afterBase { #expect(m.stats.storedBytes < 256 << 10, "\(m.id): \(m.stats.storedBytes) bytes stored for \(m.size)") }
-        let status = try CLI.run(["pitr", "status", "--dedup-dir", repo] + address)
+        let status = try CLI.run(["pitr", "status", "--dedup-dir", repo] + key + address)
         #expect(status.status == 0 && status.out.contains("recoverable from  \(baseManifest.createdAt)") && !status.out.contains("gap"), "\(status.out) \(status.stderr)")
 
         // A target before the base backup is refused; the folder must be empty.
-        let tooEarly = try cluster.dbbackup(["restore", "pitr", "--dedup-dir", repo, "--base", baseManifest.id,
+        let tooEarly = try cluster.dbbackup(["restore", "pitr", "--dedup-dir", repo] + key + ["--base", baseManifest.id,
                                              "--target-time", "2001-01-01 00:00:00+00", "--target-dir", work + "/early"])
         #expect(tooEarly.status == 1 && tooEarly.stderr.contains("after the target time"), "\(tooEarly.stderr)")
         try FileManager.default.createDirectory(atPath: work + "/busy", withIntermediateDirectories: true)
         try writeFile(work + "/busy/x", [1])
-        let busy = try CLI.run(["restore", "pitr", "--dedup-dir", repo, "--base", baseManifest.id, "--target-dir", work + "/busy"])
+        let busy = try CLI.run(["restore", "pitr", "--dedup-dir", repo] + key + ["--base", baseManifest.id, "--target-dir", work + "/busy"])
         #expect(busy.status == 1 && busy.stderr.contains("is not empty"), "\(busy.stderr)")
 
         let restored = work + "/restored"
-        let r = try cluster.dbbackup(["restore", "pitr", "--dedup-dir", repo, "--base", baseManifest.id,
+        let r = try cluster.dbbackup(["restore", "pitr", "--dedup-dir", repo] + key + ["--base", baseManifest.id,
                                       "--target-time", target, "--target-dir", restored])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(FileManager.default.fileExists(atPath: restored + "/recovery.signal"))
@@ -160,18 +171,18 @@ struct PostgresPITRTests {
 
         // Retention: a newer base backup kept and the old one pruned; the WAL
         // before the newer one's start goes, the rest stays.
-        let newer = try cluster.dbbackup(["dedup", "backup-db", "--base-backup", "--dedup-dir", repo, "--json"] + address)
+        let newer = try cluster.dbbackup(["dedup", "backup-db", "--base-backup", "--dedup-dir", repo] + key + ["--json"] + address)
         #expect(newer.status == 0, "\(newer.stderr)")
         let newerBase = try JSONDecoder().decode(Manifest.self, from: Data(newer.stdout))
         let newerStart = try #require(newerBase.dump?.startWALFile)
         try switchAndWaitForArchive()
         // archive_command may hold its shared lock for a moment: wait for it, as a nightly job does.
-        let prune = try cluster.dbbackup(["dedup", "prune", "--dedup-dir", repo, "--keep-last", "1", "--lock-wait", "60"])
+        let prune = try cluster.dbbackup(["dedup", "prune", "--dedup-dir", repo] + key + ["--keep-last", "1", "--lock-wait", "60"])
         #expect(prune.status == 0 && prune.out.contains("wal:main: keep"), "\(prune.out) \(prune.stderr)")
-        let left = try JSONDecoder().decode([Manifest].self, from: Data(try cluster.dbbackup(["wal", "list", "--dedup-dir", repo, "--json"]).stdout))
+        let left = try JSONDecoder().decode([Manifest].self, from: Data(try cluster.dbbackup(["wal", "list", "--dedup-dir", repo] + key + ["--json"]).stdout))
         let segmentsLeft = left.compactMap { $0.archive?.file }.filter { $0.count == 24 }
         #expect(!segmentsLeft.isEmpty && segmentsLeft.allSatisfy { $0 >= newerStart } && segmentsLeft.contains(newerStart), "\(segmentsLeft) from \(newerStart)")
-        let after = try CLI.run(["pitr", "status", "--dedup-dir", repo] + address)
+        let after = try CLI.run(["pitr", "status", "--dedup-dir", repo] + key + address)
         #expect(after.out.contains("recoverable from  \(newerBase.createdAt)"), "\(after.out)")
     }
 }

@@ -33,6 +33,17 @@ public final class BackupCatalog {
         public var createdDate: Date? { Timestamps.parse(createdAt) }
         /// What a backup is of: its database, else its name.
         public var subject: String { database ?? name }
+        /// An archived WAL file or binlog rather than a backup of its own.
+        public var isLogFile: Bool { Manifest.logKinds.contains(kind) }
+        /// The series a backup belongs to: its subject and kind.
+        public var series: Series { Series(subject: subject, kind: kind) }
+    }
+
+    /// The backups of one database (or name) and kind.
+    public struct Series: Hashable, Comparable, Sendable {
+        public var subject: String
+        public var kind: String
+        public static func < (a: Series, b: Series) -> Bool { (a.subject, a.kind) < (b.subject, b.kind) }
     }
 
     /// An outcome a manifest cannot record: kind backup or restore, status
@@ -187,18 +198,16 @@ public final class BackupCatalog {
 
     public func backups(_ f: Filter = Filter()) throws -> [Entry] {
         var clauses = [String](), values = [SQLiteDatabase.Value]()
-        func add(_ clause: String, _ value: SQLiteDatabase.Value) {
+        /// Binds `value` and adds the clause `where` makes with its placeholder.
+        func add(_ value: SQLiteDatabase.Value, _ clause: (String) -> String) {
             values.append(value)
-            clauses.append(clause.replacingOccurrences(of: "?", with: "?\(values.count)"))
+            clauses.append(clause("?\(values.count)"))
         }
-        if let d = f.database { add("coalesce(database, name) = ?", .text(d)) }
-        if let k = f.kind { add("kind = ?", .text(k)) }
-        if let a = f.after { add("created_unix >= ?", .real(a.timeIntervalSince1970)) }
-        if let b = f.before { add("created_unix < ?", .real(b.timeIntervalSince1970)) }
-        if let t = f.text {
-            add("(instr(id, ?) > 0", .text(t))
-            clauses[clauses.count - 1] += " OR instr(name, ?\(values.count)) > 0 OR instr(coalesce(database, ''), ?\(values.count)) > 0)"
-        }
+        if let d = f.database { add(.text(d)) { "coalesce(database, name) = \($0)" } }
+        if let k = f.kind { add(.text(k)) { "kind = \($0)" } }
+        if let a = f.after { add(.real(a.timeIntervalSince1970)) { "created_unix >= \($0)" } }
+        if let b = f.before { add(.real(b.timeIntervalSince1970)) { "created_unix < \($0)" } }
+        if let t = f.text { add(.text(t)) { "(instr(id, \($0)) > 0 OR instr(name, \($0)) > 0 OR instr(coalesce(database, ''), \($0)) > 0)" } }
         var sql = "SELECT id, name, kind, database, engine, host, created_at, size, stored_bytes, new_bytes, duration, tags, verified_at, verified_ok, verify_mode FROM backups"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY created_unix DESC, id DESC"
@@ -246,7 +255,7 @@ public final class BackupCatalog {
     public func gaps(interval: TimeInterval, tolerance: TimeInterval, database: String? = nil, now: Date = Date()) throws -> [Gap] {
         var f = Filter()
         f.database = database
-        let all = try backups(f).filter { $0.kind != "wal" && $0.kind != "binlog" }
+        let all = try backups(f).filter { !$0.isLogFile }
         var out = [Gap]()
         for (subject, entries) in Dictionary(grouping: all, by: \.subject).sorted(by: { $0.key < $1.key }) {
             let times = entries.compactMap { e in e.createdDate.map { (e.createdAt, $0) } }.sorted { $0.1 < $1.1 }

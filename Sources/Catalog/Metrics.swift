@@ -47,8 +47,8 @@ public enum RepositoryMetrics {
         p.add("dbbackup_build_info", "gauge", "Build information.", labels: [("version", DedupStoreVersion.string)], 1)
 
         let all = try catalog.backups()
-        let backups = all.filter { $0.kind != "wal" && $0.kind != "binlog" }
-        let logs = all.filter { $0.kind == "wal" || $0.kind == "binlog" }
+        let backups = all.filter { !$0.isLogFile }
+        let logs = all.filter(\.isLogFile)
         let events = try catalog.events()
         // The newest backup of each database and kind.
         struct Key: Hashable { var database: String; var engine: String; var type: String }

@@ -88,6 +88,33 @@ public struct BinlogArchive {
         }.sorted { ($0.0, $0.1) < ($1.0, $1.1) }.map { try repository.loadManifest($0.2) }
     }
 
+    /// One archived copy of a binlog.
+    public struct Copy {
+        public let name: BinlogFileName
+        public let manifest: Manifest
+        /// Only its beginning (`--include-current`).
+        public let partial: Bool
+    }
+
+    /// One copy per binlog, in log order: the finished file, else its longest
+    /// partial copy.
+    public func copies() throws -> [Copy] {
+        var best = [BinlogFileName: Copy]()
+        // files() puts partial copies after the finished file, longest last.
+        for m in try files() {
+            guard let s = m.archive.flatMap({ Self.split($0.file) }), best[s.name]?.partial != false else { continue }
+            best[s.name] = Copy(name: s.name, manifest: m, partial: s.partialBytes != nil)
+        }
+        return best.values.sorted { $0.name < $1.name }
+    }
+
+    /// Binlogs purged from the server before they were archived: the newest
+    /// archived one and the oldest the server has, when numbers lie between them.
+    public static func purgedGap(newestArchived: BinlogFileName?, oldestOnServer: BinlogFileName?) -> (after: String, before: String)? {
+        guard let a = newestArchived, let b = oldestOnServer, a.base == b.base, b.number > a.number, b.number - a.number > 1 else { return nil }
+        return (a.name, b.name)
+    }
+
     /// Numbers missing between the first and the last archived file.
     public static func gaps(in files: [String]) -> [String] {
         let names = Set(files.compactMap { split($0)?.name }).sorted()

@@ -42,28 +42,19 @@ public struct MariaDBReplayPlan {
         guard let decoderExe = findExecutable(decoder[0]), let clientExe = findExecutable(client[0]) else {
             throw DatabaseError.toolMissing(tool: "mariadb-binlog", package: "mariadb-client")
         }
-        guard let pipe = FileIO.makePipe() else { throw DedupError.io(operation: "pipe", path: decoder[0], errno: errno) }
         let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
         defer { if devNull >= 0 { close(devNull) } }
-        let loader: ChildProcess
-        do {
-            loader = try ChildProcess(executable: clientExe, arguments: client, stdinFD: pipe.read, stdoutFD: STDERR_FILENO,
-                                      closeInChild: [pipe.write])
-        } catch {
-            close(pipe.read); close(pipe.write)
-            throw error
-        }
-        close(pipe.read)
+        let (loader, input) = try ChildProcess.feeding(executable: clientExe, arguments: client, stdoutFD: STDERR_FILENO)
         let reader: ChildProcess
         do {
             reader = try ChildProcess(executable: decoderExe, arguments: decoder, environment: decoderEnvironment,
-                                      stdinFD: devNull, stdoutFD: pipe.write)
+                                      stdinFD: devNull, stdoutFD: input)
         } catch {
-            close(pipe.write)
+            close(input)
             _ = loader.wait()
             throw error
         }
-        close(pipe.write)
+        close(input)
         let readerFailure = reader.failure()
         let loaderFailure = loader.failure()
         if let readerFailure { return "\(decoder[0]) \(readerFailure)" }

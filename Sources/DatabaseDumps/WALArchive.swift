@@ -77,8 +77,6 @@ public struct WALArchive {
         log = try LogArchive(repository: repository, kind: "wal", name: name, dbType: "postgres")
     }
 
-    public static func manifestID(name: String, file: String) -> String { "wal_\(name)_\(file)" }
-
     public typealias Outcome = LogArchive.Outcome
 
     /// Archives the file at `path` under `file` (archive_command's %p and %f).
@@ -162,7 +160,7 @@ public struct LogArchive {
     public func manifestID(_ file: String) -> String { "\(kind)_\(name)_\(file)" }
 
     public func contains(_ file: String) -> Bool {
-        FileIO.exists(repository.backend.path(Manifest.key(for: manifestID(file))))
+        repository.hasManifest(manifestID(file))
     }
 
     public enum Outcome {
@@ -192,13 +190,8 @@ public struct LogArchive {
         let session = try BackupSession(repository: repository)
         if let jobs { session.jobs = jobs }
         do {
-            let manifest = try session.run(source: try input.source(), options: options)
-            // The file changed while it was read: keep nothing half-true.
-            guard manifest.sha256 == recorded(input) else {
-                try? repository.deleteManifest(id)
-                throw DatabaseError.archiveConflict(file: file, detail: "\(input.path) changed while it was archived; nothing was kept")
-            }
-            return .archived(manifest)
+            // One read: the manifest's stream digest is that of what was stored.
+            return .archived(try session.run(source: try input.source(), options: options))
         } catch DedupError.backupExists {
             // Another run archived it meanwhile: the same rules as above.
             if let outcome = try compareWithArchived(id: id, file: file, input: input) { return outcome }
@@ -211,15 +204,10 @@ public struct LogArchive {
     private func compareWithArchived(id: String, file: String, input: ArchivedFileInput) throws -> Outcome? {
         guard contains(file) else { return nil }
         let existing = try repository.loadManifest(id)
-        guard existing.size == Int64(input.size), existing.sha256 == recorded(input) else {
-            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes; this one: \(input.size) bytes, sha256 \(input.sha256)). Two servers may be archiving under one name: give each its own --name")
+        guard existing.size == Int64(input.size), existing.sha256 == repository.recordedStreamDigest(try input.digest()) else {
+            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes; this one: \(input.size) bytes). Two servers may be archiving under one name: give each its own --name")
         }
         return .alreadyArchived(existing)
-    }
-
-    /// The input's digest as manifests of this repository record it.
-    private func recorded(_ input: ArchivedFileInput) -> String? {
-        ChunkID(hex: input.sha256).map { repository.recordedStreamDigest($0) }
     }
 
     /// Restores `file` to `path`; false when the archive does not hold it.
@@ -248,13 +236,13 @@ public struct LogArchive {
     }
 }
 
-/// A server's finished log file (WAL segment, binlog) about to be archived: its
-/// size, SHA-256, first bytes and modification time, read before the backup,
-/// which then reads it again from the start (from the page cache).
+/// A server's log file (WAL segment, binlog) about to be archived: its size and
+/// modification time at open, and its first bytes. The backup reads it once, up
+/// to that size (a binlog the server is still writing grows meanwhile); only a
+/// file that may be archived already is hashed beforehand, to compare.
 public struct ArchivedFileInput {
     public let path: String
     public let size: Int
-    public let sha256: String
     /// Its first 64 bytes (or fewer): page and event headers.
     public let head: [UInt8]
     public let modified: Date
@@ -282,26 +270,25 @@ public struct ArchivedFileInput {
             throw DedupError.inputUnreadable(path: path, reason: "not a regular file")
         }
         modified = Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec) + TimeInterval(st.st_mtim.tv_nsec) / 1e9)
-        let hasher = SHA256Hasher()
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var total = 0
-        var head = [UInt8]()
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw DedupError.inputUnreadable(path: path, reason: String(cString: strerror(errno))) }
-            if n == 0 { break }
-            if head.count < 64 { head += buffer[0..<min(n, 64 - head.count)] }
-            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            total += n
-        }
-        size = total
-        sha256 = hasher.finish().hex
+        size = Int(st.st_size)
+        var head = [UInt8](repeating: 0, count: min(64, size))
+        try head.withUnsafeMutableBytes { try FileIO.preadAll(fd, $0, at: 0, path: path) }
         self.head = head
     }
 
-    /// The file again from its start, and no further than the `size` bytes that
-    /// were hashed (a binlog the server is still writing grows meanwhile).
+    /// SHA-256 of the file's first `size` bytes.
+    public func digest() throws -> ChunkID {
+        var source = try self.source()
+        let hasher = SHA256Hasher()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
+            if n == 0 { return hasher.finish() }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+    }
+
+    /// The file from its start, and no further than `size` bytes.
     public func source() throws -> LimitedSource<FileDescriptorSource> {
         guard lseek(fd, 0, SEEK_SET) == 0 else {
             throw DedupError.inputUnreadable(path: path, reason: String(cString: strerror(errno)))

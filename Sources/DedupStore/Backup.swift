@@ -286,7 +286,7 @@ public final class BackupSession {
             if let fixed = options.fixedID {
                 // A fixed id: its chunk list under a name of its own, so that two
                 // runs racing for the id never share a list; the manifest decides.
-                if FileIO.exists(repository.backend.path(Manifest.key(for: fixed))) { throw DedupError.backupExists(id: fixed) }
+                if repository.hasManifest(fixed) { throw DedupError.backupExists(id: fixed) }
                 id = fixed
                 let key = "manifests/\(fixed).\(Hex.encode(SecureRandom.bytes(4))).chunks"
                 list = try chunkList.finish { _ in key }

@@ -57,6 +57,25 @@ public final class ChildProcess {
         InterruptCleanup.registerChild(child)
     }
 
+    /// Starts `executable` reading a new pipe, its stdout going to `stdoutFD`.
+    /// Returns the child and the pipe's write end, which the caller writes to
+    /// (or hands to another child) and closes.
+    public static func feeding(executable: String, arguments: [String], environment: [String: String]? = nil,
+                               stdoutFD: Int32) throws -> (child: ChildProcess, input: Int32) {
+        guard let pipe = FileIO.makePipe() else {
+            throw DedupError.io(operation: "pipe", path: arguments.first ?? executable, errno: errno)
+        }
+        do {
+            let child = try ChildProcess(executable: executable, arguments: arguments, environment: environment,
+                                         stdinFD: pipe.read, stdoutFD: stdoutFD, closeInChild: [pipe.write])
+            close(pipe.read)
+            return (child, pipe.write)
+        } catch {
+            close(pipe.read); close(pipe.write)
+            throw error
+        }
+    }
+
     deinit {
         if status == nil {
             kill(-pid, SIGTERM)

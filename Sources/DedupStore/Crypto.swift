@@ -12,10 +12,18 @@ public final class RepositoryCipher: @unchecked Sendable {
     let idKey: [UInt8]
 
     /// `master`: 64 bytes, the data key then the id key.
-    init(master: [UInt8]) {
-        dataKey = Array(master[0..<32])
-        idKey = Array(master[32..<64])
+    convenience init(master: [UInt8]) {
+        self.init(dataKey: Array(master[0..<32]), idKey: Array(master[32..<64]))
     }
+
+    /// A cipher that only seals and opens (a key-encryption key): no id key.
+    private init(dataKey: [UInt8], idKey: [UInt8] = []) {
+        self.dataKey = dataKey
+        self.idKey = idKey
+    }
+
+    /// The cipher of a key object: its key-encryption key seals the master key.
+    static func keyEncryption(_ kek: [UInt8]) -> RepositoryCipher { RepositoryCipher(dataKey: kek) }
 
     /// Seals `plain` into `out` (at least plain.count + 28 bytes); returns the box's length.
     public func seal(_ plain: UnsafeRawBufferPointer, aad: [UInt8], into out: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -94,13 +102,9 @@ public final class RepositoryCipher: @unchecked Sendable {
     }
 }
 
-/// HMAC-SHA256 of `prefix` followed by `data` under `key` (chunk ids, manifest
-/// tags and stream digests of an encrypted repository).
-func hmacSHA256(key: [UInt8], _ data: UnsafeRawBufferPointer, prefix: [UInt8]) -> ChunkID {
-    guard data.count > 0 else { return prefix.withUnsafeBytes { hmacSHA256(key: key, $0) } }
-    var joined = prefix
-    joined += data
-    return joined.withUnsafeBytes { hmacSHA256(key: key, $0) }
+/// HMAC-SHA256 of a byte array under `key` (manifest tags, stream digests).
+func hmacSHA256(key: [UInt8], _ bytes: [UInt8]) -> ChunkID {
+    bytes.withUnsafeBytes { hmacSHA256(key: key, $0) }
 }
 
 /// HMAC-SHA256 of one buffer under `key` (the chunk ids of an encrypted repository).
@@ -155,7 +159,7 @@ public struct WrappedKey: Codable, Sendable {
     static func wrap(_ master: [UInt8], secret: [UInt8], repositoryID: String) throws -> WrappedKey {
         let salt = SecureRandom.bytes(32)
         let kek = try derive(secret, salt: salt, n: scryptN, r: scryptR, p: scryptP)
-        let box = try RepositoryCipher(master: kek + kek).seal(master, aad: aad(repositoryID: repositoryID))
+        let box = try RepositoryCipher.keyEncryption(kek).seal(master, aad: aad(repositoryID: repositoryID))
         return WrappedKey(kdf: "scrypt", n: scryptN, r: scryptR, p: scryptP, salt: Hex.encode(salt), wrapped: Hex.encode(box),
                           createdAt: Timestamps.iso8601(Date()))
     }
@@ -174,7 +178,7 @@ public struct WrappedKey: Codable, Sendable {
         }
         let kek = try Self.derive(secret, salt: salt, n: n, r: r, p: p)
         do {
-            let master = try RepositoryCipher(master: kek + kek).open(box, aad: Self.aad(repositoryID: repositoryID))
+            let master = try RepositoryCipher.keyEncryption(kek).open(box, aad: Self.aad(repositoryID: repositoryID))
             return master.count == 64 ? master : nil
         } catch DedupError.authenticationFailed {
             return nil

@@ -46,11 +46,10 @@ public struct Manifest: Codable, Equatable, Sendable {
         /// MySQL/MariaDB: the server's @@server_id, which ties the dump to the
         /// binary logs archived from the same server.
         public var serverID: UInt32?
-        /// PostgreSQL base backups: where WAL replay starts and ends, on which
-        /// timeline, the first WAL file needed, and the cluster's system identifier
-        /// (which ties the backup to its archived WAL).
+        /// PostgreSQL base backups: where WAL replay starts, on which timeline,
+        /// the first WAL file needed, and the cluster's system identifier (which
+        /// ties the backup to its archived WAL).
         public var startLSN: String?
-        public var stopLSN: String?
         public var timeline: UInt32?
         public var startWALFile: String?
         public var systemIdentifier: String?
@@ -115,6 +114,11 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var auth: String?
 
     public var createdDate: Date? { Timestamps.parse(createdAt) }
+
+    /// The kinds of archived log files (one manifest per WAL file or binlog):
+    /// not backups of their own, they extend the base backups and dumps.
+    public static let logKinds: Set<String> = ["wal", "binlog"]
+    public var isLogFile: Bool { Self.logKinds.contains(kind) }
 
     public static func key(for id: String) -> String { "manifests/\(id).manifest.json" }
     public static func chunkListKey(for id: String) -> String { "manifests/\(id).chunks" }
@@ -248,8 +252,6 @@ public final class ChunkListReader {
     public let count: Int
     public let totalBytes: UInt64
 
-    /// Opens and fully checks the list: size, magic, counts and SHA-256 against
-    /// the manifest (reading it once; it is 36 bytes a chunk).
     private let cipher: RepositoryCipher?
 
     /// Opens a backup's chunk list in `repository`; in an encrypted one the
@@ -265,7 +267,9 @@ public final class ChunkListReader {
         try self.init(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
     }
 
-    /// `cipher`: the repository's, when it is encrypted (its lists are sealed).
+    /// Opens and fully checks the list: size, magic, counts and SHA-256 against
+    /// the manifest (reading it once; it is 36 bytes a chunk). `cipher`: the
+    /// repository's, when it is encrypted (its lists are sealed).
     public init(backend: Backend, manifest: Manifest, cipher: RepositoryCipher? = nil) throws {
         let ref = manifest.chunkList
         self.cipher = cipher

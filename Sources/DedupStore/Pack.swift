@@ -74,6 +74,15 @@ public struct ChunkLocation: Equatable, Sendable {
     /// True for a member of a compression group.
     public var isGroupMember: Bool { encoding == ChunkEncoding.zstdGroup.rawValue }
 
+    /// An encrypted entry's location once its box is opened: the payload is 28
+    /// bytes shorter and carries no flags.
+    var unsealed: ChunkLocation {
+        var l = self
+        l.storedLength &-= UInt32(RepositoryCipher.overhead)
+        l.flags = 0
+        return l
+    }
+
     /// The stored entry this location reads: one per chunk, shared by a group's members.
     public var frame: FrameKey { FrameKey(pack: pack, offset: offset, storedLength: storedLength) }
 }
@@ -122,7 +131,7 @@ public final class PackWriter {
 
     /// Seals every payload and the trailer (an encrypted repository's packs).
     private let cipher: RepositoryCipher?
-    private var sealScratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private let sealScratch = ScratchBuffer()
 
     public init(backend: Backend, cipher: RepositoryCipher? = nil) throws {
         id = PackID.random()
@@ -168,8 +177,6 @@ public final class PackWriter {
 
     private var entryFlags: UInt8 { cipher == nil ? 0 : UInt8(PackFormat.encryptedFlag) }
 
-    deinit { sealScratch.deallocate() }
-
     /// Writes one entry (48-byte header, then the payload, sealed when the pack
     /// is encrypted) and returns its offset and stored length.
     private func appendEntry(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding,
@@ -177,14 +184,10 @@ public final class PackWriter {
         let offset = size
         var payload = plainPayload
         if let cipher {
-            let needed = plainPayload.count + RepositoryCipher.overhead
-            if sealScratch.count < needed {
-                sealScratch.deallocate()
-                sealScratch = .allocate(byteCount: max(needed, 1 << 20), alignment: 16)
-            }
+            let box = sealScratch.buffer(plainPayload.count + RepositoryCipher.overhead)
             let n = try cipher.seal(plainPayload, aad: RepositoryCipher.entryAAD(pack: id, offset: offset, encoding: encoding.rawValue),
-                                    into: sealScratch)
-            payload = UnsafeRawBufferPointer(rebasing: sealScratch[0..<n])
+                                    into: box)
+            payload = UnsafeRawBufferPointer(rebasing: box[0..<n])
         }
         var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
         h.append(chunk)

@@ -123,7 +123,7 @@ public final class Repository {
     /// would confirm known content).
     public func recordedStreamDigest(_ digest: ChunkID) -> String {
         guard let cipher else { return digest.hex }
-        return hmacSHA256(key: cipher.idKey, UnsafeRawBufferPointer(start: nil, count: 0), prefix: Array("stream\0".utf8) + digest.bytes).hex
+        return hmacSHA256(key: cipher.idKey, Array("stream\0".utf8) + digest.bytes).hex
     }
 
     /// The authentication tag of a manifest in an encrypted repository (nil in a
@@ -132,8 +132,11 @@ public final class Repository {
         guard let cipher else { return nil }
         let text = ["manifest", m.id, String(m.size), m.sha256 ?? "", m.chunkList.key, String(m.chunkList.size), m.chunkList.sha256,
                     String(m.chunkList.count), m.kind, m.archive?.file ?? ""].joined(separator: "\0")
-        return hmacSHA256(key: cipher.idKey, UnsafeRawBufferPointer(start: nil, count: 0), prefix: Array(text.utf8)).hex
+        return hmacSHA256(key: cipher.idKey, Array(text.utf8)).hex
     }
+
+    /// True when a backup holds `id`.
+    public func hasManifest(_ id: String) -> Bool { FileIO.exists(backend.path(Manifest.key(for: id))) }
 
     /// The data cipher of an encrypted repository opened with its key (nil for a
     /// plain one).

@@ -9,13 +9,15 @@ final class ChunkFetcher {
     private let hasher: SHA256Hasher
     private let group = GroupScratch()
     private let cipher: RepositoryCipher?
-    /// An encrypted chunk's box as read, before `stored` gets its opened bytes.
-    private var sealed = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    /// An encrypted entry's box as read, before `stored` gets its opened payload.
+    private let sealed = ScratchBuffer()
     private var readers: [PackID: PackReader] = [:]
     private var readerOrder: [PackID] = []
     private let maxOpenPacks = 16
-    /// The last chunk's stored bytes (a group's: its whole frame).
-    private(set) var stored: UnsafeMutableRawBufferPointer
+    /// The last entry's payload as compressed (a group's: its whole frame),
+    /// opened when the repository is encrypted.
+    private let stored = ScratchBuffer()
+    private var payloadLength = 0
     private let plain: UnsafeMutableRawBufferPointer
     /// The last group frame read into `stored` (members of one group come in a row).
     private var storedGroup: FrameKey?
@@ -26,16 +28,10 @@ final class ChunkFetcher {
         hasher = try repository.makeChunkHasher()
         cipher = repository.cipher
         decompressor = try ZstdDecompressor()
-        let maxChunk = repository.config.chunker.maxSize
-        stored = .allocate(byteCount: ZstdCompressor.bound(maxChunk), alignment: 16)
-        plain = .allocate(byteCount: maxChunk, alignment: 16)
+        plain = .allocate(byteCount: repository.config.chunker.maxSize, alignment: 16)
     }
 
-    deinit {
-        stored.deallocate()
-        plain.deallocate()
-        sealed.deallocate()
-    }
+    deinit { plain.deallocate() }
 
     private func reader(_ pack: PackID) throws -> PackReader {
         if let r = readers[pack] { return r }
@@ -53,40 +49,23 @@ final class ChunkFetcher {
     /// valid until the next call.
     func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
         try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
+        let payloadLoc = cipher == nil ? loc : loc.unsealed
         if !loc.isGroupMember || storedGroup != loc.frame {
             storedGroup = nil
-            if Int(loc.storedLength) > stored.count {
-                stored.deallocate()
-                stored = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
-            }
-            if let cipher {
-                // Read the box, open it into `stored`: gc copies `stored` as the
-                // chunk's payload, and the new pack seals it again where it lands.
-                if Int(loc.storedLength) > sealed.count {
-                    sealed.deallocate()
-                    sealed = .allocate(byteCount: Int(loc.storedLength), alignment: 16)
-                }
-                try readStored(id, at: loc, expectedLength: expectedLength, into: sealed, manifest: manifest)
-                openedLength = try ChunkDecoder.open(id, at: loc, box: UnsafeRawBufferPointer(rebasing: sealed[0..<Int(loc.storedLength)]),
-                                                     into: stored, cipher: cipher, manifest: manifest)
-            } else {
-                try readStored(id, at: loc, expectedLength: expectedLength, into: stored, manifest: manifest)
-                openedLength = Int(loc.storedLength)
-            }
+            // Encrypted: read the box, open it into `stored`. gc copies `stored`
+            // as the chunk's payload, and the new pack seals it where it lands.
+            let target = (cipher == nil ? stored : sealed).buffer(Int(loc.storedLength))
+            try readStored(id, at: loc, expectedLength: expectedLength, into: target, manifest: manifest)
+            payloadLength = try ChunkDecoder.unseal(id, at: loc, stored: UnsafeRawBufferPointer(rebasing: target[0..<Int(loc.storedLength)]),
+                                                   cipher: cipher, into: stored, group: nil, manifest: manifest).payload.count
             if loc.isGroupMember { storedGroup = loc.frame }
         }
-        var opened = loc
-        opened.flags = 0
-        opened.storedLength = UInt32(openedLength)
-        return try ChunkDecoder.decode(id, at: opened, stored: storedPayload, into: plain, manifest: manifest,
+        return try ChunkDecoder.decode(id, at: payloadLoc, stored: storedPayload, into: plain, manifest: manifest,
                                        decompressor: decompressor, hasher: hasher, group: group)
     }
 
-    /// Length of the payload in `stored` (opened, when the repository is encrypted).
-    private var openedLength = 0
-
-    /// The last chunk's payload as compressed (decrypted when the repository is encrypted).
-    var storedPayload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: stored[0..<openedLength]) }
+    /// The last entry's payload as compressed (decrypted when the repository is encrypted).
+    var storedPayload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: stored.buffer(payloadLength)[0..<payloadLength]) }
 
     /// Checks that a location is one this repository and this reader can hold.
     func checkLocation(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws {
@@ -136,11 +115,19 @@ final class ChunkFetcher {
 /// Turns a chunk's stored bytes back into its plaintext and checks it against its
 /// id. Stateless apart from the contexts it is given, so workers run it in parallel.
 enum ChunkDecoder {
-    /// Opens an encrypted chunk's (or group's) box into `out`; returns the payload's length.
-    static func open(_ id: ChunkID, at loc: ChunkLocation, box: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer,
-                     cipher: RepositoryCipher, manifest: String) throws -> Int {
+    /// A stored entry ready for `decode`: in a plain repository `stored` itself
+    /// at `loc`; in an encrypted one its box opened into `scratch`, at the opened
+    /// location (28 bytes shorter, no flags). A group member whose group `group`
+    /// holds decoded already needs no payload: nothing is opened.
+    static func unseal(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer, cipher: RepositoryCipher?,
+                       into scratch: ScratchBuffer, group: GroupScratch?, manifest: String) throws -> (payload: UnsafeRawBufferPointer, location: ChunkLocation) {
+        guard let cipher else { return (stored, loc) }
+        let opened = loc.unsealed
+        if loc.isGroupMember, let group, group.holds(opened.frame) { return (UnsafeRawBufferPointer(start: nil, count: 0), opened) }
+        let out = scratch.buffer(stored.count)
         do {
-            return try cipher.open(box, aad: RepositoryCipher.entryAAD(pack: loc.pack, offset: loc.offset, encoding: loc.encoding), into: out)
+            let n = try cipher.open(stored, aad: RepositoryCipher.entryAAD(pack: loc.pack, offset: loc.offset, encoding: loc.encoding), into: out)
+            return (UnsafeRawBufferPointer(rebasing: out[0..<n]), opened)
         } catch DedupError.authenticationFailed(let detail) {
             throw DedupError.chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
         }
@@ -369,26 +356,13 @@ public final class Restorer {
                 // for all the members of it that come in a row.
                 forEachRunInParallel(count, workers: workers) { worker, k in
                     let it = shared[k]
-                    var stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
+                    let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
                     let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
                     do {
-                        var loc = it.loc
-                        if let cipher {
-                            // Open the box (a group's once for its run of members).
-                            let openedFrame = FrameKey(pack: loc.pack, offset: loc.offset,
-                                                       storedLength: loc.storedLength &- UInt32(RepositoryCipher.overhead))
-                            if !(loc.isGroupMember && groups[worker].holds(openedFrame)) {
-                                let n = try ChunkDecoder.open(it.id, at: loc, box: stored, into: openScratch[worker].buffer(stored.count),
-                                                              cipher: cipher, manifest: manifest.id)
-                                stored = UnsafeRawBufferPointer(rebasing: openScratch[worker].buffer(stored.count)[0..<n])
-                                loc.storedLength = UInt32(n)
-                            } else {
-                                stored = UnsafeRawBufferPointer(start: nil, count: 0)
-                                loc.storedLength = openedFrame.storedLength
-                            }
-                            loc.flags = 0
-                        }
-                        let plain = try ChunkDecoder.decode(it.id, at: loc, stored: stored, into: out, manifest: manifest.id,
+                        // Encrypted: the box opened (a group's once for its run of members).
+                        let (payload, loc) = try ChunkDecoder.unseal(it.id, at: it.loc, stored: stored, cipher: cipher, into: openScratch[worker],
+                                                                     group: groups[worker], manifest: manifest.id)
+                        let plain = try ChunkDecoder.decode(it.id, at: loc, stored: payload, into: out, manifest: manifest.id,
                                                             decompressor: decompressors[worker], hasher: hashers[worker],
                                                             group: groups[worker])
                         // A raw chunk decodes to its stored bytes: copy it into place.

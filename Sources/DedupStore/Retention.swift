@@ -52,7 +52,7 @@ public enum Retention {
         var out = [RetentionDecision]()
         // Archived WAL files and binlogs are not backups of their own: they go
         // with the base backups and dumps they extend (see LogRetention).
-        let groups = Dictionary(grouping: manifests.filter { $0.archive == nil }, by: group(of:))
+        let groups = Dictionary(grouping: manifests.filter { !$0.isLogFile }, by: group(of:))
         for key in groups.keys.sorted() {
             guard let members = groups[key] else { continue }
             // Newest first; ids break ties between backups of the same second.

@@ -54,13 +54,7 @@ struct BinlogList: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let archive = try BinlogArchive(repository: try store.open(), name: archiveName.name)
-            // Per binlog: the finished copy, else the longest partial one (files() sorts them last).
-            var archived = [String: (manifest: Manifest, partial: Bool)]()
-            for m in try archive.files() {
-                guard let s = m.archive.flatMap({ BinlogArchive.split($0.file) }) else { continue }
-                if archived[s.name.name]?.partial == false { continue }
-                archived[s.name.name] = (m, s.partialBytes != nil)
-            }
+            let archived = Dictionary(try archive.copies().map { ($0.name.name, $0) }, uniquingKeysWith: { a, _ in a })
             let connection = try MariaDBConnection(server.address, database: nil)
             let current = try connection.currentBinlog()?.file
             let onServer = try connection.binaryLogs()
@@ -141,9 +135,8 @@ struct BinlogArchiveCommand: ParsableCommand {
         }()
         let serverID = try connection.serverID()
         // Binlogs purged from the server before they were archived: a gap for good.
-        if let newest = try archive.files().compactMap({ $0.archive.flatMap { BinlogArchive.split($0.file) } }).last(where: { $0.partialBytes == nil })?.name,
-           let first = listed.first, newest.base == first.base, first.number > newest.number, first.number - newest.number > 1 {
-            Terminal.notice("binlogs after \(newest.name) up to before \(first.name) were purged from the server unarchived: point-in-time recovery cannot cross that gap")
+        if let gap = BinlogArchive.purgedGap(newestArchived: try archive.copies().last(where: { !$0.partial })?.name, oldestOnServer: listed.first) {
+            Terminal.notice("binlogs after \(gap.after) up to before \(gap.before) were purged from the server unarchived: point-in-time recovery cannot cross that gap")
         }
         var archived = 0, before = 0
         var stored: Int64 = 0
@@ -180,16 +173,15 @@ struct BinlogValidate: ParsableCommand {
         try reportingErrors {
             let repo = try store.open()
             let archive = try BinlogArchive(repository: repo, name: archiveName.name)
-            let files = try archive.files().compactMap { $0.archive?.file }.filter { BinlogArchive.split($0)?.partialBytes == nil }
+            let files = try archive.copies().filter { !$0.partial }.map(\.name.name)
             var problems = BinlogArchive.gaps(in: files).map { "missing from the archive: \($0)" }
             let connection = try MariaDBConnection(server.address, database: nil)
             let onServer = try connection.binaryLogs().map(\.file)
             let serverID = try connection.serverID()
             let known = Set(files).union(onServer)
-            if let newest = files.last.flatMap(BinlogFileName.init),
-               let first = onServer.compactMap(BinlogFileName.init).min(), first.base == newest.base, first.number > newest.number,
-               first.number - newest.number > 1 {
-                problems.append("purged from the server before they were archived: after \(newest.name), before \(first.name)")
+            if let gap = BinlogArchive.purgedGap(newestArchived: files.last.flatMap(BinlogFileName.init),
+                                                 oldestOnServer: onServer.compactMap(BinlogFileName.init).min()) {
+                problems.append("purged from the server before they were archived: after \(gap.after), before \(gap.before)")
             }
             for m in try repo.manifests() where m.kind == "dump" && (m.dump?.engine == "mariadb" || m.dump?.engine == "mysql") {
                 guard let file = m.dump?.binlogFile, m.dump?.serverID == nil || m.dump?.serverID == serverID else { continue }

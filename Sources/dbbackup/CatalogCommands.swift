@@ -143,9 +143,8 @@ struct CatalogStats: ParsableCommand {
             let entries = try catalog.backups()
             let failures = try catalog.events(kind: "backup").filter { $0.status == "failure" }
             var rows = [Row]()
-            for (key, group) in Dictionary(grouping: entries, by: { "\($0.subject)\u{0}\($0.kind)" }).sorted(by: { $0.key < $1.key }) {
-                let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false).map(String.init)
-                let database = parts[0], kind = parts.count > 1 ? parts[1] : ""
+            for (series, group) in Dictionary(grouping: entries, by: \.series).sorted(by: { $0.key < $1.key }) {
+                let (database, kind) = (series.subject, series.kind)
                 rows.append(Row(database: database, kind: kind, count: group.count, totalSize: group.reduce(0) { $0 + $1.size },
                                 storedNew: group.reduce(0) { $0 + $1.storedBytes }, first: group.first?.createdAt ?? "",
                                 last: group.last?.createdAt ?? "", verified: group.filter { $0.verifiedOK == true }.count,

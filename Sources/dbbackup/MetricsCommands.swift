@@ -240,20 +240,23 @@ struct StatusCommand: ParsableCommand {
             let now = Date()
             let failures = try catalog.events(kind: "backup").filter { $0.status == "failure" }
             var rows = [Row]()
-            let backups = try catalog.backups().filter { $0.kind != "wal" && $0.kind != "binlog" }
-            for (_, group) in Dictionary(grouping: backups, by: { "\($0.subject)\u{0}\($0.kind)" }).sorted(by: { $0.key < $1.key }) {
+            let backups = try catalog.backups().filter { !$0.isLogFile }
+            let (aging, stale) = (parseDuration(warn) ?? 93600, parseDuration(crit) ?? 180000)  // validated above
+            for (_, group) in Dictionary(grouping: backups, by: \.series).sorted(by: { $0.key < $1.key }) {
                 guard let last = group.max(by: { ($0.createdDate ?? .distantPast) < ($1.createdDate ?? .distantPast) }) else { continue }
                 let age = now.timeIntervalSince(last.createdDate ?? now)
-                let state = age < (parseDuration(warn) ?? 93600) ? "ok" : (age < (parseDuration(crit) ?? 180000) ? "aging" : "stale")
+                let state = age < aging ? "ok" : (age < stale ? "aging" : "stale")
                 let failed = failures.filter { ($0.database ?? $0.name) == last.subject && $0.at > last.createdAt }.count
                 rows.append(Row(database: last.subject, kind: last.kind, engine: last.engine, lastBackup: last.createdAt, ageSeconds: age,
-                                size: last.size, verified: last.verifiedOK == true, encrypted: repo.config.encryption != "none",
+                                size: last.size, verified: last.verifiedOK == true, encrypted: repo.config.isEncrypted,
                                 failuresSinceLastBackup: failed, state: failed > 0 && state == "ok" ? "failing" : state))
             }
-            let unhealthy = rows.filter { $0.state == "stale" || $0.state == "failing" }.map(\.database)
-            defer { if check && !unhealthy.isEmpty { Terminal.err("dbbackup: not healthy: \(unhealthy.joined(separator: ", "))") } }
             if json { try Terminal.json(rows) } else if rows.isEmpty { Terminal.out("no backups in \(repo.path)") } else { printRows(rows) }
-            if check && !unhealthy.isEmpty { throw ExitCode(1) }
+            let unhealthy = rows.filter { $0.state == "stale" || $0.state == "failing" }.map(\.database)
+            if check && !unhealthy.isEmpty {
+                Terminal.err("dbbackup: not healthy: \(unhealthy.joined(separator: ", "))")
+                throw ExitCode(1)
+            }
         }
     }
 

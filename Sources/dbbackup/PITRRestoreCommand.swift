@@ -254,23 +254,17 @@ struct RestorePITR: ParsableCommand {
     /// it means its end was never archived.
     private func replayChain(_ archive: BinlogArchive, from startFile: String) throws -> [Manifest] {
         guard let start = BinlogFileName(startFile) else { throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name") }
-        // Per number: the finished copy, else the longest partial one.
-        var best = [UInt64: (manifest: Manifest, partial: Bool)]()
-        for m in try archive.files() {
-            guard let s = m.archive.flatMap({ BinlogArchive.split($0.file) }), s.name.base == start.base, s.name.number >= start.number else { continue }
-            if best[s.name.number]?.partial == false { continue }
-            best[s.name.number] = (m, s.partialBytes != nil)
-        }
+        let copies = try archive.copies().filter { $0.name.base == start.base && $0.name.number >= start.number }
         var chain = [Manifest]()
         var expected = start.number
-        for number in best.keys.sorted() {
-            guard number == expected, let entry = best[number] else {
+        for copy in copies {
+            guard copy.name.number == expected else {
                 throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' lacks \(start.sibling(expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
             }
-            if entry.partial && number != best.keys.max() {
-                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' holds only the beginning of \(start.sibling(number)) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it")
+            if copy.partial && copy.name != copies.last?.name {
+                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' holds only the beginning of \(copy.name.name) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it")
             }
-            chain.append(entry.manifest)
+            chain.append(copy.manifest)
             expected += 1
         }
         guard !chain.isEmpty else {

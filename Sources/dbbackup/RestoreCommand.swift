@@ -131,35 +131,23 @@ struct DedupRestore: ParsableCommand {
 }
 
 /// Restores a backup into the standard input of a program (pg_restore, psql,
-/// mariadb, tar), whose standard output goes to `stdoutFD`. Returns how the
+/// mariadb, tar), whose standard output goes to our stderr. Returns how the
 /// program failed, or nil when it exited 0.
-func restore(_ id: String, with restorer: Restorer, into arguments: [String], stdoutFD: Int32 = STDERR_FILENO,
-             environment: [String: String]? = nil) throws -> String? {
+func restore(_ id: String, with restorer: Restorer, into arguments: [String]) throws -> String? {
     // A loader that dies early must make our writes fail (EPIPE), not kill us.
     signal(SIGPIPE, SIG_IGN)
     guard let tool = arguments.first, let exe = findExecutable(tool) else {
         throw DatabaseError.toolMissing(tool: arguments.first ?? "?", package: "the database's client tools")
     }
-    guard let pipe = FileIO.makePipe() else {
-        throw DedupError.io(operation: "pipe", path: tool, errno: errno)
-    }
-    let loader: ChildProcess
+    let (loader, input) = try ChildProcess.feeding(executable: exe, arguments: arguments, stdoutFD: STDERR_FILENO)
     do {
-        loader = try ChildProcess(executable: exe, arguments: arguments, environment: environment, stdinFD: pipe.read,
-                                  stdoutFD: stdoutFD, closeInChild: [pipe.write])
+        _ = try restorer.restore(id, to: .descriptor(input, name: tool))
     } catch {
-        close(pipe.read); close(pipe.write)
-        throw error
-    }
-    close(pipe.read)
-    do {
-        _ = try restorer.restore(id, to: .descriptor(pipe.write, name: tool))
-    } catch {
-        close(pipe.write)
+        close(input)
         _ = loader.wait()
         throw error
     }
-    close(pipe.write)
+    close(input)
     return loader.failure()
 }
 
@@ -183,8 +171,8 @@ struct DedupList: ParsableCommand {
             let repo = try store.open()
             var manifests = try repo.manifests()
             if let database { manifests = manifests.filter { $0.database == database } }
-            let logFiles = manifests.filter { $0.kind == "wal" || $0.kind == "binlog" }.count
-            manifests = manifests.filter { m in kind.map { m.kind == $0 } ?? (m.kind != "wal" && m.kind != "binlog") }
+            let logFiles = manifests.filter(\.isLogFile).count
+            manifests = manifests.filter { m in kind.map { m.kind == $0 } ?? !m.isLogFile }
             if json {
                 let verified = try repo.verificationRecords()
                 try Terminal.json(manifests.map { ListedBackup(manifest: $0, lastVerification: verified[$0.id]) })

@@ -83,11 +83,11 @@ struct DedupPrune: ParsableCommand {
             let policy = RetentionPolicy(keepLast: keepLast, keepDaily: keepDaily, keepWeekly: keepWeekly,
                                          keepMonthly: keepMonthly, keepYearly: keepYearly)
             let all = try repo.manifests()
-            let backups = all.filter { $0.archive == nil }
+            let backups = all.filter { !$0.isLogFile }
             let decisions = Retention.decide(database.map { db in backups.filter { Retention.group(of: $0) == db } } ?? backups, policy: policy)
             let deleted = Set(decisions.filter { !$0.keep }.map(\.id))
             // Archived WAL and binlogs: what the backups that stay need.
-            let logDecisions = LogRetention.decide(logs: all.filter { $0.archive != nil },
+            let logDecisions = LogRetention.decide(logs: all.filter(\.isLogFile),
                                                    keptBackups: backups.filter { !deleted.contains($0.id) })
             let emptied = Dictionary(grouping: decisions, by: \.group).filter { $0.value.allSatisfy { !$0.keep } }.keys.sorted()
             if !emptied.isEmpty && !allowEmpty {

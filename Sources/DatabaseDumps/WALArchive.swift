@@ -97,12 +97,17 @@ public struct WALArchive {
         }
     }
 
+    /// The system identifier of the cluster this archive holds: its newest full
+    /// or partial segment's (history and backup history files carry none).
+    public func systemIdentifier() throws -> String? {
+        guard let newest = try log.ids().last(where: { [.segment, .partial].contains(WALFileName($0.file)?.kind) }) else { return nil }
+        return try repository.loadManifest(newest.id).archive?.systemIdentifier
+    }
+
     /// Refuses a segment of another cluster: the newest segment archived under
     /// this name must carry the same system identifier.
     private func checkCluster(_ systemIdentifier: String, file: String) throws {
-        // The newest full or partial segment: history and backup history files carry no identifier.
-        guard let newest = try log.ids().last(where: { [.segment, .partial].contains(WALFileName($0.file)?.kind) }) else { return }
-        guard let known = try repository.loadManifest(newest.id).archive?.systemIdentifier, known != systemIdentifier else { return }
+        guard let known = try self.systemIdentifier(), known != systemIdentifier else { return }
         throw DatabaseError.archiveConflict(file: file, detail: "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name")
     }
 
@@ -319,8 +324,14 @@ public struct LimitedSource<Inner: ByteSource>: ByteSource {
 public enum WALChain {
     public struct Gap: Equatable, Sendable {
         public let timeline: UInt32
+        /// The first and last missing segment's positions ("XXXXXXXXYYYYYYYY").
+        public let first: String
+        public let last: String
         /// "000000010000000000000005" or "000000010000000000000005 to ...0007".
-        public let missing: String
+        public var missing: String {
+            let tli = String(format: "%08X", timeline)
+            return first == last ? tli + first : "\(tli + first) to \(tli + last)"
+        }
     }
 
     /// The segment number of `position` ("XXXXXXXXYYYYYYYY") for segments of
@@ -347,11 +358,8 @@ public enum WALChain {
         var out = [Gap]()
         for tli in byTimeline.keys.sorted() {
             let segments = (byTimeline[tli] ?? []).sorted { $0.number < $1.number }
-            let prefix = String(format: "%08X", tli)
             for (a, b) in zip(segments, segments.dropFirst()) where b.number > a.number + 1 {
-                let first = prefix + position(a.number + 1, segmentSize: a.size)
-                let last = prefix + position(b.number - 1, segmentSize: a.size)
-                out.append(Gap(timeline: tli, missing: first == last ? first : "\(first) to \(last)"))
+                out.append(Gap(timeline: tli, first: position(a.number + 1, segmentSize: a.size), last: position(b.number - 1, segmentSize: a.size)))
             }
         }
         return out

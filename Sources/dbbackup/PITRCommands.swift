@@ -11,18 +11,22 @@ struct PITR: ParsableCommand {
 }
 
 /// A command line PostgreSQL runs through the shell (archive_command,
-/// restore_command): this very dbbackup binary, the repository and the archive
-/// name, double-quoted for sh.
+/// restore_command): this very dbbackup binary, the repository, the archive
+/// name and, for an encrypted repository, the key file (never the key itself),
+/// double-quoted for sh.
 enum ServerSideCommand {
-    static func make(_ verb: [String], repository: String, name: String, keyFile: String? = nil) throws -> String {
+    static func make(_ verb: [String], repository repo: Repository, name: String, keyFile: String?) throws -> String {
+        if repo.config.isEncrypted && keyFile == nil {
+            throw DatabaseError.invalidArgument("the repository is encrypted: give --key-file with a key file the server's OS user can read; the server's command names the file, never the key")
+        }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let key = keyFile.map(StoreOptions.expand)
+        let repository = repo.path
+        let key = repo.config.isEncrypted ? keyFile.map(StoreOptions.expand) : nil
         for path in [exe, repository] + (key.map { [$0] } ?? []) where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
             throw DatabaseError.invalidArgument("\(path) holds a quote, $, `, % or \\; PostgreSQL's command line cannot name it safely: move it")
         }
         var words = ["\"\(exe)\""] + verb + ["--dedup-dir", "\"\(repository)\""]
         if name != WALArchive.defaultName { words += ["--name", name] }
-        // An encrypted repository: the key file (never the key itself) goes on the line.
         if let key { words += ["--key-file", "\"\(key)\""] }
         return words.joined(separator: " ")
     }
@@ -51,11 +55,8 @@ struct PITREnable: ParsableCommand {
             let repo = try store.open()
             _ = try WALArchive(repository: repo, name: archiveName.name)
             let connection = try PostgresConnection(server.address, database: "postgres")
-            if repo.config.isEncrypted && store.keyFile == nil {
-                throw DedupError.invalidArgument("the repository is encrypted: give --key-file with a key file the server's OS user can read; archive_command names the file, never the key")
-            }
-            let command = try ServerSideCommand.make(["wal", "archive", "\"%p\"", "\"%f\""], repository: repo.path, name: archiveName.name,
-                                                     keyFile: repo.config.isEncrypted ? store.keyFile : nil)
+            let command = try ServerSideCommand.make(["wal", "archive", "\"%p\"", "\"%f\""], repository: repo, name: archiveName.name,
+                                                     keyFile: store.keyFile)
             let before = (mode: try connection.column("SHOW archive_mode").first ?? "", level: try connection.column("SHOW wal_level").first ?? "")
             var restart = before.mode == "off"
             if before.level == "minimal" {
@@ -130,7 +131,6 @@ struct PITRStatus: ParsableCommand {
             func field(_ i: Int) -> String? { i < stats.count && !stats[i].isEmpty ? stats[i] : nil }
             let systemIdentifier = one("SELECT system_identifier::text FROM pg_control_system()")
             let files = try archive.files()
-            let segments = files.compactMap { m in m.archive.map { ($0.file, m.size) } }
             let chain = PITRChain(files: files, baseBackups: try repo.manifests().filter {
                 $0.kind == "basebackup" && (systemIdentifier == nil || $0.dump?.systemIdentifier == systemIdentifier)
             })
@@ -139,7 +139,7 @@ struct PITRStatus: ParsableCommand {
                                 failedCount: field(3).flatMap { Int64($0) }, lastFailedWAL: field(4), lastFailedTime: field(5),
                                 currentWAL: one("SELECT pg_walfile_name(pg_current_wal_lsn())"), lagSegments: nil,
                                 archiveName: archive.name, archivedFiles: files.count, newestInRepository: chain.newestSegment,
-                                gaps: WALChain.gaps(in: segments).map(\.missing), baseBackups: chain.baseBackups.count,
+                                gaps: chain.gaps.map(\.missing), baseBackups: chain.baseBackups.count,
                                 oldestRecoverableTime: chain.oldestRecoverable?.createdAt)
             let segmentSize = Int64(one("SELECT pg_size_bytes(current_setting('wal_segment_size'))") ?? "") ?? 16 << 20
             if let current = report.currentWAL.flatMap(WALFileName.init), let currentPos = current.position,
@@ -171,6 +171,7 @@ struct PITRStatus: ParsableCommand {
 struct PITRChain {
     let baseBackups: [Manifest]
     let newestSegment: String?
+    let gaps: [WALChain.Gap]
     let oldestRecoverable: Manifest?
 
     init(files: [Manifest], baseBackups: [Manifest]) {
@@ -178,10 +179,11 @@ struct PITRChain {
         let segments = files.compactMap { m in m.archive.map { ($0.file, m.size) } }.filter { WALFileName($0.0)?.kind == .segment }
         newestSegment = segments.map(\.0).max { (WALFileName($0)?.position ?? "") < (WALFileName($1)?.position ?? "") }
         let gaps = WALChain.gaps(in: segments)
+        self.gaps = gaps
         // A gap after a backup's start breaks its chain; one before it does not matter.
         oldestRecoverable = baseBackups.sorted { $0.createdAt < $1.createdAt }.first { b in
             guard let start = b.dump?.startWALFile, let startPos = WALFileName(start)?.position else { return false }
-            return !gaps.contains { g in (WALFileName(String(g.missing.prefix(24)))?.position ?? "") > startPos }
+            return !gaps.contains { $0.first > startPos }
         }
     }
 }

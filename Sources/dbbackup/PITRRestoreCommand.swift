@@ -104,9 +104,9 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("the base backup \(base.id) was taken at \(base.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older base backup")
         }
         let name = try walArchiveName(for: base, in: repo)
-        if repo.config.isEncrypted && store.keyFile == nil {
-            throw DatabaseError.invalidArgument("the repository is encrypted: give --key-file with a key file the server's OS user can read; restore_command names the file, never the key")
-        }
+        // Before anything is unpacked: it refuses an encrypted repository without a key file.
+        let restoreCommand = try ServerSideCommand.make(["wal", "restore", "\"%f\"", "\"%p\""], repository: repo, name: name,
+                                                        keyFile: store.keyFile)
         try prepareEmptyDirectory(targetDir)
 
         // The base backup, verified chunk by chunk, into tar.
@@ -118,8 +118,6 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("\(base.id) unpacked, but \(targetDir) holds no PG_VERSION: it is not a PostgreSQL base backup")
         }
 
-        let restoreCommand = try ServerSideCommand.make(["wal", "restore", "\"%f\"", "\"%p\""], repository: repo.path, name: name,
-                                                        keyFile: repo.config.isEncrypted ? store.keyFile : nil)
         func literal(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
         var settings = [
             "", "# Added by dbbackup restore pitr at \(Timestamps.iso8601(Date())): recovery from base backup \(base.id)",
@@ -155,11 +153,8 @@ struct RestorePITR: ParsableCommand {
         guard let id = base.dump?.systemIdentifier else { return archiveName.name }
         let names = try WALArchive.names(in: repo)
         if names.contains(archiveName.name) && archiveName.name != WALArchive.defaultName { return archiveName.name }
-        for name in names {
-            if let newest = try WALArchive(repository: repo, name: name).files().last(where: { $0.archive?.systemIdentifier != nil }),
-               newest.archive?.systemIdentifier == id {
-                return name
-            }
+        for name in names where try WALArchive(repository: repo, name: name).systemIdentifier() == id {
+            return name
         }
         Terminal.notice("no archived WAL carries the base backup's system identifier \(id); using the archive '\(archiveName.name)'")
         return archiveName.name

@@ -112,6 +112,7 @@ public final class GarbageCollector {
             FaultInjection.crashPoint("gc.before-pack-delete")
             for d in doomed {
                 try backend.delete(d.pack.key)
+                try repository.forgetDamaged(pack: d.pack)
                 report.bytesReclaimed += d.size
             }
             doomed.removeAll()

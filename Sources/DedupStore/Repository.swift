@@ -249,6 +249,11 @@ public final class Repository {
             notice("index: \(resized.count) pack(s) changed size since they were indexed (damaged?); re-reading them: \(resized.map(\.hex).sorted().joined(separator: ", "))")
         }
         try idx.forget(packs: missing.union(resized))
+        // Copies verify found corrupt stay out, also of a cache made before it did.
+        let damaged = try damagedChunks()
+        for (pack, copies) in damaged.byPack where present[pack] != nil && known[pack] != nil && !resized.contains(pack) {
+            try idx.dropChunks(Array(copies.keys), inPack: pack)
+        }
         let unindexed = present.filter { known[$0.key] == nil || resized.contains($0.key) }
         if !unindexed.isEmpty {
             if !existed {
@@ -257,17 +262,18 @@ public final class Repository {
                 notice("index: reading \(unindexed.count - resized.count) pack(s) missing from the index")
             }
             for (pack, size) in unindexed.sorted(by: { $0.key.hex < $1.key.hex }) {
-                try indexPack(idx, pack: pack, size: size)
+                try indexPack(idx, pack: pack, size: size, damaged: damaged)
             }
         }
     }
 
-    /// Reads one pack's trailer into the index. A damaged pack is reported and
-    /// left out (verify names the backups it breaks).
-    private func indexPack(_ idx: ChunkIndex, pack: PackID, size: Int64) throws {
+    /// Reads one pack's trailer into the index, less the copies verify found
+    /// corrupt. A damaged pack is reported and left out (verify names the backups
+    /// it breaks).
+    private func indexPack(_ idx: ChunkIndex, pack: PackID, size: Int64, damaged: DamagedChunks) throws {
         do {
             let entries = try PackReader(backend: backend, id: pack, cipher: cipher).entries()
-            try idx.insert(pack: pack, size: size, entries: entries)
+            try idx.insert(pack: pack, size: size, entries: entries.filter { !damaged.contains($0) })
         } catch let e as DedupError {
             if case .packCorrupt = e {
                 notice("index: skipping unreadable \(e.message)")
@@ -282,10 +288,11 @@ public final class Repository {
     public func rebuildIndex() throws -> (packs: Int, chunks: Int) {
         try self.requireKey()
         let packs = try listPacks()
+        let damaged = try damagedChunks()
         let idx = try openIndexFile()
         try idx.clear()
         for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
-            try indexPack(idx, pack: pack, size: size)
+            try indexPack(idx, pack: pack, size: size, damaged: damaged)
         }
         try saveBloom(try freshBloom())
         return (packs.count, try idx.chunkCount())

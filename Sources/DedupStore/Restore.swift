@@ -394,7 +394,7 @@ public final class Restorer {
             if tmpPath != nil { try FileIO.preallocate(fd, size: manifest.size, path: outName) }
             try list.forEach { id, length in
                 guard let loc = try fetcher.index.lookup(id) else {
-                    throw DedupError.chunkMissing(chunk: id.hex, manifest: manifest.id)
+                    throw repository.unindexedChunkError(id, manifest: manifest.id)
                 }
                 if outUsed + length > outArena.count || inUsed + Int(loc.storedLength) > inArena.count { try flushBatch() }
                 if loc.isGroupMember, let g = lastGroup, g.frame == loc.frame {

@@ -67,10 +67,16 @@ public final class Verifier {
         // Nothing can be recorded on a read-only repository; the report still says all.
         let readOnly = repository.isReadOnly
         let packs = try repository.listPacks()
+        // Copies found corrupt before (this run's findings are added below).
+        let knownDamaged = try repository.damagedChunks()
         var badPacks = [PackID: String]()
         // Corrupt copies found by reading packs, by pack and chunk.
         var corrupt = [PackChunk: String]()
         var readInFull = Set<PackID>()
+        // This run's damaged copies, by pack, for the repository's record.
+        var found = [PackID: [DamagedPackRecord.Copy]]()
+        var intactAgain = [PackEntry]()
+        let now = Timestamps.iso8601(Date())
 
         var toRead = Set<PackID>()
         if deep {
@@ -97,6 +103,9 @@ public final class Verifier {
             for e in entries {
                 do {
                     _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
+                    // A copy recorded as damaged that reads back intact (the pack was
+                    // put back from a copy): indexed again where the index has none.
+                    if knownDamaged.contains(e), try index.lookup(e.id) == nil { intactAgain.append(e) }
                     // A group's frame counts once, however many members it has.
                     if lastFrame != e.location.frame { report.bytesRead += Int64(e.location.storedLength) }
                     lastFrame = e.location.frame
@@ -106,6 +115,7 @@ public final class Verifier {
                     let message = "chunk \(e.id.hex) in pack \(pack.hex) is corrupt (\(detail))"
                     corrupt[PackChunk(pack: pack, chunk: e.id)] = message
                     report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: e.id.hex, message: message))
+                    found[pack, default: []].append(.init(id: e.id.hex, offset: e.location.offset, detail: detail, foundAt: now))
                 }
             }
             readInFull.insert(pack)
@@ -113,7 +123,6 @@ public final class Verifier {
 
         // Manifests: chunk list, then each chunk's location.
         let ids = try requested ?? repository.manifestIDs()
-        let now = Timestamps.iso8601(Date())
         for id in ids {
             report.manifestsChecked += 1
             var firstProblem: String?
@@ -133,7 +142,13 @@ public final class Verifier {
                     report.chunksChecked += 1
                     guard reported < 20 else { return }
                     guard let loc = try index.lookup(chunk) else {
-                        problem("backup \(id) needs chunk \(chunk.hex), which is in no pack", chunk: chunk.hex)
+                        if let (pack, copy) = knownDamaged.anyCopy(of: chunk) {
+                            problem("backup \(id) needs chunk \(chunk.hex), whose only copy, in pack \(pack.hex), is corrupt "
+                                    + "(\(DamagedChunks.describe(copy))); back up the same data again to heal it",
+                                    pack: pack.hex, chunk: chunk.hex)
+                        } else {
+                            problem("backup \(id) needs chunk \(chunk.hex), which is in no pack", chunk: chunk.hex)
+                        }
                         reported += 1
                         return
                     }
@@ -147,6 +162,10 @@ public final class Verifier {
                             reported += 1
                         } else if let why = corrupt[PackChunk(pack: loc.pack, chunk: chunk)] {
                             problem("backup \(id) needs \(why)", pack: loc.pack.hex, chunk: chunk.hex)
+                            reported += 1
+                        } else if !readInFull.contains(loc.pack), let copy = knownDamaged.copy(chunk, in: loc.pack) {
+                            problem("backup \(id) needs chunk \(chunk.hex) in pack \(loc.pack.hex), which is corrupt "
+                                    + "(\(DamagedChunks.describe(copy)))", pack: loc.pack.hex, chunk: chunk.hex)
                             reported += 1
                         }
                     } else {
@@ -164,11 +183,22 @@ public final class Verifier {
             }
         }
         // A corrupt chunk leaves the index, so that the next backup of the same data
-        // stores it again, which heals every backup that needs it.
+        // stores it again, which heals every backup that needs it; the repository
+        // records it, so that no rebuild or other host's cache indexes it again.
         for (pack, copies) in Dictionary(grouping: corrupt.keys, by: \.pack) {
             try index.dropChunks(copies.map(\.chunk), inPack: pack)
         }
         report.chunksDropped = corrupt.count
+        try index.point(intactAgain)
+        if !readOnly {
+            for pack in readInFull {
+                let before = knownDamaged.byPack[pack].map { Array($0.values) } ?? []
+                let now = found[pack] ?? []
+                if Set(before.map(\.offset)) != Set(now.map(\.offset)) || before.isEmpty != now.isEmpty {
+                    try repository.saveDamaged(pack: pack, copies: now)
+                }
+            }
+        }
         return report
     }
 }

@@ -175,6 +175,58 @@ import Testing
         #expect(try Verifier(repository: repo).verify(deep: true).damagedManifests.isEmpty)
     }
 
+    /// Issue 12, defect 1: an index rebuild (or another host's cache) must not bring
+    /// back a copy verify found corrupt; quick verify and restore name it.
+    @Test func corruptChunkStaysOutOfTheIndexAfterARebuild() throws {
+        let dir = TempDir()
+        let repo = try makeRepository(dir)
+        let data = randomBytes(2 << 20, seed: 51)
+        let m = try backup(repo, data, name: "victim")
+        var first: ChunkID?
+        try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in if first == nil { first = id } }
+        let chunk = try #require(first)
+        let loc = try #require(try repo.index().lookup(chunk))
+        try flipByte(at: repo.backend.path(loc.pack.key), offset: payloadOffset(loc) + 100)
+        #expect(try Verifier(repository: repo).verify(deep: true).damagedManifests == [m.id])
+        #expect(FileIO.exists(repo.backend.path(DamagedPackRecord.key(for: loc.pack))))
+
+        func restoreFailsNamingTheCorruptCopy(_ r: Repository) {
+            #expect { try Restorer(repository: r).restore(m.id, to: .file(path: dir.sub("out"), overwrite: true)) } throws: { e in
+                guard case DedupError.chunkCorrupt(let c, let p, let manifest, let detail) = e else { return false }
+                return c == chunk.hex && p == loc.pack.hex && manifest == m.id && detail.contains("verify found it corrupt")
+            }
+        }
+        // Before a rebuild: the cause is the corruption, not "in no pack".
+        restoreFailsNamingTheCorruptCopy(repo)
+        // After a rebuild, and in a cache made from scratch: still out of the index.
+        _ = try repo.rebuildIndex()
+        #expect(try repo.index().lookup(chunk) == nil)
+        let quick = try Verifier(repository: repo).verify(deep: false)
+        #expect(quick.damagedManifests == [m.id])
+        #expect(quick.problems.contains { $0.message.contains("is corrupt") && $0.chunk == chunk.hex })
+        restoreFailsNamingTheCorruptCopy(repo)
+        try FileManager.default.removeItem(atPath: repo.cacheDirectory)
+        let fresh = try Repository(path: repo.path)
+        #expect(try fresh.index().lookup(chunk) == nil)
+        #expect(try Verifier(repository: fresh).verify(deep: false).damagedManifests == [m.id])
+        // A cache that indexed the copy before verify found it (another host's) drops it on open.
+        let other = try Repository(path: repo.path, cacheRoot: dir.sub("other-cache"))
+        try other.index().point([PackEntry(id: chunk, location: loc)])
+        let reopened = try Repository(path: repo.path, cacheRoot: dir.sub("other-cache"))
+        #expect(try reopened.index().lookup(chunk) == nil)
+        // The next backup of the same data stores the chunk again and heals the backup.
+        let healed = try backup(fresh, data, name: "again")
+        #expect(healed.stats.newChunks == 1)
+        #expect(try restoreBytes(fresh, m.id, dir: dir) == data)
+        #expect(try Verifier(repository: fresh).verify(deep: false).ok)
+        // gc drops the pack with the corrupt copy once nothing needs it, and its record with it.
+        try fresh.deleteManifest(m.id)
+        try fresh.deleteManifest(healed.id)
+        _ = try GarbageCollector(repository: fresh).run()
+        #expect(try fresh.listPacks().isEmpty)
+        #expect(try fresh.damagedChunks().isEmpty)
+    }
+
     @Test func lostIndexIsRebuiltFromPacks() throws {
         let dir = TempDir()
         let path: String

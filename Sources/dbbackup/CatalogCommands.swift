@@ -183,7 +183,7 @@ struct CatalogGaps: ParsableCommand {
             if json {
                 try Terminal.json(gaps)
             } else if gaps.isEmpty {
-                Terminal.out("no gaps: every database has a backup at least every \(interval) (+\(Format.duration(slack)))")
+                Terminal.out("no gaps: every database has a backup at least every \(interval) (+\(Format.age(slack)) tolerance)")
             } else {
                 printTable(header: ["DATABASE", "FROM", "TO", "HOURS", "MISSED"], rows: gaps.map {
                     [$0.database, $0.from, $0.to ?? "now", String(format: "%.1f", $0.hours), "\($0.missed)"]

@@ -47,7 +47,7 @@ struct DedupVerify: ParsableCommand {
             if !repo.isReadOnly { CatalogHook.sync(repo) }
             let elapsed = Date().timeIntervalSince(started)
             for p in report.problems { Terminal.err("dbbackup: problem: \(p.message)") }
-            let mode = deep ? "deep" : (sample.map { "quick, \($0) of packs read" } ?? "quick")
+            let mode = deep ? "deep" : (sample.flatMap(samplePercent).map { "quick, \(Format.number($0))% of packs read" } ?? "quick")
             Terminal.out("verify (\(mode)): \(report.manifestsChecked) backups, \(report.packsChecked) packs, \(report.chunksChecked) chunk references checked in \(Format.duration(elapsed))")
             if report.ok {
                 Terminal.out("ok: every checked backup can be restored")

@@ -62,10 +62,27 @@ enum Format {
         return String(format: "%.1f MB/s", Double(bytes) / seconds / 1e6)
     }
 
+    /// 50, 12.5: no trailing zeros.
+    static func number(_ v: Double) -> String {
+        v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : String(format: "%g", v)
+    }
+
     static func percent(_ fraction: Double) -> String {
         String(format: "%.1f%%", fraction * 100)
     }
 
+    /// An age or an interval, in whole units of one style: 45s, 2m47s, 3h05m, 7d12h.
+    static func age(_ seconds: Double) -> String {
+        let t = Int(max(0, seconds).rounded())
+        switch t {
+        case ..<60: return "\(t)s"
+        case ..<3600: return String(format: "%dm%02ds", t / 60, t % 60)
+        case ..<86400: return String(format: "%dh%02dm", t / 3600, t / 60 % 60)
+        default: return String(format: "%dd%02dh", t / 86400, t / 3600 % 24)
+        }
+    }
+
+    /// How long a run took: 0.42 s below a minute, else 2m47s or 1h02m03s.
     static func duration(_ s: Double) -> String {
         if s < 60 { return String(format: "%.2f s", s) }
         let t = Int(s)

@@ -46,4 +46,28 @@ import Testing
         let healed = try cli.dedup(["restore", id, "-"])
         #expect(healed.status == 0 && healed.stdout == data)
     }
+
+    @Test func statusShowsFailingOverAgingAndDatabasesThatOnlyEverFailed() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        let old = Timestamps.iso8601(Date().addingTimeInterval(-30 * 3600))
+        #expect(try cli.dedup(["backup", "-", "--db-name", "shop", "--time", old], stdin: pseudoRandom(1000, seed: 1)).status == 0)
+        #expect(try cli.dedup(["backup", dir + "/missing.sql", "--db-name", "shop"]).status == 1)
+        #expect(try cli.dedup(["backup", dir + "/missing.sql", "--db-name", "newdb"]).status == 1)
+        struct Row: Decodable { var database: String; var state: String; var lastBackup: String?; var failuresSinceLastBackup: Int }
+        let rows = try JSONDecoder().decode([Row].self, from: Data(try CLI.run(["status", "--dedup-dir", cli.repo, "--json"]).stdout))
+        #expect(rows.count == 2)
+        #expect(rows.first { $0.database == "shop" }?.state == "failing", "aging must not hide a failed run: \(rows)")
+        let never = try #require(rows.first { $0.database == "newdb" })
+        #expect(never.state == "failing" && never.lastBackup == nil && never.failuresSinceLastBackup == 1)
+        let table = try CLI.run(["status", "--dedup-dir", cli.repo])
+        let shopLine = table.out.split(separator: "\n").first { $0.hasPrefix("shop ") } ?? ""
+        #expect(shopLine.contains("failing (1 failed since)") && shopLine.contains(" 1d06h "), "\(table.out)")
+        #expect(table.out.split(separator: "\n").contains { $0.hasPrefix("newdb ") && $0.contains("never") && $0.contains("failing") })
+        let check = try CLI.run(["status", "--dedup-dir", cli.repo, "--check"])
+        #expect(check.status == 1 && check.stderr.contains("not healthy: newdb, shop"), "\(check.stderr)")
+        // With a wider --warn, the same data gives the same answer.
+        let wide = try CLI.run(["status", "--dedup-dir", cli.repo, "--check", "--warn", "100h", "--crit", "200h"])
+        #expect(wide.status == 1 && wide.stderr.contains("newdb, shop"))
+    }
 }

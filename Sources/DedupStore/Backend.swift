@@ -156,7 +156,13 @@ public final class LocalBackend: Backend {
             if errno == ENOENT { return }
             throw DedupError.io(operation: "delete", path: p, errno: errno)
         }
-        try FileIO.fsyncDirectory(FileIO.parent(p))
+        let folder = FileIO.parent(p)
+        try FileIO.fsyncDirectory(folder)
+        // A fan-out folder (packs/xx/) goes with its last object; a writer that
+        // created it meanwhile finds it gone and creates it again (commit).
+        if key.split(separator: "/").count > 2, rmdir(folder) == 0 {
+            try FileIO.fsyncDirectory(FileIO.parent(folder))
+        }
     }
 }
 
@@ -212,19 +218,20 @@ final class LocalObjectWriter: ObjectWriter {
         }
         let final = backend.path(key)
         let folder = FileIO.parent(final)
-        try FileIO.makeDirectories(folder)
-        if ifAbsent {
+        // Twice at most: a delete of the folder's last object may remove the
+        // folder between its creation and the link (LocalBackend.delete).
+        for attempt in 1...2 {
+            try FileIO.makeDirectories(folder)
             // link() fails with EEXIST rather than replace: create-if-absent. The
             // temporary file stays, so the caller may commit under another key.
-            if link(tmpPath, final) != 0 {
-                let code = errno
-                if code == EEXIST { return false }
-                throw DedupError.io(operation: "create", path: final, errno: code)
-            }
-            unlink(tmpPath)
-        } else if rename(tmpPath, final) != 0 {
-            throw DedupError.io(operation: "rename", path: final, errno: errno)
+            let rc = ifAbsent ? link(tmpPath, final) : rename(tmpPath, final)
+            if rc == 0 { break }
+            let code = errno
+            if ifAbsent && code == EEXIST { return false }
+            if code == ENOENT && attempt == 1 { continue }
+            throw DedupError.io(operation: ifAbsent ? "create" : "rename", path: final, errno: code)
         }
+        if ifAbsent { unlink(tmpPath) }
         finished = true
         InterruptCleanup.unregister(tmpPath)
         try FileIO.fsyncDirectory(folder)

@@ -110,6 +110,18 @@ public enum PackFormat {
     public static let groupTarget = 1 << 20
     /// Header flags bit 0, entry flags bit 0: sealed with AES-256-GCM.
     public static let encryptedFlag: UInt16 = 1
+
+    /// Bytes one entry takes in the data area: its header and its payload
+    /// (sealed: 28 bytes more).
+    public static func entrySize(payload: Int, encrypted: Bool) -> Int64 {
+        Int64(entryHeaderSize + payload + (encrypted ? RepositoryCipher.overhead : 0))
+    }
+
+    /// Bytes `finish` adds after the data area: the trailer for `entries`
+    /// entries (sealed: 28 bytes more) and the footer.
+    public static func closingSize(entries: Int, encrypted: Bool) -> Int64 {
+        Int64(8 + entries * trailerEntrySize + (encrypted ? RepositoryCipher.overhead : 0) + footerSize)
+    }
 }
 
 /// One entry of a pack's trailer.
@@ -172,6 +184,25 @@ public final class PackWriter {
                 pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(stored),
                 encoding: ChunkEncoding.zstdGroup.rawValue, flags: entryFlags, groupOffset: UInt32(inGroup))))
             inGroup += m.rawLength
+        }
+    }
+
+    /// Appends a group's frame as stored, listing the members given: the live
+    /// members of a group some of whose members are dead (gc keeps the frame when
+    /// recompressing them would not make it smaller). `headerID` and `totalLength`
+    /// are the frame's entry header: the member at offset 0 (any member when that
+    /// one is gone) and the whole frame's plaintext length.
+    public func addFrame(headerID: ChunkID, totalLength: Int, members: [(id: ChunkID, rawLength: Int, groupOffset: Int)],
+                         payload: UnsafeRawBufferPointer) throws {
+        guard totalLength <= PackFormat.maxGroupLength,
+              members.allSatisfy({ $0.groupOffset >= 0 && $0.groupOffset + $0.rawLength <= totalLength }) else {
+            throw DedupError.packCorrupt(pack: id.hex, detail: "a group frame of \(totalLength) bytes with members outside it")
+        }
+        let (offset, stored) = try appendEntry(id: headerID, rawLength: totalLength, encoding: .zstdGroup, payload: payload)
+        for m in members {
+            entries.append(PackEntry(id: m.id, location: ChunkLocation(
+                pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(stored),
+                encoding: ChunkEncoding.zstdGroup.rawValue, flags: entryFlags, groupOffset: UInt32(m.groupOffset))))
         }
     }
 

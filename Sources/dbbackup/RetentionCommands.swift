@@ -133,10 +133,12 @@ struct DedupGC: ParsableCommand {
         abstract: "Reclaim the space of chunks that no backup uses (mark and sweep, with repacking).",
         discussion: """
         Holds the exclusive lock: backups started meanwhile wait (see backup --lock-wait).
-        Packs with no live chunk are deleted; packs whose live share falls below the
-        repack threshold are rewritten without their dead chunks. Memory stays bounded:
-        the set of live chunks is kept on disk. If any backup is unreadable, gc stops
-        before deleting anything.
+        Packs with no live chunk are deleted; a pack whose rewrite would keep less than
+        the repack threshold of its bytes is rewritten without its dead chunks (a partly
+        dead group is recompressed only when that makes it smaller). gc never grows the
+        repository, and --dry-run reports exactly what the run would reclaim. Memory stays
+        bounded: the set of live chunks is kept on disk. If any backup is unreadable, gc
+        stops before deleting anything.
         """)
 
     @OptionGroup var store: StoreOptions
@@ -144,7 +146,7 @@ struct DedupGC: ParsableCommand {
 
     @Flag(help: "Report what would be reclaimed; change nothing.") var dryRun = false
 
-    @Option(help: ArgumentHelp("Repack packs whose live share is below this fraction (0-1).", valueName: "fraction"))
+    @Option(help: ArgumentHelp("Rewrite a pack when its rewrite keeps less than this fraction (0-1) of its bytes.", valueName: "fraction"))
     var repackThreshold: Double = 0.5
 
     @Flag(help: "Print the report as JSON.") var json = false
@@ -172,6 +174,9 @@ struct DedupGC: ParsableCommand {
             Terminal.out("  duration  \(Format.duration(r.durationSeconds))")
             for p in r.packsUnreadable { Terminal.err("dbbackup: warning: unreadable pack kept: \(p)") }
             for c in r.corruptChunks { Terminal.err("dbbackup: warning: damaged chunk not copied, its pack kept: \(c)") }
+            if r.damagedPacksKept > 0 {
+                Terminal.err("dbbackup: warning: \(r.damagedPacksKept) pack(s) kept: each holds the only, damaged, copy of a chunk a backup needs; back that data up again, see `dbbackup dedup verify`")
+            }
             if r.missingChunks > 0 {
                 Terminal.err("dbbackup: warning: \(r.missingChunks) referenced chunk(s) are missing; run `dbbackup dedup verify` to see the damaged backups")
             }

@@ -55,6 +55,10 @@ public final class BackupSession {
     public var progressInterval: UInt64 = 32 << 20
     /// Worker threads for hashing and compression (default: every core).
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
+    /// The plain SHA-256 of the last committed input, with `streamSHA256` (what
+    /// sha256sum prints). An encrypted repository records only a keyed form of it
+    /// (`Manifest.sha256`), so this value never goes into the repository.
+    public private(set) var streamDigest: ChunkID?
 
     public init(repository: Repository) throws {
         try repository.requireKey()
@@ -326,6 +330,7 @@ public final class BackupSession {
             throw DedupError.backupExists(id: id)
         }
         FaultInjection.crashPoint("backup.after-manifest")
+        self.streamDigest = streamDigest
         // The backup is committed; a filter that cannot be saved is only a cache.
         do {
             try repository.saveBloom(bloom)

@@ -62,12 +62,14 @@ struct CommitOptions: ParsableArguments {
         if json {
             try Terminal.json(manifest)
         } else {
-            printSummary(manifest)
+            printSummary(manifest, streamDigest: session.streamDigest)
         }
         return manifest
     }
 
-    private func printSummary(_ m: Manifest) {
+    /// `streamDigest`: the plain SHA-256 of the input (the manifest of an
+    /// encrypted repository holds a keyed form of it, which no tool would print).
+    private func printSummary(_ m: Manifest, streamDigest: ChunkID?) {
         let s = m.stats
         let dedup = m.size > 0 ? 1 - Double(s.newBytes) / Double(m.size) : 1
         let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
@@ -75,7 +77,7 @@ struct CommitOptions: ParsableArguments {
         if let d = m.dump {
             Terminal.out("  database  \(m.database ?? (m.kind == "basebackup" ? "the whole cluster" : "?")) on \(d.server), \(d.engine) \(d.serverVersion); \(d.toolVersion), \(d.format) format")
         }
-        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (m.sha256.map { ", sha256 \($0)" } ?? ""))
+        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (streamDigest.map { ", sha256 \($0.hex)" } ?? ""))
         Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
         Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
         Terminal.out("  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")")

@@ -70,4 +70,25 @@ import Testing
         let wide = try CLI.run(["status", "--dedup-dir", cli.repo, "--check", "--warn", "100h", "--crit", "200h"])
         #expect(wide.status == 1 && wide.stderr.contains("newdb, shop"))
     }
+
+    @Test func streamSHA256PrintsWhatSha256sumPrintsAlsoWhenEncrypted() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let data = pseudoRandom(300_000, seed: 4)
+        let expected = "sha256 " + sha256(data)
+        let plain = CLI(repo: dir + "/plain")
+        let p = try plain.dedup(["backup", "-", "--name", "x", "--stream-sha256"], stdin: data)
+        #expect(p.out.contains(expected), "\(p.out)")
+        let key = dir + "/key"
+        try writeFile(key, Array("a key for the test".utf8))
+        let sealed = CLI(repo: dir + "/sealed")
+        #expect(try sealed.dedup(["init", "--encrypt", "--key-file", key]).status == 0)
+        let e = try sealed.dedup(["backup", "-", "--name", "x", "--stream-sha256", "--key-file", key], stdin: data)
+        #expect(e.status == 0 && e.out.contains(expected), "\(e.out)")
+        // The repository keeps only the keyed form; a restore checks it.
+        let id = try #require(CLI.committedID(e))
+        let manifest = try String(contentsOfFile: dir + "/sealed/manifests/\(id).manifest.json", encoding: .utf8)
+        #expect(!manifest.contains(sha256(data)))
+        let restored = try sealed.dedup(["restore", id, "-", "--key-file", key])
+        #expect(restored.status == 0 && restored.stdout == data)
+    }
 }

@@ -118,7 +118,7 @@ public final class BackupCatalog {
                 let manifest: Manifest
                 do {
                     manifest = try repository.loadManifest(id)
-                } catch DedupError.manifestCorrupt {
+                } catch DedupError.manifestCorrupt, DedupError.manifestTooNew {
                     continue  // verify names it; the catalog lists what can be read
                 } catch DedupError.manifestNotFound {
                     continue  // deleted meanwhile

@@ -40,13 +40,21 @@ public struct WALFileName: Equatable, Sendable {
     }
 }
 
-/// The first page header of a WAL segment: its timeline and the system identifier
-/// of the cluster that wrote it (XLogLongPageHeaderData, little-endian).
+/// The first page header of a WAL segment: its timeline, the system identifier
+/// of the cluster that wrote it and the segment size (XLogLongPageHeaderData,
+/// little-endian).
 public struct WALSegmentHeader: Equatable, Sendable {
+    public let magic: UInt16
     public let timeline: UInt32
     public let systemIdentifier: UInt64
+    public let segmentSize: UInt32
+    public let blockSize: UInt32
 
-    /// nil when the bytes do not start with a long page header.
+    /// nil when the bytes do not start with a long page header: a magic of the
+    /// XLOG_PAGE_MAGIC family (0xD0xx, 0xD1xx: PostgreSQL 9 to 17 and after),
+    /// XLP_LONG_HEADER set, a timeline, a system identifier, and a segment and
+    /// block size that PostgreSQL can be built with (powers of two, 1 MiB to
+    /// 1 GiB and 1 KiB to 64 KiB).
     public init?(_ bytes: [UInt8]) {
         guard bytes.count >= 40 else { return nil }
         func le<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
@@ -54,12 +62,17 @@ public struct WALSegmentHeader: Equatable, Sendable {
             for i in 0..<MemoryLayout<T>.size { v |= T(bytes[offset + i]) << (8 * i) }
             return v
         }
+        func powerOfTwo(_ v: UInt32, _ range: ClosedRange<UInt32>) -> Bool { range.contains(v) && v & (v - 1) == 0 }
+        magic = le(0, UInt16.self)
         let info = le(2, UInt16.self)
         let xlpLongHeader: UInt16 = 0x0002
-        guard info & xlpLongHeader != 0 else { return nil }
+        guard magic >> 8 == 0xD0 || magic >> 8 == 0xD1, info & xlpLongHeader != 0 else { return nil }
         timeline = le(4, UInt32.self)
         systemIdentifier = le(24, UInt64.self)
-        guard timeline > 0, systemIdentifier != 0 else { return nil }
+        segmentSize = le(32, UInt32.self)
+        blockSize = le(36, UInt32.self)
+        guard timeline > 0, systemIdentifier != 0, powerOfTwo(segmentSize, (1 << 20)...(1 << 30)),
+              powerOfTwo(blockSize, (1 << 10)...(1 << 16)) else { return nil }
     }
 }
 
@@ -89,7 +102,15 @@ public struct WALArchive {
         }
         let input = try ArchivedFileInput(path: path)
         var info = Manifest.ArchiveInfo(file: file, timeline: walName.timeline)
-        if walName.kind == .segment || walName.kind == .partial, let header = WALSegmentHeader(input.head) {
+        if walName.kind == .segment || walName.kind == .partial {
+            // Nothing but a real segment goes in under a segment's name: recovery
+            // would stop at a file of zeros, far from where it should.
+            guard let header = WALSegmentHeader(input.head) else {
+                throw DatabaseError.invalidArgument("\(path) is not a WAL segment: it does not start with a WAL page header; nothing was archived")
+            }
+            guard Int(header.segmentSize) == input.size else {
+                throw DatabaseError.invalidArgument("\(path) is not a whole WAL segment: \(input.size) bytes, its header says \(header.segmentSize); nothing was archived")
+            }
             info.systemIdentifier = String(header.systemIdentifier)
         }
         return try log.archive(input, info: info, jobs: jobs, lockWait: lockWait) {

@@ -14,6 +14,10 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case manifestNotFound(idOrPrefix: String)
     case manifestAmbiguous(prefix: String, candidates: [String])
     case manifestCorrupt(id: String, detail: String)
+    case manifestTooNew(id: String, version: Int, supported: Int)
+    case repositoryTampered(path: String, detail: String)
+    case keyFileNotFound(path: String)
+    case outputFolderMissing(path: String, folder: String)
     case chunkMissing(chunk: String, manifest: String)
     case chunkCorrupt(chunk: String, pack: String, manifest: String, detail: String)
     case packCorrupt(pack: String, detail: String)
@@ -62,6 +66,14 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "'\(prefix)' matches \(candidates.count) backups (\(shown)\(more)); give more of the id"
         case .manifestCorrupt(let id, let detail):
             return "backup \(id) is damaged: \(detail)"
+        case .manifestTooNew(let id, let version, let supported):
+            return "backup \(id) has manifest format version \(version), but this dbbackup reads versions up to \(supported); upgrade dbbackup to read it"
+        case .repositoryTampered(let path, let detail):
+            return "repository \(path) was changed outside dbbackup: \(detail); nothing was read or written"
+        case .outputFolderMissing(let path, let folder):
+            return "cannot write \(path): the folder \(folder) does not exist; create it or choose another path"
+        case .keyFileNotFound(let path):
+            return "key file \(path) not found; --key-file takes the file that holds the repository's key"
         case .chunkMissing(let chunk, let manifest):
             return "backup \(manifest) needs chunk \(chunk), which is in no pack of this repository; run `dbbackup dedup verify` to see every damaged backup"
         case .chunkCorrupt(let chunk, let pack, let manifest, let detail):
@@ -77,7 +89,7 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
         case .shortRead(let path):
             return "\(path) ends before the data it should hold (truncated?)"
         case .unsupportedRepository(let path, let detail):
-            return "repository \(path) uses \(detail), which this dbbackup does not support; use a dbbackup that does"
+            return "repository \(path) uses \(detail), which this dbbackup does not support; upgrade dbbackup"
         case .index(let detail):
             return "chunk index: \(detail)"
         case .locked(let detail):

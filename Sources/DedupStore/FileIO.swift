@@ -180,8 +180,17 @@ public enum FileIO {
     }
 
     /// Writes a small file atomically: temporary name, fsync, rename, fsync folder.
+    /// Throws `outputFolderMissing` when the folder `path` goes into is not there
+    /// (before a temporary name beside it would be the one a message names).
+    public static func requireFolder(of path: String) throws {
+        let dir = parent(path)
+        let folder = dir.isEmpty ? "." : dir
+        guard isDirectory(folder) else { throw DedupError.outputFolderMissing(path: path, folder: folder) }
+    }
+
     public static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
         let dir = parent(path)
+        try requireFolder(of: path)
         let tmp = path + ".tmp-\(getpid())-\(Hex.encode(SecureRandom.bytes(4)))"
         let fd = try open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
         var open = true

@@ -1,5 +1,19 @@
 import Foundation
 
+/// What a backup holds: the values of a manifest's `kind`.
+public enum BackupKind: String, CaseIterable, Codable, Sendable {
+    /// A database dump (backup-db, or `backup` with --db-name or --db-type).
+    case dump
+    /// A PostgreSQL base backup (pg_basebackup tar).
+    case basebackup
+    /// Any other file or stream.
+    case file
+    /// One archived PostgreSQL WAL file.
+    case wal
+    /// One archived MySQL/MariaDB binlog.
+    case binlog
+}
+
 /// A committed backup: `manifests/<id>.manifest.json`, readable with jq. The chunk
 /// list itself lives beside it in a compact binary object, named and checksummed here.
 public struct Manifest: Codable, Equatable, Sendable {
@@ -117,7 +131,7 @@ public struct Manifest: Codable, Equatable, Sendable {
 
     /// The kinds of archived log files (one manifest per WAL file or binlog):
     /// not backups of their own, they extend the base backups and dumps.
-    public static let logKinds: Set<String> = ["wal", "binlog"]
+    public static let logKinds: Set<String> = [BackupKind.wal.rawValue, BackupKind.binlog.rawValue]
     public var isLogFile: Bool { Self.logKinds.contains(kind) }
 
     public static func key(for id: String) -> String { "manifests/\(id).manifest.json" }
@@ -130,12 +144,14 @@ public struct Manifest: Codable, Equatable, Sendable {
     }
 
     static func decode(_ bytes: [UInt8], id: String) throws -> Manifest {
+        struct Version: Decodable { var formatVersion: Int }
         do {
-            let m = try JSONDecoder().decode(Manifest.self, from: Data(bytes))
-            guard m.formatVersion <= currentVersion else {
-                throw DedupError.manifestCorrupt(id: id, detail: "manifest format \(m.formatVersion) is newer than this dbbackup reads; upgrade dbbackup")
+            // The version first: a newer format may not decode as this one.
+            let version = try JSONDecoder().decode(Version.self, from: Data(bytes)).formatVersion
+            guard version <= currentVersion else {
+                throw DedupError.manifestTooNew(id: id, version: version, supported: currentVersion)
             }
-            return m
+            return try JSONDecoder().decode(Manifest.self, from: Data(bytes))
         } catch let e as DedupError {
             throw e
         } catch {

@@ -110,10 +110,10 @@ public final class Repository {
             // A plain config beside key objects: someone turned encryption off by
             // editing the config. New data would go out in plaintext: refused.
             if try !backend.list(WrappedKey.folder).isEmpty {
-                throw DedupError.unsupportedRepository(path: path, detail: "its config says unencrypted but keys/ holds key objects: the config was changed; restore it")
+                throw DedupError.repositoryTampered(path: path, detail: "its config says it is not encrypted, but keys/ holds key objects; put its original config back")
             }
             if key != nil {
-                throw DedupError.invalidArgument("repository \(path) is not encrypted, but a key was given (--key-file or DBBACKUP_DEDUP_KEY); drop the key, or back up into an encrypted repository")
+                throw DedupError.invalidArgument("repository \(path) is not encrypted, but a key was given (--key-file or DBBACKUP_DEDUP_KEY); drop the key: it is only for encrypted repositories")
             }
         }
     }
@@ -157,7 +157,7 @@ public final class Repository {
     static func unwrapMaster(backend: LocalBackend, secret: [UInt8], repositoryID: String, path: String) throws -> ([UInt8], String)? {
         let objects = try backend.list(WrappedKey.folder).filter { $0.key.hasSuffix(".json") }
         guard !objects.isEmpty else {
-            throw DedupError.unsupportedRepository(path: path, detail: "encrypted, but it holds no key object (keys/ is empty)")
+            throw DedupError.repositoryTampered(path: path, detail: "its config says it is encrypted, but keys/ holds no key object; put its key objects back")
         }
         for object in objects {
             guard let bytes = try backend.get(object.key), let wrapped = try? JSONDecoder().decode(WrappedKey.self, from: Data(bytes)) else { continue }
@@ -375,8 +375,10 @@ public final class Repository {
             do {
                 out.append(try loadManifest(id))
             } catch let e as DedupError {
-                if case .manifestCorrupt = e { notice("skipping \(e.message)"); continue }
-                throw e
+                switch e {
+                case .manifestCorrupt, .manifestTooNew: notice("skipping \(e.message)"); continue
+                default: throw e
+                }
             }
         }
         return out.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }

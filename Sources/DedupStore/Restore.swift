@@ -278,6 +278,7 @@ public final class Restorer {
             if !overwrite && FileIO.exists(path) {
                 throw DedupError.invalidArgument("\(path) already exists; remove it or pass --force to replace it")
             }
+            try FileIO.requireFolder(of: path)
             let dir = FileIO.parent(path)
             let name = FileIO.lastComponent(path)
             let tmp = (dir.isEmpty ? "." : dir) + "/.\(name).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"

@@ -35,7 +35,7 @@ struct DedupBackup: ParsableCommand {
     @Option(help: "Database host the dump came from.")
     var dbHost: String?
 
-    @Flag(help: "Decompress gzip (.gz) or zstd (.zst) input first, so that its contents deduplicate.")
+    @Flag(help: "Decompress gzip (.gz) or zstd (.zst) input first, so that its contents deduplicate (restore then gives the decompressed stream).")
     var decompressInput = false
 
     @Flag(help: "Run the command given after -- and back up its output; nothing is committed unless it exits 0.")

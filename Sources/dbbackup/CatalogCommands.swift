@@ -49,7 +49,8 @@ struct CatalogCommand: ParsableCommand {
         abstract: "The SQLite catalog of backups: list, search, stats, gaps, sync.",
         discussion: """
         The catalog lives beside the chunk index in the local cache folder
-        (<cache>/catalog.sqlite) and is brought in step with the manifests, which
+        (<cache root>/<repository id>-<hash>/catalog.sqlite, where the cache root is
+        --cache-dir or its default) and is brought in step with the manifests, which
         stay the truth, whenever it is opened. It also records failed backups and
         restores, which leave no manifest, for `dedup metrics` and `status`.
         """,
@@ -59,7 +60,7 @@ struct CatalogCommand: ParsableCommand {
 /// Filters shared by catalog list and search.
 struct CatalogFilterOptions: ParsableArguments {
     @Option(help: "Only backups of this database (or name).") var database: String?
-    @Option(help: ArgumentHelp("Only this kind: dump, basebackup, file, wal, binlog.", valueName: "kind")) var kind: String?
+    @Option(help: ArgumentHelp("Only this kind: dump, basebackup, file, wal, binlog.", valueName: "kind")) var kind: BackupKind?
     @Option(help: ArgumentHelp("Only backups made at or after this time (ISO 8601).", valueName: "time")) var after: String?
     @Option(help: ArgumentHelp("Only backups made before this time.", valueName: "time")) var before: String?
     @Flag(help: "Print JSON.") var json = false
@@ -73,10 +74,21 @@ struct CatalogFilterOptions: ParsableArguments {
     func filter() -> BackupCatalog.Filter {
         var f = BackupCatalog.Filter()
         f.database = database
-        f.kind = kind
+        f.kind = kind?.rawValue
         f.after = after.flatMap(Timestamps.parse)
         f.before = before.flatMap(Timestamps.parse)
         return f
+    }
+
+    /// Says so on stderr when --database names a database the catalog has no
+    /// backup of at all; true when it does.
+    @discardableResult
+    func checkDatabase(_ catalog: BackupCatalog, path: String) throws -> Bool {
+        guard let database else { return true }
+        let known = Set(try catalog.backups().map(\.subject))
+        if known.contains(database) { return true }
+        Terminal.notice(noBackups(of: database, in: path, known: known))
+        return false
     }
 
     func show(_ entries: [BackupCatalog.Entry]) throws {
@@ -98,7 +110,10 @@ struct CatalogList: ParsableCommand {
         try reportingErrors {
             var f = filters.filter()
             f.limit = limit
-            try filters.show(try BackupCatalog(repository: try store.open()).backups(f))
+            let repo = try store.open()
+            let catalog = try BackupCatalog(repository: repo)
+            try filters.checkDatabase(catalog, path: repo.path)
+            try filters.show(try catalog.backups(f))
         }
     }
 }
@@ -179,7 +194,16 @@ struct CatalogGaps: ParsableCommand {
         try reportingErrors {
             let every = parseDuration(interval) ?? 86400
             let slack = tolerance.flatMap(parseDuration) ?? every / 4
-            let gaps = try BackupCatalog(repository: try store.open()).gaps(interval: every, tolerance: slack, database: database)
+            let repo = try store.open()
+            let catalog = try BackupCatalog(repository: repo)
+            if let database {
+                let known = Set(try catalog.backups().filter { !$0.isLogFile }.map(\.subject))
+                guard known.contains(database) else {
+                    Terminal.error(noBackups(of: database, in: repo.path, known: known) + ": it has never been backed up, or --database is mistyped")
+                    throw ExitCode(1)
+                }
+            }
+            let gaps = try catalog.gaps(interval: every, tolerance: slack, database: database)
             if json {
                 try Terminal.json(gaps)
             } else if gaps.isEmpty {

@@ -8,7 +8,7 @@ struct CommitOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A tag to record (repeatable).", valueName: "key=value"))
     var tag: [String] = []
 
-    @Option(help: ArgumentHelp("Backup time to record instead of now (ISO 8601, e.g. 2026-11-21T02:00:00Z).", valueName: "time"))
+    @Option(help: ArgumentHelp("Backup time to record instead of now (ISO 8601, e.g. 2026-11-21T02:00:00Z; without a zone, local time).", valueName: "time"))
     var time: String?
 
     @Flag(name: .customLong("stream-sha256"), help: ArgumentHelp(

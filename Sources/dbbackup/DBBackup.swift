@@ -52,7 +52,7 @@ struct StoreOptions: ParsableArguments {
     var dedupDir: String?
 
     @Option(name: .customLong("cache-dir"), help: ArgumentHelp(
-        "Local cache folder for the chunk index (default: $DBBACKUP_CACHE_DIR, else ~/.cache/dbbackup).", valueName: "dir"))
+        "Local cache folder for the chunk index and catalog (default: $DBBACKUP_CACHE_DIR, else systemd's $CACHE_DIRECTORY/dbbackup, else $XDG_CACHE_HOME/dbbackup, else ~/.cache/dbbackup).", valueName: "dir"))
     var cacheDir: String?
 
     /// The cache root: --cache-dir, else the environment's (see Repository.defaultCacheRoot).
@@ -88,7 +88,7 @@ struct StoreOptions: ParsableArguments {
     /// A key file's bytes, one trailing newline dropped.
     static func readKey(file: String) throws -> [UInt8] {
         let path = expand(file)
-        guard FileIO.exists(path) else { throw DedupError.inputNotFound(path: path) }
+        guard FileIO.exists(path) else { throw DedupError.keyFileNotFound(path: path) }
         var bytes = try FileIO.readFile(path)
         if bytes.last == 0x0A { bytes.removeLast() }
         if bytes.last == 0x0D { bytes.removeLast() }

@@ -9,22 +9,40 @@ struct DedupInit: ParsableCommand {
 
     @OptionGroup var store: StoreOptions
 
-    @Option(help: ArgumentHelp("Average chunk size, a power of two (min is 1/4, max 4x).", valueName: "size"))
+    @Option(help: ArgumentHelp("Average chunk size, a power of two from 4KiB to 16MiB (min is 1/4, max 4x).", valueName: "size"))
     var chunkSize: String = "256KiB"
 
-    @Option(help: ArgumentHelp("zstd level for new chunks (1-19; negative levels are faster).", valueName: "level"))
+    /// zstd's levels that dbbackup accepts: 1 to 22, and the fast ones down to -50.
+    static let compressionLevels = -50...22
+
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "zstd level for new chunks: 1 to 22 (above 19 slow), or -1 to -50 (faster, larger).", valueName: "level"))
     var compression: Int = 3
 
-    @Option(help: ArgumentHelp("Target pack file size.", valueName: "size"))
+    @Option(help: ArgumentHelp("Target pack file size, 1MiB to 1GiB.", valueName: "size"))
     var packSize: String = "32MiB"
 
     @Flag(help: "Encrypt (AES-256-GCM, keyed chunk ids) under the key of --key-file or DBBACKUP_DEDUP_KEY. Keep the key: without it nothing can be restored.")
     var encrypt = false
 
+    /// Bad values are usage errors (exit 64), found before anything is created.
+    func validate() throws {
+        guard let avg = parseSize(chunkSize) else { throw ValidationError("cannot read --chunk-size '\(chunkSize)' (examples: 256KiB, 1MiB)") }
+        do {
+            try ChunkerParameters(average: avg).validate()
+        } catch let e as DedupError {
+            throw ValidationError("--chunk-size: \(e.message)")
+        }
+        guard Self.compressionLevels.contains(compression), compression != 0 else {
+            throw ValidationError("--compression takes a zstd level from 1 to 22, or -1 to -50 (got \(compression))")
+        }
+        guard let pack = parseSize(packSize) else { throw ValidationError("cannot read --pack-size '\(packSize)' (examples: 32MiB, 128MiB)") }
+        guard (1 << 20)...(1 << 30) ~= pack else { throw ValidationError("--pack-size must be between 1MiB and 1GiB (got \(packSize))") }
+    }
+
     func run() throws {
         try reportingErrors {
-            guard let avg = parseSize(chunkSize) else { throw DedupError.invalidArgument("cannot read --chunk-size '\(chunkSize)' (examples: 256KiB, 1MiB)") }
-            guard let pack = parseSize(packSize) else { throw DedupError.invalidArgument("cannot read --pack-size '\(packSize)'") }
+            let avg = parseSize(chunkSize) ?? 0, pack = parseSize(packSize) ?? 0  // validated
             let key = try store.key()
             if encrypt && key == nil {
                 throw DedupError.invalidArgument("--encrypt needs a key: --key-file <file> (e.g. made with: head -c 32 /dev/urandom > dedup.key; chmod 600 dedup.key) or a passphrase in DBBACKUP_DEDUP_KEY")

@@ -161,7 +161,7 @@ struct DedupList: ParsableCommand {
     var database: String?
 
     @Option(help: ArgumentHelp("Only backups of this kind: dump, basebackup, file, wal, binlog (default: all but wal and binlog, which `wal list` and `binlog list` show).", valueName: "kind"))
-    var kind: String?
+    var kind: BackupKind?
 
     @Flag(help: "Print JSON (the manifests).")
     var json = false
@@ -170,9 +170,13 @@ struct DedupList: ParsableCommand {
         try reportingErrors {
             let repo = try store.open()
             var manifests = try repo.manifests()
-            if let database { manifests = manifests.filter { $0.database == database } }
+            if let database {
+                let known = Set(manifests.compactMap(\.database))
+                if !known.contains(database) { Terminal.notice(noBackups(of: database, in: repo.path, known: known)) }
+                manifests = manifests.filter { $0.database == database }
+            }
             let logFiles = manifests.filter(\.isLogFile).count
-            manifests = manifests.filter { m in kind.map { m.kind == $0 } ?? !m.isLogFile }
+            manifests = manifests.filter { m in kind.map { m.kind == $0.rawValue } ?? !m.isLogFile }
             if json {
                 let verified = try repo.verificationRecords()
                 try Terminal.json(manifests.map { ListedBackup(manifest: $0, lastVerification: verified[$0.id]) })
@@ -195,6 +199,16 @@ struct DedupList: ParsableCommand {
         }
     }
 }
+
+/// What a filter by database says when the repository has no backup of it at all
+/// (a typo, or a database never backed up): the ones it has.
+func noBackups(of database: String, in path: String, known: Set<String>) -> String {
+    let names = known.sorted()
+    let shown = names.isEmpty ? "none" : names.prefix(20).joined(separator: ", ") + (names.count > 20 ? ", ..." : "")
+    return "no backups of database '\(database)' at all in \(path) (databases with backups: \(shown))"
+}
+
+extension BackupKind: ExpressibleByArgument {}
 
 /// A manifest's fields plus its last verification, flat, for `list --json`.
 struct ListedBackup: Encodable {

@@ -60,10 +60,10 @@ struct DedupPrune: ParsableCommand {
     @OptionGroup var locking: ExclusiveLockOptions
 
     @Option(help: "Keep the N newest backups.") var keepLast: Int = 0
-    @Option(help: "Keep the newest backup of each of the last N days.") var keepDaily: Int = 0
-    @Option(help: "Keep the newest backup of each of the last N ISO weeks.") var keepWeekly: Int = 0
-    @Option(help: "Keep the newest backup of each of the last N months.") var keepMonthly: Int = 0
-    @Option(help: "Keep the newest backup of each of the last N years.") var keepYearly: Int = 0
+    @Option(help: "Keep the newest backup of each of the N latest days that have one.") var keepDaily: Int = 0
+    @Option(help: "Keep the newest backup of each of the N latest ISO weeks that have one.") var keepWeekly: Int = 0
+    @Option(help: "Keep the newest backup of each of the N latest months that have one.") var keepMonthly: Int = 0
+    @Option(help: "Keep the newest backup of each of the N latest years that have one.") var keepYearly: Int = 0
     @Option(help: "Only backups of this database (or name).") var database: String?
     @Flag(help: "Show what would be kept and deleted; change nothing.") var dryRun = false
     @Flag(help: "Allow a policy that deletes every backup of a database.") var allowEmpty = false
@@ -84,6 +84,12 @@ struct DedupPrune: ParsableCommand {
                                          keepMonthly: keepMonthly, keepYearly: keepYearly)
             let all = try repo.manifests()
             let backups = all.filter { !$0.isLogFile }
+            if let database {
+                let known = Set(backups.map { Retention.group(of: $0) })
+                guard known.contains(database) else {
+                    throw DedupError.invalidArgument(noBackups(of: database, in: repo.path, known: known) + "; nothing was deleted")
+                }
+            }
             let decisions = Retention.decide(database.map { db in backups.filter { Retention.group(of: $0) == db } } ?? backups, policy: policy)
             let deleted = Set(decisions.filter { !$0.keep }.map(\.id))
             // Archived WAL and binlogs: what the backups that stay need.

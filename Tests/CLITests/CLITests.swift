@@ -160,7 +160,9 @@ import Testing
         let dir = tempDir(); defer { removeDir(dir) }
         for size in ["4611686018427387904", "1e30KiB", "100000", "banana", "0"] {
             let r = try CLI.run(["dedup", "init", "--dedup-dir", dir + "/r", "--chunk-size", size])
-            #expect(r.status == 1 && !r.signaled && errorLines(r).count == 1, "\(size): \(r.stderr)")
+            // Usage errors exit 64 (README), with one line saying what is wrong.
+            #expect(r.status == 64 && !r.signaled && r.stderr.split(separator: "\n").filter { $0.hasPrefix("Error: ") }.count == 1,
+                    "\(size): \(r.stderr)")
         }
         #expect(!FileManager.default.fileExists(atPath: dir + "/r/config"))
     }

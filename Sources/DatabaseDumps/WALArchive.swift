@@ -185,8 +185,8 @@ public struct LogArchive {
 
     public func manifestID(_ file: String) -> String { "\(kind)_\(name)_\(file)" }
 
-    public func contains(_ file: String) -> Bool {
-        repository.hasManifest(manifestID(file))
+    public func contains(_ file: String) throws -> Bool {
+        try repository.hasManifest(manifestID(file))
     }
 
     public enum Outcome {
@@ -228,7 +228,7 @@ public struct LogArchive {
     /// nil when `file` is not archived yet; `.alreadyArchived` when it is, with
     /// this content; an error when it is, with other content.
     private func compareWithArchived(id: String, file: String, input: ArchivedFileInput) throws -> Outcome? {
-        guard contains(file) else { return nil }
+        guard try contains(file) else { return nil }
         let existing = try repository.loadManifest(id)
         guard existing.size == Int64(input.size), existing.sha256 == repository.recordedStreamDigest(try input.digest()) else {
             throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes; this one: \(input.size) bytes). Two servers may be archiving under one name: give each its own --name")
@@ -238,7 +238,7 @@ public struct LogArchive {
 
     /// Restores `file` to `path`; false when the archive does not hold it.
     public func restore(file: String, to path: String, jobs: Int? = nil) throws -> Bool {
-        guard contains(file) else { return false }
+        guard try contains(file) else { return false }
         let restorer = Restorer(repository: repository)
         if let jobs { restorer.jobs = jobs }
         try restorer.restore(manifestID(file), to: .file(path: path, overwrite: true))

@@ -99,7 +99,7 @@ public final class BackupSession {
         let started = Date()
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
         defer { lock.release() }
-        let leftovers = repository.backend.removeDeadTemporaries()
+        let leftovers = repository.backend.removeAbandonedWrites(all: false)
         if leftovers > 0 { repository.notice("removed \(leftovers) temporary file(s) left by interrupted runs") }
         let index = try repository.index()
         var bloom = try repository.bloom()
@@ -121,7 +121,12 @@ public final class BackupSession {
         slotStorage.initialize(repeating: Slot(), count: slotCapacity)
         defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
 
-        let chunkList = try ChunkListWriter(backend: backend, cipher: repository.cipher)
+        // The list's key is the first free one, found when it is committed: the
+        // id's own, or with a random part for a fixed id (two runs racing for a
+        // fixed id never share a list; the manifest decides).
+        let baseID = options.fixedID ?? (Timestamps.idStamp(options.time) + "_" + Self.sanitize(options.name))
+        let chunkList = try ChunkListWriter(backend: backend, key: options.fixedID.map { Self.fixedChunkListKey($0) }
+                                            ?? Manifest.chunkListKey(for: baseID), cipher: repository.cipher)
         var pack: PackWriter?
         var pending = Set<ChunkID>()
         var completeness = DumpCompleteness()
@@ -288,20 +293,17 @@ public final class BackupSession {
         let list: (key: String, sha256: String, size: Int64)
         do {
             if let fixed = options.fixedID {
-                // A fixed id: its chunk list under a name of its own, so that two
-                // runs racing for the id never share a list; the manifest decides.
-                if repository.hasManifest(fixed) { throw DedupError.backupExists(id: fixed) }
+                if try repository.hasManifest(fixed) { throw DedupError.backupExists(id: fixed) }
                 id = fixed
-                let key = "manifests/\(fixed).\(Hex.encode(SecureRandom.bytes(4))).chunks"
-                list = try chunkList.finish { _ in key }
+                let first = chunkList.key
+                list = try chunkList.finish { attempt in attempt == 0 ? first : Self.fixedChunkListKey(fixed) }
             } else {
-                let base = Timestamps.idStamp(options.time) + "_" + Self.sanitize(options.name)
-                let existing = Set(try repository.manifestIDs())
-                func candidate(_ n: Int) -> String { n == 0 ? base : "\(base)_\(n + 1)" }
+                func candidate(_ n: Int) -> String { n == 0 ? baseID : "\(baseID)_\(n + 1)" }
                 var n = 0
-                // Skip ids whose manifest exists even if its chunk list was lost.
+                // Skip ids whose manifest exists even if its chunk list was lost:
+                // one lookup per id tried, however many backups the repository has.
                 list = try chunkList.finish { _ in
-                    while existing.contains(candidate(n)) { n += 1 }
+                    while try repository.hasManifest(candidate(n)) { n += 1 }
                     defer { n += 1 }
                     return Manifest.chunkListKey(for: candidate(n))
                 }
@@ -324,7 +326,7 @@ public final class BackupSession {
         FaultInjection.crashPoint("backup.before-manifest")
         do {
             try backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)
-        } catch DedupError.io(_, _, EEXIST) where options.fixedID != nil {
+        } catch let e as DedupError where e.storageFailure == .alreadyExists && options.fixedID != nil {
             // Another run committed this id first; our chunk list is nobody's.
             try? backend.delete(list.key)
             throw DedupError.backupExists(id: id)
@@ -339,6 +341,9 @@ public final class BackupSession {
         }
         return manifest
     }
+
+    /// A fixed id's chunk list: a name of its own for each run.
+    static func fixedChunkListKey(_ id: String) -> String { "manifests/\(id).\(Hex.encode(SecureRandom.bytes(4))).chunks" }
 
     /// Manifest ids keep letters, digits, '.', '-' and '_'; anything else becomes '-'.
     public static func sanitize(_ name: String) -> String {

@@ -165,7 +165,7 @@ public struct WrappedKey: Codable, Sendable {
     }
 
     /// Writes this key object under a new random name.
-    func store(in backend: LocalBackend) throws {
+    func store(in backend: Backend) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try backend.put(Self.folder + Hex.encode(SecureRandom.bytes(8)) + ".json", Array(try enc.encode(self)) + [0x0A], ifAbsent: true)

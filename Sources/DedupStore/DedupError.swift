@@ -23,6 +23,8 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case packCorrupt(pack: String, detail: String)
     case streamChecksumMismatch(manifest: String, expected: String, actual: String)
     case io(operation: String, path: String, errno: Int32)
+    /// A repository object could not be stored, read, listed or deleted.
+    case storage(BackendError)
     case compression(String)
     case shortRead(path: String)
     case unsupportedRepository(path: String, detail: String)
@@ -84,6 +86,8 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "restored data of backup \(manifest) came out as \(actual), but the backup recorded \(expected); the output was not kept"
         case .io(let operation, let path, let code):
             return "\(operation) \(path) failed: \(String(cString: strerror(code)))"
+        case .storage(let e):
+            return e.message
         case .compression(let detail):
             return "compression failed: \(detail)"
         case .shortRead(let path):
@@ -114,6 +118,6 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     /// True when the failure is the disk filling up, so callers can say so plainly.
     public var isNoSpace: Bool {
         if case .io(_, _, let code) = self { return code == ENOSPC || code == EDQUOT }
-        return false
+        return storageFailure == .noSpace
     }
 }

@@ -4,11 +4,10 @@ import Foundation
 ///
 /// `DBBACKUP_FAULT_CRASH_AT=<point>` ends the process at once (`_exit(137)`, as if
 /// killed with SIGKILL: no cleanup, no flush) when the code reaches that point.
-/// `DBBACKUP_FAULT_ENOSPC_AFTER=<bytes>` makes object writes fail with ENOSPC once
-/// that many bytes have been written by this process.
+/// `DBBACKUP_FAULT_ENOSPC_AFTER=<bytes>` makes repository writes fail with ENOSPC once
+/// that many bytes have been written by this process (through `FaultyBackend`).
 /// Neither is set in normal use; docs/TESTING.md lists the points.
 public enum FaultInjection {
-    nonisolated(unsafe) private static var written: Int64 = 0
     private static let crashPoint: String? = ProcessInfo.processInfo.environment["DBBACKUP_FAULT_CRASH_AT"]
     private static let enospcAfter: Int64? = ProcessInfo.processInfo.environment["DBBACKUP_FAULT_ENOSPC_AFTER"].flatMap { Int64($0) }
 
@@ -17,10 +16,10 @@ public enum FaultInjection {
         if crashPoint == name { _exit(137) }
     }
 
-    /// Throws ENOSPC if the write budget of the fault hook is used up.
-    static func chargeWrite(_ count: Int, path: String) throws {
-        guard let limit = enospcAfter else { return }
-        written += Int64(count)
-        if written > limit { throw DedupError.io(operation: "write", path: path, errno: ENOSPC) }
+    /// `backend`, inside a `FaultyBackend` that runs out of space when the ENOSPC
+    /// hook is set.
+    static func wrap(_ backend: Backend) -> Backend {
+        guard let enospcAfter else { return backend }
+        return FaultyBackend(backend, faults: [.failWrites(afterBytes: enospcAfter, failure: .noSpace)])
     }
 }

@@ -68,7 +68,7 @@ public final class GarbageCollector {
         if !dryRun {
             // Leftovers of processes that died while writing (nothing else can be
             // writing: gc holds the exclusive lock).
-            for obj in try repository.backend.list("tmp/") { try repository.backend.delete(obj.key) }
+            repository.backend.removeAbandonedWrites(all: true)
             try repository.saveBloom(try repository.freshBloom())
         }
         report.durationSeconds = Date().timeIntervalSince(started)

@@ -51,8 +51,6 @@ public final class RepositoryLock {
     private let backend: Backend
     public let key: String
     private var held = false
-    /// The lock's file, for removal on SIGINT/SIGTERM (local backend only).
-    private var localPath: String? { (backend as? LocalBackend)?.path(key) }
 
     /// Takes a lock of `kind`, or throws `.locked` naming whoever conflicts. With
     /// `wait` > 0 it retries every two seconds for that long while the conflicting
@@ -77,7 +75,7 @@ public final class RepositoryLock {
             if publish {
                 try backend.put(key, body, ifAbsent: true)
                 held = true
-                if let localPath { InterruptCleanup.register(localPath) }
+                backend.deleteOnInterrupt(key)
             }
             // Publish first, then look: of two racing writers at least one sees the other.
             let conflicts: [LockInfo]
@@ -113,7 +111,7 @@ public final class RepositoryLock {
         if held {
             held = false
             try? backend.delete(key)
-            if let localPath { InterruptCleanup.unregister(localPath) }
+            backend.keepOnInterrupt(key)
         }
     }
 

@@ -198,9 +198,10 @@ public final class ChunkListWriter {
     public private(set) var count = 0
     public private(set) var totalBytes: UInt64 = 0
 
-    /// With `cipher`, the records are sealed in blocks (version 2).
-    public init(backend: Backend, cipher: RepositoryCipher? = nil) throws {
-        object = try backend.create()
+    /// Starts a list to be committed under `key` (or another free key that
+    /// `finish` finds). With `cipher`, the records are sealed in blocks (version 2).
+    public init(backend: Backend, key: String, cipher: RepositoryCipher? = nil) throws {
+        object = try backend.create(key, ifAbsent: true)
         self.cipher = cipher
         var h = BinaryWriter(capacity: ChunkListFormat.headerSize)
         h.append(ChunkListFormat.headerMagic)
@@ -240,7 +241,7 @@ public final class ChunkListWriter {
 
     /// Writes the footer and commits the object under the first free key that
     /// `key(attempt)` gives; returns the key and the object's checksum and size.
-    public func finish(key: (Int) -> String) throws -> (key: String, sha256: String, size: Int64) {
+    public func finish(key: (Int) throws -> String) throws -> (key: String, sha256: String, size: Int64) {
         try sealPending()
         try flush()
         let digest = hasher.finish()
@@ -251,15 +252,22 @@ public final class ChunkListWriter {
         f.append(ChunkListFormat.footerMagic)
         try object.write(f.bytes)
         for attempt in 0..<1000 {
-            let k = key(attempt)
-            if try object.commit(key: k, ifAbsent: true) {
+            let k = try key(attempt)
+            if k != object.key { try object.retarget(to: k) }
+            do {
+                try object.commit()
                 return (k, digest.hex, object.bytesWritten)
+            } catch let e as DedupError where e.storageFailure == .alreadyExists {
+                continue
             }
         }
         throw DedupError.invalidArgument("could not find a free backup id after 1000 attempts")
     }
 
     public func abort() { object.abort() }
+
+    /// The key the list goes to unless `finish` finds it taken.
+    public var key: String { object.key }
 }
 
 /// Streams a chunk list, after checking its framing and checksum.

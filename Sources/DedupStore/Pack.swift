@@ -148,7 +148,7 @@ public final class PackWriter {
     public init(backend: Backend, cipher: RepositoryCipher? = nil) throws {
         id = PackID.random()
         self.cipher = cipher
-        object = try backend.create()
+        object = try backend.create(id.key, ifAbsent: true)
         var header = BinaryWriter(capacity: PackFormat.headerSize)
         header.append(PackFormat.headerMagic)
         header.append(PackFormat.version)
@@ -281,7 +281,9 @@ public final class PackWriter {
         try append(f.bytes[...])
         try flush()
         FaultInjection.crashPoint("pack.before-commit")
-        guard try object.commit(key: id.key, ifAbsent: true) else {
+        do {
+            try object.commit()
+        } catch let e as DedupError where e.storageFailure == .alreadyExists {
             throw DedupError.packCorrupt(pack: id.hex, detail: "a pack with this random name already exists")
         }
         return entries

@@ -14,9 +14,10 @@ import Foundation
 /// (`cacheDirectory`), rebuilt from the pack trailers when lost: the repository
 /// itself can be read-only, on NFS, or shared by several hosts.
 public final class Repository {
-    public let backend: LocalBackend
+    public let backend: Backend
     public let config: RepositoryConfig
-    public let path: String
+    /// Where the repository is, for messages: its backend's location.
+    public var path: String { backend.location }
     /// This repository's cache folder: index.lmdb, bloom, gc scratch files.
     public let cacheDirectory: String
     private var chunkIndex: ChunkIndex?
@@ -32,16 +33,26 @@ public final class Repository {
         onNotice?(message)
     }
 
-    /// The folders of a repository (each also created when first needed).
-    static let folders: Set<String> = ["packs", "manifests", "locks", "tmp", "keys"]
-
-    public static func isRepository(_ path: String) -> Bool {
-        FileIO.exists(path + "/config")
+    /// True when `backend` holds a repository (a config object).
+    public static func isRepository(_ backend: Backend) -> Bool {
+        ((try? backend.exists("config")) ?? false)
     }
 
-    /// Creates a new repository in `path` (absent or empty).
+    /// True when a local folder holds a repository.
+    public static func isRepository(_ path: String) -> Bool { isRepository(LocalBackend(root: path)) }
+
+    /// Creates a new repository in a local folder (absent or empty).
     @discardableResult
     public static func initialize(at path: String, chunker: ChunkerParameters = .default,
+                                  compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize,
+                                  cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
+        try initialize(on: RepositoryLocation(path).makeBackend(), chunker: chunker, compressionLevel: compressionLevel,
+                       packSize: packSize, cacheRoot: cacheRoot, encryptionKey: encryptionKey)
+    }
+
+    /// Creates a new repository on `backend`, which must be empty.
+    @discardableResult
+    public static func initialize(on backend: Backend, chunker: ChunkerParameters = .default,
                                   compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize,
                                   cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
         try chunker.validate()
@@ -49,58 +60,41 @@ public final class Repository {
         guard packSize >= 1 << 20, packSize <= 1 << 30 else {
             throw DedupError.invalidArgument("pack size must be between 1MiB and 1GiB")
         }
-        if isRepository(path) { throw DedupError.repositoryExists(path: path) }
-        guard isEmptyOrSkeleton(path) else { throw DedupError.directoryNotEmpty(path: path) }
-        try FileIO.makeDirectories(path)
-        // Key objects of an interrupted init wrap a master key nothing uses.
-        for leftover in (try? FileManager.default.contentsOfDirectory(atPath: path + "/keys")) ?? [] {
-            try? FileManager.default.removeItem(atPath: path + "/keys/" + leftover)
-        }
-        // The config first: once it exists this is a repository, and every other
-        // folder is created when first needed.
+        if isRepository(backend) { throw DedupError.repositoryExists(path: backend.location) }
+        try backend.prepareForNewRepository()
+        // The config last: once it exists this is a repository.
         let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize,
                                       encrypted: encryptionKey != nil)
-        let backend = LocalBackend(root: path)
         if let encryptionKey {
             // The key object before the config: a repository is never encrypted without one.
-            try FileIO.makeDirectories(path + "/keys")
             try WrappedKey.wrap(SecureRandom.bytes(64), secret: encryptionKey, repositoryID: config.id).store(in: backend)
         }
         try backend.put("config", try config.encoded(), ifAbsent: true)
-        for sub in folders.sorted() where sub != "keys" {  // keys/: encrypted repositories only
-            try FileIO.makeDirectories(path + "/" + sub)
-        }
-        return try Repository(path: path, cacheRoot: cacheRoot, key: encryptionKey)
+        return try Repository(backend: backend, cacheRoot: cacheRoot, key: encryptionKey)
     }
 
-    /// True for a folder that is absent, empty, or holds only the empty folders an
-    /// interrupted `init` leaves: a repository may be created there.
-    public static func isEmptyOrSkeleton(_ path: String) -> Bool {
-        if !FileIO.exists(path) { return true }
-        guard FileIO.isDirectory(path), let entries = try? FileManager.default.contentsOfDirectory(atPath: path) else { return false }
-        return entries.allSatisfy { name in
-            // tmp/ may hold the half-written config of an interrupted init, keys/
-            // the key object of one (removed when init runs again).
-            folders.contains(name) && FileIO.isDirectory(path + "/" + name)
-                && (name == "tmp" || name == "keys" || ((try? FileManager.default.subpathsOfDirectory(atPath: path + "/" + name)) ?? ["?"]).allSatisfy {
-                    FileIO.isDirectory(path + "/" + name + "/" + $0)
-                })
-        }
-    }
+    /// True for a local folder that is absent, empty, or holds only the empty
+    /// folders an interrupted `init` leaves: a repository may be created there.
+    public static func isEmptyOrSkeleton(_ path: String) -> Bool { LocalBackend(root: path).isEmptyOrSkeleton }
 
-    /// Opens an existing repository; a clear error if `path` is not one. The
-    /// cache goes under `cacheRoot` (default: `Repository.defaultCacheRoot()`).
-    /// Opens a repository. An encrypted one opens without `key` too (its manifests
-    /// are readable), but anything that reads or writes data then throws
-    /// `DedupError.keyRequired`; a key that opens none of its key objects is
-    /// `DedupError.wrongKey`.
-    public init(path: String, cacheRoot: String? = nil, key: [UInt8]? = nil) throws {
-        self.path = path
-        backend = LocalBackend(root: path)
+    /// Opens the repository in a local folder.
+    public convenience init(path: String, cacheRoot: String? = nil, key: [UInt8]? = nil) throws {
         guard FileIO.isDirectory(path) else { throw DedupError.notARepository(path: path) }
+        try self.init(backend: RepositoryLocation(path).makeBackend(), cacheRoot: cacheRoot, key: key)
+    }
+
+    /// Opens an existing repository; a clear error if `backend` holds none. The
+    /// cache goes under `cacheRoot` (default: `Repository.defaultCacheRoot()`).
+    /// An encrypted one opens without `key` too (its manifests are readable), but
+    /// anything that reads or writes data then throws `DedupError.keyRequired`; a
+    /// key that opens none of its key objects is `DedupError.wrongKey`.
+    public init(backend: Backend, cacheRoot: String? = nil, key: [UInt8]? = nil) throws {
+        self.backend = backend
+        let path = backend.location
         guard let bytes = try backend.get("config") else { throw DedupError.notARepository(path: path) }
         config = try RepositoryConfig.decode(bytes, path: path)
-        cacheDirectory = Self.cacheDirectory(root: cacheRoot ?? Self.defaultCacheRoot(), repositoryID: config.id, path: path)
+        cacheDirectory = Self.cacheDirectory(root: cacheRoot ?? Self.defaultCacheRoot(), repositoryID: config.id,
+                                             identity: backend.cacheIdentity)
         if config.isEncrypted, let key {
             guard let (master, _) = try Self.unwrapMaster(backend: backend, secret: key, repositoryID: config.id, path: path) else {
                 throw DedupError.wrongKey(path: path)
@@ -136,7 +130,7 @@ public final class Repository {
     }
 
     /// True when a backup holds `id`.
-    public func hasManifest(_ id: String) -> Bool { FileIO.exists(backend.path(Manifest.key(for: id))) }
+    public func hasManifest(_ id: String) throws -> Bool { try backend.exists(Manifest.key(for: id)) }
 
     /// The data cipher of an encrypted repository opened with its key (nil for a
     /// plain one).
@@ -154,7 +148,7 @@ public final class Repository {
     }
 
     /// The master key under `secret`, and the key object that holds it.
-    static func unwrapMaster(backend: LocalBackend, secret: [UInt8], repositoryID: String, path: String) throws -> ([UInt8], String)? {
+    static func unwrapMaster(backend: Backend, secret: [UInt8], repositoryID: String, path: String) throws -> ([UInt8], String)? {
         let objects = try backend.list(WrappedKey.folder).filter { $0.key.hasSuffix(".json") }
         guard !objects.isEmpty else {
             throw DedupError.repositoryTampered(path: path, detail: "its config says it is encrypted, but keys/ holds no key object; put its key objects back")
@@ -193,11 +187,10 @@ public final class Repository {
     /// One folder per repository, path and host: `<repository id>-<hash of the
     /// host name and the real path>`. A copy of a repository elsewhere (same id, other packs) so gets a
     /// cache of its own and never finds chunks that only the original holds.
-    static func cacheDirectory(root: String, repositoryID: String, path: String) -> String {
-        let real = realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? FileIO.absolute(path)
+    static func cacheDirectory(root: String, repositoryID: String, identity: String) -> String {
         // The host too: a cache folder shared between machines (home on NFS) still
         // gives each machine's view of the repository a cache of its own.
-        let tag = SHA256Hasher.hash(Array((LockInfo.currentHost + "\n" + real).utf8)).hex.prefix(12)
+        let tag = SHA256Hasher.hash(Array((LockInfo.currentHost + "\n" + identity).utf8)).hex.prefix(12)
         // The id comes from the repository's config: only hex digits go into a path.
         let id = repositoryID.count == 32 && repositoryID.allSatisfy(\.isHexDigit)
             ? repositoryID : String(SHA256Hasher.hash(Array(repositoryID.utf8)).hex.prefix(32))
@@ -432,28 +425,12 @@ public final class Repository {
         return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait, publish: publish) { [weak self] in self?.notice($0) }
     }
 
-    /// True when the repository's file system is mounted read-only.
-    public var isReadOnly: Bool {
-        var st = statvfs()
-        return statvfs(path, &st) == 0 && (st.f_flag & UInt(ST_RDONLY)) != 0
-    }
+    /// True when the repository's storage is read-only (a read-only mount).
+    public var isReadOnly: Bool { backend.isReadOnly }
 
-    /// Bytes the repository takes on disk (every file in its folder).
-    public func diskUsage() -> Int64 { Self.diskUsage(of: path) }
+    /// Bytes the repository takes in its storage.
+    public func diskUsage() -> Int64 { backend.storageUsage() }
 
     /// Bytes this repository's local cache takes on disk.
-    public func cacheUsage() -> Int64 { Self.diskUsage(of: cacheDirectory) }
-
-    static func diskUsage(of folder: String) -> Int64 {
-        var total: Int64 = 0
-        if let e = FileManager.default.enumerator(atPath: folder) {
-            while let rel = e.nextObject() as? String {
-                var st = stat()
-                if lstat(folder + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
-                    total += Int64(st.st_blocks) * 512
-                }
-            }
-        }
-        return total
-    }
+    public func cacheUsage() -> Int64 { LocalBackend.diskUsage(of: cacheDirectory) }
 }

@@ -99,7 +99,7 @@ final class ChunkFetcher {
             try reader(loc.pack).readStored(loc, id: id, into: buffer)
         } catch let e as DedupError {
             switch e {
-            case .io(_, _, let code) where code == ENOENT:
+            case .storage(let failure) where failure.failure == .notFound:
                 throw corrupt("its pack is missing")
             case .chunkCorrupt(_, _, _, let detail):
                 throw corrupt(detail)

@@ -163,3 +163,11 @@ func storedAnew(_ r: CLI.Result) throws -> (size: Int64, newBytes: Int64) {
     let m = try JSONDecoder().decode(Manifest.self, from: Data(r.stdout))
     return (m.size, m.stats.newBytes)
 }
+
+extension Repository {
+    /// The file of an object of a repository in a local folder (the CLI tests damage
+    /// files on purpose).
+    func localFile(_ key: String) -> String {
+        (backend as? LocalBackend).map { $0.path(key) } ?? key
+    }
+}

@@ -138,7 +138,7 @@ struct SharedPacksFixture {
         try ChunkListReader(backend: repo.backend, manifest: manifest).forEach { id, _ in if first == nil { first = id } }
         let chunk = try #require(first)
         let loc = try #require(try repo.index().lookup(chunk))
-        let pack = repo.backend.path(loc.pack.key)
+        let pack = repo.localFile(loc.pack.key)
         switch damage {
         case .flippedByte:
             let fd = open(pack, O_RDWR)

@@ -15,7 +15,7 @@ import Testing
         }
         let chunk = try #require(first)
         let loc = try #require(try repo.index().lookup(chunk))
-        return (repo.backend.path(loc.pack.key), Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + 50, chunk.hex)
+        return (repo.localFile(loc.pack.key), Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + 50, chunk.hex)
     }
 
     @Test func aCorruptChunkStaysBrokenInVerifyAfterAnIndexRebuildUntilTheNextBackupHealsIt() throws {

@@ -134,7 +134,7 @@ import Testing
         try ChunkListReader(backend: repo.backend, manifest: manifest).forEach { id, _ in if first == nil { first = id } }
         let chunk = try #require(first)
         let loc = try #require(try repo.index().lookup(chunk))
-        let fd = open(repo.backend.path(loc.pack.key), O_RDWR)
+        let fd = open(repo.localFile(loc.pack.key), O_RDWR)
         var byte: UInt8 = 0
         let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + 10
         pread(fd, &byte, 1, at); byte ^= 1; pwrite(fd, &byte, 1, at)

@@ -94,8 +94,8 @@ import Testing
 }
 
 @Suite struct GarbageCollectionTests {
-    @Test func pruneAndGCReclaimSpaceAndKeepTheRest() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func pruneAndGCReclaimSpaceAndKeepTheRest(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let shared = randomBytes(400_000, seed: 1)
         var kept = [(String, [UInt8])]()
@@ -123,8 +123,8 @@ import Testing
         #expect(try backup(repo, kept[1].1, name: "again").stats.newChunks == 0)
     }
 
-    @Test func repackingKeepsLiveChunksOfPartlyDeadPacks() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func repackingKeepsLiveChunksOfPartlyDeadPacks(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir, packSize: 1 << 20)
         let a = randomBytes(3 << 20, seed: 2)
         let first = try backup(repo, a, name: "a")
@@ -148,8 +148,8 @@ import Testing
         try repo.index().forEachChunk { _, loc in #expect(present[loc.pack] != nil) }
     }
 
-    @Test func repackingRegroupsPartlyDeadGroupsAndKeepsWholeOnes() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func repackingRegroupsPartlyDeadGroupsAndKeepsWholeOnes(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir, packSize: 1 << 20)
         // Compressible input: new chunks are stored in groups of ~1 MiB.
         let a = sqlLikeBytes(rows: 120_000, seed: 31)
@@ -228,8 +228,8 @@ import Testing
         }
     }
 
-    @Test func gcKeepsTheIntactCopyOfADuplicatedChunk() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func gcKeepsTheIntactCopyOfADuplicatedChunk(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let data = randomBytes(10_000, seed: 31)  // one chunk
         let m = try backup(repo, data, name: "x")
@@ -242,7 +242,7 @@ import Testing
         let entries = try writer.finish()
         try index.insert(pack: writer.id, size: Int64(writer.size), entries: entries)
         // The first copy is damaged and the index has forgotten the chunk.
-        try flipByte(at: repo.backend.path(first.pack.key), offset: payloadOffset(first) + 5)
+        try dir.flip(first.pack.key, at: payloadOffset(first) + 5)
         try index.dropChunks([id], inPack: writer.id)
         try index.dropChunks([id], inPack: first.pack)
         #expect(try index.lookup(id) == nil)
@@ -253,8 +253,8 @@ import Testing
         #expect(try Verifier(repository: repo).verify(deep: true).ok)
     }
 
-    @Test func gcRefusesWhenABackupIsUnreadable() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func gcRefusesWhenABackupIsUnreadable(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let m = try backup(repo, randomBytes(500_000, seed: 4), name: "x")
         let victim = try backup(repo, randomBytes(500_000, seed: 5), name: "y")
@@ -267,12 +267,12 @@ import Testing
         #expect(try restoreBytes(repo, victim.id, dir: dir) == randomBytes(500_000, seed: 5))
     }
 
-    @Test func verifyNamesBackupsBrokenByAMissingChunk() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func verifyNamesBackupsBrokenByAMissingChunk(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let good = try backup(repo, randomBytes(300_000, seed: 6), name: "good")
         // A manifest whose chunk list names a chunk that was never stored.
-        let list = try ChunkListWriter(backend: repo.backend)
+        let list = try ChunkListWriter(backend: repo.backend, key: Manifest.chunkListKey(for: "2026-01-01_000000_ghost"))
         let ghost = SHA256Hasher.hash([1, 2, 3, 4])
         try list.append(ghost, length: 4)
         let committed = try list.finish { _ in Manifest.chunkListKey(for: "2026-01-01_000000_ghost") }
@@ -293,8 +293,8 @@ import Testing
         #expect(!FileIO.exists(out))
     }
 
-    @Test func backupWaitsForAnExclusiveLockOrFailsClearly() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func backupWaitsForAnExclusiveLockOrFailsClearly(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let gcLock = try repo.lock(.exclusive, command: "gc")
         var options = BackupOptions(name: "waiting", source: "memory")
@@ -303,14 +303,14 @@ import Testing
             (e as? DedupError)?.message.contains("is locked: exclusive lock by 'gc'") == true
         }
         // Released after a second: a backup willing to wait goes through.
-        let path = repo.path
         defer { gcLock.release() }
         let lockKey = gcLock.key
-        let releaser = Thread { Thread.sleep(forTimeInterval: 1); try? LocalBackend(root: path).delete(lockKey) }
+        nonisolated(unsafe) let backend = dir.backend
+        let releaser = Thread { Thread.sleep(forTimeInterval: 1); try? backend.delete(lockKey) }
         releaser.start()
         options.lockWait = 20
         let started = Date()
-        let other = try Repository(path: path)
+        let other = try dir.reopen()
         let m = try BackupSession(repository: other).run(source: BufferSource([1, 2, 3]), options: options)
         #expect(Date().timeIntervalSince(started) >= 0.5)
         #expect(try restoreBytes(other, m.id, dir: dir) == [1, 2, 3])

@@ -3,8 +3,8 @@ import Testing
 @testable import DedupStore
 
 @Suite struct PackTests {
-    func writePack(_ dir: TempDir, chunks: [[UInt8]]) throws -> (LocalBackend, PackID, [PackEntry]) {
-        let backend = LocalBackend(root: dir.path)
+    func writePack(_ dir: TestStore, chunks: [[UInt8]]) throws -> (Backend, PackID, [PackEntry]) {
+        let backend = dir.backend
         let writer = try PackWriter(backend: backend)
         let h = SHA256Hasher()
         for c in chunks {
@@ -16,8 +16,8 @@ import Testing
         return (backend, writer.id, entries)
     }
 
-    @Test func roundTripThroughTrailer() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func roundTripThroughTrailer(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let chunks = (0..<20).map { randomBytes(1000 + $0 * 37, seed: UInt64($0)) }
         let (backend, id, written) = try writePack(dir, chunks: chunks)
         let reader = try PackReader(backend: backend, id: id)
@@ -29,13 +29,13 @@ import Testing
             try reader.readStored(e.location, id: e.id, into: buf)
             #expect(Array(buf[0..<c.count]) == c)
         }
-        // Nothing is left in tmp/ after a commit.
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("tmp")).isEmpty)
+        // Nothing is left unfinished after a commit.
+        #expect(dir.noUnfinishedWrites)
     }
 
-    @Test func groupMembersRoundTripAndShareOneFrame() throws {
-        let dir = TempDir()
-        let backend = LocalBackend(root: dir.path)
+    @Test(arguments: StoreKind.allCases) func groupMembersRoundTripAndShareOneFrame(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
+        let backend = dir.backend
         let writer = try PackWriter(backend: backend)
         let h = SHA256Hasher()
         let single = sqlLikeBytes(rows: 300, seed: 1)
@@ -68,7 +68,7 @@ import Testing
             #expect(Array(out) == m)
         }
         // One flipped byte in the shared frame: every member fails, none decodes to garbage.
-        try flipByte(at: backend.path(writer.id.key), offset: Int64(read[1].location.offset) + Int64(PackFormat.entryHeaderSize) + Int64(n / 2))
+        try dir.flip(writer.id.key, at: Int64(read[1].location.offset) + Int64(PackFormat.entryHeaderSize) + Int64(n / 2))
         for e in read.dropFirst() {
             try reader.readStored(e.location, id: e.id, into: stored)
             #expect(throws: DedupError.self) {
@@ -78,39 +78,37 @@ import Testing
         }
     }
 
-    @Test func truncatedPackIsReported() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func truncatedPackIsReported(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let (backend, id, _) = try writePack(dir, chunks: [randomBytes(5000, seed: 1), randomBytes(5000, seed: 2)])
-        let path = backend.path(id.key)
-        let size = FileIO.fileSize(path) ?? 0
-        #expect(truncate(path, off_t(size - 10)) == 0)
+        let size = try backend.size(id.key) ?? 0
+        try dir.truncate(id.key, to: size - 10)
         #expect { try PackReader(backend: backend, id: id).entries() } throws: { e in
             guard case DedupError.packCorrupt(let pack, let detail) = e else { return false }
             return pack == id.hex && detail.contains("truncated")
         }
     }
 
-    @Test func damagedTrailerIsReported() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func damagedTrailerIsReported(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let (backend, id, _) = try writePack(dir, chunks: [randomBytes(5000, seed: 1), randomBytes(5000, seed: 2)])
-        let path = backend.path(id.key)
-        let size = FileIO.fileSize(path) ?? 0
+        let size = try backend.size(id.key) ?? 0
         // A byte inside the trailer, before the footer.
-        try flipByte(at: path, offset: size - Int64(PackFormat.footerSize) - 20)
+        try dir.flip(id.key, at: size - Int64(PackFormat.footerSize) - 20)
         #expect { try PackReader(backend: backend, id: id).entries() } throws: { e in
             (e as? DedupError)?.message.contains("trailer checksum mismatch") == true
         }
     }
 
-    @Test func abortLeavesNothing() throws {
-        let dir = TempDir()
-        let backend = LocalBackend(root: dir.path)
+    @Test(arguments: StoreKind.allCases) func abortLeavesNothing(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
+        let backend = dir.backend
         let writer = try PackWriter(backend: backend)
         let c = randomBytes(1000, seed: 1)
         _ = try c.withUnsafeBytes { try writer.add(id: SHA256Hasher.hash(c), rawLength: 1000, encoding: .raw, payload: $0) }
         writer.abort()
         #expect(try backend.list("packs/").isEmpty)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("tmp")).isEmpty)
+        #expect(dir.noUnfinishedWrites)
     }
 }
 

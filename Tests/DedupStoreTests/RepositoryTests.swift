@@ -3,8 +3,8 @@ import Testing
 @testable import DedupStore
 
 @Suite struct RepositoryTests {
-    @Test func backupAndRestoreAreByteForByte() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func backupAndRestoreAreByteForByte(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         for (i, data) in [randomBytes(3 << 20, seed: 1), sqlLikeBytes(rows: 40_000, seed: 2), [], [42]].enumerated() {
             // With and without the optional whole-stream digest.
@@ -18,22 +18,22 @@ import Testing
         #expect(report.manifestsChecked == 4)
         // The index recorded every pack as it is on disk: a new process has
         // nothing to repair.
-        let reopened = try Repository(path: repo.path)
+        let reopened = try dir.reopen()
         _ = try reopened.index()
         _ = try reopened.bloom()
         #expect(reopened.notices.isEmpty, "\(reopened.notices)")
     }
 
-    @Test func recordedStreamDigestIsChecked() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func recordedStreamDigestIsChecked(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let data = sqlLikeBytes(rows: 5_000, seed: 9)
         let m = try backup(repo, data, name: "s", streamSHA256: true)
-        let path = repo.backend.path(Manifest.key(for: m.id))
-        let text = String(decoding: try FileIO.readFile(path), as: UTF8.self)
+        let key = Manifest.key(for: m.id)
+        let text = String(decoding: try #require(try repo.backend.get(key)), as: UTF8.self)
         let forged = text.replacingOccurrences(of: m.sha256 ?? "?", with: String(repeating: "0", count: 64))
         #expect(forged != text)
-        try Data(forged.utf8).write(to: URL(fileURLWithPath: path))
+        try dir.rewrite(key, Array(forged.utf8))
         let out = dir.sub("out")
         #expect { try Restorer(repository: repo).restore(m.id, to: .file(path: out, overwrite: false)) } throws: { e in
             guard case DedupError.streamChecksumMismatch = e else { return false }
@@ -72,8 +72,8 @@ import Testing
         #expect(packBytes[1] == packBytes[0] && packBytes[2] == packBytes[0])
     }
 
-    @Test func secondBackupOfSameDataStoresNothingNew() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func secondBackupOfSameDataStoresNothingNew(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let data = sqlLikeBytes(rows: 30_000, seed: 3)
         let first = try backup(repo, data, name: "night1")
@@ -90,8 +90,8 @@ import Testing
         #expect(try restoreBytes(repo, third.id, dir: dir) == edited)
     }
 
-    @Test func duplicatesWithinOneBackupAreStoredOnce() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func duplicatesWithinOneBackupAreStoredOnce(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let block = randomBytes(1 << 20, seed: 4)
         // 1 MiB of zeros cuts into max-size chunks that are all the same.
@@ -101,8 +101,8 @@ import Testing
         #expect(try restoreBytes(repo, m.id, dir: dir) == data)
     }
 
-    @Test func idsArePrefixResolvableAndUnique() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func idsArePrefixResolvableAndUnique(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let t = try #require(Timestamps.parse("2026-11-21T02:00:00Z"))
         let a = try backup(repo, [1, 2, 3], name: "mydb", time: t)
@@ -141,8 +141,8 @@ import Testing
         }
     }
 
-    @Test func corruptChunkFailsRestoreNamingChunkAndPackAndLeavesNoFile() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func corruptChunkFailsRestoreNamingChunkAndPackAndLeavesNoFile(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let data = randomBytes(2 << 20, seed: 5)
         let m = try backup(repo, data, name: "victim")
@@ -152,7 +152,7 @@ import Testing
         try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in if victimChunk == nil { victimChunk = id } }
         let chunk = try #require(victimChunk)
         let loc = try #require(try repo.index().lookup(chunk))
-        try flipByte(at: repo.backend.path(loc.pack.key), offset: payloadOffset(loc) + 100)
+        try dir.flip(loc.pack.key, at: payloadOffset(loc) + 100)
 
         let out = dir.sub("out.sql")
         #expect { try Restorer(repository: repo).restore(m.id, to: .file(path: out, overwrite: false)) } throws: { e in
@@ -177,8 +177,8 @@ import Testing
 
     /// Issue 12, defect 1: an index rebuild (or another host's cache) must not bring
     /// back a copy verify found corrupt; quick verify and restore name it.
-    @Test func corruptChunkStaysOutOfTheIndexAfterARebuild() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func corruptChunkStaysOutOfTheIndexAfterARebuild(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let data = randomBytes(2 << 20, seed: 51)
         let m = try backup(repo, data, name: "victim")
@@ -186,9 +186,9 @@ import Testing
         try ChunkListReader(backend: repo.backend, manifest: m).forEach { id, _ in if first == nil { first = id } }
         let chunk = try #require(first)
         let loc = try #require(try repo.index().lookup(chunk))
-        try flipByte(at: repo.backend.path(loc.pack.key), offset: payloadOffset(loc) + 100)
+        try dir.flip(loc.pack.key, at: payloadOffset(loc) + 100)
         #expect(try Verifier(repository: repo).verify(deep: true).damagedManifests == [m.id])
-        #expect(FileIO.exists(repo.backend.path(DamagedPackRecord.key(for: loc.pack))))
+        #expect(try repo.backend.exists(DamagedPackRecord.key(for: loc.pack)))
 
         func restoreFailsNamingTheCorruptCopy(_ r: Repository) {
             #expect { try Restorer(repository: r).restore(m.id, to: .file(path: dir.sub("out"), overwrite: true)) } throws: { e in
@@ -206,13 +206,13 @@ import Testing
         #expect(quick.problems.contains { $0.message.contains("is corrupt") && $0.chunk == chunk.hex })
         restoreFailsNamingTheCorruptCopy(repo)
         try FileManager.default.removeItem(atPath: repo.cacheDirectory)
-        let fresh = try Repository(path: repo.path)
+        let fresh = try dir.reopen()
         #expect(try fresh.index().lookup(chunk) == nil)
         #expect(try Verifier(repository: fresh).verify(deep: false).damagedManifests == [m.id])
         // A cache that indexed the copy before verify found it (another host's) drops it on open.
-        let other = try Repository(path: repo.path, cacheRoot: dir.sub("other-cache"))
+        let other = try dir.reopen(cacheRoot: dir.sub("other-cache"))
         try other.index().point([PackEntry(id: chunk, location: loc)])
-        let reopened = try Repository(path: repo.path, cacheRoot: dir.sub("other-cache"))
+        let reopened = try dir.reopen(cacheRoot: dir.sub("other-cache"))
         #expect(try reopened.index().lookup(chunk) == nil)
         // The next backup of the same data stores the chunk again and heals the backup.
         let healed = try backup(fresh, data, name: "again")
@@ -227,20 +227,18 @@ import Testing
         #expect(try fresh.damagedChunks().isEmpty)
     }
 
-    @Test func lostIndexIsRebuiltFromPacks() throws {
-        let dir = TempDir()
-        let path: String
+    @Test(arguments: StoreKind.allCases) func lostIndexIsRebuiltFromPacks(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let cache: String
         let ids: [String]
         do {
             let repo = try makeRepository(dir)
-            path = repo.path
             cache = repo.cacheDirectory
             ids = [try backup(repo, randomBytes(2 << 20, seed: 7), name: "a").id,
                    try backup(repo, sqlLikeBytes(rows: 10_000, seed: 8), name: "b").id]
         }
         try FileManager.default.removeItem(atPath: cache)
-        let repo = try Repository(path: path)
+        let repo = try dir.reopen()
         #expect(try restoreBytes(repo, ids[0], dir: dir) == randomBytes(2 << 20, seed: 7))
         #expect(repo.notices.contains { $0.contains("rebuilding") })
         // Dedup still works against the rebuilt index and filter.
@@ -251,33 +249,32 @@ import Testing
         #expect(try Verifier(repository: repo).verify(deep: true).ok)
     }
 
-    @Test func overlappingBackupsKeepTheBloomFilterHonest() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func overlappingBackupsKeepTheBloomFilterHonest(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let a = try makeRepository(dir)
         try backup(a, [1])
         // B loads its filter before A's backup and saves after it, as two
         // overlapping nightly jobs would.
-        let b = try Repository(path: a.path)
+        let b = try dir.reopen()
         _ = try b.bloom()
         let x = randomBytes(1 << 20, seed: 21), y = randomBytes(1 << 20, seed: 22)
         try backup(a, x, name: "x")
         try backup(b, y, name: "y")
-        let c = try Repository(path: a.path)
+        let c = try dir.reopen()
         #expect(try backup(c, x, name: "x-again").stats.newChunks == 0, "A's chunks must not be stored again")
         #expect(try backup(c, y, name: "y-again").stats.newChunks == 0)
     }
 
-    @Test func truncatedPackIsForgottenAndItsChunksStoredAgain() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func truncatedPackIsForgottenAndItsChunksStoredAgain(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let data = randomBytes(600_000, seed: 23)
         let first = try backup(repo, data, name: "first")
         let pack = try #require(try repo.listPacks().keys.first)
-        let path = repo.backend.path(pack.key)
-        #expect(truncate(path, off_t((FileIO.fileSize(path) ?? 0) / 2)) == 0)
+        try dir.truncate(pack.key, to: (try repo.backend.size(pack.key) ?? 0) / 2)
         // The next night: the index no longer trusts the truncated pack, so the
         // same data is stored again and the new backup restores.
-        let next = try Repository(path: repo.path)
+        let next = try dir.reopen()
         let second = try backup(next, data, name: "second")
         #expect(second.stats.newChunks == second.stats.chunks)
         #expect(next.notices.contains { $0.contains("changed size") })
@@ -297,8 +294,8 @@ import Testing
         #expect(FileIO.absolute("rel").hasSuffix("/rel") && FileIO.absolute("rel").hasPrefix("/"))
     }
 
-    @Test func packWrittenButNotIndexedIsPickedUp() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func packWrittenButNotIndexedIsPickedUp(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         try backup(repo, [1, 2, 3])
         // Write a pack behind the index's back, as a crash between pack commit and
@@ -308,13 +305,13 @@ import Testing
         let id = SHA256Hasher.hash(data)
         _ = try data.withUnsafeBytes { try writer.add(id: id, rawLength: data.count, encoding: .raw, payload: $0) }
         _ = try writer.finish()
-        let reopened = try Repository(path: repo.path)
+        let reopened = try dir.reopen()
         #expect(try reopened.index().lookup(id) != nil)
         #expect(reopened.notices.contains { $0.contains("missing from the index") })
     }
 
-    @Test func truncatedPlainDumpIsRefused() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func truncatedPlainDumpIsRefused(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let dump = sqlLikeBytes(rows: 20_000, seed: 10)
         let cut = Array(dump[0..<(dump.count * 2 / 3)])
@@ -330,8 +327,8 @@ import Testing
         #expect(throws: Never.self) { try backup(repo, cut, name: "cut-allowed", checkDump: false) }
     }
 
-    @Test func sharedLocksCoexistExclusiveConflicts() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func sharedLocksCoexistExclusiveConflicts(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let a = try repo.lock(.shared, command: "backup a")
         let b = try repo.lock(.shared, command: "backup b")
@@ -345,8 +342,8 @@ import Testing
         #expect(try RepositoryLock.list(repo.backend).isEmpty)
     }
 
-    @Test func oldLocksFromOtherHostsAreStale() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func oldLocksFromOtherHostsAreStale(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let enc = JSONEncoder()
         let old = LockInfo(kind: .exclusive, hostname: "elsewhere", pid: 1, startedAt: "2020-01-01T00:00:00Z", command: "gc")
@@ -358,11 +355,11 @@ import Testing
         }
     }
 
-    @Test func damagedChunkListIsDetected() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func damagedChunkListIsDetected(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let m = try backup(repo, randomBytes(500_000, seed: 11), name: "x")
-        try flipByte(at: repo.backend.path(m.chunkList.key), offset: 20)
+        try dir.flip(m.chunkList.key, at: 20)
         #expect { try restoreBytes(repo, m.id, dir: dir) } throws: { e in
             guard case DedupError.manifestCorrupt(let id, let detail) = e else { return false }
             return id == m.id && detail.contains("checksum")
@@ -370,13 +367,13 @@ import Testing
         #expect(try Verifier(repository: repo).verify(deep: false).damagedManifests == [m.id])
     }
 
-    @Test func missingPackIsReportedByVerifyAndRestore() throws {
-        let dir = TempDir()
+    @Test(arguments: StoreKind.allCases) func missingPackIsReportedByVerifyAndRestore(store kind: StoreKind) throws {
+        let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let m = try backup(repo, randomBytes(3 << 20, seed: 12), name: "x")
         let pack = try #require(try repo.listPacks().keys.first)
         try repo.backend.delete(pack.key)
-        let reopened = try Repository(path: repo.path)
+        let reopened = try dir.reopen()
         let report = try Verifier(repository: reopened).verify(deep: false)
         #expect(report.damagedManifests == [m.id])
         #expect(throws: DedupError.self) { try restoreBytes(reopened, m.id, dir: dir) }

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 @testable import DedupStore
 
 /// Deterministic pseudo-random bytes (SplitMix64), so failures reproduce.
@@ -57,6 +58,91 @@ func makeRepository(_ dir: TempDir, packSize: Int = 1 << 20) throws -> Repositor
     try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, compressionLevel: 3, packSize: packSize)
 }
 
+/// The backends the store's tests run on.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// A folder on disk.
+    case local
+    /// In memory: no repository folder on disk at all (the cache still is).
+    case memory
+
+    var testDescription: String { rawValue }
+}
+
+/// Where a test's repository lives, and a temporary folder for what the test
+/// writes beside it (restored files, other caches). Damage is done through the
+/// backend's own means, so that a test reads the same on both kinds.
+final class TestStore {
+    let kind: StoreKind
+    let dir = TempDir()
+    let backend: Backend
+
+    init(_ kind: StoreKind) {
+        self.kind = kind
+        switch kind {
+        case .local: backend = LocalBackend(root: dir.sub("repo"))
+        case .memory: backend = MemoryBackend(name: "test-" + UUID().uuidString)
+        }
+    }
+
+    var path: String { dir.path }
+    func sub(_ name: String) -> String { dir.sub(name) }
+
+    /// The same repository, as another process would open it.
+    func reopen(cacheRoot: String? = nil, key: [UInt8]? = nil) throws -> Repository {
+        try Repository(backend: backend, cacheRoot: cacheRoot, key: key)
+    }
+
+    /// Flips one byte of an object.
+    func flip(_ key: String, at offset: Int64) throws {
+        switch backend {
+        case let local as LocalBackend: try flipByte(at: local.path(key), offset: offset)
+        case let memory as MemoryBackend: memory.damage(key) { $0[Int(offset)] ^= 0xFF }
+        default: throw TestStoreError("cannot damage objects of \(backend.location)")
+        }
+    }
+
+    /// Cuts an object to `size` bytes.
+    func truncate(_ key: String, to size: Int64) throws {
+        switch backend {
+        case let local as LocalBackend: #expect(Glibc.truncate(local.path(key), off_t(size)) == 0)
+        case let memory as MemoryBackend: memory.damage(key) { $0.removeSubrange(Int(size)...) }
+        default: throw TestStoreError("cannot damage objects of \(backend.location)")
+        }
+    }
+
+    /// True when no write was left unfinished (nothing in tmp/, no open writer).
+    var noUnfinishedWrites: Bool {
+        switch backend {
+        case let local as LocalBackend: return ((try? FileManager.default.contentsOfDirectory(atPath: local.path("tmp"))) ?? []).isEmpty
+        case let memory as MemoryBackend: return memory.unfinishedWrites == 0
+        default: return false
+        }
+    }
+
+    /// Replaces an object's bytes, as an editor would.
+    func rewrite(_ key: String, _ bytes: [UInt8]) throws {
+        switch backend {
+        case let local as LocalBackend: try writeFile(local.path(key), bytes)
+        case let memory as MemoryBackend: memory.damage(key) { $0 = bytes }
+        default: throw TestStoreError("cannot damage objects of \(backend.location)")
+        }
+    }
+}
+
+struct TestStoreError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+func makeRepository(_ store: TestStore, packSize: Int = 1 << 20, chunker: ChunkerParameters = testChunker,
+                    key: [UInt8]? = nil) throws -> Repository {
+    try Repository.initialize(on: store.backend, chunker: chunker, compressionLevel: 3, packSize: packSize, encryptionKey: key)
+}
+
+func writeFile(_ path: String, _ bytes: [UInt8]) throws {
+    try Data(bytes).write(to: URL(fileURLWithPath: path))
+}
+
 @discardableResult
 func backup(_ repo: Repository, _ bytes: [UInt8], name: String = "test", time: Date = Date(), checkDump: Bool = true,
             streamSHA256: Bool = false) throws -> Manifest {
@@ -66,6 +152,10 @@ func backup(_ repo: Repository, _ bytes: [UInt8], name: String = "test", time: D
     options.checkDumpComplete = checkDump
     options.lockWait = 0
     return try BackupSession(repository: repo).run(source: BufferSource(bytes), options: options)
+}
+
+func restoreBytes(_ repo: Repository, _ id: String, dir: TestStore) throws -> [UInt8] {
+    try restoreBytes(repo, id, dir: dir.dir)
 }
 
 func restoreBytes(_ repo: Repository, _ id: String, dir: TempDir) throws -> [UInt8] {

@@ -1,0 +1,305 @@
+import Foundation
+
+/// The repository in a local folder. Objects are files under their key; new ones are
+/// written in `tmp/`, fsynced, then linked (create-if-absent) or renamed into place,
+/// and the folder is fsynced, so a crash leaves either the whole object or none.
+public final class LocalBackend: Backend {
+    public let root: String
+    public var location: String { root }
+    public let capabilities = BackendCapabilities(atomicCreateIfAbsent: true, listAfterWriteConsistent: true)
+
+    public init(root: String) {
+        self.root = root
+    }
+
+    /// The file that holds `key` (the local backend's own business; tests that
+    /// damage files on purpose use it).
+    public func path(_ key: String) -> String { root + "/" + key }
+
+    var tmpDirectory: String { root + "/tmp" }
+
+    private func failure(_ operation: String, _ key: String, _ code: Int32) -> DedupError {
+        .storage(BackendError(operation, path(key), errno: code))
+    }
+
+    public func create(_ key: String, ifAbsent: Bool) throws -> ObjectWriter {
+        do {
+            try FileIO.makeDirectories(tmpDirectory)
+        } catch DedupError.io(_, _, let code) {
+            throw failure("create", "tmp", code)
+        }
+        let tmp = tmpDirectory + "/" + TemporaryName.make()
+        return try LocalObjectWriter(backend: self, key: key, ifAbsent: ifAbsent, tmpPath: tmp)
+    }
+
+    public func get(_ key: String) throws -> [UInt8]? {
+        let p = path(key)
+        guard FileIO.exists(p) else { return nil }
+        do {
+            return try FileIO.readFile(p)
+        } catch DedupError.io(let operation, _, let code) {
+            if code == ENOENT { return nil }
+            throw failure(operation, key, code)
+        }
+    }
+
+    public func openReader(_ key: String) throws -> ObjectReader {
+        try LocalObjectReader(path: path(key))
+    }
+
+    public func list(_ prefix: String) throws -> [ObjectInfo] {
+        // Keys are "folder/name" or "folder/xx/name"; walk the folder part of the prefix.
+        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
+        var out = [ObjectInfo]()
+        try walk(folder, into: &out)
+        return out.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
+    }
+
+    private func walk(_ folder: String, into out: inout [ObjectInfo]) throws {
+        let dirPath = path(folder)
+        guard let dir = opendir(dirPath) else {
+            if errno == ENOENT { return }
+            throw failure("list", folder, errno)
+        }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name == "." || name == ".." || name.hasPrefix(".") { continue }
+            let key = folder + "/" + name
+            var st = stat()
+            guard lstat(path(key), &st) == 0 else { continue }
+            if (st.st_mode & S_IFMT) == S_IFDIR {
+                try walk(key, into: &out)
+            } else if (st.st_mode & S_IFMT) == S_IFREG {
+                out.append(ObjectInfo(key: key, size: Int64(st.st_size)))
+            }
+        }
+    }
+
+    public func size(_ key: String) throws -> Int64? {
+        FileIO.fileSize(path(key))
+    }
+
+    public func delete(_ key: String) throws {
+        let p = path(key)
+        if unlink(p) != 0 {
+            if errno == ENOENT { return }
+            throw failure("delete", key, errno)
+        }
+        let folder = FileIO.parent(p)
+        try FileIO.fsyncDirectory(folder)
+        // A fan-out folder (packs/xx/) goes with its last object; a writer that
+        // created it meanwhile finds it gone and creates it again (commit).
+        if key.split(separator: "/").count > 2, rmdir(folder) == 0 {
+            try FileIO.fsyncDirectory(FileIO.parent(folder))
+        }
+    }
+
+    public var isReadOnly: Bool {
+        var st = statvfs()
+        return statvfs(root, &st) == 0 && (st.f_flag & UInt(ST_RDONLY)) != 0
+    }
+
+    public func storageUsage() -> Int64 { Self.diskUsage(of: root) }
+
+    /// Bytes the regular files under `folder` take on disk.
+    public static func diskUsage(of folder: String) -> Int64 {
+        var total: Int64 = 0
+        if let e = FileManager.default.enumerator(atPath: folder) {
+            while let rel = e.nextObject() as? String {
+                var st = stat()
+                if lstat(folder + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+                    total += Int64(st.st_blocks) * 512
+                }
+            }
+        }
+        return total
+    }
+
+    public var cacheIdentity: String {
+        realpath(root, nil).map { p in defer { free(p) }; return String(cString: p) } ?? FileIO.absolute(root)
+    }
+
+    /// The folders of a repository (each also created when first needed).
+    static let folders: Set<String> = ["packs", "manifests", "locks", "tmp", "keys"]
+
+    /// True for a folder that is absent, empty, or holds only the empty folders an
+    /// interrupted `init` leaves: a repository may be created there.
+    public var isEmptyOrSkeleton: Bool {
+        if !FileIO.exists(root) { return true }
+        guard FileIO.isDirectory(root), let entries = try? FileManager.default.contentsOfDirectory(atPath: root) else { return false }
+        return entries.allSatisfy { name in
+            // tmp/ may hold the half-written config of an interrupted init, keys/
+            // the key object of one (removed when init runs again).
+            Self.folders.contains(name) && FileIO.isDirectory(root + "/" + name)
+                && (name == "tmp" || name == "keys" || ((try? FileManager.default.subpathsOfDirectory(atPath: root + "/" + name)) ?? ["?"]).allSatisfy {
+                    FileIO.isDirectory(root + "/" + name + "/" + $0)
+                })
+        }
+    }
+
+    public func prepareForNewRepository() throws {
+        guard isEmptyOrSkeleton else { throw DedupError.directoryNotEmpty(path: root) }
+        try FileIO.makeDirectories(root)
+        // Key objects of an interrupted init wrap a master key nothing uses.
+        for leftover in (try? FileManager.default.contentsOfDirectory(atPath: root + "/keys")) ?? [] {
+            try? FileManager.default.removeItem(atPath: root + "/keys/" + leftover)
+        }
+        for sub in Self.folders.sorted() where sub != "keys" {  // keys/: encrypted repositories only
+            try FileIO.makeDirectories(root + "/" + sub)
+        }
+    }
+
+    @discardableResult
+    public func removeAbandonedWrites(all: Bool) -> Int {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: tmpDirectory) else { return 0 }
+        var removed = 0
+        for name in names where all || TemporaryName.ownerIsGone(name) {
+            if unlink(tmpDirectory + "/" + name) == 0 { removed += 1 }
+        }
+        return removed
+    }
+
+    public func deleteOnInterrupt(_ key: String) { InterruptCleanup.register(path(key)) }
+    public func keepOnInterrupt(_ key: String) { InterruptCleanup.unregister(path(key)) }
+}
+
+/// Names of temporary files: `<host>_<pid>_<random>.tmp`, so that leftovers of a
+/// process that died can be told from files another process is still writing.
+enum TemporaryName {
+    static func make() -> String {
+        "\(LockInfo.currentHost)_\(getpid())_\(Hex.encode(SecureRandom.bytes(8))).tmp"
+    }
+
+    /// True for a temporary of this host whose process no longer runs.
+    static func ownerIsGone(_ name: String) -> Bool {
+        guard name.hasSuffix(".tmp") else { return false }
+        let parts = name.dropLast(4).split(separator: "_")
+        guard parts.count >= 3, let pid = Int32(parts[parts.count - 2]) else { return false }
+        let host = parts.dropLast(2).joined(separator: "_")
+        guard host == LockInfo.currentHost, pid > 0 else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+}
+
+final class LocalObjectWriter: ObjectWriter {
+    private let backend: LocalBackend
+    private(set) var key: String
+    private let ifAbsent: Bool
+    private let tmpPath: String
+    private var fd: Int32
+    private var finished = false
+    private(set) var bytesWritten: Int64 = 0
+
+    init(backend: LocalBackend, key: String, ifAbsent: Bool, tmpPath: String) throws {
+        self.backend = backend
+        self.key = key
+        self.ifAbsent = ifAbsent
+        self.tmpPath = tmpPath
+        do {
+            fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+        } catch DedupError.io(let operation, let path, let code) {
+            throw DedupError.storage(BackendError(operation, path, errno: code))
+        }
+        InterruptCleanup.register(tmpPath)
+    }
+
+    deinit { abort() }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard fd >= 0 else { throw DedupError.storage(BackendError("write", tmpPath, errno: EBADF)) }
+        do {
+            try FileIO.writeAll(fd, bytes, path: tmpPath)
+        } catch DedupError.io(let operation, let path, let code) {
+            throw DedupError.storage(BackendError(operation, path, errno: code))
+        }
+        bytesWritten += Int64(bytes.count)
+    }
+
+    func retarget(to key: String) throws {
+        guard !finished else { throw DedupError.storage(BackendError("retarget", tmpPath, errno: EBADF)) }
+        self.key = key
+    }
+
+    func commit() throws {
+        guard !finished else { throw DedupError.storage(BackendError("commit", tmpPath, errno: EBADF)) }
+        // The first commit attempt makes the data durable; a retry under another
+        // key (the first was taken) finds the descriptor already closed.
+        if fd >= 0 {
+            do {
+                try FileIO.fsync(fd, path: tmpPath)
+            } catch DedupError.io(let operation, let path, let code) {
+                throw DedupError.storage(BackendError(operation, path, errno: code))
+            }
+            close(fd)
+            fd = -1
+        }
+        let final = backend.path(key)
+        let folder = FileIO.parent(final)
+        // Twice at most: a delete of the folder's last object may remove the
+        // folder between its creation and the link (LocalBackend.delete).
+        for attempt in 1...2 {
+            try FileIO.makeDirectories(folder)
+            // link() fails with EEXIST rather than replace: create-if-absent. The
+            // temporary file stays, so the caller may retarget and commit again.
+            let rc = ifAbsent ? link(tmpPath, final) : rename(tmpPath, final)
+            if rc == 0 { break }
+            let code = errno
+            if code == ENOENT && attempt == 1 { continue }
+            throw DedupError.storage(BackendError(ifAbsent ? "create" : "rename", final, errno: code))
+        }
+        if ifAbsent { unlink(tmpPath) }
+        finished = true
+        InterruptCleanup.unregister(tmpPath)
+        try FileIO.fsyncDirectory(folder)
+    }
+
+    func abort() {
+        if fd >= 0 {
+            close(fd)
+            fd = -1
+        }
+        if !finished {
+            finished = true
+            unlink(tmpPath)
+            InterruptCleanup.unregister(tmpPath)
+        }
+    }
+}
+
+final class LocalObjectReader: ObjectReader {
+    private let fd: Int32
+    private let path: String
+    let size: Int64
+
+    init(path: String) throws {
+        self.path = path
+        do {
+            fd = try FileIO.open(path, O_RDONLY)
+        } catch DedupError.io(let operation, let p, let code) {
+            throw DedupError.storage(BackendError(operation, p, errno: code))
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let code = errno
+            close(fd)
+            throw DedupError.storage(BackendError("stat", path, errno: code))
+        }
+        size = Int64(st.st_size)
+    }
+
+    deinit { close(fd) }
+
+    func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        guard offset >= 0, offset <= size - Int64(buffer.count) else {
+            throw DedupError.shortRead(path: path)
+        }
+        do {
+            try FileIO.preadAll(fd, buffer, at: offset, path: path)
+        } catch DedupError.io(let operation, let p, let code) {
+            throw DedupError.storage(BackendError(operation, p, errno: code))
+        }
+    }
+}

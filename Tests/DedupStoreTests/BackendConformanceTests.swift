@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+@testable import DedupStore
+
+/// The backend contract, point by point, run against every backend: the local
+/// folder, memory, and the fault-injecting decorator with no fault (it must be
+/// transparent). A new backend (S3) joins the list.
+@Suite struct BackendConformanceTests {
+    enum Kind: String, CaseIterable, CustomTestStringConvertible {
+        case local, memory, decorated
+        var testDescription: String { rawValue }
+    }
+
+    /// A fresh, empty backend of `kind`, and the folder that holds it (if any).
+    final class Subject {
+        let dir = TempDir()
+        let backend: Backend
+        init(_ kind: Kind) {
+            switch kind {
+            case .local: backend = LocalBackend(root: dir.sub("repo"))
+            case .memory: backend = MemoryBackend(name: UUID().uuidString)
+            case .decorated: backend = FaultyBackend(MemoryBackend(name: UUID().uuidString), faults: [])
+            }
+        }
+    }
+
+    func failure(_ body: () throws -> Void) -> BackendError.Failure? {
+        do {
+            try body()
+            return nil
+        } catch let e as DedupError {
+            return e.storageFailure ?? .other
+        } catch {
+            return .other
+        }
+    }
+
+    @Test(arguments: Kind.allCases) func smallObjectsRoundTrip(kind: Kind) throws {
+        let b = Subject(kind).backend
+        #expect(try b.get("config") == nil)
+        #expect(try b.size("config") == nil && !(try b.exists("config")))
+        try b.put("config", [1, 2, 3], ifAbsent: true)
+        #expect(try b.get("config") == [1, 2, 3])
+        #expect(try b.size("config") == 3 && (try b.exists("config")))
+        // Create-if-absent refuses a taken key and leaves the first object.
+        #expect(failure { try b.put("config", [9], ifAbsent: true) } == .alreadyExists)
+        #expect(try b.get("config") == [1, 2, 3])
+        // Without it, the object is replaced.
+        try b.put("config", [4], ifAbsent: false)
+        #expect(try b.get("config") == [4])
+        try b.put("empty", [], ifAbsent: true)
+        #expect(try b.get("empty") == [] && (try b.size("empty")) == 0)
+    }
+
+    @Test(arguments: Kind.allCases) func anObjectIsVisibleOnlyOnceCommitted(kind: Kind) throws {
+        let b = Subject(kind).backend
+        let w = try b.create("packs/ab/abcd.pack", ifAbsent: true)
+        #expect(w.key == "packs/ab/abcd.pack")
+        try w.write(Array(repeating: 7, count: 100_000))
+        try w.write([8])
+        #expect(w.bytesWritten == 100_001)
+        #expect(try b.get("packs/ab/abcd.pack") == nil)
+        #expect(try b.list("packs/").isEmpty)
+        try w.commit()
+        #expect(w.bytesWritten == 100_001)
+        #expect(try b.list("packs/") == [ObjectInfo(key: "packs/ab/abcd.pack", size: 100_001)])
+        w.abort()  // after a commit: nothing happens
+        #expect(try b.size("packs/ab/abcd.pack") == 100_001)
+    }
+
+    @Test(arguments: Kind.allCases) func anAbortedObjectLeavesNothing(kind: Kind) throws {
+        let s = Subject(kind)
+        let w = try s.backend.create("manifests/x.chunks", ifAbsent: true)
+        try w.write([1, 2, 3])
+        w.abort()
+        w.abort()
+        #expect(try s.backend.list("").isEmpty || (try s.backend.list("manifests/")).isEmpty)
+        #expect(try s.backend.get("manifests/x.chunks") == nil)
+        #expect(failure { try w.commit() } != nil, "a writer ends once")
+        if case let local as LocalBackend = s.backend {
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: local.path("tmp"))) ?? []).isEmpty)
+        }
+    }
+
+    @Test(arguments: Kind.allCases) func aTakenKeyCanBeRetargeted(kind: Kind) throws {
+        let b = Subject(kind).backend
+        try b.put("manifests/a.chunks", [1], ifAbsent: true)
+        let w = try b.create("manifests/a.chunks", ifAbsent: true)
+        try w.write([2, 2])
+        #expect(failure { try w.commit() } == .alreadyExists)
+        try w.retarget(to: "manifests/a_2.chunks")
+        try w.commit()
+        #expect(try b.get("manifests/a.chunks") == [1])
+        #expect(try b.get("manifests/a_2.chunks") == [2, 2])
+        // Of two writers of one key with create-if-absent, exactly one wins.
+        let x = try b.create("manifests/b.chunks", ifAbsent: true), y = try b.create("manifests/b.chunks", ifAbsent: true)
+        try x.write([1]); try y.write([2])
+        let outcomes = [failure { try x.commit() }, failure { try y.commit() }]
+        #expect(outcomes.filter { $0 == nil }.count == 1 && outcomes.contains(.alreadyExists))
+        y.abort(); x.abort()
+    }
+
+    @Test(arguments: Kind.allCases) func rangedReadsAndTheirLimits(kind: Kind) throws {
+        let b = Subject(kind).backend
+        let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        try b.put("packs/00/p.pack", bytes, ifAbsent: true)
+        let r = try b.openReader("packs/00/p.pack")
+        #expect(r.size == 10_000)
+        #expect(try r.read(at: 0, count: 10) == Array(bytes[0..<10]))
+        #expect(try r.read(at: 9_990, count: 10) == Array(bytes[9_990..<10_000]))
+        #expect(try r.read(at: 5_000, count: 0) == [])
+        #expect(throws: DedupError.self) { _ = try r.read(at: 9_995, count: 10) }
+        #expect(throws: DedupError.self) { _ = try r.read(at: -1, count: 1) }
+        #expect(failure { _ = try b.openReader("packs/00/missing.pack") } == .notFound)
+    }
+
+    @Test(arguments: Kind.allCases) func listingIsByPrefixSortedWithSizes(kind: Kind) throws {
+        let b = Subject(kind).backend
+        for key in ["packs/ff/z.pack", "packs/00/a.pack", "packs/0a/m.pack", "manifests/x.manifest.json", "manifests/x.chunks", "config"] {
+            try b.put(key, Array(repeating: 1, count: key.count), ifAbsent: true)
+        }
+        #expect(try b.list("packs/").map(\.key) == ["packs/00/a.pack", "packs/0a/m.pack", "packs/ff/z.pack"])
+        #expect(try b.list("packs/0").map(\.key) == ["packs/00/a.pack", "packs/0a/m.pack"])
+        #expect(try b.list("manifests/").map(\.size) == [18, 25])
+        #expect(try b.list("locks/").isEmpty)
+    }
+
+    @Test(arguments: Kind.allCases) func deletingIsIdempotent(kind: Kind) throws {
+        let b = Subject(kind).backend
+        try b.put("packs/aa/x.pack", [1], ifAbsent: true)
+        try b.put("packs/aa/y.pack", [1], ifAbsent: true)
+        try b.delete("packs/aa/x.pack")
+        try b.delete("packs/aa/x.pack")
+        try b.delete("never/was")
+        #expect(try b.list("packs/").map(\.key) == ["packs/aa/y.pack"])
+        try b.delete("packs/aa/y.pack")
+        #expect(try b.list("packs/").isEmpty)
+        // A key under a prefix whose last object went can be written again.
+        try b.put("packs/aa/z.pack", [2], ifAbsent: true)
+        #expect(try b.get("packs/aa/z.pack") == [2])
+    }
+
+    @Test(arguments: Kind.allCases) func aNewRepositoryNeedsAnEmptyPlace(kind: Kind) throws {
+        let b = Subject(kind).backend
+        try b.prepareForNewRepository()
+        try b.put("keys/left-by-an-interrupted-init.json", [1], ifAbsent: true)
+        try b.prepareForNewRepository()
+        #expect(try b.list("keys/").isEmpty)
+        try b.put("something", [1], ifAbsent: true)
+        #expect(throws: DedupError.self) { try b.prepareForNewRepository() }
+        #expect(!b.isReadOnly)
+        #expect(b.storageUsage() > 0 && !b.cacheIdentity.isEmpty)
+    }
+
+    @Test(arguments: Kind.allCases) func aRepositoryWorksOnIt(kind: Kind) throws {
+        let b = Subject(kind).backend
+        let repo = try Repository.initialize(on: b, chunker: testChunker, packSize: 1 << 20)
+        let data = randomBytes(200_000, seed: 4) + sqlLikeBytes(rows: 5_000, seed: 3)
+        let m = try backup(repo, data, name: "x")
+        let out = TempDir()
+        #expect(try restoreBytes(repo, m.id, dir: out) == data)
+        #expect(try Verifier(repository: Repository(backend: b)).verify(deep: true).ok)
+        #expect(Repository.isRepository(b))
+    }
+}

@@ -7,6 +7,7 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
     public let capabilities = BackendCapabilities(atomicCreateIfAbsent: true, listAfterWriteConsistent: true)
     private var objects: [String: [UInt8]] = [:]
     private var openWriters = 0
+    private var reads: [String: Int] = [:]
     private let lock = NSLock()
 
     public init(name: String = "memory") {
@@ -41,6 +42,7 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
     /// Runs `body` on an object's bytes (without copying them); `notFound` if gone.
     func withBytes(_ key: String, _ body: ([UInt8]) throws -> Void) throws {
         try withLock {
+            reads[key, default: 0] += 1
             guard let bytes = objects[key] else { throw notFound(key) }
             try body(bytes)
         }
@@ -81,6 +83,12 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
 
     /// Writers never outlive their process here: nothing is ever abandoned.
     public func removeAbandonedWrites(all: Bool) -> Int { 0 }
+
+    /// Ranged reads served so far of objects under `prefix` (tests count the
+    /// reads a restore makes).
+    public func rangedReads(under prefix: String) -> Int {
+        withLock { reads.filter { $0.key.hasPrefix(prefix) }.values.reduce(0, +) }
+    }
 
     /// Writers started and not yet committed or aborted (tests check for leaks).
     public var unfinishedWrites: Int { withLock { openWriters } }

@@ -394,22 +394,29 @@ public final class PackReader {
         }
     }
 
-    /// Reads a chunk's stored bytes into `buffer` (at least `storedLength` long),
-    /// checking that its entry header agrees with the index.
-    public func readStored(_ location: ChunkLocation, id chunk: ChunkID, into buffer: UnsafeMutableRawBufferPointer) throws {
+    /// Reads a chunk's entry, header and stored bytes in one ranged read, into
+    /// `buffer` (at least `entryHeaderSize + storedLength` long), checks that the
+    /// header agrees with the index, and returns the stored bytes (in `buffer`).
+    @discardableResult
+    public func readStored(_ location: ChunkLocation, id chunk: ChunkID,
+                           into buffer: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
         let headerSize = PackFormat.entryHeaderSize
         let total = headerSize + Int(location.storedLength)
         guard let start = Int64(exactly: location.offset), start <= object.size - Int64(total) else {
             throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "the pack is shorter than the index says (truncated)")
         }
-        var header = [UInt8](repeating: 0, count: headerSize)
-        try header.withUnsafeMutableBytes { try object.read(at: start, into: $0) }
-        var r = BinaryReader(header)
-        let storedID = try r.id()
-        let rawLength = try r.u32()
-        let storedLength = try r.u32()
-        let encoding = try r.u8()
-        let flags = try r.u8()
+        guard buffer.count >= total else {
+            throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "its entry of \(total) bytes exceeds the read buffer")
+        }
+        let entry = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<total])
+        try object.read(at: start, into: entry)
+        // The header in place: id [32] | raw length u32 | stored length u32 | encoding u8 | flags u8.
+        guard let h = UnsafeRawPointer(entry.baseAddress) else { throw DedupError.shortRead(path: id.hex) }
+        let storedID = ChunkID(bytes: h)
+        let rawLength = UInt32(littleEndian: h.loadUnaligned(fromByteOffset: 32, as: UInt32.self))
+        let storedLength = UInt32(littleEndian: h.loadUnaligned(fromByteOffset: 36, as: UInt32.self))
+        let encoding = h.load(fromByteOffset: 40, as: UInt8.self)
+        let flags = h.load(fromByteOffset: 41, as: UInt8.self)
         // A group's header names its first member and the whole group's plaintext.
         let agrees = location.isGroupMember
             ? UInt64(location.groupOffset) + UInt64(location.rawLength) <= UInt64(rawLength)
@@ -419,7 +426,6 @@ public final class PackReader {
               encoding == location.encoding, flags == location.flags else {
             throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "entry header at offset \(location.offset) does not match the index")
         }
-        try object.read(at: start + Int64(headerSize),
-                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(location.storedLength)]))
+        return UnsafeRawBufferPointer(rebasing: entry[headerSize..<total])
     }
 }

@@ -18,6 +18,7 @@ final class ChunkFetcher {
     /// opened when the repository is encrypted.
     private let stored = ScratchBuffer()
     private var payloadLength = 0
+    private var payloadOffset = 0
     private let plain: UnsafeMutableRawBufferPointer
     /// The last group frame read into `stored` (members of one group come in a row).
     private var storedGroup: FrameKey?
@@ -54,10 +55,13 @@ final class ChunkFetcher {
             storedGroup = nil
             // Encrypted: read the box, open it into `stored`. gc copies `stored`
             // as the chunk's payload, and the new pack seals it where it lands.
-            let target = (cipher == nil ? stored : sealed).buffer(Int(loc.storedLength))
-            try readStored(id, at: loc, expectedLength: expectedLength, into: target, manifest: manifest)
-            payloadLength = try ChunkDecoder.unseal(id, at: loc, stored: UnsafeRawBufferPointer(rebasing: target[0..<Int(loc.storedLength)]),
-                                                   cipher: cipher, into: stored, group: nil, manifest: manifest).payload.count
+            let target = (cipher == nil ? stored : sealed).buffer(PackFormat.entryHeaderSize + Int(loc.storedLength))
+            let entry = try readStored(id, at: loc, expectedLength: expectedLength, into: target, manifest: manifest)
+            // Plain: the payload stays where it was read, after its entry header;
+            // encrypted: the box opens to the start of `stored`.
+            payloadOffset = cipher == nil ? PackFormat.entryHeaderSize : 0
+            payloadLength = try ChunkDecoder.unseal(id, at: loc, stored: entry, cipher: cipher, into: stored, group: nil,
+                                                   manifest: manifest).payload.count
             if loc.isGroupMember { storedGroup = loc.frame }
         }
         return try ChunkDecoder.decode(id, at: payloadLoc, stored: storedPayload, into: plain, manifest: manifest,
@@ -65,7 +69,9 @@ final class ChunkFetcher {
     }
 
     /// The last entry's payload as compressed (decrypted when the repository is encrypted).
-    var storedPayload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: stored.buffer(payloadLength)[0..<payloadLength]) }
+    var storedPayload: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: stored.buffer(payloadOffset + payloadLength)[payloadOffset..<(payloadOffset + payloadLength)])
+    }
 
     /// Checks that a location is one this repository and this reader can hold.
     func checkLocation(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws {
@@ -85,18 +91,19 @@ final class ChunkFetcher {
         }
     }
 
-    /// Checks a location and reads the chunk's stored bytes into `buffer`.
+    /// Checks a location and reads the chunk's entry (header, then stored bytes:
+    /// one ranged read) into `buffer`; returns the stored bytes.
     func readStored(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int,
-                    into buffer: UnsafeMutableRawBufferPointer, manifest: String) throws {
+                    into buffer: UnsafeMutableRawBufferPointer, manifest: String) throws -> UnsafeRawBufferPointer {
         func corrupt(_ detail: String) -> DedupError {
             .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
         }
         try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
-        guard Int(loc.storedLength) <= buffer.count else {
+        guard PackFormat.entryHeaderSize + Int(loc.storedLength) <= buffer.count else {
             throw corrupt("its stored length \(loc.storedLength) exceeds the read buffer")
         }
         do {
-            try reader(loc.pack).readStored(loc, id: id, into: buffer)
+            return try reader(loc.pack).readStored(loc, id: id, into: buffer)
         } catch let e as DedupError {
             switch e {
             case .storage(let failure) where failure.failure == .notFound:
@@ -397,18 +404,21 @@ public final class Restorer {
                 guard let loc = try fetcher.index.lookup(id) else {
                     throw repository.unindexedChunkError(id, manifest: manifest.id)
                 }
-                if outUsed + length > outArena.count || inUsed + Int(loc.storedLength) > inArena.count { try flushBatch() }
+                let entryLength = PackFormat.entryHeaderSize + Int(loc.storedLength)
+                if outUsed + length > outArena.count || inUsed + entryLength > inArena.count { try flushBatch() }
                 if loc.isGroupMember, let g = lastGroup, g.frame == loc.frame {
                     // The next member of the group just read: its frame is here already.
                     try fetcher.checkLocation(id, at: loc, expectedLength: length, manifest: manifest.id)
                     items.append(Item(id: id, loc: loc, inOffset: g.inOffset, outOffset: outUsed))
                 } else {
-                    // Reads stay on this thread, in list order (sequential within a pack).
-                    try fetcher.readStored(id, at: loc, expectedLength: length,
-                                           into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
-                    items.append(Item(id: id, loc: loc, inOffset: inUsed, outOffset: outUsed))
-                    lastGroup = loc.isGroupMember ? (loc.frame, inUsed) : nil
-                    inUsed += Int(loc.storedLength)
+                    // Reads stay on this thread, in list order (sequential within a pack):
+                    // one ranged read per entry, its header first.
+                    _ = try fetcher.readStored(id, at: loc, expectedLength: length,
+                                               into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
+                    let payload = inUsed + PackFormat.entryHeaderSize
+                    items.append(Item(id: id, loc: loc, inOffset: payload, outOffset: outUsed))
+                    lastGroup = loc.isGroupMember ? (loc.frame, payload) : nil
+                    inUsed += entryLength
                 }
                 outUsed += length
                 if outUsed >= batchBytes { try flushBatch() }

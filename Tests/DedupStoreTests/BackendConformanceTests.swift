@@ -162,4 +162,25 @@ import Testing
         #expect(try Verifier(repository: Repository(backend: b)).verify(deep: true).ok)
         #expect(Repository.isRepository(b))
     }
+
+    /// A restore costs one ranged read per stored entry: a chunk's header and
+    /// payload together, and one for all the members of a compression group.
+    @Test func aRestoreReadsEachStoredEntryOnce() throws {
+        let b = MemoryBackend(name: UUID().uuidString)
+        let repo = try Repository.initialize(on: b, chunker: testChunker, packSize: 1 << 20)
+        let data = randomBytes(500_000, seed: 8) + sqlLikeBytes(rows: 40_000, seed: 9)
+        let m = try backup(repo, data, name: "x")
+        var frames = Set<String>()
+        var grouped = 0
+        try ChunkListReader(repository: repo, manifest: m).forEach { id, _ in
+            guard let loc = try repo.index().lookup(id) else { return }
+            if loc.isGroupMember { grouped += 1 }
+            frames.insert("\(loc.pack.hex)@\(loc.offset)")
+        }
+        #expect(grouped > 1)
+        let before = b.rangedReads(under: "packs/")
+        #expect(try restoreBytes(repo, m.id, dir: TempDir()) == data)
+        let reads = b.rangedReads(under: "packs/") - before
+        #expect(reads == frames.count, "\(reads) reads of packs for \(frames.count) stored entries")
+    }
 }

@@ -80,14 +80,20 @@ public final class GarbageCollector {
         let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
         let ids = try repository.manifestIDs()
         var liveChunkLists = Set<String>()
-        for id in ids {
-            do {
-                let m = try repository.loadManifest(id)
-                let list = try ChunkListReader(repository: repository, manifest: m)
-                liveChunkLists.insert(m.chunkList.key)
-                try list.forEach { chunk, _ in try marks.insert(chunk) }
-            } catch let e as DedupError {
-                throw DedupError.invalidArgument("gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again")
+        try ReferenceWalker(repository: repository).forEachBackup(ids) { id, opened in
+            func stop(_ e: DedupError) -> DedupError {
+                .invalidArgument("gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again")
+            }
+            switch opened {
+            case .failure(let e):
+                throw stop(e)
+            case .success(let backup):
+                liveChunkLists.insert(backup.manifest.chunkList.key)
+                do {
+                    try backup.list.forEach { chunk, _ in try marks.insert(chunk) }
+                } catch let e as DedupError {
+                    throw stop(e)
+                }
             }
         }
         try marks.flush()
@@ -136,7 +142,7 @@ private final class Sweep {
     let backend: Backend
     let encrypted: Bool
     let packSize: Int64
-    let fetcher: ChunkFetcher
+    let chunkReader: ChunkReader
     let compressor: ZstdCompressor
     let damaged: DamagedChunks
     /// Packs present, with their sizes.
@@ -173,7 +179,7 @@ private final class Sweep {
         backend = repository.backend
         encrypted = repository.cipher != nil
         packSize = Int64(repository.config.packSize)
-        fetcher = try ChunkFetcher(repository: repository)
+        chunkReader = try ChunkReader(repository: repository)
         compressor = try ZstdCompressor(level: repository.config.compression.level)
         damaged = try repository.damagedChunks()
     }
@@ -269,7 +275,7 @@ private final class Sweep {
                     holdsDamagedCopy = true
                     continue
                 }
-                guard (try? fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc)")) != nil
+                guard (try? chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc)")) != nil
                 else { continue }
                 live.append(e)
                 repointed.append(e)
@@ -359,7 +365,7 @@ private final class Sweep {
     /// Reads a live chunk back (verified); a damaged one is reported.
     private func readBack(_ e: PackEntry) -> UnsafeRawBufferPointer? {
         do {
-            return try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+            return try chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
         } catch {
             report.corruptChunks.append((error as? DedupError)?.message ?? "\(error)")
             return nil
@@ -414,17 +420,17 @@ private final class Sweep {
     /// Writes one piece: every chunk read back and checked first.
     private func append(_ piece: RepackPlan.Piece, to writer: PackWriter) throws {
         func fetch(_ e: PackEntry) throws -> UnsafeRawBufferPointer {
-            try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+            try chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
         }
         switch piece {
         case .copy(let e):
             // Copied as stored: no decompression, no recompression.
             _ = try fetch(e)
             try writer.add(id: e.id, rawLength: Int(e.location.rawLength),
-                           encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: fetcher.storedPayload)
+                           encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: chunkReader.storedPayload)
         case .frame(let members):
             for m in members { _ = try fetch(m) }
-            let frame = fetcher.storedPayload
+            let frame = chunkReader.storedPayload
             guard let total = ZstdDecompressor.contentSize(frame), let first = members.first else {
                 throw DedupError.packCorrupt(pack: members.first?.location.pack.hex ?? "?", detail: "a group frame without its size")
             }

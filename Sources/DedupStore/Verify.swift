@@ -87,7 +87,7 @@ public final class Verifier {
         }
 
         // Packs: footer and trailer; for the packs to read, every chunk.
-        let fetcher = toRead.isEmpty ? nil : try ChunkFetcher(repository: repository)
+        let chunkReader = toRead.isEmpty ? nil : try ChunkReader(repository: repository)
         for (pack, _) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
             report.packsChecked += 1
             let entries: [PackEntry]
@@ -98,11 +98,11 @@ public final class Verifier {
                 report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: nil, message: e.message))
                 continue
             }
-            guard let fetcher, toRead.contains(pack) else { continue }
+            guard let chunkReader, toRead.contains(pack) else { continue }
             var lastFrame: FrameKey?
             for e in entries {
                 do {
-                    _ = try fetcher.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
+                    _ = try chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
                     // A copy recorded as damaged that reads back intact (the pack was
                     // put back from a copy): indexed again where the index has none.
                     if knownDamaged.contains(e), try index.lookup(e.id) == nil { intactAgain.append(e) }
@@ -123,61 +123,67 @@ public final class Verifier {
 
         // Manifests: chunk list, then each chunk's location.
         let ids = try requested ?? repository.manifestIDs()
-        for id in ids {
+        /// Why a backup cannot get `chunk` of `length` bytes from where the index
+        /// places it, or nil when nothing is wrong; `coveredInFull` goes false when
+        /// its pack was not read in full in this run.
+        func problem(with chunk: ChunkID, length: Int, in id: String,
+                     coveredInFull: inout Bool) throws -> VerifyReport.Problem? {
+            func found(_ message: String, pack: PackID? = nil) -> VerifyReport.Problem {
+                .init(manifest: id, pack: pack?.hex, chunk: chunk.hex, message: message)
+            }
+            guard let loc = try index.lookup(chunk) else {
+                if let (pack, copy) = knownDamaged.anyCopy(of: chunk) {
+                    return found("backup \(id) needs chunk \(chunk.hex), whose only copy, in pack \(pack.hex), is corrupt "
+                                 + "(\(DamagedChunks.describe(copy))); back up the same data again to heal it", pack: pack)
+                }
+                return found("backup \(id) needs chunk \(chunk.hex), which is in no pack")
+            }
+            if !readInFull.contains(loc.pack) { coveredInFull = false }
+            if let why = badPacks[loc.pack] {
+                return found("backup \(id) needs chunk \(chunk.hex) from a damaged pack: \(why)", pack: loc.pack)
+            }
+            guard let size = packs[loc.pack] else {
+                return found("backup \(id) needs chunk \(chunk.hex) from pack \(loc.pack.hex), which is missing", pack: loc.pack)
+            }
+            if Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + Int64(loc.storedLength) > size || Int(loc.rawLength) != length {
+                return found("backup \(id): chunk \(chunk.hex) lies outside pack \(loc.pack.hex) or has the wrong length", pack: loc.pack)
+            }
+            if let why = corrupt[PackChunk(pack: loc.pack, chunk: chunk)] {
+                return found("backup \(id) needs \(why)", pack: loc.pack)
+            }
+            if !readInFull.contains(loc.pack), let copy = knownDamaged.copy(chunk, in: loc.pack) {
+                return found("backup \(id) needs chunk \(chunk.hex) in pack \(loc.pack.hex), which is corrupt "
+                             + "(\(DamagedChunks.describe(copy)))", pack: loc.pack)
+            }
+            return nil
+        }
+
+        try ReferenceWalker(repository: repository).forEachBackup(ids) { id, opened in
             report.manifestsChecked += 1
             var firstProblem: String?
             var coveredInFull = true
-            func problem(_ message: String, pack: String? = nil, chunk: String? = nil) {
-                if firstProblem == nil { firstProblem = message }
-                report.problems.append(.init(manifest: id, pack: pack, chunk: chunk, message: message))
+            func record(_ p: VerifyReport.Problem) {
+                if firstProblem == nil { firstProblem = p.message }
+                report.problems.append(p)
             }
             do {
-                let manifest = try repository.loadManifest(id)
-                let list = try ChunkListReader(repository: repository, manifest: manifest)
+                let (manifest, list) = try opened.get()
                 guard list.totalBytes == UInt64(manifest.size) else {
                     throw DedupError.manifestCorrupt(id: id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(manifest.size)")
                 }
                 var reported = 0
                 try list.forEach { chunk, length in
                     report.chunksChecked += 1
-                    guard reported < 20 else { return }
-                    guard let loc = try index.lookup(chunk) else {
-                        if let (pack, copy) = knownDamaged.anyCopy(of: chunk) {
-                            problem("backup \(id) needs chunk \(chunk.hex), whose only copy, in pack \(pack.hex), is corrupt "
-                                    + "(\(DamagedChunks.describe(copy))); back up the same data again to heal it",
-                                    pack: pack.hex, chunk: chunk.hex)
-                        } else {
-                            problem("backup \(id) needs chunk \(chunk.hex), which is in no pack", chunk: chunk.hex)
-                        }
-                        reported += 1
-                        return
-                    }
-                    if !readInFull.contains(loc.pack) { coveredInFull = false }
-                    if let why = badPacks[loc.pack] {
-                        problem("backup \(id) needs chunk \(chunk.hex) from a damaged pack: \(why)", pack: loc.pack.hex, chunk: chunk.hex)
-                        reported += 1
-                    } else if let size = packs[loc.pack] {
-                        if Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + Int64(loc.storedLength) > size || Int(loc.rawLength) != length {
-                            problem("backup \(id): chunk \(chunk.hex) lies outside pack \(loc.pack.hex) or has the wrong length", pack: loc.pack.hex, chunk: chunk.hex)
-                            reported += 1
-                        } else if let why = corrupt[PackChunk(pack: loc.pack, chunk: chunk)] {
-                            problem("backup \(id) needs \(why)", pack: loc.pack.hex, chunk: chunk.hex)
-                            reported += 1
-                        } else if !readInFull.contains(loc.pack), let copy = knownDamaged.copy(chunk, in: loc.pack) {
-                            problem("backup \(id) needs chunk \(chunk.hex) in pack \(loc.pack.hex), which is corrupt "
-                                    + "(\(DamagedChunks.describe(copy)))", pack: loc.pack.hex, chunk: chunk.hex)
-                            reported += 1
-                        }
-                    } else {
-                        problem("backup \(id) needs chunk \(chunk.hex) from pack \(loc.pack.hex), which is missing", pack: loc.pack.hex, chunk: chunk.hex)
-                        reported += 1
-                    }
+                    // At most 20 problems a backup: one damaged pack can break thousands of references.
+                    guard reported < 20, let p = try problem(with: chunk, length: length, in: id, coveredInFull: &coveredInFull) else { return }
+                    record(p)
+                    reported += 1
                 }
             } catch let e as DedupError {
-                problem(e.message)
+                record(.init(manifest: id, pack: nil, chunk: nil, message: e.message))
             }
             if firstProblem != nil { report.damagedManifests.append(id) }
-            if record, !readOnly, (try? repository.backend.size(Manifest.key(for: id))) != nil {
+            if self.record, !readOnly, (try? repository.backend.size(Manifest.key(for: id))) != nil {
                 try repository.saveVerification(VerificationRecord(
                     id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil, problem: firstProblem))
             }

@@ -1,0 +1,251 @@
+import Foundation
+
+/// The one chunk layer for reading: turns a chunk id (and its location) into
+/// verified plaintext, for restore, verify, gc's repacking and the fetch of a
+/// single chunk alike. Reads go through the backend, one ranged read per stored
+/// entry (a group's members share it); decoding is `ChunkDecoder`, the one place
+/// that knows the encodings. Keeps a few packs open so that consecutive chunks of
+/// one pack cost one read each.
+final class ChunkReader {
+    private let repository: Repository
+    let index: ChunkIndex
+    private let decompressor: ZstdDecompressor
+    private let hasher: SHA256Hasher
+    private let group = GroupScratch()
+    private let cipher: RepositoryCipher?
+    /// An encrypted entry's box as read, before `stored` gets its opened payload.
+    private let sealed = ScratchBuffer()
+    private var readers: [PackID: PackReader] = [:]
+    private var readerOrder: [PackID] = []
+    private let maxOpenPacks = 16
+    /// The last entry's payload as compressed (a group's: its whole frame),
+    /// opened when the repository is encrypted.
+    private let stored = ScratchBuffer()
+    private var payloadLength = 0
+    private var payloadOffset = 0
+    private let plain: UnsafeMutableRawBufferPointer
+    /// The last group frame read into `stored` (members of one group come in a row).
+    private var storedGroup: FrameKey?
+
+    init(repository: Repository) throws {
+        self.repository = repository
+        index = try repository.index()
+        hasher = try repository.makeChunkHasher()
+        cipher = repository.cipher
+        decompressor = try ZstdDecompressor()
+        plain = .allocate(byteCount: repository.config.chunker.maxSize, alignment: 16)
+    }
+
+    deinit { plain.deallocate() }
+
+    private func reader(_ pack: PackID) throws -> PackReader {
+        if let r = readers[pack] { return r }
+        let r = try PackReader(backend: repository.backend, id: pack, cipher: cipher)
+        if readerOrder.count >= maxOpenPacks {
+            let old = readerOrder.removeFirst()
+            readers[old] = nil
+        }
+        readers[pack] = r
+        readerOrder.append(pack)
+        return r
+    }
+
+    /// Where the chunk a backup needs is stored: its indexed copy, else the error
+    /// that says why there is none (corrupt, as verify recorded, or missing).
+    func location(of id: ChunkID, manifest: String) throws -> ChunkLocation {
+        guard let loc = try index.lookup(id) else { throw repository.unindexedChunkError(id, manifest: manifest) }
+        return loc
+    }
+
+    /// The plaintext of a chunk at a known location, verified against its id;
+    /// valid until the next call.
+    func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
+        try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
+        let payloadLoc = cipher == nil ? loc : loc.unsealed
+        if !loc.isGroupMember || storedGroup != loc.frame {
+            storedGroup = nil
+            // Encrypted: read the box, open it into `stored`. gc copies `stored`
+            // as the chunk's payload, and the new pack seals it where it lands.
+            let target = (cipher == nil ? stored : sealed).buffer(PackFormat.entryHeaderSize + Int(loc.storedLength))
+            let entry = try readStored(id, at: loc, expectedLength: expectedLength, into: target, manifest: manifest)
+            // Plain: the payload stays where it was read, after its entry header;
+            // encrypted: the box opens to the start of `stored`.
+            payloadOffset = cipher == nil ? PackFormat.entryHeaderSize : 0
+            payloadLength = try ChunkDecoder.unseal(id, at: loc, stored: entry, cipher: cipher, into: stored, group: nil,
+                                                   manifest: manifest).payload.count
+            if loc.isGroupMember { storedGroup = loc.frame }
+        }
+        return try ChunkDecoder.decode(id, at: payloadLoc, stored: storedPayload, into: plain, manifest: manifest,
+                                       decompressor: decompressor, hasher: hasher, group: group)
+    }
+
+    /// The last entry's payload as compressed (decrypted when the repository is encrypted).
+    var storedPayload: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: stored.buffer(payloadOffset + payloadLength)[payloadOffset..<(payloadOffset + payloadLength)])
+    }
+
+    /// Checks that a location is one this repository and this reader can hold.
+    func checkLocation(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws {
+        func corrupt(_ detail: String) -> DedupError {
+            .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+        guard Int(loc.rawLength) == expectedLength else {
+            throw corrupt("the index records \(loc.rawLength) bytes, the backup \(expectedLength)")
+        }
+        let storedLimit = ZstdCompressor.bound(loc.isGroupMember ? PackFormat.maxGroupLength : plain.count)
+        guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= storedLimit else {
+            throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
+        }
+        guard loc.flags == (cipher == nil ? 0 : UInt8(PackFormat.encryptedFlag)) else {
+            throw corrupt(cipher == nil ? "it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)"
+                                        : "it is not encrypted, in an encrypted repository")
+        }
+    }
+
+    /// Checks a location and reads the chunk's entry (header, then stored bytes:
+    /// one ranged read) into `buffer`; returns the stored bytes.
+    func readStored(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int,
+                    into buffer: UnsafeMutableRawBufferPointer, manifest: String) throws -> UnsafeRawBufferPointer {
+        func corrupt(_ detail: String) -> DedupError {
+            .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+        try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
+        guard PackFormat.entryHeaderSize + Int(loc.storedLength) <= buffer.count else {
+            throw corrupt("its stored length \(loc.storedLength) exceeds the read buffer")
+        }
+        do {
+            return try reader(loc.pack).readStored(loc, id: id, into: buffer)
+        } catch let e as DedupError {
+            switch e {
+            case .storage(let failure) where failure.failure == .notFound:
+                throw corrupt("its pack is missing")
+            case .chunkCorrupt(_, _, _, let detail):
+                throw corrupt(detail)
+            case .shortRead:
+                throw corrupt("its pack ends before it (truncated)")
+            default:
+                throw e
+            }
+        }
+    }
+}
+
+/// Turns a chunk's stored bytes back into its plaintext and checks it against its
+/// id. Stateless apart from the contexts it is given, so workers run it in parallel.
+enum ChunkDecoder {
+    /// A stored entry ready for `decode`: in a plain repository `stored` itself
+    /// at `loc`; in an encrypted one its box opened into `scratch`, at the opened
+    /// location (28 bytes shorter, no flags). A group member whose group `group`
+    /// holds decoded already needs no payload: nothing is opened.
+    static func unseal(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer, cipher: RepositoryCipher?,
+                       into scratch: ScratchBuffer, group: GroupScratch?, manifest: String) throws -> (payload: UnsafeRawBufferPointer, location: ChunkLocation) {
+        guard let cipher else { return (stored, loc) }
+        let opened = loc.unsealed
+        if loc.isGroupMember, let group, group.holds(opened.frame) { return (UnsafeRawBufferPointer(start: nil, count: 0), opened) }
+        let out = scratch.buffer(stored.count)
+        do {
+            let n = try cipher.open(stored, aad: RepositoryCipher.entryAAD(pack: loc.pack, offset: loc.offset, encoding: loc.encoding), into: out)
+            return (UnsafeRawBufferPointer(rebasing: out[0..<n]), opened)
+        } catch DedupError.authenticationFailed(let detail) {
+            throw DedupError.chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+    }
+
+    /// Returns the plaintext: `stored` itself for a raw chunk, else `plain`'s start.
+    /// A group member's group is decompressed into `group` (once for a run of
+    /// members of the same group).
+    static func decode(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer,
+                       into plain: UnsafeMutableRawBufferPointer, manifest: String,
+                       decompressor: ZstdDecompressor, hasher: SHA256Hasher,
+                       group: GroupScratch) throws -> UnsafeRawBufferPointer {
+        func corrupt(_ detail: String) -> DedupError {
+            .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+        let out: UnsafeRawBufferPointer
+        switch ChunkEncoding(rawValue: loc.encoding) {
+        case .raw:
+            guard loc.storedLength == loc.rawLength else { throw corrupt("raw chunk with stored length \(loc.storedLength)") }
+            out = stored
+        case .zstd:
+            guard Int(loc.rawLength) <= plain.count else { throw corrupt("larger than its buffer") }
+            let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
+            let n: Int
+            do {
+                n = try decompressor.decompress(stored, into: target)
+            } catch {
+                throw corrupt("zstd: \(error)")
+            }
+            guard n == Int(loc.rawLength) else { throw corrupt("decompressed to \(n) bytes, expected \(loc.rawLength)") }
+            out = UnsafeRawBufferPointer(target)
+        case .zstdGroup:
+            let plaintext: UnsafeRawBufferPointer
+            do {
+                plaintext = try group.decompress(loc.frame, frame: stored, decompressor: decompressor)
+            } catch let e as DedupError {
+                throw corrupt("its group: \(e.message)")
+            }
+            let start = Int(loc.groupOffset), end = start + Int(loc.rawLength)
+            guard end <= plaintext.count, Int(loc.rawLength) <= plain.count else {
+                throw corrupt("lies beyond its group's \(plaintext.count) bytes")
+            }
+            let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
+            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: plaintext[start..<end]))
+            out = UnsafeRawBufferPointer(target)
+        case nil:
+            throw corrupt("unknown encoding \(loc.encoding) (written by a newer dbbackup?)")
+        }
+        guard hasher.digest(out) == id else { throw corrupt("SHA-256 of its contents does not match its id") }
+        return out
+    }
+}
+
+/// A growable buffer owned by one worker.
+final class ScratchBuffer: @unchecked Sendable {
+    private var storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+
+    deinit { storage.deallocate() }
+
+    /// At least `count` bytes (the same memory until a larger size is asked for).
+    func buffer(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        if storage.count < count {
+            storage.deallocate()
+            storage = .allocate(byteCount: max(count, 1 << 16), alignment: 16)
+        }
+        return storage
+    }
+}
+
+/// The plaintext of the last group decompressed, kept while its members are read.
+final class GroupScratch {
+    private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var key: FrameKey?
+    private var length = 0
+
+    deinit { buffer.deallocate() }
+
+    /// The group's plaintext (checked against the size its frame declares), from
+    /// the previous call when it was the same group.
+    /// True when the last group decompressed is `group` (its frame need not be read).
+    func holds(_ group: FrameKey) -> Bool { key == group }
+
+    func decompress(_ group: FrameKey, frame: UnsafeRawBufferPointer,
+                    decompressor: ZstdDecompressor) throws -> UnsafeRawBufferPointer {
+        if key == group {
+            return UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        }
+        key = nil
+        guard let size = ZstdDecompressor.contentSize(frame), size <= PackFormat.maxGroupLength else {
+            throw DedupError.compression("the group's zstd frame does not declare a plausible size")
+        }
+        if size > buffer.count {
+            buffer.deallocate()
+            buffer = .allocate(byteCount: size, alignment: 16)
+        }
+        let n = try decompressor.decompress(frame, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
+        guard n == size else { throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(size)") }
+        key = group
+        length = size
+        return UnsafeRawBufferPointer(rebasing: buffer[0..<size])
+    }
+}
+

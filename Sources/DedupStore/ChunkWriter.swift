@@ -1,0 +1,203 @@
+import Foundation
+
+/// One chunk of a batch as it goes through a backup: where it is in the batch's
+/// input, and its id once hashed.
+struct ChunkSlot {
+    var range: Range<Int> = 0..<0
+    var id = ChunkID(w0: 0, w1: 0, w2: 0, w3: 0)
+}
+
+/// Stores the new chunks of a stream, batch by batch: the one way chunks get into
+/// a repository's packs during a backup.
+///
+/// Per batch, on the caller's thread and in input order, each chunk is looked up
+/// (the pack being written, the Bloom filter, the index); the new ones form
+/// compression units, runs of consecutive new chunks up to
+/// `PackFormat.groupTarget` bytes, that all cores compress into an arena; the
+/// units are then appended to the pack in input order. A pack is committed
+/// (durable) and then indexed when it reaches the repository's pack size, and at
+/// `finish`. Memory: the arena (about one batch, compressed) and a zstd context
+/// per worker.
+final class ChunkWriter {
+    /// New chunks compressed together: `count` of them from `first` in the
+    /// batch's list of new chunks. One chunk is stored zstd or raw; several
+    /// become a group (one frame), or raw chunks when zstd does not shrink them.
+    struct CompressionUnit {
+        var first: Int
+        var count = 0
+        var rawLength = 0
+        /// Where its compressed form goes in the arena.
+        var arenaOffset = 0
+        var storedLength = 0
+        var encoding = ChunkEncoding.raw
+        var failure: DedupError?
+
+        init(first: Int) { self.first = first }
+    }
+
+    private let repository: Repository
+    private let index: ChunkIndex
+    private var bloom: BloomFilter
+    private let workers: Int
+    private let compressors: [ZstdCompressor]
+    private var arena: UnsafeMutableRawBufferPointer
+    private var pack: PackWriter?
+    /// Ids in the pack being written (not in the index yet).
+    private var pending = Set<ChunkID>()
+    private var newSlots = [Int]()
+    private var units = [CompressionUnit]()
+
+    /// Chunks seen, and the new ones stored (their plaintext and stored bytes).
+    private(set) var chunks = 0
+    private(set) var newChunks = 0
+    private(set) var newBytes: Int64 = 0
+    /// Entry headers and payloads of the new chunks in packs.
+    private(set) var storedBytes: Int64 = 0
+
+    init(repository: Repository, workers: Int, batchBytes: Int) throws {
+        self.repository = repository
+        self.workers = workers
+        index = try repository.index()
+        bloom = try repository.bloom()
+        compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
+        arena = .allocate(byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
+    }
+
+    deinit { arena.deallocate() }
+
+    /// Stores the chunks of one hashed batch that the repository does not hold.
+    func store(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int) throws {
+        let arenaUsed = try formUnits(slots: slots, count: n)
+        chunks += n
+        if arenaUsed > arena.count {
+            arena.deallocate()
+            arena = .allocate(byteCount: arenaUsed, alignment: 16)
+        }
+        compressUnits(input, slots: slots)
+        try appendUnits(input, slots: slots)
+    }
+
+    /// Dedup, in input order (the pending set and the filter are this thread's);
+    /// the new chunks form compression units. Returns the arena bytes they need.
+    private func formUnits(slots: SharedPointer<ChunkSlot>, count n: Int) throws -> Int {
+        newSlots.removeAll(keepingCapacity: true)
+        units.removeAll(keepingCapacity: true)
+        var arenaUsed = 0
+        var open: CompressionUnit?
+        func closeUnit() {
+            guard var u = open else { return }
+            u.arenaOffset = arenaUsed
+            arenaUsed += ZstdCompressor.bound(u.rawLength)
+            units.append(u)
+            open = nil
+        }
+        for i in 0..<n {
+            let id = slots[i].id
+            var known = pending.contains(id)
+            if !known && bloom.mightContain(id) { known = try index.lookup(id) != nil }
+            guard !known else { continue }
+            pending.insert(id)
+            bloom.insert(id)
+            // A unit never grows past what readers accept for a group.
+            if let u = open, u.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
+            var u = open ?? CompressionUnit(first: newSlots.count)
+            newSlots.append(i)
+            u.count += 1
+            u.rawLength += slots[i].range.count
+            open = u
+            if u.rawLength >= PackFormat.groupTarget { closeUnit() }
+        }
+        closeUnit()
+        return arenaUsed
+    }
+
+    /// Compresses the units on all cores, each into its arena place.
+    private func compressUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) {
+        let arena = arena
+        let compressors = compressors
+        newSlots.withUnsafeBufferPointer { order in
+            units.withUnsafeMutableBufferPointer { unitBuffer in
+                nonisolated(unsafe) let order = order
+                guard let unitBase = unitBuffer.baseAddress else { return }
+                let shared = SharedPointer(base: unitBase)
+                forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
+                    var u = shared[k]
+                    let out = UnsafeMutableRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + ZstdCompressor.bound(u.rawLength))])
+                    let members = order[u.first..<(u.first + u.count)]
+                    // Consecutive chunks of the input (the usual case) are one
+                    // buffer: one-shot compression, without zstd's stream copy.
+                    let contiguous = zip(members, members.dropFirst()).allSatisfy { slots[$0].range.upperBound == slots[$1].range.lowerBound }
+                    do {
+                        let c: Int
+                        if contiguous, let a = members.first, let b = members.last {
+                            let whole = UnsafeRawBufferPointer(rebasing: input[slots[a].range.lowerBound..<slots[b].range.upperBound])
+                            c = try compressors[worker].compress(whole, into: out)
+                        } else {
+                            c = try compressors[worker].compress(pieces: members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }, into: out)
+                        }
+                        // Not smaller: every chunk of the unit is stored raw.
+                        u.storedLength = c < u.rawLength ? c : u.rawLength
+                        u.encoding = c >= u.rawLength ? .raw : (u.count == 1 ? .zstd : .zstdGroup)
+                    } catch {
+                        u.failure = .wrapping(error)
+                    }
+                    shared[k] = u
+                }
+            }
+        }
+    }
+
+    /// Appends the units to the pack in input order; a full pack is committed.
+    private func appendUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) throws {
+        for u in units {
+            if let failure = u.failure { throw failure }
+            let members = newSlots[u.first..<(u.first + u.count)]
+            let payload = UnsafeRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + u.storedLength)])
+            if pack == nil { pack = try PackWriter(backend: repository.backend, cipher: repository.cipher) }
+            switch u.encoding {
+            case .zstdGroup:
+                try pack?.addGroup(members: members.map { (slots[$0].id, slots[$0].range.count) }, payload: payload)
+                storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+            case .zstd:
+                try pack?.add(id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: .zstd, payload: payload)
+                storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+            case .raw:
+                for i in members {
+                    let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])
+                    try pack?.add(id: slots[i].id, rawLength: chunk.count, encoding: .raw, payload: chunk)
+                    storedBytes += Int64(chunk.count + PackFormat.entryHeaderSize)
+                }
+            }
+            newChunks += u.count
+            newBytes += Int64(u.rawLength)
+            if let p = pack, p.size >= UInt64(repository.config.packSize) { try commitPack() }
+        }
+    }
+
+    /// Commits the pack being written (durable), then indexes it.
+    private func commitPack() throws {
+        guard let p = pack else { return }
+        pack = nil
+        let entries = try p.finish()
+        let size = Int64(p.size)  // after finish: trailer and footer included
+        FaultInjection.crashPoint("backup.after-pack-commit")
+        try index.insert(pack: p.id, size: size, entries: entries)
+        // The filter now holds these index entries too.
+        bloom.count += entries.count
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Commits the last pack: every chunk stored so far is durable and indexed.
+    func finish() throws { try commitPack() }
+
+    /// Forgets the pack being written; the filter is saved, best effort, in step
+    /// with what was committed.
+    func abort() {
+        pack?.abort()
+        pack = nil
+        try? repository.saveBloom(bloom)
+    }
+
+    /// Saves the Bloom filter with the chunks this writer added.
+    func saveFilter() throws { try repository.saveBloom(bloom) }
+}

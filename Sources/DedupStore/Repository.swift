@@ -123,7 +123,11 @@ public final class Repository {
     /// The authentication tag of a manifest in an encrypted repository (nil in a
     /// plain one): HMAC under the id key of what ties it to its data.
     public func manifestTag(_ m: Manifest) -> String? {
-        guard let cipher else { return nil }
+        cipher.map { Self.manifestTag(m, cipher: $0) }
+    }
+
+    /// The tag of `m` under `cipher`'s id key.
+    static func manifestTag(_ m: Manifest, cipher: RepositoryCipher) -> String {
         let text = ["manifest", m.id, String(m.size), m.sha256 ?? "", m.chunkList.key, String(m.chunkList.size), m.chunkList.sha256,
                     String(m.chunkList.count), m.kind, m.archive?.file ?? ""].joined(separator: "\0")
         return hmacSHA256(key: cipher.idKey, Array(text.utf8)).hex

@@ -48,8 +48,8 @@ public struct BackupProgress: Sendable {
 /// A crash or an error at any point before the manifest leaves no visible backup,
 /// only unreferenced packs that the next backup reuses or gc reclaims.
 public final class BackupSession {
-    private let repository: Repository
-    private let chunker: ContentDefinedChunker
+    let repository: Repository
+    let chunker: ContentDefinedChunker
     public var progress: ((BackupProgress) -> Void)?
     /// How often `progress` is called, in input bytes.
     public var progressInterval: UInt64 = 32 << 20
@@ -71,82 +71,29 @@ public final class BackupSession {
     /// and takes the whole-stream SHA-256, a few batches ahead. Per batch: all
     /// cores hash the chunks, the ids go to the chunk list, and the chunk writer
     /// stores the new ones (dedup lookup, compression on all cores, packs). Then
-    /// the chunk list, then the manifest. Memory: the reader's buffers, the chunk
-    /// writer's arena (about one batch) and a context per worker.
+    /// the chunk list, then the manifest (format 1). Memory: the reader's buffers,
+    /// the chunk writer's arena (about one batch) and a context per worker.
     public func run<S: ByteSource>(source: S, options: BackupOptions) throws -> Manifest {
         let started = Date()
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
         defer { lock.release() }
-        let leftovers = repository.backend.removeAbandonedWrites(all: false)
-        if leftovers > 0 { repository.notice("removed \(leftovers) temporary file(s) left by interrupted runs") }
-
-        let workers = max(1, min(jobs, 16))
-        let batchBytes = 4 << 20
-        let chunks = try ChunkWriter(repository: repository, workers: workers, batchBytes: batchBytes)
-        let reader = ChunkBatchProducer(source: source, chunker: chunker, batchBytes: batchBytes,
-                                        streamDigest: options.streamSHA256)
-        reader.start()
-        defer { reader.stop() }
-        let hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
-        var slotCapacity = 1024
-        var slotStorage = UnsafeMutablePointer<ChunkSlot>.allocate(capacity: slotCapacity)
-        slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
-        defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
-
+        let ingest = try StreamIngest(session: self, options: options)
         // The list's key is the first free one, found when it is committed: the
         // id's own, or with a random part for a fixed id (two runs racing for a
         // fixed id never share a list; the manifest decides).
-        let baseID = options.fixedID ?? (Timestamps.idStamp(options.time) + "_" + Self.sanitize(options.name))
+        let baseID = options.fixedID ?? Self.baseID(options)
         let chunkList = try ChunkListWriter(backend: repository.backend, key: options.fixedID.map { Self.fixedChunkListKey($0) }
                                             ?? Manifest.chunkListKey(for: baseID), cipher: repository.cipher)
-        var completeness = DumpCompleteness()
-        var nextProgress = progressInterval
-        var bytesRead: UInt64 = 0
-        var streamDigest: ChunkID?
-
+        let streamed: (bytes: UInt64, digest: ChunkID?, incomplete: String?)
         do {
-            while let batch = try reader.next() {
-                defer { reader.release(batch) }
-                let ranges = batch.ranges
-                let n = ranges.count
-                if n > slotCapacity {
-                    slotStorage.deinitialize(count: slotCapacity)
-                    slotStorage.deallocate()
-                    slotCapacity = n * 2
-                    slotStorage = .allocate(capacity: slotCapacity)
-                    slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
-                }
-                let slots = SharedPointer(base: slotStorage)
-                for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i]) }
-                let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
-
-                // Hash the chunks on all cores, list them in order, store the new ones.
-                forEachInParallel(n, workers: workers) { worker, i in
-                    slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
-                }
-                bytesRead += UInt64(batch.length)
-                completeness.observe(input)
-                for i in 0..<n { try chunkList.append(slots[i].id, length: slots[i].range.count) }
-                try chunks.store(input, slots: slots, count: n)
-
-                if bytesRead >= nextProgress, let progress {
-                    nextProgress = bytesRead + progressInterval
-                    progress(BackupProgress(bytesRead: bytesRead, chunks: chunks.chunks,
-                                            newChunks: chunks.newChunks, storedBytes: chunks.storedBytes))
-                }
-            }
-            try chunks.finish()
-            streamDigest = reader.finish()
-            if options.checkDumpComplete, let problem = completeness.problem() {
-                throw DedupError.incompleteInput(problem)
-            }
+            streamed = try ingest.stream(source, into: chunkList)
+            try ingest.chunks.finish()
+            if let problem = streamed.incomplete { throw DedupError.incompleteInput(problem) }
         } catch {
-            chunks.abort()
+            ingest.chunks.abort()
             chunkList.abort()
             throw error
         }
-        var stats = Manifest.Stats(chunks: chunks.chunks, newChunks: chunks.newChunks, newBytes: chunks.newBytes,
-                                   storedBytes: chunks.storedBytes, durationSeconds: 0)
 
         FaultInjection.crashPoint("backup.before-chunklist")
         let (id, list): (String, (key: String, sha256: String, size: Int64))
@@ -156,15 +103,9 @@ public final class BackupSession {
             chunkList.abort()
             throw error
         }
-        stats.durationSeconds = Date().timeIntervalSince(started)
-        var manifest = Manifest(
-            formatVersion: Manifest.currentVersion, id: id, name: options.name, kind: options.kind,
-            database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
-            createdAt: Timestamps.iso8601(options.time), committedAt: Timestamps.iso8601(Date()),
-            source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
-            size: Int64(bytesRead), sha256: streamDigest.map { repository.recordedStreamDigest($0) },
-            chunkList: .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count),
-            stats: stats, dump: options.dump, archive: options.archive)
+        var manifest = makeManifest(id: id, options: options, started: started, chunks: ingest.chunks,
+                                    size: Int64(streamed.bytes), sha256: streamed.digest.map { repository.recordedStreamDigest($0) })
+        manifest.chunkList = .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count)
         manifest.auth = repository.manifestTag(manifest)
         FaultInjection.crashPoint("backup.before-manifest")
         do {
@@ -175,14 +116,100 @@ public final class BackupSession {
             throw DedupError.backupExists(id: id)
         }
         FaultInjection.crashPoint("backup.after-manifest")
-        self.streamDigest = streamDigest
-        // The backup is committed; a filter that cannot be saved is only a cache.
-        do {
-            try chunks.saveFilter()
-        } catch {
-            repository.notice("could not save the Bloom filter (\(error)); the next run rebuilds it")
-        }
+        streamDigest = streamed.digest
+        ingest.saveFilter()
         return manifest
+    }
+
+    /// Backs up several member streams as one backup (format 2): each member in
+    /// turn into its own chunk list, all into the same packs (so that they
+    /// deduplicate against each other), then one manifest naming every member.
+    /// Names must be unique and not empty. `streamSHA256` records each member's.
+    public func run(members: [(name: String, source: AnySource)], options: BackupOptions) throws -> Manifest {
+        let names = members.map(\.name)
+        guard !members.isEmpty, Set(names).count == names.count, !names.contains("") else {
+            throw DedupError.invalidArgument("a backup of member streams needs at least one, each with a name of its own")
+        }
+        let started = Date()
+        let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
+        defer { lock.release() }
+        let ingest = try StreamIngest(session: self, options: options)
+        let baseID = options.fixedID ?? Self.baseID(options)
+        var committed = [Manifest.Member]()
+        var total: Int64 = 0
+        do {
+            for member in members {
+                // A name of its own: a list never collides with another run's.
+                let list = try ChunkListWriter(backend: repository.backend, key: Self.fixedChunkListKey(baseID), cipher: repository.cipher)
+                do {
+                    let streamed = try ingest.stream(member.source, into: list)
+                    if let problem = streamed.incomplete {
+                        try ingest.chunks.finish()
+                        throw DedupError.incompleteInput("member \(member.name): \(problem)")
+                    }
+                    let first = list.key
+                    let ref = try list.finish { attempt in attempt == 0 ? first : Self.fixedChunkListKey(baseID) }
+                    committed.append(Manifest.Member(
+                        name: member.name, size: Int64(streamed.bytes), sha256: streamed.digest.map { repository.recordedStreamDigest($0) },
+                        chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count)))
+                    total += Int64(streamed.bytes)
+                } catch {
+                    list.abort()
+                    throw error
+                }
+            }
+            try ingest.chunks.finish()
+        } catch {
+            ingest.chunks.abort()
+            // The lists already committed are nobody's: gc removes them.
+            throw error
+        }
+        var manifest = makeManifest(id: baseID, options: options, started: started, chunks: ingest.chunks, size: total, sha256: nil)
+        manifest.formatVersion = Manifest.membersVersion
+        manifest.members = committed
+        manifest = try commitManifest(manifest, options: options)
+        ingest.saveFilter()
+        return manifest
+    }
+
+    /// `<time>_<name>`: the id a backup gets when it is free.
+    static func baseID(_ options: BackupOptions) -> String { Timestamps.idStamp(options.time) + "_" + sanitize(options.name) }
+
+    /// A manifest for `options` without its streams (format 1 until they are set).
+    private func makeManifest(id: String, options: BackupOptions, started: Date, chunks: ChunkWriter,
+                              size: Int64, sha256: String?) -> Manifest {
+        let stats = Manifest.Stats(chunks: chunks.chunks, newChunks: chunks.newChunks, newBytes: chunks.newBytes,
+                                   storedBytes: chunks.storedBytes, durationSeconds: Date().timeIntervalSince(started))
+        return Manifest(
+            formatVersion: Manifest.oneStreamVersion, id: id, name: options.name, kind: options.kind,
+            database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
+            createdAt: Timestamps.iso8601(options.time), committedAt: Timestamps.iso8601(Date()),
+            source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,
+            size: size, sha256: sha256, chunkList: nil, stats: stats, dump: options.dump, archive: options.archive)
+    }
+
+    /// Commits a manifest of member streams under its fixed id (refused when
+    /// taken), else under the first free `<id>`, `<id>_2`, ...: the manifest's
+    /// create-if-absent decides between racing runs.
+    private func commitManifest(_ draft: Manifest, options: BackupOptions) throws -> Manifest {
+        for n in 0..<1000 {
+            var manifest = draft
+            if n > 0 {
+                guard options.fixedID == nil else { throw DedupError.backupExists(id: draft.id) }
+                manifest.id = "\(draft.id)_\(n + 1)"
+            }
+            if try repository.hasManifest(manifest.id) { continue }
+            manifest.auth = repository.manifestTag(manifest)
+            FaultInjection.crashPoint("backup.before-manifest")
+            do {
+                try repository.backend.put(Manifest.key(for: manifest.id), try manifest.encoded(), ifAbsent: true)
+            } catch let e as DedupError where e.storageFailure == .alreadyExists {
+                continue
+            }
+            FaultInjection.crashPoint("backup.after-manifest")
+            return manifest
+        }
+        throw DedupError.invalidArgument("could not find a free backup id after 1000 attempts")
     }
 
     /// Commits the chunk list under the backup's id: a fixed id (refused when a
@@ -215,6 +242,92 @@ public final class BackupSession {
         let s = String(name.map { allowed.contains($0) ? $0 : "-" })
         let trimmed = s.trimmingCharacters(in: CharacterSet(charactersIn: ".-"))
         return trimmed.isEmpty ? "backup" : String(trimmed.prefix(80))
+    }
+}
+
+/// The part of a backup that streams inputs into the store: a reader thread
+/// per input, hashing on all cores, the chunk list, and the shared chunk writer.
+final class StreamIngest {
+    let session: BackupSession
+    let options: BackupOptions
+    let chunks: ChunkWriter
+    let workers: Int
+    let batchBytes = 4 << 20
+    private let hashers: [SHA256Hasher]
+    private var bytesSoFar: UInt64 = 0
+    private var nextProgress: UInt64
+
+    init(session: BackupSession, options: BackupOptions) throws {
+        self.session = session
+        self.options = options
+        let repository = session.repository
+        let leftovers = repository.backend.removeAbandonedWrites(all: false)
+        if leftovers > 0 { repository.notice("removed \(leftovers) temporary file(s) left by interrupted runs") }
+        workers = max(1, min(session.jobs, 16))
+        chunks = try ChunkWriter(repository: repository, workers: workers, batchBytes: batchBytes)
+        hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
+        nextProgress = session.progressInterval
+    }
+
+    /// Streams one input: its chunks into `list` (in order) and the new ones into
+    /// the chunk writer. Returns the bytes read, with `streamSHA256` their digest,
+    /// and what is wrong with a plain SQL dump that lacks its completion line (the
+    /// caller commits the chunks first, for the next run to reuse, then refuses).
+    func stream<S: ByteSource>(_ source: S, into list: ChunkListWriter) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
+        let reader = ChunkBatchProducer(source: source, chunker: session.chunker, batchBytes: batchBytes,
+                                        streamDigest: options.streamSHA256)
+        reader.start()
+        defer { reader.stop() }
+        var slotCapacity = 1024
+        var slotStorage = UnsafeMutablePointer<ChunkSlot>.allocate(capacity: slotCapacity)
+        slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
+        defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
+        var completeness = DumpCompleteness()
+        var bytesRead: UInt64 = 0
+        let hashers = hashers
+        while let batch = try reader.next() {
+            defer { reader.release(batch) }
+            let ranges = batch.ranges
+            let n = ranges.count
+            if n > slotCapacity {
+                slotStorage.deinitialize(count: slotCapacity)
+                slotStorage.deallocate()
+                slotCapacity = n * 2
+                slotStorage = .allocate(capacity: slotCapacity)
+                slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
+            }
+            let slots = SharedPointer(base: slotStorage)
+            for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i]) }
+            let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
+
+            // Hash the chunks on all cores, list them in order, store the new ones.
+            forEachInParallel(n, workers: workers) { worker, i in
+                slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
+            }
+            bytesRead += UInt64(batch.length)
+            completeness.observe(input)
+            for i in 0..<n { try list.append(slots[i].id, length: slots[i].range.count) }
+            try chunks.store(input, slots: slots, count: n)
+            reportProgress(bytesSoFar + bytesRead)
+        }
+        let digest = reader.finish()
+        bytesSoFar += bytesRead
+        return (bytesRead, digest, options.checkDumpComplete ? completeness.problem() : nil)
+    }
+
+    private func reportProgress(_ bytes: UInt64) {
+        guard bytes >= nextProgress, let progress = session.progress else { return }
+        nextProgress = bytes + session.progressInterval
+        progress(BackupProgress(bytesRead: bytes, chunks: chunks.chunks, newChunks: chunks.newChunks, storedBytes: chunks.storedBytes))
+    }
+
+    /// The backup is committed; a filter that cannot be saved is only a cache.
+    func saveFilter() {
+        do {
+            try chunks.saveFilter()
+        } catch {
+            session.repository.notice("could not save the Bloom filter (\(error)); the next run rebuilds it")
+        }
     }
 }
 

@@ -15,6 +15,8 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     case manifestAmbiguous(prefix: String, candidates: [String])
     case manifestCorrupt(id: String, detail: String)
     case manifestTooNew(id: String, version: Int, supported: Int)
+    /// A backup of several streams asked for one it does not hold, or for none.
+    case memberNotFound(manifest: String, member: String?, members: [String])
     case repositoryTampered(path: String, detail: String)
     case keyFileNotFound(path: String)
     case outputFolderMissing(path: String, folder: String)
@@ -70,6 +72,12 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
             return "backup \(id) is damaged: \(detail)"
         case .manifestTooNew(let id, let version, let supported):
             return "backup \(id) has manifest format version \(version), but this dbbackup reads versions up to \(supported); upgrade dbbackup to read it"
+        case .memberNotFound(let manifest, let member, let members):
+            let names = members.prefix(10).map { $0.isEmpty ? "(the stream)" : $0 }.joined(separator: ", ") + (members.count > 10 ? ", ..." : "")
+            if let member {
+                return "backup \(manifest) holds no stream named '\(member)' (it holds: \(names))"
+            }
+            return "backup \(manifest) holds \(members.count) member streams (\(names)); name the one to read"
         case .repositoryTampered(let path, let detail):
             return "repository \(path) was changed outside dbbackup: \(detail); nothing was read or written"
         case .outputFolderMissing(let path, let folder):

@@ -80,20 +80,16 @@ public final class GarbageCollector {
         let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
         let ids = try repository.manifestIDs()
         var liveChunkLists = Set<String>()
-        try ReferenceWalker(repository: repository).forEachBackup(ids) { id, opened in
-            func stop(_ e: DedupError) -> DedupError {
-                .invalidArgument("gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again")
-            }
-            switch opened {
-            case .failure(let e):
-                throw stop(e)
-            case .success(let backup):
-                liveChunkLists.insert(backup.manifest.chunkList.key)
-                do {
-                    try backup.list.forEach { chunk, _ in try marks.insert(chunk) }
-                } catch let e as DedupError {
-                    throw stop(e)
+        let walker = ReferenceWalker(repository: repository)
+        try walker.forEachBackup(ids) { id, loaded in
+            do {
+                let manifest = try loaded.get()
+                try walker.forEachStream(of: manifest) { member, list in
+                    liveChunkLists.insert(member.chunkList.key)
+                    try list.forEach { chunk, _ in try marks.insert(chunk) }
                 }
+            } catch let e as DedupError {
+                throw DedupError.invalidArgument("gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again")
             }
         }
         try marks.flush()

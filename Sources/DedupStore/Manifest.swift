@@ -17,7 +17,29 @@ public enum BackupKind: String, CaseIterable, Codable, Sendable {
 /// A committed backup: `manifests/<id>.manifest.json`, readable with jq. The chunk
 /// list itself lives beside it in a compact binary object, named and checksummed here.
 public struct Manifest: Codable, Equatable, Sendable {
-    public static let currentVersion = 1
+    /// The newest format this build reads: 1 (one stream, `chunkList`) and 2
+    /// (several member streams, `members`). A one-stream backup is written in
+    /// format 1, exactly as before format 2 existed.
+    public static let currentVersion = 2
+    /// The format of a backup of one stream.
+    public static let oneStreamVersion = 1
+    /// The format of a backup of several member streams.
+    public static let membersVersion = 2
+
+    /// One stream of a backup: the whole input of a format-1 manifest (named ""),
+    /// or one member of a format-2 one (a table, a schema section).
+    public struct Member: Codable, Equatable, Sendable {
+        /// Unique within the backup; "" for the one stream of format 1.
+        public var name: String
+        public var size: Int64
+        /// The member's SHA-256 when the backup recorded one (keyed when encrypted).
+        public var sha256: String?
+        public var chunkList: ChunkListRef
+
+        public init(name: String, size: Int64, sha256: String?, chunkList: ChunkListRef) {
+            self.name = name; self.size = size; self.sha256 = sha256; self.chunkList = chunkList
+        }
+    }
 
     public struct ChunkListRef: Codable, Equatable, Sendable {
         /// Object key of the binary chunk list.
@@ -116,7 +138,11 @@ public struct Manifest: Codable, Equatable, Sendable {
     /// asked for one (`--stream-sha256`; every chunk is verified regardless).
     public var size: Int64
     public var sha256: String?
-    public var chunkList: ChunkListRef
+    /// Format 1: the one stream's chunk list.
+    public var chunkList: ChunkListRef?
+    /// Format 2: the member streams, each with its own chunk list (`size` is
+    /// their sum, `sha256` absent).
+    public var members: [Member]?
     public var stats: Stats
     /// Set for database dumps made by dbbackup itself.
     public var dump: DumpInfo?
@@ -128,6 +154,28 @@ public struct Manifest: Codable, Equatable, Sendable {
     public var auth: String?
 
     public var createdDate: Date? { Timestamps.parse(createdAt) }
+
+    /// Every stream of the backup: format 1 reads as one member named "".
+    public var streams: [Member] {
+        if let members { return members }
+        guard let chunkList else { return [] }
+        return [Member(name: "", size: size, sha256: sha256, chunkList: chunkList)]
+    }
+
+    /// The stream named `name`; nil (with `name` nil) the only one of a backup of one stream.
+    public func stream(_ name: String?) throws -> Member {
+        let all = streams
+        if let name {
+            guard let m = all.first(where: { $0.name == name }) else {
+                throw DedupError.memberNotFound(manifest: id, member: name, members: all.map(\.name))
+            }
+            return m
+        }
+        guard all.count == 1, let only = all.first else {
+            throw DedupError.memberNotFound(manifest: id, member: nil, members: all.map(\.name))
+        }
+        return only
+    }
 
     /// The kinds of archived log files (one manifest per WAL file or binlog):
     /// not backups of their own, they extend the base backups and dumps.
@@ -151,7 +199,14 @@ public struct Manifest: Codable, Equatable, Sendable {
             guard version <= currentVersion else {
                 throw DedupError.manifestTooNew(id: id, version: version, supported: currentVersion)
             }
-            return try JSONDecoder().decode(Manifest.self, from: Data(bytes))
+            let m = try JSONDecoder().decode(Manifest.self, from: Data(bytes))
+            let shaped = version == oneStreamVersion ? (m.chunkList != nil && m.members == nil)
+                : (m.chunkList == nil && !(m.members ?? []).isEmpty && Set(m.streams.map(\.name)).count == m.streams.count
+                   && m.streams.reduce(0) { $0 + $1.size } == m.size)
+            guard shaped else {
+                throw DedupError.manifestCorrupt(id: id, detail: "format \(version) with the streams of another format (chunkList, members)")
+            }
+            return m
         } catch let e as DedupError {
             throw e
         } catch {
@@ -280,7 +335,8 @@ public final class ChunkListReader {
 
     /// Opens a backup's chunk list in `repository`; in an encrypted one the
     /// manifest's tag is checked first.
-    public convenience init(repository: Repository, manifest: Manifest) throws {
+    /// The list of the one stream of a backup of one stream (or of `member`).
+    public convenience init(repository: Repository, manifest: Manifest, member: String? = nil) throws {
         if repository.config.isEncrypted {
             try repository.requireKey()
             guard let tag = manifest.auth, tag == repository.manifestTag(manifest) else {
@@ -288,18 +344,22 @@ public final class ChunkListReader {
                     ? "it carries no authentication tag, in an encrypted repository" : "its authentication tag does not match (the manifest was changed)")
             }
         }
-        try self.init(backend: repository.backend, manifest: manifest, cipher: repository.cipher)
+        try self.init(backend: repository.backend, manifestID: manifest.id, ref: try manifest.stream(member).chunkList,
+                      cipher: repository.cipher)
+    }
+
+    /// The list of the one stream of `manifest`, without the tag check.
+    public convenience init(backend: Backend, manifest: Manifest, cipher: RepositoryCipher? = nil) throws {
+        try self.init(backend: backend, manifestID: manifest.id, ref: try manifest.stream(nil).chunkList, cipher: cipher)
     }
 
     /// Opens and fully checks the list: size, magic, counts and SHA-256 against
     /// the manifest (reading it once; it is 36 bytes a chunk). `cipher`: the
     /// repository's, when it is encrypted (its lists are sealed).
-    public init(backend: Backend, manifest: Manifest, cipher: RepositoryCipher? = nil) throws {
-        let ref = manifest.chunkList
+    public init(backend: Backend, manifestID: String, ref: Manifest.ChunkListRef, cipher: RepositoryCipher? = nil) throws {
         self.cipher = cipher
-        let manifestID = manifest.id
         guard let size = try backend.size(ref.key) else {
-            throw DedupError.manifestCorrupt(id: manifest.id, detail: "its chunk list \(ref.key) is missing")
+            throw DedupError.manifestCorrupt(id: manifestID, detail: "its chunk list \(ref.key) is missing")
         }
         let object = try backend.openReader(ref.key)
         self.object = object

@@ -126,11 +126,20 @@ public final class Repository {
         cipher.map { Self.manifestTag(m, cipher: $0) }
     }
 
-    /// The tag of `m` under `cipher`'s id key.
+    /// The tag of `m` under `cipher`'s id key. Format 1 covers the id, size,
+    /// digest, the chunk list's reference, kind and archived file; format 2 the
+    /// same fields of every member, in order, each with its name.
     static func manifestTag(_ m: Manifest, cipher: RepositoryCipher) -> String {
-        let text = ["manifest", m.id, String(m.size), m.sha256 ?? "", m.chunkList.key, String(m.chunkList.size), m.chunkList.sha256,
-                    String(m.chunkList.count), m.kind, m.archive?.file ?? ""].joined(separator: "\0")
-        return hmacSHA256(key: cipher.idKey, Array(text.utf8)).hex
+        func reference(_ ref: Manifest.ChunkListRef) -> [String] { [ref.key, String(ref.size), ref.sha256, String(ref.count)] }
+        var fields: [String]
+        if let members = m.members {
+            fields = ["manifest-v2", m.id, String(m.size), String(members.count)]
+            for member in members { fields += [member.name, String(member.size), member.sha256 ?? ""] + reference(member.chunkList) }
+        } else {
+            fields = ["manifest", m.id, String(m.size), m.sha256 ?? ""] + (m.chunkList.map(reference) ?? ["", "", "", ""])
+        }
+        fields += [m.kind, m.archive?.file ?? ""]
+        return hmacSHA256(key: cipher.idKey, Array(fields.joined(separator: "\0").utf8)).hex
     }
 
     /// True when a backup holds `id`.
@@ -396,7 +405,7 @@ public final class Repository {
     public func deleteManifest(_ id: String) throws {
         let manifest = try loadManifest(id)
         try backend.delete(Manifest.key(for: id))
-        try backend.delete(manifest.chunkList.key)
+        for stream in manifest.streams { try backend.delete(stream.chunkList.key) }
         try backend.delete(VerificationRecord.key(for: id))
     }
 

@@ -23,14 +23,17 @@ public final class Restorer {
     }
 
     @discardableResult
-    public func restore(_ idOrPrefix: String, to target: RestoreTarget) throws -> Manifest {
+    /// Restores the one stream of a backup, or its member `member` (a backup of
+    /// several member streams needs it).
+    public func restore(_ idOrPrefix: String, member: String? = nil, to target: RestoreTarget) throws -> Manifest {
         try repository.requireKey()
         // Shared: gc and index rebuild, which move or forget chunks, wait for us.
         let lock = try repository.lock(.shared, command: "restore \(idOrPrefix)", wait: lockWait)
         defer { lock.release() }
         let id = try repository.resolveManifestID(idOrPrefix)
         let manifest = try repository.loadManifest(id)
-        let list = try ChunkListReader(repository: repository, manifest: manifest)
+        let stream = try manifest.stream(member)
+        let list = try ChunkListReader(repository: repository, manifest: manifest, member: member)
         let chunkReader = try ChunkReader(repository: repository)
 
         let fd: Int32
@@ -66,7 +69,7 @@ public final class Restorer {
         let cipher = repository.cipher
         let openScratch = (0..<workers).map { _ in ScratchBuffer() }
         // The whole-stream digest only for backups that recorded one.
-        let streamHasher: SHA256Hasher? = manifest.sha256 == nil ? nil : SHA256Hasher()
+        let streamHasher: SHA256Hasher? = stream.sha256 == nil ? nil : SHA256Hasher()
         // Stored bytes in, plaintext out: one batch in, two out (one is being
         // decoded into while the writer thread hashes and writes the other).
         let inArena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
@@ -158,10 +161,10 @@ public final class Restorer {
         }
 
         do {
-            guard list.totalBytes == UInt64(manifest.size) else {
-                throw DedupError.manifestCorrupt(id: manifest.id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(manifest.size)")
+            guard list.totalBytes == UInt64(stream.size) else {
+                throw DedupError.manifestCorrupt(id: manifest.id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(stream.size)")
             }
-            if tmpPath != nil { try FileIO.preallocate(fd, size: manifest.size, path: outName) }
+            if tmpPath != nil { try FileIO.preallocate(fd, size: stream.size, path: outName) }
             try list.forEach { id, length in
                 let loc = try chunkReader.location(of: id, manifest: manifest.id)
                 let entryLength = PackFormat.entryHeaderSize + Int(loc.storedLength)
@@ -185,10 +188,10 @@ public final class Restorer {
             }
             try flushBatch()
             try writer.finish()
-            guard written == UInt64(manifest.size) else {
-                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "\(manifest.size) bytes", actual: "\(written) bytes")
+            guard written == UInt64(stream.size) else {
+                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "\(stream.size) bytes", actual: "\(written) bytes")
             }
-            if let expected = manifest.sha256, let digest = streamHasher.map({ repository.recordedStreamDigest($0.finish()) }), digest != expected {
+            if let expected = stream.sha256, let digest = streamHasher.map({ repository.recordedStreamDigest($0.finish()) }), digest != expected {
                 throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "SHA-256 \(expected)", actual: digest)
             }
             if let tmp = tmpPath {

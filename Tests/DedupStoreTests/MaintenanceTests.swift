@@ -258,7 +258,7 @@ import Testing
         let repo = try makeRepository(dir)
         let m = try backup(repo, randomBytes(500_000, seed: 4), name: "x")
         let victim = try backup(repo, randomBytes(500_000, seed: 5), name: "y")
-        try repo.backend.delete(m.chunkList.key)
+        try repo.backend.delete(try #require(m.chunkList).key)
         let packs = try repo.listPacks()
         #expect { try GarbageCollector(repository: repo).run() } throws: { e in
             (e as? DedupError)?.message.contains("gc stopped before deleting anything") == true

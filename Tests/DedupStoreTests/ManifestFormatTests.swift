@@ -33,6 +33,101 @@ import Testing
         #expect(Repository.manifestTag(Self.oneStream(), cipher: cipher) == Self.formatOneTagGolden)
     }
 
+    @Test func aBackupOfOneStreamIsWrittenInFormatOne() throws {
+        let dir = TestStore(.memory)
+        let repo = try makeRepository(dir)
+        let m = try backup(repo, randomBytes(100_000, seed: 1), name: "one")
+        let bytes = try #require(try repo.backend.get(Manifest.key(for: m.id)))
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+        #expect(json["formatVersion"] as? Int == 1 && json["chunkList"] != nil && json["members"] == nil)
+        #expect(m.streams.count == 1 && m.streams[0].name == "")
+    }
+
+    @Test func everyFormatOneManifestReadsAsOneMember() throws {
+        let m = try Manifest.decode(Array(Self.formatOneGolden.utf8), id: "2026-11-21_020000_shop")
+        let list = try #require(m.chunkList)
+        #expect(m.streams == [Manifest.Member(name: "", size: 50_000_000, sha256: String(repeating: "ab", count: 32), chunkList: list)])
+        #expect(try m.stream(nil).chunkList.count == 167)
+        // The streams of one format under the number of the other: refused.
+        let misnumbered = Self.formatOneGolden.replacingOccurrences(of: "\"formatVersion\" : 1", with: "\"formatVersion\" : 2")
+        #expect { try Manifest.decode(Array(misnumbered.utf8), id: "x") } throws: { e in
+            if case DedupError.manifestCorrupt = e { return true } else { return false }
+        }
+    }
+
+    /// Several member streams: one backup in format 2 that restores member by
+    /// member, verifies, keeps its chunks through gc, and goes whole on delete.
+    @Test(arguments: [(StoreKind.local, false), (StoreKind.memory, false), (StoreKind.memory, true)])
+    func membersAreOneBackupOfSeveralStreams(kind: StoreKind, encrypted: Bool) throws {
+        let dir = TestStore(kind)
+        let key: [UInt8]? = encrypted ? Array("members".utf8) : nil
+        let repo = try makeRepository(dir, key: key)
+        let shared = sqlLikeBytes(rows: 8_000, seed: 5)
+        let streams: [(String, [UInt8])] = [("public.orders", shared + randomBytes(200_000, seed: 6)),
+                                            ("public.customers", randomBytes(300_000, seed: 7) + shared),
+                                            ("schema", [])]
+        var options = BackupOptions(name: "shop", source: "memory")
+        options.kind = "dump"
+        options.lockWait = 0
+        options.streamSHA256 = true
+        options.checkDumpComplete = false
+        let m = try BackupSession(repository: repo).run(members: streams.map { ($0.0, AnySource(BufferSource($0.1))) }, options: options)
+        #expect(m.formatVersion == 2 && m.chunkList == nil && m.members?.map(\.name) == streams.map(\.0))
+        #expect(m.size == Int64(streams.reduce(0) { $0 + $1.1.count }))
+        #expect(m.stats.newChunks < m.stats.chunks, "the members deduplicate against each other")
+        let reopened = try dir.reopen(key: key)
+        for (name, data) in streams {
+            let out = dir.sub("out-\(name)")
+            try Restorer(repository: reopened).restore(m.id, member: name, to: .file(path: out, overwrite: false))
+            #expect(try FileIO.readFile(out) == data, "\(name)")
+        }
+        #expect { try Restorer(repository: reopened).restore(m.id, to: .file(path: dir.sub("whole"), overwrite: false)) } throws: { e in
+            guard case DedupError.memberNotFound(_, nil, let names) = e else { return false }
+            return names == streams.map(\.0)
+        }
+        #expect(try Verifier(repository: reopened).verify(deep: true).ok)
+        // gc keeps every member's chunks; a delete takes the backup whole.
+        let other = try backup(reopened, randomBytes(400_000, seed: 8), name: "other")
+        try reopened.deleteManifest(other.id)
+        _ = try GarbageCollector(repository: reopened).run()
+        for (name, data) in streams {
+            let out = dir.sub("again-\(name)")
+            try Restorer(repository: reopened).restore(m.id, member: name, to: .file(path: out, overwrite: false))
+            #expect(try FileIO.readFile(out) == data)
+        }
+        try reopened.deleteManifest(m.id)
+        _ = try GarbageCollector(repository: reopened).run()
+        #expect(try reopened.listPacks().isEmpty && (try reopened.backend.list("manifests/")).isEmpty)
+    }
+
+    /// In an encrypted repository the tag covers every member: a member pointed
+    /// at another list, or a member dropped, is refused.
+    @Test func theTagCoversEveryMember() throws {
+        let dir = TestStore(.memory)
+        let key = Array("tag".utf8)
+        let repo = try makeRepository(dir, key: key)
+        var options = BackupOptions(name: "t", source: "memory")
+        options.lockWait = 0
+        options.checkDumpComplete = false
+        let m = try BackupSession(repository: repo).run(members: [("a", AnySource(BufferSource(randomBytes(50_000, seed: 1)))),
+                                                                  ("b", AnySource(BufferSource(randomBytes(60_000, seed: 2))))],
+                                                        options: options)
+        let members = try #require(m.members)
+        var swapped = m
+        swapped.members = [Manifest.Member(name: "a", size: members[1].size, sha256: nil, chunkList: members[1].chunkList),
+                           Manifest.Member(name: "b", size: members[0].size, sha256: nil, chunkList: members[0].chunkList)]
+        var dropped = m
+        dropped.members = [members[0]]
+        dropped.size = members[0].size
+        for forged in [swapped, dropped] {
+            try dir.rewrite(Manifest.key(for: m.id), try forged.encoded())
+            #expect { try Restorer(repository: dir.reopen(key: key)).restore(m.id, member: "a", to: .file(path: dir.sub("x"), overwrite: true)) } throws: { e in
+                (e as? DedupError)?.message.contains("authentication tag does not match") == true
+            }
+            #expect(try Verifier(repository: dir.reopen(key: key)).verify(deep: false).damagedManifests == [m.id])
+        }
+    }
+
     static let formatOneGolden = """
         {
           "chunkList" : {

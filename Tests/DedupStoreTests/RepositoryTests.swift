@@ -359,7 +359,7 @@ import Testing
         let dir = TestStore(kind)
         let repo = try makeRepository(dir)
         let m = try backup(repo, randomBytes(500_000, seed: 11), name: "x")
-        try dir.flip(m.chunkList.key, at: 20)
+        try dir.flip(try #require(m.chunkList).key, at: 20)
         #expect { try restoreBytes(repo, m.id, dir: dir) } throws: { e in
             guard case DedupError.manifestCorrupt(let id, let detail) = e else { return false }
             return id == m.id && detail.contains("checksum")

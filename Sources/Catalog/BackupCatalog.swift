@@ -158,7 +158,6 @@ public final class BackupCatalog {
         try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
     }
 
-    public func recordVerification(_ v: VerificationRecord) throws { try apply(v) }
 
     public func recordEvent(_ e: Event) throws {
         try db.run("INSERT INTO events (at, kind, status, name, database, engine, backup_type, duration, size, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",

@@ -115,7 +115,7 @@ import Testing
         let text = String(decoding: try readFile(path), as: UTF8.self)
         try writeFile(path, Array(text.replacingOccurrences(of: "\"formatVersion\" : 1", with: "\"formatVersion\" : 7").utf8))
         let restore = try plain.dedup(["restore", id, "-"])
-        #expect(errorLines(restore) == ["dbbackup: error: backup \(id) has manifest format version 7, but this dbbackup reads versions up to 1; "
+        #expect(errorLines(restore) == ["dbbackup: error: backup \(id) has manifest format version 7, but this dbbackup reads versions up to 2; "
                                          + "upgrade dbbackup to read it"], "\(restore.stderr)")
         #expect(!restore.stderr.contains("damaged"))
         let list = try plain.dedup(["list"])

@@ -330,7 +330,3 @@ final class StreamIngest {
         }
     }
 }
-
-public enum DedupStoreVersion {
-    public static let string = "0.1.0"
-}

@@ -198,13 +198,9 @@ public final class ChunkIndex {
         }
     }
 
-    /// Forgets a pack: its record, and each of `ids` whose location is in that pack
-    /// (a chunk that was copied elsewhere keeps its newer location).
-    public func remove(pack: PackID, ids: [ChunkID]) throws {
-        try remove(packs: [(pack, ids)])
-    }
-
-    /// The same for many packs, in one transaction.
+    /// Forgets packs: their records, and each of their `ids` whose location is in
+    /// that pack (a chunk that was copied elsewhere keeps its newer location), in
+    /// one transaction.
     public func remove(packs: [(PackID, [ChunkID])]) throws {
         try write { txn in
             for (pack, ids) in packs {

@@ -36,30 +36,9 @@ public final class Restorer {
         let list = try ChunkListReader(repository: repository, manifest: manifest, member: member)
         let chunkReader = try ChunkReader(repository: repository)
 
-        let fd: Int32
-        var tmpPath: String?
-        var finalPath = "standard output"
-        switch target {
-        case .standardOutput:
-            fd = STDOUT_FILENO
-        case .descriptor(let given, let name):
-            fd = given
-            finalPath = name
-        case .file(let path, let overwrite):
-            finalPath = path
-            if !overwrite && FileIO.exists(path) {
-                throw DedupError.invalidArgument("\(path) already exists; remove it or pass --force to replace it")
-            }
-            try FileIO.requireFolder(of: path)
-            let dir = FileIO.parent(path)
-            let name = FileIO.lastComponent(path)
-            let tmp = (dir.isEmpty ? "." : dir) + "/.\(name).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
-            fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
-            InterruptCleanup.register(tmp)
-            tmpPath = tmp
-        }
-
-        let outName = tmpPath ?? finalPath
+        let output = try RestoreOutput(target)
+        let fd = output.fd
+        let outName = output.name
         let maxChunk = repository.config.chunker.maxSize
         let batchBytes = 4 << 20
         let workers = max(1, min(jobs, 16))
@@ -76,7 +55,7 @@ public final class Restorer {
         let outArenas = (0..<2).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes + maxChunk, alignment: 16) }
         var outArena = outArenas[0]
         var writtenToFile: Int64 = 0
-        let isFile = tmpPath != nil
+        let isFile = output.isFile
         let writer = BackgroundSink { batch in
             if let streamHasher {
                 // The stream digest on one core while the other writes.
@@ -164,7 +143,7 @@ public final class Restorer {
             guard list.totalBytes == UInt64(stream.size) else {
                 throw DedupError.manifestCorrupt(id: manifest.id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(stream.size)")
             }
-            if tmpPath != nil { try FileIO.preallocate(fd, size: stream.size, path: outName) }
+            if isFile { try FileIO.preallocate(fd, size: stream.size, path: outName) }
             try list.forEach { id, length in
                 let loc = try chunkReader.location(of: id, manifest: manifest.id)
                 let entryLength = PackFormat.entryHeaderSize + Int(loc.storedLength)
@@ -194,25 +173,72 @@ public final class Restorer {
             if let expected = stream.sha256, let digest = streamHasher.map({ repository.recordedStreamDigest($0.finish()) }), digest != expected {
                 throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "SHA-256 \(expected)", actual: digest)
             }
-            if let tmp = tmpPath {
-                try FileIO.fsync(fd, path: tmp)
-                if rename(tmp, finalPath) != 0 { throw DedupError.io(operation: "rename", path: finalPath, errno: errno) }
-                InterruptCleanup.unregister(tmp)
-                close(fd)
-                tmpPath = nil
-                let dir = FileIO.parent(finalPath)
-                try FileIO.fsyncDirectory(dir.isEmpty ? "." : dir)
-            }
+            try output.commit()
         } catch {
             // The writer thread may still be writing the previous batch to fd.
             writer.close()
-            if let tmp = tmpPath {
-                close(fd)
-                unlink(tmp)
-                InterruptCleanup.unregister(tmp)
-            }
+            output.abandon()
             throw error
         }
         return manifest
+    }
+}
+
+/// Where a restore's bytes go: a file is written under a temporary name beside
+/// it, and only a restore whose every check passed is fsynced and renamed into
+/// place; standard output and descriptors are written as they come.
+final class RestoreOutput {
+    let fd: Int32
+    /// The name writes report (the temporary file, while there is one).
+    let name: String
+    private let finalPath: String?
+    private var tmpPath: String?
+
+    var isFile: Bool { finalPath != nil }
+
+    init(_ target: RestoreTarget) throws {
+        switch target {
+        case .standardOutput:
+            fd = STDOUT_FILENO
+            name = "standard output"
+            finalPath = nil
+        case .descriptor(let given, let label):
+            fd = given
+            name = label
+            finalPath = nil
+        case .file(let path, let overwrite):
+            if !overwrite && FileIO.exists(path) {
+                throw DedupError.invalidArgument("\(path) already exists; remove it or pass --force to replace it")
+            }
+            try FileIO.requireFolder(of: path)
+            let dir = FileIO.parent(path)
+            let tmp = (dir.isEmpty ? "." : dir) + "/.\(FileIO.lastComponent(path)).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
+            fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            InterruptCleanup.register(tmp)
+            tmpPath = tmp
+            name = tmp
+            finalPath = path
+        }
+    }
+
+    /// A file: durable, then renamed into place (and its folder fsynced).
+    func commit() throws {
+        guard let tmp = tmpPath, let finalPath else { return }
+        try FileIO.fsync(fd, path: tmp)
+        if rename(tmp, finalPath) != 0 { throw DedupError.io(operation: "rename", path: finalPath, errno: errno) }
+        InterruptCleanup.unregister(tmp)
+        close(fd)
+        tmpPath = nil
+        let dir = FileIO.parent(finalPath)
+        try FileIO.fsyncDirectory(dir.isEmpty ? "." : dir)
+    }
+
+    /// A file: the partial output removed.
+    func abandon() {
+        guard let tmp = tmpPath else { return }
+        close(fd)
+        unlink(tmp)
+        InterruptCleanup.unregister(tmp)
+        tmpPath = nil
     }
 }

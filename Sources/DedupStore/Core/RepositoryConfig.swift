@@ -1,5 +1,13 @@
 import Foundation
 
+/// The algorithms a config names, by the names it records them under (the
+/// strings on disk stay what they are; a name this build does not know is
+/// refused when the config is read).
+public enum ChunkerAlgorithm: String, Sendable { case fastCDCGear64 = "fastcdc-gear64-v1" }
+public enum CompressionAlgorithm: String, Sendable { case zstd }
+public enum ChunkHashAlgorithm: String, Sendable { case sha256, hmacSHA256 = "hmac-sha256" }
+public enum EncryptionAlgorithm: String, Sendable { case none, aes256GCM = "aes-256-gcm" }
+
 /// The repository's `config` object: written once at init, never changed.
 public struct RepositoryConfig: Codable, Equatable, Sendable {
     public static let formatName = "dbbackup-dedup"
@@ -33,9 +41,14 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
     public var chunkHash: String
     public var encryption: String
 
-    public static let aesGCM = "aes-256-gcm"
+    /// The algorithms by type (nil for a name this build does not know; `decode`
+    /// refuses such a config).
+    public var chunkerAlgorithm: ChunkerAlgorithm? { ChunkerAlgorithm(rawValue: chunker.algorithm) }
+    public var compressionAlgorithm: CompressionAlgorithm? { CompressionAlgorithm(rawValue: compression.algorithm) }
+    public var hashAlgorithm: ChunkHashAlgorithm? { ChunkHashAlgorithm(rawValue: chunkHash) }
+    public var encryptionAlgorithm: EncryptionAlgorithm? { EncryptionAlgorithm(rawValue: encryption) }
 
-    public var isEncrypted: Bool { encryption != "none" }
+    public var isEncrypted: Bool { encryptionAlgorithm != EncryptionAlgorithm.none }
 
     public init(chunker: ChunkerParameters, compressionLevel: Int, packSize: Int = RepositoryConfig.defaultPackSize,
                 encrypted: Bool = false) {
@@ -43,12 +56,12 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
         version = Self.currentVersion
         id = Hex.encode(SecureRandom.bytes(16))
         createdAt = Timestamps.iso8601(Date())
-        self.chunker = Chunker(algorithm: "fastcdc-gear64-v1", minSize: chunker.minSize,
+        self.chunker = Chunker(algorithm: ChunkerAlgorithm.fastCDCGear64.rawValue, minSize: chunker.minSize,
                                avgSize: chunker.avgSize, maxSize: chunker.maxSize)
-        compression = Compression(algorithm: "zstd", level: compressionLevel)
+        compression = Compression(algorithm: CompressionAlgorithm.zstd.rawValue, level: compressionLevel)
         self.packSize = packSize
-        chunkHash = encrypted ? "hmac-sha256" : "sha256"
-        encryption = encrypted ? Self.aesGCM : "none"
+        chunkHash = (encrypted ? ChunkHashAlgorithm.hmacSHA256 : .sha256).rawValue
+        encryption = (encrypted ? EncryptionAlgorithm.aes256GCM : .none).rawValue
     }
 
     /// A decoding error in one short phrase, without Swift's type dump.
@@ -81,12 +94,16 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
         }
         do {
             let config = try JSONDecoder().decode(RepositoryConfig.self, from: Data(bytes))
-            guard config.chunker.algorithm == "fastcdc-gear64-v1", ["sha256", "hmac-sha256"].contains(config.chunkHash) else {
+            guard config.chunkerAlgorithm != nil, config.hashAlgorithm != nil else {
                 throw DedupError.foreignRepository(path: path, detail: "unknown chunker or hash")
             }
+            guard config.compressionAlgorithm != nil else {
+                throw DedupError.unsupportedRepository(path: path, detail: "compression '\(config.compression.algorithm)'")
+            }
             // Plain: SHA-256 ids. Encrypted: AES-256-GCM and keyed ids, always together.
-            guard (config.encryption == "none" && config.chunkHash == "sha256")
-                    || (config.encryption == Self.aesGCM && config.chunkHash == "hmac-sha256") else {
+            switch (config.encryptionAlgorithm, config.hashAlgorithm) {
+            case (.none?, .sha256?), (.aes256GCM?, .hmacSHA256?): break
+            default:
                 throw DedupError.unsupportedRepository(path: path, detail: "encryption '\(config.encryption)' with chunk hash '\(config.chunkHash)'")
             }
             try config.chunker.parameters.validate()

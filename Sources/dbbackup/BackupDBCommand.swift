@@ -36,8 +36,8 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "The database to dump.")
     var database: String?
 
-    @Option(name: [.customShort("d"), .long], help: "Database engine: postgres, mysql, mariadb.")
-    var dbType: String = "postgres"
+    @Option(name: [.customShort("d"), .long], help: ArgumentHelp("Database engine: \(DatabaseEngine.helpList).", valueName: "engine"))
+    var dbType: DatabaseEngine = .postgres
 
     @OptionGroup var server: ServerOptions
 
@@ -58,7 +58,7 @@ struct DedupBackupDB: ParsableCommand {
     func validate() throws {
         if baseBackup {
             guard !all, positionalDatabase == nil, database == nil else { throw ValidationError("--base-backup copies the whole cluster: give no database and no --all") }
-            guard dbType == "postgres" || dbType == "postgresql" else { throw ValidationError("--base-backup is for PostgreSQL; for MySQL/MariaDB, dump a database and archive its binlogs") }
+            guard dbType == .postgres else { throw ValidationError("--base-backup is for PostgreSQL; for MySQL/MariaDB, dump a database and archive its binlogs") }
             return
         }
         if all {
@@ -75,9 +75,8 @@ struct DedupBackupDB: ParsableCommand {
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
             let address = server.address
-            let maria = dbType == "mysql" || dbType == "mariadb"
-            guard maria || dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
-            let engine = maria ? dbType : "postgres"
+            let maria = dbType.isMySQLFamily
+            let engine = dbType.rawValue
             if baseBackup {
                 try recordingFailure(store, name: name ?? "basebackup", database: nil, engine: engine, backupType: "basebackup") {
                     try backUpCluster(connection: try PostgresConnection(address, database: "postgres"), into: try store.openOrCreate(), address: address)
@@ -148,7 +147,7 @@ struct DedupBackupDB: ParsableCommand {
         }
         let source = PrefixedSource(prefix: head, rest: AnySource(dump))
         var options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion,
+                                  dump: Manifest.DumpInfo(engine: DatabaseEngine.postgres.rawValue, serverVersion: connection.serverVersion,
                                                           server: address.postgresLabel, tool: "pg_dump", toolVersion: plan.toolVersion,
                                                           format: dumpFormat.rawValue, databaseSize: size))
         // Only the plain format ends with a completion line; pg_dump's exit
@@ -171,7 +170,7 @@ struct DedupBackupDB: ParsableCommand {
             _ = try? tar.read(upTo: 1 << 20)  // let pg_basebackup finish and say why
             throw DatabaseError.invalidArgument("pg_basebackup's output does not start with a backup_label (\(head.count) bytes read); no backup was committed")
         }
-        var info = Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion, server: address.postgresLabel,
+        var info = Manifest.DumpInfo(engine: DatabaseEngine.postgres.rawValue, serverVersion: connection.serverVersion, server: address.postgresLabel,
                                      tool: "pg_basebackup", toolVersion: plan.toolVersion, format: "tar", databaseSize: size)
         info.startLSN = label.startLSN
         info.startWALFile = label.startWALFile
@@ -196,7 +195,7 @@ struct DedupBackupDB: ParsableCommand {
         if binaryLog && position == nil {
             Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
         }
-        var info = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
+        var info = Manifest.DumpInfo(engine: connection.engine.rawValue, serverVersion: connection.serverVersion,
                                      server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
                                      format: "sql", databaseSize: size, binlogFile: position?.file,
                                      binlogPosition: position?.position, gtid: position.flatMap { connection.gtid(at: $0) })
@@ -209,14 +208,14 @@ struct DedupBackupDB: ParsableCommand {
     /// MariaDB's users, roles and grants (mariadb-dump --system=users), as a backup
     /// named "globals". MySQL's mysqldump has no such option: skipped with a notice.
     private func backUpMariaDBUsers(into repo: Repository, connection: MariaDBConnection, address: ServerAddress) throws {
-        guard connection.engine == "mariadb" else {
+        guard connection.engine == .mariadb else {
             Terminal.notice("MySQL: users and grants are not dumped by mysqldump; back up the mysql database for them")
             return
         }
         let plan = try MariaDBDumpPlan.users(address: address)
         let source = try ProcessOutputSource(arguments: plan.arguments)
         let options = dumpOptions(name: "globals", database: nil, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
+                                  dump: Manifest.DumpInfo(engine: connection.engine.rawValue, serverVersion: connection.serverVersion,
                                                           server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
                                                           format: "sql", databaseSize: nil))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
@@ -238,7 +237,7 @@ struct DedupBackupDB: ParsableCommand {
         let plan = try PostgresDumpPlan.globals(address: address)
         let source = try ProcessOutputSource(arguments: plan.arguments)
         let options = dumpOptions(name: "globals", database: nil, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: "postgres", serverVersion: serverVersion,
+                                  dump: Manifest.DumpInfo(engine: DatabaseEngine.postgres.rawValue, serverVersion: serverVersion,
                                                           server: address.postgresLabel, tool: "pg_dumpall", toolVersion: plan.toolVersion,
                                                           format: "plain", databaseSize: nil))
         try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)

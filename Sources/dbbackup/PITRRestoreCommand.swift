@@ -47,8 +47,9 @@ struct RestorePITR: ParsableCommand {
     @Option(help: ArgumentHelp("PostgreSQL: the new data folder (absent or empty).", valueName: "dir"))
     var targetDir: String?
 
-    @Option(name: [.customShort("d"), .long], help: "Database engine: postgres, mysql, mariadb (default: the base backup's).")
-    var dbType: String?
+    @Option(name: [.customShort("d"), .long], help: ArgumentHelp(
+        "Database engine: \(DatabaseEngine.helpList) (default: the base backup's).", valueName: "engine"))
+    var dbType: DatabaseEngine?
 
     @Option(help: ArgumentHelp("MySQL/MariaDB: the database to restore into.", valueName: "database"))
     var targetDb: String?
@@ -72,20 +73,24 @@ struct RestorePITR: ParsableCommand {
             let repo = try store.open()
             let manifest = try repo.loadManifest(try repo.resolveManifestID(base))
             let target = targetTime.flatMap(Timestamps.parse)
-            let engine = dbType ?? manifest.dump?.engine ?? manifest.dbType ?? "postgres"
-            switch engine {
-            case "postgres", "postgresql":
+            switch try dbType ?? recordedEngine(of: manifest) {
+            case .postgres:
                 try recoverPostgres(repo, base: manifest, target: target)
-            case "mariadb":
+            case .mariadb:
                 try recoverMariaDB(repo, dump: manifest, target: target)
-            case "mysql":
+            case .mysql:
                 // mysqlbinlog applies --database after --rewrite-db, and GTIDs of
                 // transactions the server ran already are skipped: not built yet.
                 throw DatabaseError.invalidArgument("restore pitr for MySQL is not supported yet (MariaDB is); restore the dump with dbbackup dedup restore --target-db and replay the binlogs with mysqlbinlog yourself")
-            default:
-                throw DatabaseError.unsupportedEngine(engine)
             }
         }
+    }
+
+    /// The engine the backup records (PostgreSQL when it records none).
+    private func recordedEngine(of manifest: Manifest) throws -> DatabaseEngine {
+        guard let recorded = manifest.dump?.engine ?? manifest.dbType else { return .postgres }
+        guard let engine = DatabaseEngine(name: recorded) else { throw DatabaseError.unsupportedEngine(recorded) }
+        return engine
     }
 
     // MARK: PostgreSQL

@@ -114,10 +114,11 @@ struct DedupRestore: ParsableCommand {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
         let address = server.address
         let arguments: [String]
-        switch (manifest.dump?.engine, manifest.dump.flatMap { PostgresDumpFormat(rawValue: $0.format) }) {
-        case ("postgres", let format?):
+        let engine = manifest.dump.flatMap { DatabaseEngine(name: $0.engine) }
+        switch (engine, manifest.dump.flatMap { PostgresDumpFormat(rawValue: $0.format) }) {
+        case (.postgres?, let format?):
             arguments = try PostgresRestorePlan.prepare(address: address, target: database, format: format, create: create, force: force).arguments
-        case ("mariadb", _), ("mysql", _):
+        case (.mariadb?, _), (.mysql?, _):
             arguments = try MariaDBRestorePlan.prepare(address: address, target: database, create: create, force: force).arguments
         default:
             throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")

@@ -119,6 +119,13 @@ public final class MariaDBConnection {
         return value.flatMap { $0.isEmpty ? nil : $0 }
     }
 
+    /// The server's current GTID position (MariaDB's gtid_current_pos, MySQL's
+    /// gtid_executed); nil when it has none.
+    public func currentGTID() -> String? {
+        let variable = engine == .mariadb ? "@@gtid_current_pos" : "@@gtid_executed"
+        return (try? column("SELECT \(variable)").first).flatMap { $0.isEmpty ? nil : $0 }
+    }
+
     /// Tables and views in a database.
     public func tableCount(_ database: String) throws -> Int {
         Int(try column("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = \(quoted(literal: database))").first ?? "0") ?? 0

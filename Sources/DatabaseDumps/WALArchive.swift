@@ -158,6 +158,11 @@ public struct WALArchive {
         return (w.position ?? "") + String(format: "%08X", w.timeline) + file
     }
 
+    /// The first archive (by name) whose segments carry the cluster's `systemIdentifier`.
+    public static func name(holding systemIdentifier: String, in repository: Repository) throws -> String? {
+        try names(in: repository).first { try WALArchive(repository: repository, name: $0).systemIdentifier() == systemIdentifier }
+    }
+
     /// The archive names with WAL in the repository.
     public static func names(in repository: Repository) throws -> [String] {
         try LogArchive.names(kind: "wal", in: repository)

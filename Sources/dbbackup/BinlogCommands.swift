@@ -31,9 +31,8 @@ struct BinlogPositionCommand: ParsableCommand {
             guard let current = try connection.currentBinlog() else {
                 throw DatabaseError.invalidArgument("the server on \(server.address.mariaLabel) writes no binary log (log_bin is off); turn it on for point-in-time recovery")
             }
-            let gtidVariable = connection.engine == .mariadb ? "@@gtid_current_pos" : "@@gtid_executed"
-            let gtid = (try? connection.column("SELECT \(gtidVariable)").first).flatMap { $0.isEmpty ? nil : $0 }
-            let report = Report(file: current.file, position: current.position, gtid: gtid, serverID: try connection.serverID())
+            let report = Report(file: current.file, position: current.position, gtid: connection.currentGTID(),
+                                serverID: try connection.serverID())
             if json { try Terminal.json(report); return }
             Terminal.out("file      \(report.file)")
             Terminal.out("position  \(report.position)")

@@ -30,7 +30,7 @@ struct DedupBackup: ParsableCommand {
     @Option(help: "Database the input is a dump of.")
     var dbName: String?
 
-    @Option(help: ArgumentHelp("Database engine: \(DatabaseEngine.helpList).", valueName: "engine"))
+    @Option(help: ArgumentHelp("Database engine (\(DatabaseEngine.aliasHelp)).", valueName: "engine"))
     var dbType: DatabaseEngine?
 
     @Option(help: "Database host the dump came from.")

@@ -36,7 +36,7 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "The database to dump.")
     var database: String?
 
-    @Option(name: [.customShort("d"), .long], help: ArgumentHelp("Database engine: \(DatabaseEngine.helpList).", valueName: "engine"))
+    @Option(name: [.customShort("d"), .long], help: ArgumentHelp("Database engine (\(DatabaseEngine.aliasHelp)).", valueName: "engine"))
     var dbType: DatabaseEngine = .postgres
 
     @OptionGroup var server: ServerOptions

@@ -10,11 +10,14 @@ extension DatabaseEngine: ExpressibleByArgument {
 
     public var defaultValueDescription: String { rawValue }
 
-    /// For help texts: "postgres (or postgresql, pg, pgsql), mysql, mariadb (or maria)".
-    static var helpList: String {
-        allCases.map { e in
-            let aliases = e.names.dropFirst()
-            return aliases.isEmpty ? e.rawValue : "\(e.rawValue) (or \(aliases.joined(separator: ", ")))"
-        }.joined(separator: ", ")
+    /// For help texts (which list the raw values themselves): "postgresql, pg and
+    /// pgsql mean postgres; maria means mariadb".
+    static var aliasHelp: String {
+        allCases.compactMap { e -> String? in
+            let aliases = Array(e.names.dropFirst())
+            guard let last = aliases.last else { return nil }
+            let list = aliases.count == 1 ? last : aliases.dropLast().joined(separator: ", ") + " and " + last
+            return "\(list) \(aliases.count == 1 ? "means" : "mean") \(e.rawValue)"
+        }.joined(separator: "; ")
     }
 }

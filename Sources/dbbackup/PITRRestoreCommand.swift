@@ -48,7 +48,7 @@ struct RestorePITR: ParsableCommand {
     var targetDir: String?
 
     @Option(name: [.customShort("d"), .long], help: ArgumentHelp(
-        "Database engine: \(DatabaseEngine.helpList) (default: the base backup's).", valueName: "engine"))
+        "Database engine (\(DatabaseEngine.aliasHelp); default: the base backup's).", valueName: "engine"))
     var dbType: DatabaseEngine?
 
     @Option(help: ArgumentHelp("MySQL/MariaDB: the database to restore into.", valueName: "database"))

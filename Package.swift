@@ -57,8 +57,12 @@ let package = Package(
             dependencies: ["DedupStore"]
         ),
         .testTarget(
+            name: "DatabaseDumpsTests",
+            dependencies: ["DatabaseDumps", "DedupStore"]
+        ),
+        .testTarget(
             name: "CLITests",
-            dependencies: ["DedupStore", "dbbackup"]
+            dependencies: ["DedupStore", "DatabaseDumps", "dbbackup"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -35,7 +35,7 @@ public struct BinlogArchive {
     public static let magic: [UInt8] = [0xFE, 0x62, 0x69, 0x6E]
 
     public init(repository: Repository, name: String) throws {
-        log = try LogArchive(repository: repository, kind: "binlog", name: name, dbType: "mariadb")
+        log = try LogArchive(repository: repository, kind: "binlog", name: name, engine: .mariadb)
     }
 
     /// The binlog an archived name stands for, and for a partial copy its length.
@@ -137,5 +137,43 @@ extension BinlogFileName {
         let width = name.count - base.count - 1
         let digits = String(n)
         return base + "." + String(repeating: "0", count: max(0, width - digits.count)) + digits
+    }
+}
+
+extension BinlogArchive {
+    /// The binlog archive of a dump's server: `given` when it is not the default
+    /// name, else the one whose files carry the dump's server_id (refused when
+    /// several do: server ids are 1 on many servers), else `given`.
+    public static func name(for dump: Manifest.DumpInfo, given: String, in repo: Repository) throws -> String {
+        guard let id = dump.serverID, given == defaultName else { return given }
+        let matching = try names(in: repo).filter { try BinlogArchive(repository: repo, name: $0).files().last?.archive?.serverID == id }
+        guard matching.count <= 1 else {
+            throw DatabaseError.invalidArgument("the binlog archives \(matching.joined(separator: ", ")) all hold binlogs of server_id \(id); say which with --name")
+        }
+        return matching.first ?? given
+    }
+
+    /// The archived binlogs from `startFile` on, in order and without a gap. A
+    /// partial copy (the longest) may only end the chain: a finished file after
+    /// it means its end was never archived.
+    public func replayChain(from startFile: String) throws -> [Manifest] {
+        guard let start = BinlogFileName(startFile) else { throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name") }
+        let copies = try copies().filter { $0.name.base == start.base && $0.name.number >= start.number }
+        var chain = [Manifest]()
+        var expected = start.number
+        for copy in copies {
+            guard copy.name.number == expected else {
+                throw DatabaseError.invalidArgument("the binlog archive '\(name)' lacks \(start.sibling(expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
+            }
+            if copy.partial && copy.name != copies.last?.name {
+                throw DatabaseError.invalidArgument("the binlog archive '\(name)' holds only the beginning of \(copy.name.name) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it")
+            }
+            chain.append(copy.manifest)
+            expected += 1
+        }
+        guard !chain.isEmpty else {
+            throw DatabaseError.invalidArgument("the binlog archive '\(name)' does not hold \(startFile), where the dump starts; run dbbackup binlog archive first")
+        }
+        return chain
     }
 }

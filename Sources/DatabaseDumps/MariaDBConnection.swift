@@ -36,8 +36,8 @@ public final class MariaDBConnection {
     /// e.g. "10.11.19-MariaDB-0+deb12u1-log".
     public var serverVersion: String { String(cString: mysql_get_server_info(mysql)) }
 
-    /// mariadb or mysql, from the version string.
-    public var engine: String { serverVersion.lowercased().contains("mariadb") ? "mariadb" : "mysql" }
+    /// MariaDB or MySQL, from the version string.
+    public var engine: DatabaseEngine { serverVersion.lowercased().contains("mariadb") ? .mariadb : .mysql }
 
     /// The first column of every row (NULL as "").
     public func column(_ sql: String) throws -> [String] {
@@ -114,9 +114,16 @@ public final class MariaDBConnection {
 
     /// MariaDB: the GTID position a binary log position stands for (nil on MySQL).
     public func gtid(at position: BinlogPosition) -> String? {
-        guard engine == "mariadb" else { return nil }
+        guard engine == .mariadb else { return nil }
         let value = try? column("SELECT BINLOG_GTID_POS(\(quoted(literal: position.file)), \(position.position))").first
         return value.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// The server's current GTID position (MariaDB's gtid_current_pos, MySQL's
+    /// gtid_executed); nil when it has none.
+    public func currentGTID() -> String? {
+        let variable = engine == .mariadb ? "@@gtid_current_pos" : "@@gtid_executed"
+        return (try? column("SELECT \(variable)").first).flatMap { $0.isEmpty ? nil : $0 }
     }
 
     /// Tables and views in a database.

@@ -139,6 +139,23 @@ public final class PostgresConnection {
         try column("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")
     }
 
+    /// Turns WAL archiving on with ALTER SYSTEM (a superuser's): archive_mode = on
+    /// (unless always), archive_command = `command`, wal_level = replica when it was
+    /// minimal, then reloads the configuration. Returns whether the server must be
+    /// restarted for archive_mode or wal_level to take effect.
+    public func enableArchiving(command: String) throws -> Bool {
+        let before = (mode: try column("SHOW archive_mode").first ?? "", level: try column("SHOW wal_level").first ?? "")
+        var restart = before.mode == "off"
+        if before.level == "minimal" {
+            try execute("ALTER SYSTEM SET wal_level = 'replica'")
+            restart = true
+        }
+        if before.mode != "always" { try execute("ALTER SYSTEM SET archive_mode = 'on'") }
+        try execute("ALTER SYSTEM SET archive_command = \(try quoted(literal: command))")
+        _ = try column("SELECT pg_reload_conf()")
+        return restart
+    }
+
     static func oneLine(_ message: UnsafePointer<CChar>?) -> String {
         let text = message.map { String(cString: $0) } ?? "unknown error"
         let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

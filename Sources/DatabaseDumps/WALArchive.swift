@@ -87,7 +87,7 @@ public struct WALArchive {
     public static let defaultName = "main"
 
     public init(repository: Repository, name: String) throws {
-        log = try LogArchive(repository: repository, kind: "wal", name: name, dbType: "postgres")
+        log = try LogArchive(repository: repository, kind: "wal", name: name, engine: .postgres)
     }
 
     public typealias Outcome = LogArchive.Outcome
@@ -158,6 +158,11 @@ public struct WALArchive {
         return (w.position ?? "") + String(format: "%08X", w.timeline) + file
     }
 
+    /// The first archive (by name) whose segments carry the cluster's `systemIdentifier`.
+    public static func name(holding systemIdentifier: String, in repository: Repository) throws -> String? {
+        try names(in: repository).first { try WALArchive(repository: repository, name: $0).systemIdentifier() == systemIdentifier }
+    }
+
     /// The archive names with WAL in the repository.
     public static func names(in repository: Repository) throws -> [String] {
         try LogArchive.names(kind: "wal", in: repository)
@@ -171,16 +176,16 @@ public struct LogArchive {
     /// wal or binlog.
     public let kind: String
     public let name: String
-    let dbType: String
+    let engine: DatabaseEngine
 
-    public init(repository: Repository, kind: String, name: String, dbType: String) throws {
+    public init(repository: Repository, kind: String, name: String, engine: DatabaseEngine) throws {
         guard !name.isEmpty, BackupSession.sanitize(name) == name, !name.contains("_") else {
             throw DatabaseError.invalidArgument("archive name '\(name)' must be letters, digits, '.' and '-' (no '_')")
         }
         self.repository = repository
         self.kind = kind
         self.name = name
-        self.dbType = dbType
+        self.engine = engine
     }
 
     public func manifestID(_ file: String) -> String { "\(kind)_\(name)_\(file)" }
@@ -205,7 +210,7 @@ public struct LogArchive {
         try precheck()
         var options = BackupOptions(name: name, source: FileIO.absolute(input.path))
         options.kind = kind
-        options.dbType = dbType
+        options.dbType = engine.rawValue
         options.fixedID = id
         options.archive = info
         options.streamSHA256 = true

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DatabaseDumps
 import DedupStore
 import Foundation
 
@@ -29,8 +30,8 @@ struct DedupBackup: ParsableCommand {
     @Option(help: "Database the input is a dump of.")
     var dbName: String?
 
-    @Option(help: "Database engine: postgres, mysql, mariadb.")
-    var dbType: String?
+    @Option(help: ArgumentHelp("Database engine (\(DatabaseEngine.aliasHelp)).", valueName: "engine"))
+    var dbType: DatabaseEngine?
 
     @Option(help: "Database host the dump came from.")
     var dbHost: String?
@@ -62,7 +63,7 @@ struct DedupBackup: ParsableCommand {
     func run() throws {
         let label = name ?? dbName ?? (fromCommand || input == nil || input == "-" ? "stdin" : FileIO.lastComponent(input ?? "stdin"))
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
-            try recordingFailure(store, name: label, database: dbName, engine: dbType, backupType: (dbName != nil || dbType != nil) ? "dump" : "file") {
+            try recordingFailure(store, name: label, database: dbName, engine: dbType?.rawValue, backupType: (dbName != nil || dbType != nil) ? "dump" : "file") {
                 var sourceName = "stdin"
                 var rawFD: Int32 = STDIN_FILENO
                 var openedFD: Int32 = -1
@@ -98,7 +99,7 @@ struct DedupBackup: ParsableCommand {
                 var options = BackupOptions(name: backupName(sourceName), source: sourceName)
                 options.kind = (dbName != nil || dbType != nil) ? "dump" : "file"
                 options.database = dbName
-                options.dbType = dbType
+                options.dbType = dbType?.rawValue
                 options.dbHost = dbHost
                 options.checkDumpComplete = !noDumpCheck
                 if inputFormat != .none { options.tags["decompressed"] = inputFormat.rawValue }

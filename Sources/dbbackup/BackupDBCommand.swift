@@ -36,8 +36,8 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "The database to dump.")
     var database: String?
 
-    @Option(name: [.customShort("d"), .long], help: "Database engine: postgres, mysql, mariadb.")
-    var dbType: String = "postgres"
+    @Option(name: [.customShort("d"), .long], help: ArgumentHelp("Database engine (\(DatabaseEngine.aliasHelp)).", valueName: "engine"))
+    var dbType: DatabaseEngine = .postgres
 
     @OptionGroup var server: ServerOptions
 
@@ -55,10 +55,15 @@ struct DedupBackupDB: ParsableCommand {
 
     @OptionGroup var committing: CommitOptions
 
+    static let baseBackupIsForClusters =
+        "--base-backup is for PostgreSQL; for MySQL/MariaDB, dump a database and archive its binlogs"
+
     func validate() throws {
         if baseBackup {
             guard !all, positionalDatabase == nil, database == nil else { throw ValidationError("--base-backup copies the whole cluster: give no database and no --all") }
-            guard dbType == "postgres" || dbType == "postgresql" else { throw ValidationError("--base-backup is for PostgreSQL; for MySQL/MariaDB, dump a database and archive its binlogs") }
+            guard dbType.driver(address: server.address) is any ClusterBackupDriver else {
+                throw ValidationError(Self.baseBackupIsForClusters)
+            }
             return
         }
         if all {
@@ -74,173 +79,78 @@ struct DedupBackupDB: ParsableCommand {
 
     func run() throws {
         try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
-            let address = server.address
-            let maria = dbType == "mysql" || dbType == "mariadb"
-            guard maria || dbType == "postgres" || dbType == "postgresql" else { throw DatabaseError.unsupportedEngine(dbType) }
-            let engine = maria ? dbType : "postgres"
+            let settings = DumpSettings(postgresFormat: PostgresDumpFormat(rawValue: format) ?? .custom)
+            let driver = dbType.driver(address: server.address, settings: settings)
+            driver.onNotice = { Terminal.notice($0) }
             if baseBackup {
-                try recordingFailure(store, name: name ?? "basebackup", database: nil, engine: engine, backupType: "basebackup") {
-                    try backUpCluster(connection: try PostgresConnection(address, database: "postgres"), into: try store.openOrCreate(), address: address)
-                }
-                return
-            }
-            guard all else {
-                let db = positionalDatabase ?? database ?? ""
-                try recordingFailure(store, name: name ?? db, database: db, engine: engine, backupType: "dump") {
-                    if maria {
-                        try backUpMariaDB(db, connection: try MariaDBConnection(address, database: db), into: try store.openOrCreate(), address: address)
-                    } else {
-                        try PostgresDumpPlan.checkDatabaseName(db)
-                        // The connection check, version and size through libpq, before anything runs.
-                        let connection = try PostgresConnection(address, database: db)
-                        try backUp(db, connection: connection, into: try store.openOrCreate(), address: address)
-                    }
-                }
-                return
-            }
-            // The whole server: globals (roles, or users and grants), then every
-            // database; a failure does not stop the others, and is counted in the
-            // exit status.
-            let databases: [String]
-            let globals: (Repository) throws -> Void
-            let one: (String, Repository) throws -> Void
-            if maria {
-                let server = try MariaDBConnection(address, database: nil)
-                databases = try server.databases()
-                globals = { try backUpMariaDBUsers(into: $0, connection: server, address: address) }
-                one = { db, repo in try backUpMariaDB(db, connection: try MariaDBConnection(address, database: db), into: repo, address: address) }
+                try backUpCluster(driver)
+            } else if all {
+                try backUpServer(driver)
             } else {
-                let server = try PostgresConnection(address, database: "postgres")
-                databases = try server.databases()
-                globals = { try backUpGlobals(into: $0, address: address, serverVersion: server.serverVersion) }
-                one = { db, repo in try backUp(db, connection: try PostgresConnection(address, database: db), into: repo, address: address) }
+                try backUpDatabase(positionalDatabase ?? database ?? "", driver)
             }
+        }
+    }
+
+    /// One database: checked through the client library before the repository is
+    /// opened (or created), then dumped.
+    private func backUpDatabase(_ db: String, _ driver: any DatabaseDriver) throws {
+        try recordingFailure(store, name: name ?? db, database: db, engine: dbType.rawValue, backupType: "dump") {
+            try driver.check(database: db)
             let repo = try store.openOrCreate()
-            var failed = [String]()
-            for target in ["globals"] + databases {
-                do {
-                    if target == "globals" { try globals(repo) } else { try one(target, repo) }
-                } catch {
-                    Terminal.error("\(target): \(errorMessage(error))")
-                    CatalogHook.failed(store, kind: "backup", name: target, database: target == "globals" ? nil : target, engine: engine,
-                                       backupType: "dump", error: error)
-                    failed.append(target)
+            try commit(try driver.dump(database: db), name: name ?? db, database: db, into: repo)
+        }
+    }
+
+    /// The whole cluster (PostgreSQL's pg_basebackup), the start of point-in-time recovery.
+    private func backUpCluster(_ driver: any DatabaseDriver) throws {
+        guard let cluster = driver as? any ClusterBackupDriver else {
+            throw ValidationError(Self.baseBackupIsForClusters)
+        }
+        let backupName = name ?? "basebackup"
+        try recordingFailure(store, name: backupName, database: nil, engine: dbType.rawValue, backupType: "basebackup") {
+            try cluster.check(database: nil)
+            let repo = try store.openOrCreate()
+            try commit(try cluster.baseBackup(), name: backupName, database: nil, into: repo)
+        }
+    }
+
+    /// The whole server: globals (roles, or users and grants), then every
+    /// database; a failure does not stop the others, and is counted in the exit
+    /// status.
+    private func backUpServer(_ driver: any DatabaseDriver) throws {
+        let databases = try driver.databases()
+        let repo = try store.openOrCreate()
+        var failed = [String]()
+        for target in ["globals"] + databases {
+            do {
+                if target == "globals" {
+                    guard let dump = try driver.dumpGlobals() else { continue }
+                    try commit(dump, name: "globals", database: nil, into: repo)
+                } else {
+                    try commit(try driver.dump(database: target), name: target, database: target, into: repo)
                 }
+            } catch {
+                Terminal.error("\(target): \(errorMessage(error))")
+                CatalogHook.failed(store, kind: "backup", name: target, database: target == "globals" ? nil : target,
+                                   engine: dbType.rawValue, backupType: "dump", error: error)
+                failed.append(target)
             }
-            if !failed.isEmpty {
-                throw DatabaseError.invalidArgument("\(failed.count) of \(databases.count + 1) backups failed (\(failed.joined(separator: ", "))); the others were committed")
-            }
+        }
+        if !failed.isEmpty {
+            throw DatabaseError.invalidArgument("\(failed.count) of \(databases.count + 1) backups failed (\(failed.joined(separator: ", "))); the others were committed")
         }
     }
 
-    /// One database through pg_dump, checked first through `connection`.
-    private func backUp(_ db: String, connection: PostgresConnection, into repo: Repository, address: ServerAddress) throws {
-        let dumpFormat = PostgresDumpFormat(rawValue: format) ?? .custom
-        let size = try? connection.databaseSize()
-        let plan = try PostgresDumpPlan.make(address: address, database: db, format: dumpFormat)
-        let dump = try ProcessOutputSource(arguments: plan.arguments)
-        // A custom-format archive starts with "PGDMP": anything else (nothing at
-        // all, a wrapper's message) is not a dump, whatever the exit status.
-        let head = try dump.read(upTo: 5)
-        if dumpFormat == .custom && head != Array("PGDMP".utf8) {
-            _ = try? dump.read(upTo: 1 << 20)  // let pg_dump finish and say why
-            throw DatabaseError.invalidArgument("pg_dump's output does not start like a custom-format archive (\(head.count) bytes: \(String(decoding: head, as: UTF8.self).debugDescription)); no backup was committed")
-        }
-        let source = PrefixedSource(prefix: head, rest: AnySource(dump))
-        var options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion,
-                                                          server: address.postgresLabel, tool: "pg_dump", toolVersion: plan.toolVersion,
-                                                          format: dumpFormat.rawValue, databaseSize: size))
-        // Only the plain format ends with a completion line; pg_dump's exit
-        // status guards both.
-        options.checkDumpComplete = dumpFormat == .plain
-        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
-    }
-
-    /// The whole cluster through pg_basebackup: a tar stream whose first member,
-    /// backup_label, says where WAL replay starts; that and the cluster's system
-    /// identifier go into the manifest.
-    private func backUpCluster(connection: PostgresConnection, into repo: Repository, address: ServerAddress) throws {
-        let systemIdentifier = try connection.column("SELECT system_identifier::text FROM pg_control_system()").first
-        let size = try? connection.column("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").first.flatMap { Int64($0) }
-        let plan = try PostgresBaseBackupPlan.make(address: address)
-        let tar = try ProcessOutputSource(arguments: plan.arguments)
-        let head = try tar.read(upTo: 64 << 10)
-        guard let labelBytes = TarHead.member(named: "backup_label", in: head),
-              let label = BackupLabel(String(decoding: labelBytes, as: UTF8.self)) else {
-            _ = try? tar.read(upTo: 1 << 20)  // let pg_basebackup finish and say why
-            throw DatabaseError.invalidArgument("pg_basebackup's output does not start with a backup_label (\(head.count) bytes read); no backup was committed")
-        }
-        var info = Manifest.DumpInfo(engine: "postgres", serverVersion: connection.serverVersion, server: address.postgresLabel,
-                                     tool: "pg_basebackup", toolVersion: plan.toolVersion, format: "tar", databaseSize: size)
-        info.startLSN = label.startLSN
-        info.startWALFile = label.startWALFile
-        info.timeline = label.timeline
-        info.systemIdentifier = systemIdentifier
-        var options = dumpOptions(name: name ?? "basebackup", database: nil, command: plan.arguments, dump: info)
-        options.kind = "basebackup"
-        options.checkDumpComplete = false
-        try committing.commit(AnySource(PrefixedSource(prefix: head, rest: AnySource(tar))), into: repo, options: options, expectedSize: size)
-    }
-
-    /// One MySQL/MariaDB database through mariadb-dump (or mysqldump), with the
-    /// binary log position of its snapshot recorded.
-    private func backUpMariaDB(_ db: String, connection: MariaDBConnection, into repo: Repository, address: ServerAddress) throws {
-        let size = try? connection.databaseSize(db)
-        let binaryLog = (try? connection.binaryLogOn()) ?? false
-        let plan = try MariaDBDumpPlan.make(address: address, database: db, binaryLog: binaryLog)
-        let dump = try ProcessOutputSource(arguments: plan.arguments)
-        // The header (the first 64 KiB) carries the snapshot's binary log position.
-        let header = try dump.read(upTo: 64 << 10)
-        let position = BinlogPosition(dumpHeader: header)
-        if binaryLog && position == nil {
-            Terminal.notice("\(plan.tool) printed no binary log position; point-in-time recovery cannot start from this dump")
-        }
-        var info = Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
-                                     server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
-                                     format: "sql", databaseSize: size, binlogFile: position?.file,
-                                     binlogPosition: position?.position, gtid: position.flatMap { connection.gtid(at: $0) })
-        info.serverID = try? connection.serverID()
-        let options = dumpOptions(name: all ? db : (name ?? db), database: db, command: plan.arguments, dump: info)
-        let source = PrefixedSource(prefix: header, rest: AnySource(dump))
-        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: size)
-    }
-
-    /// MariaDB's users, roles and grants (mariadb-dump --system=users), as a backup
-    /// named "globals". MySQL's mysqldump has no such option: skipped with a notice.
-    private func backUpMariaDBUsers(into repo: Repository, connection: MariaDBConnection, address: ServerAddress) throws {
-        guard connection.engine == "mariadb" else {
-            Terminal.notice("MySQL: users and grants are not dumped by mysqldump; back up the mysql database for them")
-            return
-        }
-        let plan = try MariaDBDumpPlan.users(address: address)
-        let source = try ProcessOutputSource(arguments: plan.arguments)
-        let options = dumpOptions(name: "globals", database: nil, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: connection.engine, serverVersion: connection.serverVersion,
-                                                          server: address.mariaLabel, tool: plan.tool, toolVersion: plan.toolVersion,
-                                                          format: "sql", databaseSize: nil))
-        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
-    }
-
-    /// A dump's backup options: its engine and server are the dump's.
-    private func dumpOptions(name: String, database: String?, command: [String], dump: Manifest.DumpInfo) -> BackupOptions {
-        var options = BackupOptions(name: name, source: command.joined(separator: " "))
-        options.kind = "dump"
+    /// Commits a dump under way as the backup `name`: its engine and server are the dump's.
+    private func commit(_ dump: DatabaseDump, name: String, database: String?, into repo: Repository) throws {
+        var options = BackupOptions(name: name, source: dump.command.joined(separator: " "))
+        options.kind = dump.kind
         options.database = database
-        options.dbType = dump.engine
-        options.dbHost = dump.server
-        options.dump = dump
-        return options
-    }
-
-    /// Roles and tablespaces (pg_dumpall --globals-only), as a backup named "globals".
-    private func backUpGlobals(into repo: Repository, address: ServerAddress, serverVersion: String) throws {
-        let plan = try PostgresDumpPlan.globals(address: address)
-        let source = try ProcessOutputSource(arguments: plan.arguments)
-        let options = dumpOptions(name: "globals", database: nil, command: plan.arguments,
-                                  dump: Manifest.DumpInfo(engine: "postgres", serverVersion: serverVersion,
-                                                          server: address.postgresLabel, tool: "pg_dumpall", toolVersion: plan.toolVersion,
-                                                          format: "plain", databaseSize: nil))
-        try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
+        options.dbType = dump.info.engine
+        options.dbHost = dump.info.server
+        options.dump = dump.info
+        options.checkDumpComplete = dump.checkComplete
+        try committing.commit(dump.source, into: repo, options: options, expectedSize: dump.expectedSize)
     }
 }

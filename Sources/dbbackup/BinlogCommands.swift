@@ -31,9 +31,8 @@ struct BinlogPositionCommand: ParsableCommand {
             guard let current = try connection.currentBinlog() else {
                 throw DatabaseError.invalidArgument("the server on \(server.address.mariaLabel) writes no binary log (log_bin is off); turn it on for point-in-time recovery")
             }
-            let gtidVariable = connection.engine == "mariadb" ? "@@gtid_current_pos" : "@@gtid_executed"
-            let gtid = (try? connection.column("SELECT \(gtidVariable)").first).flatMap { $0.isEmpty ? nil : $0 }
-            let report = Report(file: current.file, position: current.position, gtid: gtid, serverID: try connection.serverID())
+            let report = Report(file: current.file, position: current.position, gtid: connection.currentGTID(),
+                                serverID: try connection.serverID())
             if json { try Terminal.json(report); return }
             Terminal.out("file      \(report.file)")
             Terminal.out("position  \(report.position)")
@@ -183,7 +182,7 @@ struct BinlogValidate: ParsableCommand {
                                                  oldestOnServer: onServer.compactMap(BinlogFileName.init).min()) {
                 problems.append("purged from the server before they were archived: after \(gap.after), before \(gap.before)")
             }
-            for m in try repo.manifests() where m.kind == "dump" && (m.dump?.engine == "mariadb" || m.dump?.engine == "mysql") {
+            for m in try repo.manifests() where m.kind == "dump" && DatabaseEngine(name: m.dump?.engine ?? "")?.isMySQLFamily == true {
                 guard let file = m.dump?.binlogFile, m.dump?.serverID == nil || m.dump?.serverID == serverID else { continue }
                 if !known.contains(file), let n = BinlogFileName(file), let oldest = files.compactMap(BinlogFileName.init).min(), n < oldest {
                     problems.append("dump \(m.id) starts at \(file), which is neither archived nor on the server")

@@ -57,15 +57,7 @@ struct PITREnable: ParsableCommand {
             let connection = try PostgresConnection(server.address, database: "postgres")
             let command = try ServerSideCommand.make(["wal", "archive", "\"%p\"", "\"%f\""], repository: repo, name: archiveName.name,
                                                      keyFile: store.keyFile)
-            let before = (mode: try connection.column("SHOW archive_mode").first ?? "", level: try connection.column("SHOW wal_level").first ?? "")
-            var restart = before.mode == "off"
-            if before.level == "minimal" {
-                try connection.execute("ALTER SYSTEM SET wal_level = 'replica'")
-                restart = true
-            }
-            if before.mode != "always" { try connection.execute("ALTER SYSTEM SET archive_mode = 'on'") }
-            try connection.execute("ALTER SYSTEM SET archive_command = \(try connection.quoted(literal: command))")
-            _ = try connection.column("SELECT pg_reload_conf()")
+            let restart = try connection.enableArchiving(command: command)
             Terminal.out("archive_command = '\(command)'")
             if let owner = ownerWarning(connection: connection, repository: repo.path) { Terminal.notice(owner) }
             if restart {
@@ -162,28 +154,6 @@ struct PITRStatus: ParsableCommand {
             if (report.failedCount ?? 0) > 0, let failed = report.lastFailedTime, failed > (report.lastArchivedTime ?? "") {
                 Terminal.notice("the last archive attempt failed; the server's log has archive_command's message")
             }
-        }
-    }
-}
-
-/// Which base backups can recover up to the newest archived WAL: those whose
-/// first WAL file is archived (or inside the backup) with no gap after it.
-struct PITRChain {
-    let baseBackups: [Manifest]
-    let newestSegment: String?
-    let gaps: [WALChain.Gap]
-    let oldestRecoverable: Manifest?
-
-    init(files: [Manifest], baseBackups: [Manifest]) {
-        self.baseBackups = baseBackups
-        let segments = files.compactMap { m in m.archive.map { ($0.file, m.size) } }.filter { WALFileName($0.0)?.kind == .segment }
-        newestSegment = segments.map(\.0).max { (WALFileName($0)?.position ?? "") < (WALFileName($1)?.position ?? "") }
-        let gaps = WALChain.gaps(in: segments)
-        self.gaps = gaps
-        // A gap after a backup's start breaks its chain; one before it does not matter.
-        oldestRecoverable = baseBackups.sorted { $0.createdAt < $1.createdAt }.first { b in
-            guard let start = b.dump?.startWALFile, let startPos = WALFileName(start)?.position else { return false }
-            return !gaps.contains { $0.first > startPos }
         }
     }
 }

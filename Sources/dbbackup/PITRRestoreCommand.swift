@@ -47,8 +47,9 @@ struct RestorePITR: ParsableCommand {
     @Option(help: ArgumentHelp("PostgreSQL: the new data folder (absent or empty).", valueName: "dir"))
     var targetDir: String?
 
-    @Option(name: [.customShort("d"), .long], help: "Database engine: postgres, mysql, mariadb (default: the base backup's).")
-    var dbType: String?
+    @Option(name: [.customShort("d"), .long], help: ArgumentHelp(
+        "Database engine (\(DatabaseEngine.aliasHelp); default: the base backup's).", valueName: "engine"))
+    var dbType: DatabaseEngine?
 
     @Option(help: ArgumentHelp("MySQL/MariaDB: the database to restore into.", valueName: "database"))
     var targetDb: String?
@@ -72,20 +73,24 @@ struct RestorePITR: ParsableCommand {
             let repo = try store.open()
             let manifest = try repo.loadManifest(try repo.resolveManifestID(base))
             let target = targetTime.flatMap(Timestamps.parse)
-            let engine = dbType ?? manifest.dump?.engine ?? manifest.dbType ?? "postgres"
-            switch engine {
-            case "postgres", "postgresql":
+            switch try dbType ?? recordedEngine(of: manifest) {
+            case .postgres:
                 try recoverPostgres(repo, base: manifest, target: target)
-            case "mariadb":
+            case .mariadb:
                 try recoverMariaDB(repo, dump: manifest, target: target)
-            case "mysql":
+            case .mysql:
                 // mysqlbinlog applies --database after --rewrite-db, and GTIDs of
                 // transactions the server ran already are skipped: not built yet.
                 throw DatabaseError.invalidArgument("restore pitr for MySQL is not supported yet (MariaDB is); restore the dump with dbbackup dedup restore --target-db and replay the binlogs with mysqlbinlog yourself")
-            default:
-                throw DatabaseError.unsupportedEngine(engine)
             }
         }
+    }
+
+    /// The engine the backup records (PostgreSQL when it records none).
+    private func recordedEngine(of manifest: Manifest) throws -> DatabaseEngine {
+        guard let recorded = manifest.dump?.engine ?? manifest.dbType else { return .postgres }
+        guard let engine = DatabaseEngine(name: recorded) else { throw DatabaseError.unsupportedEngine(recorded) }
+        return engine
     }
 
     // MARK: PostgreSQL
@@ -118,23 +123,11 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("\(base.id) unpacked, but \(targetDir) holds no PG_VERSION: it is not a PostgreSQL base backup")
         }
 
-        func literal(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
-        var settings = [
-            "", "# Added by dbbackup restore pitr at \(Timestamps.iso8601(Date())): recovery from base backup \(base.id)",
-            "# and the WAL archive '\(name)' of \(repo.path).",
-            "restore_command = \(literal(restoreCommand))",
-        ]
-        if let target {
-            settings += ["recovery_target_time = \(literal(PostgresTime.utc(target)))", "recovery_target_inclusive = on",
-                         "recovery_target_action = 'promote'"]
-        }
-        settings += ["recovery_target_timeline = 'latest'",
-                     "# This copy must not archive into the original's WAL archive; if it becomes the",
-                     "# primary, run dbbackup pitr enable (with a --name of its own) and take a base backup.",
-                     "archive_mode = 'off'", ""]
+        let settings = PostgresRecoverySettings(baseBackup: base.id, archive: name, repository: repo.path,
+                                                restoreCommand: restoreCommand, target: target)
         let autoConf = targetDir + "/postgresql.auto.conf"
         let existing = (try? FileIO.readFile(autoConf)) ?? []
-        try FileIO.writeFileAtomically(autoConf, existing + Array(settings.joined(separator: "\n").utf8))
+        try FileIO.writeFileAtomically(autoConf, existing + Array(settings.text(at: Date()).utf8))
         try FileIO.writeFileAtomically(targetDir + "/recovery.signal", [])
         let owner = matchOwner(of: targetDir, files: ["postgresql.auto.conf", "recovery.signal"])
 
@@ -153,9 +146,7 @@ struct RestorePITR: ParsableCommand {
         guard let id = base.dump?.systemIdentifier else { return archiveName.name }
         let names = try WALArchive.names(in: repo)
         if names.contains(archiveName.name) && archiveName.name != WALArchive.defaultName { return archiveName.name }
-        for name in names where try WALArchive(repository: repo, name: name).systemIdentifier() == id {
-            return name
-        }
+        if let name = try WALArchive.name(holding: id, in: repo) { return name }
         Terminal.notice("no archived WAL carries the base backup's system identifier \(id); using the archive '\(archiveName.name)'")
         return archiveName.name
     }
@@ -198,8 +189,8 @@ struct RestorePITR: ParsableCommand {
         if let target, let taken = dump.createdDate, target < taken {
             throw DatabaseError.invalidArgument("the dump \(dump.id) was taken at \(dump.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older dump")
         }
-        let archive = try BinlogArchive(repository: repo, name: try binlogArchiveName(for: info, in: repo))
-        let chain = try replayChain(archive, from: startFile)
+        let archive = try BinlogArchive(repository: repo, name: try BinlogArchive.name(for: info, given: archiveName.name, in: repo))
+        let chain = try archive.replayChain(from: startFile)
         // The archive must reach the target: a replay that runs out of binlogs
         // before it would quietly stop short.
         if let target, let last = chain.last, let finished = last.createdDate, finished < target {
@@ -230,53 +221,5 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("the binlog replay failed: \(failure) (messages above); database \(targetDb) holds the dump and part of the replay")
         }
         Terminal.out("database \(targetDb) recovered to \(target.map(PostgresTime.utc) ?? "the end of the archived binlogs")")
-    }
-
-    /// The binlog archive of the dump's server: --name when given, else the one
-    /// whose files carry its server_id (refused when several do: server ids are
-    /// 1 on many servers), else the default.
-    private func binlogArchiveName(for info: Manifest.DumpInfo, in repo: Repository) throws -> String {
-        guard let id = info.serverID, archiveName.name == BinlogArchive.defaultName else { return archiveName.name }
-        let matching = try BinlogArchive.names(in: repo).filter { try BinlogArchive(repository: repo, name: $0).files().last?.archive?.serverID == id }
-        guard matching.count <= 1 else {
-            throw DatabaseError.invalidArgument("the binlog archives \(matching.joined(separator: ", ")) all hold binlogs of server_id \(id); say which with --name")
-        }
-        return matching.first ?? archiveName.name
-    }
-
-    /// The archived binlogs from `startFile` on, in order and without a gap. A
-    /// partial copy (the longest) may only end the chain: a finished file after
-    /// it means its end was never archived.
-    private func replayChain(_ archive: BinlogArchive, from startFile: String) throws -> [Manifest] {
-        guard let start = BinlogFileName(startFile) else { throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name") }
-        let copies = try archive.copies().filter { $0.name.base == start.base && $0.name.number >= start.number }
-        var chain = [Manifest]()
-        var expected = start.number
-        for copy in copies {
-            guard copy.name.number == expected else {
-                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' lacks \(start.sibling(expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
-            }
-            if copy.partial && copy.name != copies.last?.name {
-                throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' holds only the beginning of \(copy.name.name) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it")
-            }
-            chain.append(copy.manifest)
-            expected += 1
-        }
-        guard !chain.isEmpty else {
-            throw DatabaseError.invalidArgument("the binlog archive '\(archive.name)' does not hold \(startFile), where the dump starts; run dbbackup binlog archive first")
-        }
-        return chain
-    }
-}
-
-/// Times as PostgreSQL and mariadb-binlog read them.
-enum PostgresTime {
-    /// "2026-11-21 12:00:00.250+00" in UTC.
-    static func utc(_ date: Date) -> String {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = date.timeIntervalSince1970.truncatingRemainder(dividingBy: 1) == 0 ? "yyyy-MM-dd HH:mm:ss" : "yyyy-MM-dd HH:mm:ss.SSS"
-        return f.string(from: date) + "+00"
     }
 }

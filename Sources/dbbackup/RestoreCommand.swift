@@ -108,20 +108,16 @@ struct DedupRestore: ParsableCommand {
         return "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
     }
 
-    /// Pipes the verified stream into pg_restore (custom format), psql (plain) or
-    /// the mariadb client.
+    /// Pipes the verified stream into the loader the dump's driver names:
+    /// pg_restore (custom format), psql (plain) or the mariadb client.
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
-        let address = server.address
-        let arguments: [String]
-        switch (manifest.dump?.engine, manifest.dump.flatMap { PostgresDumpFormat(rawValue: $0.format) }) {
-        case ("postgres", let format?):
-            arguments = try PostgresRestorePlan.prepare(address: address, target: database, format: format, create: create, force: force).arguments
-        case ("mariadb", _), ("mysql", _):
-            arguments = try MariaDBRestorePlan.prepare(address: address, target: database, create: create, force: force).arguments
-        default:
+        guard let dump = manifest.dump, let engine = DatabaseEngine(name: dump.engine),
+              let plan = try engine.driver(address: server.address).restorePlan(for: dump, into: database, create: create, force: force)
+        else {
             throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")
         }
+        let arguments = plan.arguments
         let tool = arguments[0]
         if let failure = try restore(manifest.id, with: restorer, into: arguments) {
             throw DatabaseError.invalidArgument("\(tool) \(failure) (its messages are above); database \(database) may be partly restored")

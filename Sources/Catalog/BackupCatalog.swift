@@ -34,7 +34,7 @@ public final class BackupCatalog {
         /// What a backup is of: its database, else its name.
         public var subject: String { database ?? name }
         /// An archived WAL file or binlog rather than a backup of its own.
-        public var isLogFile: Bool { Manifest.logKinds.contains(kind) }
+        public var isLogFile: Bool { BackupKind(rawValue: kind).map(Manifest.logKinds.contains) ?? false }
         /// The series a backup belongs to: its subject and kind.
         public var series: Series { Series(subject: subject, kind: kind) }
     }

@@ -35,7 +35,7 @@ public struct BinlogArchive {
     public static let magic: [UInt8] = [0xFE, 0x62, 0x69, 0x6E]
 
     public init(repository: Repository, name: String) throws {
-        log = try LogArchive(repository: repository, kind: "binlog", name: name, engine: .mariadb)
+        log = try LogArchive(repository: repository, kind: .binlog, name: name, engine: .mariadb)
     }
 
     /// The binlog an archived name stands for, and for a partial copy its length.
@@ -127,7 +127,7 @@ public struct BinlogArchive {
 
     /// The archive names with binlogs in the repository.
     public static func names(in repository: Repository) throws -> [String] {
-        try LogArchive.names(kind: "binlog", in: repository)
+        try LogArchive.names(kind: .binlog, in: repository)
     }
 }
 

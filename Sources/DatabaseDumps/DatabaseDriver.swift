@@ -60,8 +60,8 @@ public struct DumpSettings: Sendable, Equatable {
 /// A dump under way: its stream (the bytes read to check it put back in front) and
 /// what its manifest records.
 public struct DatabaseDump {
-    /// The manifest's kind: "dump", or "basebackup" for a whole cluster.
-    public var kind: String
+    /// The manifest's kind: a dump, or a base backup of a whole cluster.
+    public var kind: BackupKind
     /// The dump tool's command line (never a password), as the manifest's source.
     public var command: [String]
     public var source: AnySource
@@ -71,7 +71,7 @@ public struct DatabaseDump {
     /// Whether the stream must end with its tool's completion line (plain SQL).
     public var checkComplete: Bool
 
-    public init(kind: String = "dump", command: [String], source: AnySource, info: Manifest.DumpInfo,
+    public init(kind: BackupKind = .dump, command: [String], source: AnySource, info: Manifest.DumpInfo,
                 expectedSize: Int64?, checkComplete: Bool) {
         self.kind = kind
         self.command = command

@@ -14,7 +14,7 @@ public enum LogRetention {
         for key in groups.keys.sorted() {
             guard let files = groups[key], let kind = files.first?.kind else { continue }
             let keep: (Manifest) -> String?
-            if kind == "wal" {
+            if kind == BackupKind.wal.rawValue {
                 keep = walRule(files, keptBackups)
             } else {
                 keep = binlogRule(files, keptBackups)
@@ -32,7 +32,7 @@ public enum LogRetention {
     /// cluster (system identifier) on, and every timeline history file.
     private static func walRule(_ files: [Manifest], _ kept: [Manifest]) -> (Manifest) -> String? {
         let clusters = Set(files.compactMap { $0.archive?.systemIdentifier })
-        let bases = kept.filter { $0.kind == "basebackup" && $0.dump?.systemIdentifier.map(clusters.contains) == true }
+        let bases = kept.filter { $0.backupKind == .basebackup && $0.dump?.systemIdentifier.map(clusters.contains) == true }
         let oldest = bases.compactMap { b in b.dump?.startWALFile.flatMap(WALFileName.init)?.position.map { ($0, b.id) } }.min { $0.0 < $1.0 }
         guard let (start, baseID) = oldest else { return { _ in "no base backup of this cluster is kept" } }
         return { m in
@@ -48,7 +48,7 @@ public enum LogRetention {
         let servers = Set(files.compactMap { $0.archive?.serverID })
         let dumps = kept.filter { m in
             // A dump that recorded no server_id (older dbbackup) may belong to any server.
-            m.kind == "dump" && m.dump?.binlogFile != nil && (m.dump?.serverID.map(servers.contains) ?? true)
+            m.backupKind == .dump && m.dump?.binlogFile != nil && (m.dump?.serverID.map(servers.contains) ?? true)
         }
         let oldest = dumps.compactMap { d in d.dump?.binlogFile.flatMap(BinlogFileName.init).map { ($0, d.id) } }.min { $0.0 < $1.0 }
         guard let (start, dumpID) = oldest else { return { _ in "no dump of this server is kept" } }

@@ -105,7 +105,7 @@ public final class PostgresDriver: ClusterBackupDriver {
         info.startWALFile = label.startWALFile
         info.timeline = label.timeline
         info.systemIdentifier = systemIdentifier
-        return DatabaseDump(kind: "basebackup", command: plan.arguments,
+        return DatabaseDump(kind: .basebackup, command: plan.arguments,
                             source: AnySource(PrefixedSource(prefix: head, rest: AnySource(tar))), info: info,
                             expectedSize: size, checkComplete: false)
     }

@@ -87,7 +87,7 @@ public struct WALArchive {
     public static let defaultName = "main"
 
     public init(repository: Repository, name: String) throws {
-        log = try LogArchive(repository: repository, kind: "wal", name: name, engine: .postgres)
+        log = try LogArchive(repository: repository, kind: .wal, name: name, engine: .postgres)
     }
 
     public typealias Outcome = LogArchive.Outcome
@@ -165,7 +165,7 @@ public struct WALArchive {
 
     /// The archive names with WAL in the repository.
     public static func names(in repository: Repository) throws -> [String] {
-        try LogArchive.names(kind: "wal", in: repository)
+        try LogArchive.names(kind: .wal, in: repository)
     }
 }
 
@@ -174,11 +174,11 @@ public struct WALArchive {
 public struct LogArchive {
     public let repository: Repository
     /// wal or binlog.
-    public let kind: String
+    public let kind: BackupKind
     public let name: String
     let engine: DatabaseEngine
 
-    public init(repository: Repository, kind: String, name: String, engine: DatabaseEngine) throws {
+    public init(repository: Repository, kind: BackupKind, name: String, engine: DatabaseEngine) throws {
         guard !name.isEmpty, BackupSession.sanitize(name) == name, !name.contains("_") else {
             throw DatabaseError.invalidArgument("archive name '\(name)' must be letters, digits, '.' and '-' (no '_')")
         }
@@ -188,7 +188,7 @@ public struct LogArchive {
         self.engine = engine
     }
 
-    public func manifestID(_ file: String) -> String { "\(kind)_\(name)_\(file)" }
+    public func manifestID(_ file: String) -> String { "\(kind.rawValue)_\(name)_\(file)" }
 
     public func contains(_ file: String) throws -> Bool {
         try repository.hasManifest(manifestID(file))
@@ -252,15 +252,16 @@ public struct LogArchive {
 
     /// The ids and file names of this archive, in id order.
     public func ids() throws -> [(id: String, file: String)] {
-        let prefix = "\(kind)_\(name)_"
+        let prefix = "\(kind.rawValue)_\(name)_"
         return try repository.manifestIDs().filter { $0.hasPrefix(prefix) }.map { ($0, String($0.dropFirst(prefix.count))) }
     }
 
     /// The archive names of `kind` in the repository.
-    public static func names(kind: String, in repository: Repository) throws -> [String] {
-        Set(try repository.manifestIDs().compactMap { id -> String? in
-            guard id.hasPrefix(kind + "_") else { return nil }
-            let rest = id.dropFirst(kind.count + 1)
+    public static func names(kind: BackupKind, in repository: Repository) throws -> [String] {
+        let prefix = kind.rawValue + "_"
+        return Set(try repository.manifestIDs().compactMap { id -> String? in
+            guard id.hasPrefix(prefix) else { return nil }
+            let rest = id.dropFirst(prefix.count)
             guard let end = rest.firstIndex(of: "_") else { return nil }
             return String(rest[..<end])
         }).sorted()

@@ -97,7 +97,7 @@ struct DedupBackup: ParsableCommand {
                 // The input is open (or the command started) before a repository is created.
                 let repo = try store.openOrCreate()
                 var options = BackupOptions(name: backupName(sourceName), source: sourceName)
-                options.kind = (dbName != nil || dbType != nil) ? "dump" : "file"
+                options.kind = (dbName != nil || dbType != nil) ? .dump : .file
                 options.database = dbName
                 options.dbType = dbType?.rawValue
                 options.dbHost = dbHost

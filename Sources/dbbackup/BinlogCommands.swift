@@ -182,7 +182,7 @@ struct BinlogValidate: ParsableCommand {
                                                  oldestOnServer: onServer.compactMap(BinlogFileName.init).min()) {
                 problems.append("purged from the server before they were archived: after \(gap.after), before \(gap.before)")
             }
-            for m in try repo.manifests() where m.kind == "dump" && DatabaseEngine(name: m.dump?.engine ?? "")?.isMySQLFamily == true {
+            for m in try repo.manifests() where m.backupKind == .dump && DatabaseEngine(name: m.dump?.engine ?? "")?.isMySQLFamily == true {
                 guard let file = m.dump?.binlogFile, m.dump?.serverID == nil || m.dump?.serverID == serverID else { continue }
                 if !known.contains(file), let n = BinlogFileName(file), let oldest = files.compactMap(BinlogFileName.init).min(), n < oldest {
                     problems.append("dump \(m.id) starts at \(file), which is neither archived nor on the server")

@@ -75,7 +75,7 @@ struct CommitOptions: ParsableArguments {
         let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
         Terminal.out("backup \(m.id) committed")
         if let d = m.dump {
-            Terminal.out("  database  \(m.database ?? (m.kind == "basebackup" ? "the whole cluster" : "?")) on \(d.server), \(d.engine) \(d.serverVersion); \(d.toolVersion), \(d.format) format")
+            Terminal.out("  database  \(m.database ?? (m.backupKind == .basebackup ? "the whole cluster" : "?")) on \(d.server), \(d.engine) \(d.serverVersion); \(d.toolVersion), \(d.format) format")
         }
         Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (streamDigest.map { ", sha256 \($0.hex)" } ?? ""))
         Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")

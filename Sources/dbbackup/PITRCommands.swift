@@ -124,7 +124,7 @@ struct PITRStatus: ParsableCommand {
             let systemIdentifier = one("SELECT system_identifier::text FROM pg_control_system()")
             let files = try archive.files()
             let chain = PITRChain(files: files, baseBackups: try repo.manifests().filter {
-                $0.kind == "basebackup" && (systemIdentifier == nil || $0.dump?.systemIdentifier == systemIdentifier)
+                $0.backupKind == .basebackup && (systemIdentifier == nil || $0.dump?.systemIdentifier == systemIdentifier)
             })
             var report = Report(archiveMode: one("SHOW archive_mode") ?? "?", archiveCommand: one("SHOW archive_command") ?? "",
                                 archivedCount: field(0).flatMap { Int64($0) }, lastArchivedWAL: field(1), lastArchivedTime: field(2),

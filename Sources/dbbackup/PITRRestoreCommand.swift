@@ -96,7 +96,7 @@ struct RestorePITR: ParsableCommand {
     // MARK: PostgreSQL
 
     private func recoverPostgres(_ repo: Repository, base: Manifest, target: Date?) throws {
-        guard base.kind == "basebackup" else {
+        guard base.backupKind == .basebackup else {
             throw DatabaseError.invalidArgument("\(base.id) is a \(base.kind) backup, not a base backup; take one with dbbackup dedup backup-db --base-backup")
         }
         guard let targetDir = targetDir.map(StoreOptions.expand) else {
@@ -178,7 +178,7 @@ struct RestorePITR: ParsableCommand {
     // MARK: MySQL / MariaDB
 
     private func recoverMariaDB(_ repo: Repository, dump: Manifest, target: Date?) throws {
-        guard dump.kind == "dump", let info = dump.dump, let source = dump.database else {
+        guard dump.backupKind == .dump, let info = dump.dump, let source = dump.database else {
             throw DatabaseError.invalidArgument("\(dump.id) is not a database dump made by dbbackup dedup backup-db")
         }
         guard let startFile = info.binlogFile, let startPosition = info.binlogPosition else {

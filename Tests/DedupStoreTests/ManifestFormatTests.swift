@@ -67,7 +67,7 @@ import Testing
                                             ("public.customers", randomBytes(300_000, seed: 7) + shared),
                                             ("schema", [])]
         var options = BackupOptions(name: "shop", source: "memory")
-        options.kind = "dump"
+        options.kind = .dump
         options.lockWait = 0
         options.streamSHA256 = true
         options.checkDumpComplete = false

@@ -155,6 +155,9 @@ public struct Manifest: Codable, Equatable, Sendable {
 
     public var createdDate: Date? { Timestamps.parse(createdAt) }
 
+    /// `kind` by type (nil for a kind this build does not know).
+    public var backupKind: BackupKind? { BackupKind(rawValue: kind) }
+
     /// Every stream of the backup: format 1 reads as one member named "".
     public var streams: [Member] {
         if let members { return members }
@@ -179,8 +182,8 @@ public struct Manifest: Codable, Equatable, Sendable {
 
     /// The kinds of archived log files (one manifest per WAL file or binlog):
     /// not backups of their own, they extend the base backups and dumps.
-    public static let logKinds: Set<String> = [BackupKind.wal.rawValue, BackupKind.binlog.rawValue]
-    public var isLogFile: Bool { Self.logKinds.contains(kind) }
+    public static let logKinds: Set<BackupKind> = [.wal, .binlog]
+    public var isLogFile: Bool { backupKind.map(Self.logKinds.contains) ?? false }
 
     public static func key(for id: String) -> String { "manifests/\(id).manifest.json" }
     public static func chunkListKey(for id: String) -> String { "manifests/\(id).chunks" }

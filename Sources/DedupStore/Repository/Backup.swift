@@ -3,7 +3,7 @@ import Foundation
 /// What a backup records about itself besides its data.
 public struct BackupOptions: Sendable {
     public var name: String
-    public var kind: String = "file"
+    public var kind: BackupKind = .file
     public var database: String?
     public var dbType: String?
     public var dbHost: String?
@@ -181,7 +181,7 @@ public final class BackupSession {
         let stats = Manifest.Stats(chunks: chunks.chunks, newChunks: chunks.newChunks, newBytes: chunks.newBytes,
                                    storedBytes: chunks.storedBytes, durationSeconds: Date().timeIntervalSince(started))
         return Manifest(
-            formatVersion: Manifest.oneStreamVersion, id: id, name: options.name, kind: options.kind,
+            formatVersion: Manifest.oneStreamVersion, id: id, name: options.name, kind: options.kind.rawValue,
             database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
             createdAt: Timestamps.iso8601(options.time), committedAt: Timestamps.iso8601(Date()),
             source: options.source, hostname: LockInfo.currentHost, dbbackupVersion: DedupStoreVersion.string,

@@ -89,3 +89,24 @@ enum Format {
         return t < 3600 ? String(format: "%dm%02ds", t / 60, t % 60) : String(format: "%dh%02dm%02ds", t / 3600, t / 60 % 60, t % 60)
     }
 }
+
+/// Columns padded to their widest cell; the last one is not padded.
+func printTable(header: [String], rows: [[String]]) {
+    var widths = header.map(\.count)
+    for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { i, c in
+            i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }
+    Terminal.out(line(header))
+    for r in rows { Terminal.out(line(r)) }
+}
+
+/// What a filter by database says when the repository has no backup of it at all
+/// (a typo, or a database never backed up): the ones it has.
+func noBackups(of database: String, in path: String, known: Set<String>) -> String {
+    let names = known.sorted()
+    let shown = names.isEmpty ? "none" : names.prefix(20).joined(separator: ", ") + (names.count > 20 ? ", ..." : "")
+    return "no backups of database '\(database)' at all in \(path) (databases with backups: \(shown))"
+}

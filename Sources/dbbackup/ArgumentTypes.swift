@@ -1,5 +1,6 @@
 import ArgumentParser
 import DatabaseDumps
+import DedupStore
 
 /// `-d/--db-type` everywhere: the names DatabaseEngine(name:) reads (postgres,
 /// postgresql, pg, mysql, mariadb, ...), so backup and restore accept the same ones.
@@ -21,3 +22,5 @@ extension DatabaseEngine: ExpressibleByArgument {
         }.joined(separator: "; ")
     }
 }
+
+extension BackupKind: ExpressibleByArgument {}

@@ -61,15 +61,20 @@ public final class BackupCatalog {
         public var size: Int64?
         public var message: String?
 
-        public init(at: Date = Date(), kind: String, status: String, name: String, database: String? = nil, engine: String? = nil,
-                    backupType: String? = nil, durationSeconds: Double? = nil, size: Int64? = nil, message: String? = nil) {
+        public init(
+            at: Date = Date(), kind: String, status: String, name: String, database: String? = nil,
+            engine: String? = nil,
+            backupType: String? = nil, durationSeconds: Double? = nil, size: Int64? = nil, message: String? = nil
+        ) {
             self.at = Timestamps.iso8601(at); self.kind = kind; self.status = status; self.name = name
             self.database = database; self.engine = engine; self.backupType = backupType
             self.durationSeconds = durationSeconds; self.size = size; self.message = message
         }
     }
 
-    public static func defaultPath(for repository: Repository) -> String { repository.cacheDirectory + "/catalog.sqlite" }
+    public static func defaultPath(for repository: Repository) -> String {
+        repository.cacheDirectory + "/catalog.sqlite"
+    }
 
     /// Opens (or creates) the catalog and brings it in step with the manifests.
     public init(repository: Repository, path: String? = nil, synchronize: Bool = true) throws {
@@ -160,9 +165,13 @@ public final class BackupCatalog {
 
 
     public func recordEvent(_ e: Event) throws {
-        try db.run("INSERT INTO events (at, kind, status, name, database, engine, backup_type, duration, size, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                   [.text(e.at), .text(e.kind), .text(e.status), .text(e.name), .text(e.database), .text(e.engine), .text(e.backupType),
-                    .real(e.durationSeconds), .int(e.size), .text(e.message)])
+        try db.run(
+            "INSERT INTO events (at, kind, status, name, database, engine, backup_type, duration, size, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            [
+                .text(e.at), .text(e.kind), .text(e.status), .text(e.name), .text(e.database), .text(e.engine),
+                .text(e.backupType),
+                .real(e.durationSeconds), .int(e.size), .text(e.message),
+            ])
     }
 
     private func upsert(_ m: Manifest) throws {
@@ -170,9 +179,14 @@ public final class BackupCatalog {
         try db.run("""
             INSERT OR REPLACE INTO backups (id, name, kind, database, engine, host, created_at, created_unix, size, stored_bytes,
                 new_bytes, duration, tags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-            """, [.text(m.id), .text(m.name), .text(m.kind), .text(m.database), .text(m.dump?.engine ?? m.dbType), .text(m.dbHost),
-                  .text(m.createdAt), .real(m.createdDate?.timeIntervalSince1970 ?? 0), .int(m.size), .int(m.stats.storedBytes),
-                  .int(m.stats.newBytes), .real(m.stats.durationSeconds), .text(tags)])
+            """,
+            [
+                .text(m.id), .text(m.name), .text(m.kind), .text(m.database), .text(m.dump?.engine ?? m.dbType),
+                .text(m.dbHost),
+                .text(m.createdAt), .real(m.createdDate?.timeIntervalSince1970 ?? 0), .int(m.size),
+                .int(m.stats.storedBytes),
+                .int(m.stats.newBytes), .real(m.stats.durationSeconds), .text(tags),
+            ])
     }
 
     private func apply(_ v: VerificationRecord) throws {
@@ -206,8 +220,13 @@ public final class BackupCatalog {
         if let k = f.kind { add(.text(k)) { "kind = \($0)" } }
         if let a = f.after { add(.real(a.timeIntervalSince1970)) { "created_unix >= \($0)" } }
         if let b = f.before { add(.real(b.timeIntervalSince1970)) { "created_unix < \($0)" } }
-        if let t = f.text { add(.text(t)) { "(instr(id, \($0)) > 0 OR instr(name, \($0)) > 0 OR instr(coalesce(database, ''), \($0)) > 0)" } }
-        var sql = "SELECT id, name, kind, database, engine, host, created_at, size, stored_bytes, new_bytes, duration, tags, verified_at, verified_ok, verify_mode FROM backups"
+        if let t = f.text {
+            add(.text(t)) {
+                "(instr(id, \($0)) > 0 OR instr(name, \($0)) > 0 OR instr(coalesce(database, ''), \($0)) > 0)"
+            }
+        }
+        var sql =
+            "SELECT id, name, kind, database, engine, host, created_at, size, stored_bytes, new_bytes, duration, tags, verified_at, verified_ok, verify_mode FROM backups"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY created_unix DESC, id DESC"
         var out = [Entry]()
@@ -215,20 +234,27 @@ public final class BackupCatalog {
             let tags = (try? JSONDecoder().decode([String: String].self, from: Data((r.text(11) ?? "{}").utf8))) ?? [:]
             if let tag = f.tag, tags[tag.key] != tag.value { return }
             if let limit = f.limit, out.count >= limit { return }
-            out.append(Entry(id: r.text(0) ?? "", name: r.text(1) ?? "", kind: r.text(2) ?? "", database: r.text(3), engine: r.text(4),
-                             host: r.text(5), createdAt: r.text(6) ?? "", size: r.int(7) ?? 0, storedBytes: r.int(8) ?? 0,
-                             newBytes: r.int(9) ?? 0, durationSeconds: r.real(10) ?? 0, tags: tags, verifiedAt: r.text(12),
-                             verifiedOK: r.int(13).map { $0 != 0 }, verifyMode: r.text(14)))
+            out.append(
+                Entry(
+                    id: r.text(0) ?? "", name: r.text(1) ?? "", kind: r.text(2) ?? "", database: r.text(3),
+                    engine: r.text(4),
+                    host: r.text(5), createdAt: r.text(6) ?? "", size: r.int(7) ?? 0, storedBytes: r.int(8) ?? 0,
+                    newBytes: r.int(9) ?? 0, durationSeconds: r.real(10) ?? 0, tags: tags, verifiedAt: r.text(12),
+                    verifiedOK: r.int(13).map { $0 != 0 }, verifyMode: r.text(14)))
         }
         return out.reversed()
     }
 
     public func events(kind: String? = nil) throws -> [Event] {
         var out = [Event]()
-        try db.run("SELECT at, kind, status, name, database, engine, backup_type, duration, size, message FROM events"
-                   + (kind == nil ? "" : " WHERE kind = ?1") + " ORDER BY seq", kind.map { [.text($0)] } ?? []) { r in
-            var e = Event(kind: r.text(1) ?? "", status: r.text(2) ?? "", name: r.text(3) ?? "", database: r.text(4), engine: r.text(5),
-                          backupType: r.text(6), durationSeconds: r.real(7), size: r.int(8), message: r.text(9))
+        try db.run(
+            "SELECT at, kind, status, name, database, engine, backup_type, duration, size, message FROM events"
+                + (kind == nil ? "" : " WHERE kind = ?1") + " ORDER BY seq", kind.map { [.text($0)] } ?? []
+        ) { r in
+            var e = Event(
+                kind: r.text(1) ?? "", status: r.text(2) ?? "", name: r.text(3) ?? "", database: r.text(4),
+                engine: r.text(5),
+                backupType: r.text(6), durationSeconds: r.real(7), size: r.int(8), message: r.text(9))
             e.at = r.text(0) ?? ""
             out.append(e)
         }
@@ -251,7 +277,9 @@ public final class BackupCatalog {
     /// Per database (or name), every interval between consecutive backups (and
     /// from the last one to `now`) longer than `interval` plus `tolerance`.
     /// Archived WAL and binlogs are not scheduled backups: left out.
-    public func gaps(interval: TimeInterval, tolerance: TimeInterval, database: String? = nil, now: Date = Date()) throws -> [Gap] {
+    public func gaps(
+        interval: TimeInterval, tolerance: TimeInterval, database: String? = nil, now: Date = Date()
+    ) throws -> [Gap] {
         var f = Filter()
         f.database = database
         let all = try backups(f).filter { !$0.isLogFile }
@@ -261,12 +289,18 @@ public final class BackupCatalog {
             for (a, b) in zip(times, times.dropFirst()) {
                 let span = b.1.timeIntervalSince(a.1)
                 if span > interval + tolerance {
-                    out.append(Gap(database: subject, from: a.0, to: b.0, hours: span / 3600, missed: Int((span - tolerance) / interval)))
+                    out.append(
+                        Gap(
+                            database: subject, from: a.0, to: b.0, hours: span / 3600,
+                            missed: Int((span - tolerance) / interval)))
                 }
             }
             if let last = times.last, now.timeIntervalSince(last.1) > interval + tolerance {
                 let span = now.timeIntervalSince(last.1)
-                out.append(Gap(database: subject, from: last.0, to: nil, hours: span / 3600, missed: Int((span - tolerance) / interval)))
+                out.append(
+                    Gap(
+                        database: subject, from: last.0, to: nil, hours: span / 3600,
+                        missed: Int((span - tolerance) / interval)))
             }
         }
         return out

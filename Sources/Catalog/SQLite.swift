@@ -11,7 +11,8 @@ public enum CatalogError: Error, CustomStringConvertible, LocalizedError {
     public var message: String {
         switch self {
         case .sqlite(let path, let detail):
-            return "catalog \(path): \(detail); it is a cache of the manifests: remove it and run `dbbackup catalog sync`"
+            return
+                "catalog \(path): \(detail); it is a cache of the manifests: remove it and run `dbbackup catalog sync`"
         }
     }
 }
@@ -94,7 +95,11 @@ final class SQLiteDatabase {
         func text(_ i: Int32) -> String? {
             sqlite3_column_type(stmt, i) == SQLITE_NULL ? nil : sqlite3_column_text(stmt, i).map { String(cString: $0) }
         }
-        func int(_ i: Int32) -> Int64? { sqlite3_column_type(stmt, i) == SQLITE_NULL ? nil : sqlite3_column_int64(stmt, i) }
-        func real(_ i: Int32) -> Double? { sqlite3_column_type(stmt, i) == SQLITE_NULL ? nil : sqlite3_column_double(stmt, i) }
+        func int(_ i: Int32) -> Int64? {
+            sqlite3_column_type(stmt, i) == SQLITE_NULL ? nil : sqlite3_column_int64(stmt, i)
+        }
+        func real(_ i: Int32) -> Double? {
+            sqlite3_column_type(stmt, i) == SQLITE_NULL ? nil : sqlite3_column_double(stmt, i)
+        }
     }
 }

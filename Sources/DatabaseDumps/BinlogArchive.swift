@@ -41,7 +41,8 @@ public struct BinlogArchive {
     /// The binlog an archived name stands for, and for a partial copy its length.
     public static func split(_ archived: String) -> (name: BinlogFileName, partialBytes: Int?)? {
         if let r = archived.range(of: ".partial-", options: .backwards) {
-            guard let bytes = Int(archived[r.upperBound...]), let n = BinlogFileName(String(archived[..<r.lowerBound])) else { return nil }
+            guard let bytes = Int(archived[r.upperBound...]), let n = BinlogFileName(String(archived[..<r.lowerBound]))
+            else { return nil }
             return (n, bytes)
         }
         return BinlogFileName(archived).map { ($0, nil) }
@@ -51,7 +52,9 @@ public struct BinlogArchive {
     /// still writing: its first bytes, as many as there are now) is committed
     /// before older partial copies of it are deleted; the finished file replaces
     /// them all.
-    public func archive(path: String, file: String, serverID: UInt32?, partial: Bool = false, jobs: Int? = nil) throws -> LogArchive.Outcome {
+    public func archive(
+        path: String, file: String, serverID: UInt32?, partial: Bool = false, jobs: Int? = nil
+    ) throws -> LogArchive.Outcome {
         guard BinlogFileName(file) != nil else {
             throw DatabaseError.invalidArgument("'\(file)' is not a binary log file name (<base>.<number>)")
         }
@@ -76,7 +79,11 @@ public struct BinlogArchive {
     private func checkServer(_ serverID: UInt32, file: String) throws {
         guard let newest = try log.ids().last else { return }
         guard let known = try repository.loadManifest(newest.id).archive?.serverID, known != serverID else { return }
-        throw DatabaseError.archiveConflict(file: file, detail: "it comes from the server with server_id \(serverID), but the archive '\(name)' holds binlogs of server_id \(known); give each server its own --name")
+        throw DatabaseError.archiveConflict(
+            file: file,
+            detail:
+                "it comes from the server with server_id \(serverID), but the archive '\(name)' holds binlogs of server_id \(known); give each server its own --name"
+        )
     }
 
     /// Every archived binlog, in log order; partial copies after the finished
@@ -110,8 +117,12 @@ public struct BinlogArchive {
 
     /// Binlogs purged from the server before they were archived: the newest
     /// archived one and the oldest the server has, when numbers lie between them.
-    public static func purgedGap(newestArchived: BinlogFileName?, oldestOnServer: BinlogFileName?) -> (after: String, before: String)? {
-        guard let a = newestArchived, let b = oldestOnServer, a.base == b.base, b.number > a.number, b.number - a.number > 1 else { return nil }
+    public static func purgedGap(
+        newestArchived: BinlogFileName?, oldestOnServer: BinlogFileName?
+    ) -> (after: String, before: String)? {
+        guard let a = newestArchived, let b = oldestOnServer, a.base == b.base, b.number > a.number,
+            b.number - a.number > 1
+        else { return nil }
         return (a.name, b.name)
     }
 
@@ -120,7 +131,9 @@ public struct BinlogArchive {
         let names = Set(files.compactMap { split($0)?.name }).sorted()
         var out = [String]()
         for (a, b) in zip(names, names.dropFirst()) where a.base == b.base && b.number - a.number > 1 {
-            out.append(b.number - a.number == 2 ? a.sibling(a.number + 1) : "\(a.sibling(a.number + 1)) to \(a.sibling(b.number - 1))")
+            out.append(
+                b.number - a.number == 2
+                    ? a.sibling(a.number + 1) : "\(a.sibling(a.number + 1)) to \(a.sibling(b.number - 1))")
         }
         return out
     }
@@ -146,9 +159,13 @@ extension BinlogArchive {
     /// several do: server ids are 1 on many servers), else `given`.
     public static func name(for dump: Manifest.DumpInfo, given: String, in repo: Repository) throws -> String {
         guard let id = dump.serverID, given == defaultName else { return given }
-        let matching = try names(in: repo).filter { try BinlogArchive(repository: repo, name: $0).files().last?.archive?.serverID == id }
+        let matching = try names(in: repo).filter {
+            try BinlogArchive(repository: repo, name: $0).files().last?.archive?.serverID == id
+        }
         guard matching.count <= 1 else {
-            throw DatabaseError.invalidArgument("the binlog archives \(matching.joined(separator: ", ")) all hold binlogs of server_id \(id); say which with --name")
+            throw DatabaseError.invalidArgument(
+                "the binlog archives \(matching.joined(separator: ", ")) all hold binlogs of server_id \(id); say which with --name"
+            )
         }
         return matching.first ?? given
     }
@@ -157,22 +174,30 @@ extension BinlogArchive {
     /// partial copy (the longest) may only end the chain: a finished file after
     /// it means its end was never archived.
     public func replayChain(from startFile: String) throws -> [Manifest] {
-        guard let start = BinlogFileName(startFile) else { throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name") }
+        guard let start = BinlogFileName(startFile) else {
+            throw DatabaseError.invalidArgument("the dump's binlog '\(startFile)' is not a binlog file name")
+        }
         let copies = try copies().filter { $0.name.base == start.base && $0.name.number >= start.number }
         var chain = [Manifest]()
         var expected = start.number
         for copy in copies {
             guard copy.name.number == expected else {
-                throw DatabaseError.invalidArgument("the binlog archive '\(name)' lacks \(start.sibling(expected)) (run dbbackup binlog validate); recovery cannot cross the gap")
+                throw DatabaseError.invalidArgument(
+                    "the binlog archive '\(name)' lacks \(start.sibling(expected)) (run dbbackup binlog validate); recovery cannot cross the gap"
+                )
             }
             if copy.partial && copy.name != copies.last?.name {
-                throw DatabaseError.invalidArgument("the binlog archive '\(name)' holds only the beginning of \(copy.name.name) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it")
+                throw DatabaseError.invalidArgument(
+                    "the binlog archive '\(name)' holds only the beginning of \(copy.name.name) (a partial copy) but later binlogs too: its end was never archived, and recovery cannot cross it"
+                )
             }
             chain.append(copy.manifest)
             expected += 1
         }
         guard !chain.isEmpty else {
-            throw DatabaseError.invalidArgument("the binlog archive '\(name)' does not hold \(startFile), where the dump starts; run dbbackup binlog archive first")
+            throw DatabaseError.invalidArgument(
+                "the binlog archive '\(name)' does not hold \(startFile), where the dump starts; run dbbackup binlog archive first"
+            )
         }
         return chain
     }

@@ -32,8 +32,11 @@ public enum LogRetention {
     /// cluster (system identifier) on, and every timeline history file.
     private static func walRule(_ files: [Manifest], _ kept: [Manifest]) -> (Manifest) -> String? {
         let clusters = Set(files.compactMap { $0.archive?.systemIdentifier })
-        let bases = kept.filter { $0.backupKind == .basebackup && $0.dump?.systemIdentifier.map(clusters.contains) == true }
-        let oldest = bases.compactMap { b in b.dump?.startWALFile.flatMap(WALFileName.init)?.position.map { ($0, b.id) } }.min { $0.0 < $1.0 }
+        let bases = kept.filter {
+            $0.backupKind == .basebackup && $0.dump?.systemIdentifier.map(clusters.contains) == true
+        }
+        let oldest = bases.compactMap { b in b.dump?.startWALFile.flatMap(WALFileName.init)?.position.map { ($0, b.id) }
+        }.min { $0.0 < $1.0 }
         guard let (start, baseID) = oldest else { return { _ in "no base backup of this cluster is kept" } }
         return { m in
             guard let w = m.archive.flatMap({ WALFileName($0.file) }) else { return "not a WAL file name" }
@@ -50,7 +53,9 @@ public enum LogRetention {
             // A dump that recorded no server_id (older dbbackup) may belong to any server.
             m.backupKind == .dump && m.dump?.binlogFile != nil && (m.dump?.serverID.map(servers.contains) ?? true)
         }
-        let oldest = dumps.compactMap { d in d.dump?.binlogFile.flatMap(BinlogFileName.init).map { ($0, d.id) } }.min { $0.0 < $1.0 }
+        let oldest = dumps.compactMap { d in d.dump?.binlogFile.flatMap(BinlogFileName.init).map { ($0, d.id) } }.min {
+            $0.0 < $1.0
+        }
         guard let (start, dumpID) = oldest else { return { _ in "no dump of this server is kept" } }
         return { m in
             guard let n = BinlogArchive.split(m.archive?.file ?? "")?.name, n.base == start.base else {

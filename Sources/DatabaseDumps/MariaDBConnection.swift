@@ -12,7 +12,9 @@ public final class MariaDBConnection {
     public init(_ address: ServerAddress, database: String?) throws {
         self.address = address
         guard let m = mysql_init(nil) else {
-            throw DatabaseError.connectionFailed(server: address.mariaLabel, detail: "libmariadb could not allocate a connection", hint: "the machine is out of memory")
+            throw DatabaseError.connectionFailed(
+                server: address.mariaLabel, detail: "libmariadb could not allocate a connection",
+                hint: "the machine is out of memory")
         }
         mysql_options(m, MYSQL_READ_DEFAULT_GROUP, "client")
         var timeout: UInt32 = 10
@@ -20,13 +22,15 @@ public final class MariaDBConnection {
         let password = ProcessInfo.processInfo.environment["MYSQL_PWD"]
         // With neither host nor socket, libmariadb uses its default socket; a host
         // of "localhost" also means the socket, so a TCP address is kept as given.
-        let ok = mysql_real_connect(m, address.socket == nil ? address.host : "localhost", address.user, password, database,
-                                    UInt32(address.port ?? 0), address.socket, 0)
+        let ok = mysql_real_connect(
+            m, address.socket == nil ? address.host : "localhost", address.user, password, database,
+            UInt32(address.port ?? 0), address.socket, 0)
         guard ok != nil else {
             let detail = String(cString: mysql_error(m))
             let code = mysql_errno(m)
             mysql_close(m)
-            throw DatabaseError.connectionFailed(server: address.mariaLabel, detail: detail, hint: Self.hint(code: code))
+            throw DatabaseError.connectionFailed(
+                server: address.mariaLabel, detail: detail, hint: Self.hint(code: code))
         }
         mysql = m
     }
@@ -62,7 +66,9 @@ public final class MariaDBConnection {
     /// The binary log file being written and the position in it (SHOW MASTER
     /// STATUS); nil when the binary log is off.
     public func currentBinlog() throws -> BinlogPosition? {
-        guard let row = try rows("SHOW MASTER STATUS").first, row.count >= 2, let pos = UInt64(row[1]) else { return nil }
+        guard let row = try rows("SHOW MASTER STATUS").first, row.count >= 2, let pos = UInt64(row[1]) else {
+            return nil
+        }
         return BinlogPosition(file: row[0], position: pos)
     }
 
@@ -91,14 +97,19 @@ public final class MariaDBConnection {
         let bytes = Array(text.utf8)
         var out = [CChar](repeating: 0, count: bytes.count * 2 + 1)
         let n = bytes.withUnsafeBufferPointer { b in
-            b.withMemoryRebound(to: CChar.self) { c in mysql_real_escape_string(mysql, &out, c.baseAddress, UInt(bytes.count)) }
+            b.withMemoryRebound(to: CChar.self) { c in
+                mysql_real_escape_string(mysql, &out, c.baseAddress, UInt(bytes.count))
+            }
         }
         return "'" + String(decoding: out[0..<Int(n)].map { UInt8(bitPattern: $0) }, as: UTF8.self) + "'"
     }
 
     /// Data and index bytes of a database's tables (for progress and ETA).
     public func databaseSize(_ database: String) throws -> Int64 {
-        Int64(try column("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables WHERE table_schema = \(quoted(literal: database))").first ?? "") ?? 0
+        Int64(
+            try column(
+                "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables WHERE table_schema = \(quoted(literal: database))"
+            ).first ?? "") ?? 0
     }
 
     /// The user databases (not information_schema, performance_schema, mysql, sys).
@@ -128,7 +139,10 @@ public final class MariaDBConnection {
 
     /// Tables and views in a database.
     public func tableCount(_ database: String) throws -> Int {
-        Int(try column("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = \(quoted(literal: database))").first ?? "0") ?? 0
+        Int(
+            try column(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = \(quoted(literal: database))"
+            ).first ?? "0") ?? 0
     }
 
     static func hint(code: UInt32) -> String {

@@ -30,15 +30,22 @@ public struct MariaDBDumpPlan: Sendable {
 
     /// MariaDB's users, roles and grants as CREATE USER and GRANT statements.
     public static func users(address: ServerAddress) throws -> MariaDBDumpPlan {
-        guard findExecutable("mariadb-dump") != nil else { throw DatabaseError.toolMissing(tool: "mariadb-dump", package: "mariadb-client") }
+        guard findExecutable("mariadb-dump") != nil else {
+            throw DatabaseError.toolMissing(tool: "mariadb-dump", package: "mariadb-client")
+        }
         let args = ["mariadb-dump", "--system=users", "--insert-ignore"] + connectionArguments(address)
-        return MariaDBDumpPlan(arguments: args, tool: "mariadb-dump", toolVersion: try PostgresDumpPlan.version(of: "mariadb-dump"))
+        return MariaDBDumpPlan(
+            arguments: args, tool: "mariadb-dump", toolVersion: try PostgresDumpPlan.version(of: "mariadb-dump"))
     }
 
     /// --host, --port, --user and --socket as the MariaDB client tools take them.
     public static func connectionArguments(_ address: ServerAddress) -> [String] {
         var args = [String]()
-        if let socket = address.socket { args.append("--socket=\(socket)") } else if let host = address.host { args.append("--host=\(host)") }
+        if let socket = address.socket {
+            args.append("--socket=\(socket)")
+        } else if let host = address.host {
+            args.append("--host=\(host)")
+        }
         if let port = address.port { args.append("--port=\(port)") }
         if let user = address.user { args.append("--user=\(user)") }
         return args
@@ -89,24 +96,35 @@ public struct BinlogPosition: Equatable, Sendable {
 public struct MariaDBRestorePlan: Sendable {
     public let arguments: [String]
 
-    public static func prepare(address: ServerAddress, target: String, create: Bool, force: Bool) throws -> MariaDBRestorePlan {
-        guard !target.isEmpty, !target.hasPrefix("-") else { throw DatabaseError.invalidArgument("--target-db takes a database name") }
+    public static func prepare(
+        address: ServerAddress, target: String, create: Bool, force: Bool
+    ) throws -> MariaDBRestorePlan {
+        guard !target.isEmpty, !target.hasPrefix("-") else {
+            throw DatabaseError.invalidArgument("--target-db takes a database name")
+        }
         let server = try MariaDBConnection(address, database: nil)
-        let exists = try server.column("SELECT 1 FROM information_schema.schemata WHERE schema_name = \(server.quoted(literal: target))").count == 1
+        let exists =
+            try server.column(
+                "SELECT 1 FROM information_schema.schemata WHERE schema_name = \(server.quoted(literal: target))"
+            ).count == 1
         if !exists {
             guard create else {
-                throw DatabaseError.invalidArgument("database \(target) does not exist on \(address.mariaLabel); pass --create to create it")
+                throw DatabaseError.invalidArgument(
+                    "database \(target) does not exist on \(address.mariaLabel); pass --create to create it")
             }
             try server.execute("CREATE DATABASE \(MariaDBConnection.quoted(identifier: target))")
         } else {
             let tables = try server.tableCount(target)
             if tables > 0 && !force {
-                throw DatabaseError.invalidArgument("database \(target) is not empty (\(tables) tables); restore into a new one with --create, or pass --force to restore over it")
+                throw DatabaseError.invalidArgument(
+                    "database \(target) is not empty (\(tables) tables); restore into a new one with --create, or pass --force to restore over it"
+                )
             }
         }
         guard let tool = ["mariadb", "mysql"].first(where: { findExecutable($0) != nil }) else {
             throw DatabaseError.toolMissing(tool: "mariadb", package: "mariadb-client")
         }
-        return MariaDBRestorePlan(arguments: [tool, "--batch", "--database=\(target)"] + MariaDBDumpPlan.connectionArguments(address))
+        return MariaDBRestorePlan(
+            arguments: [tool, "--batch", "--database=\(target)"] + MariaDBDumpPlan.connectionArguments(address))
     }
 }

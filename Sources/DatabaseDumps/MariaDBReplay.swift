@@ -29,7 +29,9 @@ public struct MariaDBReplayPlan {
             f.dateFormat = "yyyy-MM-dd HH:mm:ss"
             // Whole seconds: an event at the target second itself is not replayed
             // unless the target is past it.
-            args.append("--stop-datetime=\(f.string(from: stopTime.addingTimeInterval(stopTime.timeIntervalSince1970.truncatingRemainder(dividingBy: 1) > 0 ? 1 : 0)))")
+            args.append(
+                "--stop-datetime=\(f.string(from: stopTime.addingTimeInterval(stopTime.timeIntervalSince1970.truncatingRemainder(dividingBy: 1) > 0 ? 1 : 0)))"
+            )
         }
         if sourceDatabase != targetDatabase { args.append("--rewrite-db=\(sourceDatabase)->\(targetDatabase)") }
         var env = ProcessInfo.processInfo.environment
@@ -44,7 +46,8 @@ public struct MariaDBReplayPlan {
         }
         let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
         defer { if devNull >= 0 { close(devNull) } }
-        let (loader, input) = try ChildProcess.feeding(executable: clientExe, arguments: client, stdoutFD: STDERR_FILENO)
+        let (loader, input) = try ChildProcess.feeding(
+            executable: clientExe, arguments: client, stdoutFD: STDERR_FILENO)
         let reader: ChildProcess
         do {
             reader = try ChildProcess(executable: decoderExe, arguments: decoder, environment: decoderEnvironment,

@@ -10,7 +10,9 @@ public struct PITRChain: Sendable {
 
     public init(files: [Manifest], baseBackups: [Manifest]) {
         self.baseBackups = baseBackups
-        let segments = files.compactMap { m in m.archive.map { ($0.file, m.size) } }.filter { WALFileName($0.0)?.kind == .segment }
+        let segments = files.compactMap { m in m.archive.map { ($0.file, m.size) } }.filter {
+            WALFileName($0.0)?.kind == .segment
+        }
         newestSegment = segments.map(\.0).max { (WALFileName($0)?.position ?? "") < (WALFileName($1)?.position ?? "") }
         let gaps = WALChain.gaps(in: segments)
         self.gaps = gaps

@@ -36,7 +36,8 @@ public struct BackupLabel: Equatable, Sendable {
         }
         // "0/2000028 (file 000000010000000000000002)"
         guard let start = fields["START WAL LOCATION"], let lsn = start.split(separator: " ").first,
-              let open = start.range(of: "(file "), let close = start.lastIndex(of: ")"), open.upperBound <= close else { return nil }
+            let open = start.range(of: "(file "), let close = start.lastIndex(of: ")"), open.upperBound <= close
+        else { return nil }
         let file = String(start[open.upperBound..<close])
         guard let walFile = WALFileName(file), walFile.kind == .segment else { return nil }
         startLSN = String(lsn)
@@ -65,7 +66,9 @@ public enum TarHead {
                 if !prefix.isEmpty { memberName = prefix + "/" + memberName }
             }
             if memberName.hasPrefix("./") { memberName.removeFirst(2) }
-            guard let size = Int(text(124, 12).trimmingCharacters(in: .whitespaces), radix: 8), size >= 0, size < 1 << 40 else { return nil }
+            guard let size = Int(text(124, 12).trimmingCharacters(in: .whitespaces), radix: 8), size >= 0,
+                size < 1 << 40
+            else { return nil }
             let dataStart = offset + 512
             if memberName == name {
                 guard dataStart + size <= bytes.count else { return nil }

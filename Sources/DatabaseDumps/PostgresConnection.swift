@@ -52,9 +52,15 @@ public final class PostgresConnection {
     /// failure becomes one line with libpq's message and what to do about it.
     public init(_ address: ServerAddress, database: String) throws {
         self.address = address
-        var params: [(String, String)] = [("dbname", database), ("application_name", "dbbackup"),
-                                          ("connect_timeout", "10")]
-        if let folder = address.postgresSocketFolder { params.append(("host", folder)) } else if let host = address.host { params.append(("host", host)) }
+        var params: [(String, String)] = [
+            ("dbname", database), ("application_name", "dbbackup"),
+            ("connect_timeout", "10"),
+        ]
+        if let folder = address.postgresSocketFolder {
+            params.append(("host", folder))
+        } else if let host = address.host {
+            params.append(("host", host))
+        }
         if let port = address.port { params.append(("port", String(port))) }
         if let user = address.user { params.append(("user", user)) }
         let keys = params.map { strdup($0.0) }
@@ -68,12 +74,15 @@ public final class PostgresConnection {
             }
         }
         guard let c else {
-            throw DatabaseError.connectionFailed(server: address.postgresLabel, detail: "libpq could not allocate a connection", hint: "the machine is out of memory")
+            throw DatabaseError.connectionFailed(
+                server: address.postgresLabel, detail: "libpq could not allocate a connection",
+                hint: "the machine is out of memory")
         }
         guard PQstatus(c) == CONNECTION_OK else {
             let detail = Self.oneLine(PQerrorMessage(c))
             PQfinish(c)
-            throw DatabaseError.connectionFailed(server: address.postgresLabel, detail: detail, hint: Self.hint(for: detail, database: database))
+            throw DatabaseError.connectionFailed(
+                server: address.postgresLabel, detail: detail, hint: Self.hint(for: detail, database: database))
         }
         conn = c
     }
@@ -117,7 +126,9 @@ public final class PostgresConnection {
     public func quoted(identifier text: String) throws -> String { try escape(text, PQescapeIdentifier) }
     public func quoted(literal text: String) throws -> String { try escape(text, PQescapeLiteral) }
 
-    private func escape(_ text: String, _ f: (OpaquePointer?, UnsafePointer<CChar>?, Int) -> UnsafeMutablePointer<CChar>?) throws -> String {
+    private func escape(
+        _ text: String, _ f: (OpaquePointer?, UnsafePointer<CChar>?, Int) -> UnsafeMutablePointer<CChar>?
+    ) throws -> String {
         let utf8 = Array(text.utf8CString)
         guard let out = utf8.withUnsafeBufferPointer({ f(conn, $0.baseAddress, utf8.count - 1) }) else {
             throw DatabaseError.invalidArgument("cannot quote '\(text)': \(Self.oneLine(PQerrorMessage(conn)))")
@@ -144,7 +155,9 @@ public final class PostgresConnection {
     /// minimal, then reloads the configuration. Returns whether the server must be
     /// restarted for archive_mode or wal_level to take effect.
     public func enableArchiving(command: String) throws -> Bool {
-        let before = (mode: try column("SHOW archive_mode").first ?? "", level: try column("SHOW wal_level").first ?? "")
+        let before = (
+            mode: try column("SHOW archive_mode").first ?? "", level: try column("SHOW wal_level").first ?? ""
+        )
         var restart = before.mode == "off"
         if before.level == "minimal" {
             try execute("ALTER SYSTEM SET wal_level = 'replica'")
@@ -174,7 +187,9 @@ public final class PostgresConnection {
         if d.contains("role") && d.contains("does not exist") {
             return "check --user (default: PGUSER, else your login name)"
         }
-        if d.contains("connection refused") || d.contains("no such file") || d.contains("timeout") || d.contains("could not translate host name") {
+        if d.contains("connection refused") || d.contains("no such file") || d.contains("timeout")
+            || d.contains("could not translate host name")
+        {
             return "check --host/--port (or --socket) and that the server is running"
         }
         return "check the connection flags and the server's pg_hba.conf"

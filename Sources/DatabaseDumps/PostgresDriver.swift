@@ -58,7 +58,9 @@ public final class PostgresDriver: ClusterBackupDriver {
         let head = try dump.read(upTo: 5)
         if dumpFormat == .custom && head != Array("PGDMP".utf8) {
             _ = try? dump.read(upTo: 1 << 20)  // let pg_dump finish and say why
-            throw DatabaseError.invalidArgument("pg_dump's output does not start like a custom-format archive (\(head.count) bytes: \(String(decoding: head, as: UTF8.self).debugDescription)); no backup was committed")
+            throw DatabaseError.invalidArgument(
+                "pg_dump's output does not start like a custom-format archive (\(head.count) bytes: \(String(decoding: head, as: UTF8.self).debugDescription)); no backup was committed"
+            )
         }
         let source = PrefixedSource(prefix: head, rest: AnySource(dump))
         let info = Manifest.DumpInfo(engine: engine.rawValue, serverVersion: connection.serverVersion,
@@ -96,11 +98,14 @@ public final class PostgresDriver: ClusterBackupDriver {
         guard let labelBytes = TarHead.member(named: "backup_label", in: head),
               let label = BackupLabel(String(decoding: labelBytes, as: UTF8.self)) else {
             _ = try? tar.read(upTo: 1 << 20)  // let pg_basebackup finish and say why
-            throw DatabaseError.invalidArgument("pg_basebackup's output does not start with a backup_label (\(head.count) bytes read); no backup was committed")
+            throw DatabaseError.invalidArgument(
+                "pg_basebackup's output does not start with a backup_label (\(head.count) bytes read); no backup was committed"
+            )
         }
-        var info = Manifest.DumpInfo(engine: engine.rawValue, serverVersion: connection.serverVersion,
-                                     server: address.postgresLabel, tool: "pg_basebackup", toolVersion: plan.toolVersion,
-                                     format: "tar", databaseSize: size)
+        var info = Manifest.DumpInfo(
+            engine: engine.rawValue, serverVersion: connection.serverVersion,
+            server: address.postgresLabel, tool: "pg_basebackup", toolVersion: plan.toolVersion,
+            format: "tar", databaseSize: size)
         info.startLSN = label.startLSN
         info.startWALFile = label.startWALFile
         info.timeline = label.timeline

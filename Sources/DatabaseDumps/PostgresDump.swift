@@ -22,11 +22,15 @@ public struct PostgresDumpPlan: Sendable {
     /// string, which could carry a password onto the command line: refused.
     public static func checkDatabaseName(_ database: String) throws {
         guard !database.contains("="), !database.hasPrefix("postgres://"), !database.hasPrefix("postgresql://") else {
-            throw DatabaseError.invalidArgument("--database takes a database name, not a connection string; give --host, --port, --user and PGPASSWORD instead")
+            throw DatabaseError.invalidArgument(
+                "--database takes a database name, not a connection string; give --host, --port, --user and PGPASSWORD instead"
+            )
         }
     }
 
-    public static func make(address: ServerAddress, database: String, format: PostgresDumpFormat) throws -> PostgresDumpPlan {
+    public static func make(
+        address: ServerAddress, database: String, format: PostgresDumpFormat
+    ) throws -> PostgresDumpPlan {
         try checkDatabaseName(database)
         guard findExecutable("pg_dump") != nil else {
             throw DatabaseError.toolMissing(tool: "pg_dump", package: "postgresql-client")
@@ -54,7 +58,11 @@ public struct PostgresDumpPlan: Sendable {
     /// --host, --port and --username as pg_dump, pg_dumpall, pg_restore and psql take them.
     public static func connectionArguments(_ address: ServerAddress) -> [String] {
         var args = [String]()
-        if let folder = address.postgresSocketFolder { args.append("--host=\(folder)") } else if let host = address.host { args.append("--host=\(host)") }
+        if let folder = address.postgresSocketFolder {
+            args.append("--host=\(folder)")
+        } else if let host = address.host {
+            args.append("--host=\(host)")
+        }
         if let port = address.port { args.append("--port=\(port)") }
         if let user = address.user { args.append("--username=\(user)") }
         return args
@@ -62,7 +70,8 @@ public struct PostgresDumpPlan: Sendable {
 
     /// The first line `tool --version` prints, e.g. "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
     static func version(of tool: String) throws -> String {
-        let text = String(decoding: try ProcessOutputSource(arguments: [tool, "--version"]).read(upTo: 4096), as: UTF8.self)
+        let text = String(
+            decoding: try ProcessOutputSource(arguments: [tool, "--version"]).read(upTo: 4096), as: UTF8.self)
         return text.split(separator: "\n").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? tool
     }
 }

@@ -24,13 +24,16 @@ public struct PostgresRecoverySettings: Sendable, Equatable {
     public func text(at now: Date) -> String {
         func literal(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
         var settings = [
-            "", "# Added by dbbackup restore pitr at \(Timestamps.iso8601(now)): recovery from base backup \(baseBackup)",
+            "",
+            "# Added by dbbackup restore pitr at \(Timestamps.iso8601(now)): recovery from base backup \(baseBackup)",
             "# and the WAL archive '\(archive)' of \(repository).",
             "restore_command = \(literal(restoreCommand))",
         ]
         if let target {
-            settings += ["recovery_target_time = \(literal(PostgresTime.utc(target)))", "recovery_target_inclusive = on",
-                         "recovery_target_action = 'promote'"]
+            settings += [
+                "recovery_target_time = \(literal(PostgresTime.utc(target)))", "recovery_target_inclusive = on",
+                "recovery_target_action = 'promote'",
+            ]
         }
         settings += ["recovery_target_timeline = 'latest'",
                      "# This copy must not archive into the original's WAL archive; if it becomes the",

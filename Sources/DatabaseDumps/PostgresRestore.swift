@@ -13,16 +13,21 @@ public struct PostgresRestorePlan: Sendable {
                                create: Bool, force: Bool) throws -> PostgresRestorePlan {
         try PostgresDumpPlan.checkDatabaseName(target)
         let server = try PostgresConnection(address, database: "postgres")
-        let exists = try server.column("SELECT 1 FROM pg_database WHERE datname = \(try server.quoted(literal: target))").count == 1
+        let exists =
+            try server.column("SELECT 1 FROM pg_database WHERE datname = \(try server.quoted(literal: target))").count
+            == 1
         if !exists {
             guard create else {
-                throw DatabaseError.invalidArgument("database \(target) does not exist on \(address.postgresLabel); pass --create to create it")
+                throw DatabaseError.invalidArgument(
+                    "database \(target) does not exist on \(address.postgresLabel); pass --create to create it")
             }
             try server.execute("CREATE DATABASE \(try server.quoted(identifier: target))")
         } else {
             let relations = try PostgresConnection(address, database: target).userRelationCount()
             if relations > 0 && !force {
-                throw DatabaseError.invalidArgument("database \(target) is not empty (\(relations) relations); restore into a new one with --create, or pass --force to restore over it")
+                throw DatabaseError.invalidArgument(
+                    "database \(target) is not empty (\(relations) relations); restore into a new one with --create, or pass --force to restore over it"
+                )
             }
         }
         var args: [String]
@@ -36,7 +41,9 @@ public struct PostgresRestorePlan: Sendable {
             tool = "psql"
             args = ["psql", "--no-password", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--dbname=\(target)"]
         }
-        guard findExecutable(tool) != nil else { throw DatabaseError.toolMissing(tool: tool, package: "postgresql-client") }
+        guard findExecutable(tool) != nil else {
+            throw DatabaseError.toolMissing(tool: tool, package: "postgresql-client")
+        }
         args += PostgresDumpPlan.connectionArguments(address)
         return PostgresRestorePlan(arguments: args)
     }

@@ -7,7 +7,9 @@ public enum PostgresTime {
         let f = DateFormatter()
         f.locale = Locale(identifier: "en_US_POSIX")
         f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = date.timeIntervalSince1970.truncatingRemainder(dividingBy: 1) == 0 ? "yyyy-MM-dd HH:mm:ss" : "yyyy-MM-dd HH:mm:ss.SSS"
+        f.dateFormat =
+            date.timeIntervalSince1970.truncatingRemainder(dividingBy: 1) == 0
+            ? "yyyy-MM-dd HH:mm:ss" : "yyyy-MM-dd HH:mm:ss.SSS"
         return f.string(from: date) + "+00"
     }
 }

@@ -106,10 +106,13 @@ public struct WALArchive {
             // Nothing but a real segment goes in under a segment's name: recovery
             // would stop at a file of zeros, far from where it should.
             guard let header = WALSegmentHeader(input.head) else {
-                throw DatabaseError.invalidArgument("\(path) is not a WAL segment: it does not start with a WAL page header; nothing was archived")
+                throw DatabaseError.invalidArgument(
+                    "\(path) is not a WAL segment: it does not start with a WAL page header; nothing was archived")
             }
             guard Int(header.segmentSize) == input.size else {
-                throw DatabaseError.invalidArgument("\(path) is not a whole WAL segment: \(input.size) bytes, its header says \(header.segmentSize); nothing was archived")
+                throw DatabaseError.invalidArgument(
+                    "\(path) is not a whole WAL segment: \(input.size) bytes, its header says \(header.segmentSize); nothing was archived"
+                )
             }
             info.systemIdentifier = String(header.systemIdentifier)
         }
@@ -121,7 +124,8 @@ public struct WALArchive {
     /// The system identifier of the cluster this archive holds: its newest full
     /// or partial segment's (history and backup history files carry none).
     public func systemIdentifier() throws -> String? {
-        guard let newest = try log.ids().last(where: { [.segment, .partial].contains(WALFileName($0.file)?.kind) }) else { return nil }
+        guard let newest = try log.ids().last(where: { [.segment, .partial].contains(WALFileName($0.file)?.kind) })
+        else { return nil }
         return try repository.loadManifest(newest.id).archive?.systemIdentifier
     }
 
@@ -129,7 +133,11 @@ public struct WALArchive {
     /// this name must carry the same system identifier.
     private func checkCluster(_ systemIdentifier: String, file: String) throws {
         guard let known = try self.systemIdentifier(), known != systemIdentifier else { return }
-        throw DatabaseError.archiveConflict(file: file, detail: "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name")
+        throw DatabaseError.archiveConflict(
+            file: file,
+            detail:
+                "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name"
+        )
     }
 
     /// Restores `file` to `path` (restore_command's %f and %p). False when the
@@ -160,7 +168,9 @@ public struct WALArchive {
 
     /// The first archive (by name) whose segments carry the cluster's `systemIdentifier`.
     public static func name(holding systemIdentifier: String, in repository: Repository) throws -> String? {
-        try names(in: repository).first { try WALArchive(repository: repository, name: $0).systemIdentifier() == systemIdentifier }
+        try names(in: repository).first {
+            try WALArchive(repository: repository, name: $0).systemIdentifier() == systemIdentifier
+        }
     }
 
     /// The archive names with WAL in the repository.
@@ -202,8 +212,10 @@ public struct LogArchive {
 
     /// Archives `input` under `info.file`; `precheck` runs before anything is
     /// written (and not when the file is archived already).
-    public func archive(_ input: ArchivedFileInput, info: Manifest.ArchiveInfo, jobs: Int? = nil, lockWait: TimeInterval = 600,
-                        precheck: () throws -> Void = {}) throws -> Outcome {
+    public func archive(
+        _ input: ArchivedFileInput, info: Manifest.ArchiveInfo, jobs: Int? = nil, lockWait: TimeInterval = 600,
+        precheck: () throws -> Void = {}
+    ) throws -> Outcome {
         let file = info.file
         let id = manifestID(file)
         if let outcome = try compareWithArchived(id: id, file: file, input: input) { return outcome }
@@ -235,8 +247,13 @@ public struct LogArchive {
     private func compareWithArchived(id: String, file: String, input: ArchivedFileInput) throws -> Outcome? {
         guard try contains(file) else { return nil }
         let existing = try repository.loadManifest(id)
-        guard existing.size == Int64(input.size), existing.sha256 == repository.recordedStreamDigest(try input.digest()) else {
-            throw DatabaseError.archiveConflict(file: file, detail: "the archive '\(name)' holds a different \(file) (\(existing.size) bytes; this one: \(input.size) bytes). Two servers may be archiving under one name: give each its own --name")
+        guard existing.size == Int64(input.size), existing.sha256 == repository.recordedStreamDigest(try input.digest())
+        else {
+            throw DatabaseError.archiveConflict(
+                file: file,
+                detail:
+                    "the archive '\(name)' holds a different \(file) (\(existing.size) bytes; this one: \(input.size) bytes). Two servers may be archiving under one name: give each its own --name"
+            )
         }
         return .alreadyArchived(existing)
     }
@@ -253,7 +270,9 @@ public struct LogArchive {
     /// The ids and file names of this archive, in id order.
     public func ids() throws -> [(id: String, file: String)] {
         let prefix = "\(kind.rawValue)_\(name)_"
-        return try repository.manifestIDs().filter { $0.hasPrefix(prefix) }.map { ($0, String($0.dropFirst(prefix.count))) }
+        return try repository.manifestIDs().filter { $0.hasPrefix(prefix) }.map {
+            ($0, String($0.dropFirst(prefix.count)))
+        }
     }
 
     /// The archive names of `kind` in the repository.
@@ -364,8 +383,10 @@ public enum WALChain {
     /// The segment number of `position` ("XXXXXXXXYYYYYYYY") for segments of
     /// `segmentSize` bytes, and back.
     public static func number(_ position: String, segmentSize: Int64) -> UInt64? {
-        guard position.count == 16, let log = UInt64(position.prefix(8), radix: 16), let seg = UInt64(position.suffix(8), radix: 16),
-              segmentSize > 0, (UInt64(1) << 32) % UInt64(segmentSize) == 0 else { return nil }
+        guard position.count == 16, let log = UInt64(position.prefix(8), radix: 16),
+            let seg = UInt64(position.suffix(8), radix: 16),
+            segmentSize > 0, (UInt64(1) << 32) % UInt64(segmentSize) == 0
+        else { return nil }
         return log * ((UInt64(1) << 32) / UInt64(segmentSize)) + seg
     }
 
@@ -379,14 +400,19 @@ public enum WALChain {
     public static func gaps(in files: [(String, Int64)]) -> [Gap] {
         var byTimeline = [UInt32: [(number: UInt64, size: Int64)]]()
         for (file, size) in files {
-            guard let w = WALFileName(file), w.kind == .segment, let p = w.position, let n = number(p, segmentSize: size) else { continue }
+            guard let w = WALFileName(file), w.kind == .segment, let p = w.position,
+                let n = number(p, segmentSize: size)
+            else { continue }
             byTimeline[w.timeline, default: []].append((n, size))
         }
         var out = [Gap]()
         for tli in byTimeline.keys.sorted() {
             let segments = (byTimeline[tli] ?? []).sorted { $0.number < $1.number }
             for (a, b) in zip(segments, segments.dropFirst()) where b.number > a.number + 1 {
-                out.append(Gap(timeline: tli, first: position(a.number + 1, segmentSize: a.size), last: position(b.number - 1, segmentSize: a.size)))
+                out.append(
+                    Gap(
+                        timeline: tli, first: position(a.number + 1, segmentSize: a.size),
+                        last: position(b.number - 1, segmentSize: a.size)))
             }
         }
         return out

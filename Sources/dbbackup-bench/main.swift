@@ -54,8 +54,11 @@ data.withUnsafeBufferPointer { buf in
     }
 }
 
-print(String(format: "input: %@, %.1f MB, %d chunks (avg %.0f KiB, target %d KiB); median of %d runs, one core", path, mb, bounds.count,
-             Double(data.count) / Double(bounds.count) / 1024, average / 1024, repeats))
+print(
+    String(
+        format: "input: %@, %.1f MB, %d chunks (avg %.0f KiB, target %d KiB); median of %d runs, one core", path, mb,
+        bounds.count,
+        Double(data.count) / Double(bounds.count) / 1024, average / 1024, repeats))
 print("| stage | MB/s |")
 print("|---|---:|")
 
@@ -69,7 +72,9 @@ print(String(format: "| FastCDC chunker (streaming, %d KiB avg) | %.0f |", avera
 
 let hasher = SHA256Hasher()
 let shaRate = data.withUnsafeBytes { raw in
-    measure(data.count) { for (o, n) in bounds { _ = hasher.digest(UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)])) } }
+    measure(data.count) {
+        for (o, n) in bounds { _ = hasher.digest(UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)])) }
+    }
 }
 print(String(format: "| SHA-256 per chunk (libcrypto EVP) | %.0f |", shaRate))
 
@@ -83,10 +88,15 @@ for level in [1, 3] {
     let rate = data.withUnsafeBytes { raw in
         measure(data.count) {
             total = 0
-            for (o, n) in bounds { total += (try? z.compress(UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)]), into: out)) ?? 0 }
+            for (o, n) in bounds {
+                total += (try? z.compress(UnsafeRawBufferPointer(rebasing: raw[o..<(o + n)]), into: out)) ?? 0
+            }
         }
     }
-    print(String(format: "| zstd -%d compress per chunk (ratio %.2f) | %.0f |", level, Double(data.count) / Double(max(total, 1)), rate))
+    print(
+        String(
+            format: "| zstd -%d compress per chunk (ratio %.2f) | %.0f |", level,
+            Double(data.count) / Double(max(total, 1)), rate))
     if level == 3 {
         compressedSize = total
         compressedChunks = data.withUnsafeBytes { raw in
@@ -117,5 +127,8 @@ var hits = 0
 let t0 = DispatchTime.now().uptimeNanoseconds
 for id in ids where bloom.mightContain(id) { hits += 1 }
 let lookups = Double(ids.count) / (Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-print(String(format: "| Bloom filter lookups | %.1f M/s (%.2f%% false positives) |", lookups / 1e6, Double(hits - 500_000) / 5000))
+print(
+    String(
+        format: "| Bloom filter lookups | %.1f M/s (%.2f%% false positives) |", lookups / 1e6,
+        Double(hits - 500_000) / 5000))
 _ = compressedSize

@@ -36,7 +36,10 @@ struct DedupBackup: ParsableCommand {
     @Option(help: "Database host the dump came from.")
     var dbHost: String?
 
-    @Flag(help: "Decompress gzip (.gz) or zstd (.zst) input first, so that its contents deduplicate (restore then gives the decompressed stream).")
+    @Flag(
+        help:
+            "Decompress gzip (.gz) or zstd (.zst) input first, so that its contents deduplicate (restore then gives the decompressed stream)."
+    )
     var decompressInput = false
 
     @Flag(help: "Run the command given after -- and back up its output; nothing is committed unless it exits 0.")
@@ -47,23 +50,37 @@ struct DedupBackup: ParsableCommand {
 
     @OptionGroup var committing: CommitOptions
 
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The input command, after --, with --from-command.", valueName: "command"))
+    @Argument(
+        parsing: .postTerminator,
+        help: ArgumentHelp("The input command, after --, with --from-command.", valueName: "command"))
     var command: [String] = []
 
     func validate() throws {
         if fromCommand {
-            guard !command.isEmpty else { throw ValidationError("--from-command needs the command after --, e.g. -- pg_dump -Fc -Z0 mydb") }
+            guard !command.isEmpty else {
+                throw ValidationError("--from-command needs the command after --, e.g. -- pg_dump -Fc -Z0 mydb")
+            }
             guard input == nil else { throw ValidationError("give either an input file or --from-command, not both") }
         } else {
-            guard input != nil else { throw ValidationError("missing input: a file, - for standard input, or --from-command -- CMD...") }
+            guard input != nil else {
+                throw ValidationError("missing input: a file, - for standard input, or --from-command -- CMD...")
+            }
             guard command.isEmpty else { throw ValidationError("arguments after -- need --from-command") }
         }
     }
 
     func run() throws {
-        let label = name ?? dbName ?? (fromCommand || input == nil || input == "-" ? "stdin" : FileIO.lastComponent(input ?? "stdin"))
-        try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
-            try recordingFailure(store, name: label, database: dbName, engine: dbType?.rawValue, backupType: (dbName != nil || dbType != nil) ? "dump" : "file") {
+        let label =
+            name ?? dbName
+            ?? (fromCommand || input == nil || input == "-" ? "stdin" : FileIO.lastComponent(input ?? "stdin"))
+        try reportingErrors(
+            noSpaceHint:
+                "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)"
+        ) {
+            try recordingFailure(
+                store, name: label, database: dbName, engine: dbType?.rawValue,
+                backupType: (dbName != nil || dbType != nil) ? "dump" : "file"
+            ) {
                 var sourceName = "stdin"
                 var rawFD: Int32 = STDIN_FILENO
                 var openedFD: Int32 = -1
@@ -77,7 +94,10 @@ struct DedupBackup: ParsableCommand {
                     if let input, input != "-" {
                         sourceName = input
                         guard FileIO.exists(input) else { throw DedupError.inputNotFound(path: input) }
-                        guard !FileIO.isDirectory(input) else { throw DedupError.inputUnreadable(path: input, reason: "it is a folder; back up files or streams") }
+                        guard !FileIO.isDirectory(input) else {
+                            throw DedupError.inputUnreadable(
+                                path: input, reason: "it is a folder; back up files or streams")
+                        }
                         do {
                             openedFD = try FileIO.open(input, O_RDONLY)
                         } catch let DedupError.io(_, _, code) {

@@ -36,7 +36,9 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "The database to dump.")
     var database: String?
 
-    @Option(name: [.customShort("d"), .long], help: ArgumentHelp("Database engine (\(DatabaseEngine.aliasHelp)).", valueName: "engine"))
+    @Option(
+        name: [.customShort("d"), .long],
+        help: ArgumentHelp("Database engine (\(DatabaseEngine.aliasHelp)).", valueName: "engine"))
     var dbType: DatabaseEngine = .postgres
 
     @OptionGroup var server: ServerOptions
@@ -47,10 +49,16 @@ struct DedupBackupDB: ParsableCommand {
     @Option(help: "Name of the backup (default: the database).")
     var name: String?
 
-    @Flag(help: "PostgreSQL: the whole cluster with pg_basebackup (tar, with the WAL it needs), the start of point-in-time recovery (see `dbbackup restore pitr`).")
+    @Flag(
+        help:
+            "PostgreSQL: the whole cluster with pg_basebackup (tar, with the WAL it needs), the start of point-in-time recovery (see `dbbackup restore pitr`)."
+    )
     var baseBackup = false
 
-    @Flag(help: "Every database of the server, plus a backup named globals: roles and tablespaces (pg_dumpall --globals-only), or MariaDB's users and grants (mariadb-dump --system=users).")
+    @Flag(
+        help:
+            "Every database of the server, plus a backup named globals: roles and tablespaces (pg_dumpall --globals-only), or MariaDB's users and grants (mariadb-dump --system=users)."
+    )
     var all = false
 
     @OptionGroup var committing: CommitOptions
@@ -60,25 +68,36 @@ struct DedupBackupDB: ParsableCommand {
 
     func validate() throws {
         if baseBackup {
-            guard !all, positionalDatabase == nil, database == nil else { throw ValidationError("--base-backup copies the whole cluster: give no database and no --all") }
+            guard !all, positionalDatabase == nil, database == nil else {
+                throw ValidationError("--base-backup copies the whole cluster: give no database and no --all")
+            }
             guard dbType.driver(address: server.address) is any ClusterBackupDriver else {
                 throw ValidationError(Self.baseBackupIsForClusters)
             }
             return
         }
         if all {
-            guard positionalDatabase == nil, database == nil, name == nil else { throw ValidationError("--all backs up every database: give no database and no --name") }
+            guard positionalDatabase == nil, database == nil, name == nil else {
+                throw ValidationError("--all backs up every database: give no database and no --name")
+            }
         } else {
-            guard (positionalDatabase ?? database) != nil else { throw ValidationError("which database? give it as an argument or with --database (or --all)") }
+            guard (positionalDatabase ?? database) != nil else {
+                throw ValidationError("which database? give it as an argument or with --database (or --all)")
+            }
         }
         if positionalDatabase != nil && database != nil && positionalDatabase != database {
             throw ValidationError("two different databases given: \(positionalDatabase ?? "") and \(database ?? "")")
         }
-        guard PostgresDumpFormat(rawValue: format) != nil else { throw ValidationError("--format takes custom or plain") }
+        guard PostgresDumpFormat(rawValue: format) != nil else {
+            throw ValidationError("--format takes custom or plain")
+        }
     }
 
     func run() throws {
-        try reportingErrors(noSpaceHint: "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)") {
+        try reportingErrors(
+            noSpaceHint:
+                "the disk holding the repository is full: no backup was committed; free space and run it again (chunks already written are reused)"
+        ) {
             let settings = DumpSettings(postgresFormat: PostgresDumpFormat(rawValue: format) ?? .custom)
             let driver = dbType.driver(address: server.address, settings: settings)
             driver.onNotice = { Terminal.notice($0) }
@@ -108,7 +127,8 @@ struct DedupBackupDB: ParsableCommand {
             throw ValidationError(Self.baseBackupIsForClusters)
         }
         let backupName = name ?? "basebackup"
-        try recordingFailure(store, name: backupName, database: nil, engine: dbType.rawValue, backupType: "basebackup") {
+        try recordingFailure(store, name: backupName, database: nil, engine: dbType.rawValue, backupType: "basebackup")
+        {
             try cluster.check(database: nil)
             let repo = try store.openOrCreate()
             try commit(try cluster.baseBackup(), name: backupName, database: nil, into: repo)
@@ -138,7 +158,9 @@ struct DedupBackupDB: ParsableCommand {
             }
         }
         if !failed.isEmpty {
-            throw DatabaseError.invalidArgument("\(failed.count) of \(databases.count + 1) backups failed (\(failed.joined(separator: ", "))); the others were committed")
+            throw DatabaseError.invalidArgument(
+                "\(failed.count) of \(databases.count + 1) backups failed (\(failed.joined(separator: ", "))); the others were committed"
+            )
         }
     }
 

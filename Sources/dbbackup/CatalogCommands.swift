@@ -38,7 +38,8 @@ func recordingFailure(_ store: StoreOptions, name: String, database: String?, en
     do {
         try body()
     } catch {
-        CatalogHook.failed(store, kind: "backup", name: name, database: database, engine: engine, backupType: backupType, error: error)
+        CatalogHook.failed(
+            store, kind: "backup", name: name, database: database, engine: engine, backupType: backupType, error: error)
         throw error
     }
 }
@@ -60,8 +61,10 @@ struct CatalogCommand: ParsableCommand {
 /// Filters shared by catalog list and search.
 struct CatalogFilterOptions: ParsableArguments {
     @Option(help: "Only backups of this database (or name).") var database: String?
-    @Option(help: ArgumentHelp("Only this kind: dump, basebackup, file, wal, binlog.", valueName: "kind")) var kind: BackupKind?
-    @Option(help: ArgumentHelp("Only backups made at or after this time (ISO 8601).", valueName: "time")) var after: String?
+    @Option(help: ArgumentHelp("Only this kind: dump, basebackup, file, wal, binlog.", valueName: "kind")) var kind:
+        BackupKind?
+    @Option(help: ArgumentHelp("Only backups made at or after this time (ISO 8601).", valueName: "time")) var after:
+        String?
     @Option(help: ArgumentHelp("Only backups made before this time.", valueName: "time")) var before: String?
     @Flag(help: "Print JSON.") var json = false
 
@@ -93,10 +96,15 @@ struct CatalogFilterOptions: ParsableArguments {
 
     func show(_ entries: [BackupCatalog.Entry]) throws {
         if json { try Terminal.json(entries); return }
-        printTable(header: ["ID", "KIND", "DATABASE", "ENGINE", "CREATED", "SIZE", "STORED NEW", "VERIFIED"], rows: entries.map { e in
-            [e.id, e.kind, e.subject, e.engine ?? "-", e.createdAt, Format.bytes(e.size), Format.bytes(e.storedBytes),
-             e.verifiedAt.map { "\(e.verifiedOK == true ? "ok" : "FAILED") \($0)" } ?? "never"]
-        })
+        printTable(
+            header: ["ID", "KIND", "DATABASE", "ENGINE", "CREATED", "SIZE", "STORED NEW", "VERIFIED"],
+            rows: entries.map { e in
+                [
+                    e.id, e.kind, e.subject, e.engine ?? "-", e.createdAt, Format.bytes(e.size),
+                    Format.bytes(e.storedBytes),
+                    e.verifiedAt.map { "\(e.verifiedOK == true ? "ok" : "FAILED") \($0)" } ?? "never",
+                ]
+            })
     }
 }
 
@@ -119,7 +127,8 @@ struct CatalogList: ParsableCommand {
 }
 
 struct CatalogSearch: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "search", abstract: "Backups matching every filter given, oldest first.")
+    static let configuration = CommandConfiguration(
+        commandName: "search", abstract: "Backups matching every filter given, oldest first.")
     @OptionGroup var store: StoreOptions
     @OptionGroup var filters: CatalogFilterOptions
     @Option(help: ArgumentHelp("Text in the id, name or database.", valueName: "text")) var text: String?
@@ -143,7 +152,8 @@ struct CatalogSearch: ParsableCommand {
 }
 
 struct CatalogStats: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "stats", abstract: "Backups per database and kind: count, size, first and last, verified.")
+    static let configuration = CommandConfiguration(
+        commandName: "stats", abstract: "Backups per database and kind: count, size, first and last, verified.")
     @OptionGroup var store: StoreOptions
     @Flag(help: "Print JSON.") var json = false
 
@@ -160,16 +170,29 @@ struct CatalogStats: ParsableCommand {
             var rows = [Row]()
             for (series, group) in Dictionary(grouping: entries, by: \.series).sorted(by: { $0.key < $1.key }) {
                 let (database, kind) = (series.subject, series.kind)
-                rows.append(Row(database: database, kind: kind, count: group.count, totalSize: group.reduce(0) { $0 + $1.size },
-                                storedNew: group.reduce(0) { $0 + $1.storedBytes }, first: group.first?.createdAt ?? "",
-                                last: group.last?.createdAt ?? "", verified: group.filter { $0.verifiedOK == true }.count,
-                                failures: failures.filter { ($0.database ?? $0.name) == database && ($0.backupType ?? "dump") == kind }.count))
+                rows.append(
+                    Row(
+                        database: database, kind: kind, count: group.count, totalSize: group.reduce(0) { $0 + $1.size },
+                        storedNew: group.reduce(0) { $0 + $1.storedBytes }, first: group.first?.createdAt ?? "",
+                        last: group.last?.createdAt ?? "", verified: group.filter { $0.verifiedOK == true }.count,
+                        failures: failures.filter {
+                            ($0.database ?? $0.name) == database && ($0.backupType ?? "dump") == kind
+                        }.count))
             }
             if json { try Terminal.json(rows); return }
-            printTable(header: ["DATABASE", "KIND", "BACKUPS", "TOTAL SIZE", "STORED NEW", "FIRST", "LAST", "VERIFIED", "FAILED RUNS"], rows: rows.map {
-                [$0.database, $0.kind, "\($0.count)", Format.bytes($0.totalSize), Format.bytes($0.storedNew), $0.first, $0.last, "\($0.verified)", "\($0.failures)"]
-            })
-            Terminal.out("\(entries.count) backups, \(failures.count) failed backup runs recorded; catalog \(catalog.path)")
+            printTable(
+                header: [
+                    "DATABASE", "KIND", "BACKUPS", "TOTAL SIZE", "STORED NEW", "FIRST", "LAST", "VERIFIED",
+                    "FAILED RUNS",
+                ],
+                rows: rows.map {
+                    [
+                        $0.database, $0.kind, "\($0.count)", Format.bytes($0.totalSize), Format.bytes($0.storedNew),
+                        $0.first, $0.last, "\($0.verified)", "\($0.failures)",
+                    ]
+                })
+            Terminal.out(
+                "\(entries.count) backups, \(failures.count) failed backup runs recorded; catalog \(catalog.path)")
         }
     }
 }
@@ -178,16 +201,25 @@ struct CatalogGaps: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gaps",
         abstract: "Missed scheduled backups: stretches longer than --interval without one, per database.",
-        discussion: "Exit status 1 when there is a gap, so a cron job or a check can alert on it. WAL and binlogs are left out.")
+        discussion:
+            "Exit status 1 when there is a gap, so a cron job or a check can alert on it. WAL and binlogs are left out."
+    )
     @OptionGroup var store: StoreOptions
     @Option(help: ArgumentHelp("The schedule, e.g. 24h, 12h, 7d.", valueName: "duration")) var interval: String = "24h"
-    @Option(help: ArgumentHelp("Slack before a late backup counts as missed (default: a quarter of the interval).", valueName: "duration")) var tolerance: String?
+    @Option(
+        help: ArgumentHelp(
+            "Slack before a late backup counts as missed (default: a quarter of the interval).", valueName: "duration"))
+    var tolerance: String?
     @Option(help: "Only this database (or name).") var database: String?
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {
-        guard parseDuration(interval).map({ $0 > 0 }) == true else { throw ValidationError("--interval takes a duration like 24h, 90m or 7d") }
-        if let tolerance, parseDuration(tolerance) == nil { throw ValidationError("--tolerance takes a duration like 6h") }
+        guard parseDuration(interval).map({ $0 > 0 }) == true else {
+            throw ValidationError("--interval takes a duration like 24h, 90m or 7d")
+        }
+        if let tolerance, parseDuration(tolerance) == nil {
+            throw ValidationError("--tolerance takes a duration like 6h")
+        }
     }
 
     func run() throws {
@@ -199,7 +231,9 @@ struct CatalogGaps: ParsableCommand {
             if let database {
                 let known = Set(try catalog.backups().filter { !$0.isLogFile }.map(\.subject))
                 guard known.contains(database) else {
-                    Terminal.error(noBackups(of: database, in: repo.path, known: known) + ": it has never been backed up, or --database is mistyped")
+                    Terminal.error(
+                        noBackups(of: database, in: repo.path, known: known)
+                            + ": it has never been backed up, or --database is mistyped")
                     throw ExitCode(1)
                 }
             }
@@ -207,7 +241,8 @@ struct CatalogGaps: ParsableCommand {
             if json {
                 try Terminal.json(gaps)
             } else if gaps.isEmpty {
-                Terminal.out("no gaps: every database has a backup at least every \(interval) (+\(Format.age(slack)) tolerance)")
+                Terminal.out(
+                    "no gaps: every database has a backup at least every \(interval) (+\(Format.age(slack)) tolerance)")
             } else {
                 printTable(header: ["DATABASE", "FROM", "TO", "HOURS", "MISSED"], rows: gaps.map {
                     [$0.database, $0.from, $0.to ?? "now", String(format: "%.1f", $0.hours), "\($0.missed)"]
@@ -219,7 +254,8 @@ struct CatalogGaps: ParsableCommand {
 }
 
 struct CatalogSync: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "sync", abstract: "Rebuild the catalog's backups from the manifests (failure events stay).")
+    static let configuration = CommandConfiguration(
+        commandName: "sync", abstract: "Rebuild the catalog's backups from the manifests (failure events stay).")
     @OptionGroup var store: StoreOptions
 
     func run() throws {

@@ -8,11 +8,17 @@ struct CommitOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A tag to record (repeatable).", valueName: "key=value"))
     var tag: [String] = []
 
-    @Option(help: ArgumentHelp("Backup time to record instead of now (ISO 8601, e.g. 2026-11-21T02:00:00Z; without a zone, local time).", valueName: "time"))
+    @Option(
+        help: ArgumentHelp(
+            "Backup time to record instead of now (ISO 8601, e.g. 2026-11-21T02:00:00Z; without a zone, local time).",
+            valueName: "time"))
     var time: String?
 
-    @Flag(name: .customLong("stream-sha256"), help: ArgumentHelp(
-        "Also record the SHA-256 of the whole input (as sha256sum prints it); restore then checks it too. Costs one more hashing pass; every chunk is verified either way."))
+    @Flag(
+        name: .customLong("stream-sha256"),
+        help: ArgumentHelp(
+            "Also record the SHA-256 of the whole input (as sha256sum prints it); restore then checks it too. Costs one more hashing pass; every chunk is verified either way."
+        ))
     var streamSHA256 = false
 
     @Flag(help: "Print the committed manifest as JSON.")
@@ -26,14 +32,18 @@ struct CommitOptions: ParsableArguments {
 
     func validate() throws {
         for t in tag where !t.contains("=") { throw ValidationError("--tag takes key=value, got '\(t)'") }
-        if let time, Timestamps.parse(time) == nil { throw ValidationError("cannot read --time '\(time)'; use ISO 8601 like 2026-11-21T02:00:00Z") }
+        if let time, Timestamps.parse(time) == nil {
+            throw ValidationError("cannot read --time '\(time)'; use ISO 8601 like 2026-11-21T02:00:00Z")
+        }
         if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
     }
 
     /// Backs `source` up with these settings added to `options`, showing progress on
     /// a terminal (with an ETA when `expectedSize` is known), then the summary.
     @discardableResult
-    func commit(_ source: AnySource, into repo: Repository, options base: BackupOptions, expectedSize: Int64?) throws -> Manifest {
+    func commit(
+        _ source: AnySource, into repo: Repository, options base: BackupOptions, expectedSize: Int64?
+    ) throws -> Manifest {
         var options = base
         options.lockWait = TimeInterval(lockWait)
         options.streamSHA256 = streamSHA256
@@ -48,11 +58,13 @@ struct CommitOptions: ParsableArguments {
         let started = Date()
         session.progress = { p in
             let elapsed = Date().timeIntervalSince(started)
-            var line = "\(Format.bytes(Int64(p.bytesRead))) read, \(p.chunks) chunks (\(p.newChunks) new), \(Format.rate(Int64(p.bytesRead), elapsed))"
+            var line =
+                "\(Format.bytes(Int64(p.bytesRead))) read, \(p.chunks) chunks (\(p.newChunks) new), \(Format.rate(Int64(p.bytesRead), elapsed))"
             if let expectedSize, expectedSize > 0, p.bytesRead > 0 {
                 // A dump is about as large as the database; the estimate says so.
                 let done = min(0.99, Double(p.bytesRead) / Double(expectedSize))
-                line += ", ~\(Format.percent(done)) of the database size, ETA \(Format.duration(elapsed / done - elapsed))"
+                line +=
+                    ", ~\(Format.percent(done)) of the database size, ETA \(Format.duration(elapsed / done - elapsed))"
             }
             Terminal.progress(line)
         }
@@ -75,12 +87,17 @@ struct CommitOptions: ParsableArguments {
         let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
         Terminal.out("backup \(m.id) committed")
         if let d = m.dump {
-            Terminal.out("  database  \(m.database ?? (m.backupKind == .basebackup ? "the whole cluster" : "?")) on \(d.server), \(d.engine) \(d.serverVersion); \(d.toolVersion), \(d.format) format")
+            Terminal.out(
+                "  database  \(m.database ?? (m.backupKind == .basebackup ? "the whole cluster" : "?")) on \(d.server), \(d.engine) \(d.serverVersion); \(d.toolVersion), \(d.format) format"
+            )
         }
-        Terminal.out("  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (streamDigest.map { ", sha256 \($0.hex)" } ?? ""))
+        Terminal.out(
+            "  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (streamDigest.map { ", sha256 \($0.hex)" } ?? ""))
         Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
         Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
-        Terminal.out("  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")")
+        Terminal.out(
+            "  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")"
+        )
         Terminal.out("  duration  \(Format.duration(s.durationSeconds)), \(Format.rate(m.size, s.durationSeconds))")
     }
 }
@@ -91,7 +108,9 @@ extension StoreOptions {
         if Repository.isRepository(path) { return try open() }
         guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
         if try key() != nil {
-            throw DedupError.invalidArgument("there is no repository at \(path) yet, and a key was given; create an encrypted one first: dbbackup dedup init --encrypt --key-file <file>")
+            throw DedupError.invalidArgument(
+                "there is no repository at \(path) yet, and a key was given; create an encrypted one first: dbbackup dedup init --encrypt --key-file <file>"
+            )
         }
         let repo = try Repository.initialize(at: path, cacheRoot: cacheRoot)
         repo.onNotice = { Terminal.notice($0) }

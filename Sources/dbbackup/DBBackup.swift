@@ -31,7 +31,10 @@ struct DBBackup: ParsableCommand {
         See README.md and docs/ for the repository format and the nightly workflow.
         """,
         version: DedupStoreVersion.string,
-        subcommands: [Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self, CatalogCommand.self, Metrics.self, StatusCommand.self, Encryption.self]
+        subcommands: [
+            Dedup.self, WAL.self, Binlog.self, PITR.self, RestoreGroup.self, CatalogCommand.self, Metrics.self,
+            StatusCommand.self, Encryption.self,
+        ]
     )
 }
 
@@ -40,7 +43,8 @@ struct Dedup: ParsableCommand {
         abstract: "The deduplicating chunk store: backup, restore, list, stats, verify, prune, gc.",
         subcommands: [
             DedupInit.self, DedupBackup.self, DedupBackupDB.self, DedupRestore.self, DedupList.self, DedupStats.self,
-            DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self, DedupMetrics.self,
+            DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self,
+            DedupMetrics.self,
         ]
     )
 }
@@ -51,8 +55,11 @@ struct StoreOptions: ParsableArguments {
         "Repository folder (default: $DBBACKUP_DEDUP_DIR, else ~/db_backups/dedup).", valueName: "dir"))
     var dedupDir: String?
 
-    @Option(name: .customLong("cache-dir"), help: ArgumentHelp(
-        "Local cache folder for the chunk index and catalog (default: $DBBACKUP_CACHE_DIR, else systemd's $CACHE_DIRECTORY/dbbackup, else $XDG_CACHE_HOME/dbbackup, else ~/.cache/dbbackup).", valueName: "dir"))
+    @Option(
+        name: .customLong("cache-dir"),
+        help: ArgumentHelp(
+            "Local cache folder for the chunk index and catalog (default: $DBBACKUP_CACHE_DIR, else systemd's $CACHE_DIRECTORY/dbbackup, else $XDG_CACHE_HOME/dbbackup, else ~/.cache/dbbackup).",
+            valueName: "dir"))
     var cacheDir: String?
 
     /// The cache root: --cache-dir, else the environment's (see Repository.defaultCacheRoot).
@@ -68,14 +75,18 @@ struct StoreOptions: ParsableArguments {
     static func expand(_ p: String) -> String {
         var path = p
         if path == "~" || path.hasPrefix("~/") {
-            let home = ProcessInfo.processInfo.environment["HOME"] ?? FileManager.default.homeDirectoryForCurrentUser.path
+            let home =
+                ProcessInfo.processInfo.environment["HOME"] ?? FileManager.default.homeDirectoryForCurrentUser.path
             path = home + path.dropFirst()
         }
         return FileIO.absolute(path)
     }
 
-    @Option(name: .customLong("key-file"), help: ArgumentHelp(
-        "Key of an encrypted repository: a file whose bytes are the key (default: the passphrase in $DBBACKUP_DEDUP_KEY).", valueName: "file"))
+    @Option(
+        name: .customLong("key-file"),
+        help: ArgumentHelp(
+            "Key of an encrypted repository: a file whose bytes are the key (default: the passphrase in $DBBACKUP_DEDUP_KEY).",
+            valueName: "file"))
     var keyFile: String?
 
     /// The key given: the key file's bytes (one trailing newline dropped), else
@@ -119,10 +130,14 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Database server port.")
     var port: Int?
 
-    @Option(help: "Database user (PostgreSQL default: PGUSER, else your login name). Passwords: PGPASSWORD or ~/.pgpass; MYSQL_PWD or ~/.my.cnf.")
+    @Option(
+        help:
+            "Database user (PostgreSQL default: PGUSER, else your login name). Passwords: PGPASSWORD or ~/.pgpass; MYSQL_PWD or ~/.my.cnf."
+    )
     var user: String?
 
-    @Option(help: ArgumentHelp("Unix socket: for PostgreSQL its folder (or the .s.PGSQL.<port> file).", valueName: "path"))
+    @Option(
+        help: ArgumentHelp("Unix socket: for PostgreSQL its folder (or the .s.PGSQL.<port> file).", valueName: "path"))
     var socket: String?
 
     var address: ServerAddress { ServerAddress(host: host, port: port, user: user, socket: socket) }

@@ -11,7 +11,10 @@ struct DedupList: ParsableCommand {
     @Option(help: "Only backups of this database.")
     var database: String?
 
-    @Option(help: ArgumentHelp("Only backups of this kind: dump, basebackup, file, wal, binlog (default: all but wal and binlog, which `wal list` and `binlog list` show).", valueName: "kind"))
+    @Option(
+        help: ArgumentHelp(
+            "Only backups of this kind: dump, basebackup, file, wal, binlog (default: all but wal and binlog, which `wal list` and `binlog list` show).",
+            valueName: "kind"))
     var kind: BackupKind?
 
     @Flag(help: "Print JSON (the manifests).")
@@ -40,12 +43,18 @@ struct DedupList: ParsableCommand {
             let verified = try repo.verificationRecords()
             let rows = manifests.map { m -> [String] in
                 let dedup = m.size > 0 ? 1 - Double(m.stats.newBytes) / Double(m.size) : 1
-                let v = verified[m.id].map { $0.ok ? "\($0.verifiedAt) \($0.mode)" : "FAILED \($0.verifiedAt)" } ?? "never"
-                return [m.id, m.database ?? "-", Format.bytes(m.size), Format.percent(dedup), "\(m.stats.chunks)", m.createdAt, v]
+                let v =
+                    verified[m.id].map { $0.ok ? "\($0.verifiedAt) \($0.mode)" : "FAILED \($0.verifiedAt)" } ?? "never"
+                return [
+                    m.id, m.database ?? "-", Format.bytes(m.size), Format.percent(dedup), "\(m.stats.chunks)",
+                    m.createdAt, v,
+                ]
             }
             printTable(header: ["ID", "DATABASE", "SIZE", "DEDUP", "CHUNKS", "CREATED", "VERIFIED"], rows: rows)
             if kind == nil && logFiles > 0 {
-                Terminal.out("(and \(logFiles) archived WAL and binlog files: dbbackup wal list, dbbackup binlog list, or --kind wal|binlog)")
+                Terminal.out(
+                    "(and \(logFiles) archived WAL and binlog files: dbbackup wal list, dbbackup binlog list, or --kind wal|binlog)"
+                )
             }
         }
     }

@@ -25,10 +25,14 @@ struct DedupStats: ParsableCommand {
             Terminal.out("unique chunks \(s.uniqueChunks)")
             Terminal.out("raw data      \(Format.bytes(s.rawBytes)) (\(s.rawBytes) bytes)")
             Terminal.out("stored        \(Format.bytes(s.storedBytes)) in packs")
-            Terminal.out("space saved   \(Format.bytes(s.spaceSaved)) (\(s.rawBytes > 0 ? Format.percent(Double(s.spaceSaved) / Double(s.rawBytes)) : "-"))")
+            Terminal.out(
+                "space saved   \(Format.bytes(s.spaceSaved)) (\(s.rawBytes > 0 ? Format.percent(Double(s.spaceSaved) / Double(s.rawBytes)) : "-"))"
+            )
             Terminal.out("dedup ratio   \(String(format: "%.2fx", s.dedupRatio)) (raw / stored, compression included)")
             Terminal.out("disk usage    \(Format.bytes(s.diskUsage)) (packs and manifests)")
-            Terminal.out("local cache   \(Format.bytes(s.cacheUsage)) in \(repo.cacheDirectory) (chunk index; rebuilt when lost)")
+            Terminal.out(
+                "local cache   \(Format.bytes(s.cacheUsage)) in \(repo.cacheDirectory) (chunk index; rebuilt when lost)"
+            )
         }
     }
 }

@@ -9,7 +9,9 @@ struct DedupInit: ParsableCommand {
 
     @OptionGroup var store: StoreOptions
 
-    @Option(help: ArgumentHelp("Average chunk size, a power of two from 4KiB to 16MiB (min is 1/4, max 4x).", valueName: "size"))
+    @Option(
+        help: ArgumentHelp(
+            "Average chunk size, a power of two from 4KiB to 16MiB (min is 1/4, max 4x).", valueName: "size"))
     var chunkSize: String = "256KiB"
 
     /// zstd's levels that dbbackup accepts: 1 to 22, and the fast ones down to -50.
@@ -22,12 +24,17 @@ struct DedupInit: ParsableCommand {
     @Option(help: ArgumentHelp("Target pack file size, 1MiB to 1GiB.", valueName: "size"))
     var packSize: String = "32MiB"
 
-    @Flag(help: "Encrypt (AES-256-GCM, keyed chunk ids) under the key of --key-file or DBBACKUP_DEDUP_KEY. Keep the key: without it nothing can be restored.")
+    @Flag(
+        help:
+            "Encrypt (AES-256-GCM, keyed chunk ids) under the key of --key-file or DBBACKUP_DEDUP_KEY. Keep the key: without it nothing can be restored."
+    )
     var encrypt = false
 
     /// Bad values are usage errors (exit 64), found before anything is created.
     func validate() throws {
-        guard let avg = parseSize(chunkSize) else { throw ValidationError("cannot read --chunk-size '\(chunkSize)' (examples: 256KiB, 1MiB)") }
+        guard let avg = parseSize(chunkSize) else {
+            throw ValidationError("cannot read --chunk-size '\(chunkSize)' (examples: 256KiB, 1MiB)")
+        }
         do {
             try ChunkerParameters(average: avg).validate()
         } catch let e as DedupError {
@@ -36,8 +43,12 @@ struct DedupInit: ParsableCommand {
         guard Self.compressionLevels.contains(compression), compression != 0 else {
             throw ValidationError("--compression takes a zstd level from 1 to 22, or -1 to -50 (got \(compression))")
         }
-        guard let pack = parseSize(packSize) else { throw ValidationError("cannot read --pack-size '\(packSize)' (examples: 32MiB, 128MiB)") }
-        guard (1 << 20)...(1 << 30) ~= pack else { throw ValidationError("--pack-size must be between 1MiB and 1GiB (got \(packSize))") }
+        guard let pack = parseSize(packSize) else {
+            throw ValidationError("cannot read --pack-size '\(packSize)' (examples: 32MiB, 128MiB)")
+        }
+        guard (1 << 20)...(1 << 30) ~= pack else {
+            throw ValidationError("--pack-size must be between 1MiB and 1GiB (got \(packSize))")
+        }
     }
 
     func run() throws {
@@ -45,18 +56,29 @@ struct DedupInit: ParsableCommand {
             let avg = parseSize(chunkSize) ?? 0, pack = parseSize(packSize) ?? 0  // validated
             let key = try store.key()
             if encrypt && key == nil {
-                throw DedupError.invalidArgument("--encrypt needs a key: --key-file <file> (e.g. made with: head -c 32 /dev/urandom > dedup.key; chmod 600 dedup.key) or a passphrase in DBBACKUP_DEDUP_KEY")
+                throw DedupError.invalidArgument(
+                    "--encrypt needs a key: --key-file <file> (e.g. made with: head -c 32 /dev/urandom > dedup.key; chmod 600 dedup.key) or a passphrase in DBBACKUP_DEDUP_KEY"
+                )
             }
             if !encrypt && key != nil {
-                throw DedupError.invalidArgument("a key was given (--key-file or DBBACKUP_DEDUP_KEY) without --encrypt: add --encrypt for an encrypted repository, or drop the key")
+                throw DedupError.invalidArgument(
+                    "a key was given (--key-file or DBBACKUP_DEDUP_KEY) without --encrypt: add --encrypt for an encrypted repository, or drop the key"
+                )
             }
-            let repo = try Repository.initialize(at: store.path, chunker: ChunkerParameters(average: avg),
-                                                 compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot,
-                                                 encryptionKey: encrypt ? key : nil)
+            let repo = try Repository.initialize(
+                at: store.path, chunker: ChunkerParameters(average: avg),
+                compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot,
+                encryptionKey: encrypt ? key : nil)
             let c = repo.config
             Terminal.out("created \(encrypt ? "encrypted " : "")repository \(repo.path)")
-            if encrypt { Terminal.out("  encryption: AES-256-GCM, keyed chunk ids; keep the key safe and apart from the repository: without it nothing can be restored") }
-            Terminal.out("  chunks: \(Format.bytes(Int64(c.chunker.minSize))) min, \(Format.bytes(Int64(c.chunker.avgSize))) average, \(Format.bytes(Int64(c.chunker.maxSize))) max; zstd level \(c.compression.level); packs of \(Format.bytes(Int64(c.packSize)))")
+            if encrypt {
+                Terminal.out(
+                    "  encryption: AES-256-GCM, keyed chunk ids; keep the key safe and apart from the repository: without it nothing can be restored"
+                )
+            }
+            Terminal.out(
+                "  chunks: \(Format.bytes(Int64(c.chunker.minSize))) min, \(Format.bytes(Int64(c.chunker.avgSize))) average, \(Format.bytes(Int64(c.chunker.maxSize))) max; zstd level \(c.compression.level); packs of \(Format.bytes(Int64(c.packSize)))"
+            )
         }
     }
 }
@@ -86,7 +108,9 @@ struct EncryptionRotate: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            guard let old = try store.key() else { throw DedupError.invalidArgument("give the current key with --key-file (or DBBACKUP_DEDUP_KEY)") }
+            guard let old = try store.key() else {
+                throw DedupError.invalidArgument("give the current key with --key-file (or DBBACKUP_DEDUP_KEY)")
+            }
             let newKey = try StoreOptions.readKey(file: newKeyFile)
             let repo = try Repository(path: store.path, cacheRoot: store.cacheRoot)
             let lock = try repo.lock(.exclusive, command: "encryption rotate")

@@ -22,11 +22,15 @@ struct DedupVerify: ParsableCommand {
     @Flag(help: "Read and hash every chunk.")
     var deep = false
 
-    @Option(help: ArgumentHelp("Read and hash the chunks of this share of the packs, chosen at random.", valueName: "percent"))
+    @Option(
+        help: ArgumentHelp(
+            "Read and hash the chunks of this share of the packs, chosen at random.", valueName: "percent"))
     var sample: String?
 
     func validate() throws {
-        if let sample, samplePercent(sample) == nil { throw ValidationError("--sample takes a percentage from 0 to 100, e.g. 10%") }
+        if let sample, samplePercent(sample) == nil {
+            throw ValidationError("--sample takes a percentage from 0 to 100, e.g. 10%")
+        }
         if deep && sample != nil { throw ValidationError("give --deep or --sample, not both") }
     }
 
@@ -43,18 +47,28 @@ struct DedupVerify: ParsableCommand {
             defer { lock.release() }
             let ids = try id.map { [try repo.resolveManifestID($0)] }
             let started = Date()
-            let report = try Verifier(repository: repo).verify(manifestIDs: ids, deep: deep, samplePercent: sample.flatMap(samplePercent))
+            let report = try Verifier(repository: repo).verify(
+                manifestIDs: ids, deep: deep, samplePercent: sample.flatMap(samplePercent))
             if !repo.isReadOnly { CatalogHook.sync(repo) }
             let elapsed = Date().timeIntervalSince(started)
             for p in report.problems { Terminal.err("dbbackup: problem: \(p.message)") }
-            let mode = deep ? "deep" : (sample.flatMap(samplePercent).map { "quick, \(Format.number($0))% of packs read" } ?? "quick")
-            Terminal.out("verify (\(mode)): \(report.manifestsChecked) backups, \(report.packsChecked) packs, \(report.chunksChecked) chunk references checked in \(Format.duration(elapsed))")
+            let mode =
+                deep
+                ? "deep"
+                : (sample.flatMap(samplePercent).map { "quick, \(Format.number($0))% of packs read" } ?? "quick")
+            Terminal.out(
+                "verify (\(mode)): \(report.manifestsChecked) backups, \(report.packsChecked) packs, \(report.chunksChecked) chunk references checked in \(Format.duration(elapsed))"
+            )
             if report.ok {
                 Terminal.out("ok: every checked backup can be restored")
             } else {
-                Terminal.out("FAILED: \(report.problems.count) problem(s); damaged backups: \(report.damagedManifests.isEmpty ? "none (unreferenced data only)" : report.damagedManifests.joined(separator: ", "))")
+                Terminal.out(
+                    "FAILED: \(report.problems.count) problem(s); damaged backups: \(report.damagedManifests.isEmpty ? "none (unreferenced data only)" : report.damagedManifests.joined(separator: ", "))"
+                )
                 if report.chunksDropped > 0 {
-                    Terminal.out("\(report.chunksDropped) corrupt chunk(s) were dropped from the index: the next backup of the same data stores them again, which repairs every backup that needs them")
+                    Terminal.out(
+                        "\(report.chunksDropped) corrupt chunk(s) were dropped from the index: the next backup of the same data stores them again, which repairs every backup that needs them"
+                    )
                 }
                 throw ExitCode(1)
             }
@@ -80,7 +94,9 @@ struct DedupIndex: ParsableCommand {
                 defer { lock.release() }
                 let started = Date()
                 let r = try repo.rebuildIndex()
-                    Terminal.out("index rebuilt from \(r.packs) packs: \(r.chunks) chunks in \(Format.duration(Date().timeIntervalSince(started)))")
+                Terminal.out(
+                    "index rebuilt from \(r.packs) packs: \(r.chunks) chunks in \(Format.duration(Date().timeIntervalSince(started)))"
+                )
             }
         }
     }

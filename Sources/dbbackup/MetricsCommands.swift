@@ -63,7 +63,8 @@ struct Metrics: ParsableCommand {
 }
 
 struct MetricsExport: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "export", abstract: "The same as `dbbackup dedup metrics`.")
+    static let configuration = CommandConfiguration(
+        commandName: "export", abstract: "The same as `dbbackup dedup metrics`.")
     @OptionGroup var options: MetricsOptions
     @Option(help: ArgumentHelp("Write to this file instead of stdout.", valueName: "path")) var output: String?
 
@@ -139,7 +140,9 @@ final class HTTPServer {
             throw DedupError.invalidArgument("--bind takes an IPv4 address like 127.0.0.1, not '\(address)'")
         }
         let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard bound == 0, listen(fd, 16) == 0 else {
             let code = errno
@@ -196,9 +199,14 @@ final class HTTPServer {
         } else {
             reply = (405, "text/plain", "only GET\n")
         }
-        let reason = [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"][reply.status] ?? "Error"
+        let reason =
+            [
+                200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
+                503: "Service Unavailable",
+            ][reply.status] ?? "Error"
         let body = Array(reply.body.utf8)
-        let head = "HTTP/1.1 \(reply.status) \(reason)\r\nContent-Type: \(reply.type)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        let head =
+            "HTTP/1.1 \(reply.status) \(reason)\r\nContent-Type: \(reply.type)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
         let bytes = Array(head.utf8) + (parts.first == "HEAD" ? [] : body)
         var sent = 0
         while sent < bytes.count {

@@ -17,13 +17,18 @@ struct PITR: ParsableCommand {
 enum ServerSideCommand {
     static func make(_ verb: [String], repository repo: Repository, name: String, keyFile: String?) throws -> String {
         if repo.config.isEncrypted && keyFile == nil {
-            throw DatabaseError.invalidArgument("the repository is encrypted: give --key-file with a key file the server's OS user can read; the server's command names the file, never the key")
+            throw DatabaseError.invalidArgument(
+                "the repository is encrypted: give --key-file with a key file the server's OS user can read; the server's command names the file, never the key"
+            )
         }
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let exe =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let repository = repo.path
         let key = repo.config.isEncrypted ? keyFile.map(StoreOptions.expand) : nil
-        for path in [exe, repository] + (key.map { [$0] } ?? []) where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
-            throw DatabaseError.invalidArgument("\(path) holds a quote, $, `, % or \\; PostgreSQL's command line cannot name it safely: move it")
+        for path in [exe, repository] + (key.map { [$0] } ?? [])
+        where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
+            throw DatabaseError.invalidArgument(
+                "\(path) holds a quote, $, `, % or \\; PostgreSQL's command line cannot name it safely: move it")
         }
         var words = ["\"\(exe)\""] + verb + ["--dedup-dir", "\"\(repository)\""]
         if name != WALArchive.defaultName { words += ["--name", name] }
@@ -55,13 +60,16 @@ struct PITREnable: ParsableCommand {
             let repo = try store.open()
             _ = try WALArchive(repository: repo, name: archiveName.name)
             let connection = try PostgresConnection(server.address, database: "postgres")
-            let command = try ServerSideCommand.make(["wal", "archive", "\"%p\"", "\"%f\""], repository: repo, name: archiveName.name,
-                                                     keyFile: store.keyFile)
+            let command = try ServerSideCommand.make(
+                ["wal", "archive", "\"%p\"", "\"%f\""], repository: repo, name: archiveName.name,
+                keyFile: store.keyFile)
             let restart = try connection.enableArchiving(command: command)
             Terminal.out("archive_command = '\(command)'")
             if let owner = ownerWarning(connection: connection, repository: repo.path) { Terminal.notice(owner) }
             if restart {
-                Terminal.out("archive_mode (and wal_level) take effect after a restart of the server: systemctl restart postgresql (or pg_ctl restart); then take a base backup: dbbackup dedup backup-db --base-backup")
+                Terminal.out(
+                    "archive_mode (and wal_level) take effect after a restart of the server: systemctl restart postgresql (or pg_ctl restart); then take a base backup: dbbackup dedup backup-db --base-backup"
+                )
             } else {
                 Terminal.out("WAL archiving is on; take a base backup next: dbbackup dedup backup-db --base-backup")
             }
@@ -75,7 +83,8 @@ struct PITREnable: ParsableCommand {
         var data = stat(), repo = stat()
         guard stat(dataDir, &data) == 0, stat(repository, &repo) == 0, data.st_uid != repo.st_uid else { return nil }
         let user = getpwuid(data.st_uid).map { String(cString: $0.pointee.pw_name) } ?? "uid \(data.st_uid)"
-        return "the server runs as OS user \(user), who does not own \(repository): archive_command will fail unless \(user) can write there (chown -R \(user) \(repository), and run dbbackup commands on it as \(user))"
+        return
+            "the server runs as OS user \(user), who does not own \(repository): archive_command will fail unless \(user) can write there (chown -R \(user) \(repository), and run dbbackup commands on it as \(user))"
     }
 }
 
@@ -117,26 +126,38 @@ struct PITRStatus: ParsableCommand {
             let repo = try store.open()
             let archive = try WALArchive(repository: repo, name: archiveName.name)
             let connection = try PostgresConnection(server.address, database: "postgres")
-            func one(_ sql: String) -> String? { (try? connection.column(sql))?.first.flatMap { $0.isEmpty ? nil : $0 } }
-            let stats = (try? connection.column("SELECT concat_ws('|', archived_count, coalesce(last_archived_wal, ''), coalesce(last_archived_time::text, ''), failed_count, coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '')) FROM pg_stat_archiver"))?.first?
+            func one(_ sql: String) -> String? {
+                (try? connection.column(sql))?.first.flatMap { $0.isEmpty ? nil : $0 }
+            }
+            let stats =
+                (try? connection.column(
+                    "SELECT concat_ws('|', archived_count, coalesce(last_archived_wal, ''), coalesce(last_archived_time::text, ''), failed_count, coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '')) FROM pg_stat_archiver"
+                ))?.first?
                 .split(separator: "|", omittingEmptySubsequences: false).map(String.init) ?? []
             func field(_ i: Int) -> String? { i < stats.count && !stats[i].isEmpty ? stats[i] : nil }
             let systemIdentifier = one("SELECT system_identifier::text FROM pg_control_system()")
             let files = try archive.files()
-            let chain = PITRChain(files: files, baseBackups: try repo.manifests().filter {
-                $0.backupKind == .basebackup && (systemIdentifier == nil || $0.dump?.systemIdentifier == systemIdentifier)
-            })
-            var report = Report(archiveMode: one("SHOW archive_mode") ?? "?", archiveCommand: one("SHOW archive_command") ?? "",
-                                archivedCount: field(0).flatMap { Int64($0) }, lastArchivedWAL: field(1), lastArchivedTime: field(2),
-                                failedCount: field(3).flatMap { Int64($0) }, lastFailedWAL: field(4), lastFailedTime: field(5),
-                                currentWAL: one("SELECT pg_walfile_name(pg_current_wal_lsn())"), lagSegments: nil,
-                                archiveName: archive.name, archivedFiles: files.count, newestInRepository: chain.newestSegment,
-                                gaps: chain.gaps.map(\.missing), baseBackups: chain.baseBackups.count,
-                                oldestRecoverableTime: chain.oldestRecoverable?.createdAt)
+            let chain = PITRChain(
+                files: files,
+                baseBackups: try repo.manifests().filter {
+                    $0.backupKind == .basebackup
+                        && (systemIdentifier == nil || $0.dump?.systemIdentifier == systemIdentifier)
+                })
+            var report = Report(
+                archiveMode: one("SHOW archive_mode") ?? "?", archiveCommand: one("SHOW archive_command") ?? "",
+                archivedCount: field(0).flatMap { Int64($0) }, lastArchivedWAL: field(1), lastArchivedTime: field(2),
+                failedCount: field(3).flatMap { Int64($0) }, lastFailedWAL: field(4), lastFailedTime: field(5),
+                currentWAL: one("SELECT pg_walfile_name(pg_current_wal_lsn())"), lagSegments: nil,
+                archiveName: archive.name, archivedFiles: files.count, newestInRepository: chain.newestSegment,
+                gaps: chain.gaps.map(\.missing), baseBackups: chain.baseBackups.count,
+                oldestRecoverableTime: chain.oldestRecoverable?.createdAt)
             let segmentSize = Int64(one("SELECT pg_size_bytes(current_setting('wal_segment_size'))") ?? "") ?? 16 << 20
             if let current = report.currentWAL.flatMap(WALFileName.init), let currentPos = current.position,
-               let c = WALChain.number(currentPos, segmentSize: segmentSize) {
-                let last = report.lastArchivedWAL.flatMap(WALFileName.init)?.position.flatMap { WALChain.number($0, segmentSize: segmentSize) }
+                let c = WALChain.number(currentPos, segmentSize: segmentSize)
+            {
+                let last = report.lastArchivedWAL.flatMap(WALFileName.init)?.position.flatMap {
+                    WALChain.number($0, segmentSize: segmentSize)
+                }
                 report.lagSegments = max(0, Int64(c) - Int64(last.map { $0 + 1 } ?? c))
             }
             if json {
@@ -145,13 +166,23 @@ struct PITRStatus: ParsableCommand {
             }
             Terminal.out("archive_mode      \(report.archiveMode)")
             Terminal.out("archive_command   \(report.archiveCommand.isEmpty ? "(not set)" : report.archiveCommand)")
-            Terminal.out("archiver          \(report.archivedCount ?? 0) archived, last \(report.lastArchivedWAL ?? "none") at \(report.lastArchivedTime ?? "-"); \(report.failedCount ?? 0) failed" + (report.lastFailedWAL.map { ", last \($0) at \(report.lastFailedTime ?? "?")" } ?? ""))
-            Terminal.out("current WAL       \(report.currentWAL ?? "?")" + (report.lagSegments.map { ", \($0) finished segment(s) not archived yet" } ?? ""))
-            Terminal.out("repository        \(report.archivedFiles) files in archive '\(report.archiveName)', newest segment \(report.newestInRepository ?? "none")")
+            Terminal.out(
+                "archiver          \(report.archivedCount ?? 0) archived, last \(report.lastArchivedWAL ?? "none") at \(report.lastArchivedTime ?? "-"); \(report.failedCount ?? 0) failed"
+                    + (report.lastFailedWAL.map { ", last \($0) at \(report.lastFailedTime ?? "?")" } ?? ""))
+            Terminal.out(
+                "current WAL       \(report.currentWAL ?? "?")"
+                    + (report.lagSegments.map { ", \($0) finished segment(s) not archived yet" } ?? ""))
+            Terminal.out(
+                "repository        \(report.archivedFiles) files in archive '\(report.archiveName)', newest segment \(report.newestInRepository ?? "none")"
+            )
             for g in report.gaps { Terminal.out("gap               \(g) missing: recovery cannot cross it") }
             Terminal.out("base backups      \(report.baseBackups)")
-            Terminal.out("recoverable from  \(report.oldestRecoverableTime ?? "nowhere yet: take a base backup (dbbackup dedup backup-db --base-backup)")")
-            if (report.failedCount ?? 0) > 0, let failed = report.lastFailedTime, failed > (report.lastArchivedTime ?? "") {
+            Terminal.out(
+                "recoverable from  \(report.oldestRecoverableTime ?? "nowhere yet: take a base backup (dbbackup dedup backup-db --base-backup)")"
+            )
+            if (report.failedCount ?? 0) > 0, let failed = report.lastFailedTime,
+                failed > (report.lastArchivedTime ?? "")
+            {
                 Terminal.notice("the last archive attempt failed; the server's log has archive_command's message")
             }
         }

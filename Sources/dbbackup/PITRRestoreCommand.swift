@@ -38,10 +38,16 @@ struct RestorePITR: ParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var archiveName: ArchiveNameOption
 
-    @Option(help: ArgumentHelp("The base backup (PostgreSQL) or dump (MySQL/MariaDB) to start from: an id or unique prefix.", valueName: "id"))
+    @Option(
+        help: ArgumentHelp(
+            "The base backup (PostgreSQL) or dump (MySQL/MariaDB) to start from: an id or unique prefix.",
+            valueName: "id"))
     var base: String
 
-    @Option(help: ArgumentHelp("Recover up to this time (e.g. \"2026-11-21 12:00:00+00\"); default: the end of the archive.", valueName: "time"))
+    @Option(
+        help: ArgumentHelp(
+            "Recover up to this time (e.g. \"2026-11-21 12:00:00+00\"); default: the end of the archive.",
+            valueName: "time"))
     var targetTime: String?
 
     @Option(help: ArgumentHelp("PostgreSQL: the new data folder (absent or empty).", valueName: "dir"))
@@ -64,7 +70,9 @@ struct RestorePITR: ParsableCommand {
 
     func validate() throws {
         if let targetTime, Timestamps.parse(targetTime) == nil {
-            throw ValidationError("cannot read --target-time '\(targetTime)'; write it like 2026-11-21 12:00:00+00 (or without the zone for local time)")
+            throw ValidationError(
+                "cannot read --target-time '\(targetTime)'; write it like 2026-11-21 12:00:00+00 (or without the zone for local time)"
+            )
         }
     }
 
@@ -81,7 +89,9 @@ struct RestorePITR: ParsableCommand {
             case .mysql:
                 // mysqlbinlog applies --database after --rewrite-db, and GTIDs of
                 // transactions the server ran already are skipped: not built yet.
-                throw DatabaseError.invalidArgument("restore pitr for MySQL is not supported yet (MariaDB is); restore the dump with dbbackup dedup restore --target-db and replay the binlogs with mysqlbinlog yourself")
+                throw DatabaseError.invalidArgument(
+                    "restore pitr for MySQL is not supported yet (MariaDB is); restore the dump with dbbackup dedup restore --target-db and replay the binlogs with mysqlbinlog yourself"
+                )
             }
         }
     }
@@ -97,30 +107,43 @@ struct RestorePITR: ParsableCommand {
 
     private func recoverPostgres(_ repo: Repository, base: Manifest, target: Date?) throws {
         guard base.backupKind == .basebackup else {
-            throw DatabaseError.invalidArgument("\(base.id) is a \(base.kind) backup, not a base backup; take one with dbbackup dedup backup-db --base-backup")
+            throw DatabaseError.invalidArgument(
+                "\(base.id) is a \(base.kind) backup, not a base backup; take one with dbbackup dedup backup-db --base-backup"
+            )
         }
         guard let targetDir = targetDir.map(StoreOptions.expand) else {
-            throw DatabaseError.invalidArgument("give --target-dir: the folder the recovered cluster goes to (absent or empty)")
+            throw DatabaseError.invalidArgument(
+                "give --target-dir: the folder the recovered cluster goes to (absent or empty)")
         }
         guard server.isEmpty, targetDb == nil, !create, !force else {
-            throw DatabaseError.invalidArgument("PostgreSQL recovers a whole cluster into --target-dir: --target-db, --create, --force and connection flags are for MySQL/MariaDB")
+            throw DatabaseError.invalidArgument(
+                "PostgreSQL recovers a whole cluster into --target-dir: --target-db, --create, --force and connection flags are for MySQL/MariaDB"
+            )
         }
         if let target, let taken = base.createdDate, target < taken {
-            throw DatabaseError.invalidArgument("the base backup \(base.id) was taken at \(base.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older base backup")
+            throw DatabaseError.invalidArgument(
+                "the base backup \(base.id) was taken at \(base.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older base backup"
+            )
         }
         let name = try walArchiveName(for: base, in: repo)
         // Before anything is unpacked: it refuses an encrypted repository without a key file.
-        let restoreCommand = try ServerSideCommand.make(["wal", "restore", "\"%f\"", "\"%p\""], repository: repo, name: name,
-                                                        keyFile: store.keyFile)
+        let restoreCommand = try ServerSideCommand.make(
+            ["wal", "restore", "\"%f\"", "\"%p\""], repository: repo, name: name,
+            keyFile: store.keyFile)
         try prepareEmptyDirectory(targetDir)
 
         // The base backup, verified chunk by chunk, into tar.
         let restorer = Restorer(repository: repo)
-        if let failure = try restore(base.id, with: restorer, into: ["tar", "--extract", "--file=-", "--directory=\(targetDir)"]) {
-            throw DatabaseError.invalidArgument("tar \(failure) while unpacking the base backup into \(targetDir) (its messages are above); the folder holds a partial copy: empty it before trying again")
+        if let failure = try restore(
+            base.id, with: restorer, into: ["tar", "--extract", "--file=-", "--directory=\(targetDir)"])
+        {
+            throw DatabaseError.invalidArgument(
+                "tar \(failure) while unpacking the base backup into \(targetDir) (its messages are above); the folder holds a partial copy: empty it before trying again"
+            )
         }
         guard FileIO.exists(targetDir + "/PG_VERSION") else {
-            throw DatabaseError.invalidArgument("\(base.id) unpacked, but \(targetDir) holds no PG_VERSION: it is not a PostgreSQL base backup")
+            throw DatabaseError.invalidArgument(
+                "\(base.id) unpacked, but \(targetDir) holds no PG_VERSION: it is not a PostgreSQL base backup")
         }
 
         let settings = PostgresRecoverySettings(baseBackup: base.id, archive: name, repository: repo.path,
@@ -132,12 +155,18 @@ struct RestorePITR: ParsableCommand {
         let owner = matchOwner(of: targetDir, files: ["postgresql.auto.conf", "recovery.signal"])
 
         Terminal.out("base backup \(base.id) (taken \(base.createdAt)) restored into \(targetDir)")
-        Terminal.out("recovery: WAL from archive '\(name)' up to \(target.map(PostgresTime.utc) ?? "the end of the archive"), then promote")
+        Terminal.out(
+            "recovery: WAL from archive '\(name)' up to \(target.map(PostgresTime.utc) ?? "the end of the archive"), then promote"
+        )
         if !FileIO.exists(targetDir + "/postgresql.conf") {
-            Terminal.out("the base backup has no postgresql.conf (Debian keeps it in /etc/postgresql): copy the server's postgresql.conf, pg_hba.conf and pg_ident.conf into \(targetDir) first")
+            Terminal.out(
+                "the base backup has no postgresql.conf (Debian keeps it in /etc/postgresql): copy the server's postgresql.conf, pg_hba.conf and pg_ident.conf into \(targetDir) first"
+            )
         }
         let user = owner.map { " (as the OS user \($0))" } ?? ""
-        Terminal.out("start it\(user): pg_ctl -D \(targetDir) -o '-p <free port>' start  — the server then replays WAL and opens for writes at the target")
+        Terminal.out(
+            "start it\(user): pg_ctl -D \(targetDir) -o '-p <free port>' start  — the server then replays WAL and opens for writes at the target"
+        )
     }
 
     /// The WAL archive that holds the base backup's cluster: the one whose
@@ -147,16 +176,22 @@ struct RestorePITR: ParsableCommand {
         let names = try WALArchive.names(in: repo)
         if names.contains(archiveName.name) && archiveName.name != WALArchive.defaultName { return archiveName.name }
         if let name = try WALArchive.name(holding: id, in: repo) { return name }
-        Terminal.notice("no archived WAL carries the base backup's system identifier \(id); using the archive '\(archiveName.name)'")
+        Terminal.notice(
+            "no archived WAL carries the base backup's system identifier \(id); using the archive '\(archiveName.name)'"
+        )
         return archiveName.name
     }
 
     /// Creates `path` (mode 0700, as PostgreSQL wants) or checks that it is empty.
     private func prepareEmptyDirectory(_ path: String) throws {
         if FileIO.exists(path) {
-            guard FileIO.isDirectory(path) else { throw DatabaseError.invalidArgument("\(path) exists and is not a folder") }
+            guard FileIO.isDirectory(path) else {
+                throw DatabaseError.invalidArgument("\(path) exists and is not a folder")
+            }
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-            guard entries.isEmpty else { throw DatabaseError.invalidArgument("\(path) is not empty; recovery needs an empty or new folder") }
+            guard entries.isEmpty else {
+                throw DatabaseError.invalidArgument("\(path) is not empty; recovery needs an empty or new folder")
+            }
         } else {
             try FileIO.makeDirectories(path)
         }
@@ -182,19 +217,31 @@ struct RestorePITR: ParsableCommand {
             throw DatabaseError.invalidArgument("\(dump.id) is not a database dump made by dbbackup dedup backup-db")
         }
         guard let startFile = info.binlogFile, let startPosition = info.binlogPosition else {
-            throw DatabaseError.invalidArgument("dump \(dump.id) records no binary log position (was log_bin on?); it can be restored, but not rolled forward")
+            throw DatabaseError.invalidArgument(
+                "dump \(dump.id) records no binary log position (was log_bin on?); it can be restored, but not rolled forward"
+            )
         }
-        guard let targetDb else { throw DatabaseError.invalidArgument("give --target-db: the database to recover into") }
-        guard targetDir == nil else { throw DatabaseError.invalidArgument("--target-dir is for PostgreSQL; MySQL/MariaDB recover into --target-db") }
+        guard let targetDb else {
+            throw DatabaseError.invalidArgument("give --target-db: the database to recover into")
+        }
+        guard targetDir == nil else {
+            throw DatabaseError.invalidArgument(
+                "--target-dir is for PostgreSQL; MySQL/MariaDB recover into --target-db")
+        }
         if let target, let taken = dump.createdDate, target < taken {
-            throw DatabaseError.invalidArgument("the dump \(dump.id) was taken at \(dump.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older dump")
+            throw DatabaseError.invalidArgument(
+                "the dump \(dump.id) was taken at \(dump.createdAt), after the target time \(Timestamps.iso8601(target)): choose an older dump"
+            )
         }
-        let archive = try BinlogArchive(repository: repo, name: try BinlogArchive.name(for: info, given: archiveName.name, in: repo))
+        let archive = try BinlogArchive(
+            repository: repo, name: try BinlogArchive.name(for: info, given: archiveName.name, in: repo))
         let chain = try archive.replayChain(from: startFile)
         // The archive must reach the target: a replay that runs out of binlogs
         // before it would quietly stop short.
         if let target, let last = chain.last, let finished = last.createdDate, finished < target {
-            throw DatabaseError.invalidArgument("the archived binlogs end with \(last.archive?.file ?? last.id), last written at \(last.createdAt), before the target time \(Timestamps.iso8601(target)); run dbbackup binlog archive (--include-current for the binlog being written) and try again")
+            throw DatabaseError.invalidArgument(
+                "the archived binlogs end with \(last.archive?.file ?? last.id), last written at \(last.createdAt), before the target time \(Timestamps.iso8601(target)); run dbbackup binlog archive (--include-current for the binlog being written) and try again"
+            )
         }
 
         // 1. The dump, into the target database.
@@ -202,9 +249,13 @@ struct RestorePITR: ParsableCommand {
         let plan = try MariaDBRestorePlan.prepare(address: address, target: targetDb, create: create, force: force)
         let restorer = Restorer(repository: repo)
         if let failure = try restore(dump.id, with: restorer, into: plan.arguments) {
-            throw DatabaseError.invalidArgument("\(plan.arguments[0]) \(failure) while loading the dump (its messages are above); database \(targetDb) may be partly restored")
+            throw DatabaseError.invalidArgument(
+                "\(plan.arguments[0]) \(failure) while loading the dump (its messages are above); database \(targetDb) may be partly restored"
+            )
         }
-        Terminal.out("dump \(dump.id) restored into \(targetDb); replaying \(chain.count) binlog(s) from \(startFile):\(startPosition) up to \(target.map(PostgresTime.utc) ?? "their end")")
+        Terminal.out(
+            "dump \(dump.id) restored into \(targetDb); replaying \(chain.count) binlog(s) from \(startFile):\(startPosition) up to \(target.map(PostgresTime.utc) ?? "their end")"
+        )
 
         // 2. The binlogs, from the dump's position, in one session.
         let scratch = try FileIO.makePrivateTemporaryDirectory(prefix: "dbbackup-binlogs")
@@ -215,11 +266,15 @@ struct RestorePITR: ParsableCommand {
             try restorer.restore(m.id, to: .file(path: path, overwrite: true))
             paths.append(path)
         }
-        let replay = try MariaDBReplayPlan.make(files: paths, startPosition: startPosition, stopTime: target,
-                                                sourceDatabase: source, targetDatabase: targetDb, client: plan.arguments)
+        let replay = try MariaDBReplayPlan.make(
+            files: paths, startPosition: startPosition, stopTime: target,
+            sourceDatabase: source, targetDatabase: targetDb, client: plan.arguments)
         if let failure = try replay.run() {
-            throw DatabaseError.invalidArgument("the binlog replay failed: \(failure) (messages above); database \(targetDb) holds the dump and part of the replay")
+            throw DatabaseError.invalidArgument(
+                "the binlog replay failed: \(failure) (messages above); database \(targetDb) holds the dump and part of the replay"
+            )
         }
-        Terminal.out("database \(targetDb) recovered to \(target.map(PostgresTime.utc) ?? "the end of the archived binlogs")")
+        Terminal.out(
+            "database \(targetDb) recovered to \(target.map(PostgresTime.utc) ?? "the end of the archived binlogs")")
     }
 }

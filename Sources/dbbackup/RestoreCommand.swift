@@ -36,7 +36,10 @@ struct DedupRestore: ParsableCommand {
     @Flag(help: "Replace the output file if it exists; with --target-db, restore over a database that is not empty.")
     var force = false
 
-    @Option(help: ArgumentHelp("Restore a backup-db dump straight into this database (pg_restore, psql or mariadb).", valueName: "database"))
+    @Option(
+        help: ArgumentHelp(
+            "Restore a backup-db dump straight into this database (pg_restore, psql or mariadb).", valueName: "database"
+        ))
     var targetDb: String?
 
     @Flag(help: "With --target-db: create the database first if it does not exist.")
@@ -45,7 +48,8 @@ struct DedupRestore: ParsableCommand {
     /// With --target-db: the server.
     @OptionGroup var server: ServerOptions
 
-    @Option(help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
     var lockWait: Int = 600
 
     @Option(help: ArgumentHelp("Threads for decompression and hashing (default: all cores).", valueName: "n"))
@@ -71,19 +75,26 @@ struct DedupRestore: ParsableCommand {
             if let jobs { restorer.jobs = jobs }
             let started = Date()
             restorer.progress = { written in
-                Terminal.progress("\(Format.bytes(Int64(written))) restored, \(Format.rate(Int64(written), Date().timeIntervalSince(started)))")
+                Terminal.progress(
+                    "\(Format.bytes(Int64(written))) restored, \(Format.rate(Int64(written), Date().timeIntervalSince(started)))"
+                )
             }
             func recorded(_ body: () throws -> Manifest) throws -> Manifest {
                 do {
                     let m = try body()
                     if !repo.isReadOnly {
-                        CatalogHook.record(repo, .init(kind: "restore", status: "success", name: m.name, database: m.database, engine: m.dump?.engine ?? m.dbType,
-                                                       backupType: m.kind, durationSeconds: Date().timeIntervalSince(started), size: m.size))
+                        CatalogHook.record(
+                            repo,
+                            .init(
+                                kind: "restore", status: "success", name: m.name, database: m.database,
+                                engine: m.dump?.engine ?? m.dbType,
+                                backupType: m.kind, durationSeconds: Date().timeIntervalSince(started), size: m.size))
                     }
                     return m
                 } catch {
                     if !repo.isReadOnly {
-                        CatalogHook.record(repo, .init(kind: "restore", status: "failure", name: id, message: errorMessage(error)))
+                        CatalogHook.record(
+                            repo, .init(kind: "restore", status: "failure", name: id, message: errorMessage(error)))
                     }
                     throw error
                 }
@@ -98,14 +109,19 @@ struct DedupRestore: ParsableCommand {
             let target: RestoreTarget = output == "-" ? .standardOutput : .file(path: output, overwrite: force)
             let m = try recorded { try restorer.restore(id, to: target) }
             Terminal.clearProgress()
-            if output == "-" { Terminal.err(summary(m, since: started)) } else { Terminal.out(summary(m, since: started) + " -> \(output)") }
+            if output == "-" {
+                Terminal.err(summary(m, since: started))
+            } else {
+                Terminal.out(summary(m, since: started) + " -> \(output)")
+            }
         }
     }
 
     private func summary(_ m: Manifest, since started: Date) -> String {
         let elapsed = Date().timeIntervalSince(started)
         let checked = m.sha256 == nil ? "every chunk verified" : "every chunk and the stream's sha256 verified"
-        return "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
+        return
+            "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
     }
 
     /// Pipes the verified stream into the loader the dump's driver names:
@@ -113,14 +129,17 @@ struct DedupRestore: ParsableCommand {
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
         guard let dump = manifest.dump, let engine = DatabaseEngine(name: dump.engine),
-              let plan = try engine.driver(address: server.address).restorePlan(for: dump, into: database, create: create, force: force)
+            let plan = try engine.driver(address: server.address).restorePlan(
+                for: dump, into: database, create: create, force: force)
         else {
-            throw DatabaseError.invalidArgument("backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")
+            throw DatabaseError.invalidArgument(
+                "backup \(manifest.id) was not made by `dedup backup-db`; restore it to a file and load it yourself")
         }
         let arguments = plan.arguments
         let tool = arguments[0]
         if let failure = try restore(manifest.id, with: restorer, into: arguments) {
-            throw DatabaseError.invalidArgument("\(tool) \(failure) (its messages are above); database \(database) may be partly restored")
+            throw DatabaseError.invalidArgument(
+                "\(tool) \(failure) (its messages are above); database \(database) may be partly restored")
         }
         return manifest
     }

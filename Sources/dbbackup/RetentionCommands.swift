@@ -5,7 +5,9 @@ import Foundation
 
 /// Options of commands that need the exclusive lock.
 struct ExclusiveLockOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Seconds to wait for running backups to finish (default: fail at once).", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds to wait for running backups to finish (default: fail at once).", valueName: "seconds"))
     var lockWait: Int = 0
 }
 
@@ -87,36 +89,52 @@ struct DedupPrune: ParsableCommand {
             if let database {
                 let known = Set(backups.map { Retention.group(of: $0) })
                 guard known.contains(database) else {
-                    throw DedupError.invalidArgument(noBackups(of: database, in: repo.path, known: known) + "; nothing was deleted")
+                    throw DedupError.invalidArgument(
+                        noBackups(of: database, in: repo.path, known: known) + "; nothing was deleted")
                 }
             }
-            let decisions = Retention.decide(database.map { db in backups.filter { Retention.group(of: $0) == db } } ?? backups, policy: policy)
+            let decisions = Retention.decide(
+                database.map { db in backups.filter { Retention.group(of: $0) == db } } ?? backups, policy: policy)
             let deleted = Set(decisions.filter { !$0.keep }.map(\.id))
             // Archived WAL and binlogs: what the backups that stay need.
-            let logDecisions = LogRetention.decide(logs: all.filter(\.isLogFile),
-                                                   keptBackups: backups.filter { !deleted.contains($0.id) })
-            let emptied = Dictionary(grouping: decisions, by: \.group).filter { $0.value.allSatisfy { !$0.keep } }.keys.sorted()
+            let logDecisions = LogRetention.decide(
+                logs: all.filter(\.isLogFile),
+                keptBackups: backups.filter { !deleted.contains($0.id) })
+            let emptied = Dictionary(grouping: decisions, by: \.group).filter { $0.value.allSatisfy { !$0.keep } }.keys
+                .sorted()
             if !emptied.isEmpty && !allowEmpty {
-                throw DedupError.invalidArgument("this policy (\(policy.isEmpty ? "keeps nothing" : policy.summary)) would delete every backup of \(emptied.joined(separator: ", ")); nothing was deleted (pass --allow-empty if that is what you want)")
+                throw DedupError.invalidArgument(
+                    "this policy (\(policy.isEmpty ? "keeps nothing" : policy.summary)) would delete every backup of \(emptied.joined(separator: ", ")); nothing was deleted (pass --allow-empty if that is what you want)"
+                )
             }
             if json {
                 struct Row: Encodable { var id, group, createdAt: String; var keep: Bool; var reasons: [String] }
-                try Terminal.json((decisions + logDecisions).map { Row(id: $0.id, group: $0.group, createdAt: $0.createdAt, keep: $0.keep, reasons: $0.reasons) })
+                try Terminal.json(
+                    (decisions + logDecisions).map {
+                        Row(id: $0.id, group: $0.group, createdAt: $0.createdAt, keep: $0.keep, reasons: $0.reasons)
+                    })
             } else {
                 printTable(header: ["ACTION", "ID", "GROUP", "CREATED", "REASONS"], rows: decisions.map {
                     [$0.keep ? "KEEP" : "DELETE", $0.id, $0.group, $0.createdAt, $0.reasons.joined(separator: ", ")]
                 })
                 // One line per WAL or binlog archive: they can be thousands of files.
-                for (group, members) in Dictionary(grouping: logDecisions, by: \.group).sorted(by: { $0.key < $1.key }) {
+                for (group, members) in Dictionary(grouping: logDecisions, by: \.group).sorted(by: { $0.key < $1.key })
+                {
                     let kept = members.filter(\.keep)
                     let why = Set(kept.flatMap(\.reasons)).sorted().joined(separator: "; ")
-                    Terminal.out("\(group): keep \(kept.count) files\(why.isEmpty ? "" : " (\(why))"), delete \(members.count - kept.count)")
+                    Terminal.out(
+                        "\(group): keep \(kept.count) files\(why.isEmpty ? "" : " (\(why))"), delete \(members.count - kept.count)"
+                    )
                 }
             }
             let doomed = decisions.filter { !$0.keep }
             let doomedLogs = logDecisions.filter { !$0.keep }
             if dryRun {
-                if !json { Terminal.out("dry run: \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files would be deleted; nothing was changed") }
+                if !json {
+                    Terminal.out(
+                        "dry run: \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files would be deleted; nothing was changed"
+                    )
+                }
                 return
             }
             for (i, d) in doomed.enumerated() {
@@ -127,7 +145,9 @@ struct DedupPrune: ParsableCommand {
             for d in doomedLogs { try repo.deleteManifest(d.id) }
             CatalogHook.sync(repo)
             if !json {
-                Terminal.out("deleted \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files; run `dbbackup dedup gc` to reclaim their space")
+                Terminal.out(
+                    "deleted \(doomed.count) of \(decisions.count) backups and \(doomedLogs.count) archived WAL/binlog files; run `dbbackup dedup gc` to reclaim their space"
+                )
             }
         }
     }
@@ -152,13 +172,17 @@ struct DedupGC: ParsableCommand {
 
     @Flag(help: "Report what would be reclaimed; change nothing.") var dryRun = false
 
-    @Option(help: ArgumentHelp("Rewrite a pack when its rewrite keeps less than this fraction (0-1) of its bytes.", valueName: "fraction"))
+    @Option(
+        help: ArgumentHelp(
+            "Rewrite a pack when its rewrite keeps less than this fraction (0-1) of its bytes.", valueName: "fraction"))
     var repackThreshold: Double = 0.5
 
     @Flag(help: "Print the report as JSON.") var json = false
 
     func validate() throws {
-        guard (0...1).contains(repackThreshold) else { throw ValidationError("--repack-threshold takes a fraction from 0 to 1") }
+        guard (0...1).contains(repackThreshold) else {
+            throw ValidationError("--repack-threshold takes a fraction from 0 to 1")
+        }
     }
 
     func run() throws {
@@ -173,18 +197,29 @@ struct DedupGC: ParsableCommand {
             if json { try Terminal.json(r); return }
             let verb = dryRun ? "would reclaim" : "reclaimed"
             Terminal.out("gc\(dryRun ? " (dry run)" : ""): \(r.manifests) backups reference \(r.liveChunks) chunks")
-            Terminal.out("  packs     \(r.packsBefore) before: \(r.packsDeleted) deleted, \(r.packsRepacked) repacked into \(r.packsWritten) new")
+            Terminal.out(
+                "  packs     \(r.packsBefore) before: \(r.packsDeleted) deleted, \(r.packsRepacked) repacked into \(r.packsWritten) new"
+            )
             Terminal.out("  chunks    \(r.chunksRemoved) removed")
-            Terminal.out("  space     \(verb) \(Format.bytes(r.bytesReclaimed)) of \(Format.bytes(r.bytesBefore)) in packs")
-            if r.orphanChunkListsRemoved > 0 { Terminal.out("  \(r.orphanChunkListsRemoved) chunk list(s) of unfinished backups removed") }
+            Terminal.out(
+                "  space     \(verb) \(Format.bytes(r.bytesReclaimed)) of \(Format.bytes(r.bytesBefore)) in packs")
+            if r.orphanChunkListsRemoved > 0 {
+                Terminal.out("  \(r.orphanChunkListsRemoved) chunk list(s) of unfinished backups removed")
+            }
             Terminal.out("  duration  \(Format.duration(r.durationSeconds))")
             for p in r.packsUnreadable { Terminal.err("dbbackup: warning: unreadable pack kept: \(p)") }
-            for c in r.corruptChunks { Terminal.err("dbbackup: warning: damaged chunk not copied, its pack kept: \(c)") }
+            for c in r.corruptChunks {
+                Terminal.err("dbbackup: warning: damaged chunk not copied, its pack kept: \(c)")
+            }
             if r.damagedPacksKept > 0 {
-                Terminal.err("dbbackup: warning: \(r.damagedPacksKept) pack(s) kept: each holds the only, damaged, copy of a chunk a backup needs; back that data up again, see `dbbackup dedup verify`")
+                Terminal.err(
+                    "dbbackup: warning: \(r.damagedPacksKept) pack(s) kept: each holds the only, damaged, copy of a chunk a backup needs; back that data up again, see `dbbackup dedup verify`"
+                )
             }
             if r.missingChunks > 0 {
-                Terminal.err("dbbackup: warning: \(r.missingChunks) referenced chunk(s) are missing; run `dbbackup dedup verify` to see the damaged backups")
+                Terminal.err(
+                    "dbbackup: warning: \(r.missingChunks) referenced chunk(s) are missing; run `dbbackup dedup verify` to see the damaged backups"
+                )
             }
         }
     }

@@ -17,7 +17,9 @@ enum Terminal {
     /// `dbbackup ... | head`): a closed stdout or stderr loses the text, nothing else.
     private static func write(_ fd: Int32, _ text: String) {
         let bytes = Array(text.utf8)
-        bytes.withUnsafeBytes { try? FileIO.writeAll(fd, $0, path: fd == STDOUT_FILENO ? "standard output" : "standard error") }
+        bytes.withUnsafeBytes {
+            try? FileIO.writeAll(fd, $0, path: fd == STDOUT_FILENO ? "standard output" : "standard error")
+        }
     }
 
     static func error(_ message: String) {
@@ -86,7 +88,9 @@ enum Format {
     static func duration(_ s: Double) -> String {
         if s < 60 { return String(format: "%.2f s", s) }
         let t = Int(s)
-        return t < 3600 ? String(format: "%dm%02ds", t / 60, t % 60) : String(format: "%dh%02dm%02ds", t / 3600, t / 60 % 60, t % 60)
+        return t < 3600
+            ? String(format: "%dm%02ds", t / 60, t % 60)
+            : String(format: "%dh%02dm%02ds", t / 3600, t / 60 % 60, t % 60)
     }
 }
 

@@ -12,7 +12,9 @@ struct WAL: ParsableCommand {
 
 /// The WAL archive's name (several clusters can share a repository).
 struct ArchiveNameOption: ParsableArguments {
-    @Option(help: ArgumentHelp("Name of this cluster's WAL archive in the repository (one per cluster).", valueName: "name"))
+    @Option(
+        help: ArgumentHelp("Name of this cluster's WAL archive in the repository (one per cluster).", valueName: "name")
+    )
     var name: String = WALArchive.defaultName
 }
 
@@ -43,12 +45,17 @@ struct WALArchiveCommand: ParsableCommand {
     var lockWait: Int = 600
 
     func run() throws {
-        try reportingErrors(noSpaceHint: "the disk holding the repository is full: the file was not archived, and PostgreSQL keeps it until it is") {
+        try reportingErrors(
+            noSpaceHint:
+                "the disk holding the repository is full: the file was not archived, and PostgreSQL keeps it until it is"
+        ) {
             let archive = try WALArchive(repository: try store.open(), name: archiveName.name)
             switch try archive.archive(path: path, file: file, lockWait: TimeInterval(lockWait)) {
             case .archived(let m):
                 if Terminal.stderrIsTerminal {
-                    Terminal.out("archived \(file) as \(m.id): \(Format.bytes(m.stats.storedBytes)) stored for \(Format.bytes(m.size))")
+                    Terminal.out(
+                        "archived \(file) as \(m.id): \(Format.bytes(m.stats.storedBytes)) stored for \(Format.bytes(m.size))"
+                    )
                 }
             case .alreadyArchived(let m):
                 Terminal.err("dbbackup: \(file) is archived already (\(m.id)), with the same content")
@@ -89,7 +96,9 @@ struct WALRestoreCommand: ParsableCommand {
             let archive = try WALArchive(repository: try store.open(), name: archiveName.name)
             found = try archive.restore(file: file, to: path)
         } catch {
-            Terminal.error(errorMessage(error) + " (exit status \(Self.fatalStatus): PostgreSQL stops recovery rather than end it here)")
+            Terminal.error(
+                errorMessage(error)
+                    + " (exit status \(Self.fatalStatus): PostgreSQL stops recovery rather than end it here)")
             throw ExitCode(Self.fatalStatus)
         }
         guard found else {
@@ -124,7 +133,9 @@ struct WALList: ParsableCommand {
             }
             guard !files.isEmpty else {
                 let names = try WALArchive.names(in: repo)
-                Terminal.out("no WAL archived under '\(archiveName.name)'" + (names.isEmpty ? "" : " (archives here: \(names.joined(separator: ", ")))"))
+                Terminal.out(
+                    "no WAL archived under '\(archiveName.name)'"
+                        + (names.isEmpty ? "" : " (archives here: \(names.joined(separator: ", ")))"))
                 return
             }
             printTable(header: ["FILE", "TIMELINE", "SIZE", "STORED", "ARCHIVED"], rows: files.map { m in

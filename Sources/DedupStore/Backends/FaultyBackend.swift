@@ -39,7 +39,10 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
     public var hasCrashed: Bool { lock.lock(); defer { lock.unlock() }; return crashed }
 
     private func checkAlive(_ operation: String, _ key: String) throws {
-        if hasCrashed { throw DedupError.storage(BackendError(operation, location + "/" + key, .other, detail: "the process crashed (test)")) }
+        if hasCrashed {
+            throw DedupError.storage(
+                BackendError(operation, location + "/" + key, .other, detail: "the process crashed (test)"))
+        }
     }
 
     /// The faults that apply to the object just created under `key`.
@@ -49,7 +52,8 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
         var counted = Set<String>()
         for fault in faults {
             switch fault {
-            case .failCommit(let prefix, let n, _), .truncate(let prefix, let n, _), .drop(let prefix, let n), .crash(let prefix, let n):
+            case .failCommit(let prefix, let n, _), .truncate(let prefix, let n, _), .drop(let prefix, let n),
+                .crash(let prefix, let n):
                 guard key.hasPrefix(prefix) else { continue }
                 if counted.insert(prefix).inserted { created[prefix, default: 0] += 1 }
                 if created[prefix] == n { matched.append(fault) }
@@ -70,7 +74,8 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
         let total = written
         lock.unlock()
         for case .failWrites(let limit, let failure) in faults where total > limit {
-            let detail = failure == .noSpace ? String(cString: strerror(ENOSPC)) : "injected \(failure.rawValue) failure"
+            let detail =
+                failure == .noSpace ? String(cString: strerror(ENOSPC)) : "injected \(failure.rawValue) failure"
             throw DedupError.storage(BackendError("write", location + "/" + key, failure, detail: detail))
         }
     }
@@ -79,12 +84,17 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
 
     public func create(_ key: String, ifAbsent: Bool) throws -> ObjectWriter {
         try checkAlive("create", key)
-        return FaultyObjectWriter(backend: self, inner: try inner.create(key, ifAbsent: ifAbsent), faults: objectFaults(key))
+        return FaultyObjectWriter(
+            backend: self, inner: try inner.create(key, ifAbsent: ifAbsent), faults: objectFaults(key))
     }
 
     public func get(_ key: String) throws -> [UInt8]? { try checkAlive("read", key); return try inner.get(key) }
-    public func openReader(_ key: String) throws -> ObjectReader { try checkAlive("open", key); return try inner.openReader(key) }
-    public func list(_ prefix: String) throws -> [ObjectInfo] { try checkAlive("list", prefix); return try inner.list(prefix) }
+    public func openReader(_ key: String) throws -> ObjectReader {
+        try checkAlive("open", key); return try inner.openReader(key)
+    }
+    public func list(_ prefix: String) throws -> [ObjectInfo] {
+        try checkAlive("list", prefix); return try inner.list(prefix)
+    }
     public func size(_ key: String) throws -> Int64? { try checkAlive("stat", key); return try inner.size(key) }
     public func delete(_ key: String) throws { try checkAlive("delete", key); try inner.delete(key) }
     public var isReadOnly: Bool { inner.isReadOnly }
@@ -128,13 +138,17 @@ final class FaultyObjectWriter: ObjectWriter {
             case .delayCommits(_, let seconds):
                 Thread.sleep(forTimeInterval: seconds)
             case .failCommit(_, _, let failure):
-                throw DedupError.storage(BackendError("create", backend.location + "/" + key, failure, detail: "injected \(failure.rawValue) failure"))
+                throw DedupError.storage(
+                    BackendError(
+                        "create", backend.location + "/" + key, failure, detail: "injected \(failure.rawValue) failure")
+                )
             case .drop:
                 inner.abort()
                 return
             case .crash:
                 backend.crash()
-                throw DedupError.storage(BackendError("create", backend.location + "/" + key, .other, detail: "the process crashed (test)"))
+                throw DedupError.storage(
+                    BackendError("create", backend.location + "/" + key, .other, detail: "the process crashed (test)"))
             case .truncate, .failWrites:
                 continue
             }

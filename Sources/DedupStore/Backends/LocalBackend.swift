@@ -129,14 +129,17 @@ public final class LocalBackend: Backend {
     /// interrupted `init` leaves: a repository may be created there.
     public var isEmptyOrSkeleton: Bool {
         if !FileIO.exists(root) { return true }
-        guard FileIO.isDirectory(root), let entries = try? FileManager.default.contentsOfDirectory(atPath: root) else { return false }
+        guard FileIO.isDirectory(root), let entries = try? FileManager.default.contentsOfDirectory(atPath: root) else {
+            return false
+        }
         return entries.allSatisfy { name in
             // tmp/ may hold the half-written config of an interrupted init, keys/
             // the key object of one (removed when init runs again).
             Self.folders.contains(name) && FileIO.isDirectory(root + "/" + name)
-                && (name == "tmp" || name == "keys" || ((try? FileManager.default.subpathsOfDirectory(atPath: root + "/" + name)) ?? ["?"]).allSatisfy {
-                    FileIO.isDirectory(root + "/" + name + "/" + $0)
-                })
+                && (name == "tmp" || name == "keys"
+                    || ((try? FileManager.default.subpathsOfDirectory(atPath: root + "/" + name)) ?? ["?"]).allSatisfy {
+                        FileIO.isDirectory(root + "/" + name + "/" + $0)
+                    })
         }
     }
 

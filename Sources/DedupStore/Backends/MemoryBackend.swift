@@ -132,7 +132,8 @@ final class MemoryObjectWriter: ObjectWriter {
     func commit() throws {
         guard !finished else { throw closed("commit") }
         guard backend.store(key, bytes, ifAbsent: ifAbsent) else {
-            throw DedupError.storage(BackendError("create", backend.location + "/" + key, .alreadyExists, detail: "File exists"))
+            throw DedupError.storage(
+                BackendError("create", backend.location + "/" + key, .alreadyExists, detail: "File exists"))
         }
         finished = true
         bytes = []
@@ -171,7 +172,8 @@ final class MemoryObjectReader: ObjectReader {
         try backend.withBytes(key) { bytes in
             guard Int(offset) + buffer.count <= bytes.count else { throw DedupError.shortRead(path: name) }
             bytes.withUnsafeBytes { src in
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[Int(offset)..<(Int(offset) + buffer.count)]))
+                buffer.copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: src[Int(offset)..<(Int(offset) + buffer.count)]))
             }
         }
     }

@@ -22,11 +22,15 @@ public struct ChunkerParameters: Codable, Equatable, Sendable {
 
     public func validate() throws {
         guard avgSize.nonzeroBitCount == 1 else {
-            throw DedupError.invalidArgument("chunk size must be a power of two between 4KiB and 16MiB (got \(avgSize) bytes)")
+            throw DedupError.invalidArgument(
+                "chunk size must be a power of two between 4KiB and 16MiB (got \(avgSize) bytes)")
         }
         guard avgSize >= 4096, avgSize <= 16 << 20, minSize >= 64, minSize < avgSize, maxSize > avgSize,
-              maxSize <= 64 << 20 else {
-            throw DedupError.invalidArgument("chunk sizes out of range: min \(minSize), avg \(avgSize), max \(maxSize); avg must be 4KiB...16MiB with min < avg < max <= 64MiB")
+            maxSize <= 64 << 20
+        else {
+            throw DedupError.invalidArgument(
+                "chunk sizes out of range: min \(minSize), avg \(avgSize), max \(maxSize); avg must be 4KiB...16MiB with min < avg < max <= 64MiB"
+            )
         }
     }
 }

@@ -26,58 +26,87 @@ public final class RepositoryCipher: @unchecked Sendable {
     static func keyEncryption(_ kek: [UInt8]) -> RepositoryCipher { RepositoryCipher(dataKey: kek) }
 
     /// Seals `plain` into `out` (at least plain.count + 28 bytes); returns the box's length.
-    public func seal(_ plain: UnsafeRawBufferPointer, aad: [UInt8], into out: UnsafeMutableRawBufferPointer) throws -> Int {
-        guard out.count >= plain.count + Self.overhead, let outBase = out.baseAddress else { throw DedupError.compression("seal: buffer too small") }
+    public func seal(
+        _ plain: UnsafeRawBufferPointer, aad: [UInt8], into out: UnsafeMutableRawBufferPointer
+    ) throws -> Int {
+        guard out.count >= plain.count + Self.overhead, let outBase = out.baseAddress else {
+            throw DedupError.compression("seal: buffer too small")
+        }
         let nonce = SecureRandom.bytes(12)
         outBase.copyMemory(from: nonce, byteCount: 12)
         guard let ctx = EVP_CIPHER_CTX_new() else { throw DedupError.compression("AES-GCM: no context") }
         defer { EVP_CIPHER_CTX_free(ctx) }
         var n: Int32 = 0, total = 0
-        let ok = dataKey.withUnsafeBufferPointer { key in nonce.withUnsafeBufferPointer { iv in
-            EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key.baseAddress, iv.baseAddress) == 1
-        } }
-        guard ok, aad.withUnsafeBufferPointer({ EVP_EncryptUpdate(ctx, nil, &n, $0.baseAddress, Int32($0.count)) }) == 1 else {
+        let ok = dataKey.withUnsafeBufferPointer { key in
+            nonce.withUnsafeBufferPointer { iv in
+                EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key.baseAddress, iv.baseAddress) == 1
+            }
+        }
+        guard ok, aad.withUnsafeBufferPointer({ EVP_EncryptUpdate(ctx, nil, &n, $0.baseAddress, Int32($0.count)) }) == 1
+        else {
             throw DedupError.compression("AES-GCM: init failed")
         }
         let body = (outBase + 12).assumingMemoryBound(to: UInt8.self)
         if plain.count > 0 {
-            guard EVP_EncryptUpdate(ctx, body, &n, plain.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(plain.count)) == 1 else {
+            guard
+                EVP_EncryptUpdate(
+                    ctx, body, &n, plain.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(plain.count)) == 1
+            else {
                 throw DedupError.compression("AES-GCM: encryption failed")
             }
             total = Int(n)
         }
-        guard EVP_EncryptFinal_ex(ctx, body + total, &n) == 1 else { throw DedupError.compression("AES-GCM: final failed") }
+        guard EVP_EncryptFinal_ex(ctx, body + total, &n) == 1 else {
+            throw DedupError.compression("AES-GCM: final failed")
+        }
         total += Int(n)
-        guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, body + total) == 1 else { throw DedupError.compression("AES-GCM: no tag") }
+        guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, body + total) == 1 else {
+            throw DedupError.compression("AES-GCM: no tag")
+        }
         return 12 + total + 16
     }
 
     /// Opens a box into `out` (at least box.count - 28 bytes); returns the
     /// plaintext's length, or throws `DedupError.authenticationFailed` when the box
     /// was damaged, moved or sealed with another key.
-    public func open(_ box: UnsafeRawBufferPointer, aad: [UInt8], into out: UnsafeMutableRawBufferPointer) throws -> Int {
-        guard box.count >= Self.overhead, let boxBase = box.baseAddress else { throw DedupError.authenticationFailed("too short to be sealed") }
+    public func open(_ box: UnsafeRawBufferPointer, aad: [UInt8], into out: UnsafeMutableRawBufferPointer) throws -> Int
+    {
+        guard box.count >= Self.overhead, let boxBase = box.baseAddress else {
+            throw DedupError.authenticationFailed("too short to be sealed")
+        }
         let length = box.count - Self.overhead
         guard out.count >= length else { throw DedupError.compression("open: buffer too small") }
         guard let ctx = EVP_CIPHER_CTX_new() else { throw DedupError.compression("AES-GCM: no context") }
         defer { EVP_CIPHER_CTX_free(ctx) }
         let iv = boxBase.assumingMemoryBound(to: UInt8.self)
         var n: Int32 = 0, total = 0
-        let ok = dataKey.withUnsafeBufferPointer { EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nil, $0.baseAddress, iv) == 1 }
-        guard ok, aad.withUnsafeBufferPointer({ EVP_DecryptUpdate(ctx, nil, &n, $0.baseAddress, Int32($0.count)) }) == 1 else {
+        let ok = dataKey.withUnsafeBufferPointer {
+            EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nil, $0.baseAddress, iv) == 1
+        }
+        guard ok, aad.withUnsafeBufferPointer({ EVP_DecryptUpdate(ctx, nil, &n, $0.baseAddress, Int32($0.count)) }) == 1
+        else {
             throw DedupError.compression("AES-GCM: init failed")
         }
         let outPtr = out.baseAddress?.assumingMemoryBound(to: UInt8.self)
         if length > 0 {
-            guard EVP_DecryptUpdate(ctx, outPtr, &n, iv + 12, Int32(length)) == 1 else { throw DedupError.authenticationFailed("decryption failed") }
+            guard EVP_DecryptUpdate(ctx, outPtr, &n, iv + 12, Int32(length)) == 1 else {
+                throw DedupError.authenticationFailed("decryption failed")
+            }
             total = Int(n)
         }
         let tag = UnsafeMutableRawPointer(mutating: boxBase + 12 + length)
-        guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1 else { throw DedupError.compression("AES-GCM: tag not accepted") }
+        guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1 else {
+            throw DedupError.compression("AES-GCM: tag not accepted")
+        }
         var last: Int32 = 0
         var scratch = [UInt8](repeating: 0, count: 16)
-        let final = scratch.withUnsafeMutableBufferPointer { EVP_DecryptFinal_ex(ctx, outPtr.map { $0 + total } ?? $0.baseAddress, &last) }
-        guard final > 0 else { throw DedupError.authenticationFailed("its authentication tag does not match (damaged, moved, or another key)") }
+        let final = scratch.withUnsafeMutableBufferPointer {
+            EVP_DecryptFinal_ex(ctx, outPtr.map { $0 + total } ?? $0.baseAddress, &last)
+        }
+        guard final > 0 else {
+            throw DedupError.authenticationFailed(
+                "its authentication tag does not match (damaged, moved, or another key)")
+        }
         return total + Int(last)
     }
 
@@ -113,7 +142,9 @@ func hmacSHA256(key: [UInt8], _ data: UnsafeRawBufferPointer) -> ChunkID {
     var length: UInt32 = 0
     let ok = key.withUnsafeBufferPointer { k in
         out.withUnsafeMutableBufferPointer { o in
-            HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count, o.baseAddress, &length) != nil
+            HMAC(
+                EVP_sha256(), k.baseAddress, Int32(k.count), data.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                data.count, o.baseAddress, &length) != nil
         }
     }
     // HMAC fails only when libcrypto cannot allocate: ids of zeros would merge every chunk.
@@ -142,13 +173,19 @@ public struct WrappedKey: Codable, Sendable {
     static func derive(_ secret: [UInt8], salt: [UInt8], n: UInt64, r: UInt64, p: UInt64) throws -> [UInt8] {
         // Within the 256 MiB scrypt may use here (128 * N * r bytes).
         guard n >= 1 << 10, n <= 1 << 20, r >= 1, r <= 16, p >= 1, p <= 16, 128 * n * r <= 256 << 20 else {
-            throw DedupError.unsupportedRepository(path: "keys", detail: "key object with implausible scrypt parameters")
+            throw DedupError.unsupportedRepository(
+                path: "keys", detail: "key object with implausible scrypt parameters")
         }
         var out = [UInt8](repeating: 0, count: 32)
-        let ok = secret.withUnsafeBufferPointer { s in salt.withUnsafeBufferPointer { sa in out.withUnsafeMutableBufferPointer { o in
-            EVP_PBE_scrypt(s.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) }, s.count,
-                           sa.baseAddress, sa.count, n, r, p, 256 << 20, o.baseAddress, 32)
-        } } }
+        let ok = secret.withUnsafeBufferPointer { s in
+            salt.withUnsafeBufferPointer { sa in
+                out.withUnsafeMutableBufferPointer { o in
+                    EVP_PBE_scrypt(
+                        s.baseAddress.map { UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self) }, s.count,
+                        sa.baseAddress, sa.count, n, r, p, 256 << 20, o.baseAddress, 32)
+                }
+            }
+        }
         guard ok == 1 else { throw DedupError.compression("scrypt failed") }
         return out
     }
@@ -160,15 +197,18 @@ public struct WrappedKey: Codable, Sendable {
         let salt = SecureRandom.bytes(32)
         let kek = try derive(secret, salt: salt, n: scryptN, r: scryptR, p: scryptP)
         let box = try RepositoryCipher.keyEncryption(kek).seal(master, aad: aad(repositoryID: repositoryID))
-        return WrappedKey(kdf: "scrypt", n: scryptN, r: scryptR, p: scryptP, salt: Hex.encode(salt), wrapped: Hex.encode(box),
-                          createdAt: Timestamps.iso8601(Date()))
+        return WrappedKey(
+            kdf: "scrypt", n: scryptN, r: scryptR, p: scryptP, salt: Hex.encode(salt), wrapped: Hex.encode(box),
+            createdAt: Timestamps.iso8601(Date()))
     }
 
     /// Writes this key object under a new random name.
     func store(in backend: Backend) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try backend.put(Self.folder + Hex.encode(SecureRandom.bytes(8)) + ".json", Array(try enc.encode(self)) + [0x0A], ifAbsent: true)
+        try backend.put(
+            Self.folder + Hex.encode(SecureRandom.bytes(8)) + ".json", Array(try enc.encode(self)) + [0x0A],
+            ifAbsent: true)
     }
 
     /// The master key, or nil when `secret` is not this key object's.

@@ -47,15 +47,19 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
     public var message: String {
         switch self {
         case .cacheUnavailable(let path, let reason):
-            return "cannot use the cache folder \(path) (\(reason)); point --cache-dir or DBBACKUP_CACHE_DIR at a writable local folder"
+            return
+                "cannot use the cache folder \(path) (\(reason)); point --cache-dir or DBBACKUP_CACHE_DIR at a writable local folder"
         case .notARepository(let path):
-            return "\(path) is not a dbbackup repository (no config file); create one with `dbbackup dedup init --dedup-dir \(path)` or point --dedup-dir at an existing repository"
+            return
+                "\(path) is not a dbbackup repository (no config file); create one with `dbbackup dedup init --dedup-dir \(path)` or point --dedup-dir at an existing repository"
         case .repositoryExists(let path):
             return "a repository already exists at \(path)"
         case .directoryNotEmpty(let path):
-            return "\(path) exists, is not empty and is not a dbbackup repository; choose an empty or new folder for --dedup-dir"
+            return
+                "\(path) exists, is not empty and is not a dbbackup repository; choose an empty or new folder for --dedup-dir"
         case .unsupportedFormat(let path, let found, let supported):
-            return "repository \(path) has format version \(found), but this dbbackup reads versions up to \(supported); upgrade dbbackup"
+            return
+                "repository \(path) has format version \(found), but this dbbackup reads versions up to \(supported); upgrade dbbackup"
         case .foreignRepository(let path, let detail):
             return "\(path) does not hold a dbbackup repository config (\(detail)); check --dedup-dir"
         case .inputNotFound(let path):
@@ -71,9 +75,12 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
         case .manifestCorrupt(let id, let detail):
             return "backup \(id) is damaged: \(detail)"
         case .manifestTooNew(let id, let version, let supported):
-            return "backup \(id) has manifest format version \(version), but this dbbackup reads versions up to \(supported); upgrade dbbackup to read it"
+            return
+                "backup \(id) has manifest format version \(version), but this dbbackup reads versions up to \(supported); upgrade dbbackup to read it"
         case .memberNotFound(let manifest, let member, let members):
-            let names = members.prefix(10).map { $0.isEmpty ? "(the stream)" : $0 }.joined(separator: ", ") + (members.count > 10 ? ", ..." : "")
+            let names =
+                members.prefix(10).map { $0.isEmpty ? "(the stream)" : $0 }.joined(separator: ", ")
+                + (members.count > 10 ? ", ..." : "")
             if let member {
                 return "backup \(manifest) holds no stream named '\(member)' (it holds: \(names))"
             }
@@ -85,13 +92,15 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
         case .keyFileNotFound(let path):
             return "key file \(path) not found; --key-file takes the file that holds the repository's key"
         case .chunkMissing(let chunk, let manifest):
-            return "backup \(manifest) needs chunk \(chunk), which is in no pack of this repository; run `dbbackup dedup verify` to see every damaged backup"
+            return
+                "backup \(manifest) needs chunk \(chunk), which is in no pack of this repository; run `dbbackup dedup verify` to see every damaged backup"
         case .chunkCorrupt(let chunk, let pack, let manifest, let detail):
             return "chunk \(chunk) in pack \(pack) is corrupt (\(detail)); backup \(manifest) cannot be restored intact"
         case .packCorrupt(let pack, let detail):
             return "pack \(pack) is corrupt: \(detail)"
         case .streamChecksumMismatch(let manifest, let expected, let actual):
-            return "restored data of backup \(manifest) came out as \(actual), but the backup recorded \(expected); the output was not kept"
+            return
+                "restored data of backup \(manifest) came out as \(actual), but the backup recorded \(expected); the output was not kept"
         case .io(let operation, let path, let code):
             return "\(operation) \(path) failed: \(String(cString: strerror(code)))"
         case .storage(let e):
@@ -111,9 +120,11 @@ public enum DedupError: Error, Equatable, CustomStringConvertible, LocalizedErro
         case .inputCommandFailed(let command, let status):
             return "input command '\(command)' \(status); no backup was committed"
         case .keyRequired(let path):
-            return "repository \(path) is encrypted: give its key with --key-file <file> (or the passphrase in DBBACKUP_DEDUP_KEY)"
+            return
+                "repository \(path) is encrypted: give its key with --key-file <file> (or the passphrase in DBBACKUP_DEDUP_KEY)"
         case .wrongKey(let path):
-            return "the key given does not open repository \(path) (wrong key file or passphrase); nothing was read or written"
+            return
+                "the key given does not open repository \(path) (wrong key file or passphrase); nothing was read or written"
         case .authenticationFailed(let detail):
             return "decryption failed: \(detail)"
         case .backupExists(let id):

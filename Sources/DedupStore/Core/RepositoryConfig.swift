@@ -98,20 +98,23 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
                 throw DedupError.foreignRepository(path: path, detail: "unknown chunker or hash")
             }
             guard config.compressionAlgorithm != nil else {
-                throw DedupError.unsupportedRepository(path: path, detail: "compression '\(config.compression.algorithm)'")
+                throw DedupError.unsupportedRepository(
+                    path: path, detail: "compression '\(config.compression.algorithm)'")
             }
             // Plain: SHA-256 ids. Encrypted: AES-256-GCM and keyed ids, always together.
             switch (config.encryptionAlgorithm, config.hashAlgorithm) {
             case (.none?, .sha256?), (.aes256GCM?, .hmacSHA256?): break
             default:
-                throw DedupError.unsupportedRepository(path: path, detail: "encryption '\(config.encryption)' with chunk hash '\(config.chunkHash)'")
+                throw DedupError.unsupportedRepository(
+                    path: path, detail: "encryption '\(config.encryption)' with chunk hash '\(config.chunkHash)'")
             }
             try config.chunker.parameters.validate()
             return config
         } catch let e as DedupError {
             throw e
         } catch {
-            throw DedupError.foreignRepository(path: path, detail: "its config file lacks a field or has a wrong value (\(Self.describe(error)))")
+            throw DedupError.foreignRepository(
+                path: path, detail: "its config file lacks a field or has a wrong value (\(Self.describe(error)))")
         }
     }
 }

@@ -89,7 +89,9 @@ public final class GarbageCollector {
                     try list.forEach { chunk, _ in try marks.insert(chunk) }
                 }
             } catch let e as DedupError {
-                throw DedupError.invalidArgument("gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again")
+                throw DedupError.invalidArgument(
+                    "gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again"
+                )
             }
         }
         try marks.flush()
@@ -100,7 +102,8 @@ public final class GarbageCollector {
 
     /// Chunk lists that no manifest names (a backup that died before committing).
     private func removeOrphanChunkLists(keeping live: Set<String>, _ report: inout GCReport) throws {
-        for obj in try repository.backend.list("manifests/") where obj.key.hasSuffix(".chunks") && !live.contains(obj.key) {
+        for obj in try repository.backend.list("manifests/")
+        where obj.key.hasSuffix(".chunks") && !live.contains(obj.key) {
             report.orphanChunkListsRemoved += 1
             if !dryRun { try repository.backend.delete(obj.key) }
         }
@@ -165,7 +168,9 @@ private final class Sweep {
     /// are compressed again: zstd gives the same bytes).
     static let keptPayloadLimit = 64 << 20
 
-    init(repository: Repository, index: ChunkIndex, marks: ChunkSet, dryRun: Bool, threshold: Double, report: GCReport) throws {
+    init(
+        repository: Repository, index: ChunkIndex, marks: ChunkSet, dryRun: Bool, threshold: Double, report: GCReport
+    ) throws {
         self.repository = repository
         self.index = index
         self.marks = marks
@@ -271,7 +276,9 @@ private final class Sweep {
                     holdsDamagedCopy = true
                     continue
                 }
-                guard (try? chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc)")) != nil
+                guard
+                    (try? chunkReader.fetch(
+                        e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc)")) != nil
                 else { continue }
                 live.append(e)
                 repointed.append(e)
@@ -284,7 +291,8 @@ private final class Sweep {
     /// The rewrite of a pack with dead entries, or nil when it would keep at
     /// least the threshold's share of the chunks' bytes (or any damaged chunk
     /// stands in the way: the pack is kept for verify to name).
-    private func plan(_ pack: PackID, entries: [PackEntry], live: [PackEntry], chunkBytes: Int64) throws -> RepackPlan? {
+    private func plan(_ pack: PackID, entries: [PackEntry], live: [PackEntry], chunkBytes: Int64) throws -> RepackPlan?
+    {
         // Each group's members, live or not, by frame offset.
         var groupMembers = [UInt64: Int]()
         for e in entries where e.location.isGroupMember { groupMembers[e.location.offset, default: 0] += 1 }
@@ -294,12 +302,16 @@ private final class Sweep {
         while k < live.count {
             var end = k + 1
             if live[k].location.isGroupMember {
-                while end < live.count && live[end].location.isGroupMember && live[end].location.frame == live[k].location.frame { end += 1 }
+                while end < live.count && live[end].location.isGroupMember
+                    && live[end].location.frame == live[k].location.frame
+                { end += 1 }
             }
             runs.append(live[k..<end])
             k = end
         }
-        func stored(_ e: PackEntry) -> Int { Int(e.location.storedLength) - (encrypted ? RepositoryCipher.overhead : 0) }
+        func stored(_ e: PackEntry) -> Int {
+            Int(e.location.storedLength) - (encrypted ? RepositoryCipher.overhead : 0)
+        }
         // The least the rewrite can keep (a regrouped run at no bytes at all): a
         // pack that keeps too much even so is not read.
         let floor = runs.reduce(Int64(0)) { sum, run in
@@ -325,8 +337,9 @@ private final class Sweep {
                 if regrouped.size < asFrame {
                     let keep = keptPayloads + regrouped.payload.count <= Self.keptPayloadLimit
                     if keep { keptPayloads += regrouped.payload.count }
-                    piece = .regroup(members: Array(run), encoding: regrouped.encoding, storedLength: regrouped.payload.count,
-                                     payload: keep ? regrouped.payload : nil)
+                    piece = .regroup(
+                        members: Array(run), encoding: regrouped.encoding, storedLength: regrouped.payload.count,
+                        payload: keep ? regrouped.payload : nil)
                 } else {
                     piece = .frame(members: Array(run))
                 }
@@ -342,26 +355,32 @@ private final class Sweep {
     /// The live members of a partly dead group compressed together (one zstd
     /// chunk for one member; raw members when compression does not help), and
     /// the bytes they take in a data area; nil when a member is damaged.
-    private func regroup(_ run: ArraySlice<PackEntry>) throws -> (encoding: ChunkEncoding, payload: [UInt8], size: Int64)? {
+    private func regroup(
+        _ run: ArraySlice<PackEntry>
+    ) throws -> (encoding: ChunkEncoding, payload: [UInt8], size: Int64)? {
         var plain = [UInt8]()
         for m in run {
             guard let bytes = readBack(m) else { return nil }
             plain.append(contentsOf: bytes)
         }
         var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(plain.count))
-        let n = try plain.withUnsafeBytes { p in try out.withUnsafeMutableBytes { try compressor.compress(p, into: $0) } }
+        let n = try plain.withUnsafeBytes { p in try out.withUnsafeMutableBytes { try compressor.compress(p, into: $0) }
+        }
         if n < plain.count {
             out.removeSubrange(n...)
             return (run.count == 1 ? .zstd : .zstdGroup, out, PackFormat.entrySize(payload: n, encrypted: encrypted))
         }
-        let raw = run.reduce(Int64(0)) { $0 + PackFormat.entrySize(payload: Int($1.location.rawLength), encrypted: encrypted) }
+        let raw = run.reduce(Int64(0)) {
+            $0 + PackFormat.entrySize(payload: Int($1.location.rawLength), encrypted: encrypted)
+        }
         return (.raw, plain, raw)
     }
 
     /// Reads a live chunk back (verified); a damaged one is reported.
     private func readBack(_ e: PackEntry) -> UnsafeRawBufferPointer? {
         do {
-            return try chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+            return try chunkReader.fetch(
+                e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
         } catch {
             report.corruptChunks.append((error as? DedupError)?.message ?? "\(error)")
             return nil
@@ -369,13 +388,18 @@ private final class Sweep {
     }
 
     private func pieceSize(_ piece: RepackPlan.Piece) -> Int64 {
-        func stored(_ e: PackEntry) -> Int { Int(e.location.storedLength) - (encrypted ? RepositoryCipher.overhead : 0) }
+        func stored(_ e: PackEntry) -> Int {
+            Int(e.location.storedLength) - (encrypted ? RepositoryCipher.overhead : 0)
+        }
         switch piece {
         case .copy(let e): return PackFormat.entrySize(payload: stored(e), encrypted: encrypted)
-        case .frame(let members): return members.first.map { PackFormat.entrySize(payload: stored($0), encrypted: encrypted) } ?? 0
+        case .frame(let members):
+            return members.first.map { PackFormat.entrySize(payload: stored($0), encrypted: encrypted) } ?? 0
         case .regroup(let members, let encoding, let storedLength, _):
             guard encoding == .raw else { return PackFormat.entrySize(payload: storedLength, encrypted: encrypted) }
-            return members.reduce(0) { $0 + PackFormat.entrySize(payload: Int($1.location.rawLength), encrypted: encrypted) }
+            return members.reduce(0) {
+                $0 + PackFormat.entrySize(payload: Int($1.location.rawLength), encrypted: encrypted)
+            }
         }
     }
 
@@ -393,7 +417,9 @@ private final class Sweep {
     /// Returns false when a chunk read back damaged (it is reported).
     private func write(_ plan: RepackPlan) throws -> Bool {
         for piece in plan.pieces {
-            if let w = writing, w.size >= packSize, report.packsWritten + 1 < report.packsRepacked { try commitWriter() }
+            if let w = writing, w.size >= packSize, report.packsWritten + 1 < report.packsRepacked {
+                try commitWriter()
+            }
             if writing == nil {
                 writing = (Int64(PackFormat.headerSize), 0)
                 if !dryRun { writer = try PackWriter(backend: backend, cipher: repository.cipher) }
@@ -416,46 +442,57 @@ private final class Sweep {
     /// Writes one piece: every chunk read back and checked first.
     private func append(_ piece: RepackPlan.Piece, to writer: PackWriter) throws {
         func fetch(_ e: PackEntry) throws -> UnsafeRawBufferPointer {
-            try chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
+            try chunkReader.fetch(
+                e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "(gc repack)")
         }
         switch piece {
         case .copy(let e):
             // Copied as stored: no decompression, no recompression.
             _ = try fetch(e)
-            try writer.add(id: e.id, rawLength: Int(e.location.rawLength),
-                           encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: chunkReader.storedPayload)
+            try writer.add(
+                id: e.id, rawLength: Int(e.location.rawLength),
+                encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: chunkReader.storedPayload)
         case .frame(let members):
             for m in members { _ = try fetch(m) }
             let frame = chunkReader.storedPayload
             guard let total = ZstdDecompressor.contentSize(frame), let first = members.first else {
-                throw DedupError.packCorrupt(pack: members.first?.location.pack.hex ?? "?", detail: "a group frame without its size")
+                throw DedupError.packCorrupt(
+                    pack: members.first?.location.pack.hex ?? "?", detail: "a group frame without its size")
             }
             let head = members.first { $0.location.groupOffset == 0 } ?? first
-            try writer.addFrame(headerID: head.id, totalLength: total,
-                                members: members.map { ($0.id, Int($0.location.rawLength), Int($0.location.groupOffset)) }, payload: frame)
+            try writer.addFrame(
+                headerID: head.id, totalLength: total,
+                members: members.map { ($0.id, Int($0.location.rawLength), Int($0.location.groupOffset)) },
+                payload: frame)
         case .regroup(let members, let encoding, let storedLength, let kept):
             var payload = kept ?? []
             if kept == nil {
                 guard let again = try regroup(members[...]) else {
-                    throw DedupError.chunkCorrupt(chunk: members.first?.id.hex ?? "?", pack: members.first?.location.pack.hex ?? "?",
-                                                  manifest: "(gc repack)", detail: "it read back differently while being rewritten")
+                    throw DedupError.chunkCorrupt(
+                        chunk: members.first?.id.hex ?? "?", pack: members.first?.location.pack.hex ?? "?",
+                        manifest: "(gc repack)", detail: "it read back differently while being rewritten")
                 }
                 payload = again.payload
             }
             guard payload.count == storedLength || encoding == .raw else {
-                throw DedupError.compression("a regrouped group compressed to \(payload.count) bytes, planned \(storedLength)")
+                throw DedupError.compression(
+                    "a regrouped group compressed to \(payload.count) bytes, planned \(storedLength)")
             }
             try payload.withUnsafeBytes { bytes in
                 switch encoding {
                 case .zstdGroup:
                     try writer.addGroup(members: members.map { ($0.id, Int($0.location.rawLength)) }, payload: bytes)
                 case .zstd:
-                    try writer.add(id: members[0].id, rawLength: Int(members[0].location.rawLength), encoding: .zstd, payload: bytes)
+                    try writer.add(
+                        id: members[0].id, rawLength: Int(members[0].location.rawLength), encoding: .zstd,
+                        payload: bytes)
                 case .raw:
                     var at = 0
                     for m in members {
                         let n = Int(m.location.rawLength)
-                        try writer.add(id: m.id, rawLength: n, encoding: .raw, payload: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
+                        try writer.add(
+                            id: m.id, rawLength: n, encoding: .raw,
+                            payload: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
                         at += n
                     }
                 }
@@ -474,7 +511,8 @@ private final class Sweep {
         writer = nil
         let entries = try pack.finish()
         guard Int64(pack.size) == size else {
-            throw DedupError.packCorrupt(pack: pack.id.hex, detail: "gc wrote \(pack.size) bytes where it planned \(size)")
+            throw DedupError.packCorrupt(
+                pack: pack.id.hex, detail: "gc wrote \(pack.size) bytes where it planned \(size)")
         }
         FaultInjection.crashPoint("gc.after-repack-commit")
         try index.insert(pack: pack.id, size: size, entries: entries)

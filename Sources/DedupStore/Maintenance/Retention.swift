@@ -17,8 +17,11 @@ public struct RetentionPolicy: Equatable, Sendable {
     public var isEmpty: Bool { keepLast + keepDaily + keepWeekly + keepMonthly + keepYearly == 0 }
 
     public var summary: String {
-        [("last", keepLast), ("daily", keepDaily), ("weekly", keepWeekly), ("monthly", keepMonthly), ("yearly", keepYearly)]
-            .filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+        [
+            ("last", keepLast), ("daily", keepDaily), ("weekly", keepWeekly), ("monthly", keepMonthly),
+            ("yearly", keepYearly),
+        ]
+        .filter { $0.1 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
     }
 }
 

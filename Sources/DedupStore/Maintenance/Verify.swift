@@ -60,7 +60,9 @@ public final class Verifier {
 
     /// `samplePercent` (0...100) reads that share of the packs in full; `deep`
     /// reads all of them.
-    public func verify(manifestIDs requested: [String]? = nil, deep: Bool, samplePercent: Double? = nil) throws -> VerifyReport {
+    public func verify(
+        manifestIDs requested: [String]? = nil, deep: Bool, samplePercent: Double? = nil
+    ) throws -> VerifyReport {
         try repository.requireKey()
         var report = VerifyReport()
         let index = try repository.index()
@@ -102,7 +104,8 @@ public final class Verifier {
             var lastFrame: FrameKey?
             for e in entries {
                 do {
-                    _ = try chunkReader.fetch(e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
+                    _ = try chunkReader.fetch(
+                        e.id, at: e.location, expectedLength: Int(e.location.rawLength), manifest: "?")
                     // A copy recorded as damaged that reads back intact (the pack was
                     // put back from a copy): indexed again where the index has none.
                     if knownDamaged.contains(e), try index.lookup(e.id) == nil { intactAgain.append(e) }
@@ -115,7 +118,8 @@ public final class Verifier {
                     let message = "chunk \(e.id.hex) in pack \(pack.hex) is corrupt (\(detail))"
                     corrupt[PackChunk(pack: pack, chunk: e.id)] = message
                     report.problems.append(.init(manifest: nil, pack: pack.hex, chunk: e.id.hex, message: message))
-                    found[pack, default: []].append(.init(id: e.id.hex, offset: e.location.offset, detail: detail, foundAt: now))
+                    found[pack, default: []].append(
+                        .init(id: e.id.hex, offset: e.location.offset, detail: detail, foundAt: now))
                 }
             }
             readInFull.insert(pack)
@@ -133,8 +137,9 @@ public final class Verifier {
             }
             guard let loc = try index.lookup(chunk) else {
                 if let (pack, copy) = knownDamaged.anyCopy(of: chunk) {
-                    return found("backup \(id) needs chunk \(chunk.hex), whose only copy, in pack \(pack.hex), is corrupt "
-                                 + "(\(DamagedChunks.describe(copy))); back up the same data again to heal it", pack: pack)
+                    return found(
+                        "backup \(id) needs chunk \(chunk.hex), whose only copy, in pack \(pack.hex), is corrupt "
+                            + "(\(DamagedChunks.describe(copy))); back up the same data again to heal it", pack: pack)
                 }
                 return found("backup \(id) needs chunk \(chunk.hex), which is in no pack")
             }
@@ -143,10 +148,15 @@ public final class Verifier {
                 return found("backup \(id) needs chunk \(chunk.hex) from a damaged pack: \(why)", pack: loc.pack)
             }
             guard let size = packs[loc.pack] else {
-                return found("backup \(id) needs chunk \(chunk.hex) from pack \(loc.pack.hex), which is missing", pack: loc.pack)
+                return found(
+                    "backup \(id) needs chunk \(chunk.hex) from pack \(loc.pack.hex), which is missing", pack: loc.pack)
             }
-            if Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + Int64(loc.storedLength) > size || Int(loc.rawLength) != length {
-                return found("backup \(id): chunk \(chunk.hex) lies outside pack \(loc.pack.hex) or has the wrong length", pack: loc.pack)
+            if Int64(loc.offset) + Int64(PackFormat.entryHeaderSize) + Int64(loc.storedLength) > size
+                || Int(loc.rawLength) != length
+            {
+                return found(
+                    "backup \(id): chunk \(chunk.hex) lies outside pack \(loc.pack.hex) or has the wrong length",
+                    pack: loc.pack)
             }
             if let why = corrupt[PackChunk(pack: loc.pack, chunk: chunk)] {
                 return found("backup \(id) needs \(why)", pack: loc.pack)
@@ -173,7 +183,9 @@ public final class Verifier {
                     try list.forEach { chunk, length in
                         report.chunksChecked += 1
                         // At most 20 problems a backup: one damaged pack can break thousands of references.
-                        guard reported < 20, let p = try problem(with: chunk, length: length, in: id, coveredInFull: &coveredInFull) else { return }
+                        guard reported < 20,
+                            let p = try problem(with: chunk, length: length, in: id, coveredInFull: &coveredInFull)
+                        else { return }
                         record(p)
                         reported += 1
                     }
@@ -183,8 +195,10 @@ public final class Verifier {
             }
             if firstProblem != nil { report.damagedManifests.append(id) }
             if self.record, !readOnly, (try? repository.backend.size(Manifest.key(for: id))) != nil {
-                try repository.saveVerification(VerificationRecord(
-                    id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil, problem: firstProblem))
+                try repository.saveVerification(
+                    VerificationRecord(
+                        id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil,
+                        problem: firstProblem))
             }
         }
         // A corrupt chunk leaves the index, so that the next backup of the same data

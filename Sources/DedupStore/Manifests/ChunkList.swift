@@ -125,8 +125,11 @@ public final class ChunkListReader {
         if repository.config.isEncrypted {
             try repository.requireKey()
             guard let tag = manifest.auth, tag == repository.manifestTag(manifest) else {
-                throw DedupError.manifestCorrupt(id: manifest.id, detail: manifest.auth == nil
-                    ? "it carries no authentication tag, in an encrypted repository" : "its authentication tag does not match (the manifest was changed)")
+                throw DedupError.manifestCorrupt(
+                    id: manifest.id,
+                    detail: manifest.auth == nil
+                        ? "it carries no authentication tag, in an encrypted repository"
+                        : "its authentication tag does not match (the manifest was changed)")
             }
         }
         try self.init(backend: repository.backend, manifestID: manifest.id, ref: try manifest.stream(member).chunkList,
@@ -135,13 +138,16 @@ public final class ChunkListReader {
 
     /// The list of the one stream of `manifest`, without the tag check.
     public convenience init(backend: Backend, manifest: Manifest, cipher: RepositoryCipher? = nil) throws {
-        try self.init(backend: backend, manifestID: manifest.id, ref: try manifest.stream(nil).chunkList, cipher: cipher)
+        try self.init(
+            backend: backend, manifestID: manifest.id, ref: try manifest.stream(nil).chunkList, cipher: cipher)
     }
 
     /// Opens and fully checks the list: size, magic, counts and SHA-256 against
     /// the manifest (reading it once; it is 36 bytes a chunk). `cipher`: the
     /// repository's, when it is encrypted (its lists are sealed).
-    public init(backend: Backend, manifestID: String, ref: Manifest.ChunkListRef, cipher: RepositoryCipher? = nil) throws {
+    public init(
+        backend: Backend, manifestID: String, ref: Manifest.ChunkListRef, cipher: RepositoryCipher? = nil
+    ) throws {
         self.cipher = cipher
         guard let size = try backend.size(ref.key) else {
             throw DedupError.manifestCorrupt(id: manifestID, detail: "its chunk list \(ref.key) is missing")
@@ -158,8 +164,12 @@ public final class ChunkListReader {
         var hr = BinaryReader(header, at: 8)
         let version = (try? hr.u32()) ?? 0
         guard version == (cipher == nil ? 1 : 2) else {
-            throw bad(version == 2 ? "it is encrypted, in a repository that is not" : version == 1 ? "it is not encrypted, in an encrypted repository"
-                                   : "chunk list version \(version) is not known (written by a newer dbbackup?)")
+            throw bad(
+                version == 2
+                    ? "it is encrypted, in a repository that is not"
+                    : version == 1
+                        ? "it is not encrypted, in an encrypted repository"
+                        : "chunk list version \(version) is not known (written by a newer dbbackup?)")
         }
         let footer = try object.read(at: size - Int64(ChunkListFormat.footerSize), count: ChunkListFormat.footerSize)
         var fr = BinaryReader(footer)
@@ -178,7 +188,9 @@ public final class ChunkListReader {
         var block = [UInt8](repeating: 0, count: 1 << 20)
         while offset < end {
             let n = Int(min(Int64(block.count), end - offset))
-            try block.withUnsafeMutableBytes { try object.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
+            try block.withUnsafeMutableBytes {
+                try object.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n]))
+            }
             block.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             offset += Int64(n)
         }
@@ -205,9 +217,15 @@ public final class ChunkListReader {
                                     into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<boxBytes]))
                 }
                 let opened = try box.withUnsafeBytes { b in
-                    try block.withUnsafeMutableBytes { try cipher.open(UnsafeRawBufferPointer(rebasing: b[0..<boxBytes]), aad: ChunkListFormat.blockAAD(blockIndex), into: $0) }
+                    try block.withUnsafeMutableBytes {
+                        try cipher.open(
+                            UnsafeRawBufferPointer(rebasing: b[0..<boxBytes]),
+                            aad: ChunkListFormat.blockAAD(blockIndex), into: $0)
+                    }
                 }
-                guard opened == bytes else { throw DedupError.authenticationFailed("a chunk list block opened to \(opened) bytes, not \(bytes)") }
+                guard opened == bytes else {
+                    throw DedupError.authenticationFailed("a chunk list block opened to \(opened) bytes, not \(bytes)")
+                }
             } else {
                 try block.withUnsafeMutableBytes {
                     try object.read(at: Int64(ChunkListFormat.headerSize + index * ChunkListFormat.recordSize),

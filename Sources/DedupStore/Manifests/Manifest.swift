@@ -112,7 +112,8 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var serverID: UInt32?
 
         public init(file: String, timeline: UInt32? = nil, systemIdentifier: String? = nil, serverID: UInt32? = nil) {
-            self.file = file; self.timeline = timeline; self.systemIdentifier = systemIdentifier; self.serverID = serverID
+            self.file = file; self.timeline = timeline; self.systemIdentifier = systemIdentifier;
+            self.serverID = serverID
         }
     }
 
@@ -203,17 +204,22 @@ public struct Manifest: Codable, Equatable, Sendable {
                 throw DedupError.manifestTooNew(id: id, version: version, supported: currentVersion)
             }
             let m = try JSONDecoder().decode(Manifest.self, from: Data(bytes))
-            let shaped = version == oneStreamVersion ? (m.chunkList != nil && m.members == nil)
-                : (m.chunkList == nil && !(m.members ?? []).isEmpty && Set(m.streams.map(\.name)).count == m.streams.count
-                   && m.streams.reduce(0) { $0 + $1.size } == m.size)
+            let shaped =
+                version == oneStreamVersion
+                ? (m.chunkList != nil && m.members == nil)
+                : (m.chunkList == nil && !(m.members ?? []).isEmpty
+                    && Set(m.streams.map(\.name)).count == m.streams.count
+                    && m.streams.reduce(0) { $0 + $1.size } == m.size)
             guard shaped else {
-                throw DedupError.manifestCorrupt(id: id, detail: "format \(version) with the streams of another format (chunkList, members)")
+                throw DedupError.manifestCorrupt(
+                    id: id, detail: "format \(version) with the streams of another format (chunkList, members)")
             }
             return m
         } catch let e as DedupError {
             throw e
         } catch {
-            throw DedupError.manifestCorrupt(id: id, detail: "its manifest JSON does not parse (\(RepositoryConfig.describe(error)))")
+            throw DedupError.manifestCorrupt(
+                id: id, detail: "its manifest JSON does not parse (\(RepositoryConfig.describe(error)))")
         }
     }
 }

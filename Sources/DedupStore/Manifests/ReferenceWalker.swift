@@ -26,9 +26,12 @@ struct ReferenceWalker {
     /// and hands it to `body`. The first that cannot be read throws.
     func forEachStream(of manifest: Manifest, _ body: (Manifest.Member, ChunkListReader) throws -> Void) throws {
         for member in manifest.streams {
-            let list = try ChunkListReader(repository: repository, manifest: manifest, member: manifest.members == nil ? nil : member.name)
+            let list = try ChunkListReader(
+                repository: repository, manifest: manifest, member: manifest.members == nil ? nil : member.name)
             guard list.totalBytes == UInt64(member.size) else {
-                throw DedupError.manifestCorrupt(id: manifest.id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(member.size)")
+                throw DedupError.manifestCorrupt(
+                    id: manifest.id,
+                    detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(member.size)")
             }
             try body(member, list)
         }

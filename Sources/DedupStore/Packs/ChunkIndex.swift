@@ -136,7 +136,9 @@ public final class ChunkIndex {
             let rc = mdb_get(readTxn, chunks, &mk, &mv)
             if rc == MDB_NOTFOUND { return nil }
             try check(rc, "get")
-            guard let loc = Self.decode(mv) else { throw DedupError.index("damaged entry for chunk \(id.shortHex); run `dbbackup dedup index rebuild`") }
+            guard let loc = Self.decode(mv) else {
+                throw DedupError.index("damaged entry for chunk \(id.shortHex); run `dbbackup dedup index rebuild`")
+            }
             return loc
         }
     }
@@ -157,8 +159,12 @@ public final class ChunkIndex {
         var out = [PackID: (size: Int64, entries: Int)]()
         try scan(packs) { k, v in
             guard k.count == 16, v.count == 16, let kp = k.baseAddress, let vp = v.baseAddress else { return }
-            func u64(_ p: UnsafeRawPointer, _ at: Int) -> UInt64 { UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
-            out[PackID(hi: u64(kp, 0), lo: u64(kp, 8))] = (Int64(bitPattern: u64(vp, 0)), Int(truncatingIfNeeded: u64(vp, 8)))
+            func u64(_ p: UnsafeRawPointer, _ at: Int) -> UInt64 {
+                UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self))
+            }
+            out[PackID(hi: u64(kp, 0), lo: u64(kp, 8))] = (
+                Int64(bitPattern: u64(vp, 0)), Int(truncatingIfNeeded: u64(vp, 8))
+            )
         }
         return out
     }

@@ -59,7 +59,9 @@ final class ChunkReader {
 
     /// The plaintext of a chunk at a known location, verified against its id;
     /// valid until the next call.
-    func fetch(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws -> UnsafeRawBufferPointer {
+    func fetch(
+        _ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String
+    ) throws -> UnsafeRawBufferPointer {
         try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
         let payloadLoc = cipher == nil ? loc : loc.unsealed
         if !loc.isGroupMember || storedGroup != loc.frame {
@@ -71,8 +73,10 @@ final class ChunkReader {
             // Plain: the payload stays where it was read, after its entry header;
             // encrypted: the box opens to the start of `stored`.
             payloadOffset = cipher == nil ? PackFormat.entryHeaderSize : 0
-            payloadLength = try ChunkDecoder.unseal(id, at: loc, stored: entry, cipher: cipher, into: stored, group: nil,
-                                                   manifest: manifest).payload.count
+            payloadLength = try ChunkDecoder.unseal(
+                id, at: loc, stored: entry, cipher: cipher, into: stored, group: nil,
+                manifest: manifest
+            ).payload.count
             if loc.isGroupMember { storedGroup = loc.frame }
         }
         return try ChunkDecoder.decode(id, at: payloadLoc, stored: storedPayload, into: plain, manifest: manifest,
@@ -81,7 +85,8 @@ final class ChunkReader {
 
     /// The last entry's payload as compressed (decrypted when the repository is encrypted).
     var storedPayload: UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: stored.buffer(payloadOffset + payloadLength)[payloadOffset..<(payloadOffset + payloadLength)])
+        UnsafeRawBufferPointer(
+            rebasing: stored.buffer(payloadOffset + payloadLength)[payloadOffset..<(payloadOffset + payloadLength)])
     }
 
     /// Checks that a location is one this repository and this reader can hold.
@@ -94,11 +99,15 @@ final class ChunkReader {
         }
         let storedLimit = ZstdCompressor.bound(loc.isGroupMember ? PackFormat.maxGroupLength : plain.count)
         guard Int(loc.rawLength) <= plain.count, Int(loc.storedLength) <= storedLimit else {
-            throw corrupt("its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size")
+            throw corrupt(
+                "its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size"
+            )
         }
         guard loc.flags == (cipher == nil ? 0 : UInt8(PackFormat.encryptedFlag)) else {
-            throw corrupt(cipher == nil ? "it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)"
-                                        : "it is not encrypted, in an encrypted repository")
+            throw corrupt(
+                cipher == nil
+                    ? "it carries flags \(loc.flags) that this dbbackup does not know (written by a newer version?)"
+                    : "it is not encrypted, in an encrypted repository")
         }
     }
 
@@ -137,14 +146,20 @@ enum ChunkDecoder {
     /// at `loc`; in an encrypted one its box opened into `scratch`, at the opened
     /// location (28 bytes shorter, no flags). A group member whose group `group`
     /// holds decoded already needs no payload: nothing is opened.
-    static func unseal(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer, cipher: RepositoryCipher?,
-                       into scratch: ScratchBuffer, group: GroupScratch?, manifest: String) throws -> (payload: UnsafeRawBufferPointer, location: ChunkLocation) {
+    static func unseal(
+        _ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer, cipher: RepositoryCipher?,
+        into scratch: ScratchBuffer, group: GroupScratch?, manifest: String
+    ) throws -> (payload: UnsafeRawBufferPointer, location: ChunkLocation) {
         guard let cipher else { return (stored, loc) }
         let opened = loc.unsealed
-        if loc.isGroupMember, let group, group.holds(opened.frame) { return (UnsafeRawBufferPointer(start: nil, count: 0), opened) }
+        if loc.isGroupMember, let group, group.holds(opened.frame) {
+            return (UnsafeRawBufferPointer(start: nil, count: 0), opened)
+        }
         let out = scratch.buffer(stored.count)
         do {
-            let n = try cipher.open(stored, aad: RepositoryCipher.entryAAD(pack: loc.pack, offset: loc.offset, encoding: loc.encoding), into: out)
+            let n = try cipher.open(
+                stored, aad: RepositoryCipher.entryAAD(pack: loc.pack, offset: loc.offset, encoding: loc.encoding),
+                into: out)
             return (UnsafeRawBufferPointer(rebasing: out[0..<n]), opened)
         } catch DedupError.authenticationFailed(let detail) {
             throw DedupError.chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
@@ -164,7 +179,9 @@ enum ChunkDecoder {
         let out: UnsafeRawBufferPointer
         switch ChunkEncoding(rawValue: loc.encoding) {
         case .raw:
-            guard loc.storedLength == loc.rawLength else { throw corrupt("raw chunk with stored length \(loc.storedLength)") }
+            guard loc.storedLength == loc.rawLength else {
+                throw corrupt("raw chunk with stored length \(loc.storedLength)")
+            }
             out = stored
         case .zstd:
             guard Int(loc.rawLength) <= plain.count else { throw corrupt("larger than its buffer") }
@@ -175,7 +192,9 @@ enum ChunkDecoder {
             } catch {
                 throw corrupt("zstd: \(error)")
             }
-            guard n == Int(loc.rawLength) else { throw corrupt("decompressed to \(n) bytes, expected \(loc.rawLength)") }
+            guard n == Int(loc.rawLength) else {
+                throw corrupt("decompressed to \(n) bytes, expected \(loc.rawLength)")
+            }
             out = UnsafeRawBufferPointer(target)
         case .zstdGroup:
             let plaintext: UnsafeRawBufferPointer
@@ -242,7 +261,9 @@ final class GroupScratch {
             buffer = .allocate(byteCount: size, alignment: 16)
         }
         let n = try decompressor.decompress(frame, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
-        guard n == size else { throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(size)") }
+        guard n == size else {
+            throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(size)")
+        }
         key = group
         length = size
         return UnsafeRawBufferPointer(rebasing: buffer[0..<size])

@@ -60,7 +60,8 @@ final class ChunkWriter {
         index = try repository.index()
         bloom = try repository.bloom()
         compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
-        arena = .allocate(byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
+        arena = .allocate(
+            byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
     }
 
     deinit { arena.deallocate() }
@@ -122,18 +123,24 @@ final class ChunkWriter {
                 let shared = SharedPointer(base: unitBase)
                 forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
                     var u = shared[k]
-                    let out = UnsafeMutableRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + ZstdCompressor.bound(u.rawLength))])
+                    let out = UnsafeMutableRawBufferPointer(
+                        rebasing: arena[u.arenaOffset..<(u.arenaOffset + ZstdCompressor.bound(u.rawLength))])
                     let members = order[u.first..<(u.first + u.count)]
                     // Consecutive chunks of the input (the usual case) are one
                     // buffer: one-shot compression, without zstd's stream copy.
-                    let contiguous = zip(members, members.dropFirst()).allSatisfy { slots[$0].range.upperBound == slots[$1].range.lowerBound }
+                    let contiguous = zip(members, members.dropFirst()).allSatisfy {
+                        slots[$0].range.upperBound == slots[$1].range.lowerBound
+                    }
                     do {
                         let c: Int
                         if contiguous, let a = members.first, let b = members.last {
-                            let whole = UnsafeRawBufferPointer(rebasing: input[slots[a].range.lowerBound..<slots[b].range.upperBound])
+                            let whole = UnsafeRawBufferPointer(
+                                rebasing: input[slots[a].range.lowerBound..<slots[b].range.upperBound])
                             c = try compressors[worker].compress(whole, into: out)
                         } else {
-                            c = try compressors[worker].compress(pieces: members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }, into: out)
+                            c = try compressors[worker].compress(
+                                pieces: members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) },
+                                into: out)
                         }
                         // Not smaller: every chunk of the unit is stored raw.
                         u.storedLength = c < u.rawLength ? c : u.rawLength
@@ -159,7 +166,8 @@ final class ChunkWriter {
                 try pack?.addGroup(members: members.map { (slots[$0].id, slots[$0].range.count) }, payload: payload)
                 storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
             case .zstd:
-                try pack?.add(id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: .zstd, payload: payload)
+                try pack?.add(
+                    id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: .zstd, payload: payload)
                 storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
             case .raw:
                 for i in members {

@@ -160,7 +160,9 @@ public final class PackWriter {
 
     /// Appends a chunk; `payload` is its stored form (`encoding` says which).
     @discardableResult
-    public func add(id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
+    public func add(
+        id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer
+    ) throws -> ChunkLocation {
         let (offset, stored) = try appendEntry(id: chunk, rawLength: rawLength, encoding: encoding, payload: payload)
         let location = ChunkLocation(pack: id, offset: offset, rawLength: UInt32(rawLength),
                                      storedLength: UInt32(stored), encoding: encoding.rawValue, flags: entryFlags)
@@ -175,7 +177,9 @@ public final class PackWriter {
         guard let first = members.first else { return }
         let total = members.reduce(0) { $0 + $1.rawLength }
         guard total <= PackFormat.maxGroupLength else {
-            throw DedupError.packCorrupt(pack: id.hex, detail: "a group of \(total) bytes exceeds the \(PackFormat.maxGroupLength) readers accept")
+            throw DedupError.packCorrupt(
+                pack: id.hex,
+                detail: "a group of \(total) bytes exceeds the \(PackFormat.maxGroupLength) readers accept")
         }
         let (offset, stored) = try appendEntry(id: first.id, rawLength: total, encoding: .zstdGroup, payload: payload)
         var inGroup = 0
@@ -192,13 +196,18 @@ public final class PackWriter {
     /// recompressing them would not make it smaller). `headerID` and `totalLength`
     /// are the frame's entry header: the member at offset 0 (any member when that
     /// one is gone) and the whole frame's plaintext length.
-    public func addFrame(headerID: ChunkID, totalLength: Int, members: [(id: ChunkID, rawLength: Int, groupOffset: Int)],
-                         payload: UnsafeRawBufferPointer) throws {
+    public func addFrame(
+        headerID: ChunkID, totalLength: Int, members: [(id: ChunkID, rawLength: Int, groupOffset: Int)],
+        payload: UnsafeRawBufferPointer
+    ) throws {
         guard totalLength <= PackFormat.maxGroupLength,
-              members.allSatisfy({ $0.groupOffset >= 0 && $0.groupOffset + $0.rawLength <= totalLength }) else {
-            throw DedupError.packCorrupt(pack: id.hex, detail: "a group frame of \(totalLength) bytes with members outside it")
+            members.allSatisfy({ $0.groupOffset >= 0 && $0.groupOffset + $0.rawLength <= totalLength })
+        else {
+            throw DedupError.packCorrupt(
+                pack: id.hex, detail: "a group frame of \(totalLength) bytes with members outside it")
         }
-        let (offset, stored) = try appendEntry(id: headerID, rawLength: totalLength, encoding: .zstdGroup, payload: payload)
+        let (offset, stored) = try appendEntry(
+            id: headerID, rawLength: totalLength, encoding: .zstdGroup, payload: payload)
         for m in members {
             entries.append(PackEntry(id: m.id, location: ChunkLocation(
                 pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(stored),
@@ -216,8 +225,9 @@ public final class PackWriter {
         var payload = plainPayload
         if let cipher {
             let box = sealScratch.buffer(plainPayload.count + RepositoryCipher.overhead)
-            let n = try cipher.seal(plainPayload, aad: RepositoryCipher.entryAAD(pack: id, offset: offset, encoding: encoding.rawValue),
-                                    into: box)
+            let n = try cipher.seal(
+                plainPayload, aad: RepositoryCipher.entryAAD(pack: id, offset: offset, encoding: encoding.rawValue),
+                into: box)
             payload = UnsafeRawBufferPointer(rebasing: box[0..<n])
         }
         var h = BinaryWriter(capacity: PackFormat.entryHeaderSize)
@@ -319,7 +329,8 @@ public final class PackReader {
     public func entries() throws -> [PackEntry] {
         let size = object.size
         guard size >= Int64(PackFormat.headerSize + PackFormat.footerSize) else {
-            throw DedupError.packCorrupt(pack: id.hex, detail: "only \(size) bytes, shorter than header and footer: truncated")
+            throw DedupError.packCorrupt(
+                pack: id.hex, detail: "only \(size) bytes, shorter than header and footer: truncated")
         }
         let header = try object.read(at: 0, count: PackFormat.headerSize)
         guard Array(header[0..<8]) == PackFormat.headerMagic else {
@@ -332,8 +343,11 @@ public final class PackReader {
         }
         let headerFlags = (try? hr.u16()) ?? 0
         guard headerFlags == (cipher == nil ? 0 : PackFormat.encryptedFlag) else {
-            throw DedupError.packCorrupt(pack: id.hex, detail: cipher == nil
-                ? "it is encrypted (flags \(headerFlags)) in a repository that is not" : "it is not encrypted, in an encrypted repository")
+            throw DedupError.packCorrupt(
+                pack: id.hex,
+                detail: cipher == nil
+                    ? "it is encrypted (flags \(headerFlags)) in a repository that is not"
+                    : "it is not encrypted, in an encrypted repository")
         }
         let footer = try object.read(at: size - Int64(PackFormat.footerSize), count: PackFormat.footerSize)
         guard Array(footer[48..<56]) == PackFormat.footerMagic else {
@@ -377,12 +391,20 @@ public final class PackReader {
                 let flags = try r.u8()
                 let groupOffset = try r.u32()
                 try r.skip(2)
-                guard offset < trailerOffset, offset + UInt64(PackFormat.entryHeaderSize) + UInt64(storedLength) <= trailerOffset else {
-                    throw DedupError.packCorrupt(pack: id.hex, detail: "entry for chunk \(chunk.shortHex) lies outside the data area")
+                guard offset < trailerOffset,
+                    offset + UInt64(PackFormat.entryHeaderSize) + UInt64(storedLength) <= trailerOffset
+                else {
+                    throw DedupError.packCorrupt(
+                        pack: id.hex, detail: "entry for chunk \(chunk.shortHex) lies outside the data area")
                 }
                 let grouped = encoding == ChunkEncoding.zstdGroup.rawValue
-                guard grouped ? UInt64(groupOffset) + UInt64(rawLength) <= UInt64(PackFormat.maxGroupLength) : groupOffset == 0 else {
-                    throw DedupError.packCorrupt(pack: id.hex, detail: "entry for chunk \(chunk.shortHex) has a bad group offset")
+                guard
+                    grouped
+                        ? UInt64(groupOffset) + UInt64(rawLength) <= UInt64(PackFormat.maxGroupLength)
+                        : groupOffset == 0
+                else {
+                    throw DedupError.packCorrupt(
+                        pack: id.hex, detail: "entry for chunk \(chunk.shortHex) has a bad group offset")
                 }
                 out.append(PackEntry(id: chunk, location: ChunkLocation(
                     pack: id, offset: offset, rawLength: rawLength, storedLength: storedLength,
@@ -403,10 +425,14 @@ public final class PackReader {
         let headerSize = PackFormat.entryHeaderSize
         let total = headerSize + Int(location.storedLength)
         guard let start = Int64(exactly: location.offset), start <= object.size - Int64(total) else {
-            throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "the pack is shorter than the index says (truncated)")
+            throw DedupError.chunkCorrupt(
+                chunk: chunk.hex, pack: id.hex, manifest: "",
+                detail: "the pack is shorter than the index says (truncated)")
         }
         guard buffer.count >= total else {
-            throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "its entry of \(total) bytes exceeds the read buffer")
+            throw DedupError.chunkCorrupt(
+                chunk: chunk.hex, pack: id.hex, manifest: "",
+                detail: "its entry of \(total) bytes exceeds the read buffer")
         }
         let entry = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<total])
         try object.read(at: start, into: entry)
@@ -423,8 +449,11 @@ public final class PackReader {
                 && (location.groupOffset != 0 || storedID == chunk)
             : storedID == chunk && rawLength == location.rawLength
         guard agrees, storedLength == location.storedLength,
-              encoding == location.encoding, flags == location.flags else {
-            throw DedupError.chunkCorrupt(chunk: chunk.hex, pack: id.hex, manifest: "", detail: "entry header at offset \(location.offset) does not match the index")
+            encoding == location.encoding, flags == location.flags
+        else {
+            throw DedupError.chunkCorrupt(
+                chunk: chunk.hex, pack: id.hex, manifest: "",
+                detail: "entry header at offset \(location.offset) does not match the index")
         }
         return UnsafeRawBufferPointer(rebasing: entry[headerSize..<total])
     }

@@ -119,7 +119,8 @@ public struct ZstdStreamSource<Inner: ByteSource>: ByteSource {
                 if n == 0 {
                     state.innerEOF = true
                     if state.frameOpen {
-                        throw DedupError.incompleteInput("the zstd input ends in the middle of a frame: it is truncated")
+                        throw DedupError.incompleteInput(
+                            "the zstd input ends in the middle of a frame: it is truncated")
                     }
                     break
                 }

@@ -82,8 +82,10 @@ public final class BackupSession {
         // id's own, or with a random part for a fixed id (two runs racing for a
         // fixed id never share a list; the manifest decides).
         let baseID = options.fixedID ?? Self.baseID(options)
-        let chunkList = try ChunkListWriter(backend: repository.backend, key: options.fixedID.map { Self.fixedChunkListKey($0) }
-                                            ?? Manifest.chunkListKey(for: baseID), cipher: repository.cipher)
+        let chunkList = try ChunkListWriter(
+            backend: repository.backend,
+            key: options.fixedID.map { Self.fixedChunkListKey($0) }
+                ?? Manifest.chunkListKey(for: baseID), cipher: repository.cipher)
         let streamed: (bytes: UInt64, digest: ChunkID?, incomplete: String?)
         do {
             streamed = try ingest.stream(source, into: chunkList)
@@ -103,8 +105,9 @@ public final class BackupSession {
             chunkList.abort()
             throw error
         }
-        var manifest = makeManifest(id: id, options: options, started: started, chunks: ingest.chunks,
-                                    size: Int64(streamed.bytes), sha256: streamed.digest.map { repository.recordedStreamDigest($0) })
+        var manifest = makeManifest(
+            id: id, options: options, started: started, chunks: ingest.chunks,
+            size: Int64(streamed.bytes), sha256: streamed.digest.map { repository.recordedStreamDigest($0) })
         manifest.chunkList = .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count)
         manifest.auth = repository.manifestTag(manifest)
         FaultInjection.crashPoint("backup.before-manifest")
@@ -128,7 +131,8 @@ public final class BackupSession {
     public func run(members: [(name: String, source: AnySource)], options: BackupOptions) throws -> Manifest {
         let names = members.map(\.name)
         guard !members.isEmpty, Set(names).count == names.count, !names.contains("") else {
-            throw DedupError.invalidArgument("a backup of member streams needs at least one, each with a name of its own")
+            throw DedupError.invalidArgument(
+                "a backup of member streams needs at least one, each with a name of its own")
         }
         let started = Date()
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
@@ -140,7 +144,8 @@ public final class BackupSession {
         do {
             for member in members {
                 // A name of its own: a list never collides with another run's.
-                let list = try ChunkListWriter(backend: repository.backend, key: Self.fixedChunkListKey(baseID), cipher: repository.cipher)
+                let list = try ChunkListWriter(
+                    backend: repository.backend, key: Self.fixedChunkListKey(baseID), cipher: repository.cipher)
                 do {
                     let streamed = try ingest.stream(member.source, into: list)
                     if let problem = streamed.incomplete {
@@ -149,9 +154,11 @@ public final class BackupSession {
                     }
                     let first = list.key
                     let ref = try list.finish { attempt in attempt == 0 ? first : Self.fixedChunkListKey(baseID) }
-                    committed.append(Manifest.Member(
-                        name: member.name, size: Int64(streamed.bytes), sha256: streamed.digest.map { repository.recordedStreamDigest($0) },
-                        chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count)))
+                    committed.append(
+                        Manifest.Member(
+                            name: member.name, size: Int64(streamed.bytes),
+                            sha256: streamed.digest.map { repository.recordedStreamDigest($0) },
+                            chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count)))
                     total += Int64(streamed.bytes)
                 } catch {
                     list.abort()
@@ -164,7 +171,8 @@ public final class BackupSession {
             // The lists already committed are nobody's: gc removes them.
             throw error
         }
-        var manifest = makeManifest(id: baseID, options: options, started: started, chunks: ingest.chunks, size: total, sha256: nil)
+        var manifest = makeManifest(
+            id: baseID, options: options, started: started, chunks: ingest.chunks, size: total, sha256: nil)
         manifest.formatVersion = Manifest.membersVersion
         manifest.members = committed
         manifest = try commitManifest(manifest, options: options)
@@ -173,7 +181,9 @@ public final class BackupSession {
     }
 
     /// `<time>_<name>`: the id a backup gets when it is free.
-    static func baseID(_ options: BackupOptions) -> String { Timestamps.idStamp(options.time) + "_" + sanitize(options.name) }
+    static func baseID(_ options: BackupOptions) -> String {
+        Timestamps.idStamp(options.time) + "_" + sanitize(options.name)
+    }
 
     /// A manifest for `options` without its streams (format 1 until they are set).
     private func makeManifest(id: String, options: BackupOptions, started: Date, chunks: ChunkWriter,
@@ -234,7 +244,9 @@ public final class BackupSession {
     }
 
     /// A fixed id's chunk list: a name of its own for each run.
-    static func fixedChunkListKey(_ id: String) -> String { "manifests/\(id).\(Hex.encode(SecureRandom.bytes(4))).chunks" }
+    static func fixedChunkListKey(_ id: String) -> String {
+        "manifests/\(id).\(Hex.encode(SecureRandom.bytes(4))).chunks"
+    }
 
     /// Manifest ids keep letters, digits, '.', '-' and '_'; anything else becomes '-'.
     public static func sanitize(_ name: String) -> String {
@@ -273,9 +285,12 @@ final class StreamIngest {
     /// the chunk writer. Returns the bytes read, with `streamSHA256` their digest,
     /// and what is wrong with a plain SQL dump that lacks its completion line (the
     /// caller commits the chunks first, for the next run to reuse, then refuses).
-    func stream<S: ByteSource>(_ source: S, into list: ChunkListWriter) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
-        let reader = ChunkBatchProducer(source: source, chunker: session.chunker, batchBytes: batchBytes,
-                                        streamDigest: options.streamSHA256)
+    func stream<S: ByteSource>(
+        _ source: S, into list: ChunkListWriter
+    ) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
+        let reader = ChunkBatchProducer(
+            source: source, chunker: session.chunker, batchBytes: batchBytes,
+            streamDigest: options.streamSHA256)
         reader.start()
         defer { reader.stop() }
         var slotCapacity = 1024
@@ -318,7 +333,9 @@ final class StreamIngest {
     private func reportProgress(_ bytes: UInt64) {
         guard bytes >= nextProgress, let progress = session.progress else { return }
         nextProgress = bytes + session.progressInterval
-        progress(BackupProgress(bytesRead: bytes, chunks: chunks.chunks, newChunks: chunks.newChunks, storedBytes: chunks.storedBytes))
+        progress(
+            BackupProgress(
+                bytesRead: bytes, chunks: chunks.chunks, newChunks: chunks.newChunks, storedBytes: chunks.storedBytes))
     }
 
     /// The backup is committed; a filter that cannot be saved is only a cache.

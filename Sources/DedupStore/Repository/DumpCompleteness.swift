@@ -63,6 +63,7 @@ public struct DumpCompleteness {
                 if Array(w[start..<(start + marker.count)]) == marker { return nil }
             }
         }
-        return "the input is a \(kind.rawValue) that ends without its completion line ('\(String(decoding: marker, as: UTF8.self))'): the dump was cut short, probably because its producer failed; no backup was committed (use --from-command, or `set -o pipefail`, to see the producer's error)"
+        return
+            "the input is a \(kind.rawValue) that ends without its completion line ('\(String(decoding: marker, as: UTF8.self))'): the dump was cut short, probably because its producer failed; no backup was committed (use --from-command, or `set -o pipefail`, to see the producer's error)"
     }
 }

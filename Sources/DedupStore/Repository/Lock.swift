@@ -100,7 +100,9 @@ public final class RepositoryLock {
             }
             let hint = stale != nil
                 ? "; the process that held it is gone: remove it with `dbbackup dedup unlock --stale-only`"
-                : (wait > 0 ? "; gave up after waiting \(Int(wait)) s" : "; try again when it has finished (or pass --lock-wait)")
+                : (wait > 0
+                    ? "; gave up after waiting \(Int(wait)) s"
+                    : "; try again when it has finished (or pass --lock-wait)")
             throw DedupError.locked("repository \(backend.location) is locked: \((stale ?? first).summary)\(hint)")
         }
     }
@@ -120,8 +122,13 @@ public final class RepositoryLock {
         try backend.list("locks/").compactMap { obj in
             guard obj.key.hasSuffix(".json") else { return nil }
             guard let bytes = try backend.get(obj.key),
-                  let info = try? JSONDecoder().decode(LockInfo.self, from: Data(bytes)) else {
-                return (obj.key, LockInfo(kind: .exclusive, hostname: "?", pid: 0, startedAt: "?", command: "unreadable lock \(obj.key)"))
+                let info = try? JSONDecoder().decode(LockInfo.self, from: Data(bytes))
+            else {
+                return (
+                    obj.key,
+                    LockInfo(
+                        kind: .exclusive, hostname: "?", pid: 0, startedAt: "?", command: "unreadable lock \(obj.key)")
+                )
             }
             return (obj.key, info)
         }

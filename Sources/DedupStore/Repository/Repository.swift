@@ -67,7 +67,8 @@ public final class Repository {
                                       encrypted: encryptionKey != nil)
         if let encryptionKey {
             // The key object before the config: a repository is never encrypted without one.
-            try WrappedKey.wrap(SecureRandom.bytes(64), secret: encryptionKey, repositoryID: config.id).store(in: backend)
+            try WrappedKey.wrap(SecureRandom.bytes(64), secret: encryptionKey, repositoryID: config.id).store(
+                in: backend)
         }
         try backend.put("config", try config.encoded(), ifAbsent: true)
         return try Repository(backend: backend, cacheRoot: cacheRoot, key: encryptionKey)
@@ -96,7 +97,10 @@ public final class Repository {
         cacheDirectory = Self.cacheDirectory(root: cacheRoot ?? Self.defaultCacheRoot(), repositoryID: config.id,
                                              identity: backend.cacheIdentity)
         if config.isEncrypted, let key {
-            guard let (master, _) = try Self.unwrapMaster(backend: backend, secret: key, repositoryID: config.id, path: path) else {
+            guard
+                let (master, _) = try Self.unwrapMaster(
+                    backend: backend, secret: key, repositoryID: config.id, path: path)
+            else {
                 throw DedupError.wrongKey(path: path)
             }
             cipher = RepositoryCipher(master: master)
@@ -104,10 +108,16 @@ public final class Repository {
             // A plain config beside key objects: someone turned encryption off by
             // editing the config. New data would go out in plaintext: refused.
             if try !backend.list(WrappedKey.folder).isEmpty {
-                throw DedupError.repositoryTampered(path: path, detail: "its config says it is not encrypted, but keys/ holds key objects; put its original config back")
+                throw DedupError.repositoryTampered(
+                    path: path,
+                    detail:
+                        "its config says it is not encrypted, but keys/ holds key objects; put its original config back"
+                )
             }
             if key != nil {
-                throw DedupError.invalidArgument("repository \(path) is not encrypted, but a key was given (--key-file or DBBACKUP_DEDUP_KEY); drop the key: it is only for encrypted repositories")
+                throw DedupError.invalidArgument(
+                    "repository \(path) is not encrypted, but a key was given (--key-file or DBBACKUP_DEDUP_KEY); drop the key: it is only for encrypted repositories"
+                )
             }
         }
     }
@@ -130,13 +140,18 @@ public final class Repository {
     /// digest, the chunk list's reference, kind and archived file; format 2 the
     /// same fields of every member, in order, each with its name.
     static func manifestTag(_ m: Manifest, cipher: RepositoryCipher) -> String {
-        func reference(_ ref: Manifest.ChunkListRef) -> [String] { [ref.key, String(ref.size), ref.sha256, String(ref.count)] }
+        func reference(_ ref: Manifest.ChunkListRef) -> [String] {
+            [ref.key, String(ref.size), ref.sha256, String(ref.count)]
+        }
         var fields: [String]
         if let members = m.members {
             fields = ["manifest-v2", m.id, String(m.size), String(members.count)]
-            for member in members { fields += [member.name, String(member.size), member.sha256 ?? ""] + reference(member.chunkList) }
+            for member in members {
+                fields += [member.name, String(member.size), member.sha256 ?? ""] + reference(member.chunkList)
+            }
         } else {
-            fields = ["manifest", m.id, String(m.size), m.sha256 ?? ""] + (m.chunkList.map(reference) ?? ["", "", "", ""])
+            fields =
+                ["manifest", m.id, String(m.size), m.sha256 ?? ""] + (m.chunkList.map(reference) ?? ["", "", "", ""])
         }
         fields += [m.kind, m.archive?.file ?? ""]
         return hmacSHA256(key: cipher.idKey, Array(fields.joined(separator: "\0").utf8)).hex
@@ -161,15 +176,23 @@ public final class Repository {
     }
 
     /// The master key under `secret`, and the key object that holds it.
-    static func unwrapMaster(backend: Backend, secret: [UInt8], repositoryID: String, path: String) throws -> ([UInt8], String)? {
+    static func unwrapMaster(
+        backend: Backend, secret: [UInt8], repositoryID: String, path: String
+    ) throws -> ([UInt8], String)? {
         let objects = try backend.list(WrappedKey.folder).filter { $0.key.hasSuffix(".json") }
         guard !objects.isEmpty else {
-            throw DedupError.repositoryTampered(path: path, detail: "its config says it is encrypted, but keys/ holds no key object; put its key objects back")
+            throw DedupError.repositoryTampered(
+                path: path,
+                detail: "its config says it is encrypted, but keys/ holds no key object; put its key objects back")
         }
         for object in objects {
-            guard let bytes = try backend.get(object.key), let wrapped = try? JSONDecoder().decode(WrappedKey.self, from: Data(bytes)) else { continue }
+            guard let bytes = try backend.get(object.key),
+                let wrapped = try? JSONDecoder().decode(WrappedKey.self, from: Data(bytes))
+            else { continue }
             // A key object this build cannot use does not stop the search.
-            if let master = try? wrapped.unwrap(secret: secret, repositoryID: repositoryID) { return (master, object.key) }
+            if let master = try? wrapped.unwrap(secret: secret, repositoryID: repositoryID) {
+                return (master, object.key)
+            }
         }
         return nil
     }
@@ -178,7 +201,10 @@ public final class Repository {
     /// the key object `oldSecret` opened. No data is rewritten.
     public func rotateKey(oldSecret: [UInt8], newSecret: [UInt8]) throws {
         guard config.isEncrypted else { throw DedupError.invalidArgument("repository \(path) is not encrypted") }
-        guard let (master, oldKey) = try Self.unwrapMaster(backend: backend, secret: oldSecret, repositoryID: config.id, path: path) else {
+        guard
+            let (master, oldKey) = try Self.unwrapMaster(
+                backend: backend, secret: oldSecret, repositoryID: config.id, path: path)
+        else {
             throw DedupError.wrongKey(path: path)
         }
         try WrappedKey.wrap(master, secret: newSecret, repositoryID: config.id).store(in: backend)
@@ -193,7 +219,9 @@ public final class Repository {
             return FileIO.absolute(String(first)) + "/dbbackup"
         }
         if let xdg = environment["XDG_CACHE_HOME"], xdg.hasPrefix("/") { return xdg + "/dbbackup" }
-        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? FileManager.default.homeDirectoryForCurrentUser.path
+        let home =
+            environment["HOME"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? FileManager.default.homeDirectoryForCurrentUser.path
         return home + "/.cache/dbbackup"
     }
 
@@ -249,15 +277,20 @@ public final class Repository {
         let missing = Set(known.keys.filter { present[$0] == nil })
         let resized = Set(known.filter { k, v in present[k].map { $0 != v.size } ?? false }.keys)
         if !missing.isEmpty {
-            notice("index: \(missing.count) indexed pack(s) no longer exist; their chunks are forgotten, and the next backup of the same data stores them again")
+            notice(
+                "index: \(missing.count) indexed pack(s) no longer exist; their chunks are forgotten, and the next backup of the same data stores them again"
+            )
         }
         if !resized.isEmpty {
-            notice("index: \(resized.count) pack(s) changed size since they were indexed (damaged?); re-reading them: \(resized.map(\.hex).sorted().joined(separator: ", "))")
+            notice(
+                "index: \(resized.count) pack(s) changed size since they were indexed (damaged?); re-reading them: \(resized.map(\.hex).sorted().joined(separator: ", "))"
+            )
         }
         try idx.forget(packs: missing.union(resized))
         // Copies verify found corrupt stay out, also of a cache made before it did.
         let damaged = try damagedChunks()
-        for (pack, copies) in damaged.byPack where present[pack] != nil && known[pack] != nil && !resized.contains(pack) {
+        for (pack, copies) in damaged.byPack where present[pack] != nil && known[pack] != nil && !resized.contains(pack)
+        {
             try idx.dropChunks(Array(copies.keys), inPack: pack)
         }
         let unindexed = present.filter { known[$0.key] == nil || resized.contains($0.key) }
@@ -369,7 +402,9 @@ public final class Repository {
     }
 
     public func loadManifest(_ id: String) throws -> Manifest {
-        guard let bytes = try backend.get(Manifest.key(for: id)) else { throw DedupError.manifestNotFound(idOrPrefix: id) }
+        guard let bytes = try backend.get(Manifest.key(for: id)) else {
+            throw DedupError.manifestNotFound(idOrPrefix: id)
+        }
         return try Manifest.decode(bytes, id: id)
     }
 
@@ -435,7 +470,9 @@ public final class Repository {
     public func lock(_ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0) throws -> RepositoryLock {
         let publish = !(kind == .shared && isReadOnly)
         if !publish { notice("repository \(path) is on a read-only file system: reading it without a lock") }
-        return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait, publish: publish) { [weak self] in self?.notice($0) }
+        return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait, publish: publish) {
+            [weak self] in self?.notice($0)
+        }
     }
 
     /// True when the repository's storage is read-only (a read-only mount).

@@ -51,8 +51,11 @@ public final class Restorer {
         let streamHasher: SHA256Hasher? = stream.sha256 == nil ? nil : SHA256Hasher()
         // Stored bytes in, plaintext out: one batch in, two out (one is being
         // decoded into while the writer thread hashes and writes the other).
-        let inArena = UnsafeMutableRawBufferPointer.allocate(byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
-        let outArenas = (0..<2).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes + maxChunk, alignment: 16) }
+        let inArena = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: ZstdCompressor.bound(batchBytes + maxChunk), alignment: 16)
+        let outArenas = (0..<2).map { _ in
+            UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes + maxChunk, alignment: 16)
+        }
         var outArena = outArenas[0]
         var writtenToFile: Int64 = 0
         let isFile = output.isFile
@@ -108,15 +111,19 @@ public final class Restorer {
                 // for all the members of it that come in a row.
                 forEachRunInParallel(count, workers: workers) { worker, k in
                     let it = shared[k]
-                    let stored = UnsafeRawBufferPointer(rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
-                    let out = UnsafeMutableRawBufferPointer(rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
+                    let stored = UnsafeRawBufferPointer(
+                        rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])
+                    let out = UnsafeMutableRawBufferPointer(
+                        rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
                     do {
                         // Encrypted: the box opened (a group's once for its run of members).
-                        let (payload, loc) = try ChunkDecoder.unseal(it.id, at: it.loc, stored: stored, cipher: cipher, into: openScratch[worker],
-                                                                     group: groups[worker], manifest: manifest.id)
-                        let plain = try ChunkDecoder.decode(it.id, at: loc, stored: payload, into: out, manifest: manifest.id,
-                                                            decompressor: decompressors[worker], hasher: hashers[worker],
-                                                            group: groups[worker])
+                        let (payload, loc) = try ChunkDecoder.unseal(
+                            it.id, at: it.loc, stored: stored, cipher: cipher, into: openScratch[worker],
+                            group: groups[worker], manifest: manifest.id)
+                        let plain = try ChunkDecoder.decode(
+                            it.id, at: loc, stored: payload, into: out, manifest: manifest.id,
+                            decompressor: decompressors[worker], hasher: hashers[worker],
+                            group: groups[worker])
                         // A raw chunk decodes to its stored bytes: copy it into place.
                         if plain.baseAddress != UnsafeRawPointer(out.baseAddress) { out.copyMemory(from: plain) }
                     } catch {
@@ -141,7 +148,9 @@ public final class Restorer {
 
         do {
             guard list.totalBytes == UInt64(stream.size) else {
-                throw DedupError.manifestCorrupt(id: manifest.id, detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(stream.size)")
+                throw DedupError.manifestCorrupt(
+                    id: manifest.id,
+                    detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(stream.size)")
             }
             if isFile { try FileIO.preallocate(fd, size: stream.size, path: outName) }
             try list.forEach { id, length in
@@ -155,8 +164,9 @@ public final class Restorer {
                 } else {
                     // Reads stay on this thread, in list order (sequential within a pack):
                     // one ranged read per entry, its header first.
-                    _ = try chunkReader.readStored(id, at: loc, expectedLength: length,
-                                               into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
+                    _ = try chunkReader.readStored(
+                        id, at: loc, expectedLength: length,
+                        into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
                     let payload = inUsed + PackFormat.entryHeaderSize
                     items.append(Item(id: id, loc: loc, inOffset: payload, outOffset: outUsed))
                     lastGroup = loc.isGroupMember ? (loc.frame, payload) : nil
@@ -168,10 +178,14 @@ public final class Restorer {
             try flushBatch()
             try writer.finish()
             guard written == UInt64(stream.size) else {
-                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "\(stream.size) bytes", actual: "\(written) bytes")
+                throw DedupError.streamChecksumMismatch(
+                    manifest: manifest.id, expected: "\(stream.size) bytes", actual: "\(written) bytes")
             }
-            if let expected = stream.sha256, let digest = streamHasher.map({ repository.recordedStreamDigest($0.finish()) }), digest != expected {
-                throw DedupError.streamChecksumMismatch(manifest: manifest.id, expected: "SHA-256 \(expected)", actual: digest)
+            if let expected = stream.sha256,
+                let digest = streamHasher.map({ repository.recordedStreamDigest($0.finish()) }), digest != expected
+            {
+                throw DedupError.streamChecksumMismatch(
+                    manifest: manifest.id, expected: "SHA-256 \(expected)", actual: digest)
             }
             try output.commit()
         } catch {
@@ -212,7 +226,9 @@ final class RestoreOutput {
             }
             try FileIO.requireFolder(of: path)
             let dir = FileIO.parent(path)
-            let tmp = (dir.isEmpty ? "." : dir) + "/.\(FileIO.lastComponent(path)).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
+            let tmp =
+                (dir.isEmpty ? "." : dir)
+                + "/.\(FileIO.lastComponent(path)).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
             fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
             InterruptCleanup.register(tmp)
             tmpPath = tmp

@@ -51,7 +51,8 @@ public final class ChildProcess {
         var child: pid_t = 0
         let rc = posix_spawn(&child, executable, &actions, &attr, &cArgs, &cEnv)
         guard rc == 0 else {
-            throw DedupError.inputCommandFailed(command: commandLine, status: "could not be started (\(String(cString: strerror(rc))))")
+            throw DedupError.inputCommandFailed(
+                command: commandLine, status: "could not be started (\(String(cString: strerror(rc))))")
         }
         pid = child
         InterruptCleanup.registerChild(child)

@@ -9,7 +9,8 @@ import Foundation
 /// Neither is set in normal use; docs/TESTING.md lists the points.
 public enum FaultInjection {
     private static let crashPoint: String? = ProcessInfo.processInfo.environment["DBBACKUP_FAULT_CRASH_AT"]
-    private static let enospcAfter: Int64? = ProcessInfo.processInfo.environment["DBBACKUP_FAULT_ENOSPC_AFTER"].flatMap { Int64($0) }
+    private static let enospcAfter: Int64? = ProcessInfo.processInfo.environment["DBBACKUP_FAULT_ENOSPC_AFTER"].flatMap
+    { Int64($0) }
 
     /// Ends the process here if the crash hook names this point.
     public static func crashPoint(_ name: String) {

@@ -72,7 +72,9 @@ public enum FileIO {
     }
 
     /// Reads exactly `buffer.count` bytes at `offset`, or throws (a short file is an error).
-    public static func preadAll(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, at offset: Int64, path: String) throws {
+    public static func preadAll(
+        _ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, at offset: Int64, path: String
+    ) throws {
         guard var p = buffer.baseAddress else { return }
         var left = buffer.count
         var off = offset
@@ -156,7 +158,8 @@ public enum FileIO {
     public static func makePrivateTemporaryDirectory(prefix: String) throws -> String {
         let root = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
         var template = Array((root + "/" + prefix + ".XXXXXX").utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ buf in buf.baseAddress.flatMap { mkdtemp($0) } }) else {
+        guard let made = template.withUnsafeMutableBufferPointer({ buf in buf.baseAddress.flatMap { mkdtemp($0) } })
+        else {
             throw DedupError.io(operation: "mkdtemp", path: root, errno: errno)
         }
         return String(cString: made)

@@ -28,7 +28,8 @@ public final class ProcessOutputSource: ByteSource {
             throw DedupError.inputCommandFailed(command: name, status: "was not found in PATH")
         }
         guard let fds = FileIO.makePipe() else {
-            throw DedupError.inputCommandFailed(command: name, status: "could not be started (no pipe: \(String(cString: strerror(errno))))")
+            throw DedupError.inputCommandFailed(
+                command: name, status: "could not be started (no pipe: \(String(cString: strerror(errno))))")
         }
         let devNull = stdinFD == nil ? Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC) : -1
         defer { if devNull >= 0 { close(devNull) } }
@@ -52,7 +53,9 @@ public final class ProcessOutputSource: ByteSource {
         var bytes = [UInt8](repeating: 0, count: count)
         var got = 0
         while got < count {
-            let n = try bytes.withUnsafeMutableBytes { try read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
+            let n = try bytes.withUnsafeMutableBytes {
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...]))
+            }
             if n == 0 { break }
             got += n
         }
@@ -90,7 +93,9 @@ public enum DecompressingInput {
         var got = 0
         var raw = FileDescriptorSource(fd: fd, name: name)
         while got < 4 {
-            let n = try magic.withUnsafeMutableBytes { try raw.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
+            let n = try magic.withUnsafeMutableBytes {
+                try raw.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...]))
+            }
             if n == 0 { break }
             got += n
         }
@@ -101,7 +106,8 @@ public enum DecompressingInput {
         }
         if prefix.count >= 2, prefix[0] == 0x1F, prefix[1] == 0x8B {
             guard let feed = FileIO.makePipe() else {
-                throw DedupError.inputUnreadable(path: name, reason: "cannot set up gzip decompression (\(String(cString: strerror(errno))))")
+                throw DedupError.inputUnreadable(
+                    path: name, reason: "cannot set up gzip decompression (\(String(cString: strerror(errno))))")
             }
             let source: ProcessOutputSource
             do {
@@ -116,7 +122,8 @@ public enum DecompressingInput {
             let readFD = dup(fd)
             guard readFD >= 0 else {
                 close(writeFD)
-                throw DedupError.inputUnreadable(path: name, reason: "cannot set up gzip decompression (\(String(cString: strerror(errno))))")
+                throw DedupError.inputUnreadable(
+                    path: name, reason: "cannot set up gzip decompression (\(String(cString: strerror(errno))))")
             }
             let thread = Thread {
                 // Copies prefix + rest of the input into gzip; closing ends its input.
@@ -130,7 +137,10 @@ public enum DecompressingInput {
                 var buf = [UInt8](repeating: 0, count: 1 << 20)
                 var src = PrefixedSource(prefix: prefix, rest: FileDescriptorSource(fd: readFD, name: name))
                 while let n = try? buf.withUnsafeMutableBytes({ try src.read(into: $0) }), n > 0 {
-                    let ok = (try? buf.withUnsafeBytes { try FileIO.writeAll(writeFD, UnsafeRawBufferPointer(rebasing: $0[0..<n]), path: "gzip") }) != nil
+                    let ok =
+                        (try? buf.withUnsafeBytes {
+                            try FileIO.writeAll(writeFD, UnsafeRawBufferPointer(rebasing: $0[0..<n]), path: "gzip")
+                        }) != nil
                     if !ok { break }
                 }
                 close(writeFD)

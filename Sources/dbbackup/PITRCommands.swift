@@ -10,30 +10,11 @@ struct PITR: ParsableCommand {
         subcommands: [PITREnable.self, PITRStatus.self])
 }
 
-/// A command line PostgreSQL runs through the shell (archive_command,
-/// restore_command): this very dbbackup binary, the repository, the archive
-/// name and, for an encrypted repository, the key file (never the key itself),
-/// double-quoted for sh.
-enum ServerSideCommand {
+extension ServerSideCommand {
+    /// For this very binary, with the key file's path as the user gave it expanded.
     static func make(_ verb: [String], repository repo: Repository, name: String, keyFile: String?) throws -> String {
-        if repo.config.isEncrypted && keyFile == nil {
-            throw DatabaseError.invalidArgument(
-                "the repository is encrypted: give --key-file with a key file the server's OS user can read; the server's command names the file, never the key"
-            )
-        }
-        let exe =
-            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let repository = repo.path
-        let key = repo.config.isEncrypted ? keyFile.map(StoreOptions.expand) : nil
-        for path in [exe, repository] + (key.map { [$0] } ?? [])
-        where path.contains(where: { "\"$`\\\n'%".contains($0) }) {
-            throw DatabaseError.invalidArgument(
-                "\(path) holds a quote, $, `, % or \\; PostgreSQL's command line cannot name it safely: move it")
-        }
-        var words = ["\"\(exe)\""] + verb + ["--dedup-dir", "\"\(repository)\""]
-        if name != WALArchive.defaultName { words += ["--name", name] }
-        if let key { words += ["--key-file", "\"\(key)\""] }
-        return words.joined(separator: " ")
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return try make(verb, executable: exe, repository: repo, name: name, keyFile: keyFile.map(StoreOptions.expand))
     }
 }
 

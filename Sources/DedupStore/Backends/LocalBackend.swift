@@ -169,6 +169,15 @@ public final class LocalBackend: Backend {
     public func keepOnInterrupt(_ key: String) { InterruptCleanup.unregister(path(key)) }
 }
 
+/// Runs `body`, reporting a file error of it as the storage failure it is.
+private func asStorage<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch DedupError.io(let operation, let path, let code) {
+        throw DedupError.storage(BackendError(operation, path, errno: code))
+    }
+}
+
 /// Names of temporary files: `<host>_<pid>_<random>.tmp`, so that leftovers of a
 /// process that died can be told from files another process is still writing.
 enum TemporaryName {
@@ -201,11 +210,7 @@ final class LocalObjectWriter: ObjectWriter {
         self.key = key
         self.ifAbsent = ifAbsent
         self.tmpPath = tmpPath
-        do {
-            fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
-        } catch DedupError.io(let operation, let path, let code) {
-            throw DedupError.storage(BackendError(operation, path, errno: code))
-        }
+        fd = try asStorage { try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644) }
         InterruptCleanup.register(tmpPath)
     }
 
@@ -213,11 +218,7 @@ final class LocalObjectWriter: ObjectWriter {
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard fd >= 0 else { throw DedupError.storage(BackendError("write", tmpPath, errno: EBADF)) }
-        do {
-            try FileIO.writeAll(fd, bytes, path: tmpPath)
-        } catch DedupError.io(let operation, let path, let code) {
-            throw DedupError.storage(BackendError(operation, path, errno: code))
-        }
+        try asStorage { try FileIO.writeAll(fd, bytes, path: tmpPath) }
         bytesWritten += Int64(bytes.count)
     }
 
@@ -231,11 +232,7 @@ final class LocalObjectWriter: ObjectWriter {
         // The first commit attempt makes the data durable; a retry under another
         // key (the first was taken) finds the descriptor already closed.
         if fd >= 0 {
-            do {
-                try FileIO.fsync(fd, path: tmpPath)
-            } catch DedupError.io(let operation, let path, let code) {
-                throw DedupError.storage(BackendError(operation, path, errno: code))
-            }
+            try asStorage { try FileIO.fsync(fd, path: tmpPath) }
             close(fd)
             fd = -1
         }
@@ -244,7 +241,7 @@ final class LocalObjectWriter: ObjectWriter {
         // Twice at most: a delete of the folder's last object may remove the
         // folder between its creation and the link (LocalBackend.delete).
         for attempt in 1...2 {
-            try FileIO.makeDirectories(folder)
+            try asStorage { try FileIO.makeDirectories(folder) }
             // link() fails with EEXIST rather than replace: create-if-absent. The
             // temporary file stays, so the caller may retarget and commit again.
             let rc = ifAbsent ? link(tmpPath, final) : rename(tmpPath, final)
@@ -279,11 +276,7 @@ final class LocalObjectReader: ObjectReader {
 
     init(path: String) throws {
         self.path = path
-        do {
-            fd = try FileIO.open(path, O_RDONLY)
-        } catch DedupError.io(let operation, let p, let code) {
-            throw DedupError.storage(BackendError(operation, p, errno: code))
-        }
+        fd = try asStorage { try FileIO.open(path, O_RDONLY) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let code = errno
@@ -299,10 +292,6 @@ final class LocalObjectReader: ObjectReader {
         guard offset >= 0, offset <= size - Int64(buffer.count) else {
             throw DedupError.shortRead(path: path)
         }
-        do {
-            try FileIO.preadAll(fd, buffer, at: offset, path: path)
-        } catch DedupError.io(let operation, let p, let code) {
-            throw DedupError.storage(BackendError(operation, p, errno: code))
-        }
+        try asStorage { try FileIO.preadAll(fd, buffer, at: offset, path: path) }
     }
 }

@@ -73,21 +73,27 @@ public struct DamagedChunks: Sendable {
 }
 
 extension Repository {
-    /// Every damaged-copy record (an empty `damaged/` folder costs one listing).
+    /// Every damaged-copy record: listed once per open repository (an empty
+    /// `damaged/` costs one listing), then kept in step with what this process
+    /// records.
     public func damagedChunks() throws -> DamagedChunks {
+        if let damaged { return damaged }
         var records = [DamagedPackRecord]()
         for obj in try backend.list(DamagedPackRecord.folder) where obj.key.hasSuffix(".json") {
             guard let bytes = try backend.get(obj.key),
                   let r = try? JSONDecoder().decode(DamagedPackRecord.self, from: Data(bytes)) else { continue }
             records.append(r)
         }
-        return DamagedChunks(records: records)
+        let loaded = DamagedChunks(records: records)
+        damaged = loaded
+        return loaded
     }
 
     /// Records the copies of `pack` found corrupt, replacing its earlier record;
     /// none removes the record (the pack read back intact).
     func saveDamaged(pack: PackID, copies: [DamagedPackRecord.Copy]) throws {
         let key = DamagedPackRecord.key(for: pack)
+        damaged = nil  // listed again when next asked
         guard !copies.isEmpty else {
             try backend.delete(key)
             return
@@ -100,6 +106,7 @@ extension Repository {
 
     /// Forgets the record of a pack that is gone.
     func forgetDamaged(pack: PackID) throws {
+        if damaged?.byPack[pack] != nil { damaged = nil }
         try backend.delete(DamagedPackRecord.key(for: pack))
     }
 }

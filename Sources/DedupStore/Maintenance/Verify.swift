@@ -194,7 +194,7 @@ public final class Verifier {
                 record(.init(manifest: id, pack: nil, chunk: nil, message: e.message))
             }
             if firstProblem != nil { report.damagedManifests.append(id) }
-            if self.record, !readOnly, (try? repository.backend.size(Manifest.key(for: id))) != nil {
+            if self.record, !readOnly, (try? repository.hasManifest(id)) == true {
                 try repository.saveVerification(
                     VerificationRecord(
                         id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil,

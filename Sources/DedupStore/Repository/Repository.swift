@@ -22,6 +22,8 @@ public final class Repository {
     public let cacheDirectory: String
     private var chunkIndex: ChunkIndex?
     private var bloomFilter: BloomFilter?
+    /// The damaged-copy records, once listed (`damagedChunks()`).
+    var damaged: DamagedChunks?
 
     /// Messages about self-repair of the cache (index rebuilt, packs indexed).
     public private(set) var notices: [String] = []

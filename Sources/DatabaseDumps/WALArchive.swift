@@ -129,15 +129,49 @@ public struct WALArchive {
         return try repository.loadManifest(newest.id).archive?.systemIdentifier
     }
 
-    /// Refuses a segment of another cluster: the newest segment archived under
-    /// this name must carry the same system identifier.
+    /// The archive's identity object: which cluster its segments come from. One
+    /// read by key per archived segment, however many the archive holds.
+    var identityKey: String { "archives/\(log.kind.rawValue)_\(name).json" }
+
+    struct Identity: Codable {
+        var kind: String
+        var name: String
+        var systemIdentifier: String
+    }
+
+    /// Refuses a segment of another cluster. The archive's identity object names
+    /// its cluster; an archive without one (made by an older dbbackup, or new)
+    /// gets it here, from its newest segment, else from this one. When the two
+    /// differ, the segments decide: an archive whose segments are all gone
+    /// (pruned) takes the new cluster.
     private func checkCluster(_ systemIdentifier: String, file: String) throws {
-        guard let known = try self.systemIdentifier(), known != systemIdentifier else { return }
-        throw DatabaseError.archiveConflict(
-            file: file,
-            detail:
-                "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name"
-        )
+        let recorded = try repository.backend.get(identityKey).flatMap {
+            try? JSONDecoder().decode(Identity.self, from: Data($0)).systemIdentifier
+        }
+        if recorded == systemIdentifier { return }
+        // No identity yet, or another one: what the segments say (one listing).
+        if let known = try self.systemIdentifier(), known != systemIdentifier {
+            if recorded == nil { try recordIdentity(known, replacing: false) }
+            throw DatabaseError.archiveConflict(
+                file: file,
+                detail:
+                    "it comes from the cluster with system identifier \(systemIdentifier), but the archive '\(name)' holds WAL of cluster \(known); give each cluster its own --name"
+            )
+        }
+        try recordIdentity(systemIdentifier, replacing: recorded != nil)
+    }
+
+    /// Writes the identity object (create-if-absent unless `replacing`; of two
+    /// first segments racing, the one that loses reads the winner's next time).
+    private func recordIdentity(_ systemIdentifier: String, replacing: Bool) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let body = Array(try enc.encode(Identity(kind: log.kind.rawValue, name: name, systemIdentifier: systemIdentifier)))
+        do {
+            try repository.backend.put(identityKey, body, ifAbsent: !replacing)
+        } catch let e as DedupError where e.storageFailure == .alreadyExists {
+            return
+        }
     }
 
     /// Restores `file` to `path` (restore_command's %f and %p). False when the

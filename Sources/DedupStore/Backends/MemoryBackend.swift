@@ -8,6 +8,7 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
     private var objects: [String: [UInt8]] = [:]
     private var openWriters = 0
     private var reads: [String: Int] = [:]
+    private var listings: [String: Int] = [:]
     private let lock = NSLock()
 
     public init(name: String = "memory") {
@@ -57,7 +58,8 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
 
     public func list(_ prefix: String) throws -> [ObjectInfo] {
         withLock {
-            objects.filter { $0.key.hasPrefix(prefix) }.map { ObjectInfo(key: $0.key, size: Int64($0.value.count)) }
+            listings[prefix, default: 0] += 1
+            return objects.filter { $0.key.hasPrefix(prefix) }.map { ObjectInfo(key: $0.key, size: Int64($0.value.count)) }
         }.sorted { $0.key < $1.key }
     }
 
@@ -88,6 +90,12 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
     /// reads a restore makes).
     public func rangedReads(under prefix: String) -> Int {
         withLock { reads.filter { $0.key.hasPrefix(prefix) }.values.reduce(0, +) }
+    }
+
+    /// Listings so far of prefixes that start with `prefix` (tests check that a
+    /// frequent command finds what it needs by key).
+    public func listings(under prefix: String) -> Int {
+        withLock { listings.filter { $0.key.hasPrefix(prefix) }.values.reduce(0, +) }
     }
 
     /// Writers started and not yet committed or aborted (tests check for leaks).

@@ -52,6 +52,11 @@ let package = Package(
             name: "dbbackup-bench",
             dependencies: ["DedupStore"]
         ),
+        // Builds large repositories quickly for the scale measurements (tools/bench-scale).
+        .executableTarget(
+            name: "dbbackup-gen",
+            dependencies: ["DedupStore"]
+        ),
         .testTarget(
             name: "DedupStoreTests",
             dependencies: ["DedupStore"]

@@ -121,6 +121,19 @@ import Testing
         #expect(listed == [a.id, b.id, c.id])
     }
 
+    /// A restore by full id finds the manifest by key: nothing lists manifests/
+    /// (a prefix still needs the listing).
+    @Test func aFullIDIsFoundByKey() throws {
+        let backend = MemoryBackend(name: UUID().uuidString)
+        let repo = try Repository.initialize(on: backend, chunker: testChunker)
+        let m = try backup(repo, randomBytes(50_000, seed: 3), name: "x")
+        let before = backend.listings(under: "manifests/")
+        #expect(try restoreBytes(repo, m.id, dir: TempDir()) == randomBytes(50_000, seed: 3))
+        #expect(backend.listings(under: "manifests/") == before)
+        #expect(try repo.resolveManifestID(String(m.id.prefix(12))) == m.id)
+        #expect(backend.listings(under: "manifests/") == before + 1)
+    }
+
     @Test func notARepositoryAndNewerFormatsAreClearErrors() throws {
         let dir = TempDir()
         #expect(throws: DedupError.notARepository(path: dir.path)) { try Repository(path: dir.path) }

@@ -7,9 +7,17 @@ public final class LocalBackend: Backend {
     public let root: String
     public var location: String { root }
     public let capabilities = BackendCapabilities(atomicCreateIfAbsent: true, listAfterWriteConsistent: true)
+    /// False: no fsync of objects or folders, for generators of test repositories
+    /// only (dbbackup-gen, tools/bench-scale); a crash may then lose or cut what was written.
+    public let durable: Bool
 
-    public init(root: String) {
+    public init(root: String, durable: Bool = true) {
         self.root = root
+        self.durable = durable
+    }
+
+    func syncFolder(_ path: String) throws {
+        if durable { try FileIO.fsyncDirectory(path) }
     }
 
     /// The file that holds `key` (the local backend's own business; tests that
@@ -89,11 +97,11 @@ public final class LocalBackend: Backend {
             throw failure("delete", key, errno)
         }
         let folder = FileIO.parent(p)
-        try FileIO.fsyncDirectory(folder)
+        try syncFolder(folder)
         // A fan-out folder (packs/xx/) goes with its last object; a writer that
         // created it meanwhile finds it gone and creates it again (commit).
         if key.split(separator: "/").count > 2, rmdir(folder) == 0 {
-            try FileIO.fsyncDirectory(FileIO.parent(folder))
+            try syncFolder(FileIO.parent(folder))
         }
     }
 
@@ -232,7 +240,7 @@ final class LocalObjectWriter: ObjectWriter {
         // The first commit attempt makes the data durable; a retry under another
         // key (the first was taken) finds the descriptor already closed.
         if fd >= 0 {
-            try asStorage { try FileIO.fsync(fd, path: tmpPath) }
+            if backend.durable { try asStorage { try FileIO.fsync(fd, path: tmpPath) } }
             close(fd)
             fd = -1
         }
@@ -253,7 +261,7 @@ final class LocalObjectWriter: ObjectWriter {
         if ifAbsent { unlink(tmpPath) }
         finished = true
         InterruptCleanup.unregister(tmpPath)
-        try FileIO.fsyncDirectory(folder)
+        try backend.syncFolder(folder)
     }
 
     func abort() {

@@ -428,9 +428,11 @@ public final class Repository {
     }
 
     /// Resolves a full id or a unique prefix of one.
+    /// A full id is found by key (a restore or `wal restore` lists nothing); a
+    /// prefix needs the listing.
     public func resolveManifestID(_ text: String) throws -> String {
+        if !text.isEmpty, !text.contains("/"), try hasManifest(text) { return text }
         let ids = try manifestIDs()
-        if ids.contains(text) { return text }
         let matches = ids.filter { $0.hasPrefix(text) }
         if matches.count == 1 { return matches[0] }
         if matches.isEmpty || text.isEmpty { throw DedupError.manifestNotFound(idOrPrefix: text) }

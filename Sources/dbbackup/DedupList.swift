@@ -1,4 +1,5 @@
 import ArgumentParser
+import Catalog
 import DedupStore
 import Foundation
 
@@ -23,28 +24,21 @@ struct DedupList: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
-            var manifests = try repo.manifests()
-            if let database {
-                let known = Set(manifests.compactMap(\.database))
-                if !known.contains(database) { Terminal.notice(noBackups(of: database, in: repo.path, known: known)) }
-                manifests = manifests.filter { $0.database == database }
-            }
+            var manifests = try database.map { try backups(of: $0, in: repo) } ?? repo.manifests()
             let logFiles = manifests.filter(\.isLogFile).count
             manifests = manifests.filter { m in kind.map { m.kind == $0.rawValue } ?? !m.isLogFile }
             if json {
-                let verified = try repo.verificationRecords()
-                try Terminal.json(manifests.map { ListedBackup(manifest: $0, lastVerification: verified[$0.id]) })
+                try Terminal.json(manifests.map { ListedBackup(manifest: $0, lastVerification: try repo.verificationRecord($0.id)) })
                 return
             }
             if manifests.isEmpty {
                 Terminal.out("no backups\(database.map { " of database \($0)" } ?? "") in \(repo.path)")
                 return
             }
-            let verified = try repo.verificationRecords()
-            let rows = manifests.map { m -> [String] in
+            let rows = try manifests.map { m -> [String] in
                 let dedup = m.size > 0 ? 1 - Double(m.stats.newBytes) / Double(m.size) : 1
                 let v =
-                    verified[m.id].map { $0.ok ? "\($0.verifiedAt) \($0.mode)" : "FAILED \($0.verifiedAt)" } ?? "never"
+                    try repo.verificationRecord(m.id).map { $0.ok ? "\($0.verifiedAt) \($0.mode)" : "FAILED \($0.verifiedAt)" } ?? "never"
                 return [
                     m.id, m.database ?? "-", Format.bytes(m.size), Format.percent(dedup), "\(m.stats.chunks)",
                     m.createdAt, v,
@@ -61,6 +55,41 @@ struct DedupList: ParsableCommand {
 }
 
 
+
+extension DedupList {
+    /// The backups of `database`, oldest first: the catalog (brought in step on
+    /// open) names the candidates, and only their manifests are read, not every
+    /// manifest of the repository. Without a usable catalog, every manifest.
+    func backups(of database: String, in repo: Repository) throws -> [Manifest] {
+        let candidates: [String]
+        do {
+            var filter = BackupCatalog.Filter()
+            filter.database = database
+            candidates = try BackupCatalog(repository: repo).backups(filter).map(\.id)
+        } catch {
+            Terminal.notice("the catalog could not be used (\(errorMessage(error))); reading every manifest")
+            return try repo.manifests().filter { $0.database == database }
+        }
+        var found = [Manifest]()
+        for id in candidates {
+            do {
+                let m = try repo.loadManifest(id)
+                if m.database == database { found.append(m) }
+            } catch let e as DedupError {
+                switch e {
+                case .manifestNotFound: continue  // deleted meanwhile
+                case .manifestCorrupt, .manifestTooNew: Terminal.notice("skipping \(e.message)")
+                default: throw e
+                }
+            }
+        }
+        if found.isEmpty {
+            let known = Set(try repo.manifests().compactMap(\.database))
+            Terminal.notice(noBackups(of: database, in: repo.path, known: known))
+        }
+        return found.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+}
 
 /// A manifest's fields plus its last verification, flat, for `list --json`.
 struct ListedBackup: Encodable {

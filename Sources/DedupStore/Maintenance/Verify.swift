@@ -12,6 +12,15 @@ public struct VerificationRecord: Codable, Equatable, Sendable {
     public static func key(for id: String) -> String { "verified/\(id).json" }
 }
 
+extension Repository {
+    /// The last verification of backup `id`, by key (nil: never verified, or a
+    /// record this build cannot read).
+    public func verificationRecord(_ id: String) throws -> VerificationRecord? {
+        guard let bytes = try backend.get(VerificationRecord.key(for: id)) else { return nil }
+        return try? JSONDecoder().decode(VerificationRecord.self, from: Data(bytes))
+    }
+}
+
 /// One stored copy of a chunk.
 struct PackChunk: Hashable {
     var pack: PackID

@@ -123,6 +123,10 @@ import Testing
         #expect(try b.list("packs/0").map(\.key) == ["packs/00/a.pack", "packs/0a/m.pack"])
         #expect(try b.list("manifests/").map(\.size) == [18, 25])
         #expect(try b.list("locks/").isEmpty)
+        // Keys without sizes are the same keys.
+        for prefix in ["packs/", "packs/0", "manifests/", "locks/", ""] {
+            #expect(try b.keys(prefix) == (try b.list(prefix)).map(\.key), "\(prefix)")
+        }
     }
 
     @Test(arguments: Kind.allCases) func deletingIsIdempotent(kind: Kind) throws {

@@ -24,6 +24,9 @@ public protocol Backend: AnyObject {
     func openReader(_ key: String) throws -> ObjectReader
     /// Keys under a prefix ("packs/", "manifests/"), with sizes, sorted by key.
     func list(_ prefix: String) throws -> [ObjectInfo]
+    /// The same keys without their sizes, when a backend can list those for less
+    /// (a local folder: no stat per file).
+    func keys(_ prefix: String) throws -> [String]
     /// The size of an object, or nil if it does not exist.
     func size(_ key: String) throws -> Int64?
     /// Deletes an object; an absent one is no error.
@@ -161,6 +164,8 @@ extension Backend {
 
     /// True when an object exists under `key`.
     public func exists(_ key: String) throws -> Bool { try size(key) != nil }
+
+    public func keys(_ prefix: String) throws -> [String] { try list(prefix).map(\.key) }
 
     public func deleteOnInterrupt(_ key: String) {}
     public func keepOnInterrupt(_ key: String) {}

@@ -95,6 +95,9 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
     public func list(_ prefix: String) throws -> [ObjectInfo] {
         try checkAlive("list", prefix); return try inner.list(prefix)
     }
+    public func keys(_ prefix: String) throws -> [String] {
+        try checkAlive("list", prefix); return try inner.keys(prefix)
+    }
     public func size(_ key: String) throws -> Int64? { try checkAlive("stat", key); return try inner.size(key) }
     public func delete(_ key: String) throws { try checkAlive("delete", key); try inner.delete(key) }
     public var isReadOnly: Bool { inner.isReadOnly }

@@ -63,6 +63,42 @@ public final class LocalBackend: Backend {
         return out.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
     }
 
+    /// Keys only: the file types from the directory entries (d_type), a stat only
+    /// where the file system does not give them.
+    public func keys(_ prefix: String) throws -> [String] {
+        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
+        var out = [String]()
+        try walkNames(folder, into: &out)
+        return out.filter { $0.hasPrefix(prefix) }.sorted()
+    }
+
+    private func walkNames(_ folder: String, into out: inout [String]) throws {
+        let dirPath = path(folder)
+        guard let dir = opendir(dirPath) else {
+            if errno == ENOENT { return }
+            throw failure("list", folder, errno)
+        }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name == "." || name == ".." || name.hasPrefix(".") { continue }
+            let key = folder + "/" + name
+            var type = Int32(entry.pointee.d_type)
+            if type == Int32(DT_UNKNOWN) {
+                var st = stat()
+                guard lstat(path(key), &st) == 0 else { continue }
+                type = (st.st_mode & S_IFMT) == S_IFDIR ? Int32(DT_DIR) : ((st.st_mode & S_IFMT) == S_IFREG ? Int32(DT_REG) : 0)
+            }
+            if type == Int32(DT_DIR) {
+                try walkNames(key, into: &out)
+            } else if type == Int32(DT_REG) {
+                out.append(key)
+            }
+        }
+    }
+
     private func walk(_ folder: String, into out: inout [ObjectInfo]) throws {
         let dirPath = path(folder)
         guard let dir = opendir(dirPath) else {

@@ -396,9 +396,9 @@ public final class Repository {
 
     /// Ids of every committed backup, sorted.
     public func manifestIDs() throws -> [String] {
-        try backend.list("manifests/").compactMap { obj in
-            guard obj.key.hasSuffix(".manifest.json") else { return nil }
-            let name = FileIO.lastComponent(obj.key)
+        try backend.keys("manifests/").compactMap { key in
+            guard key.hasSuffix(".manifest.json") else { return nil }
+            let name = FileIO.lastComponent(key)
             return String(name.dropLast(".manifest.json".count))
         }.sorted()
     }

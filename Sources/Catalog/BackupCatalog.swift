@@ -225,24 +225,48 @@ public final class BackupCatalog {
                 "(instr(id, \($0)) > 0 OR instr(name, \($0)) > 0 OR instr(coalesce(database, ''), \($0)) > 0)"
             }
         }
-        var sql =
-            "SELECT id, name, kind, database, engine, host, created_at, size, stored_bytes, new_bytes, duration, tags, verified_at, verified_ok, verify_mode FROM backups"
+        var sql = "SELECT \(Self.entryColumns) FROM backups"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY created_unix DESC, id DESC"
         var out = [Entry]()
         try db.run(sql, values) { r in
-            let tags = (try? JSONDecoder().decode([String: String].self, from: Data((r.text(11) ?? "{}").utf8))) ?? [:]
-            if let tag = f.tag, tags[tag.key] != tag.value { return }
+            let entry = Self.entry(r)
+            if let tag = f.tag, entry.tags[tag.key] != tag.value { return }
             if let limit = f.limit, out.count >= limit { return }
-            out.append(
-                Entry(
-                    id: r.text(0) ?? "", name: r.text(1) ?? "", kind: r.text(2) ?? "", database: r.text(3),
-                    engine: r.text(4),
-                    host: r.text(5), createdAt: r.text(6) ?? "", size: r.int(7) ?? 0, storedBytes: r.int(8) ?? 0,
-                    newBytes: r.int(9) ?? 0, durationSeconds: r.real(10) ?? 0, tags: tags, verifiedAt: r.text(12),
-                    verifiedOK: r.int(13).map { $0 != 0 }, verifyMode: r.text(14)))
+            out.append(entry)
         }
         return out.reversed()
+    }
+
+    /// The newest backup of each database (or name) and kind, WAL and binlogs left
+    /// out, by subject and kind: what `status` shows. One query, one row a series,
+    /// however many backups the catalog holds.
+    public func latestBackups() throws -> [Entry] {
+        // SQLite takes the bare columns of a max() aggregate from the row that holds
+        // the maximum; the key breaks ties of time by id.
+        let sql = """
+            SELECT \(Self.entryColumns), max(printf('%020.6f %s', created_unix, id)) FROM backups
+            WHERE kind NOT IN ('wal', 'binlog') GROUP BY coalesce(database, name), kind
+            ORDER BY coalesce(database, name), kind
+            """
+        var out = [Entry]()
+        try db.run(sql) { out.append(Self.entry($0)) }
+        return out
+    }
+
+    private static let entryColumns = """
+        id, name, kind, database, engine, host, created_at, size, stored_bytes, new_bytes, duration, tags, \
+        verified_at, verified_ok, verify_mode
+        """
+
+    private static func entry(_ r: SQLiteDatabase.Row) -> Entry {
+        let tags = (try? JSONDecoder().decode([String: String].self, from: Data((r.text(11) ?? "{}").utf8))) ?? [:]
+        return Entry(
+            id: r.text(0) ?? "", name: r.text(1) ?? "", kind: r.text(2) ?? "", database: r.text(3),
+            engine: r.text(4),
+            host: r.text(5), createdAt: r.text(6) ?? "", size: r.int(7) ?? 0, storedBytes: r.int(8) ?? 0,
+            newBytes: r.int(9) ?? 0, durationSeconds: r.real(10) ?? 0, tags: tags, verifiedAt: r.text(12),
+            verifiedOK: r.int(13).map { $0 != 0 }, verifyMode: r.text(14))
     }
 
     public func events(kind: String? = nil) throws -> [Event] {

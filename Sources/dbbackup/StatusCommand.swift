@@ -40,7 +40,7 @@ struct StatusCommand: ParsableCommand {
             let catalog = try BackupCatalog(repository: repo)
             let (aging, stale) = (parseDuration(warn) ?? 93600, parseDuration(crit) ?? 180000)  // validated above
             let rows = Self.rows(
-                backups: try catalog.backups().filter { !$0.isLogFile },
+                backups: try catalog.latestBackups(),
                 failures: try catalog.events(kind: "backup").filter { $0.status == "failure" },
                 encrypted: repo.config.isEncrypted, now: Date(), aging: aging, stale: stale)
             if json {
@@ -58,8 +58,8 @@ struct StatusCommand: ParsableCommand {
         }
     }
 
-    /// A row per database and kind with a backup, and one per database whose runs
-    /// have only failed. A failed run after the last good backup makes the state
+    /// A row per database and kind with a backup (`backups`: the newest of each, or
+    /// all of them), and one per database whose runs have only failed. A failed run after the last good backup makes the state
     /// failing whatever the age: the age column still tells how old that backup is.
     static func rows(backups: [BackupCatalog.Entry], failures: [BackupCatalog.Event], encrypted: Bool,
                      now: Date, aging: Double, stale: Double) -> [Row] {

@@ -158,6 +158,26 @@ import Testing
         #expect(rows.count == 2 && rows.allSatisfy { $0.verified && !$0.encrypted })
     }
 
+    /// status takes each series' newest backup in one query: the newest time wins,
+    /// a tie goes to the later id, WAL and binlogs are no series.
+    @Test func statusShowsEachSeriesNewestBackup() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        let older = Timestamps.iso8601(Date().addingTimeInterval(-3 * 86400))
+        let newer = Timestamps.iso8601(Date().addingTimeInterval(-3600))
+        for (time, seed) in [(older, 1), (newer, 2), (newer, 3)] {
+            #expect(try cli.dedup(["backup", "-", "--db-name", "shop", "--time", time], stdin: pseudoRandom(500, seed: UInt64(seed))).status == 0)
+        }
+        #expect(try cli.dedup(["backup", "-", "--name", "notes", "--time", older], stdin: [1, 2, 3]).status == 0)
+        struct Row: Decodable { var database: String; var kind: String; var lastBackup: String?; var size: Int64? }
+        let rows = try JSONDecoder().decode([Row].self, from: Data(try CLI.run(["status", "--dedup-dir", cli.repo, "--json"]).stdout))
+        #expect(rows.map(\.database) == ["notes", "shop"], "\(rows)")
+        #expect(rows.first { $0.database == "shop" }?.lastBackup == newer)
+        let ids = try #require(try? FileManager.default.contentsOfDirectory(atPath: cli.repo + "/manifests")).filter { $0.hasSuffix("_shop_2.manifest.json") }
+        #expect(ids.count == 1, "two backups of shop at one time: the second is _2")
+        #expect(rows.first { $0.database == "shop" }?.size == 500)
+    }
+
     // MARK: HTTP helpers
 
     static func startServer(_ args: [String]) throws -> (Process, UInt16) {

@@ -99,3 +99,28 @@ extension DatabaseEngine {
         }
     }
 }
+
+/// A driver's connections: one to the server as a whole, and the one a check
+/// made to a database, kept until that database's dump takes it, so that one
+/// database connection at a time is open.
+struct ConnectionCache<Connection> {
+    private var server: Connection?
+    private var checked: (database: String, connection: Connection)?
+
+    /// The connection to `database` (nil: the server), opened by `open` once.
+    mutating func connection(_ database: String?, open: (String?) throws -> Connection) throws -> Connection {
+        guard let database else {
+            if let server { return server }
+            let made = try open(nil)
+            server = made
+            return made
+        }
+        if let checked, checked.database == database { return checked.connection }
+        let made = try open(database)
+        checked = (database, made)
+        return made
+    }
+
+    /// Forgets the database connection (its dump has taken it).
+    mutating func release() { checked = nil }
+}

@@ -12,8 +12,7 @@ public final class MariaDBDriver: DatabaseDriver {
 
     /// The connection to the server as a whole, and the one `check` made to a
     /// database, until its dump takes it: one database connection open at a time.
-    private var server: MariaDBConnection?
-    private var checked: (database: String, connection: MariaDBConnection)?
+    private var connections = ConnectionCache<MariaDBConnection>()
 
     public init(address: ServerAddress, engine: DatabaseEngine = .mariadb) {
         self.address = address
@@ -22,16 +21,7 @@ public final class MariaDBDriver: DatabaseDriver {
 
     /// The connection to `database` (nil: the server), made once.
     private func connection(_ database: String?) throws -> MariaDBConnection {
-        guard let database else {
-            if let server { return server }
-            let made = try MariaDBConnection(address, database: nil)
-            server = made
-            return made
-        }
-        if let checked, checked.database == database { return checked.connection }
-        let made = try MariaDBConnection(address, database: database)
-        checked = (database, made)
-        return made
+        try connections.connection(database) { [address] in try MariaDBConnection(address, database: $0) }
     }
 
     public func check(database: String?) throws {
@@ -46,7 +36,7 @@ public final class MariaDBDriver: DatabaseDriver {
     /// position of its snapshot recorded.
     public func dump(database db: String) throws -> DatabaseDump {
         let connection = try connection(db)
-        defer { checked = nil }
+        defer { connections.release() }
         let size = try? connection.databaseSize(db)
         let binaryLog = (try? connection.binaryLogOn()) ?? false
         let plan = try MariaDBDumpPlan.make(address: address, database: db, binaryLog: binaryLog)

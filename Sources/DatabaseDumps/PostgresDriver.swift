@@ -14,8 +14,7 @@ public final class PostgresDriver: ClusterBackupDriver {
 
     /// The connection to the server as a whole, and the one `check` made to a
     /// database, until its dump takes it: one database connection open at a time.
-    private var server: PostgresConnection?
-    private var checked: (database: String, connection: PostgresConnection)?
+    private var connections = ConnectionCache<PostgresConnection>()
 
     public init(address: ServerAddress, settings: DumpSettings = DumpSettings()) {
         self.address = address
@@ -24,17 +23,11 @@ public final class PostgresDriver: ClusterBackupDriver {
 
     /// The connection to `database` (nil: the server), made once.
     private func connection(_ database: String?) throws -> PostgresConnection {
-        guard let database else {
-            if let server { return server }
-            let made = try PostgresConnection(address, database: Self.serverDatabase)
-            server = made
-            return made
+        try connections.connection(database) { [address] database in
+            guard let database else { return try PostgresConnection(address, database: Self.serverDatabase) }
+            try PostgresDumpPlan.checkDatabaseName(database)
+            return try PostgresConnection(address, database: database)
         }
-        if let checked, checked.database == database { return checked.connection }
-        try PostgresDumpPlan.checkDatabaseName(database)
-        let made = try PostgresConnection(address, database: database)
-        checked = (database, made)
-        return made
     }
 
     public func check(database: String?) throws {
@@ -48,7 +41,7 @@ public final class PostgresDriver: ClusterBackupDriver {
     /// One database through pg_dump, checked first through libpq.
     public func dump(database db: String) throws -> DatabaseDump {
         let connection = try connection(db)
-        defer { checked = nil }
+        defer { connections.release() }
         let dumpFormat = settings.postgresFormat
         let size = try? connection.databaseSize()
         let plan = try PostgresDumpPlan.make(address: address, database: db, format: dumpFormat)

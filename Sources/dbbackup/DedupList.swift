@@ -61,11 +61,13 @@ extension DedupList {
     /// open) names the candidates, and only their manifests are read, not every
     /// manifest of the repository. Without a usable catalog, every manifest.
     func backups(of database: String, in repo: Repository) throws -> [Manifest] {
+        let catalog: BackupCatalog
         let candidates: [String]
         do {
             var filter = BackupCatalog.Filter()
             filter.database = database
-            candidates = try BackupCatalog(repository: repo).backups(filter).map(\.id)
+            catalog = try BackupCatalog(repository: repo)
+            candidates = try catalog.backups(filter).map(\.id)
         } catch {
             Terminal.notice("the catalog could not be used (\(errorMessage(error))); reading every manifest")
             return try repo.manifests().filter { $0.database == database }
@@ -84,7 +86,8 @@ extension DedupList {
             }
         }
         if found.isEmpty {
-            let known = Set(try repo.manifests().compactMap(\.database))
+            // The databases there are, from the catalog: no manifest is read for them.
+            let known = Set(try catalog.backups().compactMap(\.database))
             Terminal.notice(noBackups(of: database, in: repo.path, known: known))
         }
         return found.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }

@@ -56,23 +56,26 @@ public final class LocalBackend: Backend {
     }
 
     public func list(_ prefix: String) throws -> [ObjectInfo] {
-        // Keys are "folder/name" or "folder/xx/name"; walk the folder part of the prefix.
-        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
-        var out = [ObjectInfo]()
-        try walk(folder, into: &out)
-        return out.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
+        try walk(prefix, sizes: true)
     }
 
     /// Keys only: the file types from the directory entries (d_type), a stat only
     /// where the file system does not give them.
     public func keys(_ prefix: String) throws -> [String] {
-        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
-        var out = [String]()
-        try walkNames(folder, into: &out)
-        return out.filter { $0.hasPrefix(prefix) }.sorted()
+        try walk(prefix, sizes: false).map(\.key)
     }
 
-    private func walkNames(_ folder: String, into out: inout [String]) throws {
+    /// The files under `prefix`, sorted by key. Keys are "folder/name" or
+    /// "folder/xx/name": the walk starts at the folder part of the prefix. With
+    /// `sizes`, each file is stat'ed; without, sizes are 0.
+    private func walk(_ prefix: String, sizes: Bool) throws -> [ObjectInfo] {
+        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
+        var out = [ObjectInfo]()
+        try walk(folder, sizes: sizes, into: &out)
+        return out.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
+    }
+
+    private func walk(_ folder: String, sizes: Bool, into out: inout [ObjectInfo]) throws {
         let dirPath = path(folder)
         guard let dir = opendir(dirPath) else {
             if errno == ENOENT { return }
@@ -86,38 +89,18 @@ public final class LocalBackend: Backend {
             if name == "." || name == ".." || name.hasPrefix(".") { continue }
             let key = folder + "/" + name
             var type = Int32(entry.pointee.d_type)
-            if type == Int32(DT_UNKNOWN) {
+            var size: Int64 = 0
+            if sizes || type == Int32(DT_UNKNOWN) {
                 var st = stat()
                 guard lstat(path(key), &st) == 0 else { continue }
-                type = (st.st_mode & S_IFMT) == S_IFDIR ? Int32(DT_DIR) : ((st.st_mode & S_IFMT) == S_IFREG ? Int32(DT_REG) : 0)
+                let mode = st.st_mode & S_IFMT
+                type = mode == S_IFDIR ? Int32(DT_DIR) : (mode == S_IFREG ? Int32(DT_REG) : 0)
+                size = Int64(st.st_size)
             }
             if type == Int32(DT_DIR) {
-                try walkNames(key, into: &out)
+                try walk(key, sizes: sizes, into: &out)
             } else if type == Int32(DT_REG) {
-                out.append(key)
-            }
-        }
-    }
-
-    private func walk(_ folder: String, into out: inout [ObjectInfo]) throws {
-        let dirPath = path(folder)
-        guard let dir = opendir(dirPath) else {
-            if errno == ENOENT { return }
-            throw failure("list", folder, errno)
-        }
-        defer { closedir(dir) }
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name == "." || name == ".." || name.hasPrefix(".") { continue }
-            let key = folder + "/" + name
-            var st = stat()
-            guard lstat(path(key), &st) == 0 else { continue }
-            if (st.st_mode & S_IFMT) == S_IFDIR {
-                try walk(key, into: &out)
-            } else if (st.st_mode & S_IFMT) == S_IFREG {
-                out.append(ObjectInfo(key: key, size: Int64(st.st_size)))
+                out.append(ObjectInfo(key: key, size: size))
             }
         }
     }

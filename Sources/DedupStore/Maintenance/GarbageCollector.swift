@@ -239,7 +239,7 @@ private final class Sweep {
         var frames = Set<UInt64>()
         let chunkBytes = entries.reduce(Int64(0)) { sum, e in
             guard !e.location.isGroupMember || frames.insert(e.location.offset).inserted else { return sum }
-            return sum + Int64(PackFormat.entryHeaderSize) + Int64(e.location.storedLength)
+            return sum + Self.copiedSize(e)
         }
         guard let plan = try plan(pack, entries: entries, live: live, chunkBytes: chunkBytes) else { return }
         report.packsRepacked += 1
@@ -309,15 +309,12 @@ private final class Sweep {
             runs.append(live[k..<end])
             k = end
         }
-        func stored(_ e: PackEntry) -> Int {
-            Int(e.location.storedLength) - (encrypted ? RepositoryCipher.overhead : 0)
-        }
         // The least the rewrite can keep (a regrouped run at no bytes at all): a
         // pack that keeps too much even so is not read.
         let floor = runs.reduce(Int64(0)) { sum, run in
             guard let e = run.first else { return sum }
             let partial = e.location.isGroupMember && run.count < groupMembers[e.location.offset, default: 0]
-            return sum + (partial ? 0 : PackFormat.entrySize(payload: stored(e), encrypted: encrypted))
+            return sum + (partial ? 0 : Self.copiedSize(e))
         }
         guard Double(floor) < threshold * Double(chunkBytes) else { return nil }
 
@@ -333,7 +330,7 @@ private final class Sweep {
             } else {
                 // Partly dead: recompressed together when that is smaller than the frame.
                 guard let regrouped = try regroup(run) else { return nil }
-                let asFrame = PackFormat.entrySize(payload: stored(e), encrypted: encrypted)
+                let asFrame = Self.copiedSize(e)
                 if regrouped.size < asFrame {
                     let keep = keptPayloads + regrouped.payload.count <= Self.keptPayloadLimit
                     if keep { keptPayloads += regrouped.payload.count }
@@ -387,14 +384,17 @@ private final class Sweep {
         }
     }
 
+    /// Bytes an entry copied as stored takes in a data area: its header and its
+    /// payload as stored (sealed, in an encrypted repository, where the copy is
+    /// sealed anew at the same length).
+    private static func copiedSize(_ e: PackEntry) -> Int64 {
+        Int64(PackFormat.entryHeaderSize) + Int64(e.location.storedLength)
+    }
+
     private func pieceSize(_ piece: RepackPlan.Piece) -> Int64 {
-        func stored(_ e: PackEntry) -> Int {
-            Int(e.location.storedLength) - (encrypted ? RepositoryCipher.overhead : 0)
-        }
         switch piece {
-        case .copy(let e): return PackFormat.entrySize(payload: stored(e), encrypted: encrypted)
-        case .frame(let members):
-            return members.first.map { PackFormat.entrySize(payload: stored($0), encrypted: encrypted) } ?? 0
+        case .copy(let e): return Self.copiedSize(e)
+        case .frame(let members): return members.first.map(Self.copiedSize) ?? 0
         case .regroup(let members, let encoding, let storedLength, _):
             guard encoding == .raw else { return PackFormat.entrySize(payload: storedLength, encrypted: encrypted) }
             return members.reduce(0) {

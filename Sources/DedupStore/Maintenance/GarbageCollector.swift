@@ -54,7 +54,7 @@ public final class GarbageCollector {
         let started = Date()
         var report = GCReport()
         report.dryRun = dryRun
-        let index = try repository.index()
+        let index = try repository.listedIndex()
 
         let (marks, liveChunkLists) = try mark(&report)
         FaultInjection.crashPoint("gc.after-mark")

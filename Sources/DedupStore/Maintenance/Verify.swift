@@ -74,7 +74,7 @@ public final class Verifier {
     ) throws -> VerifyReport {
         try repository.requireKey()
         var report = VerifyReport()
-        let index = try repository.index()
+        let index = try repository.listedIndex()
         // Nothing can be recorded on a read-only repository; the report still says all.
         let readOnly = repository.isReadOnly
         let packs = try repository.listPacks()

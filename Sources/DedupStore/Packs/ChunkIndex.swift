@@ -8,6 +8,8 @@ public final class ChunkIndex {
     private var env: OpaquePointer?
     private var chunks: MDB_dbi = 0
     private var packs: MDB_dbi = 0
+    /// Small facts about the cache itself (when it last listed every pack).
+    private var meta: MDB_dbi = 0
     public let path: String
     /// Reused read transaction for lookups (reset/renewed around each one).
     private var readTxn: OpaquePointer?
@@ -30,6 +32,7 @@ public final class ChunkIndex {
                 // dbbackup has other tables, so its packs are read in again.
                 try check(mdb_dbi_open(txn, "chunks-v2", UInt32(MDB_CREATE), &chunks), "open chunks table")
                 try check(mdb_dbi_open(txn, "packs-v2", UInt32(MDB_CREATE), &packs), "open packs table")
+                try check(mdb_dbi_open(txn, "meta", UInt32(MDB_CREATE), &meta), "open meta table")
             }
         } catch {
             mdb_env_close(env)
@@ -152,6 +155,50 @@ public final class ChunkIndex {
             result = st.ms_entries
         }
         return result
+    }
+
+    /// The size a pack had when the index read it, or nil for a pack it has not read.
+    public func packSize(_ pack: PackID) throws -> Int64? {
+        var result: Int64?
+        try read { txn in
+            try Self.packKey(pack).withUnsafeBytes { raw in
+                var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+                var mv = MDB_val()
+                let rc = mdb_get(txn, packs, &mk, &mv)
+                if rc == MDB_NOTFOUND { return }
+                try check(rc, "get pack")
+                guard mv.mv_size == 16, let p = mv.mv_data else { return }
+                result = Int64(bitPattern: UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
+            }
+        }
+        return result
+    }
+
+    /// When the index was last brought in step with a full listing of the packs
+    /// (nil: never, or by a dbbackup that did not record it).
+    public func lastFullSync() throws -> Date? {
+        var result: Date?
+        try read { txn in
+            var key = Array("full-sync".utf8)
+            try key.withUnsafeMutableBytes { k in
+                var mk = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
+                var mv = MDB_val()
+                let rc = mdb_get(txn, meta, &mk, &mv)
+                if rc == MDB_NOTFOUND { return }
+                try check(rc, "get meta")
+                guard mv.mv_size == 8, let p = mv.mv_data else { return }
+                let ms = Int64(bitPattern: UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
+                result = Date(timeIntervalSince1970: Double(ms) / 1000)
+            }
+        }
+        return result
+    }
+
+    /// Records when a full listing of the packs began that the index is now in step with.
+    public func setLastFullSync(_ date: Date) throws {
+        var w = BinaryWriter(capacity: 8)
+        w.append(UInt64(bitPattern: Int64((date.timeIntervalSince1970 * 1000).rounded())))
+        try write { txn in try put(txn, meta, Array("full-sync".utf8), w.bytes) }
     }
 
     /// The packs the index has read, with their sizes and entry counts.
@@ -284,6 +331,7 @@ public final class ChunkIndex {
         try write { txn in
             try check(mdb_drop(txn, chunks, 0), "clear chunks")
             try check(mdb_drop(txn, packs, 0), "clear packs")
+            try check(mdb_drop(txn, meta, 0), "clear meta")
         }
     }
 }

@@ -95,7 +95,9 @@ final class ChunkWriter {
         for i in 0..<n {
             let id = slots[i].id
             var known = pending.contains(id)
-            if !known && bloom.mightContain(id) { known = try index.lookup(id) != nil }
+            if !known && bloom.mightContain(id) {
+                known = try repository.locate(id, in: index, listIfUnknown: false) != nil
+            }
             guard !known else { continue }
             pending.insert(id)
             bloom.insert(id)
@@ -190,6 +192,7 @@ final class ChunkWriter {
         let size = Int64(p.size)  // after finish: trailer and footer included
         FaultInjection.crashPoint("backup.after-pack-commit")
         try index.insert(pack: p.id, size: size, entries: entries)
+        repository.confirmWritten(p.id)
         // The filter now holds these index entries too.
         bloom.count += entries.count
         pending.removeAll(keepingCapacity: true)

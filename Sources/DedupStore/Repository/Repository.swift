@@ -243,15 +243,82 @@ public final class Repository {
 
     // MARK: - Index and Bloom filter (the cache)
 
-    /// The chunk index, opened and brought in step with the packs on first use.
+    /// How long a cache that listed every pack is trusted without listing them
+    /// again (`index()`): other writers' new packs stay unseen that long, a loss
+    /// of deduplication only. $DBBACKUP_INDEX_SYNC_SECONDS overrides it (0: list
+    /// on every open, as maintenance always does).
+    public static var fullSyncInterval: TimeInterval {
+        if let text = ProcessInfo.processInfo.environment["DBBACKUP_INDEX_SYNC_SECONDS"],
+           let seconds = TimeInterval(text), seconds >= 0 {
+            return seconds
+        }
+        return 3600
+    }
+
+    /// True once this process brought the index in step with a full listing of
+    /// the packs: every indexed pack then exists at its indexed size until the
+    /// lock is released (removal needs the exclusive lock).
+    private var indexListed = false
+    /// Packs a trusted index found present at their indexed size, once each.
+    private var confirmedPacks = Set<PackID>()
+
+    /// The chunk index for the frequent commands (backup, archive, restore): on
+    /// first use opened and, when it listed every pack less than
+    /// `fullSyncInterval` ago, trusted without a listing (its cost is then
+    /// independent of the repository's size). A trusted index is checked where it
+    /// is used: `locate` confirms each pack it hands out, once per process, and
+    /// lists all packs again when one is gone or resized (another host's gc).
     public func index() throws -> ChunkIndex {
         if let chunkIndex { return chunkIndex }
         try requireKey()
         let existed = FileIO.exists(indexPath)
         let idx = try openIndexFile()
-        try synchronizeIndex(idx, existed: existed)
+        if existed, let last = try idx.lastFullSync(), abs(Date().timeIntervalSince(last)) < Self.fullSyncInterval {
+            // Copies verify found corrupt stay out, also of a trusted cache (damaged/
+            // is one small folder, empty in a healthy repository).
+            for (pack, copies) in try damagedChunks().byPack where try idx.packSize(pack) != nil {
+                try idx.dropChunks(Array(copies.keys), inPack: pack)
+            }
+        } else {
+            try synchronizeIndex(idx, existed: existed)
+        }
         return idx
     }
+
+    /// The chunk index brought in step with a full listing of the packs in this
+    /// process (verify, gc, stats: commands that must see every pack).
+    public func listedIndex() throws -> ChunkIndex {
+        let idx = try index()
+        if !indexListed { try synchronizeIndex(idx, existed: true) }
+        return idx
+    }
+
+    /// Where a chunk is stored, in a pack that exists at its indexed size. A
+    /// trusted index that hands out a pack gone or resized (another host's gc, a
+    /// hand-deleted or truncated pack) is brought in step by a full listing, and
+    /// the chunk looked up again. `listIfUnknown`: a chunk the trusted index does
+    /// not know is looked up again after a listing too (restore of a backup
+    /// another host made); a backup stores it instead.
+    func locate(_ id: ChunkID, in idx: ChunkIndex, listIfUnknown: Bool) throws -> ChunkLocation? {
+        if let loc = try idx.lookup(id) {
+            if indexListed || confirmedPacks.contains(loc.pack) { return loc }
+            let indexed = try idx.packSize(loc.pack)
+            if let indexed, try backend.size(loc.pack.key) == indexed {
+                confirmedPacks.insert(loc.pack)
+                return loc
+            }
+            notice(
+                "index: pack \(loc.pack.hex) is gone or changed size since this cache last listed the packs; listing them again"
+            )
+        } else if !listIfUnknown || indexListed {
+            return nil
+        }
+        try synchronizeIndex(idx, existed: true)
+        return try idx.lookup(id)
+    }
+
+    /// A pack this process wrote and indexed: present at its indexed size.
+    func confirmWritten(_ pack: PackID) { confirmedPacks.insert(pack) }
 
     private var indexPath: String { cacheDirectory + "/index.lmdb" }
 
@@ -272,8 +339,11 @@ public final class Repository {
     /// empties the index, so commands running meanwhile keep finding chunks):
     /// packs it knows that are gone, or whose size changed (truncated), are
     /// forgotten; packs it has not read (a crash between a pack's commit and its
-    /// indexing, or a lost index) are read.
+    /// indexing, another writer's packs, or a lost index) are read. Records when
+    /// the listing began, so that the next `index()` within `fullSyncInterval`
+    /// trusts the cache.
     private func synchronizeIndex(_ idx: ChunkIndex, existed: Bool) throws {
+        let started = Date()
         let present = try listPacks()
         let known = try idx.indexedPacks()
         let missing = Set(known.keys.filter { present[$0] == nil })
@@ -306,6 +376,8 @@ public final class Repository {
                 try indexPack(idx, pack: pack, size: size, damaged: damaged)
             }
         }
+        try idx.setLastFullSync(started)
+        indexListed = true
     }
 
     /// Reads one pack's trailer into the index, less the copies verify found
@@ -328,6 +400,7 @@ public final class Repository {
     /// exclusive lock: the index is empty while it refills).
     public func rebuildIndex() throws -> (packs: Int, chunks: Int) {
         try self.requireKey()
+        let started = Date()
         let packs = try listPacks()
         let damaged = try damagedChunks()
         let idx = try openIndexFile()
@@ -335,6 +408,8 @@ public final class Repository {
         for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) {
             try indexPack(idx, pack: pack, size: size, damaged: damaged)
         }
+        try idx.setLastFullSync(started)
+        indexListed = true
         try saveBloom(try freshBloom())
         return (packs.count, try idx.chunkCount())
     }

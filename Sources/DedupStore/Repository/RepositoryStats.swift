@@ -21,7 +21,7 @@ public struct RepositoryStats: Codable, Sendable {
         let raw = manifests.reduce(Int64(0)) { $0 + $1.size }
         let stored = packs.values.reduce(Int64(0), +)
         return RepositoryStats(
-            manifests: manifests.count, packs: packs.count, uniqueChunks: try repository.index().chunkCount(),
+            manifests: manifests.count, packs: packs.count, uniqueChunks: try repository.listedIndex().chunkCount(),
             rawBytes: raw, storedBytes: stored, spaceSaved: max(0, raw - stored),
             dedupRatio: stored > 0 ? Double(raw) / Double(stored) : 0,
             diskUsage: repository.diskUsage(), cacheUsage: repository.cacheUsage())

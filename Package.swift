@@ -62,6 +62,10 @@ let package = Package(
             dependencies: ["DedupStore"]
         ),
         .testTarget(
+            name: "CatalogTests",
+            dependencies: ["Catalog", "DedupStore"]
+        ),
+        .testTarget(
             name: "DatabaseDumpsTests",
             dependencies: ["DatabaseDumps", "DedupStore"]
         ),

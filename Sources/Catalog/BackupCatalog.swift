@@ -93,6 +93,8 @@ public final class BackupCatalog {
             CREATE TABLE IF NOT EXISTS events (
                 seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
                 name TEXT NOT NULL, database TEXT, engine TEXT, backup_type TEXT, duration REAL, size INTEGER, message TEXT);
+            CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS applied_changes (key TEXT PRIMARY KEY, at REAL NOT NULL);
             """)
         if synchronize { try self.synchronize() }
     }
@@ -103,54 +105,154 @@ public final class BackupCatalog {
         public var added = 0
         public var removed = 0
         public var verificationsUpdated = 0
+        /// True when every manifest was listed; false when the change notes since
+        /// the last sync were read instead.
+        public var full = false
+
+        public init(added: Int = 0, removed: Int = 0, verificationsUpdated: Int = 0, full: Bool = false) {
+            self.added = added; self.removed = removed
+            self.verificationsUpdated = verificationsUpdated; self.full = full
+        }
     }
 
-    /// Adds the manifests the catalog lacks, removes the backups that are gone,
-    /// and takes in newer verification records.
+    /// Brings the catalog in step with the repository. Usually from the change
+    /// notes written since its last sync (docs/FORMAT.md, `changes/`): a cost
+    /// independent of the number of backups. In full, listing every manifest and
+    /// verification record, when `full` is asked for, when it never synced, or
+    /// when its last sync is older than the notes are kept. `now`: the time of
+    /// this sync (tests set it to see notes settle).
     @discardableResult
-    public func synchronize() throws -> SyncReport {
+    public func synchronize(full: Bool = false, now started: Date = Date()) throws -> SyncReport {
         var report = SyncReport()
+        try db.transaction {
+            let last = try stateValue("last_sync").map { Date(timeIntervalSince1970: $0) }
+            if full || last == nil
+                || started.timeIntervalSince(last ?? started) > ChangeNote.retention - ChangeNote.settleTime
+            {
+                report = try synchronizeFully()
+            } else if let last {
+                report = try synchronizeChanges(since: last.addingTimeInterval(-ChangeNote.settleTime), now: started)
+            }
+            try setState("last_sync", started.timeIntervalSince1970)
+        }
+        return report
+    }
+
+    /// Every manifest and verification record against the catalog's rows.
+    private func synchronizeFully() throws -> SyncReport {
+        var report = SyncReport(full: true)
         // Both sides read inside the transaction: another process's commit cannot
         // fall between them.
-        try db.transaction {
-            let inRepository = Set(try repository.manifestIDs())
-            var inCatalog = [String: String?]()  // id -> verified_at
-            try db.run("SELECT id, verified_at FROM backups") { row in
-                if let id = row.text(0) { inCatalog[id] = row.text(1) }
-            }
-            let verifications = try repository.verificationRecords()
-            for id in inRepository.subtracting(inCatalog.keys).sorted() {
-                let manifest: Manifest
-                do {
-                    manifest = try repository.loadManifest(id)
-                } catch DedupError.manifestCorrupt, DedupError.manifestTooNew {
-                    continue  // verify names it; the catalog lists what can be read
-                } catch DedupError.manifestNotFound {
-                    continue  // deleted meanwhile
-                }
-                try upsert(manifest)
-                report.added += 1
-                if let v = verifications[id] { try apply(v) }
-            }
-            for id in Set(inCatalog.keys).subtracting(inRepository) {
-                try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
-                report.removed += 1
-            }
-            for (id, v) in verifications where inRepository.contains(id) {
-                if let known = inCatalog[id], known != v.verifiedAt {
-                    try apply(v)
-                    report.verificationsUpdated += 1
-                }
+        let inRepository = Set(try repository.manifestIDs())
+        var inCatalog = [String: String?]()  // id -> verified_at
+        try db.run("SELECT id, verified_at FROM backups") { row in
+            if let id = row.text(0) { inCatalog[id] = row.text(1) }
+        }
+        let verifications = try repository.verificationRecords()
+        for id in inRepository.subtracting(inCatalog.keys).sorted() {
+            guard let manifest = try readableManifest(id) else { continue }
+            try upsert(manifest)
+            report.added += 1
+            if let v = verifications[id] { try apply(v) }
+        }
+        for id in Set(inCatalog.keys).subtracting(inRepository) {
+            try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
+            report.removed += 1
+        }
+        for (id, v) in verifications where inRepository.contains(id) {
+            if let known = inCatalog[id], known != v.verifiedAt {
+                try apply(v)
+                report.verificationsUpdated += 1
             }
         }
         return report
     }
 
+    /// A manifest, or nil when it is gone or cannot be read (verify names those;
+    /// the catalog lists what can be read).
+    private func readableManifest(_ id: String) throws -> Manifest? {
+        do {
+            return try repository.loadManifest(id)
+        } catch DedupError.manifestCorrupt, DedupError.manifestTooNew, DedupError.manifestNotFound {
+            return nil
+        }
+    }
+
+    /// Applies the change notes written from `start` on that are not applied yet.
+    /// A commit note is applied once its manifests exist, a delete note once they
+    /// are gone; until then (the change under way, or abandoned) it is looked at
+    /// again by each sync, and applied as things stand once older than
+    /// `ChangeNote.settleTime`.
+    private func synchronizeChanges(since start: Date, now: Date) throws -> SyncReport {
+        var report = SyncReport()
+        var applied = Set<String>()
+        try db.run("SELECT key FROM applied_changes WHERE at >= ?1", [.real(start.timeIntervalSince1970)]) { row in
+            if let key = row.text(0) { applied.insert(key) }
+        }
+        for key in try repository.changeKeys(since: start, now: now) where !applied.contains(key) {
+            guard let time = ChangeNote.time(ofKey: key) else { continue }
+            let settled = now.timeIntervalSince(time) > ChangeNote.settleTime
+            var done = true
+            if let note = try repository.loadChange(key) {
+                for id in note.ids {
+                    done = try apply(note.op, id, &report) && done
+                }
+            }
+            if done || settled {
+                try db.run("INSERT OR REPLACE INTO applied_changes (key, at) VALUES (?1, ?2)",
+                           [.text(key), .real(time.timeIntervalSince1970)])
+            }
+        }
+        // Keys older than any sync will list again.
+        try db.run("DELETE FROM applied_changes WHERE at < ?1",
+                   [.real(start.timeIntervalSince1970 - ChangeNote.settleTime)])
+        return report
+    }
+
+    /// One backup a note names, brought in step. True when the note's change is
+    /// done for it (a committed manifest is there, a deleted one is gone).
+    private func apply(_ op: ChangeNote.Operation, _ id: String, _ report: inout SyncReport) throws -> Bool {
+        var known = false
+        try db.run("SELECT 1 FROM backups WHERE id = ?1", [.text(id)]) { _ in known = true }
+        switch op {
+        case .commit, .delete:
+            if try repository.hasManifest(id) {
+                if !known, let manifest = try readableManifest(id) {
+                    try upsert(manifest)
+                    if let v = try repository.verificationRecord(id) { try apply(v) }
+                    report.added += 1
+                }
+                return op == .commit
+            }
+            if known {
+                try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
+                report.removed += 1
+            }
+            return op == .delete
+        case .verify:
+            if known, let v = try repository.verificationRecord(id) {
+                try apply(v)
+                report.verificationsUpdated += 1
+            }
+            return true
+        }
+    }
+
+    private func stateValue(_ key: String) throws -> Double? {
+        var value: Double?
+        try db.run("SELECT value FROM sync_state WHERE key = ?1", [.text(key)]) { row in value = row.real(0) }
+        return value
+    }
+
+    private func setState(_ key: String, _ value: Double) throws {
+        try db.run("INSERT OR REPLACE INTO sync_state (key, value) VALUES (?1, ?2)", [.text(key), .real(value)])
+    }
+
     /// Forgets every backup and reads all manifests again (events stay).
     @discardableResult
     public func rebuild() throws -> SyncReport {
-        try db.execute("DELETE FROM backups")
-        return try synchronize()
+        try db.execute("DELETE FROM backups; DELETE FROM applied_changes")
+        return try synchronize(full: true)
     }
 
     /// Records a committed backup.

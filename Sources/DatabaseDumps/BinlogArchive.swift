@@ -71,7 +71,7 @@ public struct BinlogArchive {
             if let serverID { try checkServer(serverID, file: file) }
         }
         // The new copy is committed: the older partial ones can go.
-        for old in olderPartials { try repository.deleteManifest(old.id) }
+        try repository.deleteManifests(olderPartials.map(\.id))
         return outcome
     }
 

@@ -15,7 +15,8 @@ import Foundation
 // files of server 1. Stored sizes are scaled down (--dump-bytes, --log-bytes); the
 // counts are not. Every backup goes through BackupSession, so every one has its
 // pack, chunk list and manifest, as a grown repository does; nothing is fsynced
-// (LocalBackend durable: false), and times are set, not waited for.
+// (LocalBackend durable: false), and times are set, not waited for. The change
+// notes (changes/) are deleted at the end: a grown repository has a week of them.
 
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("dbbackup-gen: \(message)\n".utf8))
@@ -125,6 +126,10 @@ do {
             o.time = Date().addingTimeInterval(-Double(binlogCount - n) * 3600)
         }
     }
+    // A grown repository holds the last week's change notes (gc deletes older
+    // ones), a few dozen per hour folder; the notes written here all carry the
+    // generation time and would crowd one folder: a generated repository keeps none.
+    try repo.pruneChanges(before: .distantFuture)
     print("\(root): \(made) backups made in \(String(format: "%.1f", Date().timeIntervalSince(started))) s; \(try repo.manifestIDs().count) in all, \(try repo.listPacks().count) packs")
 } catch {
     fail((error as? DedupError)?.message ?? "\(error)")

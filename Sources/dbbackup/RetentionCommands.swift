@@ -137,12 +137,11 @@ struct DedupPrune: ParsableCommand {
                 }
                 return
             }
-            for (i, d) in doomed.enumerated() {
-                try repo.deleteManifest(d.id)
+            try repo.deleteManifests(doomed.map(\.id)) { i in
                 if i == 0 { FaultInjection.crashPoint("prune.after-first-delete") }
             }
             // Logs last: a crash in between leaves more logs than needed, never fewer.
-            for d in doomedLogs { try repo.deleteManifest(d.id) }
+            try repo.deleteManifests(doomedLogs.map(\.id))
             CatalogHook.sync(repo)
             if !json {
                 Terminal.out(

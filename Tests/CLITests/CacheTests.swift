@@ -17,7 +17,7 @@ import Testing
         let data = pseudoRandom(1_000_000, seed: 21)
         let id = try #require(CLI.committedID(try cli.dedup(["backup", "-", "--name", "x"], stdin: data)))
         let entries = try FileManager.default.contentsOfDirectory(atPath: dir + "/repo").sorted()
-        #expect(entries == ["config", "locks", "manifests", "packs", "tmp"])
+        #expect(entries == ["changes", "config", "locks", "manifests", "packs", "tmp"])
 
         // A copy elsewhere has the same repository id but a cache of its own.
         #expect(shell("cp -a '\(dir)/repo' '\(dir)/copy'") == 0)

@@ -69,6 +69,8 @@ public final class GarbageCollector {
             // Leftovers of processes that died while writing (nothing else can be
             // writing: gc holds the exclusive lock).
             repository.backend.removeAbandonedWrites(all: true)
+            // Change notes older than any catalog reads them (ChangeNote.retention).
+            try repository.pruneChanges(before: Date().addingTimeInterval(-ChangeNote.retention))
             try repository.saveBloom(try repository.freshBloom())
         }
         report.durationSeconds = Date().timeIntervalSince(started)

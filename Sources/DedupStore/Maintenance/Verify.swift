@@ -74,6 +74,8 @@ public final class Verifier {
     ) throws -> VerifyReport {
         try repository.requireKey()
         var report = VerifyReport()
+        /// Backups whose verification record this run saved.
+        var recorded = [String]()
         let index = try repository.listedIndex()
         // Nothing can be recorded on a read-only repository; the report still says all.
         let readOnly = repository.isReadOnly
@@ -208,8 +210,11 @@ public final class Verifier {
                     VerificationRecord(
                         id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil,
                         problem: firstProblem))
+                recorded.append(id)
             }
         }
+        // After the records: a catalog that reads the note finds them saved.
+        try repository.noteChange(.verify, ids: recorded)
         // A corrupt chunk leaves the index, so that the next backup of the same data
         // stores it again, which heals every backup that needs it; the repository
         // records it, so that no rebuild or other host's cache indexes it again.

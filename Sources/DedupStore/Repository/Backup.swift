@@ -111,6 +111,7 @@ public final class BackupSession {
         manifest.chunkList = .init(key: list.key, size: list.size, sha256: list.sha256, count: chunkList.count)
         manifest.auth = repository.manifestTag(manifest)
         FaultInjection.crashPoint("backup.before-manifest")
+        try repository.noteChange(.commit, ids: [id])
         do {
             try repository.backend.put(Manifest.key(for: id), try manifest.encoded(), ifAbsent: true)
         } catch let e as DedupError where e.storageFailure == .alreadyExists && options.fixedID != nil {
@@ -211,6 +212,7 @@ public final class BackupSession {
             if try repository.hasManifest(manifest.id) { continue }
             manifest.auth = repository.manifestTag(manifest)
             FaultInjection.crashPoint("backup.before-manifest")
+            try repository.noteChange(.commit, ids: [manifest.id])
             do {
                 try repository.backend.put(Manifest.key(for: manifest.id), try manifest.encoded(), ifAbsent: true)
             } catch let e as DedupError where e.storageFailure == .alreadyExists {

@@ -516,11 +516,19 @@ public final class Repository {
 
     /// Deletes a backup: its manifest first (the backup is gone at that instant),
     /// then its chunk list and verification record. Its chunks stay until gc.
-    public func deleteManifest(_ id: String) throws {
-        let manifest = try loadManifest(id)
-        try backend.delete(Manifest.key(for: id))
-        for stream in manifest.streams { try backend.delete(stream.chunkList.key) }
-        try backend.delete(VerificationRecord.key(for: id))
+    public func deleteManifest(_ id: String) throws { try deleteManifests([id]) }
+
+    /// Deletes backups one after the other (as `deleteManifest`), after one change
+    /// note naming them all; `afterEach` is called with the index of each deleted.
+    public func deleteManifests(_ ids: [String], afterEach: (Int) -> Void = { _ in }) throws {
+        let manifests = try ids.map { try loadManifest($0) }
+        try noteChange(.delete, ids: ids)
+        for (i, manifest) in manifests.enumerated() {
+            try backend.delete(Manifest.key(for: manifest.id))
+            for stream in manifest.streams { try backend.delete(stream.chunkList.key) }
+            try backend.delete(VerificationRecord.key(for: manifest.id))
+            afterEach(i)
+        }
     }
 
     /// The last verification of each backup that has one.

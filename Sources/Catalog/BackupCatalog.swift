@@ -95,7 +95,25 @@ public final class BackupCatalog {
                 name TEXT NOT NULL, database TEXT, engine TEXT, backup_type TEXT, duration REAL, size INTEGER, message TEXT);
             CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS applied_changes (key TEXT PRIMARY KEY, at REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS backups_by_archive ON backups (kind, name, created_unix);
+            PRAGMA recursive_triggers = ON;
             """)
+        // Totals kept by triggers (a REPLACE deletes first, so with recursive
+        // triggers on it is counted out and in again): count and bytes in O(1).
+        var hasTotals = false
+        try db.run("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'") { _ in hasTotals = true }
+        if !hasTotals {
+            try db.transaction {
+                try db.execute("""
+                    CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), backups INTEGER NOT NULL, bytes INTEGER NOT NULL);
+                    INSERT INTO totals SELECT 1, count(*), coalesce(sum(size), 0) FROM backups;
+                    CREATE TRIGGER totals_in AFTER INSERT ON backups BEGIN
+                        UPDATE totals SET backups = backups + 1, bytes = bytes + NEW.size; END;
+                    CREATE TRIGGER totals_out AFTER DELETE ON backups BEGIN
+                        UPDATE totals SET backups = backups - 1, bytes = bytes - OLD.size; END;
+                    """)
+            }
+        }
         if synchronize { try self.synchronize() }
     }
 
@@ -341,18 +359,77 @@ public final class BackupCatalog {
     }
 
     /// The newest backup of each database (or name) and kind, WAL and binlogs left
-    /// out, by subject and kind: what `status` shows. One query, one row a series,
-    /// however many backups the catalog holds.
+    /// out, by subject and kind: what `status` shows. One query, one row a series;
+    /// it reads the backups' rows only, through the index by kind, not the
+    /// archived logs' however many there are.
     public func latestBackups() throws -> [Entry] {
+        try seriesSummaries(byEngine: false).map(\.newest)
+    }
+
+    /// Per series of backups (subject, kind and, with `byEngine`, engine; WAL
+    /// and binlogs left out): the newest backup and how many there are.
+    public func seriesSummaries(byEngine: Bool) throws -> [(newest: Entry, count: Int)] {
+        let kinds = try self.kinds().filter { !Self.logKinds.contains($0) }
+        guard !kinds.isEmpty else { return [] }
+        let engine = byEngine ? ", coalesce(engine, '')" : ""
         // SQLite takes the bare columns of a max() aggregate from the row that holds
         // the maximum; the key breaks ties of time by id.
         let sql = """
-            SELECT \(Self.entryColumns), max(printf('%020.6f %s', created_unix, id)) FROM backups
-            WHERE kind NOT IN ('wal', 'binlog') GROUP BY coalesce(database, name), kind
-            ORDER BY coalesce(database, name), kind
+            SELECT \(Self.entryColumns), count(*), max(printf('%020.6f %s', created_unix, id)) FROM backups
+            WHERE kind IN (\(kinds.indices.map { "?\($0 + 1)" }.joined(separator: ", ")))
+            GROUP BY coalesce(database, name), kind\(engine)
+            ORDER BY coalesce(database, name), kind\(engine)
             """
+        var out = [(newest: Entry, count: Int)]()
+        try db.run(sql, kinds.map { .text($0) }) { out.append((Self.entry($0), Int($0.int(15) ?? 0))) }
+        return out
+    }
+
+    /// The newest archived file of each WAL and binlog archive (kind and name):
+    /// one index lookup per archive.
+    public func newestLogs() throws -> [Entry] {
         var out = [Entry]()
-        try db.run(sql) { out.append(Self.entry($0)) }
+        for kind in try kinds() where Self.logKinds.contains(kind) {
+            for name in try distinct("name", from: "backups WHERE kind = ?1", [.text(kind)]) {
+                try db.run(
+                    "SELECT \(Self.entryColumns) FROM backups WHERE kind = ?1 AND name = ?2 ORDER BY created_unix DESC, id DESC LIMIT 1",
+                    [.text(kind), .text(name)]
+                ) { out.append(Self.entry($0)) }
+            }
+        }
+        return out
+    }
+
+    /// How many backups (archived logs included) the catalog holds, and the sum of
+    /// their sizes: kept by triggers, read in O(1).
+    public func totals() throws -> (backups: Int, bytes: Int64) {
+        var result = (backups: 0, bytes: Int64(0))
+        try db.run("SELECT backups, bytes FROM totals WHERE id = 1") { r in
+            result = (Int(r.int(0) ?? 0), r.int(1) ?? 0)
+        }
+        return result
+    }
+
+    private static let logKinds = Set(Manifest.logKinds.map(\.rawValue))
+
+    /// The kinds present, by skipping through the index on kind (one lookup per kind).
+    private func kinds() throws -> [String] {
+        try distinct("kind", from: "backups", [])
+    }
+
+    /// The distinct values of an indexed column (its index leading after the fixed
+    /// columns of `source`'s WHERE clause): one index lookup per value, not a scan.
+    private func distinct(_ column: String, from source: String, _ values: [SQLiteDatabase.Value]) throws -> [String] {
+        let more = source.contains("WHERE") ? " AND" : " WHERE"
+        let sql = """
+            WITH RECURSIVE v(x) AS (
+                SELECT (SELECT min(\(column)) FROM \(source))
+                UNION ALL
+                SELECT (SELECT min(\(column)) FROM \(source)\(more) \(column) > v.x) FROM v WHERE v.x IS NOT NULL)
+            SELECT x FROM v WHERE x IS NOT NULL
+            """
+        var out = [String]()
+        try db.run(sql, values) { if let x = $0.text(0) { out.append(x) } }
         return out
     }
 

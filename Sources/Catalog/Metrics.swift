@@ -52,18 +52,15 @@ public enum RepositoryMetrics {
         var p = PrometheusText()
         p.add("dbbackup_build_info", "gauge", "Build information.", labels: [("version", DedupStoreVersion.string)], 1)
 
-        let all = try catalog.backups()
-        let backups = all.filter { !$0.isLogFile }
-        let logs = all.filter(\.isLogFile)
+        // Per series, not per backup: the cost does not grow with the backups held.
         let events = try catalog.events()
-        // The newest backup of each database and kind.
+        // The newest backup of each database, engine and kind, and their number.
         struct Key: Hashable { var database: String; var engine: String; var type: String }
         var last = [Key: BackupCatalog.Entry]()
         var counts = [Key: Int]()
-        for b in backups {
+        for (b, n) in try catalog.seriesSummaries(byEngine: true) {
             let k = Key(database: b.subject, engine: b.engine ?? "", type: b.kind)
-            counts[k, default: 0] += 1
-            if let seen = last[k], (seen.createdDate ?? .distantPast) > (b.createdDate ?? .distantPast) { continue }
+            counts[k] = n
             last[k] = b
         }
         let keys = last.keys.sorted { ($0.database, $0.type, $0.engine) < ($1.database, $1.type, $1.engine) }
@@ -130,7 +127,7 @@ public enum RepositoryMetrics {
                 labels: labels(s.key) + [("status", s.status)], Double(byStatus[s] ?? 0))
         }
         var byType = [String: Int]()
-        for b in backups { byType[b.kind, default: 0] += 1 }
+        for (k, n) in counts { byType[k.type, default: 0] += n }
         for t in byType.keys.sorted() {
             p.add(
                 "dbbackup_backup_by_type", "gauge", "Backups in the repository by type.",
@@ -152,13 +149,7 @@ public enum RepositoryMetrics {
 
         // Point-in-time recovery: the newest archived WAL file or binlog per archive.
         var newestLog = [String: BackupCatalog.Entry]()
-        for l in logs {
-            let k = l.kind + "\u{0}" + l.name
-            if let seen = newestLog[k], (seen.createdDate ?? .distantPast) >= (l.createdDate ?? .distantPast) {
-                continue
-            }
-            newestLog[k] = l
-        }
+        for l in try catalog.newestLogs() { newestLog[l.kind + "\u{0}" + l.name] = l }
         for k in newestLog.keys.sorted() {
             guard let l = newestLog[k] else { continue }
             p.add(

@@ -18,7 +18,8 @@ struct MetricsOptions: ParsableArguments {
         do {
             let lock = try repo.lock(.shared, command: "metrics", wait: 30)
             defer { lock.release() }
-            stats = try RepositoryStats.compute(repo)
+            let totals = try catalog.totals()
+            stats = try RepositoryStats.fromCaches(repo, manifests: totals.backups, rawBytes: totals.bytes)
         } catch {
             Terminal.notice("repository figures left out: \(errorMessage(error))")
             stats = nil

@@ -72,6 +72,7 @@ public final class GarbageCollector {
             // Change notes older than any catalog reads them (ChangeNote.retention).
             try repository.pruneChanges(before: Date().addingTimeInterval(-ChangeNote.retention))
             try repository.saveBloom(try repository.freshBloom())
+            _ = repository.measureDiskUsage()
         }
         report.durationSeconds = Date().timeIntervalSince(started)
         return report

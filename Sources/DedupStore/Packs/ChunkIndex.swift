@@ -216,6 +216,18 @@ public final class ChunkIndex {
         return out
     }
 
+    /// How many packs the index has read, and their bytes (one pass over the packs
+    /// table, no allocation per pack).
+    public func packTotals() throws -> (packs: Int, bytes: Int64) {
+        var packs = 0, bytes: Int64 = 0
+        try scan(self.packs) { _, v in
+            guard v.count == 16, let vp = v.baseAddress else { return }
+            packs += 1
+            bytes += Int64(bitPattern: UInt64(littleEndian: vp.loadUnaligned(as: UInt64.self)))
+        }
+        return (packs, bytes)
+    }
+
     /// Calls `body` with every indexed chunk id and location, in id order.
     public func forEachChunk(_ body: (ChunkID, ChunkLocation) throws -> Void) throws {
         try scan(chunks) { k, v in

@@ -51,7 +51,11 @@ public struct BinlogArchive {
     /// Archives the binlog at `path`. A `partial` copy (of the file the server is
     /// still writing: its first bytes, as many as there are now) is committed
     /// before older partial copies of it are deleted; the finished file replaces
-    /// them all.
+    /// them all. The archive's state object (`archives/binlog_<name>.json`: its
+    /// server, newest finished file, partial copies) is read and written by key,
+    /// so archiving costs no listing of manifests/, however many the repository
+    /// holds; an archive without one (made by an older dbbackup) gets it from one
+    /// listing.
     public func archive(
         path: String, file: String, serverID: UInt32?, partial: Bool = false, jobs: Int? = nil
     ) throws -> LogArchive.Outcome {
@@ -62,28 +66,95 @@ public struct BinlogArchive {
         guard input.head.starts(with: Self.magic) else {
             throw DatabaseError.archiveConflict(file: file, detail: "\(path) does not start like a binary log")
         }
-        let olderPartials = try log.ids().filter { entry in
-            guard let s = Self.split(entry.file), s.name.name == file, let bytes = s.partialBytes else { return false }
+        var state = try self.state()
+        state.partials = try state.partials.filter { try repository.hasManifest($0) }
+        let olderPartials = state.partials.filter { id in
+            guard let s = Self.split(String(id.dropFirst(log.manifestID("").count))), s.name.name == file,
+                  let bytes = s.partialBytes
+            else { return false }
             return !partial || bytes != input.size
         }
         let key = partial ? "\(file).partial-\(input.size)" : file
         let outcome = try log.archive(input, info: Manifest.ArchiveInfo(file: key, serverID: serverID), jobs: jobs) {
-            if let serverID { try checkServer(serverID, file: file) }
+            if let serverID { try checkServer(serverID, file: file, state: &state) }
         }
         // The new copy is committed: the older partial ones can go.
-        try repository.deleteManifests(olderPartials.map(\.id))
+        try repository.deleteManifests(olderPartials)
+        state.partials.removeAll { olderPartials.contains($0) }
+        if partial {
+            if !state.partials.contains(log.manifestID(key)) { state.partials.append(log.manifestID(key)) }
+        } else if let name = BinlogFileName(file), state.newest.flatMap(BinlogFileName.init).map({ $0 < name }) ?? true {
+            state.newest = file
+        }
+        try saveState(state)
         return outcome
     }
 
-    /// Refuses binlogs of another server under this name.
-    private func checkServer(_ serverID: UInt32, file: String) throws {
-        guard let newest = try log.ids().last else { return }
-        guard let known = try repository.loadManifest(newest.id).archive?.serverID, known != serverID else { return }
-        throw DatabaseError.archiveConflict(
-            file: file,
-            detail:
-                "it comes from the server with server_id \(serverID), but the archive '\(name)' holds binlogs of server_id \(known); give each server its own --name"
-        )
+    /// What the archive keeps about itself, beside its binlogs: hints, each
+    /// checked against the manifests where it matters (a lost update leaves a
+    /// partial copy behind, never fewer copies).
+    struct State: Codable, Equatable {
+        var kind = "binlog"
+        var name: String
+        /// The server whose binlogs the archive holds.
+        var serverID: UInt32?
+        /// The newest finished binlog archived.
+        var newest: String?
+        /// Ids of the partial copies kept.
+        var partials: [String] = []
+    }
+
+    var stateKey: String { "archives/binlog_\(name).json" }
+
+    /// The state object, or one made from the manifests (one listing) when the
+    /// archive has none yet.
+    func state() throws -> State {
+        if let bytes = try repository.backend.get(stateKey),
+           let state = try? JSONDecoder().decode(State.self, from: Data(bytes)), state.name == name {
+            return state
+        }
+        var state = State(name: name)
+        let entries = try log.ids()
+        for entry in entries {
+            guard let s = Self.split(entry.file) else { continue }
+            if s.partialBytes != nil {
+                state.partials.append(entry.id)
+            } else if state.newest.flatMap(BinlogFileName.init).map({ $0 < s.name }) ?? true {
+                state.newest = s.name.name
+            }
+        }
+        if let newest = entries.last { state.serverID = try repository.loadManifest(newest.id).archive?.serverID }
+        return state
+    }
+
+    private func saveState(_ state: State) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        try repository.backend.put(stateKey, Array(try enc.encode(state)), ifAbsent: false)
+    }
+
+    /// The newest finished binlog archived (for the purged-gap check), by key.
+    public func newestFinished() throws -> BinlogFileName? {
+        let state = try self.state()
+        if let newest = state.newest, try log.contains(newest) { return BinlogFileName(newest) }
+        // Gone (pruned, deleted): what the manifests say.
+        return try copies().last(where: { !$0.partial })?.name
+    }
+
+    /// Refuses binlogs of another server under this name. The state names the
+    /// server; when it names another, the binlogs decide (an archive whose
+    /// binlogs are all gone takes the new server).
+    private func checkServer(_ serverID: UInt32, file: String, state: inout State) throws {
+        if state.serverID == serverID { return }
+        if state.serverID != nil, let newest = try log.ids().last,
+           let known = try repository.loadManifest(newest.id).archive?.serverID, known != serverID {
+            throw DatabaseError.archiveConflict(
+                file: file,
+                detail:
+                    "it comes from the server with server_id \(serverID), but the archive '\(name)' holds binlogs of server_id \(known); give each server its own --name"
+            )
+        }
+        state.serverID = serverID
     }
 
     /// Every archived binlog, in log order; partial copies after the finished

@@ -153,7 +153,7 @@ struct BinlogArchiveCommand: ParsableCommand {
         let serverID = try connection.serverID()
         // Binlogs purged from the server before they were archived: a gap for good.
         if let gap = BinlogArchive.purgedGap(
-            newestArchived: try archive.copies().last(where: { !$0.partial })?.name, oldestOnServer: listed.first)
+            newestArchived: try archive.newestFinished(), oldestOnServer: listed.first)
         {
             Terminal.notice(
                 "binlogs after \(gap.after) up to before \(gap.before) were purged from the server unarchived: point-in-time recovery cannot cross that gap"

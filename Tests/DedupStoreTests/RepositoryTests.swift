@@ -276,6 +276,34 @@ import Testing
         let c = try dir.reopen()
         #expect(try backup(c, x, name: "x-again").stats.newChunks == 0, "A's chunks must not be stored again")
         #expect(try backup(c, y, name: "y-again").stats.newChunks == 0)
+        // The saved filter was caught up from the index's insert log, not rebuilt
+        // from the whole index, by every writer after the first.
+        #expect(a.bloomRebuilds <= 1 && b.bloomRebuilds == 0 && c.bloomRebuilds == 0,
+                "\(a.bloomRebuilds) \(b.bloomRebuilds) \(c.bloomRebuilds)")
+        let filter = try dir.reopen().bloom()
+        try c.index().forEachChunk { id, _ in #expect(filter.mightContain(id)) }
+    }
+
+    @Test func aFilterBehindALostLogIsRebuiltAndAFilterOfAnotherIndexToo() throws {
+        let dir = TestStore(.memory)
+        let a = try makeRepository(dir)
+        try backup(a, randomBytes(300_000, seed: 31))
+        let saved = try FileIO.readFile(a.bloomPath)
+        try backup(try dir.reopen(), randomBytes(300_000, seed: 32))
+        try backup(try dir.reopen(), randomBytes(300_000, seed: 33))
+        // The filter of two saves ago: its part of the log was dropped.
+        try FileIO.writeFileAtomically(a.bloomPath, saved)
+        let b = try dir.reopen()
+        let filter = try b.bloom()
+        #expect(b.bloomRebuilds == 1)
+        try b.index().forEachChunk { id, _ in #expect(filter.mightContain(id)) }
+        // A filter ahead of the index (of another index) is rebuilt too.
+        var ahead = filter
+        ahead.sequence += 1000
+        try FileIO.writeFileAtomically(a.bloomPath, ahead.encoded())
+        let c = try dir.reopen()
+        _ = try c.bloom()
+        #expect(c.bloomRebuilds == 1)
     }
 
     @Test(arguments: StoreKind.allCases) func truncatedPackIsForgottenAndItsChunksStoredAgain(store kind: StoreKind) throws {

@@ -71,7 +71,7 @@ public final class GarbageCollector {
             repository.backend.removeAbandonedWrites(all: true)
             // Change notes older than any catalog reads them (ChangeNote.retention).
             try repository.pruneChanges(before: Date().addingTimeInterval(-ChangeNote.retention))
-            try repository.saveBloom(try repository.freshBloom())
+            try repository.saveBloom(try repository.freshBloom(), fresh: true)
             _ = repository.measureDiskUsage()
         }
         report.durationSeconds = Date().timeIntervalSince(started)

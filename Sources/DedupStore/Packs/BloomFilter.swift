@@ -16,9 +16,12 @@ public struct BloomFilter: Equatable {
     public let bitCount: UInt64
     /// The number of keys it was sized for.
     public let capacity: Int
-    /// The index's chunk count when the filter was saved: a filter whose count
-    /// differs from the index's is stale and is rebuilt from the index.
+    /// The keys inserted (for sizing: a filter outgrown is rebuilt larger).
     public var count: Int = 0
+    /// The index's insert sequence it holds every entry up to
+    /// (`ChunkIndex.insertSequence`): a filter behind the index is caught up from
+    /// its insert log.
+    public var sequence: UInt64 = 0
 
     public init(capacity: Int) {
         let cap = max(capacity, 1 << 16)
@@ -50,14 +53,16 @@ public struct BloomFilter: Equatable {
         return true
     }
 
-    /// Serialized form: magic, version, k, capacity, count, bit count, the bits.
+    /// Serialized form: magic, version (2), k, capacity, count, sequence, bit
+    /// count, the bits.
     public func encoded() -> [UInt8] {
-        var w = BinaryWriter(capacity: 40 + words.count * 8)
+        var w = BinaryWriter(capacity: 48 + words.count * 8)
         w.append(Self.magic)
-        w.append(UInt32(1))
+        w.append(UInt32(2))
         w.append(UInt32(Self.hashCount))
         w.append(UInt64(capacity))
         w.append(UInt64(count))
+        w.append(sequence)
         w.append(bitCount)
         words.withUnsafeBytes { raw in
             if UInt32(1).littleEndian == 1 {
@@ -69,17 +74,19 @@ public struct BloomFilter: Equatable {
         return w.bytes
     }
 
-    /// Decodes a serialized filter; nil if it is damaged or of another version.
+    /// Decodes a serialized filter; nil if it is damaged or of another version
+    /// (a version-1 filter, without a sequence, is rebuilt once).
     public init?(encoded bytes: [UInt8]) {
         var r = BinaryReader(bytes)
-        guard let magic = try? r.raw(8), magic == Self.magic, (try? r.u32()) == 1,
+        guard let magic = try? r.raw(8), magic == Self.magic, (try? r.u32()) == 2,
               (try? r.u32()) == UInt32(Self.hashCount),
-              let cap = try? r.u64(), let count = try? r.u64(), let bits = try? r.u64(),
+              let cap = try? r.u64(), let count = try? r.u64(), let sequence = try? r.u64(), let bits = try? r.u64(),
               bits > 0, bits % 64 == 0, let bytes = Int(exactly: bits / 8), r.remaining == bytes,
               let capacity = Int(exactly: cap), let keys = Int(exactly: count) else { return nil }
         self.capacity = capacity
         bitCount = bits
         self.count = keys
+        self.sequence = sequence
         var words = [UInt64](repeating: 0, count: Int(bits / 64))
         for i in 0..<words.count { words[i] = (try? r.u64()) ?? 0 }
         self.words = words

@@ -8,8 +8,14 @@ public final class ChunkIndex {
     private var env: OpaquePointer?
     private var chunks: MDB_dbi = 0
     private var packs: MDB_dbi = 0
-    /// Small facts about the cache itself (when it last listed every pack).
+    /// Small facts about the cache itself (when it last listed every pack, how
+    /// many entries were ever inserted).
     private var meta: MDB_dbi = 0
+    /// The insert log: at each insert's sequence number (big-endian u64, the
+    /// count of entries inserted before it), the ids it inserted. A saved Bloom
+    /// filter records the sequence it holds everything up to, and is caught up
+    /// from here instead of rebuilt from the whole index (`Repository.bloom()`).
+    private var inserted: MDB_dbi = 0
     public let path: String
     /// Reused read transaction for lookups (reset/renewed around each one).
     private var readTxn: OpaquePointer?
@@ -33,6 +39,7 @@ public final class ChunkIndex {
                 try check(mdb_dbi_open(txn, "chunks-v2", UInt32(MDB_CREATE), &chunks), "open chunks table")
                 try check(mdb_dbi_open(txn, "packs-v2", UInt32(MDB_CREATE), &packs), "open packs table")
                 try check(mdb_dbi_open(txn, "meta", UInt32(MDB_CREATE), &meta), "open meta table")
+                try check(mdb_dbi_open(txn, "inserted", UInt32(MDB_CREATE), &inserted), "open insert log")
             }
         } catch {
             mdb_env_close(env)
@@ -66,13 +73,106 @@ public final class ChunkIndex {
         try check(mdb_txn_commit(txn), "commit")
     }
 
-    /// Records every entry of a durable pack, and the pack itself, in one transaction.
+    /// Records every entry of a durable pack, and the pack itself, in one
+    /// transaction, with the ids in the insert log.
     public func insert(pack: PackID, size: Int64, entries: [PackEntry]) throws {
         try write { txn in
             try putChunks(txn, entries)
             var pv = BinaryWriter(capacity: 16)
             pv.append(UInt64(size)); pv.append(UInt64(entries.count))
             try put(txn, packs, Self.packKey(pack), pv.bytes)
+            guard !entries.isEmpty else { return }
+            let seq = try metaValue(txn, Self.insertSeqKey) ?? 0
+            var ids = BinaryWriter(capacity: entries.count * 32)
+            for e in entries { ids.append(e.id) }
+            try put(txn, inserted, Self.bigEndian(seq), ids.bytes)
+            try setMetaValue(txn, Self.insertSeqKey, seq + UInt64(entries.count))
+        }
+    }
+
+    private static let insertSeqKey = "insert-seq"
+
+    private static func bigEndian(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.bigEndian) { Array($0) } }
+
+    private func metaValue(_ txn: OpaquePointer, _ name: String) throws -> UInt64? {
+        var key = Array(name.utf8)
+        return try key.withUnsafeMutableBytes { k in
+            var mk = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
+            var mv = MDB_val()
+            let rc = mdb_get(txn, meta, &mk, &mv)
+            if rc == MDB_NOTFOUND { return nil }
+            try check(rc, "get meta")
+            guard mv.mv_size == 8, let p = mv.mv_data else { return nil }
+            return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+        }
+    }
+
+    private func setMetaValue(_ txn: OpaquePointer, _ name: String, _ value: UInt64) throws {
+        var w = BinaryWriter(capacity: 8)
+        w.append(value)
+        try put(txn, meta, Array(name.utf8), w.bytes)
+    }
+
+    /// The insert sequence: how many entries were ever inserted (never decreases).
+    public func insertSequence() throws -> UInt64 {
+        var result: UInt64 = 0
+        try read { txn in result = try metaValue(txn, Self.insertSeqKey) ?? 0 }
+        return result
+    }
+
+    /// Calls `body` with every id inserted from sequence `start` on, in order, and
+    /// returns the sequence reached; nil when the log does not reach back to
+    /// `start` (pruned, or written by an older dbbackup): the caller rebuilds.
+    public func forEachInserted(from start: UInt64, _ body: (ChunkID) -> Void) throws -> UInt64? {
+        var reached: UInt64? = start
+        try read { txn in
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, inserted, &cursor), "open cursor")
+            defer { mdb_cursor_close(cursor) }
+            var key = Self.bigEndian(start)
+            try key.withUnsafeMutableBytes { kb in
+                var k = MDB_val(mv_size: 8, mv_data: kb.baseAddress), v = MDB_val()
+                var rc = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE)
+                var expected = start
+                while rc == 0 {
+                    guard k.mv_size == 8, let kp = k.mv_data, let vp = v.mv_data, v.mv_size % 32 == 0 else {
+                        reached = nil
+                        return
+                    }
+                    let seq = UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self))
+                    guard seq == expected else {
+                        reached = nil
+                        return
+                    }
+                    let n = v.mv_size / 32
+                    for i in 0..<n { body(ChunkID(bytes: UnsafeRawPointer(vp) + i * 32)) }
+                    expected += UInt64(n)
+                    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+                }
+                if rc != MDB_NOTFOUND { try check(rc, "cursor") }
+                // The log ends where the sequence is (both are written in one
+                // transaction); a start past it is a filter of another index.
+                reached = expected == (try metaValue(txn, Self.insertSeqKey) ?? 0) ? expected : nil
+            }
+        }
+        return reached
+    }
+
+    /// Drops the insert log before sequence `end` (what a saved filter holds).
+    public func pruneInserted(before end: UInt64) throws {
+        try write { txn in
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, inserted, &cursor), "open cursor")
+            defer { mdb_cursor_close(cursor) }
+            var k = MDB_val(), v = MDB_val()
+            var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+            while rc == 0 {
+                guard k.mv_size == 8, let kp = k.mv_data,
+                      UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self)) < end else { break }
+                try check(mdb_cursor_del(cursor, 0), "delete")
+                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+            }
+            if rc != 0 && rc != MDB_NOTFOUND { try check(rc, "cursor") }
         }
     }
 
@@ -343,7 +443,9 @@ public final class ChunkIndex {
         try write { txn in
             try check(mdb_drop(txn, chunks, 0), "clear chunks")
             try check(mdb_drop(txn, packs, 0), "clear packs")
-            try check(mdb_drop(txn, meta, 0), "clear meta")
+            // The insert sequence continues (saved filters stay comparable); the
+            // log goes: a filter saved before the clear is not caught up.
+            try check(mdb_drop(txn, inserted, 0), "clear insert log")
         }
     }
 }

@@ -410,7 +410,7 @@ public final class Repository {
         }
         try idx.setLastFullSync(started)
         indexListed = true
-        try saveBloom(try freshBloom())
+        try saveBloom(try freshBloom(), fresh: true)
         return (packs.count, try idx.chunkCount())
     }
 
@@ -425,46 +425,75 @@ public final class Repository {
 
     var bloomPath: String { cacheDirectory + "/bloom" }
 
-    /// The Bloom filter, loaded if it matches the index, else rebuilt from it.
-    ///
-    /// A filter's `count` is the number of index entries it is known to contain.
-    /// A saved filter is trusted only when that equals the index's entry count: a
-    /// backup that ran alongside another saves its own count plus what it added,
-    /// which then differs from the index, so the next run rebuilds the filter
-    /// instead of missing the other backup's chunks.
+    /// The Bloom filter: the saved one, caught up from the index's insert log
+    /// with what other writers added since it was saved (a cost proportional to
+    /// that, not to the index), else rebuilt from the whole index (no saved
+    /// filter, one of another index, or a log that no longer reaches back).
     public func bloom() throws -> BloomFilter {
         if let bloomFilter { return bloomFilter }
-        let idx = try index()
-        let count = try idx.chunkCount()
-        let b: BloomFilter
-        if let bytes = try? FileIO.readFile(bloomPath), let saved = BloomFilter(encoded: bytes),
-           saved.count == count, saved.capacity >= count {
-            b = saved
-        } else {
-            b = try freshBloom()
-        }
+        let b = try caughtUp(savedBloom()) ?? freshBloom()
         bloomFilter = b
         return b
     }
 
+    private func savedBloom() -> BloomFilter? {
+        guard let bytes = try? FileIO.readFile(bloomPath) else { return nil }
+        return BloomFilter(encoded: bytes)
+    }
+
+    /// `filter` with every index entry inserted since its sequence, or nil when
+    /// the log cannot say which (or it outgrew its capacity).
+    private func caughtUp(_ filter: BloomFilter?) throws -> BloomFilter? {
+        guard var b = filter else { return nil }
+        let idx = try index()
+        guard let reached = try idx.forEachInserted(from: b.sequence, { id in
+            b.insert(id)
+            b.count += 1
+        }) else { return nil }
+        b.sequence = reached
+        return b.count <= b.capacity ? b : nil
+    }
+
+    /// Filters this process built from the whole index (tests check that other
+    /// writers cost a catch-up, not a rebuild).
+    private(set) var bloomRebuilds = 0
+
     /// A filter built anew from the index (after a rebuild, gc, or when stale).
     public func freshBloom() throws -> BloomFilter {
+        bloomRebuilds += 1
         let idx = try index()
-        // Counted before the scan: entries are only added meanwhile (removal needs
-        // the exclusive lock), so the filter holds at least `count` of them.
+        // Read before the scan: entries are only added meanwhile (removal needs
+        // the exclusive lock), so the filter holds every entry up to `sequence`.
+        let sequence = try idx.insertSequence()
         let count = try idx.chunkCount()
         var b = BloomFilter(capacity: max(count * 2, 1 << 16))
         try idx.forEachChunk { id, _ in b.insert(id) }
         b.count = count
+        b.sequence = sequence
         return b
     }
 
-    /// Persists a filter (atomically); one outgrown by the index is rebuilt larger.
-    public func saveBloom(_ filter: BloomFilter) throws {
-        var b = filter
+    /// Persists a filter (atomically). A `fresh` one (built from the index) is
+    /// written as it is; otherwise what is written is the saved filter caught up
+    /// from the insert log, which holds this process's inserts and every other
+    /// writer's (else `filter` caught up, else one built anew). The log before
+    /// the replaced filter's sequence is dropped: a reader of that filter can still
+    /// catch up. No lock is needed: every writer writes a filter that holds the
+    /// index up to the sequence it records.
+    public func saveBloom(_ filter: BloomFilter, fresh: Bool = false) throws {
+        let saved = savedBloom()
+        var b: BloomFilter
+        if fresh {
+            b = filter
+        } else if let merged = try caughtUp(saved) ?? caughtUp(filter) {
+            b = merged
+        } else {
+            b = try freshBloom()
+        }
         if b.count > b.capacity { b = try freshBloom() }
         bloomFilter = b
         try FileIO.writeFileAtomically(bloomPath, b.encoded())
+        if let saved, saved.sequence <= b.sequence { try index().pruneInserted(before: saved.sequence) }
     }
 
     // MARK: - Manifests

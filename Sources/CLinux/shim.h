@@ -6,6 +6,7 @@
 #endif
 #include <fcntl.h>
 #include <errno.h>
+#include <malloc.h>
 
 /// fallocate(2) with mode 0: 0, or -1 with errno set.
 static inline int dbb_fallocate(int fd, long long offset, long long length) {
@@ -21,4 +22,11 @@ static inline int dbb_start_writeback(int fd, long long offset, long long length
 static inline int dbb_set_pipe_size(int fd, int size) {
     return fcntl(fd, F_SETPIPE_SZ, size);
 }
+/// Buffers of `bytes` or more are mapped and unmapped by malloc itself, not kept
+/// in its heaps: fixes glibc's threshold, which otherwise rises with each large
+/// free until the transient buffers of every backup stay resident. 1, or 0.
+static inline int dbb_set_mmap_threshold(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes);
+}
+
 #endif

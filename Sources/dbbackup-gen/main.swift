@@ -34,6 +34,7 @@ func parse() -> [String: String] {
     }
     return out
 }
+ProcessMemory.configure()
 let arguments = parse()
 guard let root = arguments["repo"] else { fail("--repo is required") }
 func count(_ key: String, _ fallback: Int) -> Int {

@@ -6,6 +6,7 @@ import Foundation
 @main
 struct DBBackup: ParsableCommand {
     static func main() {
+        ProcessMemory.configure()
         unblockAllSignals()
         InterruptCleanup.install()
         // The passphrase leaves the environment at once: no child (pg_dump, tar,

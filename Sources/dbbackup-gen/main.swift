@@ -35,6 +35,7 @@ func parse() -> [String: String] {
     return out
 }
 ProcessMemory.configure()
+ChunkIndex.syncsCommits = false
 let arguments = parse()
 guard let root = arguments["repo"] else { fail("--repo is required") }
 func count(_ key: String, _ fallback: Int) -> Int {

@@ -22,6 +22,10 @@ public final class ChunkIndex {
 
     static let locationSize = 16 + 8 + 4 + 4 + 1 + 1 + 4
 
+    /// False only in tools that build throwaway repositories (dbbackup-gen): commits
+    /// are then not synced to disk (LMDB's MDB_NOSYNC).
+    nonisolated(unsafe) public static var syncsCommits = true
+
     public init(path: String) throws {
         self.path = path
         var env: OpaquePointer?
@@ -32,7 +36,8 @@ public final class ChunkIndex {
             // Virtual address space only; the file grows with the data (1 TiB is
             // room for billions of chunks).
             try check(mdb_env_set_mapsize(env, 1 << 40), "set map size")
-            try check(mdb_env_open(env, path, UInt32(MDB_NOSUBDIR | MDB_NOTLS), 0o644), "open \(path)")
+            let flags = MDB_NOSUBDIR | MDB_NOTLS | (Self.syncsCommits ? 0 : MDB_NOSYNC)
+            try check(mdb_env_open(env, path, UInt32(flags), 0o644), "open \(path)")
             try write { txn in
                 // "-v2": locations with a group offset. A cache written by an older
                 // dbbackup has other tables, so its packs are read in again.
@@ -156,6 +161,23 @@ public final class ChunkIndex {
             }
         }
         return reached
+    }
+
+    /// The sequence of the oldest insert the log holds (nil: it is empty).
+    public func firstInserted() throws -> UInt64? {
+        var result: UInt64?
+        try read { txn in
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, inserted, &cursor), "open cursor")
+            defer { mdb_cursor_close(cursor) }
+            var k = MDB_val(), v = MDB_val()
+            let rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+            if rc == MDB_NOTFOUND { return }
+            try check(rc, "cursor")
+            guard k.mv_size == 8, let kp = k.mv_data else { return }
+            result = UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self))
+        }
+        return result
     }
 
     /// Drops the insert log before sequence `end` (what a saved filter holds).

@@ -492,8 +492,14 @@ public final class Repository {
         }
         if b.count > b.capacity { b = try freshBloom() }
         bloomFilter = b
-        try FileIO.writeFileAtomically(bloomPath, b.encoded())
-        if let saved, saved.sequence <= b.sequence { try index().pruneInserted(before: saved.sequence) }
+        // Not synced: a filter lost or torn by a crash fails to decode and is
+        // rebuilt, and wrong bits can only make a chunk be stored again.
+        try FileIO.writeFileAtomically(bloomPath, b.encoded(), durable: false)
+        // The log is trimmed now and then, not at every save (a write transaction).
+        if let saved, saved.sequence <= b.sequence, let first = try index().firstInserted(),
+           saved.sequence > first + 65536 {
+            try index().pruneInserted(before: saved.sequence)
+        }
     }
 
     // MARK: - Manifests

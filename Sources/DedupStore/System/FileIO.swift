@@ -191,7 +191,7 @@ public enum FileIO {
         guard isDirectory(folder) else { throw DedupError.outputFolderMissing(path: path, folder: folder) }
     }
 
-    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws {
+    public static func writeFileAtomically(_ path: String, _ bytes: [UInt8], durable: Bool = true) throws {
         let dir = parent(path)
         try requireFolder(of: path)
         let tmp = path + ".tmp-\(getpid())-\(Hex.encode(SecureRandom.bytes(4)))"
@@ -199,11 +199,11 @@ public enum FileIO {
         var open = true
         do {
             try bytes.withUnsafeBytes { try writeAll(fd, $0, path: tmp) }
-            try fsync(fd, path: tmp)
+            if durable { try fsync(fd, path: tmp) }
             close(fd)
             open = false
             if rename(tmp, path) != 0 { throw DedupError.io(operation: "rename", path: tmp, errno: errno) }
-            try fsyncDirectory(dir.isEmpty ? "." : dir)
+            if durable { try fsyncDirectory(dir.isEmpty ? "." : dir) }
         } catch {
             if open { close(fd) }
             unlink(tmp)

@@ -89,6 +89,7 @@ public final class BackupCatalog {
                 new_bytes INTEGER NOT NULL, duration REAL NOT NULL, tags TEXT NOT NULL,
                 verified_at TEXT, verified_ok INTEGER, verify_mode TEXT);
             CREATE INDEX IF NOT EXISTS backups_by_subject ON backups (coalesce(database, name), created_unix);
+            CREATE INDEX IF NOT EXISTS backups_by_time ON backups (created_unix, id);
             CREATE INDEX IF NOT EXISTS backups_by_kind ON backups (kind, created_unix);
             CREATE TABLE IF NOT EXISTS events (
                 seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
@@ -348,6 +349,8 @@ public final class BackupCatalog {
         var sql = "SELECT \(Self.entryColumns) FROM backups"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY created_unix DESC, id DESC"
+        // Without a tag filter (applied to the decoded rows) SQLite stops at the limit.
+        if let limit = f.limit, f.tag == nil { sql += " LIMIT \(max(0, limit))" }
         var out = [Entry]()
         try db.run(sql, values) { r in
             let entry = Self.entry(r)
@@ -408,6 +411,21 @@ public final class BackupCatalog {
             result = (Int(r.int(0) ?? 0), r.int(1) ?? 0)
         }
         return result
+    }
+
+    /// The databases (or names) the catalog holds backups of, sorted: one index
+    /// lookup each, not a pass over the backups.
+    public func subjects() throws -> [String] {
+        try distinct("coalesce(database, name)", from: "backups", [])
+    }
+
+    /// True when the catalog holds a backup of `subject` (one index lookup).
+    public func hasBackups(of subject: String) throws -> Bool {
+        var found = false
+        try db.run("SELECT 1 FROM backups WHERE coalesce(database, name) = ?1 LIMIT 1", [.text(subject)]) { _ in
+            found = true
+        }
+        return found
     }
 
     private static let logKinds = Set(Manifest.logKinds.map(\.rawValue))

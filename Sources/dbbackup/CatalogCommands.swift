@@ -88,8 +88,8 @@ struct CatalogFilterOptions: ParsableArguments {
     @discardableResult
     func checkDatabase(_ catalog: BackupCatalog, path: String) throws -> Bool {
         guard let database else { return true }
-        let known = Set(try catalog.backups().map(\.subject))
-        if known.contains(database) { return true }
+        if try catalog.hasBackups(of: database) { return true }
+        let known = Set(try catalog.subjects())
         Terminal.notice(noBackups(of: database, in: path, known: known))
         return false
     }

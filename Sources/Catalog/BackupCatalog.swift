@@ -212,7 +212,9 @@ public final class BackupCatalog {
             guard let time = ChangeNote.time(ofKey: key) else { continue }
             let settled = now.timeIntervalSince(time) > ChangeNote.settleTime
             var done = true
-            if let note = try repository.loadChange(key) {
+            if let note = try repository.loadChange(key), note.op == .verify, note.ids == [ChangeNote.everyBackup] {
+                report.verificationsUpdated += try applyAllVerifications()
+            } else if let note = try repository.loadChange(key) {
                 for id in note.ids {
                     done = try apply(note.op, id, &report) && done
                 }
@@ -226,6 +228,23 @@ public final class BackupCatalog {
         try db.run("DELETE FROM applied_changes WHERE at < ?1",
                    [.real(start.timeIntervalSince1970 - ChangeNote.settleTime)])
         return report
+    }
+
+    /// Every verification record that differs from the catalog's (a verify of a
+    /// whole repository). Returns how many were taken in.
+    private func applyAllVerifications() throws -> Int {
+        var inCatalog = [String: String?]()
+        try db.run("SELECT id, verified_at FROM backups") { row in
+            if let id = row.text(0) { inCatalog[id] = row.text(1) }
+        }
+        var updated = 0
+        for (id, v) in try repository.verificationRecords() {
+            if let known = inCatalog[id], known != v.verifiedAt {
+                try apply(v)
+                updated += 1
+            }
+        }
+        return updated
     }
 
     /// One backup a note names, brought in step. True when the note's change is

@@ -97,6 +97,21 @@ import Testing
         #expect(try catalog.backups().map(\.id) == [slow.id])
     }
 
+    @Test func aVerifyNoteForEveryBackupTakesInEveryRecord() throws {
+        let f = try Fixture()
+        let one = try f.backup(f.repo, name: "one", seed: 7)
+        let two = try f.backup(f.repo, name: "two", seed: 8)
+        let catalog = try f.catalog()
+        try catalog.synchronize()
+        _ = try Verifier(repository: try f.otherHost()).verify(deep: false)
+        // As a verify of more than a thousand backups notes it: one note for all.
+        try f.repo.pruneChanges(before: .distantFuture)
+        try f.repo.noteChange(.verify, ids: [ChangeNote.everyBackup])
+        let report = try catalog.synchronize()
+        #expect(!report.full && report.verificationsUpdated == 2, "\(report)")
+        #expect(try catalog.backups().allSatisfy { $0.verifiedOK == true } && [one, two].count == 2)
+    }
+
     @Test func aCatalogOlderThanTheNotesSyncsInFull() throws {
         let f = try Fixture()
         try f.backup(f.repo, name: "one", seed: 5)

@@ -214,7 +214,8 @@ public final class Verifier {
             }
         }
         // After the records: a catalog that reads the note finds them saved.
-        try repository.noteChange(.verify, ids: recorded)
+        // Past a thousand, one note for all ("*"): a catalog then reads every record.
+        try repository.noteChange(.verify, ids: recorded.count > 1000 ? [ChangeNote.everyBackup] : recorded)
         // A corrupt chunk leaves the index, so that the next backup of the same data
         // stores it again, which heals every backup that needs it; the repository
         // records it, so that no rebuild or other host's cache indexes it again.

@@ -21,7 +21,11 @@ public struct ChangeNote: Codable, Equatable, Sendable {
     }
 
     public var op: Operation
+    /// The backups touched; `everyBackup` alone for a verify of many.
     public var ids: [String]
+
+    /// The id that stands for every backup (a verify note of a whole repository).
+    public static let everyBackup = "*"
 
     public static let folder = "changes/"
     /// How long notes are kept: a catalog that last synced longer ago than this

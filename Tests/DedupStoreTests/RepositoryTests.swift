@@ -265,15 +265,18 @@ import Testing
     @Test(arguments: StoreKind.allCases) func overlappingBackupsKeepTheBloomFilterHonest(store kind: StoreKind) throws {
         let dir = TestStore(kind)
         let a = try makeRepository(dir)
+        a.bloomAfterChunks = 0
         try backup(a, [1])
         // B loads its filter before A's backup and saves after it, as two
         // overlapping nightly jobs would.
         let b = try dir.reopen()
+        b.bloomAfterChunks = 0
         _ = try b.bloom()
         let x = randomBytes(1 << 20, seed: 21), y = randomBytes(1 << 20, seed: 22)
         try backup(a, x, name: "x")
         try backup(b, y, name: "y")
         let c = try dir.reopen()
+        c.bloomAfterChunks = 0
         #expect(try backup(c, x, name: "x-again").stats.newChunks == 0, "A's chunks must not be stored again")
         #expect(try backup(c, y, name: "y-again").stats.newChunks == 0)
         // The saved filter was caught up from the index's insert log, not rebuilt
@@ -284,9 +287,29 @@ import Testing
         try c.index().forEachChunk { id, _ in #expect(filter.mightContain(id)) }
     }
 
+    @Test func aSmallBackupUsesNoFilterAndTheNextFilterHoldsItsChunks() throws {
+        let dir = TestStore(.memory)
+        let a = try makeRepository(dir)
+        a.bloomAfterChunks = 0
+        try backup(a, randomBytes(300_000, seed: 41))
+        let before = try FileIO.readFile(a.bloomPath)
+        // A backup below the threshold neither reads nor writes the filter ...
+        let small = try dir.reopen()
+        let data = randomBytes(300_000, seed: 42)
+        try backup(small, data)
+        #expect(try small.bloomRebuilds == 0 && FileIO.readFile(a.bloomPath) == before)
+        #expect(try backup(try dir.reopen(), data).stats.newChunks == 0, "its chunks are found in the index")
+        // ... and the next filter holds its chunks, from the insert log.
+        let next = try dir.reopen()
+        let filter = try next.bloom()
+        #expect(next.bloomRebuilds == 0)
+        try next.index().forEachChunk { id, _ in #expect(filter.mightContain(id)) }
+    }
+
     @Test func aFilterBehindALostLogIsRebuiltAndAFilterOfAnotherIndexToo() throws {
         let dir = TestStore(.memory)
         let a = try makeRepository(dir)
+        a.bloomAfterChunks = 0
         try backup(a, randomBytes(300_000, seed: 31))
         let saved = try FileIO.readFile(a.bloomPath)
         try backup(try dir.reopen(), randomBytes(300_000, seed: 32))

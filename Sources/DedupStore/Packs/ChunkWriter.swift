@@ -37,7 +37,12 @@ final class ChunkWriter {
 
     private let repository: Repository
     private let index: ChunkIndex
-    private var bloom: BloomFilter
+    /// The Bloom filter, loaded once the stream has `repository.bloomAfterChunks`
+    /// chunks: a small
+    /// backup (one WAL segment) looks its few chunks up in the index directly
+    /// rather than read and write a filter whose size grows with the repository.
+    /// Its inserts are in the index's insert log, so the next filter holds them.
+    private var bloom: BloomFilter?
     private let workers: Int
     private let compressors: [ZstdCompressor]
     private var arena: UnsafeMutableRawBufferPointer
@@ -58,7 +63,6 @@ final class ChunkWriter {
         self.repository = repository
         self.workers = workers
         index = try repository.index()
-        bloom = try repository.bloom()
         compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
         arena = .allocate(
             byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
@@ -95,12 +99,13 @@ final class ChunkWriter {
         for i in 0..<n {
             let id = slots[i].id
             var known = pending.contains(id)
-            if !known && bloom.mightContain(id) {
+            if bloom == nil && chunks + i >= repository.bloomAfterChunks { bloom = try repository.bloom() }
+            if !known && (bloom?.mightContain(id) ?? true) {
                 known = try repository.locate(id, in: index, listIfUnknown: false) != nil
             }
             guard !known else { continue }
             pending.insert(id)
-            bloom.insert(id)
+            bloom?.insert(id)
             // A unit never grows past what readers accept for a group.
             if let u = open, u.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
             var u = open ?? CompressionUnit(first: newSlots.count)
@@ -194,7 +199,7 @@ final class ChunkWriter {
         try index.insert(pack: p.id, size: size, entries: entries)
         repository.confirmWritten(p.id)
         // The filter now holds these index entries too.
-        bloom.count += entries.count
+        bloom?.count += entries.count
         pending.removeAll(keepingCapacity: true)
     }
 
@@ -206,9 +211,11 @@ final class ChunkWriter {
     func abort() {
         pack?.abort()
         pack = nil
-        try? repository.saveBloom(bloom)
+        if let bloom { try? repository.saveBloom(bloom) }
     }
 
     /// Saves the Bloom filter with the chunks this writer added.
-    func saveFilter() throws { try repository.saveBloom(bloom) }
+    func saveFilter() throws {
+        if let bloom { try repository.saveBloom(bloom) }
+    }
 }

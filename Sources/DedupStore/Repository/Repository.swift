@@ -454,6 +454,11 @@ public final class Repository {
         return b.count <= b.capacity ? b : nil
     }
 
+    /// A backup uses the Bloom filter from this many chunks of its stream on (one
+    /// WAL segment has a few dozen: their index lookups cost less than reading and
+    /// writing a filter sized for the whole repository).
+    public var bloomAfterChunks = 8192
+
     /// Filters this process built from the whole index (tests check that other
     /// writers cost a catch-up, not a rebuild).
     private(set) var bloomRebuilds = 0

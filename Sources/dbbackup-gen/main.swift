@@ -4,7 +4,7 @@ import Foundation
 // Builds a large repository quickly through the library, for measuring what each
 // command costs as a repository grows (tools/bench-scale runs it):
 //
-//   dbbackup-gen --repo DIR [--databases 100] [--nights 50] [--wal 0] [--binlogs 0]
+//   dbbackup-gen --repo DIR [--databases 100] [--nights 50] [--wal 0] [--wal-from 0] [--binlogs 0]
 //                [--dump-bytes 65536] [--log-bytes 8192]
 //
 // Nightly dumps: each database once a night at 02:00 local (plus its index in
@@ -45,6 +45,8 @@ func count(_ key: String, _ fallback: Int) -> Int {
 }
 let databases = count("databases", 100), nights = count("nights", 50)
 let walCount = count("wal", 0), binlogCount = count("binlogs", 0)
+// --wal-from K: segments K..<wal only (a continuation of a run that stopped at K).
+let walFrom = count("wal-from", 0)
 let dumpBytes = count("dump-bytes", 64 << 10), logBytes = count("log-bytes", 8 << 10)
 
 /// Deterministic bytes: SQL-like lines for dumps, noise for logs.
@@ -106,7 +108,7 @@ do {
         }
     }
     let system = "7301234567890123456"
-    for n in 0..<walCount {
+    for n in min(walFrom, walCount)..<walCount {
         let file = String(format: "00000001%08X%08X", n >> 8, n & 0xFF)
         try commit(noise(UInt64(n) | 1 << 40)) { o in
             o.name = "main"; o.kind = .wal; o.dbType = "postgres"; o.fixedID = "wal_main_\(file)"

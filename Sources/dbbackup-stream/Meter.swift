@@ -1,0 +1,107 @@
+import CLinux
+import Foundation
+
+/// CLOCK_REALTIME in nanoseconds: marks of the generator, the consumer and the
+/// memory watch are compared with one another (three processes).
+func nowNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Notes the time at which each tenth of `size` bytes went through, one line per
+/// tenth in `path` as it happens: "tenth<TAB>bytes<TAB>realtime ns". Line 0 is the start.
+final class TenthMarks {
+    private let size: UInt64
+    private let file: FileHandle?
+    private var next = 1
+
+    init(size: UInt64, path: String?) throws {
+        self.size = size
+        if let path {
+            guard FileManager.default.createFile(atPath: path, contents: nil),
+                  let handle = FileHandle(forWritingAtPath: path) else {
+                throw StreamToolError("cannot write the marks file \(path)")
+            }
+            file = handle
+        } else {
+            file = nil
+        }
+        write(0, bytes: 0)
+    }
+
+    /// Called after every hand-over with the bytes so far.
+    @inline(__always) func passed(_ bytes: UInt64) {
+        while next <= 10 && bytes >= size * UInt64(next) / 10 {
+            write(next, bytes: size * UInt64(next) / 10)
+            next += 1
+        }
+    }
+
+    private func write(_ tenth: Int, bytes: UInt64) {
+        file?.write(Data("\(tenth)\t\(bytes)\t\(nowNanoseconds())\n".utf8))
+    }
+}
+
+struct StreamToolError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Writes all of `count` bytes to `fd` (retrying on EINTR and short writes).
+func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) throws {
+    var done = 0
+    while done < count {
+        let n = write(fd, p + done, count - done)
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw StreamToolError("write failed: \(String(cString: strerror(errno)))")
+        }
+        done += n
+    }
+}
+
+/// Samples a process's memory from /proc/PID/status every `interval` until it
+/// has gone: RssAnon (its heap and stacks: what it allocated), RssFile (mapped
+/// files, such as the chunk index: clean pages the kernel can take back), VmHWM.
+/// Each sample goes to `path` as "realtime ns<TAB>RssAnon KiB<TAB>RssFile KiB".
+struct MemoryWatch {
+    struct Peak { var anon = 0, file = 0, hwm = 0, samples = 0 }
+
+    static func fields(_ status: String) -> (anon: Int, file: Int, hwm: Int, zombie: Bool)? {
+        var anon = -1, file = 0, hwm = 0, zombie = false
+        for line in status.split(separator: "\n") {
+            let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard parts.count >= 2 else { continue }
+            switch parts[0] {
+            case "RssAnon:": anon = Int(parts[1]) ?? -1
+            case "RssFile:": file = Int(parts[1]) ?? 0
+            case "VmHWM:": hwm = Int(parts[1]) ?? 0
+            case "State:": zombie = parts[1] == "Z"
+            default: break
+            }
+        }
+        return anon < 0 ? nil : (anon, file, hwm, zombie)
+    }
+
+    static func run(pid: Int32, intervalMilliseconds: Int, path: String?) throws -> Peak {
+        var peak = Peak()
+        var lines = ""
+        let statusPath = "/proc/\(pid)/status"
+        while let status = try? String(contentsOfFile: statusPath, encoding: .utf8), let f = fields(status),
+              !f.zombie {
+            peak.anon = max(peak.anon, f.anon)
+            peak.file = max(peak.file, f.file)
+            peak.hwm = max(peak.hwm, f.hwm)
+            peak.samples += 1
+            lines += "\(nowNanoseconds())\t\(f.anon)\t\(f.file)\n"
+            usleep(useconds_t(intervalMilliseconds * 1000))
+        }
+        if let path {
+            guard FileManager.default.createFile(atPath: path, contents: Data(lines.utf8)) else {
+                throw StreamToolError("cannot write the samples file \(path)")
+            }
+        }
+        return peak
+    }
+}

@@ -64,7 +64,10 @@ func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) throws {
 /// Samples a process's memory from /proc/PID/status every `interval` until it
 /// has gone: RssAnon (its heap and stacks: what it allocated), RssFile (mapped
 /// files, such as the chunk index: clean pages the kernel can take back), VmHWM.
-/// Each sample goes to `path` as "realtime ns<TAB>RssAnon KiB<TAB>RssFile KiB".
+/// Each sample goes to `path` as "realtime ns<TAB>RssAnon KiB<TAB>RssFile KiB<TAB>
+/// the process's CPU ticks (user + system)<TAB>the machine's busy ticks" (USER_HZ:
+/// /proc/stat's user, nice, system, irq, softirq, steal), so that a report can
+/// tell what else ran on the machine meanwhile.
 struct MemoryWatch {
     struct Peak { var anon = 0, file = 0, hwm = 0, samples = 0 }
 
@@ -84,6 +87,25 @@ struct MemoryWatch {
         return anon < 0 ? nil : (anon, file, hwm, zombie)
     }
 
+    /// utime + stime of a process, from /proc/PID/stat (the fields after the name's ")").
+    static func processTicks(_ pid: Int32) -> Int {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return 0 }
+        return user + system
+    }
+
+    /// Busy ticks of the whole machine, from /proc/stat's first line.
+    static func machineTicks() -> Int {
+        guard let stat = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+              let line = stat.split(separator: "\n").first else { return 0 }
+        let v = line.split(separator: " ").dropFirst().map { Int($0) ?? 0 }
+        guard v.count >= 8 else { return 0 }
+        return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    }
+
     static func run(pid: Int32, intervalMilliseconds: Int, path: String?) throws -> Peak {
         var peak = Peak()
         var lines = ""
@@ -94,7 +116,7 @@ struct MemoryWatch {
             peak.file = max(peak.file, f.file)
             peak.hwm = max(peak.hwm, f.hwm)
             peak.samples += 1
-            lines += "\(nowNanoseconds())\t\(f.anon)\t\(f.file)\n"
+            lines += "\(nowNanoseconds())\t\(f.anon)\t\(f.file)\t\(processTicks(pid))\t\(machineTicks())\n"
             usleep(useconds_t(intervalMilliseconds * 1000))
         }
         if let path {

@@ -5,7 +5,8 @@
 
 OUT_DIR holds, per chunk size (TAG), the files bench-stream wrote: TAG.backup.marks
 and TAG.restore.marks ("tenth bytes realtime-ns"), TAG.{backup,restore}.samples
-("realtime-ns RssAnon-KiB RssFile-KiB"), .peak, .time ("wall user sys maxrss-KiB"),
+("realtime-ns RssAnon-KiB RssFile-KiB
+process-ticks machine-busy-ticks"), .peak, .time ("wall user sys maxrss-KiB"),
 .end, TAG.gen.txt and TAG.count.txt (bytes and XXH64), TAG.repo-bytes, TAG.chunks.
 Prints Markdown. Bars: last tenth >= 0.9x the first, peak RssAnon < 128 MiB, digests equal.
 """
@@ -26,14 +27,23 @@ def words(path):
 
 
 def tenths(out, tag, phase):
-    """[(MB/s, max RssAnon MiB in that tenth)] for tenths 1..10."""
+    """[(MB/s, max RssAnon MiB, dbbackup cores, other cores)] for tenths 1..10: the
+    cores are CPU seconds per second over the tenth, of dbbackup and of everything
+    else on the machine (the generator or counter included)."""
     marks = [(int(b), int(t)) for _, b, t in rows(f"{out}/{tag}.{phase}.marks")]
-    samples = [(int(t), int(a)) for t, a, _ in rows(f"{out}/{tag}.{phase}.samples")]
+    samples = [tuple(int(x) for x in r) for r in rows(f"{out}/{tag}.{phase}.samples")]
     result = []
     for (b0, t0), (b1, t1) in zip(marks, marks[1:]):
-        rate = (b1 - b0) / 1e6 / ((t1 - t0) / 1e9)
-        inside = [a for t, a in samples if t0 <= t <= t1]
-        result.append((rate, max(inside) / 1024 if inside else float("nan")))
+        seconds = (t1 - t0) / 1e9
+        rate = (b1 - b0) / 1e6 / seconds
+        inside = [s for s in samples if t0 <= s[0] <= t1]
+        anon = max(s[1] for s in inside) / 1024 if inside else float("nan")
+        own = other = float("nan")
+        if len(inside) >= 2:
+            span = (inside[-1][0] - inside[0][0]) / 1e9
+            own = (inside[-1][3] - inside[0][3]) / 100 / span
+            other = (inside[-1][4] - inside[0][4]) / 100 / span - own
+        result.append((rate, anon, own, other))
     return result, marks
 
 
@@ -88,12 +98,15 @@ def main():
         print("| " + " | ".join(line) + " |")
     for tag, per in details:
         print()
-        print(f"Per tenth, `--chunk-size {tag}` (MB/s over the tenth; highest RssAnon sampled in it, MiB):")
+        print(f"Per tenth, `--chunk-size {tag}`: MB/s over the tenth; the highest RssAnon sampled in it,"
+              " MiB; cores busy with dbbackup and with everything else (the generator or counter included):")
         print()
-        print("| tenth | backup MB/s | backup RssAnon | restore MB/s | restore RssAnon |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| tenth | backup MB/s | RssAnon | cores: dbbackup / other | restore MB/s | RssAnon |"
+              " cores: dbbackup / other |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for i, (b, r) in enumerate(zip(per["backup"], per["restore"]), 1):
-            print(f"| {i} | {b[0]:.0f} | {b[1]:.1f} | {r[0]:.0f} | {r[1]:.1f} |")
+            print(f"| {i} | {b[0]:.0f} | {b[1]:.1f} | {b[2]:.2f} / {b[3]:.2f} | {r[0]:.0f} | {r[1]:.1f} |"
+                  f" {r[2]:.2f} / {r[3]:.2f} |")
 
 
 if __name__ == "__main__":

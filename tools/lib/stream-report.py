@@ -9,6 +9,9 @@ and TAG.restore.marks ("tenth bytes realtime-ns"), TAG.{backup,restore}.samples
 process-ticks machine-busy-ticks"), .peak, .time ("wall user sys maxrss-KiB"),
 .end, TAG.gen.txt and TAG.count.txt (bytes and XXH64), TAG.repo-bytes, TAG.chunks.
 Prints Markdown. Bars: last tenth >= 0.9x the first, peak RssAnon < 128 MiB, digests equal.
+Beside each tenth's MB/s: MB per CPU second of dbbackup, and the cores busy with
+dbbackup and with everything else: on a shared machine a tenth can be slow because
+something else ran, which the CPU-second figure does not see.
 """
 import sys
 
@@ -43,7 +46,9 @@ def tenths(out, tag, phase):
             span = (inside[-1][0] - inside[0][0]) / 1e9
             own = (inside[-1][3] - inside[0][3]) / 100 / span
             other = (inside[-1][4] - inside[0][4]) / 100 / span - own
-        result.append((rate, anon, own, other))
+        # MB per CPU second of dbbackup: what a tenth cost, whatever else ran.
+        per_cpu = rate / own if own == own and own > 0 else float("nan")
+        result.append((rate, anon, own, other, per_cpu))
     return result, marks
 
 
@@ -78,9 +83,11 @@ def main():
             first, last = t[0][0], t[-1][0]
             ratio = last / first
             after = (end - marks[-1][1]) / 1e9
+            cpu_ratio = t[-1][4] / t[0][4]
             line += [
                 f"{wall:.0f} s, {gen_bytes / 1e6 / wall:.0f} MB/s, CPU {user + sys_:.0f} s",
-                f"{first:.0f} / {last:.0f} = {ratio:.2f} {verdict(ratio >= TENTH_BAR)}",
+                f"{first:.0f} / {last:.0f} = {ratio:.2f} {verdict(ratio >= TENTH_BAR)}"
+                f" (per CPU s: {cpu_ratio:.2f})",
                 f"{anon:.1f} {verdict(anon < RSS_BAR_MIB)} (file {rfile:.0f})",
             ]
             if phase == "backup":
@@ -101,12 +108,12 @@ def main():
         print(f"Per tenth, `--chunk-size {tag}`: MB/s over the tenth; the highest RssAnon sampled in it,"
               " MiB; cores busy with dbbackup and with everything else (the generator or counter included):")
         print()
-        print("| tenth | backup MB/s | RssAnon | cores: dbbackup / other | restore MB/s | RssAnon |"
-              " cores: dbbackup / other |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("| tenth | backup MB/s | MB per CPU s | RssAnon | cores: dbbackup / other | restore MB/s |"
+              " MB per CPU s | RssAnon | cores: dbbackup / other |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for i, (b, r) in enumerate(zip(per["backup"], per["restore"]), 1):
-            print(f"| {i} | {b[0]:.0f} | {b[1]:.1f} | {b[2]:.2f} / {b[3]:.2f} | {r[0]:.0f} | {r[1]:.1f} |"
-                  f" {r[2]:.2f} / {r[3]:.2f} |")
+            print(f"| {i} | {b[0]:.0f} | {b[4]:.0f} | {b[1]:.1f} | {b[2]:.2f} / {b[3]:.2f} | {r[0]:.0f} | {r[4]:.0f} |"
+                  f" {r[1]:.1f} | {r[2]:.2f} / {r[3]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -65,9 +65,11 @@ func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) throws {
 /// has gone: RssAnon (its heap and stacks: what it allocated), RssFile (mapped
 /// files, such as the chunk index: clean pages the kernel can take back), VmHWM.
 /// Each sample goes to `path` as "realtime ns<TAB>RssAnon KiB<TAB>RssFile KiB<TAB>
-/// the process's CPU ticks (user + system)<TAB>the machine's busy ticks" (USER_HZ:
-/// /proc/stat's user, nice, system, irq, softirq, steal), so that a report can
-/// tell what else ran on the machine meanwhile.
+/// the process's CPU ticks (user + system)<TAB>the machine's busy ticks<TAB>bytes the
+/// process has written to storage (/proc/PID/io write_bytes)<TAB>and read from it
+/// (read_bytes)". Busy ticks: USER_HZ, /proc/stat's user, nice, system, irq, softirq,
+/// steal, so that a report can tell what else ran on the machine meanwhile; the
+/// bytes tell what a backup writes besides its packs (the chunk index).
 struct MemoryWatch {
     struct Peak { var anon = 0, file = 0, hwm = 0, samples = 0 }
 
@@ -97,6 +99,19 @@ struct MemoryWatch {
         return user + system
     }
 
+    /// write_bytes and read_bytes of /proc/PID/io (what went to and came from storage).
+    static func processIO(_ pid: Int32) -> (written: Int, read: Int) {
+        guard let io = try? String(contentsOfFile: "/proc/\(pid)/io", encoding: .utf8) else { return (0, 0) }
+        var written = 0, read = 0
+        for line in io.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            guard parts.count == 2 else { continue }
+            if parts[0] == "write_bytes:" { written = Int(parts[1]) ?? 0 }
+            if parts[0] == "read_bytes:" { read = Int(parts[1]) ?? 0 }
+        }
+        return (written, read)
+    }
+
     /// Busy ticks of the whole machine, from /proc/stat's first line.
     static func machineTicks() -> Int {
         guard let stat = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
@@ -116,7 +131,9 @@ struct MemoryWatch {
             peak.file = max(peak.file, f.file)
             peak.hwm = max(peak.hwm, f.hwm)
             peak.samples += 1
-            lines += "\(nowNanoseconds())\t\(f.anon)\t\(f.file)\t\(processTicks(pid))\t\(machineTicks())\n"
+            let io = processIO(pid)
+            lines += "\(nowNanoseconds())\t\(f.anon)\t\(f.file)\t\(processTicks(pid))\t\(machineTicks())"
+                + "\t\(io.written)\t\(io.read)\n"
             usleep(useconds_t(intervalMilliseconds * 1000))
         }
         if let path {

@@ -6,11 +6,12 @@
 OUT_DIR holds, per chunk size (TAG), the files bench-stream wrote: TAG.backup.marks
 and TAG.restore.marks ("tenth bytes realtime-ns"), TAG.{backup,restore}.samples
 ("realtime-ns RssAnon-KiB RssFile-KiB
-process-ticks machine-busy-ticks"), .peak, .time ("wall user sys maxrss-KiB"),
+process-ticks machine-busy-ticks written-bytes read-bytes"), .peak, .time ("wall user sys maxrss-KiB"),
 .end, TAG.gen.txt and TAG.count.txt (bytes and XXH64), TAG.repo-bytes, TAG.chunks.
 Prints Markdown. Bars: last tenth >= 0.9x the first, peak RssAnon < 128 MiB, digests equal.
 Beside each tenth's MB/s: MB per CPU second of dbbackup, and the cores busy with
-dbbackup and with everything else: on a shared machine a tenth can be slow because
+dbbackup and with everything else, and what dbbackup wrote to storage (backup) or
+read from it (restore), MB per second: on a shared machine a tenth can be slow because
 something else ran, which the CPU-second figure does not see.
 """
 import sys
@@ -41,14 +42,18 @@ def tenths(out, tag, phase):
         rate = (b1 - b0) / 1e6 / seconds
         inside = [s for s in samples if t0 <= s[0] <= t1]
         anon = max(s[1] for s in inside) / 1024 if inside else float("nan")
-        own = other = float("nan")
+        own = other = io = float("nan")
         if len(inside) >= 2:
             span = (inside[-1][0] - inside[0][0]) / 1e9
             own = (inside[-1][3] - inside[0][3]) / 100 / span
             other = (inside[-1][4] - inside[0][4]) / 100 / span - own
+            if len(inside[0]) >= 7:
+                # Written (backup) or read (restore) by dbbackup, MB per second of the tenth.
+                column = 5 if phase == "backup" else 6
+                io = (inside[-1][column] - inside[0][column]) / 1e6 / span
         # MB per CPU second of dbbackup: what a tenth cost, whatever else ran.
         per_cpu = rate / own if own == own and own > 0 else float("nan")
-        result.append((rate, anon, own, other, per_cpu))
+        result.append((rate, anon, own, other, per_cpu, io))
     return result, marks
 
 
@@ -108,12 +113,12 @@ def main():
         print(f"Per tenth, `--chunk-size {tag}`: MB/s over the tenth; the highest RssAnon sampled in it,"
               " MiB; cores busy with dbbackup and with everything else (the generator or counter included):")
         print()
-        print("| tenth | backup MB/s | MB per CPU s | RssAnon | cores: dbbackup / other | restore MB/s |"
-              " MB per CPU s | RssAnon | cores: dbbackup / other |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| tenth | backup MB/s | MB per CPU s | RssAnon | cores: dbbackup / other | written MB/s |"
+              " restore MB/s | MB per CPU s | RssAnon | cores: dbbackup / other | read MB/s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for i, (b, r) in enumerate(zip(per["backup"], per["restore"]), 1):
-            print(f"| {i} | {b[0]:.0f} | {b[4]:.0f} | {b[1]:.1f} | {b[2]:.2f} / {b[3]:.2f} | {r[0]:.0f} | {r[4]:.0f} |"
-                  f" {r[1]:.1f} | {r[2]:.2f} / {r[3]:.2f} |")
+            print(f"| {i} | {b[0]:.0f} | {b[4]:.0f} | {b[1]:.1f} | {b[2]:.2f} / {b[3]:.2f} | {b[5]:.0f} |"
+                  f" {r[0]:.0f} | {r[4]:.0f} | {r[1]:.1f} | {r[2]:.2f} / {r[3]:.2f} | {r[5]:.0f} |")
 
 
 if __name__ == "__main__":

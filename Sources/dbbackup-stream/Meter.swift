@@ -66,10 +66,12 @@ func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ count: Int) throws {
 /// files, such as the chunk index: clean pages the kernel can take back), VmHWM.
 /// Each sample goes to `path` as "realtime ns<TAB>RssAnon KiB<TAB>RssFile KiB<TAB>
 /// the process's CPU ticks (user + system)<TAB>the machine's busy ticks<TAB>bytes the
-/// process has written to storage (/proc/PID/io write_bytes)<TAB>and read from it
-/// (read_bytes)". Busy ticks: USER_HZ, /proc/stat's user, nice, system, irq, softirq,
-/// steal, so that a report can tell what else ran on the machine meanwhile; the
-/// bytes tell what a backup writes besides its packs (the chunk index).
+/// kernel counted as sent to storage (/proc/PID/io write_bytes)<TAB>read from it
+/// (read_bytes)<TAB>bytes passed to write calls (wchar)". Busy ticks: USER_HZ,
+/// /proc/stat's user, nice, system, irq, softirq, steal, so that a report can tell
+/// what else ran on the machine meanwhile. wchar tells what a backup writes besides
+/// its packs (the chunk index); write_bytes came to about twice wchar on this ext4
+/// (a 20 s window of a backup: 3.12 GB against 1.48 GB, which strace's sum matched).
 struct MemoryWatch {
     struct Peak { var anon = 0, file = 0, hwm = 0, samples = 0 }
 
@@ -99,17 +101,21 @@ struct MemoryWatch {
         return user + system
     }
 
-    /// write_bytes and read_bytes of /proc/PID/io (what went to and came from storage).
-    static func processIO(_ pid: Int32) -> (written: Int, read: Int) {
-        guard let io = try? String(contentsOfFile: "/proc/\(pid)/io", encoding: .utf8) else { return (0, 0) }
-        var written = 0, read = 0
+    /// write_bytes, read_bytes and wchar of /proc/PID/io.
+    static func processIO(_ pid: Int32) -> (written: Int, read: Int, writeCalls: Int) {
+        guard let io = try? String(contentsOfFile: "/proc/\(pid)/io", encoding: .utf8) else { return (0, 0, 0) }
+        var written = 0, read = 0, writeCalls = 0
         for line in io.split(separator: "\n") {
             let parts = line.split(separator: " ")
             guard parts.count == 2 else { continue }
-            if parts[0] == "write_bytes:" { written = Int(parts[1]) ?? 0 }
-            if parts[0] == "read_bytes:" { read = Int(parts[1]) ?? 0 }
+            switch parts[0] {
+            case "write_bytes:": written = Int(parts[1]) ?? 0
+            case "read_bytes:": read = Int(parts[1]) ?? 0
+            case "wchar:": writeCalls = Int(parts[1]) ?? 0
+            default: break
+            }
         }
-        return (written, read)
+        return (written, read, writeCalls)
     }
 
     /// Busy ticks of the whole machine, from /proc/stat's first line.
@@ -133,7 +139,7 @@ struct MemoryWatch {
             peak.samples += 1
             let io = processIO(pid)
             lines += "\(nowNanoseconds())\t\(f.anon)\t\(f.file)\t\(processTicks(pid))\t\(machineTicks())"
-                + "\t\(io.written)\t\(io.read)\n"
+                + "\t\(io.written)\t\(io.read)\t\(io.writeCalls)\n"
             usleep(useconds_t(intervalMilliseconds * 1000))
         }
         if let path {

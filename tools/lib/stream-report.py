@@ -6,12 +6,12 @@
 OUT_DIR holds, per chunk size (TAG), the files bench-stream wrote: TAG.backup.marks
 and TAG.restore.marks ("tenth bytes realtime-ns"), TAG.{backup,restore}.samples
 ("realtime-ns RssAnon-KiB RssFile-KiB
-process-ticks machine-busy-ticks written-bytes read-bytes"), .peak, .time ("wall user sys maxrss-KiB"),
+process-ticks machine-busy-ticks write_bytes read_bytes wchar"), .peak, .time ("wall user sys maxrss-KiB"),
 .end, TAG.gen.txt and TAG.count.txt (bytes and XXH64), TAG.repo-bytes, TAG.chunks.
 Prints Markdown. Bars: last tenth >= 0.9x the first, peak RssAnon < 128 MiB, digests equal.
 Beside each tenth's MB/s: MB per CPU second of dbbackup, and the cores busy with
-dbbackup and with everything else, and what dbbackup wrote to storage (backup) or
-read from it (restore), MB per second: on a shared machine a tenth can be slow because
+dbbackup and with everything else, and what dbbackup passed to write calls (backup:
+packs, chunk index, chunk list) or read from storage (restore), MB per second: on a shared machine a tenth can be slow because
 something else ran, which the CPU-second figure does not see.
 """
 import sys
@@ -48,8 +48,9 @@ def tenths(out, tag, phase):
             own = (inside[-1][3] - inside[0][3]) / 100 / span
             other = (inside[-1][4] - inside[0][4]) / 100 / span - own
             if len(inside[0]) >= 7:
-                # Written (backup) or read (restore) by dbbackup, MB per second of the tenth.
-                column = 5 if phase == "backup" else 6
+                # Backup: bytes dbbackup passed to write calls (wchar; older samples,
+                # without it: write_bytes); restore: read from storage (read_bytes).
+                column = (7 if len(inside[0]) >= 8 else 5) if phase == "backup" else 6
                 io = (inside[-1][column] - inside[0][column]) / 1e6 / span
         # MB per CPU second of dbbackup: what a tenth cost, whatever else ran.
         per_cpu = rate / own if own == own and own > 0 else float("nan")

@@ -57,6 +57,12 @@ let package = Package(
             name: "dbbackup-gen",
             dependencies: ["DedupStore"]
         ),
+        // A huge generated dump through stdin, a counter on a restore's stdout, and
+        // a memory watch (tools/bench-stream).
+        .executableTarget(
+            name: "dbbackup-stream",
+            dependencies: ["CLinux"]
+        ),
         .testTarget(
             name: "DedupStoreTests",
             dependencies: ["DedupStore"]

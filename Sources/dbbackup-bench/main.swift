@@ -1,7 +1,10 @@
 // Stage throughput of the backup pipeline on this machine, one core each:
-// chunker, SHA-256, zstd compress (levels 1 and 3), zstd decompress, Bloom lookups.
-// Usage: dbbackup-bench FILE [--repeat N] [--chunk-size BYTES]
-// tools/bench runs it on a generated SQL dump (release build) and adds end-to-end figures.
+// chunker, SHA-256, zstd compress (levels 1 and 3), zstd decompress, Bloom lookups;
+// and cutting + SHA-256 together (what a stored chunk costs) on one core and on all.
+// Usage: dbbackup-bench FILE [--repeat N] [--chunk-size BYTES] [--only cut-hash]
+// tools/bench runs it on a generated SQL dump (release build) and adds end-to-end
+// figures; tools/bench-dedup-path runs `--only cut-hash`, the limit of a backup of
+// stored data.
 import DedupStore
 import Foundation
 
@@ -14,15 +17,19 @@ var args = Array(CommandLine.arguments.dropFirst())
 var repeats = 3
 var average = ChunkerParameters.default.avgSize
 var path: String?
+var onlyCutHash = false
 while !args.isEmpty {
     let a = args.removeFirst()
     switch a {
     case "--repeat": repeats = Int(args.isEmpty ? "" : args.removeFirst()) ?? 3
     case "--chunk-size": average = Int(args.isEmpty ? "" : args.removeFirst()) ?? average
+    case "--only":
+        guard !args.isEmpty, args.removeFirst() == "cut-hash" else { fail("--only takes cut-hash") }
+        onlyCutHash = true
     default: path = a
     }
 }
-guard let path else { fail("usage: dbbackup-bench FILE [--repeat N] [--chunk-size BYTES]") }
+guard let path else { fail("usage: dbbackup-bench FILE [--repeat N] [--chunk-size BYTES] [--only cut-hash]") }
 let data: [UInt8]
 do { data = try FileIO.readFile(path) } catch { fail("\(error)") }
 guard !data.isEmpty else { fail("\(path) is empty") }
@@ -39,6 +46,51 @@ let mb = Double(data.count) / 1e6
         rates.append(Double(bytes) / 1e6 / dt)
     }
     return rates.sorted()[rates.count / 2]
+}
+
+/// Cuts `count` bytes from `base` into chunks and takes each one's SHA-256: the
+/// work a chunk that is stored already costs a backup. Returns the chunk count.
+@Sendable func cutAndHash(_ base: UnsafePointer<UInt8>, count: Int, _ chunker: ContentDefinedChunker) -> Int {
+    let hasher = SHA256Hasher()
+    var off = 0, chunks = 0
+    while off < count {
+        let n = chunker.cutPoint(base + off, count: count - off)
+        _ = hasher.digest(UnsafeRawBufferPointer(start: base + off, count: n))
+        off += n
+        chunks += 1
+    }
+    return chunks
+}
+
+/// Cut + hash on one core, then on every core at once, each core its own
+/// contiguous part of the input (no pipeline, nothing shared, no waiting): the
+/// most a backup of stored data could reach on this machine.
+@MainActor func printCutHash() {
+    let cores = ProcessInfo.processInfo.activeProcessorCount
+    let chunker = ContentDefinedChunker(params)
+    data.withUnsafeBufferPointer { buf in
+        guard let base = buf.baseAddress else { return }
+        let one = measure(buf.count) { _ = cutAndHash(base, count: buf.count, chunker) }
+        print(String(format: "| cut + SHA-256, one core | %.0f |", one))
+        nonisolated(unsafe) let shared = base
+        let total = buf.count
+        let all = measure(total) {
+            DispatchQueue.concurrentPerform(iterations: cores) { part in
+                let from = total * part / cores, to = total * (part + 1) / cores
+                _ = cutAndHash(shared + from, count: to - from, chunker)
+            }
+        }
+        print(String(format: "| cut + SHA-256, all %d cores (each its own part of the input) | %.0f |", cores, all))
+    }
+}
+
+if onlyCutHash {
+    print(String(format: "input: %@, %.1f MB, %d KiB average chunks; median of %d runs", path, mb, average / 1024,
+                 repeats))
+    print("| stage | MB/s |")
+    print("|---|---:|")
+    printCutHash()
+    exit(0)
 }
 
 // Chunk boundaries once, reused by the per-chunk stages.
@@ -77,6 +129,7 @@ let shaRate = data.withUnsafeBytes { raw in
     }
 }
 print(String(format: "| SHA-256 per chunk (libcrypto EVP) | %.0f |", shaRate))
+printCutHash()
 
 var compressedSize = 0
 var compressedChunks = [[UInt8]]()

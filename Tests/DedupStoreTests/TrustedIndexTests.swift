@@ -105,6 +105,31 @@ import Testing
         #expect(try restoreBytes(try store.reopen(), second.id, dir: store) == data)
     }
 
+    @Test(arguments: StoreKind.allCases) func thePackTotalsKeptInTheIndexEqualACount(store kind: StoreKind) throws {
+        let store = TestStore(kind)
+        let repo = try makeRepository(store)
+        func check(_ r: Repository, _ what: String) throws {
+            let packs = try r.index().indexedPacks()
+            let totals = try r.index().packTotals()
+            #expect(totals.packs == packs.count && totals.bytes == packs.values.reduce(0) { $0 + $1.size }, "\(what)")
+        }
+        let first = try backup(repo, randomBytes(700_000, seed: 11) + randomBytes(150_000, seed: 12), name: "first")
+        try check(repo, "counted once")
+        try backup(repo, randomBytes(150_000, seed: 12), name: "second")
+        try backup(repo, randomBytes(400_000, seed: 13), name: "third")
+        try check(repo, "kept by inserts")
+        try repo.deleteManifest(first.id)
+        _ = try GarbageCollector(repository: repo).run()
+        try check(repo, "after gc's rewrite and deletes")
+        let pack = try #require(try repo.listPacks().keys.first)
+        try store.backend.delete(pack.key)
+        let next = try store.reopen()
+        _ = try next.listedIndex()
+        try check(next, "after a pack was forgotten")
+        _ = try next.rebuildIndex()
+        try check(next, "after a rebuild")
+    }
+
     @Test func aCacheListedLongerAgoThanTheIntervalListsAgain() throws {
         let store = TestStore(.memory)
         let repo = try makeRepository(store)

@@ -85,7 +85,9 @@ public final class ChunkIndex {
             try putChunks(txn, entries)
             var pv = BinaryWriter(capacity: 16)
             pv.append(UInt64(size)); pv.append(UInt64(entries.count))
+            let old = try storedPackSize(txn, pack)
             try put(txn, packs, Self.packKey(pack), pv.bytes)
+            try adjustPackTotals(txn, packs: old == nil ? 1 : 0, bytes: size - (old ?? 0))
             guard !entries.isEmpty else { return }
             let seq = try metaValue(txn, Self.insertSeqKey) ?? 0
             var ids = BinaryWriter(capacity: entries.count * 32)
@@ -340,14 +342,59 @@ public final class ChunkIndex {
 
     /// How many packs the index has read, and their bytes (one pass over the packs
     /// table, no allocation per pack).
+    /// Kept in `meta` in the transactions that change the packs table; an index
+    /// without them (an older dbbackup's) counts once by one pass over the table.
     public func packTotals() throws -> (packs: Int, bytes: Int64) {
-        var packs = 0, bytes: Int64 = 0
-        try scan(self.packs) { _, v in
-            guard v.count == 16, let vp = v.baseAddress else { return }
-            packs += 1
-            bytes += Int64(bitPattern: UInt64(littleEndian: vp.loadUnaligned(as: UInt64.self)))
+        var kept: (Int, Int64)?
+        try read { txn in
+            if let n = try metaValue(txn, Self.packCountKey), let b = try metaValue(txn, Self.packBytesKey) {
+                kept = (Int(n), Int64(bitPattern: b))
+            }
         }
-        return (packs, bytes)
+        if let kept { return kept }
+        var result = (packs: 0, bytes: Int64(0))
+        try write { txn in
+            var packs = 0, bytes: Int64 = 0
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, self.packs, &cursor), "open cursor")
+            defer { mdb_cursor_close(cursor) }
+            var k = MDB_val(), v = MDB_val()
+            var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+            while rc == 0 {
+                if v.mv_size == 16, let vp = v.mv_data {
+                    packs += 1
+                    bytes += Int64(bitPattern: UInt64(littleEndian: vp.loadUnaligned(as: UInt64.self)))
+                }
+                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+            }
+            if rc != MDB_NOTFOUND { try check(rc, "cursor") }
+            try setMetaValue(txn, Self.packCountKey, UInt64(packs))
+            try setMetaValue(txn, Self.packBytesKey, UInt64(bitPattern: bytes))
+            result = (packs, bytes)
+        }
+        return result
+    }
+
+    private static let packCountKey = "pack-count", packBytesKey = "pack-bytes"
+
+    /// Changes the kept pack totals, if they are kept yet.
+    private func adjustPackTotals(_ txn: OpaquePointer, packs: Int, bytes: Int64) throws {
+        guard let n = try metaValue(txn, Self.packCountKey), let b = try metaValue(txn, Self.packBytesKey) else { return }
+        try setMetaValue(txn, Self.packCountKey, UInt64(max(0, Int64(n) + Int64(packs))))
+        try setMetaValue(txn, Self.packBytesKey, UInt64(bitPattern: Int64(bitPattern: b) + bytes))
+    }
+
+    /// A pack's recorded size inside a transaction (nil: not indexed).
+    private func storedPackSize(_ txn: OpaquePointer, _ pack: PackID) throws -> Int64? {
+        try Self.packKey(pack).withUnsafeBytes { raw in
+            var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+            var mv = MDB_val()
+            let rc = mdb_get(txn, packs, &mk, &mv)
+            if rc == MDB_NOTFOUND { return nil }
+            try check(rc, "get pack")
+            guard mv.mv_size == 16, let p = mv.mv_data else { return nil }
+            return Int64(bitPattern: UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
+        }
     }
 
     /// Calls `body` with every indexed chunk id and location, in id order.
@@ -412,6 +459,7 @@ public final class ChunkIndex {
     }
 
     private func deletePackRecord(_ txn: OpaquePointer, _ pack: PackID) throws {
+        if let old = try storedPackSize(txn, pack) { try adjustPackTotals(txn, packs: -1, bytes: -old) }
         try Self.packKey(pack).withUnsafeBytes { raw in
             var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
             let rc = mdb_del(txn, packs, &mk, nil)
@@ -465,6 +513,8 @@ public final class ChunkIndex {
         try write { txn in
             try check(mdb_drop(txn, chunks, 0), "clear chunks")
             try check(mdb_drop(txn, packs, 0), "clear packs")
+            try setMetaValue(txn, Self.packCountKey, 0)
+            try setMetaValue(txn, Self.packBytesKey, 0)
             // The insert sequence continues (saved filters stay comparable); the
             // log goes: a filter saved before the clear is not caught up.
             try check(mdb_drop(txn, inserted, 0), "clear insert log")

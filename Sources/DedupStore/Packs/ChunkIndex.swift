@@ -284,17 +284,7 @@ public final class ChunkIndex {
     /// The size a pack had when the index read it, or nil for a pack it has not read.
     public func packSize(_ pack: PackID) throws -> Int64? {
         var result: Int64?
-        try read { txn in
-            try Self.packKey(pack).withUnsafeBytes { raw in
-                var mk = MDB_val(mv_size: raw.count, mv_data: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-                var mv = MDB_val()
-                let rc = mdb_get(txn, packs, &mk, &mv)
-                if rc == MDB_NOTFOUND { return }
-                try check(rc, "get pack")
-                guard mv.mv_size == 16, let p = mv.mv_data else { return }
-                result = Int64(bitPattern: UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
-            }
-        }
+        try read { txn in result = try storedPackSize(txn, pack) }
         return result
     }
 
@@ -303,16 +293,8 @@ public final class ChunkIndex {
     public func lastFullSync() throws -> Date? {
         var result: Date?
         try read { txn in
-            var key = Array("full-sync".utf8)
-            try key.withUnsafeMutableBytes { k in
-                var mk = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
-                var mv = MDB_val()
-                let rc = mdb_get(txn, meta, &mk, &mv)
-                if rc == MDB_NOTFOUND { return }
-                try check(rc, "get meta")
-                guard mv.mv_size == 8, let p = mv.mv_data else { return }
-                let ms = Int64(bitPattern: UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
-                result = Date(timeIntervalSince1970: Double(ms) / 1000)
+            if let ms = try metaValue(txn, Self.fullSyncKey) {
+                result = Date(timeIntervalSince1970: Double(Int64(bitPattern: ms)) / 1000)
             }
         }
         return result
@@ -320,10 +302,11 @@ public final class ChunkIndex {
 
     /// Records when a full listing of the packs began that the index is now in step with.
     public func setLastFullSync(_ date: Date) throws {
-        var w = BinaryWriter(capacity: 8)
-        w.append(UInt64(bitPattern: Int64((date.timeIntervalSince1970 * 1000).rounded())))
-        try write { txn in try put(txn, meta, Array("full-sync".utf8), w.bytes) }
+        let ms = UInt64(bitPattern: Int64((date.timeIntervalSince1970 * 1000).rounded()))
+        try write { txn in try setMetaValue(txn, Self.fullSyncKey, ms) }
     }
+
+    private static let fullSyncKey = "full-sync"
 
     /// The packs the index has read, with their sizes and entry counts.
     public func indexedPacks() throws -> [PackID: (size: Int64, entries: Int)] {

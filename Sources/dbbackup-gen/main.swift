@@ -5,7 +5,7 @@ import Foundation
 // command costs as a repository grows (tools/bench-scale runs it):
 //
 //   dbbackup-gen --repo DIR [--databases 100] [--nights 50] [--wal 0] [--binlogs 0]
-//                [--dump-bytes 65536] [--log-bytes 8192]
+//                [--dump-bytes 65536] [--log-bytes 8192] [--pack-size 33554432]
 //
 // Nightly dumps: each database once a night at 02:00 local (plus its index in
 // seconds), going back --nights days from today; each night's dump is SQL-like
@@ -17,6 +17,8 @@ import Foundation
 // pack, chunk list and manifest, as a grown repository does; nothing is fsynced
 // (LocalBackend durable: false), and times are set, not waited for. The change
 // notes (changes/) are deleted at the end: a grown repository has a week of them.
+// --pack-size (bytes) is the new repository's; with stored sizes scaled down, a
+// smaller one keeps gc's merge of the small packs (tools/bench-gc-compact) meaningful.
 
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("dbbackup-gen: \(message)\n".utf8))
@@ -44,6 +46,7 @@ func count(_ key: String, _ fallback: Int) -> Int {
 let databases = count("databases", 100), nights = count("nights", 50)
 let walCount = count("wal", 0), binlogCount = count("binlogs", 0)
 let dumpBytes = count("dump-bytes", 64 << 10), logBytes = count("log-bytes", 8 << 10)
+let packSize = count("pack-size", RepositoryConfig.defaultPackSize)
 
 /// Deterministic bytes: SQL-like lines for dumps, noise for logs.
 struct Generator {
@@ -78,7 +81,9 @@ func noise(_ seed: UInt64) -> [UInt8] {
 
 do {
     let backend = LocalBackend(root: root, durable: false)
-    let repo = Repository.isRepository(backend) ? try Repository(backend: backend) : try Repository.initialize(on: backend)
+    let repo =
+        Repository.isRepository(backend)
+        ? try Repository(backend: backend) : try Repository.initialize(on: backend, packSize: packSize)
     let started = Date()
     var made = 0
     func commit(_ bytes: [UInt8], _ configure: (inout BackupOptions) -> Void) throws {

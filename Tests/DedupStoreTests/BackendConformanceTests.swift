@@ -126,6 +126,10 @@ import Testing
         // Keys without sizes are the same keys.
         for prefix in ["packs/", "packs/0", "manifests/", "locks/", ""] {
             #expect(try b.keys(prefix) == (try b.list(prefix)).map(\.key), "\(prefix)")
+            // And one at a time, in any order.
+            var walked = [String]()
+            try b.forEachKey(prefix) { walked.append($0) }
+            #expect(walked.sorted() == (try b.keys(prefix)), "\(prefix)")
         }
     }
 

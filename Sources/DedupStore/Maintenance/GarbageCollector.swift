@@ -142,13 +142,15 @@ public final class GarbageCollector {
         return (marks, liveChunkLists)
     }
 
-    /// Chunk lists that no manifest names (a backup that died before committing).
+    /// Chunk lists that no manifest names (a backup that died before committing),
+    /// found one key at a time (a year of WAL: a million keys under manifests/).
     private func removeOrphanChunkLists(keeping live: Set<Int>, _ report: inout GCReport) throws {
-        for key in try repository.backend.keys("manifests/")
-        where key.hasSuffix(".chunks") && !live.contains(key.hashValue) {
-            report.orphanChunkListsRemoved += 1
-            if !dryRun { try repository.backend.delete(key) }
+        var orphans = [String]()
+        try repository.backend.forEachKey("manifests/") { key in
+            if key.hasSuffix(".chunks") && !live.contains(key.hashValue) { orphans.append(key) }
         }
+        report.orphanChunkListsRemoved = orphans.count
+        if !dryRun { for key in orphans { try repository.backend.delete(key) } }
     }
 }
 

@@ -35,6 +35,10 @@ public protocol Backend: AnyObject {
     func size(_ key: String) throws -> Int64?
     /// Deletes an object; an absent one is no error.
     func delete(_ key: String) throws
+    /// Deletes objects (absent ones are no error), for less than one `delete` each
+    /// where a backend can (a local folder: each folder synced once, not once per
+    /// object; gc's merge of a year of WAL deletes 525,600 packs).
+    func delete(keys: [String]) throws
 
     /// True when the backend can be read but not written (a read-only mount).
     var isReadOnly: Bool { get }
@@ -173,6 +177,10 @@ extension Backend {
 
     public func forEachKey(_ prefix: String, _ body: (String) throws -> Void) throws {
         for key in try keys(prefix) { try body(key) }
+    }
+
+    public func delete(keys: [String]) throws {
+        for key in keys { try delete(key) }
     }
 
     public func deleteOnInterrupt(_ key: String) {}

@@ -103,6 +103,9 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
     }
     public func size(_ key: String) throws -> Int64? { try checkAlive("stat", key); return try inner.size(key) }
     public func delete(_ key: String) throws { try checkAlive("delete", key); try inner.delete(key) }
+    public func delete(keys: [String]) throws {
+        try checkAlive("delete", keys.first ?? ""); try inner.delete(keys: keys)
+    }
     public var isReadOnly: Bool { inner.isReadOnly }
     public func storageUsage() -> Int64 { inner.storageUsage() }
     public var cacheIdentity: String { inner.cacheIdentity }

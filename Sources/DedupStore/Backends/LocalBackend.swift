@@ -135,6 +135,30 @@ public final class LocalBackend: Backend {
         }
     }
 
+    /// Unlinks every file first, then syncs each folder once, and removes the
+    /// fan-out folders (packs/xx/) left empty, syncing their parent once.
+    public func delete(keys: [String]) throws {
+        var folders = [String: Bool]()  // folder: is a fan-out folder
+        for key in keys {
+            let p = path(key)
+            if unlink(p) != 0 {
+                if errno == ENOENT { continue }
+                throw failure("delete", key, errno)
+            }
+            folders[FileIO.parent(p)] = key.split(separator: "/").count > 2
+        }
+        var parents = Set<String>()
+        for (folder, fanOut) in folders.sorted(by: { $0.key < $1.key }) {
+            // A writer that created the folder meanwhile finds it gone and creates it again.
+            if fanOut, rmdir(folder) == 0 {
+                parents.insert(FileIO.parent(folder))
+            } else {
+                try syncFolder(folder)
+            }
+        }
+        for parent in parents.sorted() { try syncFolder(parent) }
+    }
+
     public var isReadOnly: Bool {
         var st = statvfs()
         return statvfs(root, &st) == 0 && (st.f_flag & UInt(ST_RDONLY)) != 0

@@ -740,10 +740,8 @@ private final class Sweep {
         try index.remove(packs: doomed.map { ($0.pack, $0.ids) })
         mapped.tick(doomedIDs)
         FaultInjection.crashPoint("gc.before-pack-delete")
-        for d in doomed {
-            try backend.delete(d.pack.key)
-            try repository.forgetDamaged(pack: d.pack)
-        }
+        try backend.delete(keys: doomed.map(\.pack.key))
+        for d in doomed { try repository.forgetDamaged(pack: d.pack) }
         doomed.removeAll()
         doomedIDs = 0
     }

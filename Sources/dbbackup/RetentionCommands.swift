@@ -160,10 +160,12 @@ struct DedupGC: ParsableCommand {
         Holds the exclusive lock: backups started meanwhile wait (see backup --lock-wait).
         Packs with no live chunk are deleted; a pack whose rewrite would keep less than
         the repack threshold of its bytes is rewritten without its dead chunks (a partly
-        dead group is recompressed only when that makes it smaller). gc never grows the
-        repository, and --dry-run reports exactly what the run would reclaim. Memory stays
-        bounded: the set of live chunks is kept on disk. If any backup is unreadable, gc
-        stops before deleting anything.
+        dead group is recompressed only when that makes it smaller). Small packs (below
+        half the pack size: one per `wal archive` segment, the last one of each backup)
+        are merged into packs of the pack size, in the order of the backups that use
+        them. gc never grows the repository, and --dry-run reports exactly what the run
+        would reclaim. Memory stays bounded: the set of live chunks is kept on disk. If
+        any backup is unreadable, gc stops before deleting anything.
         """)
 
     @OptionGroup var store: StoreOptions
@@ -196,8 +198,9 @@ struct DedupGC: ParsableCommand {
             if json { try Terminal.json(r); return }
             let verb = dryRun ? "would reclaim" : "reclaimed"
             Terminal.out("gc\(dryRun ? " (dry run)" : ""): \(r.manifests) backups reference \(r.liveChunks) chunks")
+            let merged = r.packsMerged > 0 ? " and \(r.packsMerged) small ones merged" : ""
             Terminal.out(
-                "  packs     \(r.packsBefore) before: \(r.packsDeleted) deleted, \(r.packsRepacked) repacked into \(r.packsWritten) new"
+                "  packs     \(r.packsBefore) before: \(r.packsDeleted) deleted, \(r.packsRepacked) repacked\(merged) into \(r.packsWritten) new"
             )
             Terminal.out("  chunks    \(r.chunksRemoved) removed")
             Terminal.out(

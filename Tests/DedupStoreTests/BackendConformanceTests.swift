@@ -126,6 +126,10 @@ import Testing
         // Keys without sizes are the same keys.
         for prefix in ["packs/", "packs/0", "manifests/", "locks/", ""] {
             #expect(try b.keys(prefix) == (try b.list(prefix)).map(\.key), "\(prefix)")
+            // And one at a time, in any order.
+            var walked = [String]()
+            try b.forEachKey(prefix) { walked.append($0) }
+            #expect(walked.sorted() == (try b.keys(prefix)), "\(prefix)")
         }
     }
 
@@ -142,6 +146,17 @@ import Testing
         // A key under a prefix whose last object went can be written again.
         try b.put("packs/aa/z.pack", [2], ifAbsent: true)
         #expect(try b.get("packs/aa/z.pack") == [2])
+        // Several at once, absent ones and all.
+        for key in ["packs/aa/1.pack", "packs/bb/2.pack", "packs/bb/3.pack", "manifests/4.chunks"] {
+            try b.put(key, [3], ifAbsent: true)
+        }
+        try b.delete(keys: ["packs/aa/1.pack", "packs/bb/2.pack", "packs/bb/3.pack", "never/was", "packs/bb/2.pack"])
+        #expect(try b.keys("packs/") == ["packs/aa/z.pack"] && b.keys("manifests/") == ["manifests/4.chunks"])
+        try b.delete(keys: [])
+        if let local = b as? LocalBackend {
+            #expect(!FileIO.exists(local.path("packs/bb")), "the emptied fan-out folder went")
+            #expect(FileIO.exists(local.path("packs/aa")))
+        }
     }
 
     @Test(arguments: Kind.allCases) func aNewRepositoryNeedsAnEmptyPlace(kind: Kind) throws {

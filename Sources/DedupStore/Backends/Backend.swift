@@ -27,10 +27,18 @@ public protocol Backend: AnyObject {
     /// The same keys without their sizes, when a backend can list those for less
     /// (a local folder: no stat per file).
     func keys(_ prefix: String) throws -> [String]
+    /// Calls `body` with each key under a prefix, in no particular order, without
+    /// holding the whole listing (a year of WAL is a million keys under
+    /// manifests/, about 100 bytes each in an array). `body` must not delete keys.
+    func forEachKey(_ prefix: String, _ body: (String) throws -> Void) throws
     /// The size of an object, or nil if it does not exist.
     func size(_ key: String) throws -> Int64?
     /// Deletes an object; an absent one is no error.
     func delete(_ key: String) throws
+    /// Deletes objects (absent ones are no error), for less than one `delete` each
+    /// where a backend can (a local folder: each folder synced once, not once per
+    /// object; gc's merge of a year of WAL deletes 525,600 packs).
+    func delete(keys: [String]) throws
 
     /// True when the backend can be read but not written (a read-only mount).
     var isReadOnly: Bool { get }
@@ -166,6 +174,14 @@ extension Backend {
     public func exists(_ key: String) throws -> Bool { try size(key) != nil }
 
     public func keys(_ prefix: String) throws -> [String] { try list(prefix).map(\.key) }
+
+    public func forEachKey(_ prefix: String, _ body: (String) throws -> Void) throws {
+        for key in try keys(prefix) { try body(key) }
+    }
+
+    public func delete(keys: [String]) throws {
+        for key in keys { try delete(key) }
+    }
 
     public func deleteOnInterrupt(_ key: String) {}
     public func keepOnInterrupt(_ key: String) {}

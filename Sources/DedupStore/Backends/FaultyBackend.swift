@@ -98,8 +98,14 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
     public func keys(_ prefix: String) throws -> [String] {
         try checkAlive("list", prefix); return try inner.keys(prefix)
     }
+    public func forEachKey(_ prefix: String, _ body: (String) throws -> Void) throws {
+        try checkAlive("list", prefix); try inner.forEachKey(prefix, body)
+    }
     public func size(_ key: String) throws -> Int64? { try checkAlive("stat", key); return try inner.size(key) }
     public func delete(_ key: String) throws { try checkAlive("delete", key); try inner.delete(key) }
+    public func delete(keys: [String]) throws {
+        try checkAlive("delete", keys.first ?? ""); try inner.delete(keys: keys)
+    }
     public var isReadOnly: Bool { inner.isReadOnly }
     public func storageUsage() -> Int64 { inner.storageUsage() }
     public var cacheIdentity: String { inner.cacheIdentity }

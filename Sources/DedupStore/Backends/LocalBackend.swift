@@ -65,17 +65,28 @@ public final class LocalBackend: Backend {
         try walk(prefix, sizes: false).map(\.key)
     }
 
-    /// The files under `prefix`, sorted by key. Keys are "folder/name" or
-    /// "folder/xx/name": the walk starts at the folder part of the prefix. With
-    /// `sizes`, each file is stat'ed; without, sizes are 0.
-    private func walk(_ prefix: String, sizes: Bool) throws -> [ObjectInfo] {
-        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
-        var out = [ObjectInfo]()
-        try walk(folder, sizes: sizes, into: &out)
-        return out.filter { $0.key.hasPrefix(prefix) }.sorted { $0.key < $1.key }
+    /// One directory entry at a time, in directory order.
+    public func forEachKey(_ prefix: String, _ body: (String) throws -> Void) throws {
+        try forEachFile(under: prefix, sizes: false) { try body($0.key) }
     }
 
-    private func walk(_ folder: String, sizes: Bool, into out: inout [ObjectInfo]) throws {
+    /// The files under `prefix`, sorted by key. With `sizes`, each file is stat'ed;
+    /// without, sizes are 0.
+    private func walk(_ prefix: String, sizes: Bool) throws -> [ObjectInfo] {
+        var out = [ObjectInfo]()
+        try forEachFile(under: prefix, sizes: sizes) { out.append($0) }
+        return out.sorted { $0.key < $1.key }
+    }
+
+    /// Calls `visit` with each file under `prefix`, in directory order. Keys are
+    /// "folder/name" or "folder/xx/name": the walk starts at the folder part of
+    /// the prefix.
+    private func forEachFile(under prefix: String, sizes: Bool, _ visit: (ObjectInfo) throws -> Void) throws {
+        let folder = prefix.hasSuffix("/") ? String(prefix.dropLast()) : FileIO.parent(prefix)
+        try walk(folder, sizes: sizes, visiting: { if $0.key.hasPrefix(prefix) { try visit($0) } })
+    }
+
+    private func walk(_ folder: String, sizes: Bool, visiting visit: (ObjectInfo) throws -> Void) throws {
         let dirPath = path(folder)
         guard let dir = opendir(dirPath) else {
             if errno == ENOENT { return }
@@ -98,9 +109,9 @@ public final class LocalBackend: Backend {
                 size = Int64(st.st_size)
             }
             if type == Int32(DT_DIR) {
-                try walk(key, sizes: sizes, into: &out)
+                try walk(key, sizes: sizes, visiting: visit)
             } else if type == Int32(DT_REG) {
-                out.append(ObjectInfo(key: key, size: size))
+                try visit(ObjectInfo(key: key, size: size))
             }
         }
     }
@@ -122,6 +133,30 @@ public final class LocalBackend: Backend {
         if key.split(separator: "/").count > 2, rmdir(folder) == 0 {
             try syncFolder(FileIO.parent(folder))
         }
+    }
+
+    /// Unlinks every file first, then syncs each folder once, and removes the
+    /// fan-out folders (packs/xx/) left empty, syncing their parent once.
+    public func delete(keys: [String]) throws {
+        var folders = [String: Bool]()  // folder: is a fan-out folder
+        for key in keys {
+            let p = path(key)
+            if unlink(p) != 0 {
+                if errno == ENOENT { continue }
+                throw failure("delete", key, errno)
+            }
+            folders[FileIO.parent(p)] = key.split(separator: "/").count > 2
+        }
+        var parents = Set<String>()
+        for (folder, fanOut) in folders.sorted(by: { $0.key < $1.key }) {
+            // A writer that created the folder meanwhile finds it gone and creates it again.
+            if fanOut, rmdir(folder) == 0 {
+                parents.insert(FileIO.parent(folder))
+            } else {
+                try syncFolder(folder)
+            }
+        }
+        for parent in parents.sorted() { try syncFolder(parent) }
     }
 
     public var isReadOnly: Bool {

@@ -8,6 +8,9 @@ public struct GCReport: Codable, Sendable {
     public var packsBefore = 0
     public var packsDeleted = 0
     public var packsRepacked = 0
+    /// Small packs (below half the pack size: a `wal archive` segment's, the last
+    /// pack of a backup) whose live chunks were copied into packs of the pack size.
+    public var packsMerged = 0
     public var packsWritten = 0
     public var packsUnreadable: [String] = []
     /// Live chunks found damaged while repacking (their packs were kept).
@@ -35,15 +38,29 @@ public struct GCReport: Codable, Sendable {
 /// the live members of a partly dead group compressed together anew when that is
 /// smaller than the group's frame, else the frame copied as stored with only them
 /// listed. A pack is rewritten when that keeps less than the repack threshold of
-/// its bytes. New packs are committed and indexed before the old ones are
-/// forgotten and deleted, and never outnumber the packs they replace, so gc never
-/// grows the repository. A dry run computes the same plan and the sizes of the
-/// packs the run would write, without writing them.
+/// its bytes.
+///
+/// Small packs (below half the pack size) are merged: their live chunks go into
+/// packs of the pack size, so that a year of `wal archive` (a pack per segment)
+/// ends in a few packs, not 525,600. The mark orders them by the first backup (in
+/// id order: WAL segments in WAL order) that uses one of their chunks, so a merged
+/// pack holds neighbouring backups and a prune of the oldest ones frees whole
+/// packs. The packs gc writes are cut at the pack size, so after gc the packs
+/// number at most twice the stored bytes over the pack size, plus one. A small
+/// pack with nothing to merge with (no other small pack, nothing else being
+/// rewritten) stays as it is: its copy would be the same pack again.
+///
+/// New packs are committed and indexed before the old ones are forgotten and
+/// deleted, and never outnumber the packs they replace, so gc never grows the
+/// repository. A dry run computes the same plan and the sizes of the packs the
+/// run would write, without writing them.
 /// A crash at any point leaves every manifest restorable; the next gc finishes.
 public final class GarbageCollector {
     private let repository: Repository
     public var repackThreshold = 0.5
     public var dryRun = false
+    /// Chunk ids forgotten in one index transaction before their packs are deleted.
+    var forgetBatch = Sweep.defaultForgetBatch
 
     public init(repository: Repository) {
         self.repository = repository
@@ -56,13 +73,21 @@ public final class GarbageCollector {
         report.dryRun = dryRun
         let index = try repository.listedIndex()
 
-        let (marks, liveChunkLists) = try mark(&report)
+        // Listed before the mark, which orders the small packs for merging (under
+        // the exclusive lock the packs stay as they are).
+        let packs = try repository.listPacks()
+        var mergeOrder = Sweep.smallPacks(of: packs, packSize: repository.config.packSize)
+        let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
+        let mapped = MappedPages([index.path, marks.path])
+        let liveChunkLists = try mark(into: marks, index: index, ordering: &mergeOrder, mapped, &report)
         FaultInjection.crashPoint("gc.after-mark")
 
-        let sweep = try Sweep(repository: repository, index: index, marks: marks, dryRun: dryRun,
-                              threshold: repackThreshold, report: report)
+        let sweep = try Sweep(repository: repository, index: index, marks: marks, mapped: mapped, packs: packs,
+                              mergeOrder: mergeOrder, dryRun: dryRun, threshold: repackThreshold,
+                              forgetBatch: forgetBatch, report: report)
         try sweep.run()
         report = sweep.report
+        mapped.release()
 
         try removeOrphanChunkLists(keeping: liveChunkLists, &report)
         if !dryRun {
@@ -78,19 +103,37 @@ public final class GarbageCollector {
         return report
     }
 
-    /// Every chunk of every backup into an on-disk set; the chunk lists in use.
-    private func mark(_ report: inout GCReport) throws -> (ChunkSet, Set<String>) {
-        let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
+    /// Every chunk of every backup into an on-disk set, and the chunk lists in use,
+    /// by the hash values of their keys: 8 bytes a list instead of about 100 for
+    /// the key (a year of WAL segments: 8 MB instead of about 70), and a collision only
+    /// keeps an orphan list. Each small pack in `order` gets the position of the
+    /// first backup (in id order) that uses a chunk the index places in it: an
+    /// index lookup a chunk until every small pack has one, and none when there is
+    /// at most one small pack (it is never merged alone).
+    private func mark(
+        into marks: ChunkSet, index: ChunkIndex, ordering order: inout [PackID: Int], _ mapped: MappedPages,
+        _ report: inout GCReport
+    ) throws -> Set<Int> {
         let ids = try repository.manifestIDs()
-        var liveChunkLists = Set<String>()
+        var liveChunkLists = Set<Int>()
+        var unplaced = order.count > 1 ? order.count : 0
+        var position = 0
         let walker = ReferenceWalker(repository: repository)
         try walker.forEachBackup(ids) { id, loaded in
             do {
                 let manifest = try loaded.get()
                 try walker.forEachStream(of: manifest) { member, list in
-                    liveChunkLists.insert(member.chunkList.key)
-                    try list.forEach { chunk, _ in try marks.insert(chunk) }
+                    liveChunkLists.insert(member.chunkList.key.hashValue)
+                    try list.forEach { chunk, _ in
+                        try marks.insert(chunk)
+                        mapped.tick()
+                        guard unplaced > 0, let pack = try index.lookup(chunk)?.pack, order[pack] == Int.max
+                        else { return }
+                        order[pack] = position
+                        unplaced -= 1
+                    }
                 }
+                position += 1
             } catch let e as DedupError {
                 throw DedupError.invalidArgument(
                     "gc stopped before deleting anything: \(e.message); repair it, or remove that backup with `dbbackup dedup delete \(id)`, then run gc again"
@@ -100,16 +143,18 @@ public final class GarbageCollector {
         try marks.flush()
         report.manifests = ids.count
         report.liveChunks = try marks.count()
-        return (marks, liveChunkLists)
+        return liveChunkLists
     }
 
-    /// Chunk lists that no manifest names (a backup that died before committing).
-    private func removeOrphanChunkLists(keeping live: Set<String>, _ report: inout GCReport) throws {
-        for obj in try repository.backend.list("manifests/")
-        where obj.key.hasSuffix(".chunks") && !live.contains(obj.key) {
-            report.orphanChunkListsRemoved += 1
-            if !dryRun { try repository.backend.delete(obj.key) }
+    /// Chunk lists that no manifest names (a backup that died before committing),
+    /// found one key at a time (a year of WAL: a million keys under manifests/).
+    private func removeOrphanChunkLists(keeping live: Set<Int>, _ report: inout GCReport) throws {
+        var orphans = [String]()
+        try repository.backend.forEachKey("manifests/") { key in
+            if key.hasSuffix(".chunks") && !live.contains(key.hashValue) { orphans.append(key) }
         }
+        report.orphanChunkListsRemoved = orphans.count
+        if !dryRun { for key in orphans { try repository.backend.delete(key) } }
     }
 }
 
@@ -131,13 +176,79 @@ struct RepackPlan {
     var keptBytes: Int64 = 0
     /// Trailer entries the pieces make.
     var entries = 0
+    /// The pack's own entry bytes (headers and payloads, a group's frame once).
+    var chunkBytes: Int64 = 0
+
+    /// True when the rewrite keeps less than `threshold` of the pack's entry
+    /// bytes, and less than all of them: worth it for the dead chunks alone.
+    func keepsLess(than threshold: Double) -> Bool {
+        keptBytes < chunkBytes && Double(keptBytes) < threshold * Double(chunkBytes)
+    }
+
+    /// Forgets the regrouped payloads kept from planning (they are compressed
+    /// again when written), for a plan that waits.
+    mutating func dropKeptPayloads() {
+        pieces = pieces.map { piece in
+            guard case .regroup(let members, let encoding, let storedLength, .some) = piece else { return piece }
+            return .regroup(members: members, encoding: encoding, storedLength: storedLength, payload: nil)
+        }
+    }
 }
 
-/// The sweep of one gc run: plans each pack, then deletes or rewrites it.
+/// The pages of the chunk index and of the mark set that gc touched, dropped from
+/// its resident set now and then (`ResidentPages`; the page cache keeps them): a
+/// pass over every chunk would otherwise leave both maps resident, about 270 bytes
+/// a chunk (tools/bench-gc: 269 of 306 MiB at 1 M chunks), pages the kernel could
+/// take back at any time but which count in gc's RSS.
+final class MappedPages {
+    /// Chunks marked or looked up between two releases. Each touches about a leaf
+    /// page of a map (the branches above are shared), so at most 4096 pages of
+    /// each map, 16 MiB, are mapped in between; a release reads /proc/self/maps
+    /// and maps the branches again.
+    static let interval = 4096
+    private let paths: [String]
+    private var count = 0
+
+    init(_ paths: [String]) { self.paths = paths }
+
+    /// Counts `chunks` more; releases the maps' pages once they reach the interval.
+    func tick(_ chunks: Int = 1) {
+        count += chunks
+        if count >= Self.interval { release() }
+    }
+
+    func release() {
+        count = 0
+        for path in paths { ResidentPages.release(mappingsOf: path) }
+    }
+}
+
+/// A pack the sweep rewrites: why, its plan, and what it replaces.
+struct PackRewrite {
+    enum Reason {
+        /// The plan keeps less than the repack threshold of its bytes.
+        case deadChunks
+        /// A small pack, merged into packs of the pack size (its dead chunks, if
+        /// any, dropped on the way).
+        case small
+    }
+
+    let pack: PackID
+    let size: Int64
+    /// Every chunk id of its trailer, live or not (what the index forgets with it).
+    let ids: [ChunkID]
+    var plan: RepackPlan
+    let reason: Reason
+}
+
+/// The sweep of one gc run: plans each pack, then deletes, keeps or rewrites it;
+/// first the packs of at least half the pack size, in key order, then the small
+/// ones, in merge order. Rewrites of both kinds share the pack being written.
 private final class Sweep {
     let repository: Repository
     let index: ChunkIndex
     let marks: ChunkSet
+    let mapped: MappedPages
     let dryRun: Bool
     let threshold: Double
     var report: GCReport
@@ -148,9 +259,15 @@ private final class Sweep {
     let compressor: ZstdCompressor
     let damaged: DamagedChunks
     /// Packs present, with their sizes.
-    var packs: [PackID: Int64] = [:]
+    let packs: [PackID: Int64]
+    /// The small packs, each with the position of the first backup that uses one
+    /// of its chunks (`Int.max`: none): the order they are merged in.
+    let mergeOrder: [PackID: Int]
     var unreadable = Set<PackID>()
     var foundLive = 0
+    /// The first small pack to merge, held back until there is something to merge
+    /// it with: another small pack, or the pack being written.
+    var heldBack: PackRewrite?
 
     /// The pack being written (nil in a dry run), and its size so far (also in a
     /// dry run, where it is computed with the sizes PackWriter writes).
@@ -167,18 +284,26 @@ private final class Sweep {
     /// at 1 M chunks but doubled its heap).
     var doomed: [(pack: PackID, ids: [ChunkID], size: Int64)] = []
     var doomedIDs = 0
+    static let defaultForgetBatch = 4096
+    /// The cap in use (crash tests make it 1: each old pack goes as soon as it may).
+    let forgetBatch: Int
     /// Bytes of regrouped payloads kept from planning to writing (beyond it they
     /// are compressed again: zstd gives the same bytes).
     static let keptPayloadLimit = 64 << 20
 
     init(
-        repository: Repository, index: ChunkIndex, marks: ChunkSet, dryRun: Bool, threshold: Double, report: GCReport
+        repository: Repository, index: ChunkIndex, marks: ChunkSet, mapped: MappedPages, packs: [PackID: Int64],
+        mergeOrder: [PackID: Int], dryRun: Bool, threshold: Double, forgetBatch: Int, report: GCReport
     ) throws {
         self.repository = repository
         self.index = index
         self.marks = marks
+        self.mapped = mapped
+        self.packs = packs
+        self.mergeOrder = mergeOrder
         self.dryRun = dryRun
         self.threshold = threshold
+        self.forgetBatch = forgetBatch
         self.report = report
         backend = repository.backend
         encrypted = repository.cipher != nil
@@ -188,8 +313,26 @@ private final class Sweep {
         damaged = try repository.damagedChunks()
     }
 
+    /// Packs merged when they are smaller than this share of the pack size. The
+    /// packs gc writes reach the pack size (all but its last), so after gc every
+    /// pack but that one and those kept (damaged, unreadable) holds at least half
+    /// the pack size: at most 2 x stored bytes / pack size of them, plus one. A
+    /// larger share would rewrite more for fewer packs; a smaller one leaves more.
+    static let smallPackShare = 0.5
+
+    /// The packs below the small-pack share of `packSize`, none yet placed in the
+    /// merge order.
+    static func smallPacks(of packs: [PackID: Int64], packSize: Int) -> [PackID: Int] {
+        let below = Int64(Double(packSize) * smallPackShare)
+        var small = [PackID: Int]()
+        for (pack, size) in packs where size < below { small[pack] = Int.max }
+        return small
+    }
+
+    /// The order of pack keys (`packs/xx/<hex>.pack`), without making the hex.
+    static func keyOrder(_ a: PackID, _ b: PackID) -> Bool { (a.hi, a.lo) < (b.hi, b.lo) }
+
     func run() throws {
-        packs = try repository.listPacks()
         report.packsBefore = packs.count
         report.bytesBefore = packs.values.reduce(0, +)
         // Packs whose trailer cannot be read are never deleted, and a copy of a
@@ -198,19 +341,62 @@ private final class Sweep {
         // does not know are exactly the unreadable ones.
         let indexed = try index.indexedPacks()
         unreadable = Set(packs.keys.filter { indexed[$0] == nil })
-        for pack in unreadable.sorted(by: { $0.hex < $1.hex }) {
+        for pack in unreadable.sorted(by: Self.keyOrder) {
             report.packsUnreadable.append("\(pack.hex): its trailer cannot be read (see `dbbackup dedup verify`)")
         }
-        for (pack, size) in packs.sorted(by: { $0.key.hex < $1.key.hex }) where !unreadable.contains(pack) {
-            try sweep(pack, size: size)
+        var large = [(pack: PackID, size: Int64)](), small = [(pack: PackID, size: Int64)]()
+        for (pack, size) in packs where !unreadable.contains(pack) {
+            if mergeOrder[pack] != nil { small.append((pack, size)) } else { large.append((pack, size)) }
         }
+        large.sort { Self.keyOrder($0.pack, $1.pack) }
+        for p in large { try sweep(p.pack, size: p.size) }
+        small.sort { a, b in
+            (mergeOrder[a.pack] ?? Int.max, a.pack.hi, a.pack.lo)
+                < (mergeOrder[b.pack] ?? Int.max, b.pack.hi, b.pack.lo)
+        }
+        for p in small { try sweepSmall(p.pack, size: p.size) }
+        // A small pack still held back had nothing to merge with: it stays.
+        heldBack = nil
         try commitWriter()
         if !dryRun { try flushDoomed() }
         report.missingChunks = max(0, report.liveChunks - foundLive)
     }
 
-    /// One pack: its live entries, then delete, keep or rewrite.
+    /// A pack of at least half the pack size: deleted, kept, or rewritten without
+    /// its dead chunks when that keeps less than the threshold of its bytes.
     private func sweep(_ pack: PackID, size: Int64) throws {
+        guard let (entries, live) = try survey(pack, size: size), live.count < entries.count,
+            let plan = try plan(pack, entries: entries, live: live, threshold: threshold)
+        else { return }
+        try rewrite(PackRewrite(pack: pack, size: size, ids: entries.map(\.id), plan: plan, reason: .deadChunks))
+    }
+
+    /// A small pack: deleted or kept like any other; rewritten for its dead chunks
+    /// when the threshold says so; else merged, with its dead chunks dropped, once
+    /// there is something to merge it with.
+    private func sweepSmall(_ pack: PackID, size: Int64) throws {
+        guard let (entries, live) = try survey(pack, size: size),
+            let plan = try plan(pack, entries: entries, live: live, threshold: nil)
+        else { return }
+        let deadChunks = live.count < entries.count && plan.keepsLess(than: threshold)
+        var next = PackRewrite(
+            pack: pack, size: size, ids: entries.map(\.id), plan: plan, reason: deadChunks ? .deadChunks : .small)
+        if !deadChunks && writing == nil && heldBack == nil {
+            next.plan.dropKeptPayloads()
+            heldBack = next
+            return
+        }
+        if let held = heldBack {
+            heldBack = nil
+            try rewrite(held)
+        }
+        try rewrite(next)
+    }
+
+    /// Reads a pack's trailer and finds its live entries; nil when that settles
+    /// the pack: unreadable (reported), holding the only, damaged, copy of a chunk
+    /// a backup needs (kept), or with nothing live (deleted).
+    private func survey(_ pack: PackID, size: Int64) throws -> (entries: [PackEntry], live: [PackEntry])? {
         let entries: [PackEntry]
         do {
             entries = try PackReader(backend: backend, id: pack, cipher: repository.cipher).entries()
@@ -218,47 +404,49 @@ private final class Sweep {
             // Damaged since it was indexed, with its size unchanged.
             unreadable.insert(pack)
             report.packsUnreadable.append("\(pack.hex): \(e.message)")
-            return
+            return nil
         }
         let (live, holdsDamagedCopy) = try liveEntries(of: pack, entries)
+        mapped.tick(entries.count)
         foundLive += live.count
-        let allIDs = entries.map(\.id)
         if holdsDamagedCopy {
             // The only copy of a chunk a backup needs, damaged: kept, so that verify
             // and restore keep naming it until a backup of the data heals it.
             report.damagedPacksKept += 1
-            return
+            return nil
         }
         if live.isEmpty {
             report.packsDeleted += 1
             report.chunksRemoved += entries.count
             report.bytesReclaimed += size
-            if !dryRun { try forget(pack, allIDs, size) }
-            return
+            if !dryRun { try forget(pack, entries.map(\.id), size) }
+            return nil
         }
-        guard live.count < entries.count else { return }
-        // Measured against the chunks' bytes, not the file: header, trailer and
-        // footer would make a small, wholly live pack look mostly dead.
-        var frames = Set<UInt64>()
-        let chunkBytes = entries.reduce(Int64(0)) { sum, e in
-            guard !e.location.isGroupMember || frames.insert(e.location.offset).inserted else { return sum }
-            return sum + Self.copiedSize(e)
-        }
-        guard let plan = try plan(pack, entries: entries, live: live, chunkBytes: chunkBytes) else { return }
-        report.packsRepacked += 1
-        report.chunksRemoved += entries.count - plan.entries
-        report.bytesReclaimed += size
-        guard try write(plan) else {
+        return (entries, live)
+    }
+
+    /// Appends a rewrite's pieces to the pack being written and counts it; the
+    /// old pack goes once every live chunk of it is in a committed pack: at the
+    /// next commit.
+    private func rewrite(_ r: PackRewrite) throws {
+        count(r, 1)
+        guard try write(r.plan) else {
             // A chunk went bad between planning and writing: the pack is kept
             // (what was copied of it already is a harmless second copy).
-            report.packsRepacked -= 1
-            report.chunksRemoved -= entries.count - plan.entries
-            report.bytesReclaimed -= size
+            count(r, -1)
             return
         }
-        // This pack goes once every live chunk of it is in a committed pack: at
-        // the next commit.
-        if !dryRun { awaitingCommit.append((pack, allIDs, size)) }
+        if !dryRun { awaitingCommit.append((r.pack, r.ids, r.size)) }
+    }
+
+    /// Adds a rewrite to the report's figures (`sign` 1), or takes it back (-1).
+    private func count(_ r: PackRewrite, _ sign: Int) {
+        switch r.reason {
+        case .deadChunks: report.packsRepacked += sign
+        case .small: report.packsMerged += sign
+        }
+        report.chunksRemoved += sign * (r.ids.count - r.plan.entries)
+        report.bytesReclaimed += Int64(sign) * r.size
     }
 
     /// The entries of `pack` that backups need from it, in pack order, and
@@ -291,11 +479,20 @@ private final class Sweep {
         return (live, holdsDamagedCopy)
     }
 
-    /// The rewrite of a pack with dead entries, or nil when it would keep at
-    /// least the threshold's share of the chunks' bytes (or any damaged chunk
-    /// stands in the way: the pack is kept for verify to name).
-    private func plan(_ pack: PackID, entries: [PackEntry], live: [PackEntry], chunkBytes: Int64) throws -> RepackPlan?
-    {
+    /// The rewrite of a pack: its live entries as pieces. With a `threshold`, nil
+    /// when the rewrite would keep at least that share of the chunks' bytes (or
+    /// all of them); nil too when a damaged chunk stands in the way (the pack is
+    /// kept for verify to name).
+    private func plan(
+        _ pack: PackID, entries: [PackEntry], live: [PackEntry], threshold: Double?
+    ) throws -> RepackPlan? {
+        // Measured against the chunks' bytes, not the file: header, trailer and
+        // footer would make a small, wholly live pack look mostly dead.
+        var frames = Set<UInt64>()
+        let chunkBytes = entries.reduce(Int64(0)) { sum, e in
+            guard !e.location.isGroupMember || frames.insert(e.location.offset).inserted else { return sum }
+            return sum + Self.copiedSize(e)
+        }
         // Each group's members, live or not, by frame offset.
         var groupMembers = [UInt64: Int]()
         for e in entries where e.location.isGroupMember { groupMembers[e.location.offset, default: 0] += 1 }
@@ -312,16 +509,19 @@ private final class Sweep {
             runs.append(live[k..<end])
             k = end
         }
-        // The least the rewrite can keep (a regrouped run at no bytes at all): a
-        // pack that keeps too much even so is not read.
-        let floor = runs.reduce(Int64(0)) { sum, run in
-            guard let e = run.first else { return sum }
-            let partial = e.location.isGroupMember && run.count < groupMembers[e.location.offset, default: 0]
-            return sum + (partial ? 0 : Self.copiedSize(e))
+        if let threshold {
+            // The least the rewrite can keep (a regrouped run at no bytes at all): a
+            // pack that keeps too much even so is not read.
+            let floor = runs.reduce(Int64(0)) { sum, run in
+                guard let e = run.first else { return sum }
+                let partial = e.location.isGroupMember && run.count < groupMembers[e.location.offset, default: 0]
+                return sum + (partial ? 0 : Self.copiedSize(e))
+            }
+            guard Double(floor) < threshold * Double(chunkBytes) else { return nil }
         }
-        guard Double(floor) < threshold * Double(chunkBytes) else { return nil }
 
         var plan = RepackPlan()
+        plan.chunkBytes = chunkBytes
         var keptPayloads = 0
         for run in runs {
             guard let e = run.first else { continue }
@@ -348,7 +548,7 @@ private final class Sweep {
             plan.entries += pieceEntries(piece)
             plan.pieces.append(piece)
         }
-        guard plan.keptBytes < chunkBytes, Double(plan.keptBytes) < threshold * Double(chunkBytes) else { return nil }
+        if let threshold, !plan.keepsLess(than: threshold) { return nil }
         return plan
     }
 
@@ -415,12 +615,15 @@ private final class Sweep {
 
     /// Appends a plan's pieces to the pack being written (in a dry run, only
     /// their sizes). A full pack is committed before the next piece, unless that
-    /// would make more new packs than the packs rewritten so far: gc's packs
-    /// never outnumber the ones they replace, so the repository never grows.
-    /// Returns false when a chunk read back damaged (it is reported).
+    /// would make more new packs than the packs rewritten so far (repacked or
+    /// merged): gc's packs never outnumber the ones they replace, so the
+    /// repository never grows. Returns false when a chunk read back damaged (it
+    /// is reported).
     private func write(_ plan: RepackPlan) throws -> Bool {
         for piece in plan.pieces {
-            if let w = writing, w.size >= packSize, report.packsWritten + 1 < report.packsRepacked {
+            if let w = writing, w.size >= packSize,
+                report.packsWritten + 1 < report.packsRepacked + report.packsMerged
+            {
                 try commitWriter()
             }
             if writing == nil {
@@ -519,6 +722,7 @@ private final class Sweep {
         }
         FaultInjection.crashPoint("gc.after-repack-commit")
         try index.insert(pack: pack.id, size: size, entries: entries)
+        mapped.tick(entries.count)
         for (old, oldIDs, oldSize) in awaitingCommit { try forget(old, oldIDs, oldSize) }
         awaitingCommit.removeAll()
     }
@@ -526,7 +730,7 @@ private final class Sweep {
     private func forget(_ pack: PackID, _ chunkIDs: [ChunkID], _ size: Int64) throws {
         doomed.append((pack, chunkIDs, size))
         doomedIDs += chunkIDs.count
-        if doomedIDs >= 4096 { try flushDoomed() }
+        if doomedIDs >= forgetBatch { try flushDoomed() }
     }
 
     /// Index entries first, then the pack objects: a crash in between leaves
@@ -534,11 +738,10 @@ private final class Sweep {
     private func flushDoomed() throws {
         guard !doomed.isEmpty else { return }
         try index.remove(packs: doomed.map { ($0.pack, $0.ids) })
+        mapped.tick(doomedIDs)
         FaultInjection.crashPoint("gc.before-pack-delete")
-        for d in doomed {
-            try backend.delete(d.pack.key)
-            try repository.forgetDamaged(pack: d.pack)
-        }
+        try backend.delete(keys: doomed.map(\.pack.key))
+        for d in doomed { try repository.forgetDamaged(pack: d.pack) }
         doomed.removeAll()
         doomedIDs = 0
     }

@@ -8,7 +8,7 @@ import Foundation
 public final class ChunkSet {
     private var env: OpaquePointer?
     private var dbi: MDB_dbi = 0
-    private let path: String
+    let path: String
     private var pending: [ChunkID] = []
     private let batch = 100_000
     private var readTxn: OpaquePointer?

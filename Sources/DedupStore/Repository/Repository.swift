@@ -511,11 +511,13 @@ public final class Repository {
 
     /// Ids of every committed backup, sorted.
     public func manifestIDs() throws -> [String] {
-        try backend.keys("manifests/").compactMap { key in
-            guard key.hasSuffix(".manifest.json") else { return nil }
-            let name = FileIO.lastComponent(key)
-            return String(name.dropLast(".manifest.json".count))
-        }.sorted()
+        // One key at a time: the chunk lists beside the manifests are never held.
+        var ids = [String]()
+        try backend.forEachKey("manifests/") { key in
+            guard key.hasSuffix(".manifest.json") else { return }
+            ids.append(String(FileIO.lastComponent(key).dropLast(".manifest.json".count)))
+        }
+        return ids.sorted()
     }
 
     public func loadManifest(_ id: String) throws -> Manifest {

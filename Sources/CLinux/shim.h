@@ -6,6 +6,7 @@
 #endif
 #include <fcntl.h>
 #include <errno.h>
+#include <malloc.h>
 
 /// fallocate(2) with mode 0: 0, or -1 with errno set.
 static inline int dbb_fallocate(int fd, long long offset, long long length) {
@@ -15,6 +16,11 @@ static inline int dbb_fallocate(int fd, long long offset, long long length) {
 /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writeback, does not wait.
 static inline int dbb_start_writeback(int fd, long long offset, long long length) {
     return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE);
+}
+
+/// malloc_trim(3) with no padding: returns the heap's free pages to the system.
+static inline int dbb_release_free_heap(void) {
+    return malloc_trim(0);
 }
 
 /// fcntl(F_SETPIPE_SZ): the new size, or -1.

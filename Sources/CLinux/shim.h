@@ -18,6 +18,11 @@ static inline int dbb_start_writeback(int fd, long long offset, long long length
     return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE);
 }
 
+/// malloc_trim(3) with no padding: returns the heap's free pages to the system.
+static inline int dbb_release_free_heap(void) {
+    return malloc_trim(0);
+}
+
 /// fcntl(F_SETPIPE_SZ): the new size, or -1.
 static inline int dbb_set_pipe_size(int fd, int size) {
     return fcntl(fd, F_SETPIPE_SZ, size);

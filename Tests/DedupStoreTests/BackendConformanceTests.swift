@@ -169,6 +169,17 @@ import Testing
         #expect(throws: DedupError.self) { try b.prepareForNewRepository() }
         #expect(!b.isReadOnly)
         #expect(b.storageUsage() > 0 && !b.cacheIdentity.isEmpty)
+        if let local = b as? LocalBackend {
+            // The blocks of every file below the folder, hidden ones and all, as du counts them.
+            try local.put("packs/ab/.hidden", Array(repeating: 7, count: 10_000), ifAbsent: true)
+            var blocks: Int64 = 0
+            for case let rel as String in FileManager.default.enumerator(atPath: local.root) ?? .init() {
+                var st = stat()
+                guard lstat(local.root + "/" + rel, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { continue }
+                blocks += Int64(st.st_blocks)
+            }
+            #expect(local.storageUsage() == blocks * 512 && blocks > 0)
+        }
     }
 
     @Test(arguments: Kind.allCases) func aRepositoryWorksOnIt(kind: Kind) throws {

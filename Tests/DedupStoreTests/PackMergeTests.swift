@@ -207,6 +207,23 @@ import Testing
         #expect(store.noUnfinishedWrites)
     }
 
+    /// More dead chunks than one index transaction removes (512): every entry of
+    /// every deleted pack leaves the index all the same, and the rest merges.
+    @Test func manyDeadChunksLeaveTheIndexInSeveralTransactions() throws {
+        let store = TestStore(.memory)
+        let repo = try makeRepository(store, packSize: Self.packSize)
+        let doomed = try backup(repo, randomBytes(12 << 20, seed: 77), name: "big", checkDump: false)
+        let kept = try segments(repo, count: 3, from: 100)
+        let doomedChunks = try chunks(repo, doomed.id).count
+        #expect(doomedChunks > 512)
+        try repo.deleteManifest(doomed.id)
+        let r = try GarbageCollector(repository: repo).run()
+        #expect(r.chunksRemoved == doomedChunks && r.packsMerged == 3, "\(r)")
+        #expect(try repo.index().chunkCount() == referencedChunks(repo).count)
+        #expect(try storedChunks(repo) == referencedChunks(repo))
+        for b in kept { #expect(try restoreBytes(repo, b.id, dir: store) == b.data) }
+    }
+
     /// A small pack holding the only, damaged, copy of a chunk (as verify recorded
     /// it) and one whose trailer is gone are kept as they are; the rest merge.
     @Test(arguments: StoreKind.allCases)

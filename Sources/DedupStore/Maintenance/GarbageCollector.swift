@@ -73,23 +73,11 @@ public final class GarbageCollector {
         report.dryRun = dryRun
         let index = try repository.listedIndex()
 
-        // Listed before the mark, which orders the small packs for merging (under
-        // the exclusive lock the packs stay as they are).
-        let packs = try repository.listPacks()
-        var mergeOrder = Sweep.smallPacks(of: packs, packSize: repository.config.packSize)
-        let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
-        let mapped = MappedPages([index.path, marks.path])
-        let liveChunkLists = try mark(into: marks, index: index, ordering: &mergeOrder, mapped, &report)
-        FaultInjection.crashPoint("gc.after-mark")
-
-        let sweep = try Sweep(repository: repository, index: index, marks: marks, mapped: mapped, packs: packs,
-                              mergeOrder: mergeOrder, dryRun: dryRun, threshold: repackThreshold,
-                              forgetBatch: forgetBatch, report: report)
-        try sweep.run()
-        report = sweep.report
-        mapped.release()
-
-        try removeOrphanChunkLists(keeping: liveChunkLists, &report)
+        let orphans = try markAndSweep(index, &report)
+        // What they held in small pieces (a year of WAL: 525,600 backup ids) is free.
+        ResidentPages.releaseFreedHeap()
+        report.orphanChunkListsRemoved = orphans.count
+        if !dryRun { try repository.backend.delete(keys: orphans) }
         if !dryRun {
             // Leftovers of processes that died while writing (nothing else can be
             // writing: gc holds the exclusive lock).
@@ -101,6 +89,32 @@ public final class GarbageCollector {
         }
         report.durationSeconds = Date().timeIntervalSince(started)
         return report
+    }
+
+    /// Mark, then sweep; returns the chunk lists no manifest names (a backup that
+    /// died before committing). What gc holds a pack or a backup of (the merge
+    /// order, the sweep's tables, the mark set, the ids) goes when this returns,
+    /// before the Bloom filter is rebuilt from the whole index.
+    private func markAndSweep(_ index: ChunkIndex, _ report: inout GCReport) throws -> [String] {
+        // The small packs, from the index just brought in step with the packs (one
+        // whose trailer it could not read is never merged): the mark orders them.
+        var mergeOrder = Sweep.smallPacks(of: try index.indexedPacks(), packSize: repository.config.packSize)
+        let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
+        let mapped = MappedPages([index.path, marks.path])
+        mapped.release()  // what bringing the index in step touched
+        let orphans = try orphanChunkLists(keeping: try mark(into: marks, index: index, ordering: &mergeOrder,
+                                                             mapped, &report))
+        FaultInjection.crashPoint("gc.after-mark")
+        ResidentPages.releaseFreedHeap()
+
+        let sweep = try Sweep(repository: repository, index: index, marks: marks, mapped: mapped,
+                              mergeOrder: mergeOrder, dryRun: dryRun, threshold: repackThreshold,
+                              forgetBatch: forgetBatch, report: report)
+        mergeOrder = [:]  // the sweep's alone, which lets go of it once sorted
+        try sweep.run()
+        report = sweep.report
+        mapped.release()
+        return orphans
     }
 
     /// Every chunk of every backup into an on-disk set, and the chunk lists in use,
@@ -146,15 +160,14 @@ public final class GarbageCollector {
         return liveChunkLists
     }
 
-    /// Chunk lists that no manifest names (a backup that died before committing),
-    /// found one key at a time (a year of WAL: a million keys under manifests/).
-    private func removeOrphanChunkLists(keeping live: Set<Int>, _ report: inout GCReport) throws {
+    /// Chunk lists that no manifest names, found one key at a time (a year of
+    /// WAL: a million keys under manifests/).
+    private func orphanChunkLists(keeping live: Set<Int>) throws -> [String] {
         var orphans = [String]()
         try repository.backend.forEachKey("manifests/") { key in
             if key.hasSuffix(".chunks") && !live.contains(key.hashValue) { orphans.append(key) }
         }
-        report.orphanChunkListsRemoved = orphans.count
-        if !dryRun { for key in orphans { try repository.backend.delete(key) } }
+        return orphans
     }
 }
 
@@ -201,11 +214,16 @@ struct RepackPlan {
 /// a chunk (tools/bench-gc: 269 of 306 MiB at 1 M chunks), pages the kernel could
 /// take back at any time but which count in gc's RSS.
 final class MappedPages {
-    /// Chunks marked or looked up between two releases. Each touches about a leaf
-    /// page of a map (the branches above are shared), so at most 4096 pages of
-    /// each map, 16 MiB, are mapped in between; a release reads /proc/self/maps
-    /// and maps the branches again.
-    static let interval = 4096
+    /// Lookups and changes of the maps (a chunk marked, looked up, indexed or
+    /// forgotten, a pack's record) between two releases. A random fault maps about
+    /// 40 KiB, not one page (the kernel maps the page cache around it too; on
+    /// Linux 6.18 MADV_RANDOM does not stop that). Measured on a year of WAL
+    /// (tools/bench-gc-compact): the maps' peak in gc's RSS was 241 MiB without
+    /// releases, 180 with one every 1024, 171-175 every 256; what is left is
+    /// mostly what one transaction maps before the next release (indexing a merged
+    /// pack of 4000 chunks maps most of the index). A release reads
+    /// /proc/self/maps: about 6,000 in that gc, no time measurable in it.
+    static let interval = 256
     private let paths: [String]
     private var count = 0
 
@@ -258,11 +276,9 @@ private final class Sweep {
     let chunkReader: ChunkReader
     let compressor: ZstdCompressor
     let damaged: DamagedChunks
-    /// Packs present, with their sizes.
-    let packs: [PackID: Int64]
     /// The small packs, each with the position of the first backup that uses one
     /// of its chunks (`Int.max`: none): the order they are merged in.
-    let mergeOrder: [PackID: Int]
+    var mergeOrder: [PackID: Int]
     var unreadable = Set<PackID>()
     var foundLive = 0
     /// The first small pack to merge, held back until there is something to merge
@@ -278,13 +294,21 @@ private final class Sweep {
     var awaitingCommit: [(PackID, [ChunkID], Int64)] = []
     /// Packs to forget, batched: one durable index transaction for several packs
     /// instead of one each. LMDB keeps every page a transaction changes in memory,
-    /// at most one page per removed entry, so the batch is capped at 4 Ki entries
-    /// (at most 16 MiB): about 32 packs of the default 256 KiB chunks, one pack of
-    /// 4 KiB chunks (measured: a cap of 16 Ki entries cut gc's writes by a quarter
-    /// at 1 M chunks but doubled its heap).
+    /// at most one page per removed entry (a chunk's, or a pack's record), so the
+    /// batch is capped at 4 Ki entries (at most 16 MiB): about 32 packs of the
+    /// default 256 KiB chunks, one pack of 4 KiB chunks, 2 Ki packs of one WAL
+    /// segment (measured: a cap of 16 Ki entries cut gc's writes by a quarter at
+    /// 1 M chunks but doubled its heap).
     var doomed: [(pack: PackID, ids: [ChunkID], size: Int64)] = []
     var doomedIDs = 0
     static let defaultForgetBatch = 4096
+    /// Index entries removed in one transaction. Each page a transaction changes
+    /// is mapped first, and with it the pages around it (fault-around: about 40
+    /// KiB a fault), and dropped only after it: 4096 random removals mapped most
+    /// of a year of WAL's index (130 MiB) at once, 512 map at most about 20 MiB.
+    /// The pack objects still go in batches of 4096 entries, so that a folder is
+    /// synced once for many of them.
+    static let removalsPerTransaction = 512
     /// The cap in use (crash tests make it 1: each old pack goes as soon as it may).
     let forgetBatch: Int
     /// Bytes of regrouped payloads kept from planning to writing (beyond it they
@@ -292,14 +316,13 @@ private final class Sweep {
     static let keptPayloadLimit = 64 << 20
 
     init(
-        repository: Repository, index: ChunkIndex, marks: ChunkSet, mapped: MappedPages, packs: [PackID: Int64],
-        mergeOrder: [PackID: Int], dryRun: Bool, threshold: Double, forgetBatch: Int, report: GCReport
+        repository: Repository, index: ChunkIndex, marks: ChunkSet, mapped: MappedPages, mergeOrder: [PackID: Int],
+        dryRun: Bool, threshold: Double, forgetBatch: Int, report: GCReport
     ) throws {
         self.repository = repository
         self.index = index
         self.marks = marks
         self.mapped = mapped
-        self.packs = packs
         self.mergeOrder = mergeOrder
         self.dryRun = dryRun
         self.threshold = threshold
@@ -322,10 +345,10 @@ private final class Sweep {
 
     /// The packs below the small-pack share of `packSize`, none yet placed in the
     /// merge order.
-    static func smallPacks(of packs: [PackID: Int64], packSize: Int) -> [PackID: Int] {
+    static func smallPacks(of packs: [PackID: (size: Int64, entries: Int)], packSize: Int) -> [PackID: Int] {
         let below = Int64(Double(packSize) * smallPackShare)
         var small = [PackID: Int]()
-        for (pack, size) in packs where size < below { small[pack] = Int.max }
+        for (pack, p) in packs where p.size < below { small[pack] = Int.max }
         return small
     }
 
@@ -333,27 +356,32 @@ private final class Sweep {
     static func keyOrder(_ a: PackID, _ b: PackID) -> Bool { (a.hi, a.lo) < (b.hi, b.lo) }
 
     func run() throws {
-        report.packsBefore = packs.count
-        report.bytesBefore = packs.values.reduce(0, +)
-        // Packs whose trailer cannot be read are never deleted, and a copy of a
-        // chunk there does not count: another, readable copy is kept instead.
-        // Opening the index read every readable trailer into it, so the packs it
-        // does not know are exactly the unreadable ones.
-        let indexed = try index.indexedPacks()
-        unreadable = Set(packs.keys.filter { indexed[$0] == nil })
+        var large = [(pack: PackID, size: Int64)](), small = [(pack: PackID, size: Int64, order: Int)]()
+        small.reserveCapacity(mergeOrder.count)
+        // The packs present, one key at a time (a year of WAL: 525,600 keys, 55 MB
+        // as a listing), each with the size the index has, just brought in step
+        // with them. Packs whose trailer cannot be read are never deleted, and a
+        // copy of a chunk there does not count: another, readable copy is kept
+        // instead. Opening the index read every readable trailer into it, so the
+        // packs it does not know are exactly the unreadable ones.
+        try backend.forEachKey("packs/") { key in
+            guard let pack = PackID(key: key) else { return }
+            report.packsBefore += 1
+            guard let size = try index.packSize(pack) else {
+                unreadable.insert(pack)
+                report.bytesBefore += try backend.size(key) ?? 0
+                return
+            }
+            report.bytesBefore += size
+            if let order = mergeOrder[pack] { small.append((pack, size, order)) } else { large.append((pack, size)) }
+        }
+        mergeOrder = [:]  // in `small` now
         for pack in unreadable.sorted(by: Self.keyOrder) {
             report.packsUnreadable.append("\(pack.hex): its trailer cannot be read (see `dbbackup dedup verify`)")
         }
-        var large = [(pack: PackID, size: Int64)](), small = [(pack: PackID, size: Int64)]()
-        for (pack, size) in packs where !unreadable.contains(pack) {
-            if mergeOrder[pack] != nil { small.append((pack, size)) } else { large.append((pack, size)) }
-        }
         large.sort { Self.keyOrder($0.pack, $1.pack) }
         for p in large { try sweep(p.pack, size: p.size) }
-        small.sort { a, b in
-            (mergeOrder[a.pack] ?? Int.max, a.pack.hi, a.pack.lo)
-                < (mergeOrder[b.pack] ?? Int.max, b.pack.hi, b.pack.lo)
-        }
+        small.sort { a, b in (a.order, a.pack.hi, a.pack.lo) < (b.order, b.pack.hi, b.pack.lo) }
         for p in small { try sweepSmall(p.pack, size: p.size) }
         // A small pack still held back had nothing to merge with: it stays.
         heldBack = nil
@@ -407,7 +435,7 @@ private final class Sweep {
             return nil
         }
         let (live, holdsDamagedCopy) = try liveEntries(of: pack, entries)
-        mapped.tick(entries.count)
+        mapped.tick(2 * entries.count)  // the mark set's and the index's
         foundLive += live.count
         if holdsDamagedCopy {
             // The only copy of a chunk a backup needs, damaged: kept, so that verify
@@ -457,7 +485,9 @@ private final class Sweep {
         var holdsDamagedCopy = false
         for e in entries where try marks.contains(e.id) {
             let loc = try index.lookup(e.id)
-            let indexCopyUsable = loc.map { packs[$0.pack] != nil && !unreadable.contains($0.pack) } ?? false
+            // The index names packs present only (brought in step with the listing,
+            // and gc forgets a pack before it deletes it).
+            let indexCopyUsable = loc.map { !unreadable.contains($0.pack) } ?? false
             if let loc, loc.pack == pack, loc.offset == e.location.offset {
                 live.append(e)
             } else if !indexCopyUsable {
@@ -729,16 +759,28 @@ private final class Sweep {
 
     private func forget(_ pack: PackID, _ chunkIDs: [ChunkID], _ size: Int64) throws {
         doomed.append((pack, chunkIDs, size))
-        doomedIDs += chunkIDs.count
+        doomedIDs += chunkIDs.count + 1  // and the pack's record
         if doomedIDs >= forgetBatch { try flushDoomed() }
     }
 
     /// Index entries first, then the pack objects: a crash in between leaves
-    /// packs the index does not know, which the next command reads back in.
+    /// packs the index does not know, which the next command reads back in. The
+    /// entries go in transactions of about `removalsPerTransaction`, the pack
+    /// objects all at once (one sync of each folder).
     private func flushDoomed() throws {
         guard !doomed.isEmpty else { return }
-        try index.remove(packs: doomed.map { ($0.pack, $0.ids) })
-        mapped.tick(doomedIDs)
+        var start = 0
+        while start < doomed.count {
+            var end = start, entries = 0
+            // At least one pack a transaction, however many chunks it has.
+            while end < doomed.count, end == start || entries + doomed[end].ids.count < Self.removalsPerTransaction {
+                entries += doomed[end].ids.count + 1
+                end += 1
+            }
+            try index.remove(packs: doomed[start..<end].map { ($0.pack, $0.ids) })
+            mapped.tick(entries)
+            start = end
+        }
         FaultInjection.crashPoint("gc.before-pack-delete")
         try backend.delete(keys: doomed.map(\.pack.key))
         for d in doomed { try repository.forgetDamaged(pack: d.pack) }

@@ -163,10 +163,7 @@ public final class BackupCatalog {
         // Both sides read inside the transaction: another process's commit cannot
         // fall between them.
         let inRepository = Set(try repository.manifestIDs())
-        var inCatalog = [String: String?]()  // id -> verified_at
-        try db.run("SELECT id, verified_at FROM backups") { row in
-            if let id = row.text(0) { inCatalog[id] = row.text(1) }
-        }
+        let inCatalog = try verifiedAtByID()
         let verifications = try repository.verificationRecords()
         for id in inRepository.subtracting(inCatalog.keys).sorted() {
             guard let manifest = try readableManifest(id) else { continue }
@@ -178,12 +175,7 @@ public final class BackupCatalog {
             try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
             report.removed += 1
         }
-        for (id, v) in verifications where inRepository.contains(id) {
-            if let known = inCatalog[id], known != v.verifiedAt {
-                try apply(v)
-                report.verificationsUpdated += 1
-            }
-        }
+        report.verificationsUpdated += try applyChanged(verifications, known: inCatalog) { inRepository.contains($0) }
         return report
     }
 
@@ -212,11 +204,13 @@ public final class BackupCatalog {
             guard let time = ChangeNote.time(ofKey: key) else { continue }
             let settled = now.timeIntervalSince(time) > ChangeNote.settleTime
             var done = true
-            if let note = try repository.loadChange(key), note.op == .verify, note.ids == [ChangeNote.everyBackup] {
-                report.verificationsUpdated += try applyAllVerifications()
-            } else if let note = try repository.loadChange(key) {
-                for id in note.ids {
-                    done = try apply(note.op, id, &report) && done
+            if let note = try repository.loadChange(key) {
+                if note.op == .verify, note.ids == [ChangeNote.everyBackup] {
+                    report.verificationsUpdated += try applyChanged(repository.verificationRecords(), known: verifiedAtByID())
+                } else {
+                    for id in note.ids {
+                        done = try apply(note.op, id, &report) && done
+                    }
                 }
             }
             if done || settled {
@@ -230,16 +224,22 @@ public final class BackupCatalog {
         return report
     }
 
-    /// Every verification record that differs from the catalog's (a verify of a
-    /// whole repository). Returns how many were taken in.
-    private func applyAllVerifications() throws -> Int {
-        var inCatalog = [String: String?]()
+    /// The verification time the catalog has for each backup it lists.
+    private func verifiedAtByID() throws -> [String: String?] {
+        var out = [String: String?]()
         try db.run("SELECT id, verified_at FROM backups") { row in
-            if let id = row.text(0) { inCatalog[id] = row.text(1) }
+            if let id = row.text(0) { out[id] = row.text(1) }
         }
+        return out
+    }
+
+    /// Takes in each record of a listed backup (`known`, and `keep` says yes) whose
+    /// time differs from the catalog's. Returns how many were taken in.
+    private func applyChanged(_ records: [String: VerificationRecord], known: [String: String?],
+                              keep: (String) -> Bool = { _ in true }) throws -> Int {
         var updated = 0
-        for (id, v) in try repository.verificationRecords() {
-            if let known = inCatalog[id], known != v.verifiedAt {
+        for (id, v) in records where keep(id) {
+            if let at = known[id], at != v.verifiedAt {
                 try apply(v)
                 updated += 1
             }

@@ -133,32 +133,21 @@ public final class ChunkIndex {
     public func forEachInserted(from start: UInt64, _ body: (ChunkID) -> Void) throws -> UInt64? {
         var reached: UInt64? = start
         try read { txn in
-            var cursor: OpaquePointer?
-            try check(mdb_cursor_open(txn, inserted, &cursor), "open cursor")
-            defer { mdb_cursor_close(cursor) }
-            var key = Self.bigEndian(start)
-            try key.withUnsafeMutableBytes { kb in
-                var k = MDB_val(mv_size: 8, mv_data: kb.baseAddress), v = MDB_val()
-                var rc = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE)
-                var expected = start
-                while rc == 0 {
-                    guard k.mv_size == 8, let kp = k.mv_data, let vp = v.mv_data, v.mv_size % 32 == 0 else {
-                        reached = nil
-                        return
-                    }
-                    let seq = UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self))
-                    guard seq == expected else {
-                        reached = nil
-                        return
-                    }
-                    let n = v.mv_size / 32
-                    for i in 0..<n { body(ChunkID(bytes: UnsafeRawPointer(vp) + i * 32)) }
-                    expected += UInt64(n)
-                    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+            var expected = start
+            try walk(txn, inserted, from: Self.bigEndian(start)) { _, k, v in
+                guard k.count == 8, let kp = k.baseAddress, let vp = v.baseAddress, v.count % 32 == 0,
+                      UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self)) == expected else {
+                    reached = nil
+                    return false
                 }
-                if rc != MDB_NOTFOUND { try check(rc, "cursor") }
-                // The log ends where the sequence is (both are written in one
-                // transaction); a start past it is a filter of another index.
+                let n = v.count / 32
+                for i in 0..<n { body(ChunkID(bytes: vp + i * 32)) }
+                expected += UInt64(n)
+                return true
+            }
+            // The log ends where the sequence is (both are written in one
+            // transaction); a start past it is a filter of another index.
+            if reached != nil {
                 reached = expected == (try metaValue(txn, Self.insertSeqKey) ?? 0) ? expected : nil
             }
         }
@@ -169,15 +158,10 @@ public final class ChunkIndex {
     public func firstInserted() throws -> UInt64? {
         var result: UInt64?
         try read { txn in
-            var cursor: OpaquePointer?
-            try check(mdb_cursor_open(txn, inserted, &cursor), "open cursor")
-            defer { mdb_cursor_close(cursor) }
-            var k = MDB_val(), v = MDB_val()
-            let rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
-            if rc == MDB_NOTFOUND { return }
-            try check(rc, "cursor")
-            guard k.mv_size == 8, let kp = k.mv_data else { return }
-            result = UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self))
+            try walk(txn, inserted) { _, k, _ in
+                if k.count == 8, let kp = k.baseAddress { result = UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self)) }
+                return false
+            }
         }
         return result
     }
@@ -185,18 +169,12 @@ public final class ChunkIndex {
     /// Drops the insert log before sequence `end` (what a saved filter holds).
     public func pruneInserted(before end: UInt64) throws {
         try write { txn in
-            var cursor: OpaquePointer?
-            try check(mdb_cursor_open(txn, inserted, &cursor), "open cursor")
-            defer { mdb_cursor_close(cursor) }
-            var k = MDB_val(), v = MDB_val()
-            var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
-            while rc == 0 {
-                guard k.mv_size == 8, let kp = k.mv_data,
-                      UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self)) < end else { break }
+            try walk(txn, inserted) { cursor, k, _ in
+                guard k.count == 8, let kp = k.baseAddress,
+                      UInt64(bigEndian: kp.loadUnaligned(as: UInt64.self)) < end else { return false }
                 try check(mdb_cursor_del(cursor, 0), "delete")
-                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+                return true
             }
-            if rc != 0 && rc != MDB_NOTFOUND { try check(rc, "cursor") }
         }
     }
 
@@ -323,9 +301,7 @@ public final class ChunkIndex {
         return out
     }
 
-    /// How many packs the index has read, and their bytes (one pass over the packs
-    /// table, no allocation per pack).
-    /// Kept in `meta` in the transactions that change the packs table; an index
+    /// How many packs the index has read, and their bytes. Kept in `meta` in the transactions that change the packs table; an index
     /// without them (an older dbbackup's) counts once by one pass over the table.
     public func packTotals() throws -> (packs: Int, bytes: Int64) {
         var kept: (Int, Int64)?
@@ -338,19 +314,13 @@ public final class ChunkIndex {
         var result = (packs: 0, bytes: Int64(0))
         try write { txn in
             var packs = 0, bytes: Int64 = 0
-            var cursor: OpaquePointer?
-            try check(mdb_cursor_open(txn, self.packs, &cursor), "open cursor")
-            defer { mdb_cursor_close(cursor) }
-            var k = MDB_val(), v = MDB_val()
-            var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
-            while rc == 0 {
-                if v.mv_size == 16, let vp = v.mv_data {
+            try walk(txn, self.packs) { _, _, v in
+                if v.count == 16, let vp = v.baseAddress {
                     packs += 1
                     bytes += Int64(bitPattern: UInt64(littleEndian: vp.loadUnaligned(as: UInt64.self)))
                 }
-                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+                return true
             }
-            if rc != MDB_NOTFOUND { try check(rc, "cursor") }
             try setMetaValue(txn, Self.packCountKey, UInt64(packs))
             try setMetaValue(txn, Self.packBytesKey, UInt64(bitPattern: bytes))
             result = (packs, bytes)
@@ -399,19 +369,33 @@ public final class ChunkIndex {
     /// Calls `body` with each key and value in LMDB's memory (valid during the call).
     private func scan(_ dbi: MDB_dbi, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void) throws {
         try read { txn in
-            var cursor: OpaquePointer?
-            try check(mdb_cursor_open(txn, dbi, &cursor), "open cursor")
-            defer { mdb_cursor_close(cursor) }
-            var k = MDB_val(), v = MDB_val()
-            var op = MDB_FIRST
-            while true {
-                let rc = mdb_cursor_get(cursor, &k, &v, op)
-                if rc == MDB_NOTFOUND { break }
-                try check(rc, "cursor")
-                try body(UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size),
-                         UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
-                op = MDB_NEXT
+            try walk(txn, dbi) { _, k, v in
+                try body(k, v)
+                return true
             }
+        }
+    }
+
+    /// Walks a table with a cursor in `txn`, from its first key (or the first at or
+    /// after `start`), calling `body` with the cursor and each key and value in
+    /// LMDB's memory until it returns false. `body` may delete the current entry:
+    /// after `mdb_cursor_del` LMDB's MDB_NEXT yields the entry that followed it
+    /// (tested: none is skipped).
+    private func walk(_ txn: OpaquePointer, _ dbi: MDB_dbi, from start: [UInt8]? = nil,
+                      _ body: (OpaquePointer?, UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Bool) throws {
+        var cursor: OpaquePointer?
+        try check(mdb_cursor_open(txn, dbi, &cursor), "open cursor")
+        defer { mdb_cursor_close(cursor) }
+        var startKey = start ?? []
+        try startKey.withUnsafeMutableBytes { sb in
+            var k = MDB_val(mv_size: sb.count, mv_data: sb.baseAddress), v = MDB_val()
+            var rc = mdb_cursor_get(cursor, &k, &v, start == nil ? MDB_FIRST : MDB_SET_RANGE)
+            while rc == 0 {
+                guard try body(cursor, UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size),
+                               UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size)) else { return }
+                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+            }
+            if rc != MDB_NOTFOUND { try check(rc, "cursor") }
         }
     }
 
@@ -463,21 +447,13 @@ public final class ChunkIndex {
         guard !doomed.isEmpty else { return 0 }
         var removed = 0
         try write { txn in
-            var cursor: OpaquePointer?
-            try check(mdb_cursor_open(txn, chunks, &cursor), "open cursor")
-            defer { mdb_cursor_close(cursor) }
-            var k = MDB_val(), v = MDB_val()
-            var rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
-            while rc == 0 {
+            try walk(txn, chunks) { cursor, _, v in
                 if let loc = Self.decode(v), doomed.contains(loc.pack) {
                     try check(mdb_cursor_del(cursor, 0), "delete")
                     removed += 1
                 }
-                // After a delete LMDB marks the cursor so that MDB_NEXT yields the
-                // entry that followed the deleted one (tested: none is skipped).
-                rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+                return true
             }
-            if rc != MDB_NOTFOUND { try check(rc, "cursor") }
             for pack in doomed { try deletePackRecord(txn, pack) }
         }
         return removed

@@ -53,7 +53,9 @@ final class ChunkReader {
     /// Where the chunk a backup needs is stored: its indexed copy, else the error
     /// that says why there is none (corrupt, as verify recorded, or missing).
     func location(of id: ChunkID, manifest: String) throws -> ChunkLocation {
-        guard let loc = try repository.locate(id, in: index, listIfUnknown: true) else { throw repository.unindexedChunkError(id, manifest: manifest) }
+        guard let loc = try repository.locate(id, in: index, listIfUnknown: true) else {
+            throw repository.unindexedChunkError(id, manifest: manifest)
+        }
         return loc
     }
 

@@ -38,9 +38,9 @@ final class ChunkWriter {
     private let repository: Repository
     private let index: ChunkIndex
     /// The Bloom filter, loaded once the stream has `repository.bloomAfterChunks`
-    /// chunks: a small
-    /// backup (one WAL segment) looks its few chunks up in the index directly
-    /// rather than read and write a filter whose size grows with the repository.
+    /// chunks: a small backup (one WAL segment) looks its few chunks up in the
+    /// index directly rather than read and write a filter whose size grows with
+    /// the repository.
     /// Its inserts are in the index's insert log, so the next filter holds them.
     private var bloom: BloomFilter?
     private let workers: Int

@@ -84,7 +84,7 @@ extension Repository {
         let host = SHA256Hasher.hash(Array(LockInfo.currentHost.utf8)).hex.prefix(8)
         let key =
             ChangeNote.hourFolder(date) + ChangeNote.stamp(date) + "Z-\(host)-\(getpid())-"
-            + SecureRandom.bytes(6).map { String(format: "%02x", $0) }.joined() + ".json"
+            + Hex.encode(SecureRandom.bytes(6)) + ".json"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try backend.put(key, Array(try encoder.encode(ChangeNote(op: op, ids: ids))), ifAbsent: true)
@@ -115,11 +115,8 @@ extension Repository {
     /// `ChangeNote.retention`). Returns how many.
     @discardableResult
     public func pruneChanges(before date: Date) throws -> Int {
-        var removed = 0
-        for key in try backend.keys(ChangeNote.folder) where (ChangeNote.time(ofKey: key) ?? .distantFuture) < date {
-            try backend.delete(key)
-            removed += 1
-        }
-        return removed
+        let old = try backend.keys(ChangeNote.folder).filter { (ChangeNote.time(ofKey: $0) ?? .distantFuture) < date }
+        try backend.delete(keys: old)
+        return old.count
     }
 }

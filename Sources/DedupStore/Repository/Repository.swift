@@ -487,7 +487,9 @@ public final class Repository {
     /// index up to the sequence it records.
     public func saveBloom(_ filter: BloomFilter, fresh: Bool = false) throws {
         let saved = savedBloom()
-        var b: BloomFilter
+        // Within capacity either way: a caught-up filter past it is nil, and a
+        // fresh one has room for twice the index.
+        let b: BloomFilter
         if fresh {
             b = filter
         } else if let merged = try caughtUp(saved) ?? caughtUp(filter) {
@@ -495,15 +497,15 @@ public final class Repository {
         } else {
             b = try freshBloom()
         }
-        if b.count > b.capacity { b = try freshBloom() }
         bloomFilter = b
         // Not synced: a filter lost or torn by a crash fails to decode and is
         // rebuilt, and wrong bits can only make a chunk be stored again.
         try FileIO.writeFileAtomically(bloomPath, b.encoded(), durable: false)
         // The log is trimmed now and then, not at every save (a write transaction).
-        if let saved, saved.sequence <= b.sequence, let first = try index().firstInserted(),
-           saved.sequence > first + 65536 {
-            try index().pruneInserted(before: saved.sequence)
+        guard let saved, saved.sequence <= b.sequence else { return }
+        let idx = try index()
+        if let first = try idx.firstInserted(), saved.sequence > first + 65536 {
+            try idx.pruneInserted(before: saved.sequence)
         }
     }
 

@@ -56,7 +56,8 @@ extension Repository {
     public func measureDiskUsage() -> Int64 {
         let bytes = diskUsage()
         if let data = try? JSONEncoder().encode(DiskUsageRecord(measuredAt: Date().timeIntervalSince1970, bytes: bytes)) {
-            try? FileIO.writeFileAtomically(diskUsagePath, Array(data))
+            // Not synced: a cache lost to a crash is measured again.
+            try? FileIO.writeFileAtomically(diskUsagePath, Array(data), durable: false)
         }
         return bytes
     }

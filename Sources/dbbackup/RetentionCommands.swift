@@ -3,11 +3,12 @@ import DatabaseDumps
 import DedupStore
 import Foundation
 
-/// Options of commands that need the exclusive lock.
+/// Options of commands that need the exclusive or the maintenance lock.
 struct ExclusiveLockOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Seconds to wait for running backups to finish (default: fail at once).", valueName: "seconds"))
+            "Seconds to wait for the commands holding the lock to finish (delete: running backups; gc, prune: another gc, prune, delete or index rebuild; default: fail at once).",
+            valueName: "seconds"))
     var lockWait: Int = 0
 }
 
@@ -56,7 +57,13 @@ struct DedupPrune: ParsableCommand {
         they are kept from the oldest kept base backup or dump of their server on
         (all of them while none is kept), and the rest deleted. Run `dedup gc`
         afterwards to reclaim the space.
+
+        prune decides beside running backups and archiving (holding the maintenance
+        lock) and deletes in short exclusive steps of at most 1000 backups or files.
         """)
+
+    /// Manifests deleted under one exclusive lock.
+    static let idsPerStep = 1000
 
     @OptionGroup var store: StoreOptions
     @OptionGroup var locking: ExclusiveLockOptions
@@ -80,12 +87,20 @@ struct DedupPrune: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
-            let lock = dryRun ? nil : try repo.lock(.exclusive, command: "prune", wait: TimeInterval(locking.lockWait))
+            // Planned beside backups (they only add what the plan keeps); deleted in
+            // short exclusive steps.
+            let lock = dryRun ? nil : try repo.lock(.maintenance, command: "prune", wait: TimeInterval(locking.lockWait))
             defer { lock?.release() }
             let policy = RetentionPolicy(keepLast: keepLast, keepDaily: keepDaily, keepWeekly: keepWeekly,
                                          keepMonthly: keepMonthly, keepYearly: keepYearly)
-            let all = try repo.manifests()
-            let backups = all.filter { !$0.isLogFile }
+            // Archived WAL and binlogs held as small records: a year of WAL is a
+            // million manifests.
+            var backups = [Manifest](), logs = [ArchivedLog](), names = Set<String>()
+            try repo.forEachManifest { m in
+                if let log = ArchivedLog(m, names: &names) { logs.append(log) } else { backups.append(m) }
+            }
+            backups.sort { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+            logs.sort { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
             if let database {
                 let known = Set(backups.map { Retention.group(of: $0) })
                 guard known.contains(database) else {
@@ -98,7 +113,7 @@ struct DedupPrune: ParsableCommand {
             let deleted = Set(decisions.filter { !$0.keep }.map(\.id))
             // Archived WAL and binlogs: what the backups that stay need.
             let logDecisions = LogRetention.decide(
-                logs: all.filter(\.isLogFile),
+                logs: logs,
                 keptBackups: backups.filter { !deleted.contains($0.id) })
             let emptied = Dictionary(grouping: decisions, by: \.group).filter { $0.value.allSatisfy { !$0.keep } }.keys
                 .sorted()
@@ -137,11 +152,20 @@ struct DedupPrune: ParsableCommand {
                 }
                 return
             }
-            try repo.deleteManifests(doomed.map(\.id)) { i in
-                if i == 0 { FaultInjection.crashPoint("prune.after-first-delete") }
-            }
+            let stepWait = max(TimeInterval(locking.lockWait), GarbageCollector.exclusiveStepWait)
+            var first = true
             // Logs last: a crash in between leaves more logs than needed, never fewer.
-            try repo.deleteManifests(doomedLogs.map(\.id))
+            for ids in [doomed.map(\.id), doomedLogs.map(\.id)] {
+                for start in stride(from: 0, to: ids.count, by: Self.idsPerStep) {
+                    let step = try repo.lock(
+                        .exclusive, command: "prune (deleting)", wait: stepWait, alongside: lock, announcesWait: false)
+                    defer { step.release() }
+                    try repo.deleteManifests(Array(ids[start..<min(ids.count, start + Self.idsPerStep)])) { _ in
+                        if first { FaultInjection.crashPoint("prune.after-first-delete") }
+                        first = false
+                    }
+                }
+            }
             CatalogHook.sync(repo)
             if !json {
                 Terminal.out(
@@ -157,8 +181,11 @@ struct DedupGC: ParsableCommand {
         commandName: "gc",
         abstract: "Reclaim the space of chunks that no backup uses (mark and sweep, with repacking).",
         discussion: """
-        Holds the exclusive lock: backups started meanwhile wait (see backup --lock-wait).
-        Packs with no live chunk are deleted; a pack whose rewrite would keep less than
+        Runs beside backups and archiving: gc holds the maintenance lock (one gc, prune,
+        delete or index rebuild at a time) and takes the exclusive lock only for short
+        steps that delete, each after marking the backups committed meanwhile; a backup
+        or `wal archive` waits at most about a second for one. A step waits for running
+        backups to finish (up to 4 hours, or --lock-wait if longer). Packs with no live chunk are deleted; a pack whose rewrite would keep less than
         the repack threshold of its bytes is rewritten without its dead chunks (a partly
         dead group is recompressed only when that makes it smaller). Small packs (below
         half the pack size: one per `wal archive` segment, the last one of each backup)
@@ -189,9 +216,13 @@ struct DedupGC: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
-            let lock = try repo.lock(.exclusive, command: "gc", wait: TimeInterval(locking.lockWait))
+            let lock = try repo.lock(.maintenance, command: "gc", wait: TimeInterval(locking.lockWait))
             defer { lock.release() }
             let gc = GarbageCollector(repository: repo)
+            let stepWait = max(TimeInterval(locking.lockWait), GarbageCollector.exclusiveStepWait)
+            gc.takeExclusive = {
+                try repo.lock(.exclusive, command: "gc (deleting)", wait: stepWait, alongside: lock, announcesWait: false)
+            }
             gc.dryRun = dryRun
             gc.repackThreshold = repackThreshold
             let r = try gc.run()
@@ -207,6 +238,13 @@ struct DedupGC: ParsableCommand {
                 "  space     \(verb) \(Format.bytes(r.bytesReclaimed)) of \(Format.bytes(r.bytesBefore)) in packs")
             if r.orphanChunkListsRemoved > 0 {
                 Terminal.out("  \(r.orphanChunkListsRemoved) chunk list(s) of unfinished backups removed")
+            }
+            if r.packsKeptForNewBackups > 0 {
+                Terminal.out("  \(r.packsKeptForNewBackups) pack(s) kept for backups committed while gc ran")
+            }
+            if r.exclusiveSteps > 0 {
+                Terminal.out(
+                    "  locked    \(r.exclusiveSteps) exclusive step(s), \(Format.duration(r.exclusiveSeconds)) in all")
             }
             Terminal.out("  duration  \(Format.duration(r.durationSeconds))")
             for p in r.packsUnreadable { Terminal.err("dbbackup: warning: unreadable pack kept: \(p)") }

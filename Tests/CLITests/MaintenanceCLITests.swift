@@ -89,8 +89,17 @@ struct SharedPacksFixture {
         }
         #expect(r.status == 137, "crash point \(point) not reached: \(r.stderr)")
         // The dead process's exclusive lock blocks, is reported as stale, and goes.
-        let blocked = try f.cli.dedup(["backup", "-", "--name", "x", "--lock-wait", "0"], stdin: [1])
-        #expect(blocked.status == 1 && blocked.stderr.contains("stale"), "\(blocked.stderr)")
+        // gc outside its deletion steps holds only the maintenance lock: backups go
+        // on, another gc is refused.
+        let heldExclusive = point == "gc.before-pack-delete" || point.hasPrefix("prune")
+        let next = try f.cli.dedup(["backup", "-", "--name", "x", "--lock-wait", "0"], stdin: [1])
+        if heldExclusive {
+            #expect(next.status == 1 && next.stderr.contains("stale"), "\(next.stderr)")
+        } else {
+            #expect(next.status == 0, "\(next.stderr)")
+            let gc = try f.cli.dedup(["gc"])
+            #expect(gc.status == 1 && gc.stderr.contains("stale") && gc.stderr.contains("maintenance lock"), "\(gc.stderr)")
+        }
         #expect(try f.cli.dedup(["unlock", "--stale-only"]).status == 0)
         for name in ["b", "c"] where FileManager.default.fileExists(atPath: f.dir + "/repo/manifests/\(f.ids[name] ?? "?").manifest.json") {
             try f.expectRestores(name, name == "b" ? f.b : f.c)
@@ -103,6 +112,41 @@ struct SharedPacksFixture {
         let again = try f.cli.dedup(["gc", "--json"])
         let report = try JSONSerialization.jsonObject(with: Data(again.stdout)) as? [String: Any]
         #expect(report?["bytesReclaimed"] as? Int == 0 && report?["packsRepacked"] as? Int == 0, "\(again.out) \(f.packs().map { "\($0) \(FileIO.fileSize(f.dir + "/repo/packs/" + $0) ?? 0)" })")
+        try f.expectRestores("c", f.c)
+        #expect(try f.cli.dedup(["verify", "--deep"]).status == 0)
+    }
+
+    /// A backup runs while gc is paused after its mark (two processes, one
+    /// cache): it does not wait, it uses chunks the mark found dead, and gc keeps
+    /// them; everything restores afterwards.
+    @Test func backupsRunBesideGC() throws {
+        let f = try SharedPacksFixture(); defer { removeDir(f.dir) }
+        #expect(try f.cli.dedup(["delete", f.ids["a"] ?? "?"]).status == 0)
+        final class Outcome: @unchecked Sendable { var gc: CLI.Result? }
+        let outcome = Outcome(), done = DispatchSemaphore(value: 0)
+        let cli = f.cli
+        let gcThread = Thread {
+            outcome.gc = try? cli.dedup(["gc", "--json"], env: ["DBBACKUP_FAULT_PAUSE_AT": "gc.after-mark:6"])
+            done.signal()
+        }
+        gcThread.start()
+        Thread.sleep(forTimeInterval: 2)  // gc is past its mark, paused
+        let started = Date()
+        // a's last megabyte: dead for gc's mark, in packs gc planned to delete or rewrite.
+        let late = Array(f.a[2_000_000...])
+        let backup = try f.cli.dedup(["backup", "-", "--name", "late", "--lock-wait", "0"], stdin: late)
+        let took = Date().timeIntervalSince(started)
+        #expect(backup.status == 0 && !backup.stderr.contains("waiting"), "\(backup.stderr)")
+        #expect(took < 3, "the backup took \(took) s beside gc")
+        #expect(done.wait(timeout: .now() + 120) == .success)
+        let gc = try #require(outcome.gc)
+        #expect(gc.status == 0, "\(gc.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(gc.stdout)) as? [String: Any]
+        #expect((report?["packsKeptForNewBackups"] as? Int ?? 0) >= 1, "\(gc.out)")
+        let id = try #require(CLI.committedID(backup))
+        let restored = try f.cli.dedup(["restore", id, "-"])
+        #expect(restored.status == 0 && restored.stdout == late, "\(restored.stderr)")
+        try f.expectRestores("b", f.b)
         try f.expectRestores("c", f.c)
         #expect(try f.cli.dedup(["verify", "--deep"]).status == 0)
     }

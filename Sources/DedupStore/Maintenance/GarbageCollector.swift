@@ -23,10 +23,19 @@ public struct GCReport: Codable, Sendable {
     public var bytesReclaimed: Int64 = 0
     public var orphanChunkListsRemoved = 0
     public var dryRun = false
+    /// Packs kept because a backup committed while gc ran uses a chunk of theirs
+    /// (counted out of deleted, repacked, merged, chunks removed and space).
+    public var packsKeptForNewBackups = 0
+    /// Steps that held the exclusive lock, and for how long in all (0 when the
+    /// caller held it for the whole run).
+    public var exclusiveSteps = 0
+    public var exclusiveSeconds = 0.0
     public var durationSeconds = 0.0
 }
 
-/// Mark and sweep over the whole repository, under the exclusive lock.
+/// Mark and sweep over the whole repository. Beside backups (`takeExclusive`
+/// set, under the maintenance lock), the exclusive lock is held only for the
+/// short steps that delete (`DeletionSteps`); else the caller holds it.
 ///
 /// Mark: every chunk id of every manifest goes into an on-disk set (memory stays
 /// bounded). If any backup cannot be read, gc stops before deleting anything.
@@ -61,6 +70,14 @@ public final class GarbageCollector {
     public var dryRun = false
     /// Chunk ids forgotten in one index transaction before their packs are deleted.
     var forgetBatch = Sweep.defaultForgetBatch
+    /// Takes the exclusive lock for one step that deletes (the CLI: beside its
+    /// maintenance lock, waiting for running backups). Nil: the caller holds the
+    /// exclusive lock for the whole run.
+    public var takeExclusive: (() throws -> RepositoryLock)?
+    /// How long the CLI lets one step wait for running backups to finish.
+    public static let exclusiveStepWait: TimeInterval = 4 * 3600
+    /// Test hook, run after the mark: a backup committed here is one gc did not see.
+    var afterMark: (() throws -> Void)?
 
     public init(repository: Repository) {
         self.repository = repository
@@ -71,19 +88,11 @@ public final class GarbageCollector {
         let started = Date()
         var report = GCReport()
         report.dryRun = dryRun
+        // Listed before the index is: every pack gc looks at is one the index has read.
+        let listed = try PackCensus.listPacks(repository.backend)
         let index = try repository.listedIndex()
-
-        let orphans = try markAndSweep(index, &report)
-        // What they held in small pieces (a year of WAL: 525,600 backup ids) is free.
-        ResidentPages.releaseFreedHeap()
-        report.orphanChunkListsRemoved = orphans.count
-        if !dryRun { try repository.backend.delete(keys: orphans) }
+        try markAndSweep(index, listed, since: started, &report)
         if !dryRun {
-            // Leftovers of processes that died while writing (nothing else can be
-            // writing: gc holds the exclusive lock).
-            repository.backend.removeAbandonedWrites(all: true)
-            // Change notes older than any catalog reads them (ChangeNote.retention).
-            try repository.pruneChanges(before: Date().addingTimeInterval(-ChangeNote.retention))
             try repository.saveBloom(try repository.freshBloom(), fresh: true)
             _ = repository.measureDiskUsage()
         }
@@ -91,30 +100,56 @@ public final class GarbageCollector {
         return report
     }
 
-    /// Mark, then sweep; returns the chunk lists no manifest names (a backup that
-    /// died before committing). What gc holds a pack or a backup of (the merge
-    /// order, the sweep's tables, the mark set, the ids) goes when this returns,
-    /// before the Bloom filter is rebuilt from the whole index.
-    private func markAndSweep(_ index: ChunkIndex, _ report: inout GCReport) throws -> [String] {
-        // The small packs, from the index just brought in step with the packs (one
-        // whose trailer it could not read is never merged): the mark orders them.
-        var mergeOrder = Sweep.smallPacks(of: try index.indexedPacks(), packSize: repository.config.packSize)
+    /// Mark, sweep, then the last step: the chunk lists no manifest names (a
+    /// backup that died before committing), temporaries of dead writers, old
+    /// change notes. What gc holds a pack or a backup of (the merge order, the
+    /// sweep's tables, the mark set, the ids) goes when this returns, before the
+    /// Bloom filter is rebuilt from the whole index.
+    private func markAndSweep(_ index: ChunkIndex, _ listed: [PackID], since started: Date,
+                              _ report: inout GCReport) throws {
+        // The small packs (one whose trailer the index could not read is never
+        // merged): the mark orders them.
+        var census = try PackCensus(listed, index: index, backend: repository.backend,
+                                    packSize: repository.config.packSize)
         let marks = try ChunkSet(path: repository.cacheDirectory + "/gc-marks-\(getpid()).lmdb")
         let mapped = MappedPages([index.path, marks.path])
         mapped.release()  // what bringing the index in step touched
-        let orphans = try orphanChunkLists(keeping: try mark(into: marks, index: index, ordering: &mergeOrder,
-                                                             mapped, &report))
+        let liveLists = try mark(into: marks, index: index, ordering: &census.small, mapped, &report)
         FaultInjection.crashPoint("gc.after-mark")
+        FaultInjection.pausePoint("gc.after-mark")
+        try afterMark?()
+        let candidates = try orphanChunkLists(keeping: liveLists)
         ResidentPages.releaseFreedHeap()
 
+        let steps = DeletionSteps(
+            repository: repository, since: started, marks: marks, index: index, chunkLists: liveLists,
+            takeExclusive: dryRun ? nil : takeExclusive)
         let sweep = try Sweep(repository: repository, index: index, marks: marks, mapped: mapped,
-                              mergeOrder: mergeOrder, dryRun: dryRun, threshold: repackThreshold,
+                              census: census, steps: steps, dryRun: dryRun, threshold: repackThreshold,
                               forgetBatch: forgetBatch, report: report)
-        mergeOrder = [:]  // the sweep's alone, which lets go of it once sorted
+        census = PackCensus()  // the sweep's alone, which lets go of it once sorted
         try sweep.run()
         report = sweep.report
         mapped.release()
-        return orphans
+        // What they held in small pieces (a year of WAL: 525,600 backup ids) is free.
+        ResidentPages.releaseFreedHeap()
+        guard !dryRun else {
+            report.orphanChunkListsRemoved = candidates.count
+            return
+        }
+        try steps.run {
+            // A list that was an orphan at the listing but whose backup committed since is kept.
+            let orphans = candidates.filter { !steps.chunkLists.contains($0.hashValue) }
+            report.orphanChunkListsRemoved = orphans.count
+            try repository.backend.delete(keys: orphans)
+            // Leftovers of processes that died while writing (nothing else writes:
+            // gc holds the exclusive lock).
+            repository.backend.removeAbandonedWrites(all: true)
+            // Change notes older than any catalog reads them (ChangeNote.retention).
+            try repository.pruneChanges(before: Date().addingTimeInterval(-ChangeNote.retention))
+        }
+        report.exclusiveSteps = steps.lockedSteps
+        report.exclusiveSeconds = steps.lockedSeconds
     }
 
     /// Every chunk of every backup into an on-disk set, and the chunk lists in use,
@@ -276,11 +311,12 @@ private final class Sweep {
     let chunkReader: ChunkReader
     let compressor: ZstdCompressor
     let damaged: DamagedChunks
-    /// The small packs, each with the position of the first backup that uses one
-    /// of its chunks (`Int.max`: none): the order they are merged in.
-    var mergeOrder: [PackID: Int]
-    var unreadable = Set<PackID>()
-    var foundLive = 0
+    let steps: DeletionSteps
+    /// The packs listed before the mark; the small ones each with the position of
+    /// the first backup that uses one of its chunks (`Int.max`: none): the order
+    /// they are merged in.
+    var census: PackCensus
+    var unreadable: Set<PackID>
     /// The first small pack to merge, held back until there is something to merge
     /// it with: another small pack, or the pack being written.
     var heldBack: PackRewrite?
@@ -291,7 +327,7 @@ private final class Sweep {
     var writing: (size: Int64, entries: Int)?
     /// Rewritten packs whose live chunks all sit in the pack being written: they
     /// go once it is committed.
-    var awaitingCommit: [(PackID, [ChunkID], Int64)] = []
+    var awaitingCommit: [Doomed] = []
     /// Packs to forget, batched: one durable index transaction for several packs
     /// instead of one each. LMDB keeps every page a transaction changes in memory,
     /// at most one page per removed entry (a chunk's, or a pack's record), so the
@@ -299,7 +335,7 @@ private final class Sweep {
     /// default 256 KiB chunks, one pack of 4 KiB chunks, 2 Ki packs of one WAL
     /// segment (measured: a cap of 16 Ki entries cut gc's writes by a quarter at
     /// 1 M chunks but doubled its heap).
-    var doomed: [(pack: PackID, ids: [ChunkID], size: Int64)] = []
+    var doomed: [Doomed] = []
     var doomedIDs = 0
     static let defaultForgetBatch = 4096
     /// Index entries removed in one transaction. Each page a transaction changes
@@ -316,14 +352,16 @@ private final class Sweep {
     static let keptPayloadLimit = 64 << 20
 
     init(
-        repository: Repository, index: ChunkIndex, marks: ChunkSet, mapped: MappedPages, mergeOrder: [PackID: Int],
-        dryRun: Bool, threshold: Double, forgetBatch: Int, report: GCReport
+        repository: Repository, index: ChunkIndex, marks: ChunkSet, mapped: MappedPages, census: PackCensus,
+        steps: DeletionSteps, dryRun: Bool, threshold: Double, forgetBatch: Int, report: GCReport
     ) throws {
         self.repository = repository
         self.index = index
         self.marks = marks
         self.mapped = mapped
-        self.mergeOrder = mergeOrder
+        self.census = census
+        self.steps = steps
+        unreadable = census.unreadable
         self.dryRun = dryRun
         self.threshold = threshold
         self.forgetBatch = forgetBatch
@@ -336,46 +374,21 @@ private final class Sweep {
         damaged = try repository.damagedChunks()
     }
 
-    /// Packs merged when they are smaller than this share of the pack size. The
-    /// packs gc writes reach the pack size (all but its last), so after gc every
-    /// pack but that one and those kept (damaged, unreadable) holds at least half
-    /// the pack size: at most 2 x stored bytes / pack size of them, plus one. A
-    /// larger share would rewrite more for fewer packs; a smaller one leaves more.
-    static let smallPackShare = 0.5
-
-    /// The packs below the small-pack share of `packSize`, none yet placed in the
-    /// merge order.
-    static func smallPacks(of packs: [PackID: (size: Int64, entries: Int)], packSize: Int) -> [PackID: Int] {
-        let below = Int64(Double(packSize) * smallPackShare)
-        var small = [PackID: Int]()
-        for (pack, p) in packs where p.size < below { small[pack] = Int.max }
-        return small
-    }
-
     /// The order of pack keys (`packs/xx/<hex>.pack`), without making the hex.
     static func keyOrder(_ a: PackID, _ b: PackID) -> Bool { (a.hi, a.lo) < (b.hi, b.lo) }
 
     func run() throws {
-        var large = [(pack: PackID, size: Int64)](), small = [(pack: PackID, size: Int64, order: Int)]()
-        small.reserveCapacity(mergeOrder.count)
-        // The packs present, one key at a time (a year of WAL: 525,600 keys, 55 MB
-        // as a listing), each with the size the index has, just brought in step
-        // with them. Packs whose trailer cannot be read are never deleted, and a
-        // copy of a chunk there does not count: another, readable copy is kept
-        // instead. Opening the index read every readable trailer into it, so the
-        // packs it does not know are exactly the unreadable ones.
-        try backend.forEachKey("packs/") { key in
-            guard let pack = PackID(key: key) else { return }
-            report.packsBefore += 1
-            guard let size = try index.packSize(pack) else {
-                unreadable.insert(pack)
-                report.bytesBefore += try backend.size(key) ?? 0
-                return
-            }
-            report.bytesBefore += size
-            if let order = mergeOrder[pack] { small.append((pack, size, order)) } else { large.append((pack, size)) }
+        report.packsBefore = census.packs
+        report.bytesBefore = census.bytes
+        // Packs whose trailer cannot be read are never deleted, and a copy of a
+        // chunk there does not count: another, readable copy is kept instead.
+        var large = census.large
+        var small = [(pack: PackID, size: Int64, order: Int)]()
+        small.reserveCapacity(census.small.count)
+        for (pack, order) in census.small {
+            if let size = try index.packSize(pack) { small.append((pack, size, order)) }
         }
-        mergeOrder = [:]  // in `small` now
+        census = PackCensus()  // in `large` and `small` now
         for pack in unreadable.sorted(by: Self.keyOrder) {
             report.packsUnreadable.append("\(pack.hex): its trailer cannot be read (see `dbbackup dedup verify`)")
         }
@@ -386,8 +399,15 @@ private final class Sweep {
         // A small pack still held back had nothing to merge with: it stays.
         heldBack = nil
         try commitWriter()
-        if !dryRun { try flushDoomed() }
-        report.missingChunks = max(0, report.liveChunks - foundLive)
+        if !dryRun { try steps.run { try flushDoomed() } }
+        // Marked chunks that the index places in no pack. It was brought in step
+        // with the packs at the start, and knows the packs this host wrote since;
+        // a chunk of a backup that another host committed between gc's listing
+        // and its mark, in a pack of its own, is counted too (verify tells).
+        try marks.forEach { id in
+            if try index.lookup(id) == nil { report.missingChunks += 1 }
+            mapped.tick()
+        }
     }
 
     /// A pack of at least half the pack size: deleted, kept, or rewritten without
@@ -436,7 +456,6 @@ private final class Sweep {
         }
         let (live, holdsDamagedCopy) = try liveEntries(of: pack, entries)
         mapped.tick(2 * entries.count)  // the mark set's and the index's
-        foundLive += live.count
         if holdsDamagedCopy {
             // The only copy of a chunk a backup needs, damaged: kept, so that verify
             // and restore keep naming it until a backup of the data heals it.
@@ -447,7 +466,7 @@ private final class Sweep {
             report.packsDeleted += 1
             report.chunksRemoved += entries.count
             report.bytesReclaimed += size
-            if !dryRun { try forget(pack, entries.map(\.id), size) }
+            if !dryRun { try forget(Doomed(pack: pack, ids: entries.map(\.id), size: size, removed: entries.count)) }
             return nil
         }
         return (entries, live)
@@ -464,7 +483,10 @@ private final class Sweep {
             count(r, -1)
             return
         }
-        if !dryRun { awaitingCommit.append((r.pack, r.ids, r.size)) }
+        if !dryRun {
+            awaitingCommit.append(
+                Doomed(pack: r.pack, ids: r.ids, size: r.size, removed: r.ids.count - r.plan.entries, reason: r.reason))
+        }
     }
 
     /// Adds a rewrite to the report's figures (`sign` 1), or takes it back (-1).
@@ -753,21 +775,55 @@ private final class Sweep {
         FaultInjection.crashPoint("gc.after-repack-commit")
         try index.insert(pack: pack.id, size: size, entries: entries)
         mapped.tick(entries.count)
-        for (old, oldIDs, oldSize) in awaitingCommit { try forget(old, oldIDs, oldSize) }
+        for old in awaitingCommit { try forget(old) }
         awaitingCommit.removeAll()
     }
 
-    private func forget(_ pack: PackID, _ chunkIDs: [ChunkID], _ size: Int64) throws {
-        doomed.append((pack, chunkIDs, size))
-        doomedIDs += chunkIDs.count + 1  // and the pack's record
-        if doomedIDs >= forgetBatch { try flushDoomed() }
+    /// A pack the sweep deletes (wholly dead) or replaced (rewritten), and what
+    /// the report counted for it.
+    struct Doomed {
+        let pack: PackID
+        /// Every chunk id of its trailer.
+        let ids: [ChunkID]
+        let size: Int64
+        /// The chunks the report counted as removed with it.
+        let removed: Int
+        /// Why it was rewritten; nil: deleted with nothing live.
+        var reason: PackRewrite.Reason? = nil
+    }
+
+    private func forget(_ d: Doomed) throws {
+        doomed.append(d)
+        doomedIDs += d.ids.count + 1  // and the pack's record
+        if doomedIDs >= forgetBatch { try steps.run { try flushDoomed() } }
+    }
+
+    /// Takes back what the report counted for a pack kept after all.
+    private func countKept(_ d: Doomed) {
+        report.packsKeptForNewBackups += 1
+        report.chunksRemoved -= d.removed
+        report.bytesReclaimed -= d.size
+        switch d.reason {
+        case nil: report.packsDeleted -= 1
+        case .deadChunks: report.packsRepacked -= 1
+        case .small: report.packsMerged -= 1
+        }
     }
 
     /// Index entries first, then the pack objects: a crash in between leaves
     /// packs the index does not know, which the next command reads back in. The
     /// entries go in transactions of about `removalsPerTransaction`, the pack
-    /// objects all at once (one sync of each folder).
+    /// objects all at once (one sync of each folder). A step of `steps`: packs
+    /// that a backup committed meanwhile uses are kept.
     private func flushDoomed() throws {
+        if !steps.kept.isEmpty {
+            for d in doomed where steps.kept.contains(d.pack) { countKept(d) }
+            doomed.removeAll { steps.kept.contains($0.pack) }
+        }
+        defer {
+            doomed.removeAll()
+            doomedIDs = 0
+        }
         guard !doomed.isEmpty else { return }
         var start = 0
         while start < doomed.count {
@@ -784,7 +840,5 @@ private final class Sweep {
         FaultInjection.crashPoint("gc.before-pack-delete")
         try backend.delete(keys: doomed.map(\.pack.key))
         for d in doomed { try repository.forgetDamaged(pack: d.pack) }
-        doomed.removeAll()
-        doomedIDs = 0
     }
 }

@@ -88,6 +88,25 @@ public final class ChunkSet {
         }
     }
 
+    /// Calls `body` with each id, in order (after `flush`).
+    public func forEach(_ body: (ChunkID) throws -> Void) throws {
+        var txn: OpaquePointer?
+        var rc = mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn)
+        guard rc == 0 else { throw DedupError.index("scratch set: \(String(cString: mdb_strerror(rc)))") }
+        defer { mdb_txn_abort(txn) }
+        var cursor: OpaquePointer?
+        rc = mdb_cursor_open(txn, dbi, &cursor)
+        guard rc == 0 else { throw DedupError.index("scratch set: \(String(cString: mdb_strerror(rc)))") }
+        defer { mdb_cursor_close(cursor) }
+        var k = MDB_val(), v = MDB_val()
+        rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+        while rc == 0 {
+            if k.mv_size == 32, let p = k.mv_data { try body(ChunkID(bytes: UnsafeRawPointer(p))) }
+            rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+        }
+        guard rc == MDB_NOTFOUND else { throw DedupError.index("scratch set: \(String(cString: mdb_strerror(rc)))") }
+    }
+
     /// The number of distinct ids (after `flush`).
     public func count() throws -> Int {
         var txn: OpaquePointer?

@@ -1,11 +1,26 @@
 import Foundation
 
 /// Repository locks, as objects under `locks/` so that they work on any backend:
-/// backups hold a shared lock, maintenance (index rebuild, gc, prune) an exclusive
-/// one. A lock records host, pid and start time, so that a lock left by a dead
-/// process can be recognised and reported.
+/// backups hold a shared lock; gc a maintenance lock for its whole run, and the
+/// exclusive one only for its short steps that delete; index rebuild, prune and
+/// delete an exclusive one. A lock records host, pid and start time, so that a
+/// lock left by a dead process can be recognised and reported.
 public struct LockInfo: Codable, Equatable, Sendable {
-    public enum Kind: String, Codable, Sendable { case shared, exclusive }
+    /// What a lock excludes: shared locks each other nothing; a maintenance lock
+    /// excludes another maintenance lock and exclusive locks (not backups); an
+    /// exclusive lock excludes every other lock. A dbbackup that does not know a
+    /// kind reads the lock as unreadable, which it treats as exclusive.
+    public enum Kind: String, Codable, Sendable {
+        case shared, maintenance, exclusive
+
+        /// True when a lock of this kind and one of `other` cannot be held together.
+        public func conflicts(with other: Kind) -> Bool {
+            switch (self, other) {
+            case (.shared, .shared), (.shared, .maintenance), (.maintenance, .shared): return false
+            default: return true
+            }
+        }
+    }
     public var kind: Kind
     public var hostname: String
     public var pid: Int32
@@ -53,15 +68,18 @@ public final class RepositoryLock {
     private var held = false
 
     /// Takes a lock of `kind`, or throws `.locked` naming whoever conflicts. With
-    /// `wait` > 0 it retries every two seconds for that long while the conflicting
-    /// locks belong to live processes (`onWait` hears about it once); a stale lock
-    /// fails at once, since waiting cannot end it.
+    /// `wait` > 0 it retries for that long while the conflicting locks belong to
+    /// live processes (`onWait` hears about it once): soon at first (gc holds the
+    /// exclusive lock for steps of a second or less), then every two seconds. A
+    /// stale lock fails at once, since waiting cannot end it. `alongside` is the
+    /// key of a lock this process holds already (gc's maintenance lock), which
+    /// does not conflict with this one.
     ///
     /// With `publish` false nothing is written (a reader on a read-only file
     /// system): the same conflicts are waited for or refused, and the lock holds
     /// nothing once they are gone.
-    public init(backend: Backend, kind: LockInfo.Kind, command: String,
-                wait: TimeInterval = 0, publish: Bool = true, onWait: ((String) -> Void)? = nil) throws {
+    public init(backend: Backend, kind: LockInfo.Kind, command: String, wait: TimeInterval = 0,
+                alongside: String? = nil, publish: Bool = true, onWait: ((String) -> Void)? = nil) throws {
         self.backend = backend
         let info = LockInfo(kind: kind, hostname: LockInfo.currentHost, pid: getpid(),
                             startedAt: Timestamps.iso8601(Date()), command: command)
@@ -71,6 +89,7 @@ public final class RepositoryLock {
         let body = Array(try enc.encode(info))
         let deadline = Date().addingTimeInterval(wait)
         var told = false
+        var pause: TimeInterval = 0.1
         while true {
             if publish {
                 try backend.put(key, body, ifAbsent: true)
@@ -81,7 +100,7 @@ public final class RepositoryLock {
             let conflicts: [LockInfo]
             do {
                 conflicts = try RepositoryLock.list(backend)
-                    .filter { $0.key != key && (kind == .exclusive || $0.info.kind == .exclusive) }
+                    .filter { $0.key != key && $0.key != alongside && kind.conflicts(with: $0.info.kind) }
                     .map(\.info)
             } catch {
                 release()
@@ -95,7 +114,8 @@ public final class RepositoryLock {
                     onWait?("waiting for the repository lock: \(first.summary)")
                     told = true
                 }
-                Thread.sleep(forTimeInterval: min(2, max(0.1, deadline.timeIntervalSinceNow)))
+                Thread.sleep(forTimeInterval: min(pause, max(0.1, deadline.timeIntervalSinceNow)))
+                pause = min(2, pause * 1.5)
                 continue
             }
             let hint = stale != nil

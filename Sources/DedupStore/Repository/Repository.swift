@@ -533,17 +533,30 @@ public final class Repository {
     /// reported as a notice and left out (`verify` names it; gc refuses to run).
     public func manifests() throws -> [Manifest] {
         var out = [Manifest]()
-        for id in try manifestIDs() {
+        try forEachManifest { out.append($0) }
+        return out.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+
+    /// Calls `body` with each readable manifest, in no particular order, holding
+    /// neither the listing nor the manifests (prune over a year of WAL); a damaged
+    /// or too new one is skipped with a notice.
+    public func forEachManifest(_ body: (Manifest) throws -> Void) throws {
+        try backend.forEachKey("manifests/") { key in
+            guard key.hasSuffix(".manifest.json") else { return }
+            let id = String(FileIO.lastComponent(key).dropLast(".manifest.json".count))
+            let manifest: Manifest
             do {
-                out.append(try loadManifest(id))
+                manifest = try loadManifest(id)
             } catch let e as DedupError {
                 switch e {
-                case .manifestCorrupt, .manifestTooNew: notice("skipping \(e.message)"); continue
+                case .manifestCorrupt, .manifestTooNew: notice("skipping \(e.message)"); return
+                // Deleted since the listing: another host's delete.
+                case .manifestNotFound: return
                 default: throw e
                 }
             }
+            try body(manifest)
         }
-        return out.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
     /// Resolves a full id or a unique prefix of one.
@@ -597,12 +610,19 @@ public final class Repository {
     /// Takes a repository lock, waiting up to `wait` seconds for live holders.
     /// On a read-only file system a shared lock cannot be written: readers then
     /// respect exclusive locks (another host with a writable mount may run gc)
-    /// without publishing their own.
-    public func lock(_ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0) throws -> RepositoryLock {
+    /// without publishing their own. `alongside`: a lock this process holds that
+    /// does not count as a conflict (gc's exclusive steps beside its maintenance
+    /// lock); `announcesWait` false: no notice when it waits.
+    public func lock(
+        _ kind: LockInfo.Kind, command: String, wait: TimeInterval = 0, alongside: RepositoryLock? = nil,
+        announcesWait: Bool = true
+    ) throws -> RepositoryLock {
         let publish = !(kind == .shared && isReadOnly)
         if !publish { notice("repository \(path) is on a read-only file system: reading it without a lock") }
-        return try RepositoryLock(backend: backend, kind: kind, command: command, wait: wait, publish: publish) {
-            [weak self] in self?.notice($0)
+        return try RepositoryLock(
+            backend: backend, kind: kind, command: command, wait: wait, alongside: alongside?.key, publish: publish
+        ) { [weak self] in
+            if announcesWait { self?.notice($0) }
         }
     }
 

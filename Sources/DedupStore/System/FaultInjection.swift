@@ -17,6 +17,19 @@ public enum FaultInjection {
         if crashPoint == name { _exit(137) }
     }
 
+    private static let pause: (point: String, seconds: Double)? = {
+        guard let spec = ProcessInfo.processInfo.environment["DBBACKUP_FAULT_PAUSE_AT"],
+              let colon = spec.lastIndex(of: ":"), let seconds = Double(spec[spec.index(after: colon)...])
+        else { return nil }
+        return (String(spec[..<colon]), seconds)
+    }()
+
+    /// Sleeps here if `DBBACKUP_FAULT_PAUSE_AT=<point>:<seconds>` names this point
+    /// (tests of what runs beside a paused command).
+    public static func pausePoint(_ name: String) {
+        if let pause, pause.point == name { Thread.sleep(forTimeInterval: pause.seconds) }
+    }
+
     /// `backend`, inside a `FaultyBackend` that runs out of space when the ENOSPC
     /// hook is set.
     static func wrap(_ backend: Backend) -> Backend {

@@ -1,0 +1,158 @@
+import Foundation
+
+/// gc's steps that delete (index entries, packs, chunk lists), each a short one.
+///
+/// When gc runs beside backups (`takeExclusive` set: the CLI, which holds the
+/// maintenance lock for the whole run), it marks and plans without the exclusive
+/// lock and takes it only for these steps. Backups committed meanwhile may use
+/// chunks the mark found dead: at the start of each step, with no backup in
+/// flight, every backup committed since gc began (found in the change notes, see
+/// `LateCommits`) is marked, and the packs that the index places its newly marked
+/// chunks in are kept by this run. Packs written meanwhile are never gc's: the
+/// sweep only looks at the packs listed before the mark (`PackCensus`).
+///
+/// Without `takeExclusive` the caller holds the exclusive lock for the whole run
+/// (nothing else writes), and a step is just its body.
+final class DeletionSteps {
+    private let takeExclusive: (() throws -> RepositoryLock)?
+    private let late: LateCommits?
+    private let marks: ChunkSet
+    private let index: ChunkIndex
+    /// Packs that hold a chunk of a backup committed while gc ran: kept.
+    private(set) var kept = Set<PackID>()
+    /// The chunk lists in use, by the hash values of their keys, with those of
+    /// backups committed while gc ran.
+    private(set) var chunkLists: Set<Int>
+    /// Steps run under the exclusive lock, and the seconds they held it.
+    private(set) var lockedSteps = 0
+    private(set) var lockedSeconds = 0.0
+
+    init(
+        repository: Repository, since started: Date, marks: ChunkSet, index: ChunkIndex, chunkLists: Set<Int>,
+        takeExclusive: (() throws -> RepositoryLock)?
+    ) {
+        self.takeExclusive = takeExclusive
+        self.marks = marks
+        self.index = index
+        self.chunkLists = chunkLists
+        late = takeExclusive == nil ? nil : LateCommits(repository: repository, since: started)
+    }
+
+    /// Runs `body` as one step: under the exclusive lock, after the late commits
+    /// are marked, when gc runs beside backups.
+    func run(_ body: () throws -> Void) throws {
+        guard let takeExclusive, let late else { return try body() }
+        let lock = try takeExclusive()
+        defer { lock.release() }
+        let started = Date()
+        defer {
+            lockedSteps += 1
+            lockedSeconds += Date().timeIntervalSince(started)
+        }
+        kept.formUnion(try late.mark(into: marks, index: index, chunkLists: &chunkLists))
+        try body()
+    }
+}
+
+/// Backups committed while gc runs without the exclusive lock, found by their
+/// change notes (a commit note is written before its manifest). Notes are read
+/// from an hour (`ChangeNote.settleTime`) before gc began, since writers' clocks
+/// may differ; marking a backup twice costs only the time.
+final class LateCommits {
+    private let repository: Repository
+    private let since: Date
+    private var seen = Set<String>()
+
+    init(repository: Repository, since started: Date) {
+        self.repository = repository
+        since = started.addingTimeInterval(-ChangeNote.settleTime)
+    }
+
+    /// Marks the chunks and chunk lists of every backup committed since the last
+    /// call (their notes not seen yet) and returns the packs the index places
+    /// their newly marked chunks in. Call it with no backup in flight (under the
+    /// exclusive lock): then every note names a manifest that is there, or one
+    /// that will never be (a backup that died).
+    func mark(into marks: ChunkSet, index: ChunkIndex, chunkLists: inout Set<Int>) throws -> Set<PackID> {
+        var ids = [String]()
+        for key in try repository.changeKeys(since: since) where seen.insert(key).inserted {
+            guard let note = try repository.loadChange(key), note.op == .commit else { continue }
+            ids += note.ids
+        }
+        var packs = Set<PackID>()
+        let walker = ReferenceWalker(repository: repository)
+        for id in ids where try repository.hasManifest(id) {
+            try walker.forEachBackup([id]) { id, loaded in
+                let manifest: Manifest
+                switch loaded {
+                case .success(let m): manifest = m
+                case .failure(let error):
+                    throw DedupError.invalidArgument(
+                        "gc stopped: backup \(id), committed while gc ran, cannot be read: \(error.message); nothing it needs was deleted; run gc again"
+                    )
+                }
+                try walker.forEachStream(of: manifest) { member, list in
+                    chunkLists.insert(member.chunkList.key.hashValue)
+                    try list.forEach { chunk, _ in
+                        // (A chunk seen twice before the set's next flush is inserted twice.)
+                        guard try !marks.contains(chunk) else { return }
+                        try marks.insert(chunk)
+                        if let pack = try index.lookup(chunk)?.pack { packs.insert(pack) }
+                    }
+                }
+            }
+        }
+        try marks.flush()
+        return packs
+    }
+}
+
+/// The packs gc looks at: those listed before the mark, sorted out by the size
+/// the index (then brought in step with a listing) has for each. A pack written
+/// after this listing (a backup running beside gc) is not in it, so gc never
+/// deletes a pack whose chunks the mark could not see.
+struct PackCensus {
+    /// Packs of at least half the pack size, with their sizes.
+    var large: [(pack: PackID, size: Int64)] = []
+    /// The small packs, none yet placed in the merge order (`Int.max`).
+    var small: [PackID: Int] = [:]
+    /// Packs whose trailer cannot be read: never deleted, their copies not counted.
+    var unreadable = Set<PackID>()
+    var packs = 0
+    var bytes: Int64 = 0
+
+    /// The packs present, one key at a time (a year of WAL: 525,600 keys, 55 MB
+    /// as a listing; 16 bytes each here).
+    static func listPacks(_ backend: Backend) throws -> [PackID] {
+        var out = [PackID]()
+        try backend.forEachKey("packs/") { key in
+            if let pack = PackID(key: key) { out.append(pack) }
+        }
+        return out
+    }
+
+    /// Packs merged when they are smaller than this share of the pack size. The
+    /// packs gc writes reach the pack size (all but its last), so after gc every
+    /// pack but that one and those kept (damaged, unreadable) holds at least half
+    /// the pack size: at most 2 x stored bytes / pack size of them, plus one. A
+    /// larger share would rewrite more for fewer packs; a smaller one leaves more.
+    static let smallPackShare = 0.5
+
+    init() {}
+
+    /// Sorts `listed` by size. Opening the index read every readable trailer into
+    /// it, so the listed packs it does not know are exactly the unreadable ones.
+    init(_ listed: [PackID], index: ChunkIndex, backend: Backend, packSize: Int) throws {
+        let below = Int64(Double(packSize) * Self.smallPackShare)
+        for pack in listed {
+            packs += 1
+            guard let size = try index.packSize(pack) else {
+                unreadable.insert(pack)
+                bytes += try backend.size(pack.key) ?? 0
+                continue
+            }
+            bytes += size
+            if size < below { small[pack] = Int.max } else { large.append((pack, size)) }
+        }
+    }
+}

@@ -62,10 +62,11 @@ public enum LogRetention {
     public static func decide(logs: [ArchivedLog], keptBackups: [Manifest]) -> [RetentionDecision] {
         var out = [RetentionDecision]()
         out.reserveCapacity(logs.count)
+        // Positions into `logs`, not copies of them (a million files).
         let groups = Dictionary(grouping: logs.indices) { logs[$0].series }
         for key in groups.keys.sorted() {
             guard let members = groups[key], let first = members.first else { continue }
-            let files = members.map { logs[$0] }
+            let files = members.lazy.map { logs[$0] }
             let keep = logs[first].kind == .wal ? walRule(files, keptBackups) : binlogRule(files, keptBackups)
             for f in files {
                 let reason = keep(f)
@@ -78,7 +79,9 @@ public enum LogRetention {
 
     /// Keeps segments from the start of the oldest kept base backup of the same
     /// cluster (system identifier) on, and every timeline history file.
-    private static func walRule(_ files: [ArchivedLog], _ kept: [Manifest]) -> (ArchivedLog) -> String? {
+    private static func walRule<Files: Sequence<ArchivedLog>>(
+        _ files: Files, _ kept: [Manifest]
+    ) -> (ArchivedLog) -> String? {
         let clusters = Set(files.compactMap(\.systemIdentifier))
         let bases = kept.filter {
             $0.backupKind == .basebackup && $0.dump?.systemIdentifier.map(clusters.contains) == true
@@ -100,7 +103,9 @@ public enum LogRetention {
 
     /// Keeps binlogs from the one the oldest kept dump of the same server
     /// (server_id) starts in.
-    private static func binlogRule(_ files: [ArchivedLog], _ kept: [Manifest]) -> (ArchivedLog) -> String? {
+    private static func binlogRule<Files: Sequence<ArchivedLog>>(
+        _ files: Files, _ kept: [Manifest]
+    ) -> (ArchivedLog) -> String? {
         let servers = Set(files.compactMap(\.serverID))
         let dumps = kept.filter { m in
             // A dump that recorded no server_id (older dbbackup) may belong to any server.

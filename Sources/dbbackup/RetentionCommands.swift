@@ -132,14 +132,21 @@ struct DedupPrune: ParsableCommand {
                 printTable(header: ["ACTION", "ID", "GROUP", "CREATED", "REASONS"], rows: decisions.map {
                     [$0.keep ? "KEEP" : "DELETE", $0.id, $0.group, $0.createdAt, $0.reasons.joined(separator: ", ")]
                 })
-                // One line per WAL or binlog archive: they can be thousands of files.
-                for (group, members) in Dictionary(grouping: logDecisions, by: \.group).sorted(by: { $0.key < $1.key })
-                {
-                    let kept = members.filter(\.keep)
-                    let why = Set(kept.flatMap(\.reasons)).sorted().joined(separator: "; ")
-                    Terminal.out(
-                        "\(group): keep \(kept.count) files\(why.isEmpty ? "" : " (\(why))"), delete \(members.count - kept.count)"
-                    )
+                // One line per WAL or binlog archive: they can be a million files.
+                var summary = [String: (kept: Int, deleted: Int, reasons: Set<String>)]()
+                for d in logDecisions {
+                    var s = summary[d.group] ?? (0, 0, [])
+                    if d.keep {
+                        s.kept += 1
+                        s.reasons.formUnion(d.reasons)
+                    } else {
+                        s.deleted += 1
+                    }
+                    summary[d.group] = s
+                }
+                for (group, s) in summary.sorted(by: { $0.key < $1.key }) {
+                    let why = s.reasons.sorted().joined(separator: "; ")
+                    Terminal.out("\(group): keep \(s.kept) files\(why.isEmpty ? "" : " (\(why))"), delete \(s.deleted)")
                 }
             }
             let doomed = decisions.filter { !$0.keep }

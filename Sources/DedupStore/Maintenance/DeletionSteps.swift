@@ -81,24 +81,23 @@ final class LateCommits {
         }
         var packs = Set<PackID>()
         let walker = ReferenceWalker(repository: repository)
-        for id in ids where try repository.hasManifest(id) {
-            try walker.forEachBackup([id]) { id, loaded in
-                let manifest: Manifest
-                switch loaded {
-                case .success(let m): manifest = m
-                case .failure(let error):
-                    throw DedupError.invalidArgument(
-                        "gc stopped: backup \(id), committed while gc ran, cannot be read: \(error.message); nothing it needs was deleted; run gc again"
-                    )
-                }
-                try walker.forEachStream(of: manifest) { member, list in
-                    chunkLists.insert(member.chunkList.key.hashValue)
-                    try list.forEach { chunk, _ in
-                        // (A chunk seen twice before the set's next flush is inserted twice.)
-                        guard try !marks.contains(chunk) else { return }
-                        try marks.insert(chunk)
-                        if let pack = try index.lookup(chunk)?.pack { packs.insert(pack) }
-                    }
+        try walker.forEachBackup(ids) { id, loaded in
+            let manifest: Manifest
+            switch loaded {
+            case .success(let m): manifest = m
+            case .failure(.manifestNotFound): return  // a backup that died before its manifest
+            case .failure(let error):
+                throw DedupError.invalidArgument(
+                    "gc stopped: backup \(id), committed while gc ran, cannot be read: \(error.message); nothing it needs was deleted; run gc again"
+                )
+            }
+            try walker.forEachStream(of: manifest) { member, list in
+                chunkLists.insert(member.chunkList.key.hashValue)
+                try list.forEach { chunk, _ in
+                    // (A chunk seen twice before the set's next flush is inserted twice.)
+                    guard try !marks.contains(chunk) else { return }
+                    try marks.insert(chunk)
+                    if let pack = try index.lookup(chunk)?.pack { packs.insert(pack) }
                 }
             }
         }

@@ -170,10 +170,11 @@ enum ChunkDecoder {
 
     /// Returns the plaintext: `stored` itself for a raw chunk, else `plain`'s start.
     /// A group member's group is decompressed into `group` (once for a run of
-    /// members of the same group).
+    /// members of the same group). Without a `hasher` the plaintext is not checked
+    /// against the id (a restore into a file that the stream's SHA-256 checks).
     static func decode(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer,
                        into plain: UnsafeMutableRawBufferPointer, manifest: String,
-                       decompressor: ZstdDecompressor, hasher: SHA256Hasher,
+                       decompressor: ZstdDecompressor, hasher: SHA256Hasher?,
                        group: GroupScratch) throws -> UnsafeRawBufferPointer {
         func corrupt(_ detail: String) -> DedupError {
             .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
@@ -215,7 +216,7 @@ enum ChunkDecoder {
         case nil:
             throw corrupt("unknown encoding \(loc.encoding) (written by a newer dbbackup?)")
         }
-        guard hasher.digest(out) == id else { throw corrupt("SHA-256 of its contents does not match its id") }
+        if let hasher, hasher.digest(out) != id { throw corrupt("SHA-256 of its contents does not match its id") }
         return out
     }
 }

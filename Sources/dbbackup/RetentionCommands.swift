@@ -192,7 +192,9 @@ struct DedupGC: ParsableCommand {
         delete or index rebuild at a time) and takes the exclusive lock only for short
         steps that delete, each after marking the backups committed meanwhile; a backup
         or `wal archive` waits at most about a second for one. A step waits for running
-        backups to finish (up to 4 hours, or --lock-wait if longer). Packs with no live chunk are deleted; a pack whose rewrite would keep less than
+        backups to finish (up to 4 hours, or --lock-wait if longer).
+
+        Packs with no live chunk are deleted; a pack whose rewrite would keep less than
         the repack threshold of its bytes is rewritten without its dead chunks (a partly
         dead group is recompressed only when that makes it smaller). Small packs (below
         half the pack size: one per `wal archive` segment, the last one of each backup)

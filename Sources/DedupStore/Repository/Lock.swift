@@ -1,9 +1,9 @@
 import Foundation
 
 /// Repository locks, as objects under `locks/` so that they work on any backend:
-/// backups hold a shared lock; gc a maintenance lock for its whole run, and the
-/// exclusive one only for its short steps that delete; index rebuild, prune and
-/// delete an exclusive one. A lock records host, pid and start time, so that a
+/// backups hold a shared lock; gc and prune a maintenance lock for their whole
+/// run, and the exclusive one only for their short steps that delete; index
+/// rebuild and delete an exclusive one. A lock records host, pid and start time, so that a
 /// lock left by a dead process can be recognised and reported.
 public struct LockInfo: Codable, Equatable, Sendable {
     /// What a lock excludes: shared locks each other nothing; a maintenance lock

@@ -16,8 +16,12 @@ import Testing
     /// (The backup beside gc uses a cache of its own: two handles on one LMDB file
     /// in one process break LMDB's reader table. The CLI tests run both on one
     /// cache, in two processes.)
-    @Test(arguments: StoreKind.allCases)
-    func aBackupCommittedDuringGCKeepsTheDeadChunksItUses(store kind: StoreKind) throws {
+    /// When the late backup commits: after the mark (the pass before the first
+    /// step marks it), or just before a step takes the lock (the step marks it).
+    enum Moment: String, CaseIterable, Sendable { case afterMark, beforeLock }
+
+    @Test(arguments: StoreKind.allCases, Moment.allCases)
+    func aBackupCommittedDuringGCKeepsTheDeadChunksItUses(store kind: StoreKind, moment: Moment) throws {
         let store = TestStore(kind)
         let repo = try makeRepository(store)
         let head = randomBytes(150_000, seed: 1), tail = randomBytes(600_000, seed: 2)
@@ -33,9 +37,14 @@ import Testing
         // Committed after the mark: its chunks of x's tail and of d were marked dead.
         let late = tail + dead + randomBytes(50_000, seed: 5)
         var lateID = ""
-        gc.afterMark = {
+        let commitLate = {
+            guard lateID.isEmpty else { return }
             let other = try store.reopen(cacheRoot: store.sub("other-host"))
             lateID = try backup(other, late, name: "late").id
+        }
+        switch moment {
+        case .afterMark: gc.afterMark = commitLate
+        case .beforeLock: gc.beforeExclusiveStep = commitLate
         }
         let r = try gc.run()
         #expect(r.packsKeptForNewBackups == 2, "x's pack (planned for a rewrite) and d's (for deletion): \(r)")

@@ -7,7 +7,8 @@ import Foundation
 /// lock and takes it only for these steps. Backups committed meanwhile may use
 /// chunks the mark found dead: at the start of each step, with no backup in
 /// flight, every backup committed since gc began (found in the change notes, see
-/// `LateCommits`) is marked, and the packs that the index places its newly marked
+/// `LateCommits`; most of them in a pass just before, without the lock) is
+/// marked, and the packs that the index places its newly marked
 /// chunks in are kept by this run. Packs written meanwhile are never gc's: the
 /// sweep only looks at the packs listed before the mark (`PackCensus`).
 ///
@@ -26,6 +27,8 @@ final class DeletionSteps {
     /// Steps run under the exclusive lock, and the seconds they held it.
     private(set) var lockedSteps = 0
     private(set) var lockedSeconds = 0.0
+    /// Test hook, run between the unlocked pass and taking the lock.
+    var beforeLock: (() throws -> Void)?
 
     init(
         repository: Repository, since started: Date, marks: ChunkSet, index: ChunkIndex, chunkLists: Set<Int>,
@@ -42,6 +45,8 @@ final class DeletionSteps {
     /// are marked, when gc runs beside backups.
     func run(_ body: () throws -> Void) throws {
         guard let takeExclusive, let late else { return try body() }
+        kept.formUnion(try late.mark(into: marks, index: index, chunkLists: &chunkLists, locked: false))
+        try beforeLock?()
         let lock = try takeExclusive()
         defer { lock.release() }
         let started = Date()
@@ -49,57 +54,70 @@ final class DeletionSteps {
             lockedSteps += 1
             lockedSeconds += Date().timeIntervalSince(started)
         }
-        kept.formUnion(try late.mark(into: marks, index: index, chunkLists: &chunkLists))
+        kept.formUnion(try late.mark(into: marks, index: index, chunkLists: &chunkLists, locked: true))
         try body()
     }
 }
 
 /// Backups committed while gc runs without the exclusive lock, found by their
-/// change notes (a commit note is written before its manifest). Notes are read
-/// from an hour (`ChangeNote.settleTime`) before gc began, since writers' clocks
-/// may differ; marking a backup twice costs only the time.
+/// change notes (a commit note is written before its manifest, in the hour
+/// folder of its writer's clock). Notes are read from a day before gc began to a
+/// day past now (`clockMargin`): a writer whose clock is off by less than that
+/// is seen. Marking a backup twice costs only the time; a step lists about 49
+/// small hour folders.
 final class LateCommits {
     private let repository: Repository
     private let since: Date
-    private var seen = Set<String>()
+    /// Notes whose backups are marked (or died), and the backups marked.
+    private var settled = Set<String>()
+    private var marked = Set<String>()
+    /// How far a writer's clock may be from gc's.
+    static let clockMargin: TimeInterval = 24 * 3600
 
     init(repository: Repository, since started: Date) {
         self.repository = repository
-        since = started.addingTimeInterval(-ChangeNote.settleTime)
+        since = started.addingTimeInterval(-Self.clockMargin)
     }
 
     /// Marks the chunks and chunk lists of every backup committed since the last
-    /// call (their notes not seen yet) and returns the packs the index places
-    /// their newly marked chunks in. Call it with no backup in flight (under the
-    /// exclusive lock): then every note names a manifest that is there, or one
-    /// that will never be (a backup that died).
-    func mark(into marks: ChunkSet, index: ChunkIndex, chunkLists: inout Set<Int>) throws -> Set<PackID> {
-        var ids = [String]()
-        for key in try repository.changeKeys(since: since) where seen.insert(key).inserted {
-            guard let note = try repository.loadChange(key), note.op == .commit else { continue }
-            ids += note.ids
-        }
+    /// call (notes not settled yet) and returns the packs the index places their
+    /// newly marked chunks in. Run once without the lock (most of the work: the
+    /// first call reads a day of notes) and once `locked`, with no backup in
+    /// flight: a note whose manifest is not there is then a backup that died;
+    /// before, it may be one still writing, so its note is looked at again.
+    func mark(into marks: ChunkSet, index: ChunkIndex, chunkLists: inout Set<Int>, locked: Bool) throws -> Set<PackID> {
         var packs = Set<PackID>()
         let walker = ReferenceWalker(repository: repository)
-        try walker.forEachBackup(ids) { id, loaded in
-            let manifest: Manifest
-            switch loaded {
-            case .success(let m): manifest = m
-            case .failure(.manifestNotFound): return  // a backup that died before its manifest
-            case .failure(let error):
-                throw DedupError.invalidArgument(
-                    "gc stopped: backup \(id), committed while gc ran, cannot be read: \(error.message); nothing it needs was deleted; run gc again"
-                )
+        for key in try repository.changeKeys(since: since, ahead: Self.clockMargin) where !settled.contains(key) {
+            guard let note = try repository.loadChange(key), note.op == .commit else {
+                settled.insert(key)
+                continue
             }
-            try walker.forEachStream(of: manifest) { member, list in
-                chunkLists.insert(member.chunkList.key.hashValue)
-                try list.forEach { chunk, _ in
-                    // (A chunk seen twice before the set's next flush is inserted twice.)
-                    guard try !marks.contains(chunk) else { return }
-                    try marks.insert(chunk)
-                    if let pack = try index.lookup(chunk)?.pack { packs.insert(pack) }
+            var done = true
+            try walker.forEachBackup(note.ids.filter { !marked.contains($0) }) { id, loaded in
+                let manifest: Manifest
+                switch loaded {
+                case .success(let m): manifest = m
+                case .failure(.manifestNotFound):
+                    if !locked { done = false }
+                    return
+                case .failure(let error):
+                    throw DedupError.invalidArgument(
+                        "gc stopped: backup \(id), committed while gc ran, cannot be read: \(error.message); nothing it needs was deleted; run gc again"
+                    )
                 }
+                try walker.forEachStream(of: manifest) { member, list in
+                    chunkLists.insert(member.chunkList.key.hashValue)
+                    try list.forEach { chunk, _ in
+                        // (A chunk seen twice before the set's next flush is inserted twice.)
+                        guard try !marks.contains(chunk) else { return }
+                        try marks.insert(chunk)
+                        if let pack = try index.lookup(chunk)?.pack { packs.insert(pack) }
+                    }
+                }
+                marked.insert(id)
             }
+            if done { settled.insert(key) }
         }
         try marks.flush()
         return packs

@@ -78,6 +78,9 @@ public final class GarbageCollector {
     public static let exclusiveStepWait: TimeInterval = 4 * 3600
     /// Test hook, run after the mark: a backup committed here is one gc did not see.
     var afterMark: (() throws -> Void)?
+    /// Test hook, run before each exclusive step takes the lock (after the pass
+    /// that marks late commits without it).
+    var beforeExclusiveStep: (() throws -> Void)?
 
     public init(repository: Repository) {
         self.repository = repository
@@ -124,6 +127,7 @@ public final class GarbageCollector {
         let steps = DeletionSteps(
             repository: repository, since: started, marks: marks, index: index, chunkLists: liveLists,
             takeExclusive: dryRun ? nil : takeExclusive)
+        steps.beforeLock = beforeExclusiveStep
         let sweep = try Sweep(repository: repository, index: index, marks: marks, mapped: mapped,
                               census: census, steps: steps, dryRun: dryRun, threshold: repackThreshold,
                               forgetBatch: forgetBatch, report: report)

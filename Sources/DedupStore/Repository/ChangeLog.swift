@@ -91,11 +91,14 @@ extension Repository {
     }
 
     /// The keys of the notes written from `start` on (by their writers' clocks),
-    /// oldest first: one listing per hour folder up to an hour past now.
-    public func changeKeys(since start: Date, now: Date = Date()) throws -> [String] {
+    /// oldest first: one listing per hour folder up to `ahead` past now (an hour:
+    /// writers' clocks may run that much ahead).
+    public func changeKeys(
+        since start: Date, now: Date = Date(), ahead: TimeInterval = ChangeNote.settleTime
+    ) throws -> [String] {
         var keys = [String]()
         var hour = Date(timeIntervalSince1970: (start.timeIntervalSince1970 / 3600).rounded(.down) * 3600)
-        let end = now.addingTimeInterval(ChangeNote.settleTime)
+        let end = now.addingTimeInterval(ahead)
         while hour <= end {
             keys += try backend.keys(ChangeNote.hourFolder(hour)).filter {
                 (ChangeNote.time(ofKey: $0) ?? .distantPast) >= start

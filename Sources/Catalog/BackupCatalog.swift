@@ -157,25 +157,38 @@ public final class BackupCatalog {
         return report
     }
 
-    /// Every manifest and verification record against the catalog's rows.
+    /// Every manifest and verification record against the catalog's rows. The
+    /// listing goes into a temporary table and both sides meet in SQL, so memory
+    /// stays bounded (a year of WAL is a million ids); both are read inside the
+    /// transaction: another process's commit cannot fall between them.
     private func synchronizeFully() throws -> SyncReport {
         var report = SyncReport(full: true)
-        // Both sides read inside the transaction: another process's commit cannot
-        // fall between them.
-        let inRepository = Set(try repository.manifestIDs())
-        let inCatalog = try verifiedAtByID()
-        let verifications = try repository.verificationRecords()
-        for id in inRepository.subtracting(inCatalog.keys).sorted() {
-            guard let manifest = try readableManifest(id) else { continue }
-            try upsert(manifest)
-            report.added += 1
-            if let v = verifications[id] { try apply(v) }
+        try db.execute("CREATE TEMP TABLE IF NOT EXISTS listed (id TEXT PRIMARY KEY); DELETE FROM temp.listed")
+        try repository.forEachManifestID { id in
+            try db.run("INSERT OR IGNORE INTO temp.listed (id) VALUES (?1)", [.text(id)])
         }
-        for id in Set(inCatalog.keys).subtracting(inRepository) {
-            try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
-            report.removed += 1
+        report.verificationsUpdated = try applyChangedVerifications(onlyListed: true)
+        // Backups the catalog does not list yet, a page at a time in id order.
+        var after = ""
+        while true {
+            var page = [String]()
+            try db.run("""
+                SELECT id FROM temp.listed WHERE id > ?1 AND id NOT IN (SELECT id FROM backups) ORDER BY id LIMIT 1000
+                """, [.text(after)]) { row in
+                if let id = row.text(0) { page.append(id) }
+            }
+            guard let last = page.last else { break }
+            after = last
+            for id in page {
+                guard let manifest = try readableManifest(id) else { continue }
+                try upsert(manifest)
+                report.added += 1
+                if let v = try repository.verificationRecord(id) { try apply(v) }
+            }
         }
-        report.verificationsUpdated += try applyChanged(verifications, known: inCatalog) { inRepository.contains($0) }
+        try db.run("DELETE FROM backups WHERE id NOT IN (SELECT id FROM temp.listed)")
+        report.removed = db.changes
+        try db.execute("DELETE FROM temp.listed")
         return report
     }
 
@@ -206,7 +219,7 @@ public final class BackupCatalog {
             var done = true
             if let note = try repository.loadChange(key) {
                 if note.op == .verify, note.ids == [ChangeNote.everyBackup] {
-                    report.verificationsUpdated += try applyChanged(repository.verificationRecords(), known: verifiedAtByID())
+                    report.verificationsUpdated += try applyChangedVerifications(onlyListed: false)
                 } else {
                     for id in note.ids {
                         done = try apply(note.op, id, &report) && done
@@ -224,25 +237,18 @@ public final class BackupCatalog {
         return report
     }
 
-    /// The verification time the catalog has for each backup it lists.
-    private func verifiedAtByID() throws -> [String: String?] {
-        var out = [String: String?]()
-        try db.run("SELECT id, verified_at FROM backups") { row in
-            if let id = row.text(0) { out[id] = row.text(1) }
-        }
-        return out
-    }
-
-    /// Takes in each record of a listed backup (`known`, and `keep` says yes) whose
-    /// time differs from the catalog's. Returns how many were taken in.
-    private func applyChanged(_ records: [String: VerificationRecord], known: [String: String?],
-                              keep: (String) -> Bool = { _ in true }) throws -> Int {
+    /// Takes in every verification record whose time differs from the catalog's
+    /// for a backup it lists (and, `onlyListed`, that the full sync's listing
+    /// has), one record at a time. Returns how many were taken in.
+    private func applyChangedVerifications(onlyListed: Bool) throws -> Int {
         var updated = 0
-        for (id, v) in records where keep(id) {
-            if let at = known[id], at != v.verifiedAt {
-                try apply(v)
-                updated += 1
-            }
+        let listed = onlyListed ? " AND id IN (SELECT id FROM temp.listed)" : ""
+        try repository.forEachVerificationRecord { v in
+            try db.run("""
+                UPDATE backups SET verified_at = ?2, verified_ok = ?3, verify_mode = ?4
+                WHERE id = ?1 AND verified_at IS NOT ?2\(listed)
+                """, [.text(v.id), .text(v.verifiedAt), .int(v.ok ? 1 : 0), .text(v.mode)])
+            updated += db.changes
         }
         return updated
     }

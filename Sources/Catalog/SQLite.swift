@@ -78,6 +78,9 @@ final class SQLiteDatabase {
         }
     }
 
+    /// Rows the last statement inserted, changed or deleted (not its triggers').
+    var changes: Int { Int(sqlite3_changes(db)) }
+
     /// Runs `body` in one transaction (committed, or rolled back on error).
     func transaction(_ body: () throws -> Void) throws {
         try execute("BEGIN IMMEDIATE")

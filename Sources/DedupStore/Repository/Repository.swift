@@ -513,13 +513,19 @@ public final class Repository {
 
     /// Ids of every committed backup, sorted.
     public func manifestIDs() throws -> [String] {
-        // One key at a time: the chunk lists beside the manifests are never held.
         var ids = [String]()
+        try forEachManifestID { ids.append($0) }
+        return ids.sorted()
+    }
+
+    /// Calls `body` with the id of every committed backup, in no particular order,
+    /// one key at a time: neither the listing nor the chunk lists beside the
+    /// manifests are held.
+    public func forEachManifestID(_ body: (String) throws -> Void) throws {
         try backend.forEachKey("manifests/") { key in
             guard key.hasSuffix(".manifest.json") else { return }
-            ids.append(String(FileIO.lastComponent(key).dropLast(".manifest.json".count)))
+            try body(String(FileIO.lastComponent(key).dropLast(".manifest.json".count)))
         }
-        return ids.sorted()
     }
 
     public func loadManifest(_ id: String) throws -> Manifest {
@@ -541,9 +547,7 @@ public final class Repository {
     /// neither the listing nor the manifests (prune over a year of WAL); a damaged
     /// or too new one is skipped with a notice.
     public func forEachManifest(_ body: (Manifest) throws -> Void) throws {
-        try backend.forEachKey("manifests/") { key in
-            guard key.hasSuffix(".manifest.json") else { return }
-            let id = String(FileIO.lastComponent(key).dropLast(".manifest.json".count))
+        try forEachManifestID { id in
             let manifest: Manifest
             do {
                 manifest = try loadManifest(id)
@@ -591,12 +595,18 @@ public final class Repository {
     /// The last verification of each backup that has one.
     public func verificationRecords() throws -> [String: VerificationRecord] {
         var out = [String: VerificationRecord]()
-        for obj in try backend.list("verified/") where obj.key.hasSuffix(".json") {
-            guard let bytes = try backend.get(obj.key),
-                  let r = try? JSONDecoder().decode(VerificationRecord.self, from: Data(bytes)) else { continue }
-            out[r.id] = r
-        }
+        try forEachVerificationRecord { out[$0.id] = $0 }
         return out
+    }
+
+    /// Calls `body` with each readable verification record, one at a time, in no
+    /// particular order (a catalog's full sync of a million backups).
+    public func forEachVerificationRecord(_ body: (VerificationRecord) throws -> Void) throws {
+        try backend.forEachKey("verified/") { key in
+            guard key.hasSuffix(".json"), let bytes = try backend.get(key),
+                  let r = try? JSONDecoder().decode(VerificationRecord.self, from: Data(bytes)) else { return }
+            try body(r)
+        }
     }
 
     public func saveVerification(_ r: VerificationRecord) throws {

@@ -74,8 +74,10 @@ public final class Verifier {
     ) throws -> VerifyReport {
         try repository.requireKey()
         var report = VerifyReport()
-        /// Backups whose verification record this run saved.
-        var recorded = [String]()
+        /// How many backups had their verification record saved, and the first
+        /// of them (what the change note names, up to a thousand).
+        var recorded = 0
+        var recordedIDs = [String]()
         let index = try repository.listedIndex()
         // Nothing can be recorded on a read-only repository; the report still says all.
         let readOnly = repository.isReadOnly
@@ -137,7 +139,11 @@ public final class Verifier {
         }
 
         // Manifests: chunk list, then each chunk's location.
-        let ids = try requested ?? repository.manifestIDs()
+        // Every backup one id at a time (a year of WAL: a million ids not held), or
+        // the ones asked for.
+        func eachBackupID(_ body: (String) throws -> Void) throws {
+            if let requested { for id in requested { try body(id) } } else { try repository.forEachManifestID(body) }
+        }
         /// Why a backup cannot get `chunk` of `length` bytes from where the index
         /// places it, or nil when nothing is wrong; `coveredInFull` goes false when
         /// its pack was not read in full in this run.
@@ -180,7 +186,7 @@ public final class Verifier {
         }
 
         let walker = ReferenceWalker(repository: repository)
-        try walker.forEachBackup(ids) { id, loaded in
+        func check(_ id: String, _ loaded: Result<Manifest, DedupError>) throws {
             report.manifestsChecked += 1
             var firstProblem: String?
             var coveredInFull = true
@@ -210,12 +216,15 @@ public final class Verifier {
                     VerificationRecord(
                         id: id, verifiedAt: now, mode: coveredInFull ? "deep" : "quick", ok: firstProblem == nil,
                         problem: firstProblem))
-                recorded.append(id)
+                recorded += 1
+                if recordedIDs.count <= 1000 { recordedIDs.append(id) }
             }
         }
+        try eachBackupID { id in try walker.forEachBackup([id], check) }
+        report.damagedManifests.sort()
         // After the records: a catalog that reads the note finds them saved.
         // Past a thousand, one note for all ("*"): a catalog then reads every record.
-        try repository.noteChange(.verify, ids: recorded.count > 1000 ? [ChangeNote.everyBackup] : recorded)
+        try repository.noteChange(.verify, ids: recorded > 1000 ? [ChangeNote.everyBackup] : recordedIDs)
         // A corrupt chunk leaves the index, so that the next backup of the same data
         // stores it again, which heals every backup that needs it; the repository
         // records it, so that no rebuild or other host's cache indexes it again.

@@ -52,11 +52,10 @@ let mb = Double(data.count) / 1e6
 /// work a chunk that is stored already costs a backup. Returns the chunk count.
 @Sendable func cutAndHash(_ base: UnsafePointer<UInt8>, count: Int, _ chunker: ContentDefinedChunker) -> Int {
     let hasher = SHA256Hasher()
-    var off = 0, chunks = 0
-    while off < count {
-        let n = chunker.cutPoint(base + off, count: count - off)
+    var chunks = 0
+    // The two-lane cut search a backup's reader uses (the faster of the two ways).
+    chunker.forEachChunk(base, count: count) { off, n in
         _ = hasher.digest(UnsafeRawBufferPointer(start: base + off, count: n))
-        off += n
         chunks += 1
     }
     return chunks
@@ -121,6 +120,16 @@ let chunkRate = measure(data.count) {
     precondition(n == data.count)
 }
 print(String(format: "| FastCDC chunker (streaming, %d KiB avg) | %.0f |", average / 1024, chunkRate))
+
+let searchRate = data.withUnsafeBufferPointer { buf in
+    measure(buf.count) {
+        guard let base = buf.baseAddress else { return }
+        var n = 0
+        chunker.forEachChunk(base, count: buf.count) { _, length in n += length }
+        precondition(n == buf.count)
+    }
+}
+print(String(format: "| FastCDC chunker (two-lane cut search, as a backup's reader) | %.0f |", searchRate))
 
 let hasher = SHA256Hasher()
 let shaRate = data.withUnsafeBytes { raw in

@@ -74,6 +74,93 @@ func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [Chunk
         #expect(batched == single)
     }
 
+    /// Small chunks (the smallest allowed minimum, 64 bytes) make cuts fall often in
+    /// the 63 bytes after the minimum, where the hash from the chunk's start
+    /// differs from the 64-byte window the candidate search uses.
+    static let searchParameters: [ChunkerParameters] = [
+        ChunkerParameters(minSize: 64, avgSize: 4096, maxSize: 16384),
+        ChunkerParameters(average: 64 * 1024),
+        .default,
+    ]
+
+    @Test(arguments: searchParameters)
+    func candidateSearchCutsExactlyLikeCutPoint(params: ChunkerParameters) throws {
+        let chunker = ContentDefinedChunker(params)
+        let sqlLike = Array((0..<60_000).map { "INSERT INTO t VALUES (\($0), 'row \($0 % 97)');\n" }.joined().utf8)
+        let inputs: [[UInt8]] = [
+            randomBytes(3 << 20, seed: 21), sqlLike, [UInt8](repeating: 0, count: 3 * params.maxSize + 77),
+            randomBytes(params.minSize + 100, seed: 22), randomBytes(1, seed: 23), [],
+            randomBytes(1 << 20, seed: 24) + [UInt8](repeating: 9, count: 2 * params.maxSize) + randomBytes(1 << 20, seed: 25),
+        ]
+        var nearMinimum = 0
+        for data in inputs {
+            var serial = [Int]()
+            var searched = [Int]()
+            data.withUnsafeBufferPointer { buf in
+                guard let base = buf.baseAddress else { return }
+                var off = 0
+                while off < buf.count {
+                    let n = chunker.cutPoint(base + off, count: buf.count - off)
+                    serial.append(n)
+                    off += n
+                }
+                chunker.forEachChunk(base, count: buf.count) { offset, n in
+                    #expect(offset == searched.reduce(0, +))
+                    searched.append(n)
+                }
+            }
+            #expect(sameCuts(searched, serial), "\(data.count) bytes: \(firstDifference(searched, serial))")
+            nearMinimum += serial.dropLast().filter { $0 > params.minSize && $0 <= params.minSize + 64 }.count
+        }
+        if params.minSize == 64 {
+            // The test must reach the exact-hash path, or it proves nothing there.
+            #expect(nearMinimum > 0)
+        }
+    }
+
+    @Test func candidateSearchOfAnyPartAgreesWithTheWhole() {
+        let chunker = ContentDefinedChunker(ChunkerParameters(minSize: 64, avgSize: 4096, maxSize: 16384))
+        let data = randomBytes(1 << 20, seed: 26)
+        data.withUnsafeBufferPointer { buf in
+            guard let base = buf.baseAddress else { return }
+            var whole = [Int]()
+            chunker.findCandidates(base, from: 0, to: buf.count, into: &whole)
+            #expect(whole.count > 500)
+            #expect(whole == whole.sorted())
+            // Parts of every length, split anywhere (odd lanes, one byte, none).
+            var g = SeededGenerator(seed: 27)
+            var joined = [Int]()
+            var at = 0
+            while at < buf.count {
+                let n = min(buf.count - at, Int(g.next() % 9000))
+                chunker.findCandidates(base, from: at, to: at + n, into: &joined)
+                at += n
+            }
+            // Positions before 63 see less than a whole window: left out of the comparison.
+            #expect(joined.filter { $0 >> 1 >= 63 } == whole.filter { $0 >> 1 >= 63 })
+        }
+    }
+
+    @Test(arguments: [1, 2, 3])
+    func readerSearchOnSeveralCoresCutsLikeSingleChunks(searchWorkers: Int) throws {
+        let params = ChunkerParameters(minSize: 64, avgSize: 4096, maxSize: 16384)
+        let data = randomBytes(3 << 20, seed: 28) + [UInt8](repeating: 5, count: 100_000) + randomBytes(1 << 20, seed: 29)
+        let single = try chunkLengths(JaggedSource(bytes: data), params, bufferSize: 1 << 20)
+        for batchBytes in [1 << 20, 300_000] {
+            let reader = ChunkBatchProducer(
+                source: JaggedSource(bytes: data), chunker: ContentDefinedChunker(params), batchBytes: batchBytes,
+                searchWorkers: searchWorkers)
+            reader.start()
+            var batched = [Int]()
+            while let batch = try reader.next() {
+                batched += batch.ranges.map(\.count)
+                reader.release(batch)
+            }
+            _ = reader.finish()
+            #expect(sameCuts(batched, single), "batches of \(batchBytes): \(firstDifference(batched, single))")
+        }
+    }
+
     @Test func readerThreadPassesReadErrorsOnAndStops() throws {
         struct FailingSource: ByteSource {
             var left = 3 << 20
@@ -162,6 +249,15 @@ extension ChunkerTests {
         let lengths = try chunkLengths(BufferSource(randomBytes(1 << 20, seed: 1)), params)
         #expect(Array(lengths.prefix(6)) == PinnedCuts.first6)
     }
+}
+
+/// Equal chunk lengths (a function, so that a failure prints the difference, not both lists).
+func sameCuts(_ a: [Int], _ b: [Int]) -> Bool { a == b }
+
+func firstDifference(_ a: [Int], _ b: [Int]) -> String {
+    guard let i = (0..<min(a.count, b.count)).first(where: { a[$0] != b[$0] }) ?? (a.count == b.count ? nil : min(a.count, b.count))
+    else { return "none" }
+    return "chunk \(i) (after \(a.prefix(i).reduce(0, +)) bytes): \(i < a.count ? "\(a[i])" : "end") vs \(i < b.count ? "\(b[i])" : "end")"
 }
 
 enum PinnedCuts {

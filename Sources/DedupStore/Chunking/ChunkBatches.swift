@@ -14,7 +14,8 @@ struct ChunkBatch {
     var length: Int { ranges.last?.upperBound ?? 0 }
 }
 
-/// Reads and cuts the input on its own thread, a few batches ahead of the thread
+/// Reads and cuts the input on its own thread (searching each buffer for cuts on
+/// all cores, `ContentDefinedChunker.findCandidates`), a few batches ahead of the thread
 /// that hashes, compresses and stores them; on request a second thread folds
 /// every batch into the whole-stream SHA-256 meanwhile. Memory: `depth` buffers of one batch plus
 /// two maximum-size chunks each, whatever the input's length.
@@ -24,7 +25,7 @@ struct ChunkBatch {
 /// (after an error); one of the two must be called before the source goes away.
 final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Sendable {
     // Guarded by `condition`: the queues, the buffer users and the flags. The
-    // source and the chunker belong to the reader thread, the hasher to the
+    // source, the chunker and the cut candidates belong to the reader thread, the hasher to the
     // digest thread, until each has ended.
     private let condition = NSCondition()
     private var free: [Int]
@@ -45,8 +46,14 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     private let digests: Bool
 
     /// With `streamDigest` false there is no digest thread and `finish()` returns nil.
-    init(source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3, streamDigest: Bool = true) {
+    /// `searchWorkers`: how many cores search each buffer for cuts (the reader's
+    /// thread and the rest from the shared pool).
+    init(
+        source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3, streamDigest: Bool = true,
+        searchWorkers: Int = ProcessInfo.processInfo.activeProcessorCount
+    ) {
         self.source = source
+        self.searchWorkers = max(1, searchWorkers)
         digests = streamDigest
         self.chunker = chunker
         self.batchBytes = batchBytes
@@ -159,6 +166,60 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         condition.unlock()
     }
 
+    // MARK: - the reader's search for cuts
+
+    /// The cut candidates of the buffer being cut (`findCandidates`' entries),
+    /// which begin with those of the tail carried over from the previous buffer.
+    private var candidates = [Int]()
+    /// How many of `candidates` came with the carried tail, and how far into it the
+    /// search had come (its whole length).
+    private var carriedCandidates: (count: Int, searched: Int) = (0, 0)
+    /// One list per part of the input searched on its own core.
+    private var partCandidates: [[Int]] = []
+    private let searchWorkers: Int
+
+    /// Finds the candidates of `from..<to` of the buffer at `bytes` (the carried
+    /// tail's are there already), in parts on all the search workers when the
+    /// span is large enough to pay for it.
+    private func findCandidates(_ bytes: UnsafePointer<UInt8>, from: Int, to: Int) {
+        candidates.removeSubrange(carriedCandidates.count...)
+        let parts = min(searchWorkers, max(1, (to - from) / (256 << 10)))
+        if parts == 1 {
+            chunker.findCandidates(bytes, from: from, to: to, into: &candidates)
+            return
+        }
+        while partCandidates.count < parts { partCandidates.append([]) }
+        let chunker = chunker
+        partCandidates.withUnsafeMutableBufferPointer { lists in
+            guard let listBase = lists.baseAddress else { return }
+            let out = SharedPointer(base: listBase)
+            runInParallel(parts) { part in
+                var list = out[part]
+                out[part] = []  // unshared, so appends do not copy
+                list.removeAll(keepingCapacity: true)
+                let a = from + (to - from) * part / parts, b = from + (to - from) * (part + 1) / parts
+                chunker.findCandidates(bytes, from: a, to: b, into: &list)
+                out[part] = list
+            }
+        }
+        for part in 0..<parts { candidates.append(contentsOf: partCandidates[part]) }
+    }
+
+    /// Keeps the candidates of the uncut tail `start..<searched` for the next
+    /// buffer, where the tail moves to the front.
+    private func carryCandidates(from start: Int, searched: Int) {
+        var first = 0
+        while first < candidates.count && candidates[first] >> 1 < start { first += 1 }
+        let shift = start << 1
+        var kept = 0
+        for i in first..<candidates.count {
+            candidates[kept] = candidates[i] - shift
+            kept += 1
+        }
+        candidates.removeSubrange(kept...)
+        carriedCandidates = (kept, searched - start)
+    }
+
     private func readInput() {
         let maxChunk = chunker.parameters.maxSize
         // The uncut tail of the previous buffer: it moves to the front of the next.
@@ -182,15 +243,20 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     let n = try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
                     if n == 0 { atEOF = true } else { end += n }
                 }
+                let bytes = UnsafePointer(base.assumingMemoryBound(to: UInt8.self))
+                findCandidates(bytes, from: carriedCandidates.searched, to: end)
                 var ranges = [Range<Int>]()
                 ranges.reserveCapacity(batchBytes / chunker.parameters.minSize + 1)
                 var start = 0
-                // A cut near the end must see the bytes after it: cut while a
-                // maximum-size chunk is available, or the input is all here.
-                while end > start && (atEOF || end - start >= maxChunk) && start < batchBytes {
-                    let n = chunker.cutPoint((base + start).assumingMemoryBound(to: UInt8.self), count: end - start)
-                    ranges.append(start..<(start + n))
-                    start += n
+                candidates.withUnsafeBufferPointer { found in
+                    var cursor = 0
+                    // A cut near the end must see the bytes after it: cut while a
+                    // maximum-size chunk is available, or the input is all here.
+                    while end > start && (atEOF || end - start >= maxChunk) && start < batchBytes {
+                        let n = chunker.cutPoint(bytes, at: start, count: end - start, candidates: found, cursor: &cursor)
+                        ranges.append(start..<(start + n))
+                        start += n
+                    }
                 }
                 if ranges.isEmpty {
                     condition.lock()
@@ -198,7 +264,13 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     condition.unlock()
                     return
                 }
-                if end > start { carry = (index, start, end - start) }
+                if end > start {
+                    carry = (index, start, end - start)
+                    carryCandidates(from: start, searched: end)
+                } else {
+                    carriedCandidates = (0, 0)
+                    candidates.removeAll(keepingCapacity: true)
+                }
                 publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges))
             }
         } catch {

@@ -80,6 +80,114 @@ public struct ContentDefinedChunker: Sendable {
         }
         return end
     }
+
+    // MARK: - Searching for cuts apart from choosing them
+
+    /// Appends to `out`, ascending, every position `from..<to` of `data` where the
+    /// gear hash of the 64 bytes ending there passes the looser mask: as
+    /// `position << 1 | 1` when it passes the stricter one too, `position << 1`
+    /// when not. The hash warms up on the 63 bytes before `from` (fewer at the
+    /// start of `data`).
+    ///
+    /// A gear hash depends only on the last 64 bytes, so parts of a buffer can be
+    /// searched apart (on several cores, and two at a time on one core, where the
+    /// two hashes' dependency chains overlap), and `cutPoint(_:at:count:candidates:cursor:)`
+    /// then chooses exactly the cuts `cutPoint(_:count:)` makes.
+    public func findCandidates(_ data: UnsafePointer<UInt8>, from: Int, to: Int, into out: inout [Int]) {
+        guard to > from else { return }
+        let gear = GearTable.pointer
+        let maskS = maskSmall, maskL = maskLarge
+        @inline(__always) func warm(_ at: Int) -> UInt64 {
+            var h: UInt64 = 0
+            var j = max(0, at - 63)
+            while j < at {
+                h = (h << 1) &+ gear[Int(data[j])]
+                j += 1
+            }
+            return h
+        }
+        @inline(__always) func entry(_ position: Int, _ h: UInt64) -> Int {
+            position << 1 | (h & maskS == 0 ? 1 : 0)
+        }
+        // Two lanes: a = from..<mid, b = mid..<to (b the longer by at most one byte).
+        let mid = from + (to - from) / 2
+        let laneLength = mid - from
+        var ha = warm(from), hb = warm(mid)
+        var laterHits = [Int]()  // lane b's, appended after lane a's
+        var k = 0
+        while k < laneLength {
+            ha = (ha << 1) &+ gear[Int(data[from + k])]
+            hb = (hb << 1) &+ gear[Int(data[mid + k])]
+            if (ha & maskL == 0) || (hb & maskL == 0) {
+                if ha & maskL == 0 { out.append(entry(from + k, ha)) }
+                if hb & maskL == 0 { laterHits.append(entry(mid + k, hb)) }
+            }
+            k += 1
+        }
+        var i = mid + laneLength
+        while i < to {
+            hb = (hb << 1) &+ gear[Int(data[i])]
+            if hb & maskL == 0 { laterHits.append(entry(i, hb)) }
+            i += 1
+        }
+        out.append(contentsOf: laterHits)
+    }
+
+    /// The length of the chunk at `start` of `data`, whose `count` bytes from there
+    /// are all the input that remains or at least `maxSize` of it: the same as
+    /// `cutPoint(data + start, count: count)`, chosen from `candidates` (what
+    /// `findCandidates` found for every position of `data` up to `start + count`).
+    /// `cursor` is where to look in `candidates`; it only moves forward.
+    @inline(__always)
+    public func cutPoint(
+        _ data: UnsafePointer<UInt8>, at start: Int, count: Int, candidates: UnsafeBufferPointer<Int>,
+        cursor: inout Int
+    ) -> Int {
+        let minSize = parameters.minSize
+        if count <= minSize { return count }
+        let end = min(count, parameters.maxSize)
+        let normal = min(parameters.avgSize, end)
+        // The first 63 positions after the minimum: the hash started at the minimum
+        // and does not cover 64 bytes yet, so it differs from the candidates'.
+        let gear = GearTable.pointer
+        let exactEnd = min(minSize + 63, end)
+        var hash: UInt64 = 0
+        var i = minSize
+        while i < exactEnd {
+            hash = (hash << 1) &+ gear[Int(data[start + i])]
+            if hash & (i < normal ? maskSmall : maskLarge) == 0 { return i + 1 }
+            i += 1
+        }
+        let first = (start + exactEnd) << 1
+        while cursor < candidates.count && candidates[cursor] < first { cursor += 1 }
+        var c = cursor
+        while c < candidates.count {
+            let position = candidates[c] >> 1 - start
+            if position >= end { break }
+            if position >= normal || candidates[c] & 1 == 1 {
+                cursor = c + 1
+                return position + 1
+            }
+            c += 1
+        }
+        return end
+    }
+
+    /// Every cut of `count` bytes at `data` (the whole input), in order, through
+    /// `findCandidates` on this thread: the same cuts as repeated `cutPoint(_:count:)`.
+    public func forEachChunk(_ data: UnsafePointer<UInt8>, count: Int, _ body: (_ offset: Int, _ length: Int) -> Void) {
+        var candidates = [Int]()
+        findCandidates(data, from: 0, to: count, into: &candidates)
+        candidates.withUnsafeBufferPointer { found in
+            var cursor = 0
+            var offset = 0
+            while offset < count {
+                let n = cutPoint(data, at: offset, count: count - offset, candidates: found, cursor: &cursor)
+                body(offset, n)
+                offset += n
+            }
+        }
+    }
 }
 
 /// The 256 random 64-bit gear values, fixed forever for format version 1

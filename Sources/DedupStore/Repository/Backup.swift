@@ -292,7 +292,7 @@ final class StreamIngest {
     ) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
         let reader = ChunkBatchProducer(
             source: source, chunker: session.chunker, batchBytes: batchBytes,
-            streamDigest: options.streamSHA256)
+            streamDigest: options.streamSHA256, searchWorkers: workers)
         reader.start()
         defer { reader.stop() }
         var slotCapacity = 1024
@@ -300,6 +300,7 @@ final class StreamIngest {
         slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
         defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
         var completeness = DumpCompleteness()
+        var largestFirst = [Int]()
         var bytesRead: UInt64 = 0
         let hashers = hashers
         while let batch = try reader.next() {
@@ -317,9 +318,17 @@ final class StreamIngest {
             for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i]) }
             let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
 
-            // Hash the chunks on all cores, list them in order, store the new ones.
-            forEachInParallel(n, workers: workers) { worker, i in
-                slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
+            // Hash the chunks on all cores (the largest first, so that the workers
+            // finish together), list them in order, store the new ones.
+            if largestFirst.count < n { largestFirst = Array(0..<n) } else { largestFirst.removeSubrange(n...) }
+            for i in 0..<n { largestFirst[i] = i }
+            largestFirst.sort { ranges[$0].count > ranges[$1].count }
+            largestFirst.withUnsafeBufferPointer { order in
+                nonisolated(unsafe) let order = order
+                forEachInParallel(n, workers: workers) { worker, k in
+                    let i = order[k]
+                    slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
+                }
             }
             bytesRead += UInt64(batch.length)
             completeness.observe(input)

@@ -114,8 +114,8 @@ public final class Restorer {
                 guard let base = buf.baseAddress else { return }
                 let shared = SharedPointer(base: base)
                 // In runs, not strided: a worker then decompresses a group once
-                // for all the members of it that come in a row.
-                forEachRunInParallel(count, workers: workers) { worker, k in
+                // for all the members of it that come in a row; runs of equal bytes.
+                forEachRunInParallel(count, workers: workers, weight: { Int(shared[$0].loc.rawLength) }) { worker, k in
                     let it = shared[k]
                     let stored = UnsafeRawBufferPointer(
                         rebasing: inArena[it.inOffset..<(it.inOffset + Int(it.loc.storedLength))])

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Runs `body(task)` for task 0..<count on all cores and returns when all are done.
 ///
@@ -17,30 +18,70 @@ func runInParallel(_ count: Int, _ body: (Int) -> Void) {
     }
 }
 
-/// Runs `body(worker, item)` for every item in 0..<count: item i on worker
-/// i % workers, the workers in parallel. Worker w uses only its own contexts (the
-/// w-th compressor, hasher...) and item i only its own slot.
+/// Runs `body(worker, item)` for every item in 0..<count, the workers in
+/// parallel, each taking the next item not yet taken (so items of unequal cost
+/// keep every worker busy to the end: give the costly ones the low numbers).
+/// Worker w uses only its own contexts (the w-th compressor, hasher...) and item i
+/// only its own slot.
 func forEachInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ item: Int) -> Void) {
     let tasks = min(workers, count)
     guard tasks > 0 else { return }
+    if tasks == 1 {
+        for item in 0..<count { body(0, item) }
+        return
+    }
+    let next = Atomic<Int>(0)
     runInParallel(tasks) { worker in
-        var item = worker
-        while item < count {
+        while true {
+            let item = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            if item >= count { return }
             body(worker, item)
-            item += tasks
         }
     }
 }
 
 /// Runs `body(worker, item)` for every item in 0..<count, each worker taking one
 /// contiguous run of items (for work where neighbours share state, such as the
-/// members of one compression group).
-func forEachRunInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ item: Int) -> Void) {
+/// members of one compression group), the runs of about equal total `weight`
+/// (an item's cost, such as its bytes), so that the workers finish together.
+func forEachRunInParallel(
+    _ count: Int, workers: Int, weight: (Int) -> Int, _ body: (_ worker: Int, _ item: Int) -> Void
+) {
     let tasks = min(workers, count)
     guard tasks > 0 else { return }
-    runInParallel(tasks) { worker in
-        for item in (count * worker / tasks)..<(count * (worker + 1) / tasks) { body(worker, item) }
+    if tasks == 1 {
+        for item in 0..<count { body(0, item) }
+        return
     }
+    let ends = runEnds(count, parts: tasks, weight: weight)
+    ends.withUnsafeBufferPointer { ends in
+        nonisolated(unsafe) let ends = ends
+        runInParallel(tasks) { worker in
+            for item in (worker == 0 ? 0 : ends[worker - 1])..<ends[worker] { body(worker, item) }
+        }
+    }
+}
+
+/// Where each of `parts` contiguous runs of 0..<count ends (`count >= parts`): run
+/// w ends where the running total of `weight` comes nearest to w+1 of `parts`
+/// equal shares, and every run keeps at least one item.
+func runEnds(_ count: Int, parts: Int, weight: (Int) -> Int) -> [Int] {
+    let weights = (0..<count).map { Double(max(0, weight($0))) }
+    let total = weights.reduce(0, +)
+    var ends = [Int]()
+    ends.reserveCapacity(parts)
+    var sum = 0.0, item = 0
+    for w in 0..<(parts - 1) {
+        let goal = total * Double(w + 1) / Double(parts)
+        let limit = count - (parts - 1 - w)  // an item left for each later run
+        repeat {
+            sum += weights[item]
+            item += 1
+        } while item < limit && sum + weights[item] / 2 < goal
+        ends.append(item)
+    }
+    ends.append(count)
+    return ends
 }
 
 /// Starts a named thread with a 1 MiB stack running `body`.

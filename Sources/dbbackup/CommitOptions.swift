@@ -74,14 +74,15 @@ struct CommitOptions: ParsableArguments {
         if json {
             try Terminal.json(manifest)
         } else {
-            printSummary(manifest, streamDigest: session.streamDigest)
+            printSummary(manifest, streamDigest: session.streamDigest, compression: session.compressionUse,
+                         level: repo.config.compression.level)
         }
         return manifest
     }
 
     /// `streamDigest`: the plain SHA-256 of the input (the manifest of an
     /// encrypted repository holds a keyed form of it, which no tool would print).
-    private func printSummary(_ m: Manifest, streamDigest: ChunkID?) {
+    private func printSummary(_ m: Manifest, streamDigest: ChunkID?, compression: CompressionUse, level: Int) {
         let s = m.stats
         let dedup = m.size > 0 ? 1 - Double(s.newBytes) / Double(m.size) : 1
         let ratio = s.storedBytes > 0 ? Double(m.size) / Double(s.storedBytes) : 0
@@ -95,6 +96,19 @@ struct CommitOptions: ParsableArguments {
             "  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (streamDigest.map { ", sha256 \($0.hex)" } ?? ""))
         Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
         Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
+        if compression.adapted {
+            // Only when the sampling chose otherwise than the level for some data.
+            let parts: [(CompressionChoice, String)] = [
+                (.full, "zstd level \(level)"), (.entropyOnly, "entropy-coded only (zstd level \(min(1, level)))"),
+                (.raw, "stored raw (nothing shrinks it)"), (.hexPacked, "hex digits stored as bytes"),
+            ]
+            let described = parts.compactMap { choice, what -> String? in
+                let share = compression[choice]
+                guard share.units > 0 else { return nil }
+                return "\(Format.bytes(share.rawBytes)) \(what) -> \(Format.bytes(share.storedBytes))"
+            }
+            Terminal.out("  compress  " + described.joined(separator: "; "))
+        }
         Terminal.out(
             "  dedup     \(Format.percent(dedup)) already stored; ratio \(s.storedBytes > 0 ? String(format: "%.1fx", ratio) : "all deduplicated")"
         )

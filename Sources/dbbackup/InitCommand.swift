@@ -18,8 +18,11 @@ struct DedupInit: ParsableCommand {
     static let compressionLevels = -50...22
 
     @Option(parsing: .unconditional, help: ArgumentHelp(
-        "zstd level for new chunks: 1 to 22 (above 19 slow), or -1 to -50 (faster, larger).", valueName: "level"))
+        "zstd level for new chunks: 1 to 22 (above 19 slow), or -1 to -50 (faster, larger). The highest level used: data that only an entropy coder shrinks (hex BLOBs) gets level 1, data nothing shrinks is stored raw, unless --fixed-compression.", valueName: "level"))
     var compression: Int = 3
+
+    @Flag(help: "Compress every unit at --compression's level, whatever the data (no sampling).")
+    var fixedCompression = false
 
     @Option(help: ArgumentHelp("Target pack file size, 1MiB to 1GiB.", valueName: "size"))
     var packSize: String = "32MiB"
@@ -67,7 +70,8 @@ struct DedupInit: ParsableCommand {
             }
             let repo = try Repository.initialize(
                 at: store.path, chunker: ChunkerParameters(average: avg),
-                compressionLevel: compression, packSize: pack, cacheRoot: store.cacheRoot,
+                compressionLevel: compression, compressionMode: fixedCompression ? .fixed : .adaptive,
+                packSize: pack, cacheRoot: store.cacheRoot,
                 encryptionKey: encrypt ? key : nil)
             let c = repo.config
             Terminal.out("created \(encrypt ? "encrypted " : "")repository \(repo.path)")
@@ -77,7 +81,7 @@ struct DedupInit: ParsableCommand {
                 )
             }
             Terminal.out(
-                "  chunks: \(Format.bytes(Int64(c.chunker.minSize))) min, \(Format.bytes(Int64(c.chunker.avgSize))) average, \(Format.bytes(Int64(c.chunker.maxSize))) max; zstd level \(c.compression.level); packs of \(Format.bytes(Int64(c.packSize)))"
+                "  chunks: \(Format.bytes(Int64(c.chunker.minSize))) min, \(Format.bytes(Int64(c.chunker.avgSize))) average, \(Format.bytes(Int64(c.chunker.maxSize))) max; zstd level \(c.compression.level)\(c.compression.isAdaptive ? " at most (adaptive)" : " (fixed)"); packs of \(Format.bytes(Int64(c.packSize)))"
             )
         }
     }

@@ -7,6 +7,7 @@ public enum ChunkerAlgorithm: String, Sendable { case fastCDCGear64 = "fastcdc-g
 public enum CompressionAlgorithm: String, Sendable { case zstd }
 public enum ChunkHashAlgorithm: String, Sendable { case sha256, hmacSHA256 = "hmac-sha256" }
 public enum EncryptionAlgorithm: String, Sendable { case none, aes256GCM = "aes-256-gcm" }
+public enum CompressionMode: String, Sendable { case adaptive, fixed }
 
 /// The repository's `config` object: written once at init, never changed.
 public struct RepositoryConfig: Codable, Equatable, Sendable {
@@ -28,7 +29,15 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
 
     public struct Compression: Codable, Equatable, Sendable {
         public var algorithm: String
+        /// With `mode` "adaptive" (or none: configs before it) the highest level a
+        /// unit is compressed at; with "fixed", every unit's level.
         public var level: Int
+        /// "adaptive" or "fixed" (nil in configs written before modes: adaptive).
+        public var mode: String?
+
+        /// A sample of each compression unit picks raw, entropy coding only, or
+        /// `level` (`CompressionProbe`).
+        public var isAdaptive: Bool { mode != CompressionMode.fixed.rawValue }
     }
 
     public var format: String
@@ -50,15 +59,16 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
 
     public var isEncrypted: Bool { encryptionAlgorithm != EncryptionAlgorithm.none }
 
-    public init(chunker: ChunkerParameters, compressionLevel: Int, packSize: Int = RepositoryConfig.defaultPackSize,
-                encrypted: Bool = false) {
+    public init(chunker: ChunkerParameters, compressionLevel: Int, compressionMode: CompressionMode = .adaptive,
+                packSize: Int = RepositoryConfig.defaultPackSize, encrypted: Bool = false) {
         format = Self.formatName
         version = Self.currentVersion
         id = Hex.encode(SecureRandom.bytes(16))
         createdAt = Timestamps.iso8601(Date())
         self.chunker = Chunker(algorithm: ChunkerAlgorithm.fastCDCGear64.rawValue, minSize: chunker.minSize,
                                avgSize: chunker.avgSize, maxSize: chunker.maxSize)
-        compression = Compression(algorithm: CompressionAlgorithm.zstd.rawValue, level: compressionLevel)
+        compression = Compression(
+            algorithm: CompressionAlgorithm.zstd.rawValue, level: compressionLevel, mode: compressionMode.rawValue)
         self.packSize = packSize
         chunkHash = (encrypted ? ChunkHashAlgorithm.hmacSHA256 : .sha256).rawValue
         encryption = (encrypted ? EncryptionAlgorithm.aes256GCM : .none).rawValue

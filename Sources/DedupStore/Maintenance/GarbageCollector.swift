@@ -314,6 +314,10 @@ private final class Sweep {
     let packSize: Int64
     let chunkReader: ChunkReader
     let compressor: ZstdCompressor
+    /// An adaptive repository's probe and its entropy-only compressor (regrouped
+    /// members are stored as a backup would store them).
+    let probe: CompressionProbe?
+    let entropyCompressor: ZstdCompressor?
     let damaged: DamagedChunks
     let steps: DeletionSteps
     /// The packs listed before the mark; the small ones each with the position of
@@ -374,7 +378,10 @@ private final class Sweep {
         encrypted = repository.cipher != nil
         packSize = Int64(repository.config.packSize)
         chunkReader = try ChunkReader(repository: repository)
-        compressor = try ZstdCompressor(level: repository.config.compression.level)
+        let compression = repository.config.compression
+        compressor = try ZstdCompressor(level: compression.level)
+        probe = compression.isAdaptive ? try CompressionProbe() : nil
+        entropyCompressor = compression.isAdaptive ? try ZstdCompressor(level: min(1, compression.level)) : nil
         damaged = try repository.damagedChunks()
     }
 
@@ -619,9 +626,12 @@ private final class Sweep {
             guard let bytes = readBack(m) else { return nil }
             plain.append(contentsOf: bytes)
         }
+        let choice = try probe.map { probe in try plain.withUnsafeBytes { try probe.choose([$0]) } } ?? .full
         var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(plain.count))
-        let n = try plain.withUnsafeBytes { p in try out.withUnsafeMutableBytes { try compressor.compress(p, into: $0) }
-        }
+        let level = choice == .entropyOnly ? entropyCompressor ?? compressor : compressor
+        let n = choice == .raw
+            ? plain.count
+            : try plain.withUnsafeBytes { p in try out.withUnsafeMutableBytes { try level.compress(p, into: $0) } }
         if n < plain.count {
             out.removeSubrange(n...)
             return (run.count == 1 ? .zstd : .zstdGroup, out, PackFormat.entrySize(payload: n, encrypted: encrypted))
@@ -717,7 +727,11 @@ private final class Sweep {
         case .frame(let members):
             for m in members { _ = try fetch(m) }
             let frame = chunkReader.storedPayload
-            guard let total = ZstdDecompressor.contentSize(frame), let first = members.first else {
+            // The group's plaintext length: the frame's content size, or for a
+            // hex-packed group what its packed form declares (decoded by the fetch).
+            let encoding = members.first.flatMap { ChunkEncoding(rawValue: $0.location.encoding) } ?? .zstdGroup
+            let declared = encoding.isHexPacked ? chunkReader.groupPlaintextLength : ZstdDecompressor.contentSize(frame)
+            guard let total = declared, let first = members.first else {
                 throw DedupError.packCorrupt(
                     pack: members.first?.location.pack.hex ?? "?", detail: "a group frame without its size")
             }
@@ -725,7 +739,7 @@ private final class Sweep {
             try writer.addFrame(
                 headerID: head.id, totalLength: total,
                 members: members.map { ($0.id, Int($0.location.rawLength), Int($0.location.groupOffset)) },
-                payload: frame)
+                payload: frame, encoding: encoding)
         case .regroup(let members, let encoding, let storedLength, let kept):
             var payload = kept ?? []
             if kept == nil {
@@ -742,11 +756,13 @@ private final class Sweep {
             }
             try payload.withUnsafeBytes { bytes in
                 switch encoding {
-                case .zstdGroup:
-                    try writer.addGroup(members: members.map { ($0.id, Int($0.location.rawLength)) }, payload: bytes)
-                case .zstd:
+                case .zstdGroup, .hexZstdGroup:
+                    try writer.addGroup(
+                        members: members.map { ($0.id, Int($0.location.rawLength)) }, payload: bytes,
+                        encoding: encoding)
+                case .zstd, .hexZstd:
                     try writer.add(
-                        id: members[0].id, rawLength: Int(members[0].location.rawLength), encoding: .zstd,
+                        id: members[0].id, rawLength: Int(members[0].location.rawLength), encoding: encoding,
                         payload: bytes)
                 case .raw:
                     var at = 0

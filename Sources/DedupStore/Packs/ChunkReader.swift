@@ -85,6 +85,9 @@ final class ChunkReader {
                                        decompressor: decompressor, hasher: hasher, group: group)
     }
 
+    /// The plaintext length of the group the last fetch decoded (dead members included).
+    var groupPlaintextLength: Int { group.plaintextLength }
+
     /// The last entry's payload as compressed (decrypted when the repository is encrypted).
     var storedPayload: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(
@@ -199,10 +202,24 @@ enum ChunkDecoder {
                 throw corrupt("decompressed to \(n) bytes, expected \(loc.rawLength)")
             }
             out = UnsafeRawBufferPointer(target)
-        case .zstdGroup:
+        case .hexZstd:
+            guard Int(loc.rawLength) <= plain.count else { throw corrupt("larger than its buffer") }
+            let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
+            let n: Int
+            do {
+                n = try group.unpackSingle(stored, into: target, decompressor: decompressor)
+            } catch let e as DedupError {
+                throw corrupt(e.message)
+            }
+            guard n == Int(loc.rawLength) else {
+                throw corrupt("decoded to \(n) bytes, expected \(loc.rawLength)")
+            }
+            out = UnsafeRawBufferPointer(target)
+        case .zstdGroup, .hexZstdGroup:
             let plaintext: UnsafeRawBufferPointer
             do {
-                plaintext = try group.decompress(loc.frame, frame: stored, decompressor: decompressor)
+                plaintext = try group.decompress(
+                    loc.frame, frame: stored, decompressor: decompressor, hexPacked: loc.encoding == 4)
             } catch let e as DedupError {
                 throw corrupt("its group: \(e.message)")
             }
@@ -250,26 +267,78 @@ final class GroupScratch {
     /// True when the last group decompressed is `group` (its frame need not be read).
     func holds(_ group: FrameKey) -> Bool { key == group }
 
+    /// `hexPacked`: the frame holds the group's hex-packed form (encoding 4),
+    /// unpacked after decompression.
     func decompress(_ group: FrameKey, frame: UnsafeRawBufferPointer,
-                    decompressor: ZstdDecompressor) throws -> UnsafeRawBufferPointer {
+                    decompressor: ZstdDecompressor, hexPacked: Bool = false) throws -> UnsafeRawBufferPointer {
         if key == group {
             return UnsafeRawBufferPointer(rebasing: buffer[0..<length])
         }
         key = nil
-        guard let size = ZstdDecompressor.contentSize(frame), size <= PackFormat.maxGroupLength else {
-            throw DedupError.compression("the group's zstd frame does not declare a plausible size")
-        }
-        if size > buffer.count {
-            buffer.deallocate()
-            buffer = .allocate(byteCount: size, alignment: 16)
-        }
-        let n = try decompressor.decompress(frame, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]))
-        guard n == size else {
-            throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(size)")
+        let size: Int
+        if hexPacked {
+            let packed = try decompressFrame(frame, into: packedScratch, decompressor: decompressor)
+            guard let plain = HexPacking.plaintextLength(packed), plain <= PackFormat.maxGroupLength else {
+                throw DedupError.compression("the group's hex-packed form does not declare a plausible size")
+            }
+            reserve(plain)
+            do {
+                size = try HexPacking.unpack(packed, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<plain]))
+            } catch let e as HexPackingError {
+                throw DedupError.compression("hex-packed form: \(e.description)")
+            }
+        } else {
+            guard let declared = ZstdDecompressor.contentSize(frame), declared <= PackFormat.maxGroupLength else {
+                throw DedupError.compression("the group's zstd frame does not declare a plausible size")
+            }
+            reserve(declared)
+            let n = try decompressor.decompress(
+                frame, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<declared]))
+            guard n == declared else {
+                throw DedupError.compression("the group decompressed to \(n) bytes, its frame says \(declared)")
+            }
+            size = declared
         }
         key = group
         length = size
         return UnsafeRawBufferPointer(rebasing: buffer[0..<size])
+    }
+
+    /// The plaintext length of the group decoded last (its members' span, dead ones included).
+    var plaintextLength: Int { length }
+
+    /// A single chunk's frame of its hex-packed form (encoding 3), decoded into `target`.
+    func unpackSingle(_ frame: UnsafeRawBufferPointer, into target: UnsafeMutableRawBufferPointer,
+                      decompressor: ZstdDecompressor) throws -> Int {
+        let packed = try decompressFrame(frame, into: packedScratch, decompressor: decompressor)
+        do {
+            return try HexPacking.unpack(packed, into: target)
+        } catch let e as HexPackingError {
+            throw DedupError.compression("hex-packed form: \(e.description)")
+        }
+    }
+
+    /// Where a hex-packed frame is decompressed before it is unpacked.
+    private let packedScratch = ScratchBuffer()
+
+    private func reserve(_ size: Int) {
+        if size > buffer.count {
+            buffer.deallocate()
+            buffer = .allocate(byteCount: size, alignment: 16)
+        }
+    }
+
+    private func decompressFrame(_ frame: UnsafeRawBufferPointer, into scratch: ScratchBuffer,
+                                 decompressor: ZstdDecompressor) throws -> UnsafeRawBufferPointer {
+        guard let size = ZstdDecompressor.contentSize(frame),
+            size <= HexPacking.bound(PackFormat.maxGroupLength)
+        else {
+            throw DedupError.compression("the zstd frame does not declare a plausible size")
+        }
+        let out = scratch.buffer(size)
+        let n = try decompressor.decompress(frame, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<size]))
+        guard n == size else { throw DedupError.compression("the frame decompressed to \(n) bytes, it says \(size)") }
+        return UnsafeRawBufferPointer(rebasing: out[0..<size])
     }
 }
 

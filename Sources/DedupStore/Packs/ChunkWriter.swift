@@ -30,6 +30,8 @@ final class ChunkWriter {
         var arenaOffset = 0
         var storedLength = 0
         var encoding = ChunkEncoding.raw
+        /// What the probe chose (`.full` when the repository's level is fixed).
+        var choice = CompressionChoice.full
         var failure: DedupError?
 
         init(first: Int) { self.first = first }
@@ -45,6 +47,13 @@ final class ChunkWriter {
     private var bloom: BloomFilter?
     private let workers: Int
     private let compressors: [ZstdCompressor]
+    /// Per worker, with an adaptive repository: the probe, and the compressor of
+    /// units only an entropy coder shrinks (level 1, or the repository's if lower).
+    private let probes: [CompressionProbe]
+    private let entropyCompressors: [ZstdCompressor]
+    /// Per worker: a unit's pieces joined, and its hex-packed form.
+    private let joinScratch: [ScratchBuffer]
+    private let packScratch: [ScratchBuffer]
     private var arena: UnsafeMutableRawBufferPointer
     private var pack: PackWriter?
     /// Ids in the pack being written (not in the index yet).
@@ -58,12 +67,21 @@ final class ChunkWriter {
     private(set) var newBytes: Int64 = 0
     /// Entry headers and payloads of the new chunks in packs.
     private(set) var storedBytes: Int64 = 0
+    /// The same by what the probe chose.
+    private(set) var compressionUse = CompressionUse()
 
     init(repository: Repository, workers: Int, batchBytes: Int) throws {
         self.repository = repository
         self.workers = workers
         index = try repository.index()
-        compressors = try (0..<workers).map { _ in try ZstdCompressor(level: repository.config.compression.level) }
+        let compression = repository.config.compression
+        compressors = try (0..<workers).map { _ in try ZstdCompressor(level: compression.level) }
+        let adaptive = compression.isAdaptive
+        probes = adaptive ? try (0..<workers).map { _ in try CompressionProbe() } : []
+        entropyCompressors =
+            adaptive ? try (0..<workers).map { _ in try ZstdCompressor(level: min(1, compression.level)) } : []
+        joinScratch = (0..<workers).map { _ in ScratchBuffer() }
+        packScratch = (0..<workers).map { _ in ScratchBuffer() }
         arena = .allocate(
             byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
     }
@@ -92,7 +110,7 @@ final class ChunkWriter {
         func closeUnit() {
             guard var u = open else { return }
             u.arenaOffset = arenaUsed
-            arenaUsed += ZstdCompressor.bound(u.rawLength)
+            arenaUsed += Self.slotSize(u.rawLength)
             units.append(u)
             open = nil
         }
@@ -119,6 +137,9 @@ final class ChunkWriter {
         return arenaUsed
     }
 
+    /// A unit's place in the arena: room for its compressed hex-packed form too.
+    static func slotSize(_ rawLength: Int) -> Int { ZstdCompressor.bound(HexPacking.bound(rawLength)) }
+
     /// Compresses the units on all cores, each into its arena place.
     private func compressUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) {
         let arena = arena
@@ -131,7 +152,7 @@ final class ChunkWriter {
                 forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
                     var u = shared[k]
                     let out = UnsafeMutableRawBufferPointer(
-                        rebasing: arena[u.arenaOffset..<(u.arenaOffset + ZstdCompressor.bound(u.rawLength))])
+                        rebasing: arena[u.arenaOffset..<(u.arenaOffset + Self.slotSize(u.rawLength))])
                     let members = order[u.first..<(u.first + u.count)]
                     // Consecutive chunks of the input (the usual case) are one
                     // buffer: one-shot compression, without zstd's stream copy.
@@ -139,16 +160,36 @@ final class ChunkWriter {
                         slots[$0].range.upperBound == slots[$1].range.lowerBound
                     }
                     do {
-                        let c: Int
+                        let pieces: [UnsafeRawBufferPointer]
                         if contiguous, let a = members.first, let b = members.last {
-                            let whole = UnsafeRawBufferPointer(
-                                rebasing: input[slots[a].range.lowerBound..<slots[b].range.upperBound])
-                            c = try compressors[worker].compress(whole, into: out)
+                            pieces = [UnsafeRawBufferPointer(
+                                rebasing: input[slots[a].range.lowerBound..<slots[b].range.upperBound])]
                         } else {
-                            c = try compressors[worker].compress(
-                                pieces: members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) },
-                                into: out)
+                            pieces = members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }
                         }
+                        let choice = probes.isEmpty ? .full : try probes[worker].choose(pieces)
+                        if !probes.isEmpty, probes[worker].sampleHexShare >= CompressionProbe.hexPackingShare,
+                            let c = try hexPack(pieces, rawLength: u.rawLength, into: out, worker: worker),
+                            c < u.rawLength
+                        {
+                            u.storedLength = c
+                            u.encoding = u.count == 1 ? .hexZstd : .hexZstdGroup
+                            u.choice = .hexPacked
+                            shared[k] = u
+                            return
+                        }
+                        if choice == .raw {
+                            u.storedLength = u.rawLength
+                            u.encoding = .raw
+                            u.choice = .raw
+                            shared[k] = u
+                            return
+                        }
+                        let compressor = choice == .entropyOnly ? entropyCompressors[worker] : compressors[worker]
+                        let c = pieces.count == 1
+                            ? try compressor.compress(pieces[0], into: out)
+                            : try compressor.compress(pieces: pieces, into: out)
+                        u.choice = choice
                         // Not smaller: every chunk of the unit is stored raw.
                         u.storedLength = c < u.rawLength ? c : u.rawLength
                         u.encoding = c >= u.rawLength ? .raw : (u.count == 1 ? .zstd : .zstdGroup)
@@ -161,20 +202,47 @@ final class ChunkWriter {
         }
     }
 
+    /// The unit's hex-packed form (`HexPacking`), compressed as what is left
+    /// asks (the bytes of random BLOBs at level 1, which copies them at memory
+    /// speed; text around them at the repository's level), into `out`; nil when
+    /// hex covers too little of it.
+    private func hexPack(
+        _ pieces: [UnsafeRawBufferPointer], rawLength: Int, into out: UnsafeMutableRawBufferPointer, worker: Int
+    ) throws -> Int? {
+        var source = pieces.first ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        if pieces.count > 1 {
+            let joined = joinScratch[worker].buffer(rawLength)
+            var at = 0
+            for p in pieces {
+                UnsafeMutableRawBufferPointer(rebasing: joined[at..<(at + p.count)]).copyMemory(from: p)
+                at += p.count
+            }
+            source = UnsafeRawBufferPointer(rebasing: joined[0..<rawLength])
+        }
+        let room = packScratch[worker].buffer(HexPacking.bound(rawLength))
+        guard let n = HexPacking.pack(source, into: room) else { return nil }
+        let packed = UnsafeRawBufferPointer(rebasing: room[0..<n])
+        let rest = try probes[worker].choose([packed])
+        return try (rest == .full ? compressors[worker] : entropyCompressors[worker]).compress(packed, into: out)
+    }
+
     /// Appends the units to the pack in input order; a full pack is committed.
     private func appendUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) throws {
         for u in units {
             if let failure = u.failure { throw failure }
             let members = newSlots[u.first..<(u.first + u.count)]
             let payload = UnsafeRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + u.storedLength)])
+            let storedBefore = storedBytes
             if pack == nil { pack = try PackWriter(backend: repository.backend, cipher: repository.cipher) }
             switch u.encoding {
-            case .zstdGroup:
-                try pack?.addGroup(members: members.map { (slots[$0].id, slots[$0].range.count) }, payload: payload)
+            case .zstdGroup, .hexZstdGroup:
+                try pack?.addGroup(
+                    members: members.map { (slots[$0].id, slots[$0].range.count) }, payload: payload,
+                    encoding: u.encoding)
                 storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
-            case .zstd:
+            case .zstd, .hexZstd:
                 try pack?.add(
-                    id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: .zstd, payload: payload)
+                    id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: u.encoding, payload: payload)
                 storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
             case .raw:
                 for i in members {
@@ -185,6 +253,9 @@ final class ChunkWriter {
             }
             newChunks += u.count
             newBytes += Int64(u.rawLength)
+            compressionUse[u.choice].units += 1
+            compressionUse[u.choice].rawBytes += Int64(u.rawLength)
+            compressionUse[u.choice].storedBytes += storedBytes - storedBefore
             if let p = pack, p.size >= UInt64(repository.config.packSize) { try commitPack() }
         }
     }

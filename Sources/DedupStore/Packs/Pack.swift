@@ -50,6 +50,17 @@ public enum ChunkEncoding: UInt8, Sendable {
     /// A member of a group: one zstd frame holds the plaintexts of several
     /// consecutive chunks, so that zstd sees more than one chunk at a time.
     case zstdGroup = 2
+    /// One zstd frame of the chunk's hex-packed form (`HexPacking`: runs of hex
+    /// digits stored as the bytes they spell).
+    case hexZstd = 3
+    /// A member of a group whose frame holds the hex-packed form of the members'
+    /// plaintexts.
+    case hexZstdGroup = 4
+
+    /// The members of one frame (2 and 4).
+    public var isGroup: Bool { self == .zstdGroup || self == .hexZstdGroup }
+    /// The frame's content is hex-packed (3 and 4).
+    public var isHexPacked: Bool { self == .hexZstd || self == .hexZstdGroup }
 }
 
 /// Where a chunk lives: what the index maps a chunk id to.
@@ -72,7 +83,7 @@ public struct ChunkLocation: Equatable, Sendable {
     }
 
     /// True for a member of a compression group.
-    public var isGroupMember: Bool { encoding == ChunkEncoding.zstdGroup.rawValue }
+    public var isGroupMember: Bool { ChunkEncoding(rawValue: encoding)?.isGroup ?? false }
 
     /// An encrypted entry's location once its box is opened: the payload is 28
     /// bytes shorter and carries no flags.
@@ -173,7 +184,10 @@ public final class PackWriter {
     /// Appends a group: `payload` is one zstd frame of the members' plaintexts,
     /// concatenated in order. One entry header (the first member's id, the
     /// group's plaintext length) precedes it; the trailer lists every member.
-    public func addGroup(members: [(id: ChunkID, rawLength: Int)], payload: UnsafeRawBufferPointer) throws {
+    public func addGroup(
+        members: [(id: ChunkID, rawLength: Int)], payload: UnsafeRawBufferPointer,
+        encoding: ChunkEncoding = .zstdGroup
+    ) throws {
         guard let first = members.first else { return }
         let total = members.reduce(0) { $0 + $1.rawLength }
         guard total <= PackFormat.maxGroupLength else {
@@ -181,12 +195,13 @@ public final class PackWriter {
                 pack: id.hex,
                 detail: "a group of \(total) bytes exceeds the \(PackFormat.maxGroupLength) readers accept")
         }
-        let (offset, stored) = try appendEntry(id: first.id, rawLength: total, encoding: .zstdGroup, payload: payload)
+        guard encoding.isGroup else { throw DedupError.invalidArgument("a group stored as encoding \(encoding)") }
+        let (offset, stored) = try appendEntry(id: first.id, rawLength: total, encoding: encoding, payload: payload)
         var inGroup = 0
         for m in members {
             entries.append(PackEntry(id: m.id, location: ChunkLocation(
                 pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(stored),
-                encoding: ChunkEncoding.zstdGroup.rawValue, flags: entryFlags, groupOffset: UInt32(inGroup))))
+                encoding: encoding.rawValue, flags: entryFlags, groupOffset: UInt32(inGroup))))
             inGroup += m.rawLength
         }
     }
@@ -198,7 +213,7 @@ public final class PackWriter {
     /// one is gone) and the whole frame's plaintext length.
     public func addFrame(
         headerID: ChunkID, totalLength: Int, members: [(id: ChunkID, rawLength: Int, groupOffset: Int)],
-        payload: UnsafeRawBufferPointer
+        payload: UnsafeRawBufferPointer, encoding: ChunkEncoding = .zstdGroup
     ) throws {
         guard totalLength <= PackFormat.maxGroupLength,
             members.allSatisfy({ $0.groupOffset >= 0 && $0.groupOffset + $0.rawLength <= totalLength })
@@ -206,12 +221,13 @@ public final class PackWriter {
             throw DedupError.packCorrupt(
                 pack: id.hex, detail: "a group frame of \(totalLength) bytes with members outside it")
         }
+        guard encoding.isGroup else { throw DedupError.invalidArgument("a group stored as encoding \(encoding)") }
         let (offset, stored) = try appendEntry(
-            id: headerID, rawLength: totalLength, encoding: .zstdGroup, payload: payload)
+            id: headerID, rawLength: totalLength, encoding: encoding, payload: payload)
         for m in members {
             entries.append(PackEntry(id: m.id, location: ChunkLocation(
                 pack: id, offset: offset, rawLength: UInt32(m.rawLength), storedLength: UInt32(stored),
-                encoding: ChunkEncoding.zstdGroup.rawValue, flags: entryFlags, groupOffset: UInt32(m.groupOffset))))
+                encoding: encoding.rawValue, flags: entryFlags, groupOffset: UInt32(m.groupOffset))))
         }
     }
 
@@ -397,7 +413,7 @@ public final class PackReader {
                     throw DedupError.packCorrupt(
                         pack: id.hex, detail: "entry for chunk \(chunk.shortHex) lies outside the data area")
                 }
-                let grouped = encoding == ChunkEncoding.zstdGroup.rawValue
+                let grouped = ChunkEncoding(rawValue: encoding)?.isGroup ?? false
                 guard
                     grouped
                         ? UInt64(groupOffset) + UInt64(rawLength) <= UInt64(PackFormat.maxGroupLength)

@@ -59,6 +59,8 @@ public final class BackupSession {
     /// sha256sum prints). An encrypted repository records only a keyed form of it
     /// (`Manifest.sha256`), so this value never goes into the repository.
     public private(set) var streamDigest: ChunkID?
+    /// How the last committed backup's new data was compressed.
+    public private(set) var compressionUse = CompressionUse()
 
     public init(repository: Repository) throws {
         try repository.requireKey()
@@ -122,6 +124,7 @@ public final class BackupSession {
         FaultInjection.crashPoint("backup.after-manifest")
         streamDigest = streamed.digest
         ingest.saveFilter()
+        compressionUse = ingest.chunks.compressionUse
         return manifest
     }
 
@@ -178,6 +181,7 @@ public final class BackupSession {
         manifest.members = committed
         manifest = try commitManifest(manifest, options: options)
         ingest.saveFilter()
+        compressionUse = ingest.chunks.compressionUse
         return manifest
     }
 

@@ -46,16 +46,21 @@ public final class Repository {
     /// Creates a new repository in a local folder (absent or empty).
     @discardableResult
     public static func initialize(at path: String, chunker: ChunkerParameters = .default,
-                                  compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize,
+                                  compressionLevel: Int = 3, compressionMode: CompressionMode = .adaptive,
+                                  packSize: Int = RepositoryConfig.defaultPackSize,
                                   cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
         try initialize(on: RepositoryLocation(path).makeBackend(), chunker: chunker, compressionLevel: compressionLevel,
-                       packSize: packSize, cacheRoot: cacheRoot, encryptionKey: encryptionKey)
+                       compressionMode: compressionMode, packSize: packSize, cacheRoot: cacheRoot,
+                       encryptionKey: encryptionKey)
     }
 
     /// Creates a new repository on `backend`, which must be empty.
     @discardableResult
+    /// `compressionLevel` is the highest level an adaptive repository uses, and
+    /// every unit's level in a fixed one (`compressionMode`).
     public static func initialize(on backend: Backend, chunker: ChunkerParameters = .default,
-                                  compressionLevel: Int = 3, packSize: Int = RepositoryConfig.defaultPackSize,
+                                  compressionLevel: Int = 3, compressionMode: CompressionMode = .adaptive,
+                                  packSize: Int = RepositoryConfig.defaultPackSize,
                                   cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
         try chunker.validate()
         _ = try ZstdCompressor(level: compressionLevel)
@@ -65,7 +70,8 @@ public final class Repository {
         if isRepository(backend) { throw DedupError.repositoryExists(path: backend.location) }
         try backend.prepareForNewRepository()
         // The config last: once it exists this is a repository.
-        let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel, packSize: packSize,
+        let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel,
+                                      compressionMode: compressionMode, packSize: packSize,
                                       encrypted: encryptionKey != nil)
         if let encryptionKey {
             // The key object before the config: a repository is never encrypted without one.

@@ -18,7 +18,7 @@ struct DedupInit: ParsableCommand {
     static let compressionLevels = -50...22
 
     @Option(parsing: .unconditional, help: ArgumentHelp(
-        "zstd level for new chunks: 1 to 22 (above 19 slow), or -1 to -50 (faster, larger). The highest level used: data that only an entropy coder shrinks (hex BLOBs) gets level 1, data nothing shrinks is stored raw, unless --fixed-compression.", valueName: "level"))
+        "zstd level for new chunks: 1 to 22 (above 19 slow), or -1 to -50 (faster, larger). The highest level used: BLOBs a dump writes as hex are stored as the bytes they spell, data only an entropy coder shrinks gets level 1, data nothing shrinks is stored raw (see --fixed-compression).", valueName: "level"))
     var compression: Int = 3
 
     @Flag(help: "Compress every unit at --compression's level, whatever the data (no sampling).")

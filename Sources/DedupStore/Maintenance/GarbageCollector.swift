@@ -627,6 +627,13 @@ private final class Sweep {
             plain.append(contentsOf: bytes)
         }
         let choice = try probe.map { probe in try plain.withUnsafeBytes { try probe.choose([$0]) } } ?? .full
+        // Hex BLOBs stay hex-packed, as a backup stores them.
+        if let probe, probe.sampleHexShare >= CompressionProbe.hexPackingShare,
+            plain.count <= PackFormat.maxGroupLength, let packed = try hexPacked(plain, probe: probe)
+        {
+            return (run.count == 1 ? .hexZstd : .hexZstdGroup, packed,
+                    PackFormat.entrySize(payload: packed.count, encrypted: encrypted))
+        }
         var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(plain.count))
         let level = choice == .entropyOnly ? entropyCompressor ?? compressor : compressor
         let n = choice == .raw
@@ -640,6 +647,23 @@ private final class Sweep {
             $0 + PackFormat.entrySize(payload: Int($1.location.rawLength), encrypted: encrypted)
         }
         return (.raw, plain, raw)
+    }
+
+    /// The zstd frame of `plain`'s hex-packed form, when packing applies and the
+    /// frame is smaller than `plain`.
+    private func hexPacked(_ plain: [UInt8], probe: CompressionProbe) throws -> [UInt8]? {
+        var room = [UInt8](repeating: 0, count: HexPacking.bound(plain.count))
+        guard let n = plain.withUnsafeBytes({ p in room.withUnsafeMutableBytes { HexPacking.pack(p, into: $0) } })
+        else { return nil }
+        let rest = try room.withUnsafeBytes { try probe.choose([UnsafeRawBufferPointer(rebasing: $0[0..<n])]) }
+        let level = rest == .full ? compressor : entropyCompressor ?? compressor
+        var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(n))
+        let c = try room.withUnsafeBytes { r in
+            try out.withUnsafeMutableBytes { try level.compress(UnsafeRawBufferPointer(rebasing: r[0..<n]), into: $0) }
+        }
+        guard c < plain.count else { return nil }
+        out.removeSubrange(c...)
+        return out
     }
 
     /// Reads a live chunk back (verified); a damaged one is reported.

@@ -168,7 +168,9 @@ final class ChunkWriter {
                             pieces = members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }
                         }
                         let choice = probes.isEmpty ? .full : try probes[worker].choose(pieces)
+                        // Readers take a hex-packed frame of at most a group's size.
                         if !probes.isEmpty, probes[worker].sampleHexShare >= CompressionProbe.hexPackingShare,
+                            u.rawLength <= PackFormat.maxGroupLength,
                             let c = try hexPack(pieces, rawLength: u.rawLength, into: out, worker: worker),
                             c < u.rawLength
                         {

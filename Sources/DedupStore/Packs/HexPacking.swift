@@ -80,9 +80,9 @@ enum HexPacking {
         return w
     }
 
-    /// Room `pack` may need for `count` bytes of input: the header, the input,
-    /// and the two lengths of every run (at most one run per 32 input bytes;
-    /// a run takes half its digits, so the total never exceeds the input by more).
+    /// Room `pack` may need for `count` bytes of input: the header, the input and
+    /// the last literal's length (a run of at least 32 digits takes at most 8 + 16
+    /// bytes for 32, so runs never make the form longer than their input).
     static func bound(_ count: Int) -> Int { headerSize + count + 20 }
 
     /// The plaintext length a packed form declares, or nil when it is not one.

@@ -159,14 +159,7 @@ import Testing
         #expect(grouped > 0)
         // b shares a's first part, which ends inside a group.
         let bData = Array(a[0..<(a.count * 2 / 5)]) + sqlLikeBytes(rows: 20_000, seed: 32)
-        let b = try backup(repo, bData, name: "b", checkDump: false)
-        try repo.deleteManifest(first.id)
-        let gc = GarbageCollector(repository: repo)
-        gc.repackThreshold = 0.99
-        let r = try gc.run()
-        #expect(r.packsRepacked + r.packsDeleted >= 1, "\(r)")
-        #expect(try restoreBytes(repo, b.id, dir: dir) == bData)
-        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+        let r = try collectAfterDeletingFirst(repo, first: first, keeping: bData) { try restoreBytes(repo, $0, dir: dir) }
         // Live members of partly dead groups were compressed together anew (or their
         // frame kept); whole groups stayed groups; the packs shrank by what gc said.
         var members = 0

@@ -186,3 +186,23 @@ let testCacheRoot: String = {
     setenv("DBBACKUP_CACHE_DIR", root, 1)
     return root
 }()
+
+/// Backs `bData` up (it shares the first part of `first`'s input, which ends
+/// inside a compression group), deletes `first` and runs gc with a repack
+/// threshold of 0.99, so that partly dead groups are regrouped or kept whole;
+/// checks that gc rewrote or deleted a pack and that `bData` still restores and
+/// verifies. Returns gc's report.
+@discardableResult
+func collectAfterDeletingFirst(
+    _ repo: Repository, first: Manifest, keeping bData: [UInt8], restore: (String) throws -> [UInt8]
+) throws -> GCReport {
+    let b = try backup(repo, bData, name: "b", checkDump: false)
+    try repo.deleteManifest(first.id)
+    let gc = GarbageCollector(repository: repo)
+    gc.repackThreshold = 0.99
+    let r = try gc.run()
+    #expect(r.packsRepacked + r.packsDeleted >= 1, "\(r)")
+    #expect(try restore(b.id) == bData)
+    #expect(try Verifier(repository: repo).verify(deep: true).ok)
+    return r
+}

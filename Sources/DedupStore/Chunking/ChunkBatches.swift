@@ -171,9 +171,8 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     /// The cut candidates of the buffer being cut (`findCandidates`' entries),
     /// which begin with those of the tail carried over from the previous buffer.
     private var candidates = [Int]()
-    /// How many of `candidates` came with the carried tail, and how far into it the
-    /// search had come (its whole length).
-    private var carriedCandidates: (count: Int, searched: Int) = (0, 0)
+    /// How many of `candidates` came with the carried tail (searched whole).
+    private var carriedCandidates = 0
     /// One list per part of the input searched on its own core.
     private var partCandidates: [[Int]] = []
     private let searchWorkers: Int
@@ -182,7 +181,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     /// tail's are there already), in parts on all the search workers when the
     /// span is large enough to pay for it.
     private func findCandidates(_ bytes: UnsafePointer<UInt8>, from: Int, to: Int) {
-        candidates.removeSubrange(carriedCandidates.count...)
+        candidates.removeSubrange(carriedCandidates...)
         let parts = min(searchWorkers, max(1, (to - from) / (256 << 10)))
         if parts == 1 {
             chunker.findCandidates(bytes, from: from, to: to, into: &candidates)
@@ -205,9 +204,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         for part in 0..<parts { candidates.append(contentsOf: partCandidates[part]) }
     }
 
-    /// Keeps the candidates of the uncut tail `start..<searched` for the next
-    /// buffer, where the tail moves to the front.
-    private func carryCandidates(from start: Int, searched: Int) {
+    /// Keeps the candidates of the uncut tail from `start` on for the next buffer,
+    /// where the tail moves to the front.
+    private func carryCandidates(from start: Int) {
         var first = 0
         while first < candidates.count && candidates[first] >> 1 < start { first += 1 }
         let shift = start << 1
@@ -217,7 +216,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
             kept += 1
         }
         candidates.removeSubrange(kept...)
-        carriedCandidates = (kept, searched - start)
+        carriedCandidates = kept
     }
 
     private func readInput() {
@@ -237,6 +236,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     end = c.count
                 }
                 carry = nil
+                // The tail's candidates came with it; the search goes on after it.
+                let carried = end
+                if carried == 0 { carriedCandidates = 0 }
                 while end < buffer.count && !atEOF {
                     // Stopped (the consumer failed): wait for no more than this read.
                     if condition.withLock({ cancelled }) { return }
@@ -244,7 +246,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     if n == 0 { atEOF = true } else { end += n }
                 }
                 let bytes = UnsafePointer(base.assumingMemoryBound(to: UInt8.self))
-                findCandidates(bytes, from: carriedCandidates.searched, to: end)
+                findCandidates(bytes, from: carried, to: end)
                 var ranges = [Range<Int>]()
                 ranges.reserveCapacity(batchBytes / chunker.parameters.minSize + 1)
                 var start = 0
@@ -266,10 +268,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                 }
                 if end > start {
                     carry = (index, start, end - start)
-                    carryCandidates(from: start, searched: end)
+                    carryCandidates(from: start)
                 } else {
-                    carriedCandidates = (0, 0)
-                    candidates.removeAll(keepingCapacity: true)
+                    carriedCandidates = 0
                 }
                 publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges))
             }

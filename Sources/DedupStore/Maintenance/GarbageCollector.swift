@@ -313,11 +313,8 @@ private final class Sweep {
     let encrypted: Bool
     let packSize: Int64
     let chunkReader: ChunkReader
-    let compressor: ZstdCompressor
-    /// An adaptive repository's probe and its entropy-only compressor (regrouped
-    /// members are stored as a backup would store them).
-    let probe: CompressionProbe?
-    let entropyCompressor: ZstdCompressor?
+    /// Regrouped members are stored as a backup would store them.
+    let encoder: UnitEncoder
     let damaged: DamagedChunks
     let steps: DeletionSteps
     /// The packs listed before the mark; the small ones each with the position of
@@ -378,10 +375,7 @@ private final class Sweep {
         encrypted = repository.cipher != nil
         packSize = Int64(repository.config.packSize)
         chunkReader = try ChunkReader(repository: repository)
-        let compression = repository.config.compression
-        compressor = try ZstdCompressor(level: compression.level)
-        probe = compression.isAdaptive ? try CompressionProbe() : nil
-        entropyCompressor = compression.isAdaptive ? try ZstdCompressor(level: min(1, compression.level)) : nil
+        encoder = try UnitEncoder(repository.config.compression)
         damaged = try repository.damagedChunks()
     }
 
@@ -615,9 +609,10 @@ private final class Sweep {
         return plan
     }
 
-    /// The live members of a partly dead group compressed together (one zstd
-    /// chunk for one member; raw members when compression does not help), and
-    /// the bytes they take in a data area; nil when a member is damaged.
+    /// The live members of a partly dead group stored together as a backup would
+    /// store them (`UnitEncoder`: one chunk for one member; raw members when
+    /// nothing makes them smaller), and the bytes they take in a data area; nil
+    /// when a member is damaged.
     private func regroup(
         _ run: ArraySlice<PackEntry>
     ) throws -> (encoding: ChunkEncoding, payload: [UInt8], size: Int64)? {
@@ -626,44 +621,18 @@ private final class Sweep {
             guard let bytes = readBack(m) else { return nil }
             plain.append(contentsOf: bytes)
         }
-        let choice = try probe.map { probe in try plain.withUnsafeBytes { try probe.choose([$0]) } } ?? .full
-        // Hex BLOBs stay hex-packed, as a backup stores them.
-        if let probe, probe.sampleHexShare >= CompressionProbe.hexPackingShare,
-            plain.count <= PackFormat.maxGroupLength, let packed = try hexPacked(plain, probe: probe)
-        {
-            return (run.count == 1 ? .hexZstd : .hexZstdGroup, packed,
-                    PackFormat.entrySize(payload: packed.count, encrypted: encrypted))
+        var out = [UInt8](repeating: 0, count: UnitEncoder.outputSize(plain.count))
+        let (n, encoding, _) = try plain.withUnsafeBytes { p in
+            try out.withUnsafeMutableBytes { try encoder.encode([p], members: run.count, rawLength: p.count, into: $0) }
         }
-        var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(plain.count))
-        let level = choice == .entropyOnly ? entropyCompressor ?? compressor : compressor
-        let n = choice == .raw
-            ? plain.count
-            : try plain.withUnsafeBytes { p in try out.withUnsafeMutableBytes { try level.compress(p, into: $0) } }
-        if n < plain.count {
+        guard encoding == .raw else {
             out.removeSubrange(n...)
-            return (run.count == 1 ? .zstd : .zstdGroup, out, PackFormat.entrySize(payload: n, encrypted: encrypted))
+            return (encoding, out, PackFormat.entrySize(payload: n, encrypted: encrypted))
         }
         let raw = run.reduce(Int64(0)) {
             $0 + PackFormat.entrySize(payload: Int($1.location.rawLength), encrypted: encrypted)
         }
         return (.raw, plain, raw)
-    }
-
-    /// The zstd frame of `plain`'s hex-packed form, when packing applies and the
-    /// frame is smaller than `plain`.
-    private func hexPacked(_ plain: [UInt8], probe: CompressionProbe) throws -> [UInt8]? {
-        var room = [UInt8](repeating: 0, count: HexPacking.bound(plain.count))
-        guard let n = plain.withUnsafeBytes({ p in room.withUnsafeMutableBytes { HexPacking.pack(p, into: $0) } })
-        else { return nil }
-        let rest = try room.withUnsafeBytes { try probe.choose([UnsafeRawBufferPointer(rebasing: $0[0..<n])]) }
-        let level = rest == .full ? compressor : entropyCompressor ?? compressor
-        var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(n))
-        let c = try room.withUnsafeBytes { r in
-            try out.withUnsafeMutableBytes { try level.compress(UnsafeRawBufferPointer(rebasing: r[0..<n]), into: $0) }
-        }
-        guard c < plain.count else { return nil }
-        out.removeSubrange(c...)
-        return out
     }
 
     /// Reads a live chunk back (verified); a damaged one is reported.

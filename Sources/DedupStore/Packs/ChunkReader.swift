@@ -219,7 +219,8 @@ enum ChunkDecoder {
             let plaintext: UnsafeRawBufferPointer
             do {
                 plaintext = try group.decompress(
-                    loc.frame, frame: stored, decompressor: decompressor, hexPacked: loc.encoding == 4)
+                    loc.frame, frame: stored, decompressor: decompressor,
+                    hexPacked: loc.encoding == ChunkEncoding.hexZstdGroup.rawValue)
             } catch let e as DedupError {
                 throw corrupt("its group: \(e.message)")
             }

@@ -46,14 +46,8 @@ final class ChunkWriter {
     /// Its inserts are in the index's insert log, so the next filter holds them.
     private var bloom: BloomFilter?
     private let workers: Int
-    private let compressors: [ZstdCompressor]
-    /// Per worker, with an adaptive repository: the probe, and the compressor of
-    /// units only an entropy coder shrinks (level 1, or the repository's if lower).
-    private let probes: [CompressionProbe]
-    private let entropyCompressors: [ZstdCompressor]
-    /// Per worker: a unit's pieces joined, and its hex-packed form.
-    private let joinScratch: [ScratchBuffer]
-    private let packScratch: [ScratchBuffer]
+    /// One per worker.
+    private let encoders: [UnitEncoder]
     private var arena: UnsafeMutableRawBufferPointer
     private var pack: PackWriter?
     /// Ids in the pack being written (not in the index yet).
@@ -74,14 +68,7 @@ final class ChunkWriter {
         self.repository = repository
         self.workers = workers
         index = try repository.index()
-        let compression = repository.config.compression
-        compressors = try (0..<workers).map { _ in try ZstdCompressor(level: compression.level) }
-        let adaptive = compression.isAdaptive
-        probes = adaptive ? try (0..<workers).map { _ in try CompressionProbe() } : []
-        entropyCompressors =
-            adaptive ? try (0..<workers).map { _ in try ZstdCompressor(level: min(1, compression.level)) } : []
-        joinScratch = (0..<workers).map { _ in ScratchBuffer() }
-        packScratch = (0..<workers).map { _ in ScratchBuffer() }
+        encoders = try (0..<workers).map { _ in try UnitEncoder(repository.config.compression) }
         arena = .allocate(
             byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
     }
@@ -110,7 +97,7 @@ final class ChunkWriter {
         func closeUnit() {
             guard var u = open else { return }
             u.arenaOffset = arenaUsed
-            arenaUsed += Self.slotSize(u.rawLength)
+            arenaUsed += UnitEncoder.outputSize(u.rawLength)
             units.append(u)
             open = nil
         }
@@ -137,13 +124,10 @@ final class ChunkWriter {
         return arenaUsed
     }
 
-    /// A unit's place in the arena: room for its compressed hex-packed form too.
-    static func slotSize(_ rawLength: Int) -> Int { ZstdCompressor.bound(HexPacking.bound(rawLength)) }
-
     /// Compresses the units on all cores, each into its arena place.
     private func compressUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) {
         let arena = arena
-        let compressors = compressors
+        let encoders = encoders
         newSlots.withUnsafeBufferPointer { order in
             units.withUnsafeMutableBufferPointer { unitBuffer in
                 nonisolated(unsafe) let order = order
@@ -152,7 +136,7 @@ final class ChunkWriter {
                 forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
                     var u = shared[k]
                     let out = UnsafeMutableRawBufferPointer(
-                        rebasing: arena[u.arenaOffset..<(u.arenaOffset + Self.slotSize(u.rawLength))])
+                        rebasing: arena[u.arenaOffset..<(u.arenaOffset + UnitEncoder.outputSize(u.rawLength))])
                     let members = order[u.first..<(u.first + u.count)]
                     // Consecutive chunks of the input (the usual case) are one
                     // buffer: one-shot compression, without zstd's stream copy.
@@ -167,34 +151,8 @@ final class ChunkWriter {
                         } else {
                             pieces = members.map { UnsafeRawBufferPointer(rebasing: input[slots[$0].range]) }
                         }
-                        let choice = probes.isEmpty ? .full : try probes[worker].choose(pieces)
-                        // Readers take a hex-packed frame of at most a group's size.
-                        if !probes.isEmpty, probes[worker].sampleHexShare >= CompressionProbe.hexPackingShare,
-                            u.rawLength <= PackFormat.maxGroupLength,
-                            let c = try hexPack(pieces, rawLength: u.rawLength, into: out, worker: worker),
-                            c < u.rawLength
-                        {
-                            u.storedLength = c
-                            u.encoding = u.count == 1 ? .hexZstd : .hexZstdGroup
-                            u.choice = .hexPacked
-                            shared[k] = u
-                            return
-                        }
-                        if choice == .raw {
-                            u.storedLength = u.rawLength
-                            u.encoding = .raw
-                            u.choice = .raw
-                            shared[k] = u
-                            return
-                        }
-                        let compressor = choice == .entropyOnly ? entropyCompressors[worker] : compressors[worker]
-                        let c = pieces.count == 1
-                            ? try compressor.compress(pieces[0], into: out)
-                            : try compressor.compress(pieces: pieces, into: out)
-                        u.choice = choice
-                        // Not smaller: every chunk of the unit is stored raw.
-                        u.storedLength = c < u.rawLength ? c : u.rawLength
-                        u.encoding = c >= u.rawLength ? .raw : (u.count == 1 ? .zstd : .zstdGroup)
+                        (u.storedLength, u.encoding, u.choice) = try encoders[worker].encode(
+                            pieces, members: u.count, rawLength: u.rawLength, into: out)
                     } catch {
                         u.failure = .wrapping(error)
                     }
@@ -202,30 +160,6 @@ final class ChunkWriter {
                 }
             }
         }
-    }
-
-    /// The unit's hex-packed form (`HexPacking`), compressed as what is left
-    /// asks (the bytes of random BLOBs at level 1, which copies them at memory
-    /// speed; text around them at the repository's level), into `out`; nil when
-    /// hex covers too little of it.
-    private func hexPack(
-        _ pieces: [UnsafeRawBufferPointer], rawLength: Int, into out: UnsafeMutableRawBufferPointer, worker: Int
-    ) throws -> Int? {
-        var source = pieces.first ?? UnsafeRawBufferPointer(start: nil, count: 0)
-        if pieces.count > 1 {
-            let joined = joinScratch[worker].buffer(rawLength)
-            var at = 0
-            for p in pieces {
-                UnsafeMutableRawBufferPointer(rebasing: joined[at..<(at + p.count)]).copyMemory(from: p)
-                at += p.count
-            }
-            source = UnsafeRawBufferPointer(rebasing: joined[0..<rawLength])
-        }
-        let room = packScratch[worker].buffer(HexPacking.bound(rawLength))
-        guard let n = HexPacking.pack(source, into: room) else { return nil }
-        let packed = UnsafeRawBufferPointer(rebasing: room[0..<n])
-        let rest = try probes[worker].choose([packed])
-        return try (rest == .full ? compressors[worker] : entropyCompressors[worker]).compress(packed, into: out)
     }
 
     /// Appends the units to the pack in input order; a full pack is committed.

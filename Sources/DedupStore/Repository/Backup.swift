@@ -324,8 +324,8 @@ final class StreamIngest {
 
             // Hash the chunks on all cores (the largest first, so that the workers
             // finish together), list them in order, store the new ones.
-            if largestFirst.count < n { largestFirst = Array(0..<n) } else { largestFirst.removeSubrange(n...) }
-            for i in 0..<n { largestFirst[i] = i }
+            largestFirst.removeAll(keepingCapacity: true)
+            largestFirst.append(contentsOf: 0..<n)
             largestFirst.sort { ranges[$0].count > ranges[$1].count }
             largestFirst.withUnsafeBufferPointer { order in
                 nonisolated(unsafe) let order = order

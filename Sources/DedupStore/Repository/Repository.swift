@@ -55,9 +55,9 @@ public final class Repository {
     }
 
     /// Creates a new repository on `backend`, which must be empty.
-    @discardableResult
     /// `compressionLevel` is the highest level an adaptive repository uses, and
     /// every unit's level in a fixed one (`compressionMode`).
+    @discardableResult
     public static func initialize(on backend: Backend, chunker: ChunkerParameters = .default,
                                   compressionLevel: Int = 3, compressionMode: CompressionMode = .adaptive,
                                   packSize: Int = RepositoryConfig.defaultPackSize,

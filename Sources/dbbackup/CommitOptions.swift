@@ -21,6 +21,12 @@ struct CommitOptions: ParsableArguments {
         ))
     var streamSHA256 = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Store no new chunk as a delta against the chunk at the same place in the previous backup of this series (same name and kind). By default a chunk that differs from that one in a few places is stored as the difference."
+        ))
+    var noDelta = false
+
     @Flag(help: "Print the committed manifest as JSON.")
     var json = false
 
@@ -47,6 +53,7 @@ struct CommitOptions: ParsableArguments {
         var options = base
         options.lockWait = TimeInterval(lockWait)
         options.streamSHA256 = streamSHA256
+        options.deltaEncoding = !noDelta
         for t in tag {
             let parts = t.split(separator: "=", maxSplits: 1)
             options.tags[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
@@ -101,6 +108,7 @@ struct CommitOptions: ParsableArguments {
             let parts: [(CompressionChoice, String)] = [
                 (.full, "zstd level \(level)"), (.entropyOnly, "entropy-coded only (zstd level \(min(1, level)))"),
                 (.raw, "stored raw (nothing shrinks it)"), (.hexPacked, "hex digits stored as bytes"),
+                (.delta, "as deltas against the previous backup"),
             ]
             let described = parts.compactMap { choice, what -> String? in
                 let share = compression[choice]

@@ -29,6 +29,11 @@ struct DedupStats: ParsableCommand {
                 "space saved   \(Format.bytes(s.spaceSaved)) (\(s.rawBytes > 0 ? Format.percent(Double(s.spaceSaved) / Double(s.rawBytes)) : "-"))"
             )
             Terminal.out("dedup ratio   \(String(format: "%.2fx", s.dedupRatio)) (raw / stored, compression included)")
+            if let n = s.deltaChunks, n > 0 {
+                Terminal.out(
+                    "deltas        \(n) new chunks stored as deltas against the previous backup: \(Format.bytes(s.deltaBytes ?? 0)) -> \(Format.bytes(s.deltaStoredBytes ?? 0))"
+                )
+            }
             Terminal.out("disk usage    \(Format.bytes(s.diskUsage)) (packs and manifests)")
             Terminal.out(
                 "local cache   \(Format.bytes(s.cacheUsage)) in \(repo.cacheDirectory) (chunk index; rebuilt when lost)"

@@ -24,6 +24,9 @@ struct DedupInit: ParsableCommand {
     @Flag(help: "Compress every unit at --compression's level, whatever the data (no sampling).")
     var fixedCompression = false
 
+    @Flag(help: "Store no chunk as a delta against the previous backup of its series (see docs/FORMAT.md, encoding 5).")
+    var noDelta = false
+
     @Option(help: ArgumentHelp("Target pack file size, 1MiB to 1GiB.", valueName: "size"))
     var packSize: String = "32MiB"
 
@@ -72,7 +75,7 @@ struct DedupInit: ParsableCommand {
                 at: store.path, chunker: ChunkerParameters(average: avg),
                 compressionLevel: compression, compressionMode: fixedCompression ? .fixed : .adaptive,
                 packSize: pack, cacheRoot: store.cacheRoot,
-                encryptionKey: encrypt ? key : nil)
+                encryptionKey: encrypt ? key : nil, deltas: !noDelta)
             let c = repo.config
             Terminal.out("created \(encrypt ? "encrypted " : "")repository \(repo.path)")
             if encrypt {

@@ -49,6 +49,9 @@ public struct RepositoryConfig: Codable, Equatable, Sendable {
     public var packSize: Int
     public var chunkHash: String
     public var encryption: String
+    /// False: backups store no chunk as a delta (`dedup init --no-delta`).
+    /// Absent or true: they do where it pays (docs/FORMAT.md, encoding 5).
+    public var deltas: Bool?
 
     /// The algorithms by type (nil for a name this build does not know; `decode`
     /// refuses such a config).

@@ -194,9 +194,29 @@ public final class GarbageCollector {
             }
         }
         try marks.flush()
+        try markDeltaBases(into: marks, index: index)
         report.manifests = ids.count
         report.liveChunks = try marks.count()
         return liveChunkLists
+    }
+
+    /// Marks the bases of every live delta, and theirs down the chain: a base is
+    /// live while a live delta needs it. One scan of the index (only deltas name
+    /// a base), then a lookup a base.
+    private func markDeltaBases(into marks: ChunkSet, index: ChunkIndex) throws {
+        var liveDeltas = [(ChunkID, ChunkID)]()
+        try index.forEachChunk { id, loc in
+            if let base = loc.base, try marks.contains(id) { liveDeltas.append((id, base)) }
+        }
+        for (delta, first) in liveDeltas {
+            var base = first
+            for _ in 0..<DeltaFormat.maxChainLength {
+                try marks.insert(base)
+                guard let loc = try index.lookup(base), let next = loc.base, next != delta else { break }
+                base = next
+            }
+        }
+        try marks.flush()
     }
 
     /// Chunk lists that no manifest names, found one key at a time (a year of
@@ -329,7 +349,7 @@ private final class Sweep {
     /// The pack being written (nil in a dry run), and its size so far (also in a
     /// dry run, where it is computed with the sizes PackWriter writes).
     var writer: PackWriter?
-    var writing: (size: Int64, entries: Int)?
+    var writing: (size: Int64, entries: Int, deltas: Int)?
     /// Rewritten packs whose live chunks all sit in the pack being written: they
     /// go once it is committed.
     var awaitingCommit: [Doomed] = []
@@ -686,7 +706,7 @@ private final class Sweep {
                 try commitWriter()
             }
             if writing == nil {
-                writing = (Int64(PackFormat.headerSize), 0)
+                writing = (Int64(PackFormat.headerSize), 0, 0)
                 if !dryRun { writer = try PackWriter(backend: backend, cipher: repository.cipher) }
             }
             if let writer {
@@ -700,6 +720,7 @@ private final class Sweep {
             }
             writing?.size += pieceSize(piece)
             writing?.entries += pieceEntries(piece)
+            if case .copy(let e) = piece, e.location.isDelta { writing?.deltas += 1 }
         }
         return true
     }
@@ -716,7 +737,8 @@ private final class Sweep {
             _ = try fetch(e)
             try writer.add(
                 id: e.id, rawLength: Int(e.location.rawLength),
-                encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: chunkReader.storedPayload)
+                encoding: ChunkEncoding(rawValue: e.location.encoding) ?? .raw, payload: chunkReader.storedPayload,
+                base: e.location.base)
         case .frame(let members):
             for m in members { _ = try fetch(m) }
             let frame = chunkReader.storedPayload
@@ -766,6 +788,8 @@ private final class Sweep {
                             payload: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
                         at += n
                     }
+                case .zstdDelta:
+                    throw DedupError.compression("a regrouped group cannot be a delta")
                 }
             }
         }
@@ -776,7 +800,7 @@ private final class Sweep {
         guard let w = writing else { return }
         writing = nil
         report.packsWritten += 1
-        let size = w.size + PackFormat.closingSize(entries: w.entries, encrypted: encrypted)
+        let size = w.size + PackFormat.closingSize(entries: w.entries, deltas: w.deltas, encrypted: encrypted)
         report.bytesReclaimed -= size
         guard let pack = writer else { return }
         writer = nil

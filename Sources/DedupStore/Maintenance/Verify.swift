@@ -148,7 +148,7 @@ public final class Verifier {
         /// places it, or nil when nothing is wrong; `coveredInFull` goes false when
         /// its pack was not read in full in this run.
         func problem(with chunk: ChunkID, length: Int, in id: String,
-                     coveredInFull: inout Bool) throws -> VerifyReport.Problem? {
+                     coveredInFull: inout Bool, depth: Int = 0) throws -> VerifyReport.Problem? {
             func found(_ message: String, pack: PackID? = nil) -> VerifyReport.Problem {
                 .init(manifest: id, pack: pack?.hex, chunk: chunk.hex, message: message)
             }
@@ -181,6 +181,19 @@ public final class Verifier {
             if !readInFull.contains(loc.pack), let copy = knownDamaged.copy(chunk, in: loc.pack) {
                 return found("backup \(id) needs chunk \(chunk.hex) in pack \(loc.pack.hex), which is corrupt "
                              + "(\(DamagedChunks.describe(copy)))", pack: loc.pack)
+            }
+            // A delta needs its bases as much as itself.
+            if let base = loc.base {
+                guard depth < DeltaFormat.maxChainLength else {
+                    return found("backup \(id) needs chunk \(chunk.hex), at the end of a chain of deltas longer than "
+                                 + "the \(DeltaFormat.maxChainLength) readers accept", pack: loc.pack)
+                }
+                let baseLength = try index.lookup(base).map { Int($0.rawLength) } ?? 0
+                if let p = try problem(with: base, length: baseLength, in: id, coveredInFull: &coveredInFull,
+                                       depth: depth + 1) {
+                    return found("backup \(id) needs chunk \(chunk.hex), a delta whose base cannot be read: "
+                                 + p.message, pack: p.pack.flatMap(PackID.init(hex:)))
+                }
             }
             return nil
         }

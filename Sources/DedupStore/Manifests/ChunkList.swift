@@ -201,47 +201,76 @@ public final class ChunkListReader {
 
     /// Calls `body` with each chunk id and plaintext length, in stream order.
     public func forEach(_ body: (ChunkID, Int) throws -> Void) throws {
+        let cursor = ChunkListCursor(self)
+        while let (id, length) = try cursor.next() { try body(id, length) }
+    }
+
+    /// Reads records `index..<(index + n)` (within one sealed block) into `block`.
+    fileprivate func readRecords(from index: Int, count n: Int, into block: inout [UInt8], box: inout [UInt8]) throws {
         let perBlock = ChunkListFormat.recordsPerSealedBlock
         let sealedBlockSize = perBlock * ChunkListFormat.recordSize + RepositoryCipher.overhead
-        var block = [UInt8](repeating: 0, count: perBlock * ChunkListFormat.recordSize)
-        var box = [UInt8](repeating: 0, count: cipher == nil ? 0 : sealedBlockSize)
-        var index = 0
-        while index < count {
-            let n = min(perBlock, count - index)
-            let bytes = n * ChunkListFormat.recordSize
-            if let cipher {
-                let blockIndex = index / perBlock
-                let boxBytes = bytes + RepositoryCipher.overhead
-                try box.withUnsafeMutableBytes {
-                    try object.read(at: Int64(ChunkListFormat.headerSize) + Int64(blockIndex) * Int64(sealedBlockSize),
-                                    into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<boxBytes]))
-                }
-                let opened = try box.withUnsafeBytes { b in
-                    try block.withUnsafeMutableBytes {
-                        try cipher.open(
-                            UnsafeRawBufferPointer(rebasing: b[0..<boxBytes]),
-                            aad: ChunkListFormat.blockAAD(blockIndex), into: $0)
-                    }
-                }
-                guard opened == bytes else {
-                    throw DedupError.authenticationFailed("a chunk list block opened to \(opened) bytes, not \(bytes)")
-                }
-            } else {
+        let bytes = n * ChunkListFormat.recordSize
+        if let cipher {
+            let blockIndex = index / perBlock
+            let boxBytes = bytes + RepositoryCipher.overhead
+            try box.withUnsafeMutableBytes {
+                try object.read(at: Int64(ChunkListFormat.headerSize) + Int64(blockIndex) * Int64(sealedBlockSize),
+                                into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<boxBytes]))
+            }
+            let opened = try box.withUnsafeBytes { b in
                 try block.withUnsafeMutableBytes {
-                    try object.read(at: Int64(ChunkListFormat.headerSize + index * ChunkListFormat.recordSize),
-                                    into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<bytes]))
+                    try cipher.open(
+                        UnsafeRawBufferPointer(rebasing: b[0..<boxBytes]),
+                        aad: ChunkListFormat.blockAAD(blockIndex), into: $0)
                 }
             }
-            try block.withUnsafeBytes { raw in
-                guard let base = raw.baseAddress else { return }
-                for i in 0..<n {
-                    let p = base + i * ChunkListFormat.recordSize
-                    let id = ChunkID(bytes: p)
-                    let length = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt32.self)))
-                    try body(id, length)
-                }
+            guard opened == bytes else {
+                throw DedupError.authenticationFailed("a chunk list block opened to \(opened) bytes, not \(bytes)")
             }
-            index += n
+        } else {
+            try block.withUnsafeMutableBytes {
+                try object.read(at: Int64(ChunkListFormat.headerSize + index * ChunkListFormat.recordSize),
+                                into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<bytes]))
+            }
         }
+    }
+
+    fileprivate var isSealed: Bool { cipher != nil }
+}
+
+/// Reads a checked chunk list one record at a time, a block ahead (what a
+/// backup walks in step with its own stream to find delta bases).
+public final class ChunkListCursor {
+    private let list: ChunkListReader
+    private var block: [UInt8]
+    private var box: [UInt8]
+    private var index = 0
+    private var inBlock = 0
+    private var blockCount = 0
+
+    public init(_ list: ChunkListReader) {
+        self.list = list
+        let perBlock = ChunkListFormat.recordsPerSealedBlock
+        block = [UInt8](repeating: 0, count: perBlock * ChunkListFormat.recordSize)
+        box = [UInt8](repeating: 0, count: list.isSealed ? perBlock * ChunkListFormat.recordSize + RepositoryCipher.overhead : 0)
+    }
+
+    /// The next chunk id and plaintext length, or nil at the end.
+    public func next() throws -> (ChunkID, Int)? {
+        if inBlock == blockCount {
+            guard index < list.count else { return nil }
+            blockCount = min(ChunkListFormat.recordsPerSealedBlock, list.count - index)
+            try list.readRecords(from: index, count: blockCount, into: &block, box: &box)
+            index += blockCount
+            inBlock = 0
+        }
+        let record = block.withUnsafeBytes { raw -> (ChunkID, Int)? in
+            // In bounds: inBlock < blockCount records were read.
+            guard let base = raw.baseAddress else { return nil }
+            let p = base + inBlock * ChunkListFormat.recordSize
+            return (ChunkID(bytes: p), Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: UInt32.self))))
+        }
+        inBlock += 1
+        return record
     }
 }

@@ -58,6 +58,12 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var newBytes: Int64
         public var storedBytes: Int64
         public var durationSeconds: Double
+        /// New chunks stored as deltas against the previous backup of the series,
+        /// their plaintext and what they take in packs (absent: none, or a backup
+        /// made before delta encoding).
+        public var deltaChunks: Int?
+        public var deltaBytes: Int64?
+        public var deltaStoredBytes: Int64?
     }
 
     /// How a database dump was made (backups of `dedup backup-db`).

@@ -21,6 +21,8 @@ public final class ChunkIndex {
     private var readTxn: OpaquePointer?
 
     static let locationSize = 16 + 8 + 4 + 4 + 1 + 1 + 4
+    /// A delta's location: the base's id after it.
+    static let deltaLocationSize = locationSize + 32
 
     /// False only in tools that build throwaway repositories (dbbackup-gen): commits
     /// are then not synced to disk (LMDB's MDB_NOSYNC).
@@ -201,21 +203,23 @@ public final class ChunkIndex {
     }
 
     private static func encode(_ l: ChunkLocation) -> [UInt8] {
-        var w = BinaryWriter(capacity: locationSize)
+        var w = BinaryWriter(capacity: deltaLocationSize)
         w.append(l.pack.hi); w.append(l.pack.lo); w.append(l.offset)
         w.append(l.rawLength); w.append(l.storedLength); w.append(l.encoding); w.append(l.flags)
         w.append(l.groupOffset)
+        if let base = l.base { w.append(base) }
         return w.bytes
     }
 
     /// Reads a location straight from LMDB's memory: no copy, no allocation (every
     /// dedup lookup and every scanned entry goes through here).
     private static func decode(_ v: UnsafeRawBufferPointer) -> ChunkLocation? {
-        guard v.count == locationSize, let p = v.baseAddress else { return nil }
+        guard v.count == locationSize || v.count == deltaLocationSize, let p = v.baseAddress else { return nil }
         func u64(_ at: Int) -> UInt64 { UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
         func u32(_ at: Int) -> UInt32 { UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
         return ChunkLocation(pack: PackID(hi: u64(0), lo: u64(8)), offset: u64(16), rawLength: u32(24),
-                             storedLength: u32(28), encoding: v[32], flags: v[33], groupOffset: u32(34))
+                             storedLength: u32(28), encoding: v[32], flags: v[33], groupOffset: u32(34),
+                             base: v.count == deltaLocationSize ? ChunkID(bytes: p + locationSize) : nil)
     }
 
     private static func decode(_ v: MDB_val) -> ChunkLocation? {

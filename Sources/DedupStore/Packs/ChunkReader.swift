@@ -61,11 +61,83 @@ final class ChunkReader {
 
     /// The plaintext of a chunk at a known location, verified against its id;
     /// valid until the next call.
+    /// `checked: false` skips the check against the id: for a delta base read
+    /// to encode against, whose decoding a restore repeats exactly (the delta is
+    /// then checked against its own id).
     func fetch(
-        _ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String
+        _ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String, checked: Bool = true
     ) throws -> UnsafeRawBufferPointer {
-        try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
+        if loc.isDelta {
+            return try fetchDelta(id, at: loc, expectedLength: expectedLength, manifest: manifest, checked: checked)
+        }
+        try readPayload(id, at: loc, expectedLength: expectedLength, manifest: manifest)
         let payloadLoc = cipher == nil ? loc : loc.unsealed
+        return try ChunkDecoder.decode(id, at: payloadLoc, stored: storedPayload, into: plain, manifest: manifest,
+                                       decompressor: decompressor, hasher: checked ? hasher : nil, group: group)
+    }
+
+    /// A delta: its bases decoded in turn, from the chunk stored on its own up,
+    /// each into the prefix of the next; the chunk itself checked against its id.
+    /// `storedPayload` is then the delta's own.
+    private func fetchDelta(
+        _ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String, checked: Bool
+    ) throws -> UnsafeRawBufferPointer {
+        let chain = try bases(of: id, at: loc, manifest: manifest)
+        guard let root = chain.first else { throw DedupError.chunkCorrupt(
+            chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: "a delta without a base") }
+        let maxChunk = plain.count
+        var prefix = prefixScratch[0].buffer(maxChunk), next = prefixScratch[1].buffer(maxChunk)
+        let rootPlain = try fetch(root.id, at: root.location, expectedLength: Int(root.location.rawLength),
+                                  manifest: manifest, checked: false)
+        UnsafeMutableRawBufferPointer(rebasing: prefix[0..<rootPlain.count]).copyMemory(from: rootPlain)
+        var prefixLength = rootPlain.count
+        for (k, link) in (chain.dropFirst() + [(id: id, location: loc)]).enumerated() {
+            let last = k == chain.count - 1
+            try readPayload(link.id, at: link.location, expectedLength: Int(link.location.rawLength),
+                            manifest: manifest)
+            let out = try ChunkDecoder.decodeDelta(
+                link.id, at: cipher == nil ? link.location : link.location.unsealed, stored: storedPayload,
+                base: UnsafeRawBufferPointer(rebasing: prefix[0..<prefixLength]), into: last ? plain : next,
+                manifest: manifest, decompressor: decompressor, hasher: last && checked ? hasher : nil)
+            if last { return out }
+            swap(&prefix, &next)
+            prefixLength = out.count
+        }
+        throw DedupError.chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: "an empty chain")
+    }
+
+    /// The chunks a delta at `loc` needs before it, the one stored on its own
+    /// first, then each delta on it in turn (not the chunk itself); at most
+    /// `DeltaFormat.maxChainLength - 1` deltas.
+    func bases(of id: ChunkID, at loc: ChunkLocation, manifest: String) throws -> [(id: ChunkID, location: ChunkLocation)] {
+        var chain = [(id: ChunkID, location: ChunkLocation)]()
+        var current = loc
+        var links = 1
+        while let base = current.base, current.isDelta {
+            guard links <= DeltaFormat.maxChainLength, base != id else {
+                throw DedupError.chunkCorrupt(
+                    chunk: id.hex, pack: loc.pack.hex, manifest: manifest,
+                    detail: "its chain of deltas is longer than the \(DeltaFormat.maxChainLength) readers accept")
+            }
+            let baseLocation: ChunkLocation
+            do {
+                baseLocation = try location(of: base, manifest: manifest)
+            } catch let e as DedupError {
+                throw DedupError.chunkCorrupt(
+                    chunk: id.hex, pack: loc.pack.hex, manifest: manifest,
+                    detail: "its delta base \(base.hex) cannot be read: \(e.message)")
+            }
+            chain.insert((base, baseLocation), at: 0)
+            current = baseLocation
+            links += 1
+        }
+        return chain
+    }
+
+    /// Reads a chunk's entry (a group's frame once for a run of its members)
+    /// and opens it when the repository is encrypted: `storedPayload` is then its payload.
+    private func readPayload(_ id: ChunkID, at loc: ChunkLocation, expectedLength: Int, manifest: String) throws {
+        try checkLocation(id, at: loc, expectedLength: expectedLength, manifest: manifest)
         if !loc.isGroupMember || storedGroup != loc.frame {
             storedGroup = nil
             // Encrypted: read the box, open it into `stored`. gc copies `stored`
@@ -81,9 +153,10 @@ final class ChunkReader {
             ).payload.count
             if loc.isGroupMember { storedGroup = loc.frame }
         }
-        return try ChunkDecoder.decode(id, at: payloadLoc, stored: storedPayload, into: plain, manifest: manifest,
-                                       decompressor: decompressor, hasher: hasher, group: group)
     }
+
+    /// Where a delta's bases are decoded (two: the prefix, and the next one).
+    private let prefixScratch = [ScratchBuffer(), ScratchBuffer()]
 
     /// The plaintext length of the group the last fetch decoded (dead members included).
     var groupPlaintextLength: Int { group.plaintextLength }
@@ -107,6 +180,9 @@ final class ChunkReader {
             throw corrupt(
                 "its lengths (\(loc.rawLength) plain, \(loc.storedLength) stored) exceed this repository's maximum chunk size"
             )
+        }
+        guard loc.isDelta == (loc.base != nil) else {
+            throw corrupt(loc.isDelta ? "a delta whose base the index does not name" : "it names a base but is no delta")
         }
         guard loc.flags == (cipher == nil ? 0 : UInt8(PackFormat.encryptedFlag)) else {
             throw corrupt(
@@ -231,11 +307,92 @@ enum ChunkDecoder {
             let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
             target.copyMemory(from: UnsafeRawBufferPointer(rebasing: plaintext[start..<end]))
             out = UnsafeRawBufferPointer(target)
+        case .zstdDelta:
+            throw corrupt("a delta decoded without its base")
         case nil:
             throw corrupt("unknown encoding \(loc.encoding) (written by a newer dbbackup?)")
         }
         if let hasher, hasher.digest(out) != id { throw corrupt("SHA-256 of its contents does not match its id") }
         return out
+    }
+
+    /// A delta's plaintext (encoding 5): its frame decompressed against `base`,
+    /// its base's plaintext, into `plain`; checked against the id with a `hasher`.
+    static func decodeDelta(_ id: ChunkID, at loc: ChunkLocation, stored: UnsafeRawBufferPointer,
+                            base: UnsafeRawBufferPointer, into plain: UnsafeMutableRawBufferPointer,
+                            manifest: String, decompressor: ZstdDecompressor,
+                            hasher: SHA256Hasher?) throws -> UnsafeRawBufferPointer {
+        func corrupt(_ detail: String) -> DedupError {
+            .chunkCorrupt(chunk: id.hex, pack: loc.pack.hex, manifest: manifest, detail: detail)
+        }
+        guard loc.isDelta else { throw corrupt("decoded as a delta, stored as encoding \(loc.encoding)") }
+        guard Int(loc.rawLength) <= plain.count else { throw corrupt("larger than its buffer") }
+        let target = UnsafeMutableRawBufferPointer(rebasing: plain[0..<Int(loc.rawLength)])
+        let n: Int
+        do {
+            n = try decompressor.decompress(stored, prefix: base, into: target)
+        } catch {
+            throw corrupt("zstd delta: \(error)")
+        }
+        guard n == Int(loc.rawLength) else { throw corrupt("decompressed to \(n) bytes, expected \(loc.rawLength)") }
+        let out = UnsafeRawBufferPointer(target)
+        if let hasher, hasher.digest(out) != id { throw corrupt("SHA-256 of its contents does not match its id") }
+        return out
+    }
+}
+
+/// Decodes a chain of deltas on one worker: the first link stored on its own,
+/// each next one a delta against the plaintext before it. What restore and a
+/// backup's delta encoding (which decodes its bases) share; one per worker.
+final class DeltaChainDecoder {
+    /// A link: a chunk and its entry's stored bytes, as read.
+    struct Link {
+        var id: ChunkID
+        var location: ChunkLocation
+        var stored: UnsafeRawBufferPointer
+    }
+
+    private let prefixes = [ScratchBuffer(), ScratchBuffer()]
+    private let opened = ScratchBuffer()
+    let decompressor: ZstdDecompressor
+    let group = GroupScratch()
+
+    init() throws { decompressor = try ZstdDecompressor() }
+
+    /// The last link's plaintext: in `final` when given, else in this decoder's
+    /// scratch (valid until the next call); checked against its id with a `hasher`.
+    func decode(
+        _ links: [Link], maxChunk: Int, cipher: RepositoryCipher?, manifest: String,
+        into final: UnsafeMutableRawBufferPointer? = nil, hasher: SHA256Hasher?
+    ) throws -> UnsafeRawBufferPointer {
+        guard let root = links.first else {
+            throw DedupError.chunkCorrupt(chunk: "?", pack: "?", manifest: manifest, detail: "an empty chain of deltas")
+        }
+        var prefix = prefixes[0].buffer(maxChunk), next = prefixes[1].buffer(maxChunk)
+        let lone = links.count == 1
+        let (payload, rootLoc) = try ChunkDecoder.unseal(
+            root.id, at: root.location, stored: root.stored, cipher: cipher, into: opened, group: group,
+            manifest: manifest)
+        let rootTarget = lone ? final ?? prefix : prefix
+        var plain = try ChunkDecoder.decode(
+            root.id, at: rootLoc, stored: payload, into: rootTarget, manifest: manifest, decompressor: decompressor,
+            hasher: lone ? hasher : nil, group: group)
+        // A raw chunk decodes to its stored (or opened) bytes: copied, as the next open reuses them.
+        if plain.baseAddress != UnsafeRawPointer(rootTarget.baseAddress) && (!lone || final != nil) {
+            UnsafeMutableRawBufferPointer(rebasing: rootTarget[0..<plain.count]).copyMemory(from: plain)
+            plain = UnsafeRawBufferPointer(rebasing: rootTarget[0..<plain.count])
+        }
+        for (k, link) in links.dropFirst().enumerated() {
+            let last = k == links.count - 2
+            let (payload, loc) = try ChunkDecoder.unseal(
+                link.id, at: link.location, stored: link.stored, cipher: cipher, into: opened, group: nil,
+                manifest: manifest)
+            plain = try ChunkDecoder.decodeDelta(
+                link.id, at: loc, stored: payload, base: plain, into: last ? final ?? next : next,
+                manifest: manifest, decompressor: decompressor, hasher: last ? hasher : nil)
+            swap(&prefix, &next)
+        }
+        return plain
     }
 }
 

@@ -33,6 +33,10 @@ final class ChunkWriter {
         /// What the probe chose (`.full` when the repository's level is fixed).
         var choice = CompressionChoice.full
         var failure: DedupError?
+        /// A chunk to encode against a base: the base's id, and the entries that
+        /// decode to its plaintext (`deltaLinks`: the chunk stored on its own
+        /// first, the base last).
+        var delta: (base: ChunkID, links: Range<Int>)?
 
         init(first: Int) { self.first = first }
     }
@@ -54,6 +58,19 @@ final class ChunkWriter {
     private var pending = Set<ChunkID>()
     private var newSlots = [Int]()
     private var units = [CompressionUnit]()
+    /// The walk of the previous backup of the series, for the stream being
+    /// stored (nil: no delta encoding for it), and the stream's offset so far.
+    private var deltaBases: DeltaBaseFinder?
+    private var streamOffset: Int64 = 0
+    /// Reads delta bases' entries (on this thread) for the workers to decode:
+    /// the entries of one batch, and which chunk each is.
+    private var baseReader: ChunkReader?
+    private var baseArena = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var deltaLinks = [(id: ChunkID, location: ChunkLocation, stored: Range<Int>)]()
+    private var framesRead = [FrameKey: Range<Int>]()
+    /// One per worker: decodes the bases, and checks each against its id.
+    private let chainDecoders: [DeltaChainDecoder]
+    private let hashers: [SHA256Hasher]
 
     /// Chunks seen, and the new ones stored (their plaintext and stored bytes).
     private(set) var chunks = 0
@@ -63,17 +80,32 @@ final class ChunkWriter {
     private(set) var storedBytes: Int64 = 0
     /// The same by what the probe chose.
     private(set) var compressionUse = CompressionUse()
+    /// New chunks stored as deltas.
+    private(set) var deltaChunks = 0
 
     init(repository: Repository, workers: Int, batchBytes: Int) throws {
         self.repository = repository
         self.workers = workers
         index = try repository.index()
         encoders = try (0..<workers).map { _ in try UnitEncoder(repository.config.compression) }
+        chainDecoders = try (0..<workers).map { _ in try DeltaChainDecoder() }
+        hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         arena = .allocate(
             byteCount: ZstdCompressor.bound(batchBytes + repository.config.chunker.maxSize), alignment: 16)
     }
 
-    deinit { arena.deallocate() }
+    deinit {
+        arena.deallocate()
+        baseArena.deallocate()
+    }
+
+    /// The next stream's chunks are encoded against the chunks at the same
+    /// place in `previous` (a chunk list of the series' previous backup), or
+    /// not at all with nil.
+    func beginStream(deltaAgainst previous: ChunkListReader?) {
+        deltaBases = previous.map(DeltaBaseFinder.init)
+        streamOffset = 0
+    }
 
     /// Stores the chunks of one hashed batch that the repository does not hold.
     func store(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int) throws {
@@ -92,7 +124,10 @@ final class ChunkWriter {
     private func formUnits(slots: SharedPointer<ChunkSlot>, count n: Int) throws -> Int {
         newSlots.removeAll(keepingCapacity: true)
         units.removeAll(keepingCapacity: true)
+        deltaLinks.removeAll(keepingCapacity: true)
+        framesRead.removeAll(keepingCapacity: true)
         var arenaUsed = 0
+        var baseUsed = 0
         var open: CompressionUnit?
         func closeUnit() {
             guard var u = open else { return }
@@ -103,6 +138,9 @@ final class ChunkWriter {
         }
         for i in 0..<n {
             let id = slots[i].id
+            let length = slots[i].range.count
+            let candidate = try deltaBases?.base(for: id, at: streamOffset, length: length)
+            streamOffset += Int64(length)
             var known = pending.contains(id)
             if bloom == nil && chunks + i >= repository.bloomAfterChunks { bloom = try repository.bloom() }
             if !known && (bloom?.mightContain(id) ?? true) {
@@ -111,6 +149,18 @@ final class ChunkWriter {
             guard !known else { continue }
             pending.insert(id)
             bloom?.insert(id)
+            if let candidate, let links = try readBase(candidate, at: &baseUsed) {
+                // A delta is a unit of its own.
+                closeUnit()
+                var u = CompressionUnit(first: newSlots.count)
+                newSlots.append(i)
+                u.count = 1
+                u.rawLength = length
+                u.delta = (candidate, links)
+                open = u
+                closeUnit()
+                continue
+            }
             // A unit never grows past what readers accept for a group.
             if let u = open, u.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
             var u = open ?? CompressionUnit(first: newSlots.count)
@@ -124,10 +174,59 @@ final class ChunkWriter {
         return arenaUsed
     }
 
+    /// Reads the entries a delta base decodes from (its own, after those of the
+    /// chain it ends, each once a batch) into the base arena at `used`, and
+    /// returns them as a range of `deltaLinks`; nil when it cannot serve: not
+    /// indexed, or at the end of a chain of `DeltaFormat.maxChainLength` deltas
+    /// (the chunk is then stored on its own, and the next backup's deltas start
+    /// from it).
+    private func readBase(_ base: ChunkID, at used: inout Int) throws -> Range<Int>? {
+        guard let loc = try repository.locate(base, in: index, listIfUnknown: false) else { return nil }
+        if baseReader == nil { baseReader = try ChunkReader(repository: repository) }
+        guard let reader = baseReader,
+            let chain = try? reader.bases(of: base, at: loc, manifest: "(delta base)"),
+            chain.count < DeltaFormat.maxChainLength
+        else { return nil }
+        let first = deltaLinks.count
+        for (id, at) in chain + [(base, loc)] {
+            if let stored = framesRead[at.frame] {
+                deltaLinks.append((id, at, stored))
+                continue
+            }
+            let entry = PackFormat.entryHeaderSize + Int(at.storedLength)
+            if used + entry > baseArena.count {
+                let grown = UnsafeMutableRawBufferPointer.allocate(
+                    byteCount: max(2 * baseArena.count, used + entry, 1 << 20), alignment: 16)
+                if used > 0, let from = baseArena.baseAddress { grown.baseAddress?.copyMemory(from: from, byteCount: used) }
+                baseArena.deallocate()
+                baseArena = grown
+            }
+            do {
+                _ = try reader.readStored(
+                    id, at: at, expectedLength: Int(at.rawLength),
+                    into: UnsafeMutableRawBufferPointer(rebasing: baseArena[used...]), manifest: "(delta base)")
+            } catch {
+                // A base that does not read is no base: the chunk is stored on its own.
+                deltaLinks.removeSubrange(first...)
+                return nil
+            }
+            let stored = (used + PackFormat.entryHeaderSize)..<(used + entry)
+            framesRead[at.frame] = stored
+            deltaLinks.append((id, at, stored))
+            used += entry
+        }
+        return first..<deltaLinks.count
+    }
+
     /// Compresses the units on all cores, each into its arena place.
     private func compressUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) {
         let arena = arena
+        let baseArena = UnsafeRawBufferPointer(baseArena)
         let encoders = encoders
+        let deltaLinks = deltaLinks
+        let chainDecoders = chainDecoders, hashers = hashers
+        let cipher = repository.cipher
+        let maxChunk = repository.config.chunker.maxSize
         newSlots.withUnsafeBufferPointer { order in
             units.withUnsafeMutableBufferPointer { unitBuffer in
                 nonisolated(unsafe) let order = order
@@ -144,6 +243,29 @@ final class ChunkWriter {
                         slots[$0].range.upperBound == slots[$1].range.lowerBound
                     }
                     do {
+                        if let delta = u.delta, let only = members.first {
+                            // The base decoded and checked against its id: a delta is
+                            // never made against bytes that are not the base's.
+                            let chain = deltaLinks[delta.links].map {
+                                DeltaChainDecoder.Link(
+                                    id: $0.id, location: $0.location,
+                                    stored: UnsafeRawBufferPointer(rebasing: baseArena[$0.stored]))
+                            }
+                            let chunk = UnsafeRawBufferPointer(rebasing: input[slots[only].range])
+                            if let base = try? chainDecoders[worker].decode(
+                                chain, maxChunk: maxChunk, cipher: cipher, manifest: "(delta base)",
+                                hasher: hashers[worker])
+                            {
+                                (u.storedLength, u.encoding, u.choice) = try encoders[worker].encode(
+                                    chunk, against: base, into: out)
+                            } else {
+                                // A base that does not decode (damaged): the chunk on its own.
+                                (u.storedLength, u.encoding, u.choice) = try encoders[worker].encode(
+                                    [chunk], members: 1, rawLength: chunk.count, into: out)
+                            }
+                            shared[k] = u
+                            return
+                        }
                         let pieces: [UnsafeRawBufferPointer]
                         if contiguous, let a = members.first, let b = members.last {
                             pieces = [UnsafeRawBufferPointer(
@@ -180,6 +302,12 @@ final class ChunkWriter {
                 try pack?.add(
                     id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: u.encoding, payload: payload)
                 storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+            case .zstdDelta:
+                try pack?.add(
+                    id: slots[newSlots[u.first]].id, rawLength: u.rawLength, encoding: .zstdDelta, payload: payload,
+                    base: u.delta?.base)
+                storedBytes += Int64(payload.count + PackFormat.entryHeaderSize)
+                deltaChunks += 1
             case .raw:
                 for i in members {
                     let chunk = UnsafeRawBufferPointer(rebasing: input[slots[i].range])

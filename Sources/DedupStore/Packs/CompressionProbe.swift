@@ -12,6 +12,9 @@ public enum CompressionChoice: Int, CaseIterable, Equatable, Sendable {
     /// Mostly hex digits: stored as the bytes they spell (`HexPacking`), then
     /// compressed as what is left asks.
     case hexPacked
+    /// A delta against the chunk at the same place in the previous backup of the
+    /// series (encoding 5).
+    case delta
 }
 
 /// Picks how one compression unit is stored from a sample of it (four slices of
@@ -155,5 +158,7 @@ public struct CompressionUse: Equatable, Sendable {
     }
 
     /// True when any unit was stored otherwise than at the repository's level.
-    public var adapted: Bool { self[.raw].units + self[.entropyOnly].units + self[.hexPacked].units > 0 }
+    public var adapted: Bool {
+        self[.raw].units + self[.entropyOnly].units + self[.hexPacked].units + self[.delta].units > 0
+    }
 }

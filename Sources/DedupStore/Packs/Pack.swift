@@ -56,6 +56,11 @@ public enum ChunkEncoding: UInt8, Sendable {
     /// A member of a group whose frame holds the hex-packed form of the members'
     /// plaintexts.
     case hexZstdGroup = 4
+    /// One zstd frame compressed against another chunk's plaintext, its base
+    /// (zstd's prefix): what a chunk that differs from its base in a few places
+    /// costs. The base is named in the pack's trailer (`ChunkLocation.base`) and
+    /// may be a delta itself, up to `DeltaFormat.maxChainLength` chunks deep.
+    case zstdDelta = 5
 
     /// The members of one frame (2 and 4).
     public var isGroup: Bool { self == .zstdGroup || self == .hexZstdGroup }
@@ -74,13 +79,19 @@ public struct ChunkLocation: Equatable, Sendable {
     public var flags: UInt8
     /// For a group member: where its plaintext starts in the group's (else 0).
     public var groupOffset: UInt32
+    /// For a delta (encoding 5): the chunk whose plaintext it was compressed
+    /// against (in an encrypted repository a keyed id, like every chunk id).
+    public var base: ChunkID?
 
     public init(pack: PackID, offset: UInt64, rawLength: UInt32, storedLength: UInt32, encoding: UInt8,
-                flags: UInt8 = 0, groupOffset: UInt32 = 0) {
+                flags: UInt8 = 0, groupOffset: UInt32 = 0, base: ChunkID? = nil) {
         self.pack = pack; self.offset = offset; self.rawLength = rawLength
         self.storedLength = storedLength; self.encoding = encoding; self.flags = flags
-        self.groupOffset = groupOffset
+        self.groupOffset = groupOffset; self.base = base
     }
+
+    /// True for a delta against another chunk (encoding 5).
+    public var isDelta: Bool { encoding == ChunkEncoding.zstdDelta.rawValue }
 
     /// True for a member of a compression group.
     public var isGroupMember: Bool { ChunkEncoding(rawValue: encoding)?.isGroup ?? false }
@@ -100,7 +111,7 @@ public struct ChunkLocation: Equatable, Sendable {
 
 /// Names one stored entry of a pack (a chunk's, or a whole group's frame): what
 /// readers key on to read or decompress a group once for a run of its members.
-public struct FrameKey: Equatable, Sendable {
+public struct FrameKey: Hashable, Sendable {
     public var pack: PackID
     public var offset: UInt64
     public var storedLength: UInt32
@@ -129,10 +140,27 @@ public enum PackFormat {
     }
 
     /// Bytes `finish` adds after the data area: the trailer for `entries`
-    /// entries (sealed: 28 bytes more) and the footer.
-    public static func closingSize(entries: Int, encrypted: Bool) -> Int64 {
-        Int64(8 + entries * trailerEntrySize + (encrypted ? RepositoryCipher.overhead : 0) + footerSize)
+    /// entries of which `deltas` name a base (sealed: 28 bytes more) and the footer.
+    public static func closingSize(entries: Int, deltas: Int = 0, encrypted: Bool) -> Int64 {
+        let references = deltas == 0 ? 0 : 4 + deltas * referenceSize
+        return Int64(8 + entries * trailerEntrySize + references + (encrypted ? RepositoryCipher.overhead : 0)
+            + footerSize)
     }
+
+    /// Trailer versions: 0 lists entries only; 1 adds the bases of its deltas
+    /// after them (a u32 count, then per delta its entry's index u32 and the
+    /// base's id), written only by packs that hold a delta.
+    public static let trailerWithBases: UInt32 = 1
+    public static let referenceSize = 4 + 32
+}
+
+/// The bounds of delta encoding (docs/FORMAT.md, encoding 5).
+public enum DeltaFormat {
+    /// A delta's base may itself be a delta, down to a chunk stored on its own:
+    /// at most this many deltas in a row, so that a restore reads at most this
+    /// many entries besides the chunk's own (and decodes as many frames, each
+    /// mostly long matches, at close to memory speed).
+    public static let maxChainLength = 4
 }
 
 /// One entry of a pack's trailer.
@@ -172,11 +200,16 @@ public final class PackWriter {
     /// Appends a chunk; `payload` is its stored form (`encoding` says which).
     @discardableResult
     public func add(
-        id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer
+        id chunk: ChunkID, rawLength: Int, encoding: ChunkEncoding, payload: UnsafeRawBufferPointer,
+        base: ChunkID? = nil
     ) throws -> ChunkLocation {
+        guard (encoding == .zstdDelta) == (base != nil) else {
+            throw DedupError.invalidArgument("a delta needs its base, and only a delta has one")
+        }
         let (offset, stored) = try appendEntry(id: chunk, rawLength: rawLength, encoding: encoding, payload: payload)
         let location = ChunkLocation(pack: id, offset: offset, rawLength: UInt32(rawLength),
-                                     storedLength: UInt32(stored), encoding: encoding.rawValue, flags: entryFlags)
+                                     storedLength: UInt32(stored), encoding: encoding.rawValue, flags: entryFlags,
+                                     base: base)
         entries.append(PackEntry(id: chunk, location: location))
         return location
     }
@@ -282,9 +315,11 @@ public final class PackWriter {
     /// returns its entries for the index. `size` is then the whole pack's size.
     public func finish() throws -> [PackEntry] {
         let trailerOffset = size
-        var t = BinaryWriter(capacity: 8 + entries.count * PackFormat.trailerEntrySize)
+        let deltas = entries.indices.filter { entries[$0].location.base != nil }
+        var t = BinaryWriter(capacity: 12 + entries.count * PackFormat.trailerEntrySize
+            + deltas.count * PackFormat.referenceSize)
         t.append(UInt32(entries.count))
-        t.append(UInt32(0))
+        t.append(deltas.isEmpty ? UInt32(0) : PackFormat.trailerWithBases)
         for e in entries {
             t.append(e.id)
             t.append(e.location.offset)
@@ -294,6 +329,13 @@ public final class PackWriter {
             t.append(e.location.flags)
             t.append(e.location.groupOffset)
             t.zeros(2)
+        }
+        if !deltas.isEmpty {
+            t.append(UInt32(deltas.count))
+            for k in deltas {
+                t.append(UInt32(k))
+                if let base = entries[k].location.base { t.append(base) }
+            }
         }
         // Encrypted: the trailer is sealed too, bound to this pack.
         let trailer = try cipher.map { try $0.seal(t.bytes, aad: Self.trailerAAD(id)) } ?? t.bytes
@@ -392,8 +434,15 @@ public final class PackReader {
             }
             var r = BinaryReader(trailer)
             let count = Int(try r.u32())
-            try r.skip(4)
-            guard trailer.count >= 8, count * PackFormat.trailerEntrySize == r.remaining else {
+            let trailerVersion = try r.u32()
+            guard trailerVersion <= PackFormat.trailerWithBases else {
+                throw DedupError.packCorrupt(
+                    pack: id.hex, detail: "trailer version \(trailerVersion) is not known (written by a newer dbbackup?)")
+            }
+            let entryBytes = count * PackFormat.trailerEntrySize
+            guard trailer.count >= 8,
+                trailerVersion == 0 ? entryBytes == r.remaining : entryBytes + 4 <= r.remaining
+            else {
                 throw DedupError.packCorrupt(pack: id.hex, detail: "trailer length does not match its entry count")
             }
             var out = [PackEntry]()
@@ -425,6 +474,25 @@ public final class PackReader {
                 out.append(PackEntry(id: chunk, location: ChunkLocation(
                     pack: id, offset: offset, rawLength: rawLength, storedLength: storedLength,
                     encoding: encoding, flags: flags, groupOffset: groupOffset)))
+            }
+            if trailerVersion == PackFormat.trailerWithBases {
+                let references = Int(try r.u32())
+                guard references * PackFormat.referenceSize == r.remaining else {
+                    throw DedupError.packCorrupt(
+                        pack: id.hex, detail: "trailer length does not match its count of delta bases")
+                }
+                for _ in 0..<references {
+                    let k = Int(try r.u32())
+                    let base = try r.id()
+                    guard k < out.count, out[k].location.isDelta, out[k].location.base == nil, base != out[k].id else {
+                        throw DedupError.packCorrupt(pack: id.hex, detail: "a delta base names no delta of the pack")
+                    }
+                    out[k].location.base = base
+                }
+            }
+            if let orphan = out.first(where: { $0.location.isDelta && $0.location.base == nil }) {
+                throw DedupError.packCorrupt(
+                    pack: id.hex, detail: "delta chunk \(orphan.id.shortHex) has no base in the trailer")
             }
             return out
         } catch is BinaryReader.OutOfBounds {

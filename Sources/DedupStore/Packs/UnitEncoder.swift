@@ -52,6 +52,29 @@ final class UnitEncoder {
         return (c, members == 1 ? .zstd : .zstdGroup, choice)
     }
 
+    /// Encodes one chunk against `base`, the plaintext of the chunk at the same
+    /// place in the previous backup, into `out` (`outputSize(chunk.count)` bytes):
+    /// a delta when it is clearly smaller than the chunk on its own (at most a
+    /// sixteenth of the plaintext, or four fifths of what `encode` makes of it),
+    /// else what `encode` makes of it.
+    func encode(
+        _ chunk: UnsafeRawBufferPointer, against base: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer
+    ) throws -> (length: Int, encoding: ChunkEncoding, choice: CompressionChoice) {
+        let delta = try compressor.compress(chunk, prefix: base, into: out)
+        if delta <= chunk.count / 16 { return (delta, .zstdDelta, .delta) }
+        let alone = standalone.buffer(Self.outputSize(chunk.count))
+        let own = try encode([chunk], members: 1, rawLength: chunk.count, into: alone)
+        if delta * 5 < own.length * 4 { return (delta, .zstdDelta, .delta) }
+        if own.encoding != .raw {
+            UnsafeMutableRawBufferPointer(rebasing: out[0..<own.length])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: alone[0..<own.length]))
+        }
+        return own
+    }
+
+    /// Where a chunk is encoded on its own to compare with its delta.
+    private let standalone = ScratchBuffer()
+
     /// The unit's hex-packed form (`HexPacking`), compressed as what is left
     /// asks (the bytes of random BLOBs at level 1, which copies them at memory
     /// speed; text around them at the repository's level), into `out`; nil when

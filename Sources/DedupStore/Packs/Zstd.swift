@@ -5,6 +5,7 @@ import Foundation
 public final class ZstdCompressor {
     private let cctx: OpaquePointer
     public let level: Int32
+    fileprivate var cctxForPrefix: OpaquePointer { cctx }
 
     public init(level: Int) throws {
         guard let cctx = ZSTD_createCCtx() else { throw DedupError.compression("cannot allocate a zstd context") }
@@ -55,6 +56,21 @@ public final class ZstdCompressor {
     }
 }
 
+extension ZstdCompressor {
+    /// Compresses `input` against `prefix` (zstd's referenced prefix: matches may
+    /// point into it, and a decoder needs the same bytes), into `output` of at
+    /// least `bound(input.count)` bytes; returns the compressed length.
+    public func compress(
+        _ input: UnsafeRawBufferPointer, prefix: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
+    ) throws -> Int {
+        ZSTD_CCtx_reset(cctxForPrefix, ZSTD_reset_session_only)
+        let rc = ZSTD_CCtx_refPrefix(cctxForPrefix, prefix.baseAddress, prefix.count)
+        if ZSTD_isError(rc) != 0 { throw DedupError.compression(String(cString: ZSTD_getErrorName(rc))) }
+        // The prefix holds for this one frame only.
+        return try compress(input, into: output)
+    }
+}
+
 /// Per-chunk zstd decompression with one reused context.
 public final class ZstdDecompressor {
     private let dctx: OpaquePointer
@@ -72,6 +88,27 @@ public final class ZstdDecompressor {
         // ZSTD_CONTENTSIZE_UNKNOWN and _ERROR are the two largest u64 values.
         guard n < UInt64.max - 1, n <= UInt64(Int.max) else { return nil }
         return Int(n)
+    }
+
+    /// Decompresses a frame compressed against `prefix` (`ZstdCompressor.compress(_:prefix:into:)`).
+    public func decompress(
+        _ input: UnsafeRawBufferPointer, prefix: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
+    ) throws -> Int {
+        ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only)
+        let rc = ZSTD_DCtx_refPrefix(dctx, prefix.baseAddress, prefix.count)
+        if ZSTD_isError(rc) != 0 { throw DedupError.compression(String(cString: ZSTD_getErrorName(rc))) }
+        var out = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)
+        var inp = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
+        let left = ZSTD_decompressStream(dctx, &out, &inp)
+        if ZSTD_isError(left) != 0 {
+            ZSTD_DCtx_reset(dctx, ZSTD_reset_session_and_parameters)
+            throw DedupError.compression(String(cString: ZSTD_getErrorName(left)))
+        }
+        guard left == 0, inp.pos == inp.size else {
+            ZSTD_DCtx_reset(dctx, ZSTD_reset_session_and_parameters)
+            throw DedupError.compression("the delta frame is cut short or longer than its chunk")
+        }
+        return out.pos
     }
 
     /// Decompresses a whole frame whose plaintext must be exactly `output.count` bytes.

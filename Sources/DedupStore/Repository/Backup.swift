@@ -27,6 +27,11 @@ public struct BackupOptions: Sendable {
     /// backup holds it already (archives: one manifest per file name). Nil: the
     /// id is `<time>_<name>`, with a suffix when taken.
     public var fixedID: String?
+    /// Store a new chunk that resembles the one at the same place in the
+    /// previous backup of the series (same name and kind) as a delta against it,
+    /// where that is clearly smaller; also off when the repository's `deltas` is
+    /// false. WAL and binlog archives never: one file does not resemble the last.
+    public var deltaEncoding = true
 
     public init(name: String, source: String) {
         self.name = name
@@ -80,6 +85,7 @@ public final class BackupSession {
         let lock = try repository.lock(.shared, command: "backup \(options.name)", wait: options.lockWait)
         defer { lock.release() }
         let ingest = try StreamIngest(session: self, options: options)
+        let previous = previousBackup(options)
         // The list's key is the first free one, found when it is committed: the
         // id's own, or with a random part for a fixed id (two runs racing for a
         // fixed id never share a list; the manifest decides).
@@ -90,7 +96,7 @@ public final class BackupSession {
                 ?? Manifest.chunkListKey(for: baseID), cipher: repository.cipher)
         let streamed: (bytes: UInt64, digest: ChunkID?, incomplete: String?)
         do {
-            streamed = try ingest.stream(source, into: chunkList)
+            streamed = try ingest.stream(source, into: chunkList, deltaAgainst: previousList(previous, member: nil))
             try ingest.chunks.finish()
             if let problem = streamed.incomplete { throw DedupError.incompleteInput(problem) }
         } catch {
@@ -122,6 +128,7 @@ public final class BackupSession {
             throw DedupError.backupExists(id: id)
         }
         FaultInjection.crashPoint("backup.after-manifest")
+        SeriesHeads(repository: repository).record(id, name: options.name, kind: options.kind)
         streamDigest = streamed.digest
         ingest.saveFilter()
         compressionUse = ingest.chunks.compressionUse
@@ -143,6 +150,7 @@ public final class BackupSession {
         defer { lock.release() }
         let ingest = try StreamIngest(session: self, options: options)
         let baseID = options.fixedID ?? Self.baseID(options)
+        let previous = previousBackup(options)
         var committed = [Manifest.Member]()
         var total: Int64 = 0
         do {
@@ -151,7 +159,8 @@ public final class BackupSession {
                 let list = try ChunkListWriter(
                     backend: repository.backend, key: Self.fixedChunkListKey(baseID), cipher: repository.cipher)
                 do {
-                    let streamed = try ingest.stream(member.source, into: list)
+                    let streamed = try ingest.stream(
+                        member.source, into: list, deltaAgainst: previousList(previous, member: member.name))
                     if let problem = streamed.incomplete {
                         try ingest.chunks.finish()
                         throw DedupError.incompleteInput("member \(member.name): \(problem)")
@@ -180,9 +189,32 @@ public final class BackupSession {
         manifest.formatVersion = Manifest.membersVersion
         manifest.members = committed
         manifest = try commitManifest(manifest, options: options)
+        SeriesHeads(repository: repository).record(manifest.id, name: options.name, kind: options.kind)
         ingest.saveFilter()
         compressionUse = ingest.chunks.compressionUse
         return manifest
+    }
+
+    /// The series' previous backup, whose chunks are the delta bases of this
+    /// one's: found by key (`SeriesHeads`), nil when delta encoding is off, for
+    /// archives, or when none is recorded or it is gone.
+    private func previousBackup(_ options: BackupOptions) -> Manifest? {
+        guard options.deltaEncoding, repository.config.deltas != false,
+            options.kind != .wal, options.kind != .binlog,
+            let id = SeriesHeads(repository: repository).newest(name: options.name, kind: options.kind),
+            let manifest = try? repository.loadManifest(id),
+            manifest.name == options.name, manifest.backupKind == options.kind
+        else { return nil }
+        return manifest
+    }
+
+    /// The chunk list of `previous`'s stream of the same member (its only one
+    /// for a backup of one stream), when it has one that reads.
+    private func previousList(_ previous: Manifest?, member: String?) -> ChunkListReader? {
+        guard let previous else { return nil }
+        let name = previous.members == nil ? nil : member
+        if member != nil && previous.members == nil { return nil }
+        return try? ChunkListReader(repository: repository, manifest: previous, member: name)
     }
 
     /// `<time>_<name>`: the id a backup gets when it is free.
@@ -193,8 +225,12 @@ public final class BackupSession {
     /// A manifest for `options` without its streams (format 1 until they are set).
     private func makeManifest(id: String, options: BackupOptions, started: Date, chunks: ChunkWriter,
                               size: Int64, sha256: String?) -> Manifest {
+        let deltas = chunks.compressionUse[.delta]
         let stats = Manifest.Stats(chunks: chunks.chunks, newChunks: chunks.newChunks, newBytes: chunks.newBytes,
-                                   storedBytes: chunks.storedBytes, durationSeconds: Date().timeIntervalSince(started))
+                                   storedBytes: chunks.storedBytes, durationSeconds: Date().timeIntervalSince(started),
+                                   deltaChunks: deltas.units > 0 ? deltas.units : nil,
+                                   deltaBytes: deltas.units > 0 ? deltas.rawBytes : nil,
+                                   deltaStoredBytes: deltas.units > 0 ? deltas.storedBytes : nil)
         return Manifest(
             formatVersion: Manifest.oneStreamVersion, id: id, name: options.name, kind: options.kind.rawValue,
             database: options.database, dbType: options.dbType, dbHost: options.dbHost, tags: options.tags,
@@ -292,8 +328,9 @@ final class StreamIngest {
     /// and what is wrong with a plain SQL dump that lacks its completion line (the
     /// caller commits the chunks first, for the next run to reuse, then refuses).
     func stream<S: ByteSource>(
-        _ source: S, into list: ChunkListWriter
+        _ source: S, into list: ChunkListWriter, deltaAgainst previous: ChunkListReader? = nil
     ) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
+        chunks.beginStream(deltaAgainst: previous)
         let reader = ChunkBatchProducer(
             source: source, chunker: session.chunker, batchBytes: batchBytes,
             streamDigest: options.streamSHA256, searchWorkers: workers)

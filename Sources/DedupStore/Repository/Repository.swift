@@ -48,10 +48,11 @@ public final class Repository {
     public static func initialize(at path: String, chunker: ChunkerParameters = .default,
                                   compressionLevel: Int = 3, compressionMode: CompressionMode = .adaptive,
                                   packSize: Int = RepositoryConfig.defaultPackSize,
-                                  cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
+                                  cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil,
+                                  deltas: Bool = true) throws -> Repository {
         try initialize(on: RepositoryLocation(path).makeBackend(), chunker: chunker, compressionLevel: compressionLevel,
                        compressionMode: compressionMode, packSize: packSize, cacheRoot: cacheRoot,
-                       encryptionKey: encryptionKey)
+                       encryptionKey: encryptionKey, deltas: deltas)
     }
 
     /// Creates a new repository on `backend`, which must be empty.
@@ -61,7 +62,8 @@ public final class Repository {
     public static func initialize(on backend: Backend, chunker: ChunkerParameters = .default,
                                   compressionLevel: Int = 3, compressionMode: CompressionMode = .adaptive,
                                   packSize: Int = RepositoryConfig.defaultPackSize,
-                                  cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil) throws -> Repository {
+                                  cacheRoot: String? = nil, encryptionKey: [UInt8]? = nil,
+                                  deltas: Bool = true) throws -> Repository {
         try chunker.validate()
         _ = try ZstdCompressor(level: compressionLevel)
         guard packSize >= 1 << 20, packSize <= 1 << 30 else {
@@ -70,9 +72,10 @@ public final class Repository {
         if isRepository(backend) { throw DedupError.repositoryExists(path: backend.location) }
         try backend.prepareForNewRepository()
         // The config last: once it exists this is a repository.
-        let config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel,
+        var config = RepositoryConfig(chunker: chunker, compressionLevel: compressionLevel,
                                       compressionMode: compressionMode, packSize: packSize,
                                       encrypted: encryptionKey != nil)
+        if !deltas { config.deltas = false }
         if let encryptionKey {
             // The key object before the config: a repository is never encrypted without one.
             try WrappedKey.wrap(SecureRandom.bytes(64), secret: encryptionKey, repositoryID: config.id).store(

@@ -14,6 +14,11 @@ public struct RepositoryStats: Codable, Sendable {
     public var diskUsage: Int64
     /// The local cache (chunk index, Bloom filter), outside the repository.
     public var cacheUsage: Int64
+    /// Chunks the backups stored as deltas, their plaintext and what they took
+    /// in packs, as the manifests recorded them (nil in figures from the caches).
+    public var deltaChunks: Int?
+    public var deltaBytes: Int64?
+    public var deltaStoredBytes: Int64?
 
     public static func compute(_ repository: Repository) throws -> RepositoryStats {
         let manifests = try repository.manifests()
@@ -24,7 +29,10 @@ public struct RepositoryStats: Codable, Sendable {
             manifests: manifests.count, packs: packs.count, uniqueChunks: try repository.listedIndex().chunkCount(),
             rawBytes: raw, storedBytes: stored, spaceSaved: max(0, raw - stored),
             dedupRatio: stored > 0 ? Double(raw) / Double(stored) : 0,
-            diskUsage: repository.measureDiskUsage(), cacheUsage: repository.cacheUsage())
+            diskUsage: repository.measureDiskUsage(), cacheUsage: repository.cacheUsage(),
+            deltaChunks: manifests.reduce(0) { $0 + ($1.stats.deltaChunks ?? 0) },
+            deltaBytes: manifests.reduce(Int64(0)) { $0 + ($1.stats.deltaBytes ?? 0) },
+            deltaStoredBytes: manifests.reduce(Int64(0)) { $0 + ($1.stats.deltaStoredBytes ?? 0) })
     }
 
     /// The same figures from the local caches, at a cost independent of the number

@@ -47,6 +47,8 @@ public final class Restorer {
         let groups = (0..<workers).map { _ in GroupScratch() }
         let cipher = repository.cipher
         let openScratch = (0..<workers).map { _ in ScratchBuffer() }
+        // A delta's bases decode here, each into the prefix of the next.
+        let chains = try (0..<workers).map { _ in try DeltaChainDecoder() }
         // The whole-stream digest only for backups that recorded one.
         let streamHasher: SHA256Hasher? = stream.sha256 == nil ? nil : SHA256Hasher()
         // A file is renamed into place only once the stream's SHA-256 matched:
@@ -98,8 +100,20 @@ public final class Restorer {
             var inOffset: Int
             var outOffset: Int
             var failure: DedupError?
+            /// A delta: its bases in `links`, the one stored on its own first.
+            var links: Range<Int> = 0..<0
+        }
+        /// A delta's base: its entry, read into the batch's arena.
+        struct Link {
+            var id: ChunkID
+            var loc: ChunkLocation
+            var inOffset: Int
         }
         var items = [Item]()
+        var links = [Link]()
+        /// Entries read into this batch's arena, by frame: a base many deltas share,
+        /// or a group whose members are bases, is read once.
+        var framesRead = [FrameKey: Int]()
         var inUsed = 0, outUsed = 0
         var written: UInt64 = 0
         var nextProgress: UInt64 = 64 << 20
@@ -110,9 +124,14 @@ public final class Restorer {
         func flushBatch() throws {
             guard !items.isEmpty else { return }
             let count = items.count
+            let chainLinks = links
             try items.withUnsafeMutableBufferPointer { buf in
                 guard let base = buf.baseAddress else { return }
                 let shared = SharedPointer(base: base)
+                /// The stored bytes of an entry read into the arena.
+                func storedBytes(at inOffset: Int, _ loc: ChunkLocation) -> UnsafeRawBufferPointer {
+                    UnsafeRawBufferPointer(rebasing: inArena[inOffset..<(inOffset + Int(loc.storedLength))])
+                }
                 // In runs, not strided: a worker then decompresses a group once
                 // for all the members of it that come in a row; runs of equal bytes.
                 forEachRunInParallel(count, workers: workers, weight: { Int(shared[$0].loc.rawLength) }) { worker, k in
@@ -122,6 +141,15 @@ public final class Restorer {
                     let out = UnsafeMutableRawBufferPointer(
                         rebasing: outArena[it.outOffset..<(it.outOffset + Int(it.loc.rawLength))])
                     do {
+                        if !it.links.isEmpty {
+                            let chain = chainLinks[it.links].map {
+                                DeltaChainDecoder.Link(id: $0.id, location: $0.loc, stored: storedBytes(at: $0.inOffset, $0.loc))
+                            } + [DeltaChainDecoder.Link(id: it.id, location: it.loc, stored: storedBytes(at: it.inOffset, it.loc))]
+                            _ = try chains[worker].decode(
+                                chain, maxChunk: maxChunk, cipher: cipher, manifest: manifest.id, into: out,
+                                hasher: checksEachChunk ? hashers[worker] : nil)
+                            return
+                        }
                         // Encrypted: the box opened (a group's once for its run of members).
                         let (payload, loc) = try ChunkDecoder.unseal(
                             it.id, at: it.loc, stored: stored, cipher: cipher, into: openScratch[worker],
@@ -143,6 +171,8 @@ public final class Restorer {
             outArena = outArena.baseAddress == outArenas[0].baseAddress ? outArenas[1] : outArenas[0]
             written += UInt64(outUsed)
             items.removeAll(keepingCapacity: true)
+            links.removeAll(keepingCapacity: true)
+            framesRead.removeAll(keepingCapacity: true)
             inUsed = 0
             outUsed = 0
             lastGroup = nil
@@ -162,6 +192,39 @@ public final class Restorer {
             try list.forEach { id, length in
                 let loc = try chunkReader.location(of: id, manifest: manifest.id)
                 let entryLength = PackFormat.entryHeaderSize + Int(loc.storedLength)
+                if loc.isDelta {
+                    // Its bases first, each read once a batch, then the delta itself.
+                    let chain = try chunkReader.bases(of: id, at: loc, manifest: manifest.id)
+                    let needed = chain.reduce(entryLength) {
+                        $0 + PackFormat.entryHeaderSize + Int($1.location.storedLength)
+                    }
+                    if outUsed + length > outArena.count || inUsed + needed > inArena.count { try flushBatch() }
+                    try chunkReader.checkLocation(id, at: loc, expectedLength: length, manifest: manifest.id)
+                    let first = links.count
+                    for (baseID, baseLoc) in chain + [(id, loc)] {
+                        let payload: Int
+                        if let at = framesRead[baseLoc.frame] {
+                            payload = at
+                        } else {
+                            _ = try chunkReader.readStored(
+                                baseID, at: baseLoc, expectedLength: Int(baseLoc.rawLength),
+                                into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
+                            payload = inUsed + PackFormat.entryHeaderSize
+                            framesRead[baseLoc.frame] = payload
+                            inUsed += PackFormat.entryHeaderSize + Int(baseLoc.storedLength)
+                        }
+                        if baseID == id && baseLoc == loc {
+                            items.append(Item(id: id, loc: loc, inOffset: payload, outOffset: outUsed,
+                                              links: first..<links.count))
+                        } else {
+                            links.append(Link(id: baseID, loc: baseLoc, inOffset: payload))
+                        }
+                    }
+                    lastGroup = nil
+                    outUsed += length
+                    if outUsed >= batchBytes { try flushBatch() }
+                    return
+                }
                 if outUsed + length > outArena.count || inUsed + entryLength > inArena.count { try flushBatch() }
                 if loc.isGroupMember, let g = lastGroup, g.frame == loc.frame {
                     // The next member of the group just read: its frame is here already.

@@ -1,0 +1,172 @@
+import Foundation
+import Testing
+@testable import DedupStore
+
+/// Nightly dumps of scattered updates: `nights` versions of one SQL-like dump,
+/// each with a few digits changed every ~6 KB of the one before (almost every
+/// 16 KiB test chunk differs from yesterday's in a few places).
+func scatteredNights(_ nights: Int, rows: Int = 12_000, seed: UInt64 = 21) -> [[UInt8]] {
+    var g = SeededGenerator(seed: seed)
+    var night = sqlLikeBytes(rows: rows, seed: seed)
+    var out = [night]
+    for _ in 1..<nights {
+        var at = Int(g.next() % 6000)
+        while at < night.count {
+            if night[at] >= UInt8(ascii: "0") && night[at] <= UInt8(ascii: "8") { night[at] += 1 }
+            at += 1000 + Int(g.next() % 10_000)
+        }
+        out.append(night)
+    }
+    return out
+}
+
+private func backupNight(_ repo: Repository, _ bytes: [UInt8], deltas: Bool = true) throws -> Manifest {
+    var options = BackupOptions(name: "shop", source: "memory")
+    options.kind = .dump
+    options.lockWait = 0
+    options.deltaEncoding = deltas
+    return try BackupSession(repository: repo).run(source: BufferSource(bytes), options: options)
+}
+
+/// Every delta of the index with the length of its chain (deltas down to the
+/// chunk stored on its own).
+private func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
+    let index = try repo.index()
+    var out = [(ChunkID, Int)]()
+    try index.forEachChunk { id, loc in
+        guard loc.isDelta else { return }
+        var length = 0
+        var current: ChunkLocation? = loc
+        while let c = current, let base = c.base, length <= DeltaFormat.maxChainLength + 1 {
+            length += 1
+            current = try index.lookup(base)
+        }
+        out.append((id, length))
+    }
+    return out
+}
+
+@Suite struct DeltaTests {
+    @Test(arguments: [false, true])
+    func scatteredChangesAreStoredAsDeltasAndRestoreExactly(encrypted: Bool) throws {
+        let dir = TempDir()
+        let key: [UInt8]? = encrypted ? Array(repeating: 9, count: 32) : nil
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20,
+                                             encryptionKey: key)
+        let plain = try Repository.initialize(at: dir.sub("plain"), chunker: testChunker, packSize: 1 << 20,
+                                              encryptionKey: key)
+        let nights = scatteredNights(3)
+        var manifests = [Manifest]()
+        var without = [Manifest]()
+        for night in nights {
+            manifests.append(try backupNight(repo, night))
+            without.append(try backupNight(plain, night, deltas: false))
+        }
+        #expect(manifests[0].stats.deltaChunks == nil)
+        for k in 1..<3 {
+            let m = manifests[k]
+            #expect((m.stats.deltaChunks ?? 0) > m.stats.chunks / 2, "night \(k + 1): \(m.stats)")
+            // What changed, not the whole night again.
+            #expect(m.stats.storedBytes * 3 < without[k].stats.storedBytes,
+                    "night \(k + 1): \(m.stats.storedBytes) with deltas, \(without[k].stats.storedBytes) without")
+            #expect(without[k].stats.deltaChunks == nil)
+        }
+        // Every night back byte for byte, into a file and through a descriptor.
+        for (m, night) in zip(manifests, nights) {
+            #expect(try restoreBytes(repo, m.id, dir: dir) == night)
+            let pipeOut = dir.sub("piped-\(m.id)")
+            let fd = try FileIO.open(pipeOut, O_WRONLY | O_CREAT | O_TRUNC)
+            try Restorer(repository: repo).restore(m.id, to: .descriptor(fd, name: pipeOut))
+            close(fd)
+            #expect(try FileIO.readFile(pipeOut) == night)
+        }
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+        #expect(try Verifier(repository: repo).verify(deep: false).ok)
+        // The bases come back from the packs alone.
+        let before = try deltaChains(repo).count
+        #expect(before > 0)
+        _ = try repo.rebuildIndex()
+        #expect(try deltaChains(repo).count == before)
+        #expect(try restoreBytes(repo, manifests[2].id, dir: dir) == nights[2])
+        if encrypted {
+            // Sealed like every entry: no plaintext of a delta or its base in the packs.
+            let marker = Array("alpha bravo".utf8)
+            for pack in try repo.listPacks().keys {
+                let bytes = try FileIO.readFile(dir.sub("repo/" + pack.key))
+                #expect(!bytes.indices.dropLast(marker.count).contains { bytes[$0..<($0 + marker.count)].elementsEqual(marker) })
+            }
+        }
+    }
+
+    @Test func chainsStopAtTheirBoundAndEveryNightRestores() throws {
+        let dir = TempDir()
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)
+        let nights = scatteredNights(DeltaFormat.maxChainLength + 3, rows: 6000)
+        let manifests = try nights.map { try backupNight(repo, $0) }
+        let chains = try deltaChains(repo)
+        #expect(!chains.isEmpty)
+        #expect(chains.allSatisfy { $0.1 <= DeltaFormat.maxChainLength }, "\(chains.map(\.1).max() ?? 0)")
+        #expect(chains.contains { $0.1 == DeltaFormat.maxChainLength })
+        // The night after a full chain starts again from chunks stored on their own.
+        let rebased = manifests[DeltaFormat.maxChainLength + 1]
+        #expect((rebased.stats.deltaChunks ?? 0) < rebased.stats.newChunks, "\(rebased.stats)")
+        for (m, night) in zip(manifests, nights) { #expect(try restoreBytes(repo, m.id, dir: dir) == night) }
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+    }
+
+    @Test func gcKeepsEveryBaseALiveDeltaNeeds() throws {
+        let dir = TempDir()
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)
+        let nights = scatteredNights(3)
+        let manifests = try nights.map { try backupNight(repo, $0) }
+        // The oldest nights pruned: the last one's deltas still need their chunks.
+        try repo.deleteManifests([manifests[0].id, manifests[1].id])
+        let gc = GarbageCollector(repository: repo)
+        gc.repackThreshold = 0.99
+        let report = try gc.run()
+        #expect(report.liveChunks > manifests[2].stats.chunks, "\(report)")
+        #expect(try restoreBytes(repo, manifests[2].id, dir: dir) == nights[2])
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+        // A backup after gc still finds its bases and restores.
+        var next = nights[2]
+        next[next.count / 2] ^= 1
+        let m = try backupNight(repo, next)
+        #expect((m.stats.deltaChunks ?? 0) > 0)
+        #expect(try restoreBytes(repo, m.id, dir: dir) == next)
+    }
+
+    @Test func aDamagedBaseNamesEveryBackupThatNeedsIt() throws {
+        let dir = TempDir()
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)
+        let nights = scatteredNights(3)
+        let manifests = try nights.map { try backupNight(repo, $0) }
+        // A chunk of the first night that a delta of the third needs, two links down.
+        let index = try repo.index()
+        var root: ChunkLocation?
+        try index.forEachChunk { _, loc in
+            guard root == nil, let base = loc.base, let b = try index.lookup(base), let first = b.base,
+                let r = try index.lookup(first), !r.isDelta
+            else { return }
+            root = r
+        }
+        let damaged = try #require(root)
+        try flipByte(at: dir.sub("repo/" + damaged.pack.key), offset: payloadOffset(damaged) + 3)
+        let report = try Verifier(repository: repo).verify(deep: true)
+        #expect(!report.ok)
+        #expect(Set(report.damagedManifests) == Set(manifests.map(\.id)), "\(report.damagedManifests)")
+        #expect(throws: DedupError.self) { try restoreBytes(repo, manifests[2].id, dir: dir) }
+    }
+
+    @Test func noDeltaAndTheRepositorySettingTurnItOff() throws {
+        let dir = TempDir()
+        let nights = scatteredNights(2)
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)
+        _ = try backupNight(repo, nights[0])
+        #expect(try backupNight(repo, nights[1], deltas: false).stats.deltaChunks == nil)
+        let off = try Repository.initialize(at: dir.sub("off"), chunker: testChunker, packSize: 1 << 20, deltas: false)
+        #expect(off.config.deltas == false)
+        _ = try backupNight(off, nights[0])
+        #expect(try backupNight(off, nights[1]).stats.deltaChunks == nil)
+        #expect(try deltaChains(off).isEmpty)
+    }
+}

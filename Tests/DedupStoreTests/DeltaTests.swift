@@ -20,8 +20,8 @@ func scatteredNights(_ nights: Int, rows: Int = 12_000, seed: UInt64 = 21) -> [[
     return out
 }
 
-private func backupNight(_ repo: Repository, _ bytes: [UInt8], deltas: Bool = true) throws -> Manifest {
-    var options = BackupOptions(name: "shop", source: "memory")
+private func backupNight(_ repo: Repository, _ bytes: [UInt8], deltas: Bool = true, name: String = "shop") throws -> Manifest {
+    var options = BackupOptions(name: name, source: "memory")
     options.kind = .dump
     options.lockWait = 0
     options.deltaEncoding = deltas
@@ -155,6 +155,42 @@ private func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
         #expect(!report.ok)
         #expect(Set(report.damagedManifests) == Set(manifests.map(\.id)), "\(report.damagedManifests)")
         #expect(throws: DedupError.self) { try restoreBytes(repo, manifests[2].id, dir: dir) }
+    }
+
+    @Test func aSimilarChunkOfAnotherSeriesOrPlaceIsFoundAsABase() throws {
+        let dir = TempDir()
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)
+        let nights = scatteredNights(2)
+        _ = try backupNight(repo, nights[0], name: "night-1")
+        // Another name (no previous backup of its series), and its halves swapped:
+        // only resemblance finds the chunks it changed.
+        let half = nights[1].count / 2
+        let moved = Array(nights[1][half...] + nights[1][..<half])
+        let m = try backupNight(repo, moved, name: "night-2")
+        #expect((m.stats.deltaChunks ?? 0) > m.stats.newChunks / 2, "\(m.stats)")
+        #expect(try restoreBytes(repo, m.id, dir: dir) == moved)
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+        // Without the local table (a fresh cache), the series has no previous
+        // backup either: no deltas, and nothing breaks.
+        let fresh = try Repository(path: dir.sub("repo"), cacheRoot: dir.sub("other-cache"))
+        var again = moved
+        again[10] ^= 1
+        let n = try backupNight(fresh, again, name: "night-3")
+        #expect(n.stats.deltaChunks == nil)
+        #expect(try restoreBytes(fresh, n.id, dir: dir) == again)
+    }
+
+    @Test func sketchesOfSimilarChunksShareASuperFeature() throws {
+        let a = sqlLikeBytes(rows: 6000, seed: 5)
+        var b = a
+        for at in stride(from: 100, to: b.count, by: 4000) where b[at] >= 48 && b[at] <= 56 { b[at] += 1 }
+        let other = sqlLikeBytes(rows: 6000, seed: 6)
+        func sketch(_ x: [UInt8]) throws -> [UInt64] {
+            try #require(x.withUnsafeBytes { ResemblanceSketch($0) }).all
+        }
+        #expect(!Set(try sketch(a)).isDisjoint(with: try sketch(b)))
+        #expect(Set(try sketch(a)).isDisjoint(with: try sketch(other)))
+        #expect([UInt8](repeating: 7, count: 100).withUnsafeBytes { ResemblanceSketch($0) } == nil)
     }
 
     @Test func noDeltaAndTheRepositorySettingTurnItOff() throws {

@@ -68,6 +68,24 @@ final class ChunkWriter {
     private var baseArena = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var deltaLinks = [(id: ChunkID, location: ChunkLocation, stored: Range<Int>)]()
     private var framesRead = [FrameKey: Range<Int>]()
+    /// Super-features of stored chunks (nil: no delta encoding for this stream),
+    /// and the sketches of the new chunks in the pack being written, recorded
+    /// once it is committed.
+    private var resemblance: ResemblanceTable?
+    private var uncommittedSketches = [(ResemblanceSketch, ChunkID)]()
+    /// Per batch: the new chunks, their same-place candidates and sketches.
+    private var fresh = [Int]()
+    private var samePlace = [ChunkID?]()
+    private var sketches = [ResemblanceSketch?]()
+    /// Which base sources a backup uses: both unless DBBACKUP_DELTA_BASES says
+    /// `same-place` or `similar` (for measuring one against the other).
+    private let baseSources: (samePlace: Bool, similar: Bool) = {
+        switch ProcessInfo.processInfo.environment["DBBACKUP_DELTA_BASES"] {
+        case "same-place": (true, false)
+        case "similar": (false, true)
+        default: (true, true)
+        }
+    }()
     /// One per worker: decodes the bases, and checks each against its id.
     private let chainDecoders: [DeltaChainDecoder]
     private let hashers: [SHA256Hasher]
@@ -102,14 +120,19 @@ final class ChunkWriter {
     /// The next stream's chunks are encoded against the chunks at the same
     /// place in `previous` (a chunk list of the series' previous backup), or
     /// not at all with nil.
-    func beginStream(deltaAgainst previous: ChunkListReader?) {
-        deltaBases = previous.map(DeltaBaseFinder.init)
+    func beginStream(deltaAgainst previous: ChunkListReader?, resemblance useResemblance: Bool) throws {
+        deltaBases = baseSources.samePlace ? previous.map(DeltaBaseFinder.init) : nil
         streamOffset = 0
+        if useResemblance && baseSources.similar && resemblance == nil {
+            resemblance = try ResemblanceTable(path: repository.cacheDirectory + "/similar.lmdb")
+        } else if !useResemblance {
+            resemblance = nil
+        }
     }
 
     /// Stores the chunks of one hashed batch that the repository does not hold.
     func store(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int) throws {
-        let arenaUsed = try formUnits(slots: slots, count: n)
+        let arenaUsed = try formUnits(input, slots: slots, count: n)
         chunks += n
         if arenaUsed > arena.count {
             arena.deallocate()
@@ -121,21 +144,14 @@ final class ChunkWriter {
 
     /// Dedup, in input order (the pending set and the filter are this thread's);
     /// the new chunks form compression units. Returns the arena bytes they need.
-    private func formUnits(slots: SharedPointer<ChunkSlot>, count n: Int) throws -> Int {
+    private func formUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int) throws -> Int {
         newSlots.removeAll(keepingCapacity: true)
         units.removeAll(keepingCapacity: true)
         deltaLinks.removeAll(keepingCapacity: true)
         framesRead.removeAll(keepingCapacity: true)
-        var arenaUsed = 0
-        var baseUsed = 0
-        var open: CompressionUnit?
-        func closeUnit() {
-            guard var u = open else { return }
-            u.arenaOffset = arenaUsed
-            arenaUsed += UnitEncoder.outputSize(u.rawLength)
-            units.append(u)
-            open = nil
-        }
+        fresh.removeAll(keepingCapacity: true)
+        samePlace.removeAll(keepingCapacity: true)
+        // Dedup and the same-place candidates, in input order.
         for i in 0..<n {
             let id = slots[i].id
             let length = slots[i].range.count
@@ -149,6 +165,41 @@ final class ChunkWriter {
             guard !known else { continue }
             pending.insert(id)
             bloom?.insert(id)
+            fresh.append(i)
+            samePlace.append(candidate)
+        }
+        // The new chunks' sketches, on all cores.
+        sketches.removeAll(keepingCapacity: true)
+        if resemblance != nil {
+            sketches.append(contentsOf: repeatElement(nil, count: fresh.count))
+            fresh.withUnsafeBufferPointer { order in
+                sketches.withUnsafeMutableBufferPointer { out in
+                    nonisolated(unsafe) let order = order, out = out
+                    forEachInParallel(order.count, workers: workers) { _, k in
+                        out[k] = ResemblanceSketch(UnsafeRawBufferPointer(rebasing: input[slots[order[k]].range]))
+                    }
+                }
+            }
+        }
+        var arenaUsed = 0
+        var baseUsed = 0
+        var open: CompressionUnit?
+        func closeUnit() {
+            guard var u = open else { return }
+            u.arenaOffset = arenaUsed
+            arenaUsed += UnitEncoder.outputSize(u.rawLength)
+            units.append(u)
+            open = nil
+        }
+        for (k, i) in fresh.enumerated() {
+            let id = slots[i].id
+            let length = slots[i].range.count
+            // A similar chunk anywhere, else the one at the same place yesterday.
+            var candidate = samePlace[k]
+            if let resemblance, let sketch = sketches[k] {
+                uncommittedSketches.append((sketch, id))
+                if let similar = try resemblance.similar(to: sketch, own: id) { candidate = similar }
+            }
             if let candidate, let links = try readBase(candidate, at: &baseUsed) {
                 // A delta is a unit of its own.
                 closeUnit()
@@ -162,11 +213,11 @@ final class ChunkWriter {
                 continue
             }
             // A unit never grows past what readers accept for a group.
-            if let u = open, u.rawLength + slots[i].range.count > PackFormat.maxGroupLength { closeUnit() }
+            if let u = open, u.rawLength + length > PackFormat.maxGroupLength { closeUnit() }
             var u = open ?? CompressionUnit(first: newSlots.count)
             newSlots.append(i)
             u.count += 1
-            u.rawLength += slots[i].range.count
+            u.rawLength += length
             open = u
             if u.rawLength >= PackFormat.groupTarget { closeUnit() }
         }
@@ -333,6 +384,9 @@ final class ChunkWriter {
         FaultInjection.crashPoint("backup.after-pack-commit")
         try index.insert(pack: p.id, size: size, entries: entries)
         repository.confirmWritten(p.id)
+        // Bases for later chunks from now on (a cache: a failure only costs deltas).
+        try? resemblance?.insert(uncommittedSketches)
+        uncommittedSketches.removeAll(keepingCapacity: true)
         // The filter now holds these index entries too.
         bloom?.count += entries.count
         pending.removeAll(keepingCapacity: true)
@@ -346,6 +400,7 @@ final class ChunkWriter {
     func abort() {
         pack?.abort()
         pack = nil
+        uncommittedSketches.removeAll()
         if let bloom { try? repository.saveBloom(bloom) }
     }
 

@@ -199,13 +199,18 @@ public final class BackupSession {
     /// one's: found by key (`SeriesHeads`), nil when delta encoding is off, for
     /// archives, or when none is recorded or it is gone.
     private func previousBackup(_ options: BackupOptions) -> Manifest? {
-        guard options.deltaEncoding, repository.config.deltas != false,
-            options.kind != .wal, options.kind != .binlog,
+        guard Self.usesDeltas(options, repository),
             let id = SeriesHeads(repository: repository).newest(name: options.name, kind: options.kind),
             let manifest = try? repository.loadManifest(id),
             manifest.name == options.name, manifest.backupKind == options.kind
         else { return nil }
         return manifest
+    }
+
+    /// Delta encoding is on for this backup: asked (the default), allowed by the
+    /// repository, and not an archive.
+    static func usesDeltas(_ options: BackupOptions, _ repository: Repository) -> Bool {
+        options.deltaEncoding && repository.config.deltas != false && options.kind != .wal && options.kind != .binlog
     }
 
     /// The chunk list of `previous`'s stream of the same member (its only one
@@ -308,6 +313,9 @@ final class StreamIngest {
     let workers: Int
     let batchBytes = 4 << 20
     private let hashers: [SHA256Hasher]
+    /// Delta bases may come from similar chunks anywhere (not for archives, nor
+    /// with delta encoding off).
+    private let resemblance: Bool
     private var bytesSoFar: UInt64 = 0
     private var nextProgress: UInt64
 
@@ -320,6 +328,7 @@ final class StreamIngest {
         workers = max(1, min(session.jobs, 16))
         chunks = try ChunkWriter(repository: repository, workers: workers, batchBytes: batchBytes)
         hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
+        resemblance = BackupSession.usesDeltas(options, repository)
         nextProgress = session.progressInterval
     }
 
@@ -330,7 +339,7 @@ final class StreamIngest {
     func stream<S: ByteSource>(
         _ source: S, into list: ChunkListWriter, deltaAgainst previous: ChunkListReader? = nil
     ) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
-        chunks.beginStream(deltaAgainst: previous)
+        try chunks.beginStream(deltaAgainst: previous, resemblance: resemblance)
         let reader = ChunkBatchProducer(
             source: source, chunker: session.chunker, batchBytes: batchBytes,
             streamDigest: options.streamSHA256, searchWorkers: workers)

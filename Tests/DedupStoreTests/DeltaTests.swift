@@ -24,13 +24,14 @@ private func backupNight(_ repo: Repository, _ bytes: [UInt8], deltas: Bool = tr
     var options = BackupOptions(name: name, source: "memory")
     options.kind = .dump
     options.lockWait = 0
+    options.checkDumpComplete = false
     options.deltaEncoding = deltas
     return try BackupSession(repository: repo).run(source: BufferSource(bytes), options: options)
 }
 
 /// Every delta of the index with the length of its chain (deltas down to the
 /// chunk stored on its own).
-private func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
+func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
     let index = try repo.index()
     var out = [(ChunkID, Int)]()
     try index.forEachChunk { id, loc in
@@ -133,6 +134,32 @@ private func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
         let m = try backupNight(repo, next)
         #expect((m.stats.deltaChunks ?? 0) > 0)
         #expect(try restoreBytes(repo, m.id, dir: dir) == next)
+    }
+
+    @Test(arguments: [false, true])
+    func repackingCopiesDeltasWithTheirBases(encrypted: Bool) throws {
+        let dir = TempDir()
+        let key: [UInt8]? = encrypted ? Array(repeating: 3, count: 32) : nil
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 4 << 20,
+                                             encryptionKey: key)
+        let nights = scatteredNights(2)
+        let a = try backupNight(repo, nights[0])
+        // B: night 2 (deltas) and a tail of its own, in one pack; D: night 2 alone,
+        // which needs B's deltas. Once B is gone, its pack is partly dead.
+        let b = try backupNight(repo, nights[1] + randomBytes(300_000, seed: 4))
+        #expect((b.stats.deltaChunks ?? 0) > 0)
+        let d = try backupNight(repo, nights[1], name: "copy")
+        try repo.deleteManifest(b.id)
+        let gc = GarbageCollector(repository: repo)
+        gc.repackThreshold = 0.99
+        let report = try gc.run()
+        #expect(report.packsRepacked > 0, "\(report)")
+        #expect(try deltaChains(repo).count > 0)
+        #expect(try restoreBytes(repo, d.id, dir: dir) == nights[1])
+        #expect(try restoreBytes(repo, a.id, dir: dir) == nights[0])
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+        _ = try repo.rebuildIndex()
+        #expect(try restoreBytes(repo, d.id, dir: dir) == nights[1])
     }
 
     @Test func aDamagedBaseNamesEveryBackupThatNeedsIt() throws {

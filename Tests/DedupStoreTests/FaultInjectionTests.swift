@@ -38,6 +38,32 @@ import Testing
         #expect(inner.unfinishedWrites == 0)
     }
 
+    /// The same at each commit of a backup whose chunks are deltas against the
+    /// last one's: the night before restores, and so does the retried night.
+    @Test(arguments: [("packs/", 1), ("manifests/", 1), ("manifests/", 2)])
+    func aCrashWhileStoringDeltasLeavesEveryCommittedBackup(prefix: String, number: Int) throws {
+        // The local cache (series heads, resemblance) in the tests' folder, as a TempDir would set it.
+        _ = testCacheRoot
+        let inner = MemoryBackend(name: "faults-" + UUID().uuidString)
+        let repo = try Repository.initialize(on: inner, chunker: testChunker, packSize: 1 << 20)
+        let nights = scatteredNights(2)
+        let first = try backup(repo, nights[0], name: "shop", checkDump: false)
+        let faulty = FaultyBackend(inner, faults: [.crash(prefix: prefix, number: number)])
+        #expect(throws: DedupError.self) { try backup(Repository(backend: faulty), nights[1], name: "shop", checkDump: false) }
+        #expect(faulty.hasCrashed)
+        #expect(try Repository(backend: inner).manifestIDs() == [first.id])
+        try expectIntact(inner, first, nights[0])
+        let retried = try backup(Repository(backend: inner), nights[1], name: "shop", checkDump: false)
+        // Stored as deltas by the retry, or already by the attempt whose packs committed.
+        let chains = try deltaChains(Repository(backend: inner)).count
+        #expect(chains > retried.stats.chunks / 2, "\(retried.stats), \(chains) deltas")
+        #expect(try restoreBytes(Repository(backend: inner), retried.id, dir: TempDir()) == nights[1])
+        _ = try GarbageCollector(repository: Repository(backend: inner)).run()
+        #expect(try Verifier(repository: Repository(backend: inner)).verify(deep: true).ok)
+        try expectIntact(inner, first, nights[0])
+        try expectIntact(inner, retried, nights[1])
+    }
+
     @Test func aFullDiskCommitsNothingAndSaysSo() throws {
         let (inner, base, data) = try seeded()
         let faulty = FaultyBackend(inner, faults: [.failWrites(afterBytes: 300_000, failure: .noSpace)])

@@ -145,8 +145,9 @@ func writeFile(_ path: String, _ bytes: [UInt8]) throws {
 
 @discardableResult
 func backup(_ repo: Repository, _ bytes: [UInt8], name: String = "test", time: Date = Date(), checkDump: Bool = true,
-            streamSHA256: Bool = false) throws -> Manifest {
+            streamSHA256: Bool = false, deltas: Bool = true) throws -> Manifest {
     var options = BackupOptions(name: name, source: "memory")
+    options.deltaEncoding = deltas
     options.time = time
     options.streamSHA256 = streamSHA256
     options.checkDumpComplete = checkDump
@@ -196,7 +197,8 @@ let testCacheRoot: String = {
 func collectAfterDeletingFirst(
     _ repo: Repository, first: Manifest, keeping bData: [UInt8], restore: (String) throws -> [UInt8]
 ) throws -> GCReport {
-    let b = try backup(repo, bData, name: "b", checkDump: false)
+    // Without deltas: b's chunks would otherwise keep a's alive as their bases.
+    let b = try backup(repo, bData, name: "b", checkDump: false, deltas: false)
     try repo.deleteManifest(first.id)
     let gc = GarbageCollector(repository: repo)
     gc.repackThreshold = 0.99

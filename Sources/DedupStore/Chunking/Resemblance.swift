@@ -20,22 +20,11 @@ struct ResemblanceSketch: Sendable {
     /// Nil for a chunk too small to be sampled.
     init?(_ data: UnsafeRawBufferPointer) {
         guard let bytes = data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count >= 256 else { return nil }
-        let gear = GearTable.pointer
-        let (m, a) = (Self.multipliers, Self.addends)
-        var best = [UInt64](repeating: 0, count: Self.featureCount)
-        var samples = 0
-        var h: UInt64 = 0
-        best.withUnsafeMutableBufferPointer { top in
-            for i in 0..<data.count {
-                h = (h << 1) &+ gear[Int(bytes[i])]
-                guard h >> Self.sampleShift == 0, i >= 64 else { continue }
-                samples += 1
-                for k in 0..<Self.featureCount {
-                    let t = h &* m[k] &+ a[k]
-                    if t > top[k] { top[k] = t }
-                }
-            }
-        }
+        let top = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.featureCount)
+        top.initialize(repeating: 0, count: Self.featureCount)
+        defer { top.deallocate() }
+        let samples = Self.sample(bytes, count: data.count, into: top)
+        let best = Array(UnsafeBufferPointer(start: top, count: Self.featureCount))
         guard samples >= 4 else { return nil }
         func superFeature(_ j: Int) -> UInt64 {
             var x: UInt64 = 0x9E37_79B9_7F4A_7C15 &* UInt64(j + 1)
@@ -49,6 +38,26 @@ struct ResemblanceSketch: Sendable {
     }
 
     var all: [UInt64] { [features.0, features.1, features.2] }
+
+    /// The features' maxima into `top`; returns how many positions were sampled
+    /// (every one from the 64th byte on whose hash passes the sampling mask).
+    private static func sample(_ bytes: UnsafePointer<UInt8>, count: Int, into top: UnsafeMutablePointer<UInt64>) -> Int {
+        let gear = GearTable.pointer
+        let (m, a) = (multipliers, addends)
+        var samples = 0
+        var h: UInt64 = 0
+        for i in 0..<63 { h = (h << 1) &+ gear[Int(bytes[i])] }
+        for i in 63..<count {
+            h = (h << 1) &+ gear[Int(bytes[i])]
+            guard h >> sampleShift == 0 else { continue }
+            samples &+= 1
+            for k in 0..<featureCount {
+                let t = h &* m[k] &+ a[k]
+                if t > top[k] { top[k] = t }
+            }
+        }
+        return samples
+    }
 
     /// Odd multipliers and addends of the transforms (fixed: sketches stored by
     /// one run are compared by the next).

@@ -360,14 +360,23 @@ final class DeltaChainDecoder {
     init() throws { decompressor = try ZstdDecompressor() }
 
     /// The last link's plaintext: in `final` when given, else in this decoder's
-    /// scratch (valid until the next call); checked against its id with a `hasher`.
+    /// scratch (valid until the next call); checked against its id with a
+    /// `hasher`. `unlessSealedOrSummed`: no hashing when every link's stored
+    /// bytes are known intact otherwise (opened with the repository's key, or a
+    /// zstd frame with its content checksum): what the bytes decode to is then
+    /// what was written from the chunk, whose id was taken from the same bytes.
     func decode(
         _ links: [Link], maxChunk: Int, cipher: RepositoryCipher?, manifest: String,
-        into final: UnsafeMutableRawBufferPointer? = nil, hasher: SHA256Hasher?
+        into final: UnsafeMutableRawBufferPointer? = nil, hasher given: SHA256Hasher?,
+        unlessSealedOrSummed: Bool = false
     ) throws -> UnsafeRawBufferPointer {
         guard let root = links.first else {
             throw DedupError.chunkCorrupt(chunk: "?", pack: "?", manifest: manifest, detail: "an empty chain of deltas")
         }
+        let selfChecked = unlessSealedOrSummed && (cipher != nil || links.allSatisfy {
+            $0.location.encoding != ChunkEncoding.raw.rawValue && ZstdDecompressor.carriesChecksum($0.stored)
+        })
+        let hasher = selfChecked ? nil : given
         var prefix = prefixes[0].buffer(maxChunk), next = prefixes[1].buffer(maxChunk)
         let lone = links.count == 1
         let (payload, rootLoc) = try ChunkDecoder.unseal(

@@ -283,7 +283,9 @@ final class ChunkWriter {
                 nonisolated(unsafe) let order = order
                 guard let unitBase = unitBuffer.baseAddress else { return }
                 let shared = SharedPointer(base: unitBase)
-                forEachInParallel(unitBuffer.count, workers: workers) { worker, k in
+                // In runs of consecutive units: deltas whose bases share a group
+                // (yesterday's neighbours) decode it once on one worker.
+                forEachRunInParallel(unitBuffer.count, workers: workers, weight: { shared[$0].rawLength }) { worker, k in
                     var u = shared[k]
                     let out = UnsafeMutableRawBufferPointer(
                         rebasing: arena[u.arenaOffset..<(u.arenaOffset + UnitEncoder.outputSize(u.rawLength))])
@@ -295,8 +297,9 @@ final class ChunkWriter {
                     }
                     do {
                         if let delta = u.delta, let only = members.first {
-                            // The base decoded and checked against its id: a delta is
-                            // never made against bytes that are not the base's.
+                            // The base decoded and known intact (its id, or a frame
+                            // checksum or the key): a delta is never made against
+                            // bytes that are not the base's.
                             let chain = deltaLinks[delta.links].map {
                                 DeltaChainDecoder.Link(
                                     id: $0.id, location: $0.location,
@@ -305,7 +308,7 @@ final class ChunkWriter {
                             let chunk = UnsafeRawBufferPointer(rebasing: input[slots[only].range])
                             if let base = try? chainDecoders[worker].decode(
                                 chain, maxChunk: maxChunk, cipher: cipher, manifest: "(delta base)",
-                                hasher: hashers[worker])
+                                hasher: hashers[worker], unlessSealedOrSummed: true)
                             {
                                 (u.storedLength, u.encoding, u.choice) = try encoders[worker].encode(
                                     chunk, against: base, into: out)

@@ -17,7 +17,10 @@ public final class ZstdCompressor {
         }
         self.level = Int32(level)
         ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, self.level)
-        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0)
+        // Each frame carries zstd's checksum of its content (XXH64, 4 bytes),
+        // checked as it decompresses: a delta base decoded from one needs no
+        // SHA-256 of its own to be known intact.
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)
         ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1)
     }
 
@@ -88,6 +91,16 @@ public final class ZstdDecompressor {
         // ZSTD_CONTENTSIZE_UNKNOWN and _ERROR are the two largest u64 values.
         guard n < UInt64.max - 1, n <= UInt64(Int.max) else { return nil }
         return Int(n)
+    }
+
+    /// True when `frame` carries zstd's content checksum (checked when it is decompressed).
+    public static func carriesChecksum(_ frame: UnsafeRawBufferPointer) -> Bool {
+        // RFC 8878: the magic number 0xFD2FB528 (little-endian), then the frame
+        // header descriptor, whose bit 2 is the Content_Checksum_flag.
+        guard frame.count >= 5, frame.loadUnaligned(as: UInt32.self) == UInt32(0xFD2F_B528).littleEndian else {
+            return false
+        }
+        return frame[4] & 0x04 != 0
     }
 
     /// Decompresses a frame compressed against `prefix` (`ZstdCompressor.compress(_:prefix:into:)`).

@@ -102,7 +102,7 @@ struct DedupRestore: ParsableCommand {
             if let targetDb {
                 let m = try recorded { try restoreIntoServer(repo, restorer, database: targetDb) }
                 Terminal.clearProgress()
-                Terminal.out(summary(m, since: started) + " -> database \(targetDb)")
+                Terminal.out(summary(m, since: started, read: restorer.packBytesRead) + " -> database \(targetDb)")
                 return
             }
             let output = output ?? "-"
@@ -110,18 +110,18 @@ struct DedupRestore: ParsableCommand {
             let m = try recorded { try restorer.restore(id, to: target) }
             Terminal.clearProgress()
             if output == "-" {
-                Terminal.err(summary(m, since: started))
+                Terminal.err(summary(m, since: started, read: restorer.packBytesRead))
             } else {
-                Terminal.out(summary(m, since: started) + " -> \(output)")
+                Terminal.out(summary(m, since: started, read: restorer.packBytesRead) + " -> \(output)")
             }
         }
     }
 
-    private func summary(_ m: Manifest, since started: Date) -> String {
+    private func summary(_ m: Manifest, since started: Date, read: Int64) -> String {
         let elapsed = Date().timeIntervalSince(started)
         let checked = m.sha256 == nil ? "every chunk verified" : "every chunk and the stream's sha256 verified"
         return
-            "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))"
+            "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed)); read \(Format.bytes(read)) (\(read) bytes) of packs"
     }
 
     /// Pipes the verified stream into the loader the dump's driver names:

@@ -105,7 +105,9 @@ final class ChunkWriter {
         self.repository = repository
         self.workers = workers
         index = try repository.index()
-        encoders = try (0..<workers).map { _ in try UnitEncoder(repository.config.compression) }
+        encoders = try (0..<workers).map { _ in
+            try UnitEncoder(repository.config.compression, maxChunk: repository.config.chunker.maxSize)
+        }
         chainDecoders = try (0..<workers).map { _ in try DeltaChainDecoder() }
         hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         arena = .allocate(

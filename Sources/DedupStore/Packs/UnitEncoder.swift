@@ -14,14 +14,20 @@ final class UnitEncoder {
     /// entropy coder shrinks (level 1, or the repository's if lower).
     private let probe: CompressionProbe?
     private let entropyCompressor: ZstdCompressor?
+    /// Deltas: the repository's level with long-distance matching.
+    private let deltaCompressor: ZstdCompressor
     /// A unit's pieces joined, and its hex-packed form.
     private let joined = ScratchBuffer()
     private let packed = ScratchBuffer()
 
-    init(_ compression: RepositoryConfig.Compression) throws {
+    /// `maxChunk`: the repository's largest chunk (a delta's window holds two).
+    init(_ compression: RepositoryConfig.Compression, maxChunk: Int = 1 << 20) throws {
         compressor = try ZstdCompressor(level: compression.level)
         probe = compression.isAdaptive ? try CompressionProbe() : nil
         entropyCompressor = compression.isAdaptive ? try ZstdCompressor(level: min(1, compression.level)) : nil
+        // A window that holds a base and its chunk.
+        let windowLog = max(20, Int.bitWidth - (2 * maxChunk - 1).leadingZeroBitCount)
+        deltaCompressor = try ZstdCompressor(level: compression.level, longDistanceWindowLog: windowLog)
     }
 
     /// Room `encode` needs for a unit of `rawLength` bytes: its compressed
@@ -60,7 +66,7 @@ final class UnitEncoder {
     func encode(
         _ chunk: UnsafeRawBufferPointer, against base: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer
     ) throws -> (length: Int, encoding: ChunkEncoding, choice: CompressionChoice) {
-        let delta = try compressor.compress(chunk, prefix: base, into: out)
+        let delta = try deltaCompressor.compress(chunk, prefix: base, into: out)
         if delta <= chunk.count / 16 { return (delta, .zstdDelta, .delta) }
         let alone = standalone.buffer(Self.outputSize(chunk.count))
         let own = try encode([chunk], members: 1, rawLength: chunk.count, into: alone)

@@ -7,6 +7,17 @@ public final class ZstdCompressor {
     public let level: Int32
     fileprivate var cctxForPrefix: OpaquePointer { cctx }
 
+    /// A compressor for deltas: long-distance matching on, over a window of
+    /// `windowLog` bits that holds a base and its chunk. Without it the fast
+    /// levels' match finder prefers the nearest repeat of a short pattern
+    /// (the row before, in a dump) to the long match into the base, and a delta
+    /// of scattered updates costs ten times what it must.
+    public convenience init(level: Int, longDistanceWindowLog windowLog: Int) throws {
+        try self.init(level: level)
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_enableLongDistanceMatching, 1)
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, Int32(windowLog))
+    }
+
     public init(level: Int) throws {
         guard let cctx = ZSTD_createCCtx() else { throw DedupError.compression("cannot allocate a zstd context") }
         self.cctx = cctx

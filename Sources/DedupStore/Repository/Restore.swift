@@ -17,6 +17,9 @@ public final class Restorer {
     public var lockWait: TimeInterval = 600
     /// Worker threads for decompression and hashing (default: every core).
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
+    /// Bytes the last restore read from packs (entry headers and stored bytes,
+    /// each entry once a batch; a delta's bases included).
+    public private(set) var packBytesRead: Int64 = 0
 
     public init(repository: Repository) {
         self.repository = repository
@@ -30,6 +33,7 @@ public final class Restorer {
         // Shared: gc and index rebuild, which move or forget chunks, wait for us.
         let lock = try repository.lock(.shared, command: "restore \(idOrPrefix)", wait: lockWait)
         defer { lock.release() }
+        packBytesRead = 0
         let id = try repository.resolveManifestID(idOrPrefix)
         let manifest = try repository.loadManifest(id)
         let stream = try manifest.stream(member)
@@ -212,6 +216,7 @@ public final class Restorer {
                             payload = inUsed + PackFormat.entryHeaderSize
                             framesRead[baseLoc.frame] = payload
                             inUsed += PackFormat.entryHeaderSize + Int(baseLoc.storedLength)
+                            packBytesRead += Int64(PackFormat.entryHeaderSize) + Int64(baseLoc.storedLength)
                         }
                         if baseID == id && baseLoc == loc {
                             items.append(Item(id: id, loc: loc, inOffset: payload, outOffset: outUsed,
@@ -240,6 +245,7 @@ public final class Restorer {
                     items.append(Item(id: id, loc: loc, inOffset: payload, outOffset: outUsed))
                     lastGroup = loc.isGroupMember ? (loc.frame, payload) : nil
                     inUsed += entryLength
+                    packBytesRead += Int64(entryLength)
                 }
                 outUsed += length
                 if outUsed >= batchBytes { try flushBatch() }

@@ -136,6 +136,52 @@ func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
         #expect(try restoreBytes(repo, m.id, dir: dir) == next)
     }
 
+    /// A backup committed while gc runs may take as its base a chunk the mark
+    /// found dead (the resemblance table still names chunks that wait for gc):
+    /// gc keeps it, and the backup restores.
+    @Test func aDeltaCommittedDuringGCKeepsTheDeadBaseItTook() throws {
+        let dir = TempDir()
+        let path = dir.sub("repo")
+        let repo = try Repository.initialize(at: path, chunker: testChunker, packSize: 1 << 20)
+        let before = scatteredNights(1)[0]
+        let old = try backupNight(repo, before, name: "old")
+        try repo.deleteManifests([old.id])
+        // A digit changed every 2 KB: no chunk of old's is shared, each is a base.
+        var after = before
+        var at = 0
+        while at < after.count {
+            while at < after.count && !(UInt8(ascii: "0")...UInt8(ascii: "8")).contains(after[at]) { at += 1 }
+            if at < after.count { after[at] += 1 }
+            at += 2000
+        }
+        // The late backup runs as another process on this host would, on a copy of
+        // this cache (two handles on one LMDB file in one process break LMDB's
+        // reader table): it has the resemblance table that names old's chunks.
+        let otherRoot = dir.sub("other-cache")
+        let otherCache = otherRoot + "/" + URL(fileURLWithPath: repo.cacheDirectory).lastPathComponent
+        try FileManager.default.createDirectory(atPath: otherCache, withIntermediateDirectories: true)
+        for file in ["index.lmdb", "similar.lmdb"] {
+            try FileManager.default.copyItem(atPath: repo.cacheDirectory + "/" + file, toPath: otherCache + "/" + file)
+        }
+        let hold = try repo.lock(.maintenance, command: "gc")
+        defer { hold.release() }
+        let gc = GarbageCollector(repository: repo)
+        gc.takeExclusive = { try repo.lock(.exclusive, command: "gc step", wait: 5, alongside: hold) }
+        var late: Manifest?
+        gc.afterMark = {
+            guard late == nil else { return }
+            late = try backupNight(try Repository(path: path, cacheRoot: otherRoot), after, name: "late")
+        }
+        let report = try gc.run()
+        let m = try #require(late)
+        #expect(m.stats.newChunks == m.stats.chunks, "\(m.stats)")
+        #expect((m.stats.deltaChunks ?? 0) > m.stats.newChunks / 2, "its bases are old's chunks: \(m.stats)")
+        #expect(report.packsKeptForNewBackups >= 1, "\(report)")
+        let fresh = try Repository(path: path, cacheRoot: dir.sub("fresh-cache"))
+        #expect(try restoreBytes(fresh, m.id, dir: dir) == after)
+        #expect(try Verifier(repository: fresh).verify(deep: true).ok)
+    }
+
     @Test(arguments: [false, true])
     func repackingCopiesDeltasWithTheirBases(encrypted: Bool) throws {
         let dir = TempDir()

@@ -87,6 +87,7 @@ final class LateCommits {
     /// before, it may be one still writing, so its note is looked at again.
     func mark(into marks: ChunkSet, index: ChunkIndex, chunkLists: inout Set<Int>, locked: Bool) throws -> Set<PackID> {
         var packs = Set<PackID>()
+        var listedAgain = false
         let walker = ReferenceWalker(repository: repository)
         for key in try repository.changeKeys(since: since, ahead: Self.clockMargin) where !settled.contains(key) {
             guard let note = try repository.loadChange(key), note.op == .commit else {
@@ -112,7 +113,26 @@ final class LateCommits {
                         // (A chunk seen twice before the set's next flush is inserted twice.)
                         guard try !marks.contains(chunk) else { return }
                         try marks.insert(chunk)
-                        if let pack = try index.lookup(chunk)?.pack { packs.insert(pack) }
+                        var location = try index.lookup(chunk)
+                        if location == nil && !listedAgain {
+                            // A chunk new to the repository, in a pack another
+                            // process wrote: read its trailer (once per call),
+                            // for the delta base it may name.
+                            try repository.listIndexAgain(index)
+                            listedAgain = true
+                            location = try index.lookup(chunk)
+                        }
+                        if let pack = location?.pack { packs.insert(pack) }
+                        // A delta keeps its chain: the backup may have taken a
+                        // base the mark found dead (the resemblance table still
+                        // names chunks that wait for gc).
+                        var links = 0
+                        while let base = location?.base, base != chunk, links < DeltaFormat.maxChainLength {
+                            try marks.insert(base)
+                            location = try index.lookup(base)
+                            if let pack = location?.pack { packs.insert(pack) }
+                            links += 1
+                        }
                     }
                 }
                 marked.insert(id)

@@ -302,6 +302,13 @@ public final class Repository {
         return idx
     }
 
+    /// The index brought in step with the packs present now, although this
+    /// process listed them before (gc: a backup committed meanwhile wrote packs
+    /// its index does not know yet).
+    func listIndexAgain(_ idx: ChunkIndex) throws {
+        try synchronizeIndex(idx, existed: true)
+    }
+
     /// Where a chunk is stored, in a pack that exists at its indexed size. A
     /// trusted index that hands out a pack gone or resized (another host's gc, a
     /// hand-deleted or truncated pack) is brought in step by a full listing, and

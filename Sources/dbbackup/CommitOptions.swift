@@ -23,7 +23,7 @@ struct CommitOptions: ParsableArguments {
 
     @Flag(
         help: ArgumentHelp(
-            "Store no new chunk as a delta against the chunk at the same place in the previous backup of this series (same name and kind). By default a chunk that differs from that one in a few places is stored as the difference."
+            "Store no new chunk as a delta. By default a new chunk that resembles a stored one (the chunk at the same place in the previous backup of the same name and kind, or a similar chunk anywhere) is stored as the difference when that is clearly smaller."
         ))
     var noDelta = false
 

@@ -24,7 +24,7 @@ struct DedupInit: ParsableCommand {
     @Flag(help: "Compress every unit at --compression's level, whatever the data (no sampling).")
     var fixedCompression = false
 
-    @Flag(help: "Store no chunk as a delta against the previous backup of its series (see docs/FORMAT.md, encoding 5).")
+    @Flag(help: "Store no chunk of this repository as a delta against a similar stored chunk (see docs/FORMAT.md, encoding 5).")
     var noDelta = false
 
     @Option(help: ArgumentHelp("Target pack file size, 1MiB to 1GiB.", valueName: "size"))

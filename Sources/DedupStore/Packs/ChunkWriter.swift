@@ -86,6 +86,15 @@ final class ChunkWriter {
         default: (true, true)
         }
     }()
+    /// The longest chain a backup makes: `DeltaFormat.maxChainLength`, or fewer
+    /// when DBBACKUP_DELTA_CHAIN says so (for measuring the bound; readers
+    /// accept chains up to the format's bound whatever a writer chose).
+    private let chainBound: Int = {
+        guard let v = ProcessInfo.processInfo.environment["DBBACKUP_DELTA_CHAIN"].flatMap({ Int($0) }) else {
+            return DeltaFormat.maxChainLength
+        }
+        return min(max(v, 1), DeltaFormat.maxChainLength)
+    }()
     /// One per worker: decodes the bases, and checks each against its id.
     private let chainDecoders: [DeltaChainDecoder]
     private let hashers: [SHA256Hasher]
@@ -238,7 +247,7 @@ final class ChunkWriter {
         if baseReader == nil { baseReader = try ChunkReader(repository: repository) }
         guard let reader = baseReader,
             let chain = try? reader.bases(of: base, at: loc, manifest: "(delta base)"),
-            chain.count < DeltaFormat.maxChainLength
+            chain.count < chainBound
         else { return nil }
         let first = deltaLinks.count
         for (id, at) in chain + [(base, loc)] {

@@ -16,6 +16,10 @@ public final class ZstdCompressor {
         try self.init(level: level)
         ZSTD_CCtx_setParameter(cctx, ZSTD_c_enableLongDistanceMatching, 1)
         ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, Int32(windowLog))
+        // Matches of at least 128 bytes (zstd's default is 64): on pgbench
+        // nights the deltas are 7.5% smaller, on the other dumps measured the
+        // same within 0.3% (docs/CHUNKING.md).
+        ZSTD_CCtx_setParameter(cctx, ZSTD_c_ldmMinMatch, 128)
     }
 
     public init(level: Int) throws {

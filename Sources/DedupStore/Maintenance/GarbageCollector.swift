@@ -202,17 +202,13 @@ public final class GarbageCollector {
 
     /// Marks the bases of every live delta, and theirs down the chain: a base is
     /// live while a live delta needs it. One scan of the index (only deltas name
-    /// a base), then a lookup a base.
+    /// a base), with a lookup a base as it goes: nothing is held but the scan.
     private func markDeltaBases(into marks: ChunkSet, index: ChunkIndex) throws {
-        var liveDeltas = [(ChunkID, ChunkID)]()
-        try index.forEachChunk { id, loc in
-            if let base = loc.base, try marks.contains(id) { liveDeltas.append((id, base)) }
-        }
-        for (delta, first) in liveDeltas {
-            var base = first
+        try index.forEachChunk { delta, loc in
+            guard var base = loc.base, try marks.contains(delta) else { return }
             for _ in 0..<DeltaFormat.maxChainLength {
                 try marks.insert(base)
-                guard let loc = try index.lookup(base), let next = loc.base, next != delta else { break }
+                guard let next = try index.lookup(base)?.base, next != delta else { break }
                 base = next
             }
         }

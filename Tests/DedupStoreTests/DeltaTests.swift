@@ -103,14 +103,23 @@ func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
         let dir = TempDir()
         let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)
         let nights = scatteredNights(DeltaFormat.maxChainLength + 3, rows: 6000)
-        let manifests = try nights.map { try backupNight(repo, $0) }
+        // The night after full chains: its new deltas, and the length of their chains.
+        let after = DeltaFormat.maxChainLength + 1
+        var manifests = [Manifest]()
+        var rebased = [Int]()
+        for (k, night) in nights.enumerated() {
+            let before = k == after ? Set(try deltaChains(repo).map(\.0)) : []
+            manifests.append(try backupNight(repo, night))
+            if k == after { rebased = try deltaChains(repo).filter { !before.contains($0.0) }.map(\.1) }
+        }
         let chains = try deltaChains(repo)
         #expect(!chains.isEmpty)
         #expect(chains.allSatisfy { $0.1 <= DeltaFormat.maxChainLength }, "\(chains.map(\.1).max() ?? 0)")
         #expect(chains.contains { $0.1 == DeltaFormat.maxChainLength })
-        // The night after a full chain starts again from chunks stored on their own.
-        let rebased = manifests[DeltaFormat.maxChainLength + 1]
-        #expect((rebased.stats.deltaChunks ?? 0) < rebased.stats.newChunks, "\(rebased.stats)")
+        // That night re-bases onto the chunks the chains start from (chains of
+        // one) instead of storing the chunks at the bound whole.
+        #expect(rebased.contains(1), "\(rebased)")
+        #expect(manifests[after].stats.deltaChunks == manifests[after].stats.newChunks, "\(manifests[after].stats)")
         for (m, night) in zip(manifests, nights) { #expect(try restoreBytes(repo, m.id, dir: dir) == night) }
         #expect(try Verifier(repository: repo).verify(deep: true).ok)
     }

@@ -211,14 +211,14 @@ final class ChunkWriter {
                 uncommittedSketches.append((sketch, id))
                 if let similar = try resemblance.similar(to: sketch, own: id) { candidate = similar }
             }
-            if let candidate, let links = try readBase(candidate, at: &baseUsed) {
+            if let candidate, let (base, links) = try readBase(candidate, at: &baseUsed) {
                 // A delta is a unit of its own.
                 closeUnit()
                 var u = CompressionUnit(first: newSlots.count)
                 newSlots.append(i)
                 u.count = 1
                 u.rawLength = length
-                u.delta = (candidate, links)
+                u.delta = (base, links)
                 open = u
                 closeUnit()
                 continue
@@ -238,17 +238,23 @@ final class ChunkWriter {
 
     /// Reads the entries a delta base decodes from (its own, after those of the
     /// chain it ends, each once a batch) into the base arena at `used`, and
-    /// returns them as a range of `deltaLinks`; nil when it cannot serve: not
-    /// indexed, or at the end of a chain of `DeltaFormat.maxChainLength` deltas
-    /// (the chunk is then stored on its own, and the next backup's deltas start
-    /// from it).
-    private func readBase(_ base: ChunkID, at used: inout Int) throws -> Range<Int>? {
-        guard let loc = try repository.locate(base, in: index, listIfUnknown: false) else { return nil }
+    /// returns the base and the entries as a range of `deltaLinks`; nil when
+    /// the candidate cannot serve (not indexed, or unreadable). A candidate at
+    /// the end of a chain of `chainBound` deltas gives way to the chunk that
+    /// chain starts from (stored on its own): the delta then holds the changes
+    /// of every night since, still less than the chunk on its own while they
+    /// are few (the encoder decides), and the chain starts again at one.
+    private func readBase(_ candidate: ChunkID, at used: inout Int) throws -> (ChunkID, Range<Int>)? {
+        guard let found = try repository.locate(candidate, in: index, listIfUnknown: false) else { return nil }
         if baseReader == nil { baseReader = try ChunkReader(repository: repository) }
-        guard let reader = baseReader,
-            let chain = try? reader.bases(of: base, at: loc, manifest: "(delta base)"),
-            chain.count < chainBound
+        guard let reader = baseReader, var chain = try? reader.bases(of: candidate, at: found, manifest: "(delta base)")
         else { return nil }
+        var (base, loc) = (candidate, found)
+        if chain.count >= chainBound {
+            guard let root = chain.first else { return nil }
+            (base, loc) = root
+            chain = []
+        }
         let first = deltaLinks.count
         for (id, at) in chain + [(base, loc)] {
             if let stored = framesRead[at.frame] {
@@ -277,7 +283,7 @@ final class ChunkWriter {
             deltaLinks.append((id, at, stored))
             used += entry
         }
-        return first..<deltaLinks.count
+        return (base, first..<deltaLinks.count)
     }
 
     /// Compresses the units on all cores, each into its arena place.

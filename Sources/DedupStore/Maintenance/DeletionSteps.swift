@@ -126,12 +126,9 @@ final class LateCommits {
                         // A delta keeps its chain: the backup may have taken a
                         // base the mark found dead (the resemblance table still
                         // names chunks that wait for gc).
-                        var links = 0
-                        while let base = location?.base, base != chunk, links < DeltaFormat.maxChainLength {
+                        try index.forEachBase(of: chunk, at: location) { base, at in
                             try marks.insert(base)
-                            location = try index.lookup(base)
-                            if let pack = location?.pack { packs.insert(pack) }
-                            links += 1
+                            if let pack = at?.pack { packs.insert(pack) }
                         }
                     }
                 }

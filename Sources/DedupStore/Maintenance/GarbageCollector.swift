@@ -205,12 +205,8 @@ public final class GarbageCollector {
     /// a base), with a lookup a base as it goes: nothing is held but the scan.
     private func markDeltaBases(into marks: ChunkSet, index: ChunkIndex) throws {
         try index.forEachChunk { delta, loc in
-            guard var base = loc.base, try marks.contains(delta) else { return }
-            for _ in 0..<DeltaFormat.maxChainLength {
-                try marks.insert(base)
-                guard let next = try index.lookup(base)?.base, next != delta else { break }
-                base = next
-            }
+            guard loc.isDelta, try marks.contains(delta) else { return }
+            try index.forEachBase(of: delta, at: loc) { base, _ in try marks.insert(base) }
         }
         try marks.flush()
     }

@@ -355,6 +355,21 @@ public final class ChunkIndex {
     }
 
     /// Calls `body` with every indexed chunk id and location, in id order.
+    /// The bases down the chain of the delta `id` at `location`, nearest first,
+    /// each with its location (nil when not indexed, which ends the chain): at
+    /// most `DeltaFormat.maxChainLength`, and none once the chain comes back to
+    /// `id`. Nothing for a chunk that is no delta.
+    func forEachBase(of id: ChunkID, at location: ChunkLocation?, _ body: (ChunkID, ChunkLocation?) throws -> Void)
+        throws
+    {
+        var current = location
+        for _ in 0..<DeltaFormat.maxChainLength {
+            guard let base = current?.base, base != id else { return }
+            current = try lookup(base)
+            try body(base, current)
+        }
+    }
+
     public func forEachChunk(_ body: (ChunkID, ChunkLocation) throws -> Void) throws {
         try scan(chunks) { k, v in
             guard k.count == 32, let kp = k.baseAddress, let loc = Self.decode(v) else { return }

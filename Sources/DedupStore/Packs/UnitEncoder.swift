@@ -65,8 +65,8 @@ final class UnitEncoder {
         return (c, members == 1 ? .zstd : .zstdGroup, choice)
     }
 
-    /// Encodes one chunk against `base`, the plaintext of the chunk at the same
-    /// place in the previous backup, into `out` (`outputSize(chunk.count)` bytes):
+    /// Encodes one chunk against `base`, the plaintext of a similar stored chunk
+    /// (its delta base), into `out` (`outputSize(chunk.count)` bytes):
     /// a delta when it is clearly smaller than the chunk on its own (at most a
     /// sixteenth of the plaintext, or four fifths of what `encode` makes of it),
     /// else what `encode` makes of it.

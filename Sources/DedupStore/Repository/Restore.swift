@@ -215,8 +215,9 @@ public final class Restorer {
                                 into: UnsafeMutableRawBufferPointer(rebasing: inArena[inUsed...]), manifest: manifest.id)
                             payload = inUsed + PackFormat.entryHeaderSize
                             framesRead[baseLoc.frame] = payload
-                            inUsed += PackFormat.entryHeaderSize + Int(baseLoc.storedLength)
-                            packBytesRead += Int64(PackFormat.entryHeaderSize) + Int64(baseLoc.storedLength)
+                            let entry = PackFormat.entryHeaderSize + Int(baseLoc.storedLength)
+                            inUsed += entry
+                            packBytesRead += Int64(entry)
                         }
                         if baseID == id && baseLoc == loc {
                             items.append(Item(id: id, loc: loc, inOffset: payload, outOffset: outUsed,

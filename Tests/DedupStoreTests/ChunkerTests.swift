@@ -161,6 +161,47 @@ func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [Chunk
         }
     }
 
+    /// A sketch made from the search's samples is the one hashing the chunk's
+    /// bytes makes, for every chunk, across batches (carried tails) and parts
+    /// searched on several cores; sampling changes no cut.
+    @Test(arguments: [1, 2, 3])
+    func sketchesFromTheSearchsSamplesEqualSketchesOfTheBytes(searchWorkers: Int) throws {
+        let params = ChunkerParameters(minSize: 1024, avgSize: 8192, maxSize: 32768)
+        // Text-like bytes (sketches of similar chunks must agree) and random ones.
+        var data = [UInt8]()
+        var g = SeededGenerator(seed: 41)
+        while data.count < 2 << 20 {
+            data += Array("INSERT INTO t VALUES (\(g.next() % 100_000), 'row \(g.next() % 977)');\n".utf8)
+        }
+        data += randomBytes(1 << 20, seed: 42)
+        let single = try chunkLengths(JaggedSource(bytes: data), params, bufferSize: 1 << 20)
+        for batchBytes in [1 << 20, 300_000] {
+            let reader = ChunkBatchProducer(
+                source: JaggedSource(bytes: data), chunker: ContentDefinedChunker(params), batchBytes: batchBytes,
+                searchWorkers: searchWorkers, sampling: true)
+            reader.start()
+            var batched = [Int]()
+            var compared = 0
+            while let batch = try reader.next() {
+                batched += batch.ranges.map(\.count)
+                #expect(batch.samples.map(\.position) == batch.samples.map(\.position).sorted())
+                let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
+                batch.samples.withUnsafeBufferPointer { found in
+                    for range in batch.ranges {
+                        let fromBytes = ResemblanceSketch(UnsafeRawBufferPointer(rebasing: input[range]))?.all
+                        let fromSamples = ResemblanceSketch(samples: found, chunk: range)?.all
+                        #expect(fromSamples == fromBytes, "chunk at \(range) of a batch of \(batch.length)")
+                        if fromBytes != nil { compared += 1 }
+                    }
+                }
+                reader.release(batch)
+            }
+            _ = reader.finish()
+            #expect(compared > 300)
+            #expect(sameCuts(batched, single), "batches of \(batchBytes): \(firstDifference(batched, single))")
+        }
+    }
+
     @Test func readerThreadPassesReadErrorsOnAndStops() throws {
         struct FailingSource: ByteSource {
             var left = 3 << 20

@@ -11,6 +11,9 @@ struct ChunkBatch {
     let buffer: Int
     let base: UnsafeRawPointer
     let ranges: [Range<Int>]
+    /// With a producer that samples: the resemblance samples of the batch's
+    /// bytes (positions from `base`, ascending), for the chunks' sketches.
+    let samples: [ResemblanceSample]
     var length: Int { ranges.last?.upperBound ?? 0 }
 }
 
@@ -44,15 +47,18 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     private let streamHasher = SHA256Hasher()
 
     private let digests: Bool
+    private let sampling: Bool
 
     /// With `streamDigest` false there is no digest thread and `finish()` returns nil.
     /// `searchWorkers`: how many cores search each buffer for cuts (the reader's
-    /// thread and the rest from the shared pool).
+    /// thread and the rest from the shared pool). `sampling`: each batch
+    /// carries its resemblance samples, found on the search's pass.
     init(
         source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3, streamDigest: Bool = true,
-        searchWorkers: Int = ProcessInfo.processInfo.activeProcessorCount
+        searchWorkers: Int = ProcessInfo.processInfo.activeProcessorCount, sampling: Bool = false
     ) {
         self.source = source
+        self.sampling = sampling
         self.searchWorkers = max(1, searchWorkers)
         digests = streamDigest
         self.chunker = chunker
@@ -175,6 +181,10 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     private var carriedCandidates = 0
     /// One list per part of the input searched on its own core.
     private var partCandidates: [[Int]] = []
+    /// The same for the resemblance samples, when sampling.
+    private var samples = [ResemblanceSample]()
+    private var carriedSamples = 0
+    private var partSamples: [[ResemblanceSample]] = []
     private let searchWorkers: Int
 
     /// Finds the candidates of `from..<to` of the buffer at `bytes` (the carried
@@ -182,26 +192,45 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     /// span is large enough to pay for it.
     private func findCandidates(_ bytes: UnsafePointer<UInt8>, from: Int, to: Int) {
         candidates.removeSubrange(carriedCandidates...)
+        samples.removeSubrange(carriedSamples...)
         let parts = min(searchWorkers, max(1, (to - from) / (256 << 10)))
         if parts == 1 {
-            chunker.findCandidates(bytes, from: from, to: to, into: &candidates)
+            if sampling {
+                chunker.findCandidates(bytes, from: from, to: to, into: &candidates, samples: &samples)
+            } else {
+                chunker.findCandidates(bytes, from: from, to: to, into: &candidates)
+            }
             return
         }
         while partCandidates.count < parts { partCandidates.append([]) }
+        while partSamples.count < parts { partSamples.append([]) }
         let chunker = chunker
+        let sampling = sampling
         partCandidates.withUnsafeMutableBufferPointer { lists in
-            guard let listBase = lists.baseAddress else { return }
-            let out = SharedPointer(base: listBase)
-            runInParallel(parts) { part in
-                var list = out[part]
-                out[part] = []  // unshared, so appends do not copy
-                list.removeAll(keepingCapacity: true)
-                let a = from + (to - from) * part / parts, b = from + (to - from) * (part + 1) / parts
-                chunker.findCandidates(bytes, from: a, to: b, into: &list)
-                out[part] = list
+            partSamples.withUnsafeMutableBufferPointer { sampleLists in
+                guard let listBase = lists.baseAddress, let sampleBase = sampleLists.baseAddress else { return }
+                let out = SharedPointer(base: listBase)
+                let sampleOut = SharedPointer(base: sampleBase)
+                runInParallel(parts) { part in
+                    var list = out[part]
+                    out[part] = []  // unshared, so appends do not copy
+                    list.removeAll(keepingCapacity: true)
+                    let a = from + (to - from) * part / parts, b = from + (to - from) * (part + 1) / parts
+                    if sampling {
+                        var found = sampleOut[part]
+                        sampleOut[part] = []
+                        found.removeAll(keepingCapacity: true)
+                        chunker.findCandidates(bytes, from: a, to: b, into: &list, samples: &found)
+                        sampleOut[part] = found
+                    } else {
+                        chunker.findCandidates(bytes, from: a, to: b, into: &list)
+                    }
+                    out[part] = list
+                }
             }
         }
         for part in 0..<parts { candidates.append(contentsOf: partCandidates[part]) }
+        if sampling { for part in 0..<parts { samples.append(contentsOf: partSamples[part]) } }
     }
 
     /// Keeps the candidates of the uncut tail from `start` on for the next buffer,
@@ -217,6 +246,11 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         }
         candidates.removeSubrange(kept...)
         carriedCandidates = kept
+        var firstSample = 0
+        while firstSample < samples.count && samples[firstSample].position < start { firstSample += 1 }
+        samples.removeSubrange(..<firstSample)
+        for i in samples.indices { samples[i].position -= start }
+        carriedSamples = samples.count
     }
 
     private func readInput() {
@@ -238,7 +272,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                 carry = nil
                 // The tail's candidates came with it; the search goes on after it.
                 let carried = end
-                if carried == 0 { carriedCandidates = 0 }
+                if carried == 0 { (carriedCandidates, carriedSamples) = (0, 0) }
                 while end < buffer.count && !atEOF {
                     // Stopped (the consumer failed): wait for no more than this read.
                     if condition.withLock({ cancelled }) { return }
@@ -268,11 +302,13 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                 }
                 if end > start {
                     carry = (index, start, end - start)
+                    let batchSamples = sampling ? samples : []
                     carryCandidates(from: start)
+                    publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: batchSamples))
                 } else {
-                    carriedCandidates = 0
+                    (carriedCandidates, carriedSamples) = (0, 0)
+                    publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: samples))
                 }
-                publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges))
             }
         } catch {
             condition.lock()

@@ -94,9 +94,31 @@ public struct ContentDefinedChunker: Sendable {
     /// two hashes' dependency chains overlap), and `cutPoint(_:at:count:candidates:cursor:)`
     /// then chooses exactly the cuts `cutPoint(_:count:)` makes.
     public func findCandidates(_ data: UnsafePointer<UInt8>, from: Int, to: Int, into out: inout [Int]) {
+        var none = [ResemblanceSample]()
+        search(data, from: from, to: to, into: &out, samples: &none, sampling: false)
+    }
+
+    /// `findCandidates(_:from:to:into:)`, and on the same pass every position
+    /// whose hash a resemblance sketch samples, with that hash, appended to
+    /// `samples` (ascending): a chunk's sketch is then made from them
+    /// (`ResemblanceSketch(samples:chunk:)`) without hashing its bytes again.
+    public func findCandidates(
+        _ data: UnsafePointer<UInt8>, from: Int, to: Int, into out: inout [Int], samples: inout [ResemblanceSample]
+    ) {
+        search(data, from: from, to: to, into: &out, samples: &samples, sampling: true)
+    }
+
+    @inline(__always)
+    private func search(
+        _ data: UnsafePointer<UInt8>, from: Int, to: Int, into out: inout [Int], samples: inout [ResemblanceSample],
+        sampling: Bool
+    ) {
         guard to > from else { return }
         let gear = GearTable.pointer
         let maskS = maskSmall, maskL = maskLarge
+        // Every cut candidate is a sample too (the looser mask has at least 10
+        // top bits, the sampling one 7): one test a byte finds both.
+        let first = sampling ? ResemblanceSample.mask : maskL
         @inline(__always) func warm(_ at: Int) -> UInt64 {
             var h: UInt64 = 0
             var j = max(0, at - 63)
@@ -114,23 +136,34 @@ public struct ContentDefinedChunker: Sendable {
         let laneLength = mid - from
         var ha = warm(from), hb = warm(mid)
         var laterHits = [Int]()  // lane b's, appended after lane a's
+        var laterSamples = [ResemblanceSample]()
         var k = 0
         while k < laneLength {
             ha = (ha << 1) &+ gear[Int(data[from + k])]
             hb = (hb << 1) &+ gear[Int(data[mid + k])]
-            if (ha & maskL == 0) || (hb & maskL == 0) {
-                if ha & maskL == 0 { out.append(entry(from + k, ha)) }
-                if hb & maskL == 0 { laterHits.append(entry(mid + k, hb)) }
+            if (ha & first == 0) || (hb & first == 0) {
+                if ha & first == 0 {
+                    if sampling { samples.append(ResemblanceSample(position: from + k, hash: ha)) }
+                    if ha & maskL == 0 { out.append(entry(from + k, ha)) }
+                }
+                if hb & first == 0 {
+                    if sampling { laterSamples.append(ResemblanceSample(position: mid + k, hash: hb)) }
+                    if hb & maskL == 0 { laterHits.append(entry(mid + k, hb)) }
+                }
             }
             k += 1
         }
         var i = mid + laneLength
         while i < to {
             hb = (hb << 1) &+ gear[Int(data[i])]
-            if hb & maskL == 0 { laterHits.append(entry(i, hb)) }
+            if hb & first == 0 {
+                if sampling { laterSamples.append(ResemblanceSample(position: i, hash: hb)) }
+                if hb & maskL == 0 { laterHits.append(entry(i, hb)) }
+            }
             i += 1
         }
         out.append(contentsOf: laterHits)
+        if sampling { samples.append(contentsOf: laterSamples) }
     }
 
     /// The length of the chunk at `start` of `data`, whose `count` bytes from there

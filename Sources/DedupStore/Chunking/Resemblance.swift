@@ -12,20 +12,47 @@ struct ResemblanceSketch: Sendable {
     static let superFeatures = 3
     static let featuresPerSuper = 4
     private static let featureCount = superFeatures * featuresPerSuper
-    /// Sampled where the hash's top 7 bits are zero.
-    private static let sampleShift: UInt64 = 57
 
     var features: (UInt64, UInt64, UInt64)
 
     /// Nil for a chunk too small to be sampled.
     init?(_ data: UnsafeRawBufferPointer) {
-        guard let bytes = data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count >= 256 else { return nil }
-        let top = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.featureCount)
-        top.initialize(repeating: 0, count: Self.featureCount)
-        defer { top.deallocate() }
-        let samples = Self.sample(bytes, count: data.count, into: top)
-        let best = Array(UnsafeBufferPointer(start: top, count: Self.featureCount))
+        guard let bytes = data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count >= Self.minimumLength
+        else { return nil }
+        var top = Maxima()
+        let samples = Self.sample(bytes, count: data.count, into: &top)
+        self.init(top, samples: samples)
+    }
+
+    /// The sketch of the chunk at `chunk` (positions in the buffer the chunker
+    /// searched) from that search's samples (`samples`, ascending, as
+    /// `ContentDefinedChunker.findCandidates(_:from:to:into:samples:)` found
+    /// them): the same as hashing the chunk's bytes again, for a sixteenth of
+    /// the work. Nil for a chunk too small to be sampled.
+    init?(samples: UnsafeBufferPointer<ResemblanceSample>, chunk: Range<Int>) {
+        guard chunk.count >= Self.minimumLength else { return nil }
+        // The chunk's own hash covers a whole window from its 64th byte on;
+        // before that it differs from the stream's.
+        let from = chunk.lowerBound + 63
+        var lo = 0, hi = samples.count
+        while lo < hi {
+            let m = (lo + hi) / 2
+            if samples[m].position < from { lo = m + 1 } else { hi = m }
+        }
+        var top = Maxima()
+        var n = 0
+        var i = lo
+        while i < samples.count && samples[i].position < chunk.upperBound {
+            top.add(samples[i].hash)
+            n += 1
+            i += 1
+        }
+        self.init(top, samples: n)
+    }
+
+    private init?(_ top: Maxima, samples: Int) {
         guard samples >= 4 else { return nil }
+        let best = top.values
         func superFeature(_ j: Int) -> UInt64 {
             var x: UInt64 = 0x9E37_79B9_7F4A_7C15 &* UInt64(j + 1)
             for k in (j * Self.featuresPerSuper)..<((j + 1) * Self.featuresPerSuper) {
@@ -37,24 +64,38 @@ struct ResemblanceSketch: Sendable {
         features = (superFeature(0), superFeature(1), superFeature(2))
     }
 
+    private static let minimumLength = 256
+
+    /// The largest value of each feature's transform over the samples so far.
+    private struct Maxima {
+        var values = [UInt64](repeating: 0, count: ResemblanceSketch.featureCount)
+
+        @inline(__always)
+        mutating func add(_ h: UInt64) {
+            let (m, a) = (ResemblanceSketch.multipliers, ResemblanceSketch.addends)
+            values.withUnsafeMutableBufferPointer { top in
+                for k in 0..<ResemblanceSketch.featureCount {
+                    let t = h &* m[k] &+ a[k]
+                    if t > top[k] { top[k] = t }
+                }
+            }
+        }
+    }
+
     var all: [UInt64] { [features.0, features.1, features.2] }
 
     /// The features' maxima into `top`; returns how many positions were sampled
     /// (every one from the 64th byte on whose hash passes the sampling mask).
-    private static func sample(_ bytes: UnsafePointer<UInt8>, count: Int, into top: UnsafeMutablePointer<UInt64>) -> Int {
+    private static func sample(_ bytes: UnsafePointer<UInt8>, count: Int, into top: inout Maxima) -> Int {
         let gear = GearTable.pointer
-        let (m, a) = (multipliers, addends)
         var samples = 0
         var h: UInt64 = 0
         for i in 0..<63 { h = (h << 1) &+ gear[Int(bytes[i])] }
         for i in 63..<count {
             h = (h << 1) &+ gear[Int(bytes[i])]
-            guard h >> sampleShift == 0 else { continue }
+            guard h & ResemblanceSample.mask == 0 else { continue }
             samples &+= 1
-            for k in 0..<featureCount {
-                let t = h &* m[k] &+ a[k]
-                if t > top[k] { top[k] = t }
-            }
+            top.add(h)
         }
         return samples
     }
@@ -77,6 +118,15 @@ struct ResemblanceSketch: Sendable {
         }
         return UnsafePointer(p)
     }
+}
+
+/// A position of a stream whose gear hash (of the 64 bytes ending there) a
+/// resemblance sketch samples: where the hash's top 7 bits are zero, about one
+/// position in 128.
+public struct ResemblanceSample: Sendable, Equatable {
+    static let mask: UInt64 = ~UInt64(0) << 57
+    public var position: Int
+    public var hash: UInt64
 }
 
 /// Super-feature -> the last chunk stored with it: the local cache's table of

@@ -142,8 +142,13 @@ final class ChunkWriter {
     }
 
     /// Stores the chunks of one hashed batch that the repository does not hold.
-    func store(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int) throws {
-        let arenaUsed = try formUnits(input, slots: slots, count: n)
+    /// `samples`: the batch's resemblance samples (positions in `input`), which
+    /// the new chunks' sketches are made from; empty: from their bytes.
+    func store(
+        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int,
+        samples: [ResemblanceSample] = []
+    ) throws {
+        let arenaUsed = try formUnits(input, slots: slots, count: n, samples: samples)
         chunks += n
         if arenaUsed > arena.count {
             arena.deallocate()
@@ -155,7 +160,9 @@ final class ChunkWriter {
 
     /// Dedup, in input order (the pending set and the filter are this thread's);
     /// the new chunks form compression units. Returns the arena bytes they need.
-    private func formUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int) throws -> Int {
+    private func formUnits(
+        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int, samples: [ResemblanceSample]
+    ) throws -> Int {
         newSlots.removeAll(keepingCapacity: true)
         units.removeAll(keepingCapacity: true)
         deltaLinks.removeAll(keepingCapacity: true)
@@ -185,9 +192,15 @@ final class ChunkWriter {
             sketches.append(contentsOf: repeatElement(nil, count: fresh.count))
             fresh.withUnsafeBufferPointer { order in
                 sketches.withUnsafeMutableBufferPointer { out in
-                    nonisolated(unsafe) let order = order, out = out
-                    forEachInParallel(order.count, workers: workers) { _, k in
-                        out[k] = ResemblanceSketch(UnsafeRawBufferPointer(rebasing: input[slots[order[k]].range]))
+                    samples.withUnsafeBufferPointer { found in
+                        nonisolated(unsafe) let order = order, out = out, found = found
+                        let fromSamples = !found.isEmpty
+                        forEachInParallel(order.count, workers: workers) { _, k in
+                            let range = slots[order[k]].range
+                            out[k] = fromSamples
+                                ? ResemblanceSketch(samples: found, chunk: range)
+                                : ResemblanceSketch(UnsafeRawBufferPointer(rebasing: input[range]))
+                        }
                     }
                 }
             }

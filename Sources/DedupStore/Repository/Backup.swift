@@ -342,7 +342,7 @@ final class StreamIngest {
         try chunks.beginStream(deltaAgainst: previous, resemblance: resemblance)
         let reader = ChunkBatchProducer(
             source: source, chunker: session.chunker, batchBytes: batchBytes,
-            streamDigest: options.streamSHA256, searchWorkers: workers)
+            streamDigest: options.streamSHA256, searchWorkers: workers, sampling: resemblance)
         reader.start()
         defer { reader.stop() }
         var slotCapacity = 1024
@@ -383,7 +383,7 @@ final class StreamIngest {
             bytesRead += UInt64(batch.length)
             completeness.observe(input)
             for i in 0..<n { try list.append(slots[i].id, length: slots[i].range.count) }
-            try chunks.store(input, slots: slots, count: n)
+            try chunks.store(input, slots: slots, count: n, samples: batch.samples)
             reportProgress(bytesSoFar + bytesRead)
         }
         let digest = reader.finish()

@@ -239,6 +239,81 @@ func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
         #expect(throws: DedupError.self) { try restoreBytes(repo, manifests[2].id, dir: dir) }
     }
 
+    /// A chain's inner links are decoded without their checksums (the last
+    /// link's covers them): an inner link damaged so that it still decodes, to
+    /// other bytes, must fail the chain, never give wrong bytes, with and
+    /// without a hasher.
+    @Test func aDamagedInnerLinkFailsTheChain() throws {
+        // Digits changed every few hundred bytes: deltas with literals to damage.
+        let n = 64 << 10
+        var plain = [Array(sqlLikeBytes(rows: 3000, seed: 8)[0..<n])]
+        for night in 1..<3 {
+            var next = plain[night - 1]
+            var at = 50 * night
+            while at < n {
+                if next[at] >= UInt8(ascii: "0") && next[at] <= UInt8(ascii: "8") { next[at] += 1 }
+                at += 200 + at % 97
+            }
+            plain.append(next)
+        }
+        #expect(plain[1] != plain[0] && plain[2] != plain[1])
+        let whole = try ZstdCompressor(level: 3)
+        let delta = try ZstdCompressor(level: 1, longDistanceWindowLog: 20)
+        func frame(_ i: Int) throws -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: ZstdCompressor.bound(n))
+            let length = try plain[i].withUnsafeBytes { chunk in
+                try out.withUnsafeMutableBytes { o in
+                    i == 0 ? try whole.compress(chunk, into: o)
+                        : try plain[i - 1].withUnsafeBytes { try delta.compress(chunk, prefix: $0, into: o) }
+                }
+            }
+            return Array(out[0..<length])
+        }
+        let frames = try (0..<3).map(frame)
+        let ids = plain.map { bytes in bytes.withUnsafeBytes { SHA256Hasher().digest($0) } }
+        func location(_ i: Int, _ stored: [UInt8]) -> ChunkLocation {
+            ChunkLocation(
+                pack: PackID(hi: 1, lo: UInt64(i)), offset: 0, rawLength: UInt32(n), storedLength: UInt32(stored.count),
+                encoding: i == 0 ? ChunkEncoding.zstd.rawValue : ChunkEncoding.zstdDelta.rawValue,
+                base: i == 0 ? nil : ids[i - 1])
+        }
+        func decodeChain(_ stored: [[UInt8]], hasher: SHA256Hasher?) throws -> [UInt8] {
+            let decoder = try DeltaChainDecoder()
+            let buffers = stored.map { $0 + [] }
+            return try withExtendedLifetime(buffers) {
+                let links = buffers.enumerated().map { i, b in
+                    DeltaChainDecoder.Link(
+                        id: ids[i], location: location(i, b), stored: b.withUnsafeBytes { UnsafeRawBufferPointer($0) })
+                }
+                return Array(try decoder.decode(links, maxChunk: n, cipher: nil, manifest: "test", hasher: hasher))
+            }
+        }
+        #expect(try decodeChain(frames, hasher: nil) == plain[2])
+        // Damage the inner link where it still decodes (without its checksum) to other bytes.
+        let decompressor = try ZstdDecompressor()
+        var damagedInner = 0
+        for offset in stride(from: 8, to: frames[1].count - 4, by: 1) {
+            var inner = frames[1]
+            inner[offset] ^= 0x10
+            var out = [UInt8](repeating: 0, count: n)
+            let decoded: Int? = try? inner.withUnsafeBytes { f in
+                try plain[0].withUnsafeBytes { base in
+                    try out.withUnsafeMutableBytes {
+                        try decompressor.decompress(f, prefix: base, into: $0, checksum: false)
+                    }
+                }
+            }
+            guard decoded == n, out != plain[1] else { continue }
+            damagedInner += 1
+            for hasher in [nil, SHA256Hasher()] {
+                let result = try? decodeChain([frames[0], inner, frames[2]], hasher: hasher)
+                #expect(result == nil || result == plain[2], "inner byte \(offset) flipped gave wrong bytes")
+                #expect(result == nil || out == plain[1])
+            }
+        }
+        #expect(damagedInner > 0, "no damage of the inner link decoded: the test proves nothing")
+    }
+
     @Test func aSimilarChunkOfAnotherSeriesOrPlaceIsFoundAsABase() throws {
         let dir = TempDir()
         let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 1 << 20)

@@ -119,10 +119,16 @@ public final class ZstdDecompressor {
     }
 
     /// Decompresses a frame compressed against `prefix` (`ZstdCompressor.compress(_:prefix:into:)`).
+    /// `checksum` false: the frame's content checksum is not checked (an inner
+    /// link of a delta chain, whose errors the last link's checksum shows).
     public func decompress(
-        _ input: UnsafeRawBufferPointer, prefix: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
+        _ input: UnsafeRawBufferPointer, prefix: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+        checksum: Bool = true
     ) throws -> Int {
         ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only)
+        let set = dbbackup_zstd_check_checksums(dctx, checksum ? 1 : 0)
+        if ZSTD_isError(set) != 0 { throw DedupError.compression(String(cString: ZSTD_getErrorName(set))) }
+        defer { if !checksum { dbbackup_zstd_check_checksums(dctx, 1) } }
         let rc = ZSTD_DCtx_refPrefix(dctx, prefix.baseAddress, prefix.count)
         if ZSTD_isError(rc) != 0 { throw DedupError.compression(String(cString: ZSTD_getErrorName(rc))) }
         var out = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)

@@ -312,6 +312,19 @@ func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
             }
         }
         #expect(damagedInner > 0, "no damage of the inner link decoded: the test proves nothing")
+        // The last link damaged the same way: its checksum, or the SHA-256 that
+        // replaces it, fails the chain.
+        var damagedLast = 0
+        for offset in stride(from: 8, to: frames[2].count - 4, by: 1) {
+            var last = frames[2]
+            last[offset] ^= 0x10
+            for hasher in [nil, SHA256Hasher()] {
+                let result = try? decodeChain([frames[0], frames[1], last], hasher: hasher)
+                #expect(result == nil || result == plain[2], "last byte \(offset) flipped gave wrong bytes")
+                if result == nil { damagedLast += 1 }
+            }
+        }
+        #expect(damagedLast > 0)
     }
 
     @Test func aSimilarChunkOfAnotherSeriesOrPlaceIsFoundAsABase() throws {

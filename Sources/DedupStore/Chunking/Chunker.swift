@@ -117,7 +117,7 @@ public struct ContentDefinedChunker: Sendable {
         let gear = GearTable.pointer
         let maskS = maskSmall, maskL = maskLarge
         // Every cut candidate is a sample too (the looser mask has at least 10
-        // top bits, the sampling one 7): one test a byte finds both.
+        // top bits, the sampling one 7).
         let first = sampling ? ResemblanceSample.mask : maskL
         @inline(__always) func warm(_ at: Int) -> UInt64 {
             var h: UInt64 = 0
@@ -138,18 +138,43 @@ public struct ContentDefinedChunker: Sendable {
         var laterHits = [Int]()  // lane b's, appended after lane a's
         var laterSamples = [ResemblanceSample]()
         var k = 0
+        if sampling {
+            // Samples into raw buffers, copied out a block at a time.
+            let block = 4096
+            let laneA = UnsafeMutablePointer<ResemblanceSample>.allocate(capacity: block)
+            let laneB = UnsafeMutablePointer<ResemblanceSample>.allocate(capacity: block)
+            defer { laneA.deallocate(); laneB.deallocate() }
+            let sampleMask = ResemblanceSample.mask
+            while k < laneLength {
+                let blockEnd = min(laneLength, k + block)
+                var na = 0, nb = 0
+                while k < blockEnd {
+                    ha = (ha << 1) &+ gear[Int(data[from + k])]
+                    hb = (hb << 1) &+ gear[Int(data[mid + k])]
+                    if (ha & sampleMask == 0) || (hb & sampleMask == 0) {
+                        if ha & sampleMask == 0 {
+                            laneA[na] = ResemblanceSample(position: from + k, hash: ha)
+                            na &+= 1
+                            if ha & maskL == 0 { out.append(entry(from + k, ha)) }
+                        }
+                        if hb & sampleMask == 0 {
+                            laneB[nb] = ResemblanceSample(position: mid + k, hash: hb)
+                            nb &+= 1
+                            if hb & maskL == 0 { laterHits.append(entry(mid + k, hb)) }
+                        }
+                    }
+                    k += 1
+                }
+                samples.append(contentsOf: UnsafeBufferPointer(start: laneA, count: na))
+                laterSamples.append(contentsOf: UnsafeBufferPointer(start: laneB, count: nb))
+            }
+        }
         while k < laneLength {
             ha = (ha << 1) &+ gear[Int(data[from + k])]
             hb = (hb << 1) &+ gear[Int(data[mid + k])]
-            if (ha & first == 0) || (hb & first == 0) {
-                if ha & first == 0 {
-                    if sampling { samples.append(ResemblanceSample(position: from + k, hash: ha)) }
-                    if ha & maskL == 0 { out.append(entry(from + k, ha)) }
-                }
-                if hb & first == 0 {
-                    if sampling { laterSamples.append(ResemblanceSample(position: mid + k, hash: hb)) }
-                    if hb & maskL == 0 { laterHits.append(entry(mid + k, hb)) }
-                }
+            if (ha & maskL == 0) || (hb & maskL == 0) {
+                if ha & maskL == 0 { out.append(entry(from + k, ha)) }
+                if hb & maskL == 0 { laterHits.append(entry(mid + k, hb)) }
             }
             k += 1
         }

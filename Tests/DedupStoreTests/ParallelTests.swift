@@ -33,6 +33,27 @@ import Testing
         #expect(runEnds(late.count, parts: 2, weight: { late[$0] }) == [5, 6])
     }
 
+    /// Runs are taken as workers come free: an item slower than its weight says
+    /// keeps its worker, and the other worker takes the runs it would have had.
+    @Test func aSlowRunDoesNotHoldBackTheRest() {
+        let count = 40
+        let ranBy = UnsafeMutablePointer<Int>.allocate(capacity: count)
+        ranBy.initialize(repeating: -1, count: count)
+        defer { ranBy.deallocate() }
+        let shared = SharedPointer(base: ranBy)
+        forEachRunInParallel(count, workers: 2, weight: { _ in 1 }) { worker, item in
+            if item == 0 { usleep(200_000) }
+            shared[item] = worker
+        }
+        let slowWorker = ranBy[0]
+        let bySlow = (0..<count).filter { ranBy[$0] == slowWorker }.count
+        #expect((0..<count).allSatisfy { ranBy[$0] >= 0 })
+        // One run a worker would have given it half the items.
+        #expect(bySlow < count / 2, "the slow item's worker ran \(bySlow) of \(count)")
+        // Within a run the items go in order on one worker: the first run is 0..<5.
+        #expect((0..<(count / (2 * runsPerWorker))).allSatisfy { ranBy[$0] == slowWorker })
+    }
+
     @Test func everyItemRunsOnceOnSomeWorker() {
         for workers in 1...4 {
             let count = 37

@@ -163,7 +163,8 @@ func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [Chunk
 
     /// A sketch made from the search's samples is the one hashing the chunk's
     /// bytes makes, for every chunk, across batches (carried tails) and parts
-    /// searched on several cores; sampling changes no cut.
+    /// searched on several cores; sampling changes no cut; the ids the reader
+    /// takes are the chunks' SHA-256.
     @Test(arguments: [1, 2, 3])
     func sketchesFromTheSearchsSamplesEqualSketchesOfTheBytes(searchWorkers: Int) throws {
         let params = ChunkerParameters(minSize: 1024, avgSize: 8192, maxSize: 32768)
@@ -178,12 +179,17 @@ func chunkHashes(_ bytes: [UInt8], _ params: ChunkerParameters) throws -> [Chunk
         for batchBytes in [1 << 20, 300_000] {
             let reader = ChunkBatchProducer(
                 source: JaggedSource(bytes: data), chunker: ContentDefinedChunker(params), batchBytes: batchBytes,
-                searchWorkers: searchWorkers, sampling: true)
+                searchWorkers: searchWorkers, sampling: true,
+                chunkHashers: (0..<searchWorkers).map { _ in SHA256Hasher() })
             reader.start()
             var batched = [Int]()
             var compared = 0
+            let check = SHA256Hasher()
             while let batch = try reader.next() {
                 batched += batch.ranges.map(\.count)
+                // The reader's ids are the chunks' SHA-256, in order.
+                let bytes = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
+                #expect(batch.ids == batch.ranges.map { check.digest(UnsafeRawBufferPointer(rebasing: bytes[$0])) })
                 #expect(batch.samples.map(\.position) == batch.samples.map(\.position).sorted())
                 let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
                 batch.samples.withUnsafeBufferPointer { found in

@@ -14,6 +14,8 @@ struct ChunkBatch {
     /// With a producer that samples: the resemblance samples of the batch's
     /// bytes (positions from `base`, ascending), for the chunks' sketches.
     let samples: [ResemblanceSample]
+    /// With a producer that hashes: the chunks' ids, in the order of `ranges`.
+    var ids: [ChunkID] = []
     var length: Int { ranges.last?.upperBound ?? 0 }
 }
 
@@ -48,6 +50,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
 
     private let digests: Bool
     private let sampling: Bool
+    /// Given: the reader thread takes each batch's chunk ids too (on all cores),
+    /// so that hashing the next batch overlaps the consumer's work on this one.
+    private let chunkHashers: [SHA256Hasher]
 
     /// With `streamDigest` false there is no digest thread and `finish()` returns nil.
     /// `searchWorkers`: how many cores search each buffer for cuts (the reader's
@@ -55,10 +60,12 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     /// carries its resemblance samples, found on the search's pass.
     init(
         source: Source, chunker: ContentDefinedChunker, batchBytes: Int, depth: Int = 3, streamDigest: Bool = true,
-        searchWorkers: Int = ProcessInfo.processInfo.activeProcessorCount, sampling: Bool = false
+        searchWorkers: Int = ProcessInfo.processInfo.activeProcessorCount, sampling: Bool = false,
+        chunkHashers: [SHA256Hasher] = []
     ) {
         self.source = source
         self.sampling = sampling
+        self.chunkHashers = chunkHashers
         self.searchWorkers = max(1, searchWorkers)
         digests = streamDigest
         self.chunker = chunker
@@ -253,6 +260,28 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         carriedSamples = samples.count
     }
 
+    /// The ids of the chunks at `ranges` of `base` with the chunk hashers, on
+    /// all of them (the largest first, so that they finish together); none
+    /// without hashers.
+    private func hashChunks(_ base: UnsafeRawPointer, _ ranges: [Range<Int>]) -> [ChunkID] {
+        guard !chunkHashers.isEmpty else { return [] }
+        var ids = [ChunkID](repeating: ChunkID(w0: 0, w1: 0, w2: 0, w3: 0), count: ranges.count)
+        let order = ranges.indices.sorted { ranges[$0].count > ranges[$1].count }
+        let hashers = chunkHashers
+        ids.withUnsafeMutableBufferPointer { out in
+            order.withUnsafeBufferPointer { order in
+                ranges.withUnsafeBufferPointer { ranges in
+                    nonisolated(unsafe) let out = out, order = order, ranges = ranges
+                    forEachInParallel(order.count, workers: hashers.count) { worker, k in
+                        let i = order[k]
+                        out[i] = hashers[worker].digest(UnsafeRawBufferPointer(start: base + ranges[i].lowerBound, count: ranges[i].count))
+                    }
+                }
+            }
+        }
+        return ids
+    }
+
     private func readInput() {
         let maxChunk = chunker.parameters.maxSize
         // The uncut tail of the previous buffer: it moves to the front of the next.
@@ -300,14 +329,17 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     condition.unlock()
                     return
                 }
+                let ids = hashChunks(UnsafeRawPointer(base), ranges)
                 if end > start {
                     carry = (index, start, end - start)
                     let batchSamples = sampling ? samples : []
                     carryCandidates(from: start)
-                    publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: batchSamples))
+                    publish(ChunkBatch(
+                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: batchSamples, ids: ids))
                 } else {
                     (carriedCandidates, carriedSamples) = (0, 0)
-                    publish(ChunkBatch(buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: samples))
+                    publish(ChunkBatch(
+                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: samples, ids: ids))
                 }
             }
         } catch {

@@ -313,6 +313,8 @@ final class StreamIngest {
     let workers: Int
     let batchBytes = 4 << 20
     private let hashers: [SHA256Hasher]
+    /// The reader thread's: it hashes each batch as it cuts it, ahead of this one.
+    private let readerHashers: [SHA256Hasher]
     /// Delta bases may come from similar chunks anywhere (not for archives, nor
     /// with delta encoding off).
     private let resemblance: Bool
@@ -328,6 +330,7 @@ final class StreamIngest {
         workers = max(1, min(session.jobs, 16))
         chunks = try ChunkWriter(repository: repository, workers: workers, batchBytes: batchBytes)
         hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
+        readerHashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         resemblance = BackupSession.usesDeltas(options, repository)
         nextProgress = session.progressInterval
     }
@@ -342,7 +345,8 @@ final class StreamIngest {
         try chunks.beginStream(deltaAgainst: previous, resemblance: resemblance)
         let reader = ChunkBatchProducer(
             source: source, chunker: session.chunker, batchBytes: batchBytes,
-            streamDigest: options.streamSHA256, searchWorkers: workers, sampling: resemblance)
+            streamDigest: options.streamSHA256, searchWorkers: workers, sampling: resemblance,
+            chunkHashers: readerHashers)
         reader.start()
         defer { reader.stop() }
         var slotCapacity = 1024
@@ -368,16 +372,22 @@ final class StreamIngest {
             for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i]) }
             let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
 
-            // Hash the chunks on all cores (the largest first, so that the workers
-            // finish together), list them in order, store the new ones.
-            largestFirst.removeAll(keepingCapacity: true)
-            largestFirst.append(contentsOf: 0..<n)
-            largestFirst.sort { ranges[$0].count > ranges[$1].count }
-            largestFirst.withUnsafeBufferPointer { order in
-                nonisolated(unsafe) let order = order
-                forEachInParallel(n, workers: workers) { worker, k in
-                    let i = order[k]
-                    slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
+            // The ids: the reader thread took them as it cut the batch (the
+            // next batch is hashed while this one is stored); else hash the
+            // chunks here on all cores (the largest first, so that the workers
+            // finish together). Then list them in order and store the new ones.
+            if batch.ids.count == n {
+                for i in 0..<n { slots[i].id = batch.ids[i] }
+            } else {
+                largestFirst.removeAll(keepingCapacity: true)
+                largestFirst.append(contentsOf: 0..<n)
+                largestFirst.sort { ranges[$0].count > ranges[$1].count }
+                largestFirst.withUnsafeBufferPointer { order in
+                    nonisolated(unsafe) let order = order
+                    forEachInParallel(n, workers: workers) { worker, k in
+                        let i = order[k]
+                        slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
+                    }
                 }
             }
             bytesRead += UInt64(batch.length)

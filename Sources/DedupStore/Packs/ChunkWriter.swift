@@ -142,11 +142,11 @@ final class ChunkWriter {
     }
 
     /// Stores the chunks of one hashed batch that the repository does not hold.
-    /// `samples`: the batch's resemblance samples (positions in `input`), which
-    /// the new chunks' sketches are made from; empty: from their bytes.
+    /// `samples`: the batch's resemblance samples (positions in `input`, from a
+    /// sampling `ChunkBatchProducer`), which the new chunks' sketches are made from.
     func store(
         _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int,
-        samples: [ResemblanceSample] = []
+        samples: [ResemblanceSample]
     ) throws {
         let arenaUsed = try formUnits(input, slots: slots, count: n, samples: samples)
         chunks += n
@@ -194,12 +194,8 @@ final class ChunkWriter {
                 sketches.withUnsafeMutableBufferPointer { out in
                     samples.withUnsafeBufferPointer { found in
                         nonisolated(unsafe) let order = order, out = out, found = found
-                        let fromSamples = !found.isEmpty
                         forEachInParallel(order.count, workers: workers) { _, k in
-                            let range = slots[order[k]].range
-                            out[k] = fromSamples
-                                ? ResemblanceSketch(samples: found, chunk: range)
-                                : ResemblanceSketch(UnsafeRawBufferPointer(rebasing: input[range]))
+                            out[k] = ResemblanceSketch(samples: found, chunk: slots[order[k]].range)
                         }
                     }
                 }

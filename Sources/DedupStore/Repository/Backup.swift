@@ -305,14 +305,13 @@ public final class BackupSession {
 }
 
 /// The part of a backup that streams inputs into the store: a reader thread
-/// per input, hashing on all cores, the chunk list, and the shared chunk writer.
+/// per input (cutting and hashing on all cores), the chunk list, and the shared chunk writer.
 final class StreamIngest {
     let session: BackupSession
     let options: BackupOptions
     let chunks: ChunkWriter
     let workers: Int
     let batchBytes = 4 << 20
-    private let hashers: [SHA256Hasher]
     /// The reader thread's: it hashes each batch as it cuts it, ahead of this one.
     private let readerHashers: [SHA256Hasher]
     /// Delta bases may come from similar chunks anywhere (not for archives, nor
@@ -329,7 +328,6 @@ final class StreamIngest {
         if leftovers > 0 { repository.notice("removed \(leftovers) temporary file(s) left by interrupted runs") }
         workers = max(1, min(session.jobs, 16))
         chunks = try ChunkWriter(repository: repository, workers: workers, batchBytes: batchBytes)
-        hashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         readerHashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         resemblance = BackupSession.usesDeltas(options, repository)
         nextProgress = session.progressInterval
@@ -354,9 +352,7 @@ final class StreamIngest {
         slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
         defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
         var completeness = DumpCompleteness()
-        var largestFirst = [Int]()
         var bytesRead: UInt64 = 0
-        let hashers = hashers
         while let batch = try reader.next() {
             defer { reader.release(batch) }
             let ranges = batch.ranges
@@ -369,27 +365,12 @@ final class StreamIngest {
                 slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
             }
             let slots = SharedPointer(base: slotStorage)
-            for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i]) }
-            let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
-
             // The ids: the reader thread took them as it cut the batch (the
-            // next batch is hashed while this one is stored); else hash the
-            // chunks here on all cores (the largest first, so that the workers
-            // finish together). Then list them in order and store the new ones.
-            if batch.ids.count == n {
-                for i in 0..<n { slots[i].id = batch.ids[i] }
-            } else {
-                largestFirst.removeAll(keepingCapacity: true)
-                largestFirst.append(contentsOf: 0..<n)
-                largestFirst.sort { ranges[$0].count > ranges[$1].count }
-                largestFirst.withUnsafeBufferPointer { order in
-                    nonisolated(unsafe) let order = order
-                    forEachInParallel(n, workers: workers) { worker, k in
-                        let i = order[k]
-                        slots[i].id = hashers[worker].digest(UnsafeRawBufferPointer(rebasing: input[slots[i].range]))
-                    }
-                }
-            }
+            // next batch is hashed while this one is stored). Then list them in
+            // order and store the new ones.
+            guard batch.ids.count == n else { throw DedupError.index("a batch came without its chunk ids") }
+            for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i], id: batch.ids[i]) }
+            let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
             bytesRead += UInt64(batch.length)
             completeness.observe(input)
             for i in 0..<n { try list.append(slots[i].id, length: slots[i].range.count) }

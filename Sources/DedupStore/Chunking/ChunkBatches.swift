@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// What the producer's threads run (`role` 0: reader, 1: digest).
 protocol ThreadBody: AnyObject, Sendable {
@@ -12,8 +13,10 @@ struct ChunkBatch {
     let base: UnsafeRawPointer
     let ranges: [Range<Int>]
     /// With a producer that samples: the resemblance samples of the batch's
-    /// bytes (positions from `base`, ascending), for the chunks' sketches.
+    /// bytes (positions from `base`, ascending), for the chunks' sketches;
+    /// `sampled` when they are there for every chunk of the batch.
     let samples: [ResemblanceSample]
+    var sampled = false
     /// With a producer that hashes: the chunks' ids, in the order of `ranges`.
     var ids: [ChunkID] = []
     var length: Int { ranges.last?.upperBound ?? 0 }
@@ -50,6 +53,12 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
 
     private let digests: Bool
     private let sampling: Bool
+    /// Whether the consumer wants samples for the next buffers (most of its
+    /// chunks new): a night that is mostly stored needs few sketches, which
+    /// then cost less from the new chunks' bytes than sampling every byte.
+    private let samplingWanted = Atomic<Bool>(true)
+    /// Whether the tail carried into the next buffer has its samples.
+    private var carriedSampled = false
     /// Given: the reader thread takes each batch's chunk ids too (on all cores),
     /// so that hashing the next batch overlaps the consumer's work on this one.
     private let chunkHashers: [SHA256Hasher]
@@ -101,6 +110,9 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         if let failure { throw failure }
         return nil
     }
+
+    /// Asks for samples in the buffers not yet searched, or for none.
+    func wantSamples(_ wanted: Bool) { samplingWanted.store(wanted, ordering: .relaxed) }
 
     /// Gives a batch's buffer back (the consumer's and the digest thread's turn).
     func release(_ batch: ChunkBatch) {
@@ -197,7 +209,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
     /// Finds the candidates of `from..<to` of the buffer at `bytes` (the carried
     /// tail's are there already), in parts on all the search workers when the
     /// span is large enough to pay for it.
-    private func findCandidates(_ bytes: UnsafePointer<UInt8>, from: Int, to: Int) {
+    private func findCandidates(_ bytes: UnsafePointer<UInt8>, from: Int, to: Int, sampling: Bool) {
         candidates.removeSubrange(carriedCandidates...)
         samples.removeSubrange(carriedSamples...)
         let parts = min(searchWorkers, max(1, (to - from) / (256 << 10)))
@@ -212,7 +224,6 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         while partCandidates.count < parts { partCandidates.append([]) }
         while partSamples.count < parts { partSamples.append([]) }
         let chunker = chunker
-        let sampling = sampling
         partCandidates.withUnsafeMutableBufferPointer { lists in
             partSamples.withUnsafeMutableBufferPointer { sampleLists in
                 guard let listBase = lists.baseAddress, let sampleBase = sampleLists.baseAddress else { return }
@@ -309,7 +320,12 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     if n == 0 { atEOF = true } else { end += n }
                 }
                 let bytes = UnsafePointer(base.assumingMemoryBound(to: UInt8.self))
-                findCandidates(bytes, from: carried, to: end)
+                // Samples for every chunk of this buffer: asked for, and the
+                // carried tail's are there too.
+                let sampleThis = sampling && samplingWanted.load(ordering: .relaxed)
+                let sampled = sampleThis && (carried == 0 || carriedSampled)
+                if !sampleThis { (samples, carriedSamples) = ([], 0) }
+                findCandidates(bytes, from: carried, to: end, sampling: sampleThis)
                 var ranges = [Range<Int>]()
                 ranges.reserveCapacity(batchBytes / chunker.parameters.minSize + 1)
                 var start = 0
@@ -332,14 +348,18 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                 let ids = hashChunks(UnsafeRawPointer(base), ranges)
                 if end > start {
                     carry = (index, start, end - start)
-                    let batchSamples = sampling ? samples : []
+                    let batchSamples = sampled ? samples : []
                     carryCandidates(from: start)
+                    // Positions from `carried` on were sampled if this buffer was.
+                    carriedSampled = sampled || (sampleThis && start >= carried)
                     publish(ChunkBatch(
-                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: batchSamples, ids: ids))
+                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: batchSamples,
+                        sampled: sampled, ids: ids))
                 } else {
                     (carriedCandidates, carriedSamples) = (0, 0)
                     publish(ChunkBatch(
-                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: samples, ids: ids))
+                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: sampled ? samples : [],
+                        sampled: sampled, ids: ids))
                 }
             }
         } catch {

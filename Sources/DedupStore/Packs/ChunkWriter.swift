@@ -107,6 +107,8 @@ final class ChunkWriter {
     private(set) var storedBytes: Int64 = 0
     /// The same by what the probe chose.
     private(set) var compressionUse = CompressionUse()
+    /// How many chunks of the last batch stored were new.
+    private(set) var lastBatchNewChunks = 0
     /// New chunks stored as deltas.
     private(set) var deltaChunks = 0
 
@@ -143,10 +145,11 @@ final class ChunkWriter {
 
     /// Stores the chunks of one hashed batch that the repository does not hold.
     /// `samples`: the batch's resemblance samples (positions in `input`, from a
-    /// sampling `ChunkBatchProducer`), which the new chunks' sketches are made from.
+    /// sampling `ChunkBatchProducer`) when it has them for every chunk, which the
+    /// new chunks' sketches are made from; nil: from the new chunks' bytes.
     func store(
         _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int,
-        samples: [ResemblanceSample]
+        samples: [ResemblanceSample]?
     ) throws {
         let arenaUsed = try formUnits(input, slots: slots, count: n, samples: samples)
         chunks += n
@@ -161,7 +164,7 @@ final class ChunkWriter {
     /// Dedup, in input order (the pending set and the filter are this thread's);
     /// the new chunks form compression units. Returns the arena bytes they need.
     private func formUnits(
-        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int, samples: [ResemblanceSample]
+        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int, samples: [ResemblanceSample]?
     ) throws -> Int {
         newSlots.removeAll(keepingCapacity: true)
         units.removeAll(keepingCapacity: true)
@@ -169,6 +172,7 @@ final class ChunkWriter {
         framesRead.removeAll(keepingCapacity: true)
         fresh.removeAll(keepingCapacity: true)
         samePlace.removeAll(keepingCapacity: true)
+        defer { lastBatchNewChunks = fresh.count }
         // Dedup and the same-place candidates, in input order.
         for i in 0..<n {
             let id = slots[i].id
@@ -192,10 +196,14 @@ final class ChunkWriter {
             sketches.append(contentsOf: repeatElement(nil, count: fresh.count))
             fresh.withUnsafeBufferPointer { order in
                 sketches.withUnsafeMutableBufferPointer { out in
-                    samples.withUnsafeBufferPointer { found in
+                    (samples ?? []).withUnsafeBufferPointer { found in
                         nonisolated(unsafe) let order = order, out = out, found = found
+                        let fromSamples = samples != nil
                         forEachInParallel(order.count, workers: workers) { _, k in
-                            out[k] = ResemblanceSketch(samples: found, chunk: slots[order[k]].range)
+                            let range = slots[order[k]].range
+                            out[k] = fromSamples
+                                ? ResemblanceSketch(samples: found, chunk: range)
+                                : ResemblanceSketch(UnsafeRawBufferPointer(rebasing: input[range]))
                         }
                     }
                 }

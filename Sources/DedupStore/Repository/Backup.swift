@@ -374,7 +374,10 @@ final class StreamIngest {
             bytesRead += UInt64(batch.length)
             completeness.observe(input)
             for i in 0..<n { try list.append(slots[i].id, length: slots[i].range.count) }
-            try chunks.store(input, slots: slots, count: n, samples: batch.samples)
+            try chunks.store(input, slots: slots, count: n, samples: batch.sampled ? batch.samples : nil)
+            // Samples while most chunks are new: for a few new chunks hashing
+            // their bytes again costs less than sampling every byte.
+            reader.wantSamples(chunks.lastBatchNewChunks * 4 >= n)
             reportProgress(bytesSoFar + bytesRead)
         }
         let digest = reader.finish()

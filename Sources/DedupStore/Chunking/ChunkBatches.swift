@@ -345,22 +345,18 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
                     condition.unlock()
                     return
                 }
-                let ids = hashChunks(UnsafeRawPointer(base), ranges)
+                let batch = ChunkBatch(
+                    buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: sampled ? samples : [],
+                    sampled: sampled, ids: hashChunks(UnsafeRawPointer(base), ranges))
                 if end > start {
                     carry = (index, start, end - start)
-                    let batchSamples = sampled ? samples : []
                     carryCandidates(from: start)
                     // Positions from `carried` on were sampled if this buffer was.
                     carriedSampled = sampled || (sampleThis && start >= carried)
-                    publish(ChunkBatch(
-                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: batchSamples,
-                        sampled: sampled, ids: ids))
                 } else {
                     (carriedCandidates, carriedSamples) = (0, 0)
-                    publish(ChunkBatch(
-                        buffer: index, base: UnsafeRawPointer(base), ranges: ranges, samples: sampled ? samples : [],
-                        sampled: sampled, ids: ids))
                 }
+                publish(batch)
             }
         } catch {
             condition.lock()

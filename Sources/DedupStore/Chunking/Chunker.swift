@@ -116,9 +116,6 @@ public struct ContentDefinedChunker: Sendable {
         guard to > from else { return }
         let gear = GearTable.pointer
         let maskS = maskSmall, maskL = maskLarge
-        // Every cut candidate is a sample too (the looser mask has at least 10
-        // top bits, the sampling one 7).
-        let first = sampling ? ResemblanceSample.mask : maskL
         @inline(__always) func warm(_ at: Int) -> UInt64 {
             var h: UInt64 = 0
             var j = max(0, at - 63)
@@ -145,6 +142,8 @@ public struct ContentDefinedChunker: Sendable {
             let laneB = UnsafeMutablePointer<ResemblanceSample>.allocate(capacity: block)
             defer { laneA.deallocate(); laneB.deallocate() }
             let sampleMask = ResemblanceSample.mask
+            // Every cut candidate is a sample too (the looser mask has at least
+            // 10 top bits, the sampling one 7): one test a byte for both.
             while k < laneLength {
                 let blockEnd = min(laneLength, k + block)
                 var na = 0, nb = 0
@@ -181,10 +180,10 @@ public struct ContentDefinedChunker: Sendable {
         var i = mid + laneLength
         while i < to {
             hb = (hb << 1) &+ gear[Int(data[i])]
-            if hb & first == 0 {
-                if sampling { laterSamples.append(ResemblanceSample(position: i, hash: hb)) }
-                if hb & maskL == 0 { laterHits.append(entry(i, hb)) }
+            if sampling && hb & ResemblanceSample.mask == 0 {
+                laterSamples.append(ResemblanceSample(position: i, hash: hb))
             }
+            if hb & maskL == 0 { laterHits.append(entry(i, hb)) }
             i += 1
         }
         out.append(contentsOf: laterHits)

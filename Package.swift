@@ -21,10 +21,14 @@ let package = Package(
         .systemLibrary(name: "CMariaDB", pkgConfig: "libmariadb", providers: [.apt(["libmariadb-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
+        // Vector kernels of hex packing (SSE2), in C: Swift's SIMD types do not
+        // compile to vector code here.
+        .target(name: "CHexCodec"),
+
         // The content-addressed chunk store. Knows nothing about databases.
         .target(
             name: "DedupStore",
-            dependencies: ["CLinux", "CZstd", "CCrypto", "CLMDB"]
+            dependencies: ["CLinux", "CZstd", "CCrypto", "CLMDB", "CHexCodec"]
         ),
         // Talking to database servers (libpq) and running their dump tools.
         .target(

@@ -59,6 +59,23 @@ func byteaCopyDump(rows: Int, rowBytes: Int, seed: UInt64) -> [UInt8] {
         }
     }
 
+    @Test func aRunEndsWhereTheSixteenPairStepMeetsItsEnd() throws {
+        // The packer takes 32 digits at a time while they are all digits of one
+        // case: a separator, or a letter of the other case, at every place in and
+        // around such steps must end the run there, and the rest come back as it was.
+        let digits = hexText(randomBytes(80, seed: 7))  // 160 lowercase digits
+        for at in 0..<digits.count {
+            for breaker: UInt8 in [UInt8(ascii: ","), UInt8(ascii: "A"), UInt8(ascii: "g"), 0] {
+                let prefix = Array("\\\\x".utf8)
+                var input = prefix + digits
+                input[prefix.count + at] = breaker
+                _ = try roundTrip(input)
+                let upper = input.map { $0 >= 97 && $0 <= 102 ? $0 - 32 : ($0 == 65 ? 97 : $0) }
+                _ = try roundTrip(upper)
+            }
+        }
+    }
+
     @Test func everyByteValueComesBackAsItsTwoDigitsInEitherCase() throws {
         // All 256 values, at every offset of the sixteen-byte steps the decoder takes.
         for shift in 0..<17 {

@@ -1,3 +1,4 @@
+import CHexCodec
 import Foundation
 
 /// The reversible transform of dump text whose BLOBs are written in hex
@@ -42,8 +43,13 @@ enum HexPacking {
             // case: a pair that adds the other case, or is no pair of digits, ends it.
             let start = i
             let runOut = out + w + 8 + (start - literalStart)
-            var seen: UInt16 = 0
-            var k = 0
+            // Sixteen pairs at a time while whole blocks are digits of one case,
+            // then a pair at a time to find where the run ends.
+            var cases: UInt32 = 0
+            var k = dbbackup_hex_pack_blocks(
+                inp + i, (total - i) / 2, runOut.assumingMemoryBound(to: UInt8.self), &cases)
+            i += 2 * k
+            var seen = UInt16(truncatingIfNeeded: cases) << 8
             while i + 1 < total {
                 let v = pairs[Int(UInt16(inp[i]) << 8 | UInt16(inp[i + 1]))]
                 let next = seen | v
@@ -124,7 +130,9 @@ enum HexPacking {
                 throw HexPackingError("a run of hex runs past the end")
             }
             let upper = run & 1 == 1
-            let vectored = writeDigits(from: src + r, count: pairs, to: out + w, upper: upper)
+            let vectored = dbbackup_hex_unpack_blocks(
+                (src + r).assumingMemoryBound(to: UInt8.self), pairs,
+                (out + w).assumingMemoryBound(to: UInt8.self), upper ? 1 : 0)
             let table = upper ? HexTables.upperPairs : HexTables.lowerPairs
             for k in vectored..<pairs {
                 let v = table[Int(src.load(fromByteOffset: r + k, as: UInt8.self))]
@@ -135,35 +143,6 @@ enum HexPacking {
         }
         guard w == total else { throw HexPackingError("decodes to \(w) bytes, it declares \(total)") }
         return total
-    }
-}
-
-extension HexPacking {
-    /// Writes the two hex digits of each of the first `count` bytes at `source`,
-    /// sixteen bytes at a time, and returns how many it wrote (a multiple of 16;
-    /// the caller writes the rest). In 16-bit lanes, a byte b becomes its two
-    /// nibbles (b >> 4 in the low byte: the first digit in memory), each nibble n
-    /// then '0' + n, plus 39 ('a' - '9' - 1) or 7 for uppercase when n > 9: about
-    /// twice the speed of one table lookup per byte.
-    @inline(__always)
-    fileprivate static func writeDigits(
-        from source: UnsafeRawPointer, count: Int, to output: UnsafeMutableRawPointer, upper: Bool
-    ) -> Int {
-        let letterGap = SIMD16<UInt16>(repeating: upper ? 7 : 39)
-        var k = 0
-        while k + 16 <= count {
-            let bytes = source.loadUnaligned(fromByteOffset: k, as: SIMD16<UInt8>.self)
-            // Widened lane by lane: the generic widening initialiser is not inlined.
-            var wide = SIMD16<UInt16>()
-            for j in 0..<16 { wide[j] = UInt16(bytes[j]) }
-            let nibbles = (wide &>> 4) | ((wide & 0x0F) &<< 8)
-            // 1 in each byte whose nibble is 10 or more (nibble + 6 reaches 16).
-            let isLetter = ((nibbles &+ 0x0606) &>> 4) & 0x0101
-            let digits = nibbles &+ 0x3030 &+ isLetter &* letterGap  // no carry: each byte stays below 103
-            output.storeBytes(of: digits, toByteOffset: 2 * k, as: SIMD16<UInt16>.self)
-            k += 16
-        }
-        return k
     }
 }
 

@@ -363,6 +363,32 @@ func deltaChains(_ repo: Repository) throws -> [(ChunkID, Int)] {
         #expect([UInt8](repeating: 7, count: 100).withUnsafeBytes { ResemblanceSketch($0) } == nil)
     }
 
+    @Test func randomDataIsNotSketchedYetItsChangedChunksBecomeDeltas() throws {
+        // 64 MiB of random bytes (BLOBs of images): after the first batches, whose
+        // chunks compress to nothing, no sketches; the same text is sketched whole.
+        let dir = TempDir()
+        let repo = try Repository.initialize(at: dir.sub("repo"), chunker: testChunker, packSize: 8 << 20)
+        let night = randomBytes(64 << 20, seed: 31)
+        let first = try backupNight(repo, night, name: "blobs")
+        let similar = repo.cacheDirectory + "/similar.lmdb"
+        let features = try ResemblanceTable(path: similar).featureCount()
+        #expect(features > 0)
+        #expect(features * 2 < 3 * first.stats.chunks, "\(features) features for \(first.stats.chunks) chunks")
+        let text = try Repository.initialize(at: dir.sub("text"), chunker: testChunker, packSize: 8 << 20)
+        let sql = try backupNight(text, sqlLikeBytes(rows: 60_000, seed: 32), name: "shop")
+        let textFeatures = try ResemblanceTable(path: text.cacheDirectory + "/similar.lmdb").featureCount()
+        #expect(textFeatures * 10 >= 3 * sql.stats.chunks * 9, "\(textFeatures) features for \(sql.stats.chunks) chunks")
+        // A byte changed every 256 KiB: each changed chunk is a delta against the
+        // one at its place last night.
+        var next = night
+        for at in stride(from: 1000, to: next.count, by: 256 << 10) { next[at] ^= 0x5A }
+        let second = try backupNight(repo, next, name: "blobs")
+        #expect((second.stats.deltaChunks ?? 0) * 4 >= second.stats.newChunks * 3, "\(second.stats)")
+        #expect(second.stats.storedBytes * 20 < first.stats.storedBytes)
+        #expect(try restoreBytes(repo, second.id, dir: dir) == next)
+        #expect(try restoreBytes(repo, first.id, dir: dir) == night)
+    }
+
     @Test func noDeltaAndTheRepositorySettingTurnItOff() throws {
         let dir = TempDir()
         let nights = scatteredNights(2)

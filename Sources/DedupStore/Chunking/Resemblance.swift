@@ -197,6 +197,18 @@ final class ResemblanceTable {
         return best
     }
 
+    /// How many super-features the table holds.
+    func featureCount() throws -> Int {
+        var txn: OpaquePointer?
+        guard mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn) == 0 else {
+            throw DedupError.index("resemblance table: begin")
+        }
+        defer { mdb_txn_abort(txn) }
+        var st = MDB_stat()
+        guard mdb_stat(txn, dbi, &st) == 0 else { throw DedupError.index("resemblance table: stat") }
+        return Int(st.ms_entries)
+    }
+
     /// Records the chunks of a committed pack under their super-features.
     func insert(_ entries: [(ResemblanceSketch, ChunkID)]) throws {
         guard !entries.isEmpty else { return }

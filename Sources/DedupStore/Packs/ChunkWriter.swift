@@ -32,6 +32,8 @@ final class ChunkWriter {
         var encoding = ChunkEncoding.raw
         /// What the probe chose (`.full` when the repository's level is fixed).
         var choice = CompressionChoice.full
+        /// Random data (`UnitEncoder.lastUnitMatchless`).
+        var matchless = false
         var failure: DedupError?
         /// A chunk to encode against a base: the base's id, and the entries that
         /// decode to its plaintext (`deltaLinks`: the chunk stored on its own
@@ -109,6 +111,11 @@ final class ChunkWriter {
     private(set) var compressionUse = CompressionUse()
     /// How many chunks of the last batch stored were new.
     private(set) var lastBatchNewChunks = 0
+    /// Whether nine tenths of the last batch's new bytes were random data (stored
+    /// raw, entropy-coded only, or hex-packed to such bytes): then the next
+    /// batches' new chunks are not sketched for similar ones (random chunks
+    /// resemble only their own earlier versions, which the same-place base finds).
+    private(set) var lastBatchMatchless = false
     /// New chunks stored as deltas.
     private(set) var deltaChunks = 0
 
@@ -143,15 +150,24 @@ final class ChunkWriter {
         }
     }
 
-    /// Stores the chunks of one hashed batch that the repository does not hold.
-    /// `samples`: the batch's resemblance samples (positions in `input`, from a
-    /// sampling `ChunkBatchProducer`) when it has them for every chunk, which the
-    /// new chunks' sketches are made from; nil: from the new chunks' bytes.
+    /// Where the new chunks' resemblance sketches come from.
+    enum Sketching {
+        /// The batch's resemblance samples (positions in `input`, from a sampling
+        /// `ChunkBatchProducer`), there for every chunk.
+        case fromSamples([ResemblanceSample])
+        /// The new chunks' bytes, hashed again.
+        case fromBytes
+        /// None: the new chunks look for no similar chunk and are found by none
+        /// (random data, `lastBatchMatchless`); the same-place base stays.
+        case none
+    }
+
+    /// Stores the chunks of one hashed batch that the repository does not hold,
+    /// with their sketches made as `sketching` says.
     func store(
-        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int,
-        samples: [ResemblanceSample]?
+        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int, sketching: Sketching
     ) throws {
-        let arenaUsed = try formUnits(input, slots: slots, count: n, samples: samples)
+        let arenaUsed = try formUnits(input, slots: slots, count: n, sketching: sketching)
         chunks += n
         if arenaUsed > arena.count {
             arena.deallocate()
@@ -164,7 +180,7 @@ final class ChunkWriter {
     /// Dedup, in input order (the pending set and the filter are this thread's);
     /// the new chunks form compression units. Returns the arena bytes they need.
     private func formUnits(
-        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int, samples: [ResemblanceSample]?
+        _ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>, count n: Int, sketching: Sketching
     ) throws -> Int {
         newSlots.removeAll(keepingCapacity: true)
         units.removeAll(keepingCapacity: true)
@@ -192,8 +208,15 @@ final class ChunkWriter {
         }
         // The new chunks' sketches, on all cores.
         sketches.removeAll(keepingCapacity: true)
-        if resemblance != nil {
-            sketches.append(contentsOf: repeatElement(nil, count: fresh.count))
+        var samples: [ResemblanceSample]?
+        var sketched = true  // else every new chunk keeps its same-place candidate only
+        switch sketching {
+        case .fromSamples(let found): samples = found
+        case .fromBytes: break
+        case .none: sketched = false
+        }
+        if resemblance != nil { sketches.append(contentsOf: repeatElement(nil, count: fresh.count)) }
+        if resemblance != nil && sketched {
             fresh.withUnsafeBufferPointer { order in
                 sketches.withUnsafeMutableBufferPointer { out in
                     (samples ?? []).withUnsafeBufferPointer { found in
@@ -351,6 +374,7 @@ final class ChunkWriter {
                                 (u.storedLength, u.encoding, u.choice) = try encoders[worker].encode(
                                     [chunk], members: 1, rawLength: chunk.count, into: out)
                             }
+                            u.matchless = encoders[worker].lastUnitMatchless
                             shared[k] = u
                             return
                         }
@@ -363,6 +387,7 @@ final class ChunkWriter {
                         }
                         (u.storedLength, u.encoding, u.choice) = try encoders[worker].encode(
                             pieces, members: u.count, rawLength: u.rawLength, into: out)
+                        u.matchless = encoders[worker].lastUnitMatchless
                     } catch {
                         u.failure = .wrapping(error)
                     }
@@ -374,7 +399,11 @@ final class ChunkWriter {
 
     /// Appends the units to the pack in input order; a full pack is committed.
     private func appendUnits(_ input: UnsafeRawBufferPointer, slots: SharedPointer<ChunkSlot>) throws {
+        var newInBatch = 0, matchlessInBatch = 0
+        defer { lastBatchMatchless = newInBatch > 0 && matchlessInBatch * 10 >= newInBatch * 9 }
         for u in units {
+            newInBatch += u.rawLength
+            if u.matchless { matchlessInBatch += u.rawLength }
             if let failure = u.failure { throw failure }
             let members = newSlots[u.first..<(u.first + u.count)]
             let payload = UnsafeRawBufferPointer(rebasing: arena[u.arenaOffset..<(u.arenaOffset + u.storedLength)])

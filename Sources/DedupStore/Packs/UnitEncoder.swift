@@ -20,6 +20,10 @@ final class UnitEncoder {
     /// A unit's pieces joined, and its hex-packed form.
     private let joined = ScratchBuffer()
     private let packed = ScratchBuffer()
+    /// Whether the last unit `encode` stored held nothing a match search finds
+    /// (stored raw, entropy-coded only, or hex-packed to bytes of that kind):
+    /// random data, which resembles nothing else either.
+    private(set) var lastUnitMatchless = false
 
     /// `maxChunk`: the repository's largest chunk (a delta's window holds two).
     init(_ compression: RepositoryConfig.Compression, maxChunk: Int = 1 << 20) throws {
@@ -49,11 +53,13 @@ final class UnitEncoder {
         _ pieces: [UnsafeRawBufferPointer], members: Int, rawLength: Int, into out: UnsafeMutableRawBufferPointer
     ) throws -> (length: Int, encoding: ChunkEncoding, choice: CompressionChoice) {
         let choice = try probe?.choose(pieces) ?? .full
+        lastUnitMatchless = choice == .raw || choice == .entropyOnly
         // Readers take a hex-packed frame of at most a group's size.
         if let probe, probe.sampleHexShare >= CompressionProbe.hexPackingShare,
             rawLength <= PackFormat.maxGroupLength,
-            let c = try hexPack(pieces, rawLength: rawLength, probe: probe, into: out), c < rawLength
+            let (c, rest) = try hexPack(pieces, rawLength: rawLength, probe: probe, into: out), c < rawLength
         {
+            lastUnitMatchless = rest != .full
             return (c, members == 1 ? .hexZstd : .hexZstdGroup, .hexPacked)
         }
         if choice == .raw { return (rawLength, .raw, .raw) }
@@ -74,10 +80,14 @@ final class UnitEncoder {
         _ chunk: UnsafeRawBufferPointer, against base: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer
     ) throws -> (length: Int, encoding: ChunkEncoding, choice: CompressionChoice) {
         let delta = try deltaCompressor.compress(chunk, prefix: base, into: out)
+        lastUnitMatchless = false
         if delta <= chunk.count / 16 { return (delta, .zstdDelta, .delta) }
         let alone = standalone.buffer(Self.outputSize(chunk.count))
         let own = try encode([chunk], members: 1, rawLength: chunk.count, into: alone)
-        if delta * 5 < own.length * 4 { return (delta, .zstdDelta, .delta) }
+        if delta * 5 < own.length * 4 {
+            lastUnitMatchless = false
+            return (delta, .zstdDelta, .delta)
+        }
         if own.encoding != .raw {
             UnsafeMutableRawBufferPointer(rebasing: out[0..<own.length])
                 .copyMemory(from: UnsafeRawBufferPointer(rebasing: alone[0..<own.length]))
@@ -91,11 +101,11 @@ final class UnitEncoder {
     /// The unit's hex-packed form (`HexPacking`), compressed as what is left
     /// asks (the bytes of random BLOBs at level 1, which copies them at memory
     /// speed; text around them at the repository's level), into `out`; nil when
-    /// hex covers too little of it.
+    /// hex covers too little of it. Also what the probe chose for the packed form.
     private func hexPack(
         _ pieces: [UnsafeRawBufferPointer], rawLength: Int, probe: CompressionProbe,
         into out: UnsafeMutableRawBufferPointer
-    ) throws -> Int? {
+    ) throws -> (Int, CompressionChoice)? {
         var source = pieces.first ?? UnsafeRawBufferPointer(start: nil, count: 0)
         if pieces.count > 1 {
             let room = joined.buffer(rawLength)
@@ -110,6 +120,6 @@ final class UnitEncoder {
         guard let n = HexPacking.pack(source, into: room) else { return nil }
         let form = UnsafeRawBufferPointer(rebasing: room[0..<n])
         let rest = try probe.choose([form])
-        return try (rest == .full ? compressor : entropyCompressor ?? compressor).compress(form, into: out)
+        return (try (rest == .full ? compressor : entropyCompressor ?? compressor).compress(form, into: out), rest)
     }
 }

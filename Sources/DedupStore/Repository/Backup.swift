@@ -374,10 +374,17 @@ final class StreamIngest {
             bytesRead += UInt64(batch.length)
             completeness.observe(input)
             for i in 0..<n { try list.append(slots[i].id, length: slots[i].range.count) }
-            try chunks.store(input, slots: slots, count: n, samples: batch.sampled ? batch.samples : nil)
+            let sketching: ChunkWriter.Sketching
+            if batch.sampled {
+                sketching = .fromSamples(batch.samples)
+            } else {
+                sketching = chunks.lastBatchMatchless ? .none : .fromBytes
+            }
+            try chunks.store(input, slots: slots, count: n, sketching: sketching)
             // Samples while most chunks are new: for a few new chunks hashing
-            // their bytes again costs less than sampling every byte.
-            reader.wantSamples(chunks.lastBatchNewChunks * 4 >= n)
+            // their bytes again costs less than sampling every byte. None while
+            // they are random data (BLOBs of images, compressed files).
+            reader.wantSamples(chunks.lastBatchNewChunks * 4 >= n && !chunks.lastBatchMatchless)
             reportProgress(bytesSoFar + bytesRead)
         }
         let digest = reader.finish()

@@ -23,6 +23,11 @@ static inline int dbb_release_free_heap(void) {
     return malloc_trim(0);
 }
 
+/// The O_DIRECT flag of open(2) and fcntl(F_SETFL): I/O that bypasses the page cache.
+static inline int dbb_o_direct(void) {
+    return O_DIRECT;
+}
+
 /// fcntl(F_SETPIPE_SZ): the new size, or -1.
 static inline int dbb_set_pipe_size(int fd, int size) {
     return fcntl(fd, F_SETPIPE_SZ, size);

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Testing
 @testable import DedupStore
@@ -212,5 +213,62 @@ import Testing
         #expect(try restoreBytes(repo, m.id, dir: TempDir()) == data)
         let reads = b.rangedReads(under: "packs/") - before
         #expect(reads == frames.count, "\(reads) reads of packs for \(frames.count) stored entries")
+    }
+
+    /// Whether the file system at `folder` opens files for direct I/O.
+    func directIOWorks(_ folder: String) -> Bool {
+        let probe = folder + "/direct-probe-" + UUID().uuidString
+        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | dbb_o_direct(), 0o644)
+        defer { unlink(probe) }
+        guard fd >= 0 else { return false }
+        close(fd)
+        return true
+    }
+
+    /// Packs go to the disk directly (no page cache) where the file system
+    /// allows it, in whole blocks, and come back with their exact length;
+    /// elsewhere (tmpfs), and for every other object, through the page cache.
+    @Test func packsAreWrittenDirectlyAndReadBackExactly() throws {
+        let dir = TempDir()
+        var places = [dir.path]
+        if FileManager.default.isWritableFile(atPath: "/dev/shm") { places.append("/dev/shm/dbbackup-test-" + UUID().uuidString) }
+        defer { for root in places.dropFirst() { try? FileManager.default.removeItem(atPath: root) } }
+        for root in places {
+            let b = LocalBackend(root: root + "/repo")
+            var g = SeededGenerator(seed: 41)
+            for total in [0, 1, 4095, 4096, 4097, LocalObjectWriter.stagingBytes + 1, 3 * LocalObjectWriter.stagingBytes + 12_345] {
+                let bytes = randomBytes(total, seed: UInt64(total))
+                let w = try b.create("packs/ab/pack-\(total)", ifAbsent: true)
+                let local = try #require(w as? LocalObjectWriter)
+                var at = 0
+                while at < total {
+                    let n = min(total - at, 1 + Int(g.next() % 300_000))
+                    try bytes[at..<(at + n)].withUnsafeBytes { try w.write($0) }
+                    at += n
+                }
+                try w.commit()
+                #expect(local.isDirect || root != dir.path || !directIOWorks(dir.path))
+                #expect(try b.get("packs/ab/pack-\(total)") == bytes, "\(total) bytes at \(root)")
+                #expect(try FileManager.default.attributesOfItem(atPath: b.path("packs/ab/pack-\(total)"))[.size] as? Int == total)
+                // A direct write the kernel refuses: the rest through the page cache.
+                let tmp = root + "/repo/tmp/refused-\(total)"
+                let refused = try LocalObjectWriter(
+                    backend: b, key: "packs/ab/refused-\(total)", ifAbsent: true, tmpPath: tmp, direct: true,
+                    misalignedForTests: true)
+                at = 0
+                while at < total {
+                    let n = min(total - at, 1 + Int(g.next() % 300_000))
+                    try bytes[at..<(at + n)].withUnsafeBytes { try refused.write($0) }
+                    at += n
+                }
+                try refused.commit()
+                let back = try b.get("packs/ab/refused-\(total)") ?? []
+                #expect(back == bytes, "\(total) bytes after a refused direct write at \(root): \(back.count) back, first difference at \(back.indices.first { $0 < bytes.count && back[$0] != bytes[$0] } ?? -1)")
+                // Only packs: a manifest goes through the page cache.
+                let m = try #require(try b.create("manifests/m-\(total)", ifAbsent: true) as? LocalObjectWriter)
+                #expect(!m.isDirect)
+                m.abort()
+            }
+        }
     }
 }

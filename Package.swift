@@ -30,6 +30,11 @@ let package = Package(
             name: "DedupStore",
             dependencies: ["CLinux", "CZstd", "CCrypto", "CLMDB", "CHexCodec"]
         ),
+        // S3-compatible object storage: request signing (AWS Signature Version 4).
+        .target(
+            name: "S3Store",
+            dependencies: ["CCrypto"]
+        ),
         // Talking to database servers (libpq) and running their dump tools.
         .target(
             name: "DatabaseDumps",
@@ -70,6 +75,10 @@ let package = Package(
         .testTarget(
             name: "DedupStoreTests",
             dependencies: ["DedupStore"]
+        ),
+        .testTarget(
+            name: "S3StoreTests",
+            dependencies: ["S3Store"]
         ),
         .testTarget(
             name: "CatalogTests",

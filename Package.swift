@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, one system-library target each.
@@ -30,10 +31,11 @@ let package = Package(
             name: "DedupStore",
             dependencies: ["CLinux", "CZstd", "CCrypto", "CLMDB", "CHexCodec"]
         ),
-        // S3-compatible object storage: request signing (AWS Signature Version 4).
+        // S3-compatible object storage: signed requests (AWS Signature Version 4)
+        // over async-http-client.
         .target(
             name: "S3Store",
-            dependencies: ["CCrypto"]
+            dependencies: ["CCrypto", .product(name: "AsyncHTTPClient", package: "async-http-client")]
         ),
         // Talking to database servers (libpq) and running their dump tools.
         .target(

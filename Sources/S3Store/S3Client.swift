@@ -1,0 +1,141 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// Where a bucket's server is and how to address it.
+public struct S3Endpoint: Sendable, Equatable {
+    /// `http` or `https`.
+    public var scheme: String
+    public var host: String
+    public var port: Int?
+    public var region: String
+    /// Path-style addressing (`host/bucket/key`: MinIO, Ceph RGW, rclone, moto)
+    /// instead of virtual-host style (`bucket.host/key`: AWS).
+    public var pathStyle: Bool
+
+    public init(scheme: String, host: String, port: Int?, region: String, pathStyle: Bool) {
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.region = region
+        self.pathStyle = pathStyle
+    }
+
+    /// An endpoint from a URL such as `http://127.0.0.1:9000`.
+    public init?(url: String, region: String, pathStyle: Bool) {
+        guard let u = URLComponents(string: url), let scheme = u.scheme?.lowercased(), scheme == "http" || scheme == "https",
+            let host = u.host, !host.isEmpty
+        else { return nil }
+        self.init(scheme: scheme, host: host, port: u.port, region: region, pathStyle: pathStyle)
+    }
+}
+
+/// A response, its body read whole.
+public struct S3Response: Sendable {
+    public var status: Int
+    public var headers: [(name: String, value: String)]
+    public var body: [UInt8]
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name.lowercased() == name.lowercased() }?.value
+    }
+}
+
+/// What went wrong with a request, for one error line.
+public enum S3Error: Error, Equatable, CustomStringConvertible {
+    /// The server answered with an error: its status, S3 error code and message.
+    case server(operation: String, key: String, status: Int, code: String, message: String)
+    /// No answer: refused, reset, timed out, TLS failed.
+    case transport(operation: String, key: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case .server(let op, let key, let status, let code, let message):
+            return "\(op) \(key): the server answered \(status)" + (code.isEmpty ? "" : " \(code)")
+                + (message.isEmpty ? "" : ": \(message)")
+        case .transport(let op, let key, let detail):
+            return "\(op) \(key): no answer from the server (\(detail))"
+        }
+    }
+}
+
+/// Signed requests to one bucket, one at a time per call, from synchronous code
+/// (the store's `Backend` is synchronous): each call waits for its response.
+public final class S3Client: @unchecked Sendable {
+    public let endpoint: S3Endpoint
+    public let bucket: String
+    private let signer: SigV4Signer
+    private let http: HTTPClient
+    private let timeout: TimeAmount
+
+    public init(endpoint: S3Endpoint, bucket: String, credentials: S3Credentials, timeoutSeconds: Int64 = 60) {
+        self.endpoint = endpoint
+        self.bucket = bucket
+        signer = SigV4Signer(credentials: credentials, region: endpoint.region)
+        timeout = .seconds(timeoutSeconds)
+        var config = HTTPClient.Configuration()
+        config.timeout = .init(connect: .seconds(10), read: .seconds(timeoutSeconds))
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    deinit { try? http.syncShutdown() }
+
+    /// The Host header: the bucket's name in front of the host with virtual-host style.
+    private var hostHeader: String {
+        let name = endpoint.pathStyle ? endpoint.host : "\(bucket).\(endpoint.host)"
+        let defaultPort = endpoint.scheme == "https" ? 443 : 80
+        guard let port = endpoint.port, port != defaultPort else { return name }
+        return "\(name):\(port)"
+    }
+
+    /// The request path of `key` (nil: the bucket itself), not yet encoded.
+    private func path(_ key: String?) -> String {
+        let k = key.map { "/" + $0 } ?? "/"
+        return endpoint.pathStyle ? "/" + bucket + (key == nil ? "" : k) : k
+    }
+
+    /// Sends one signed request and reads the whole response. `operation` and
+    /// `key` name it in errors. Statuses are the caller's to judge.
+    public func send(
+        _ method: String, key: String?, query: [(name: String, value: String)] = [],
+        headers extra: [(name: String, value: String)] = [], body: [UInt8] = [], operation: String
+    ) throws -> S3Response {
+        let payload = body.withUnsafeBytes { sha256Hex($0) }
+        let request = S3Request(
+            method: method, path: path(key), query: query, headers: [("Host", hostHeader)] + extra,
+            payloadSHA256: payload)
+        let signed = signer.sign(request, at: Date())
+        let queryString = SigV4Signer.canonicalQuery(query)
+        let url = "\(endpoint.scheme)://\(hostHeader)\(SigV4Signer.encodePath(request.path))"
+            + (queryString.isEmpty ? "" : "?" + queryString)
+        let name = key ?? bucket
+        do {
+            var r = try HTTPClient.Request(url: url, method: HTTPMethod(rawValue: method))
+            for (n, v) in signed { r.headers.replaceOrAdd(name: n, value: v) }
+            if !body.isEmpty || method == "PUT" || method == "POST" { r.body = .bytes(body) }
+            let response = try http.execute(request: r, deadline: .now() + timeout).wait()
+            var bytes = [UInt8]()
+            if var b = response.body, let read = b.readBytes(length: b.readableBytes) { bytes = read }
+            return S3Response(
+                status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: bytes)
+        } catch let e as S3Error {
+            throw e
+        } catch {
+            throw S3Error.transport(operation: operation, key: name, detail: "\(error)")
+        }
+    }
+
+    /// The error a non-2xx response stands for: its S3 `<Code>` and `<Message>`.
+    public func failure(_ response: S3Response, operation: String, key: String?) -> S3Error {
+        let text = String(decoding: response.body, as: UTF8.self)
+        func element(_ name: String) -> String {
+            guard let a = text.range(of: "<\(name)>"), let b = text.range(of: "</\(name)>", range: a.upperBound..<text.endIndex)
+            else { return "" }
+            return String(text[a.upperBound..<b.lowerBound])
+        }
+        return .server(
+            operation: operation, key: key ?? bucket, status: response.status, code: element("Code"),
+            message: element("Message"))
+    }
+}

@@ -35,7 +35,7 @@ let package = Package(
         // over async-http-client.
         .target(
             name: "S3Store",
-            dependencies: ["CCrypto", .product(name: "AsyncHTTPClient", package: "async-http-client")]
+            dependencies: ["DedupStore", "CCrypto", .product(name: "AsyncHTTPClient", package: "async-http-client")]
         ),
         // Talking to database servers (libpq) and running their dump tools.
         .target(
@@ -76,11 +76,11 @@ let package = Package(
         ),
         .testTarget(
             name: "DedupStoreTests",
-            dependencies: ["DedupStore"]
+            dependencies: ["DedupStore", "S3Store"]
         ),
         .testTarget(
             name: "S3StoreTests",
-            dependencies: ["S3Store"]
+            dependencies: ["S3Store", "DedupStore"]
         ),
         .testTarget(
             name: "CatalogTests",

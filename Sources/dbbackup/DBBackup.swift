@@ -66,6 +66,17 @@ struct StoreOptions: ParsableArguments {
     /// The cache root: --cache-dir, else the environment's (see Repository.defaultCacheRoot).
     var cacheRoot: String? { cacheDir.map { Self.expand($0) } }
 
+    /// A URL (`s3://bucket/prefix`) is refused before anything runs: as a
+    /// folder it would become a local folder named `s3:` in the working
+    /// directory. Repositories in buckets are issue 17's, not yet this CLI's.
+    func validate() throws {
+        let given = dedupDir ?? ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"] ?? ""
+        if given.contains("://") {
+            throw ValidationError(
+                "\(given): repositories in object storage (S3) are not supported by this version yet; --dedup-dir and DBBACKUP_DEDUP_DIR take a local folder. Nothing was created.")
+        }
+    }
+
     var path: String {
         if let dedupDir { return Self.expand(dedupDir) }
         if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"], !env.isEmpty { return Self.expand(env) }

@@ -20,6 +20,16 @@ import Testing
         #expect(verify.status == 0, "\(verify.out) \(verify.stderr)")
     }
 
+    @Test func aBucketURLIsRefusedNotMadeALocalFolder() throws {
+        let here = FileManager.default.currentDirectoryPath
+        for args in [["dedup", "init", "--dedup-dir", "s3://backups/db1"], ["dedup", "list"]] {
+            let r = try CLI.run(args, env: ["DBBACKUP_DEDUP_DIR": "s3://backups/db1"])
+            #expect(r.status != 0)
+            #expect(r.stderr.contains("s3://backups/db1: repositories in object storage (S3) are not supported"), "\(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: here + "/s3:"))
+    }
+
     @Test func writeErrorDuringBackupCommitsNothing() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let (cli, id, data) = try seeded(dir)

@@ -2,14 +2,32 @@ import CLinux
 import Foundation
 import Testing
 @testable import DedupStore
+import S3Store
 
 /// The backend contract, point by point, run against every backend: the local
 /// folder, memory, and the fault-injecting decorator with no fault (it must be
 /// transparent). A new backend (S3) joins the list.
 @Suite struct BackendConformanceTests {
     enum Kind: String, CaseIterable, CustomTestStringConvertible {
-        case local, memory, decorated
+        case local, memory, decorated, s3Moto, s3Rclone
         var testDescription: String { rawValue }
+    }
+
+    /// A new bucket on one of the S3 servers tools/test starts, and a backend
+    /// under a prefix of it.
+    static func s3Backend(_ kind: Kind) -> Backend {
+        let env = ProcessInfo.processInfo.environment
+        let (url, credentials) = kind == .s3Moto
+            ? (env["DBBACKUP_TEST_S3_MOTO"], S3Credentials(accessKeyID: "testing", secretAccessKey: "testing"))
+            : (env["DBBACKUP_TEST_S3_RCLONE"],
+               S3Credentials(accessKeyID: "dbbackup-test", secretAccessKey: env["DBBACKUP_TEST_S3_RCLONE_SECRET"] ?? ""))
+        // Without the server (not run through tools/test) every request fails: the tests say so.
+        let endpoint = S3Endpoint(url: url ?? "http://127.0.0.1:9", region: "us-east-1", pathStyle: true)
+            ?? S3Endpoint(scheme: "http", host: "127.0.0.1", port: 9, region: "us-east-1", pathStyle: true)
+        let client = S3Client(
+            endpoint: endpoint, bucket: "c-" + UUID().uuidString.lowercased().prefix(18), credentials: credentials)
+        _ = try? client.send("PUT", key: nil, operation: "create bucket")
+        return S3Backend(client: client, prefix: "repo/")
     }
 
     /// A fresh, empty backend of `kind`, and the folder that holds it (if any).
@@ -21,6 +39,7 @@ import Testing
             case .local: backend = LocalBackend(root: dir.sub("repo"))
             case .memory: backend = MemoryBackend(name: UUID().uuidString)
             case .decorated: backend = FaultyBackend(MemoryBackend(name: UUID().uuidString), faults: [])
+            case .s3Moto, .s3Rclone: backend = BackendConformanceTests.s3Backend(kind)
             }
         }
     }

@@ -35,7 +35,7 @@ let package = Package(
         // over async-http-client.
         .target(
             name: "S3Store",
-            dependencies: ["DedupStore", "CCrypto", .product(name: "AsyncHTTPClient", package: "async-http-client")]
+            dependencies: ["DedupStore", .product(name: "AsyncHTTPClient", package: "async-http-client")]
         ),
         // Talking to database servers (libpq) and running their dump tools.
         .target(

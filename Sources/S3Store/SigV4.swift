@@ -1,4 +1,4 @@
-import CCrypto
+import DedupStore
 import Foundation
 
 /// The access key, secret and (for temporary credentials) session token of an
@@ -87,7 +87,7 @@ public struct SigV4Signer: Sendable {
         key = hmac(key, region)
         key = hmac(key, service)
         key = hmac(key, "aws4_request")
-        let signature = hex(hmac(key, toSign))
+        let signature = Hex.encode(hmac(key, toSign))
         return "\(Self.algorithm) Credential=\(credentials.accessKeyID)/\(scope),SignedHeaders=\(signedNames),Signature=\(signature)"
     }
 
@@ -110,7 +110,7 @@ public struct SigV4Signer: Sendable {
     }
 
     static func stringToSign(canonicalRequest: String, timestamp: String, scope: String) -> String {
-        [algorithm, timestamp, scope, hex(sha256(Array(canonicalRequest.utf8)))].joined(separator: "\n")
+        [algorithm, timestamp, scope, SHA256Hasher.hash(Array(canonicalRequest.utf8)).hex].joined(separator: "\n")
     }
 
     /// The query string as signed and sent: each name and value encoded, sorted
@@ -164,45 +164,9 @@ extension String {
     }
 }
 
-/// The SHA-256 of `bytes`.
-func sha256(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: 32)
-    var length: UInt32 = 0
-    let ok = out.withUnsafeMutableBufferPointer { o in
-        EVP_Digest(bytes.baseAddress, bytes.count, o.baseAddress, &length, EVP_sha256(), nil) == 1
-    }
-    // Fails only when libcrypto cannot allocate: no signature can be made then.
-    precondition(ok && length == 32, "libcrypto SHA-256 failed")
-    return out
-}
-
-func sha256(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { sha256($0) } }
-
 /// The hex SHA-256 of `bytes`, as `x-amz-content-sha256` wants it.
-public func sha256Hex(_ bytes: UnsafeRawBufferPointer) -> String { hex(sha256(bytes)) }
+public func sha256Hex(_ bytes: UnsafeRawBufferPointer) -> String { SHA256Hasher().digest(bytes).hex }
 
 private func hmac(_ key: [UInt8], _ message: String) -> [UInt8] {
-    let data = Array(message.utf8)
-    var out = [UInt8](repeating: 0, count: 32)
-    var length: UInt32 = 0
-    let ok = key.withUnsafeBufferPointer { k in
-        data.withUnsafeBufferPointer { d in
-            out.withUnsafeMutableBufferPointer { o in
-                HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress, d.count, o.baseAddress, &length) != nil
-            }
-        }
-    }
-    precondition(ok && length == 32, "libcrypto HMAC-SHA256 failed")
-    return out
-}
-
-func hex(_ bytes: [UInt8]) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out = [UInt8]()
-    out.reserveCapacity(bytes.count * 2)
-    for b in bytes {
-        out.append(digits[Int(b >> 4)])
-        out.append(digits[Int(b & 15)])
-    }
-    return String(decoding: out, as: UTF8.self)
+    Array(message.utf8).withUnsafeBytes { SHA256Hasher(hmacKey: key).digest($0).bytes }
 }

@@ -1,3 +1,4 @@
+import DedupStore
 import Foundation
 import Testing
 @testable import S3Store
@@ -22,7 +23,7 @@ import Testing
         var r = request
         r.headers += [("x-amz-content-sha256", r.payloadSHA256), ("x-amz-date", "20130524T000000Z")]
         let (canonical, _) = SigV4Signer.canonicalRequest(r)
-        return hex(sha256(Array(canonical.utf8)))
+        return SHA256Hasher.hash(Array(canonical.utf8)).hex
     }
 
     @Test func getObjectWithARange() throws {

@@ -331,6 +331,19 @@ final class LocalObjectWriter: ObjectWriter {
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard fd >= 0 else { throw DedupError.storage(BackendError("write", tmpPath, errno: EBADF)) }
+        do {
+            try append(bytes)
+        } catch {
+            // Some of the bytes may be missing: this object is never committed.
+            writeFailed = true
+            throw error
+        }
+    }
+
+    /// Set by a write that failed; `commit` refuses then.
+    private var writeFailed = false
+
+    private func append(_ bytes: UnsafeRawBufferPointer) throws {
         var done = 0
         // Staged while direct (a refused write ends that, within this call too).
         while done < bytes.count, let staging, let to = staging.baseAddress, let from = bytes.baseAddress {
@@ -405,8 +418,16 @@ final class LocalObjectWriter: ObjectWriter {
         guard !finished else { throw DedupError.storage(BackendError("commit", tmpPath, errno: EBADF)) }
         // The first commit attempt makes the data durable; a retry under another
         // key (the first was taken) finds the descriptor already closed.
+        guard !writeFailed else {
+            throw DedupError.storage(BackendError("commit", tmpPath, .other, detail: "an earlier write to it failed"))
+        }
         if fd >= 0 {
-            try flushStaging()
+            do {
+                try flushStaging()
+            } catch {
+                writeFailed = true
+                throw error
+            }
             if backend.durable { try asStorage { try FileIO.fsync(fd, path: tmpPath) } }
             close(fd)
             fd = -1

@@ -69,9 +69,24 @@ public final class S3Client: @unchecked Sendable {
     private let http: HTTPClient
     private let timeout: TimeAmount
 
-    public init(endpoint: S3Endpoint, bucket: String, credentials: S3Credentials, timeoutSeconds: Int64 = 60) {
+    /// How often a request is tried in all, and the first pause between tries
+    /// (doubled each time, up to `maxPause`, with full jitter).
+    public let attempts: Int
+    private let firstPause: Double
+    private let maxPause = 5.0
+    private let counters = NSLock()
+    private var retried = 0
+    /// Requests sent again after a transient failure, since this client began.
+    public var retries: Int { counters.withLock { retried } }
+
+    public init(
+        endpoint: S3Endpoint, bucket: String, credentials: S3Credentials, timeoutSeconds: Int64 = 60,
+        attempts: Int = 6, firstPauseSeconds: Double = 0.1
+    ) {
         self.endpoint = endpoint
         self.bucket = bucket
+        self.attempts = max(1, attempts)
+        firstPause = firstPauseSeconds
         signer = SigV4Signer(credentials: credentials, region: endpoint.region)
         timeout = .seconds(timeoutSeconds)
         var config = HTTPClient.Configuration()
@@ -95,13 +110,40 @@ public final class S3Client: @unchecked Sendable {
         return endpoint.pathStyle ? "/" + bucket + (key == nil ? "" : k) : k
     }
 
-    /// Sends one signed request and reads the whole response. `operation` and
-    /// `key` name it in errors. Statuses are the caller's to judge.
+    /// Whether an answer is worth asking again: the server busy or failing
+    /// (429, 500, 502, 503, 504). A refused signature (403), a missing bucket or
+    /// key (404) and the rest are answers, not accidents.
+    static func isTransient(status: Int) -> Bool { [429, 500, 502, 503, 504].contains(status) }
+
+    /// Sends one signed request and reads the whole response, trying again
+    /// (signed anew, after a pause with jitter) while the server answers a
+    /// transient status or does not answer at all, `attempts` times in all.
+    /// `operation` and `key` name it in errors. Statuses are the caller's to judge.
     public func send(
         _ method: String, key: String?, query: [(name: String, value: String)] = [],
         headers extra: [(name: String, value: String)] = [], body: [UInt8] = [], operation: String
     ) throws -> S3Response {
         let payload = body.withUnsafeBytes { sha256Hex($0) }
+        var attempt = 1
+        while true {
+            do {
+                let r = try sendOnce(
+                    method, key: key, query: query, headers: extra, body: body, payload: payload, operation: operation)
+                if !Self.isTransient(status: r.status) || attempt >= attempts { return r }
+            } catch let e as S3Error {
+                guard case .transport = e, attempt < attempts else { throw e }
+            }
+            let ceiling = min(maxPause, firstPause * Double(1 << min(attempt - 1, 20)))
+            Thread.sleep(forTimeInterval: Double.random(in: 0...ceiling))
+            counters.withLock { retried += 1 }
+            attempt += 1
+        }
+    }
+
+    private func sendOnce(
+        _ method: String, key: String?, query: [(name: String, value: String)], headers extra: [(name: String, value: String)],
+        body: [UInt8], payload: String, operation: String
+    ) throws -> S3Response {
         let request = S3Request(
             method: method, path: path(key), query: query, headers: [("Host", hostHeader)] + extra,
             payloadSHA256: payload)

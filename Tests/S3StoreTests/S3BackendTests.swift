@@ -79,7 +79,7 @@ import Testing
         let gone = S3Backend(
             client: S3Client(
                 endpoint: S3Endpoint(scheme: "http", host: "127.0.0.1", port: 9, region: "us-east-1", pathStyle: true),
-                bucket: "b", credentials: server.credentials, timeoutSeconds: 2),
+                bucket: "b", credentials: server.credentials, timeoutSeconds: 2, attempts: 2, firstPauseSeconds: 0.01),
             prefix: "")
         #expect(failure { _ = try gone.get("config") }?.failure == .transient)
     }

@@ -12,6 +12,10 @@ enum TestS3 {
         let url: String?
         let credentials: S3Credentials
         var description: String { name }
+        /// The same server behind the proxy that fails every third request.
+        var faulty: Server {
+            Server(name: name + "-faulty", url: TestS3.env["DBBACKUP_TEST_S3_\(name.uppercased())_FAULTY"], credentials: credentials)
+        }
     }
 
     static let servers = [
@@ -26,10 +30,11 @@ enum TestS3 {
 
     /// A client of a new bucket on `server`.
     static func freshBucket(_ server: Server) throws -> S3Client {
-        let url = try #require(server.url, "DBBACKUP_TEST_S3_\(server.name.uppercased()) is not set: run the tests through tools/test")
+        let url = try #require(server.url, "the \(server.name) server's URL is not set: run the tests through tools/test")
         let endpoint = try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true))
         let bucket = "t-" + UUID().uuidString.lowercased().prefix(18)
-        let client = S3Client(endpoint: endpoint, bucket: String(bucket), credentials: server.credentials)
+        let client = S3Client(
+            endpoint: endpoint, bucket: String(bucket), credentials: server.credentials, firstPauseSeconds: 0.01)
         let made = try client.send("PUT", key: nil, operation: "create bucket")
         #expect(made.status == 200, "\(String(decoding: made.body, as: UTF8.self))")
         return client
@@ -81,6 +86,7 @@ enum TestS3 {
             credentials: S3Credentials(accessKeyID: "dbbackup-test", secretAccessKey: "WRONG-SECRET-MARKER"))
         let r = try wrong.send("GET", key: nil, query: [("list-type", "2")], operation: "list")
         #expect(r.status == 403)
+        #expect(wrong.retries == 0)  // a refused signature is not asked again
         let message = wrong.failure(r, operation: "list", key: nil).description
         #expect(message.contains("403"))
         #expect(!message.contains("WRONG-SECRET-MARKER"))
@@ -91,12 +97,33 @@ enum TestS3 {
         let endpoint = try #require(S3Endpoint(url: "http://127.0.0.1:9", region: "us-east-1", pathStyle: true))
         let s3 = S3Client(
             endpoint: endpoint, bucket: "b", credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "s"),
-            timeoutSeconds: 2)
+            timeoutSeconds: 2, attempts: 2, firstPauseSeconds: 0.01)
         #expect {
             _ = try s3.send("GET", key: "config", operation: "get")
         } throws: { error in
             guard case S3Error.transport(let op, let key, _) = error else { return false }
             return op == "get" && key == "config"
         }
+        #expect(s3.retries == 1)
+    }
+
+    @Test(arguments: TestS3.servers)
+    func everyThirdRequestRefusedBusyStillSucceedsByRetrying(server: TestS3.Server) throws {
+        // The bucket made directly; then every request through the proxy, which
+        // answers every third one 503 SlowDown.
+        let direct = try TestS3.freshBucket(server)
+        let url = try #require(server.faulty.url, "run the tests through tools/test")
+        let s3 = S3Client(
+            endpoint: try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true)), bucket: direct.bucket,
+            credentials: server.credentials, firstPauseSeconds: 0.01)
+        for k in 0..<20 {
+            let bytes = (0..<(1000 + k)).map { UInt8(truncatingIfNeeded: $0 &+ k) }
+            #expect(try s3.send("PUT", key: "k/\(k)", body: bytes, operation: "put").status == 200)
+            let back = try s3.send("GET", key: "k/\(k)", operation: "get")
+            #expect(back.status == 200 && back.body == bytes)
+        }
+        // 40 requests, about one in three answered busy: each sent again.
+        #expect(s3.retries >= 10, "\(s3.retries) retries")
+        #expect(direct.retries == 0)
     }
 }

@@ -243,7 +243,10 @@ final class S3ObjectWriter: ObjectWriter {
             try backend.request(
                 "PUT", key, operation: "create", headers: ifAbsent ? [("If-None-Match", "*")] : [], body: bytes)
         } catch let e as DedupError where e.storageFailure == .alreadyExists {
-            throw taken
+            // Taken between the check and the PUT, or by this very PUT: a try
+            // whose answer was lost, sent again (S3Client retries). Ours if the
+            // object holds exactly these bytes.
+            guard try backend.get(key) == bytes else { throw taken }
         }
         finished = true
         bytes = []

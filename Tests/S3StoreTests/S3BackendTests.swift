@@ -58,6 +58,23 @@ import Testing
         #expect(!b.capabilities.atomicCreateIfAbsent)
     }
 
+    @Test func aCreateWhoseAnswerWasLostIsNotRefusedAsTaken() throws {
+        // moto honours If-None-Match; the proxy lets every third request take
+        // effect and then answers 503, so the retried PUT finds its own object.
+        let moto = TestS3.servers[0]
+        let direct = try TestS3.freshBucket(moto)
+        let url = try #require(TestS3.env["DBBACKUP_TEST_S3_MOTO_LOST_ANSWERS"], "run the tests through tools/test")
+        let client = S3Client(
+            endpoint: try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true)), bucket: direct.bucket,
+            credentials: moto.credentials, firstPauseSeconds: 0.01)
+        let b = S3Backend(client: client, prefix: "repo")
+        for k in 0..<12 { try b.put("locks/l-\(k).json", Array("lock \(k)".utf8), ifAbsent: true) }
+        #expect(client.retries >= 4)
+        for k in 0..<12 { #expect(try b.get("locks/l-\(k).json") == Array("lock \(k)".utf8)) }
+        // Another writer's object is still refused.
+        #expect(failure { try b.put("locks/l-0.json", Array("other".utf8), ifAbsent: true) }?.failure == .alreadyExists)
+    }
+
     @Test func failuresAreTheStoresTypedErrors() throws {
         let server = TestS3.servers[1]
         let url = try #require(server.url, "run the tests through tools/test")

@@ -8,8 +8,9 @@
 #   rclone_s3_start DIR PORT   `rclone serve s3` of the folder DIR/data, which
 #                         checks every signature (access key dbbackup-test,
 #                         secret $RCLONE_S3_SECRET); log in DIR/rclone.log
-#   s3_fault_proxy_start DIR PORT UPSTREAM EVERY   a proxy in front of UPSTREAM
-#                         that answers every EVERYth request 503 SlowDown
+#   s3_fault_proxy_start DIR PORT UPSTREAM EVERY [after]   a proxy in front of
+#                         UPSTREAM that answers every EVERYth request 503 SlowDown
+#                         (with `after`: once the request took effect upstream)
 #                         (tools/lib/s3-fault-proxy.py); S3_FAULT_PROXY_ENDPOINT
 #   s3_server_stop DIR    stops the server started in DIR
 #
@@ -81,7 +82,7 @@ s3_fault_proxy_start() {
   local dir=${1:?usage: s3_fault_proxy_start DIR PORT UPSTREAM EVERY} port
   port=$(_s3_free_port "${2:?}")
   mkdir -p "$dir"
-  python3 "$(dirname "${BASH_SOURCE[0]}")/s3-fault-proxy.py" "$port" "${3:?}" "${4:?}" >"$dir/proxy.log" 2>&1 &
+  python3 "$(dirname "${BASH_SOURCE[0]}")/s3-fault-proxy.py" "$port" "${3:?}" "${4:?}" "${5:-before}" >"$dir/proxy.log" 2>&1 &
   echo $! >"$dir/server.pid"
   _s3_wait "$dir" "$port" "S3 fault proxy (1 request in ${4} answered 503) in front of $3"
   S3_FAULT_PROXY_ENDPOINT=http://127.0.0.1:$port

@@ -163,6 +163,9 @@ public final class S3Client: @unchecked Sendable {
                 status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: bytes)
         } catch let e as S3Error {
             throw e
+        } catch let e as IOError {
+            // "Connection refused", not NIO's "connection reset (error set): ..."
+            throw S3Error.transport(operation: operation, key: name, detail: String(cString: strerror(e.errnoCode)))
         } catch {
             throw S3Error.transport(operation: operation, key: name, detail: "\(error)")
         }

@@ -101,8 +101,8 @@ enum TestS3 {
         #expect {
             _ = try s3.send("GET", key: "config", operation: "get")
         } throws: { error in
-            guard case S3Error.transport(let op, let key, _) = error else { return false }
-            return op == "get" && key == "config"
+            guard case S3Error.transport(let op, let key, let detail) = error else { return false }
+            return op == "get" && key == "config" && detail == "Connection refused"
         }
         #expect(s3.retries == 1)
     }

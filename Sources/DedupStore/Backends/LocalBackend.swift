@@ -416,11 +416,11 @@ final class LocalObjectWriter: ObjectWriter {
 
     func commit() throws {
         guard !finished else { throw DedupError.storage(BackendError("commit", tmpPath, errno: EBADF)) }
-        // The first commit attempt makes the data durable; a retry under another
-        // key (the first was taken) finds the descriptor already closed.
         guard !writeFailed else {
             throw DedupError.storage(BackendError("commit", tmpPath, .other, detail: "an earlier write to it failed"))
         }
+        // The first commit attempt makes the data durable; a retry under another
+        // key (the first was taken) finds the descriptor already closed.
         if fd >= 0 {
             do {
                 try flushStaging()

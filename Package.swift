@@ -11,6 +11,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, one system-library target each.
@@ -35,7 +37,10 @@ let package = Package(
         // over async-http-client.
         .target(
             name: "S3Store",
-            dependencies: ["DedupStore", .product(name: "AsyncHTTPClient", package: "async-http-client")]
+            dependencies: [
+                "DedupStore", .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         // Talking to database servers (libpq) and running their dump tools.
         .target(
@@ -55,6 +60,7 @@ let package = Package(
                 "DedupStore",
                 "DatabaseDumps",
                 "Catalog",
+                "S3Store",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -80,7 +86,7 @@ let package = Package(
         ),
         .testTarget(
             name: "S3StoreTests",
-            dependencies: ["S3Store", "DedupStore"]
+            dependencies: ["S3Store", "DedupStore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "CatalogTests",
@@ -92,7 +98,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["DedupStore", "DatabaseDumps", "dbbackup"]
+            dependencies: ["DedupStore", "DatabaseDumps", "S3Store", "dbbackup"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,5 +1,6 @@
 import DedupStore
 import Foundation
+import NIOCore
 
 /// A repository in a bucket, under a key prefix (`s3://bucket/prefix`): the
 /// store's objects as S3 objects, written once by a single PUT at commit (the
@@ -12,15 +13,22 @@ import Foundation
 /// server, but only a server that honours the header makes two racing writers
 /// exclusive (`capabilities.atomicCreateIfAbsent` is false: nothing relies on it).
 ///
-/// First step (issue 17): a writer holds its object in memory until commit
-/// (a pack is at most the pack size); no retries yet.
+/// Objects larger than `partSize` go up as multipart uploads while they are
+/// written (`S3ObjectWriter`); uploads left by a killed process are aborted by
+/// `removeAbandonedWrites` (gc: all of them; a backup: those over a day old).
 public final class S3Backend: Backend, @unchecked Sendable {
     public let client: S3Client
     /// The key prefix, empty or ending in "/".
     public let prefix: String
     public let capabilities = BackendCapabilities(atomicCreateIfAbsent: false, listAfterWriteConsistent: true)
+    /// The size of each part of a multipart upload but the last (S3: 5 MiB at
+    /// least), and how many are sent at once.
+    public let partSize: Int
+    public let partsInFlight: Int
 
-    public init(client: S3Client, prefix: String) {
+    public init(client: S3Client, prefix: String, partSize: Int = 8 << 20, partsInFlight: Int = 3) {
+        self.partSize = max(5 << 20, partSize)
+        self.partsInFlight = max(1, partsInFlight)
         self.client = client
         let p = prefix.hasPrefix("/") ? String(prefix.dropFirst()) : prefix
         self.prefix = p.isEmpty || p.hasSuffix("/") ? p : p + "/"
@@ -44,6 +52,11 @@ public final class S3Backend: Backend, @unchecked Sendable {
         switch e {
         case .transport(_, _, let detail):
             return .storage(BackendError(operation, place, .transient, detail: detail))
+        case .tls(_, _, let detail):
+            return .storage(BackendError(operation, place, .other, detail:
+                "TLS failed: \(detail); for a private endpoint give its CA with --s3-ca-file or AWS_CA_BUNDLE"))
+        case .caFile:
+            return .storage(BackendError(operation, place, .other, detail: e.description))
         case .server(_, _, let status, let code, let message):
             let failure: BackendError.Failure
             switch status {
@@ -54,6 +67,9 @@ public final class S3Backend: Backend, @unchecked Sendable {
             default: failure = .other
             }
             let detail = "HTTP \(status)" + (code.isEmpty ? "" : " \(code)") + (message.isEmpty ? "" : ": \(message)")
+                + (failure == .denied
+                    ? "; check the access key and secret (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else the credentials file's profile) and the bucket's policy"
+                    : "")
             return .storage(BackendError(operation, place, failure, detail: detail))
         }
     }
@@ -63,6 +79,14 @@ public final class S3Backend: Backend, @unchecked Sendable {
     func request(
         _ method: String, _ key: String?, operation: String, query: [(name: String, value: String)] = [],
         headers: [(name: String, value: String)] = [], body: [UInt8] = [], ok: Set<Int> = [200]
+    ) throws -> S3Response {
+        try request(method, key, operation: operation, query: query, headers: headers, body: ByteBuffer(bytes: body), ok: ok)
+    }
+
+    @discardableResult
+    func request(
+        _ method: String, _ key: String?, operation: String, query: [(name: String, value: String)] = [],
+        headers: [(name: String, value: String)] = [], body: ByteBuffer, ok: Set<Int> = [200]
     ) throws -> S3Response {
         let objectKey = key.map(objectKey)
         do {
@@ -80,7 +104,18 @@ public final class S3Backend: Backend, @unchecked Sendable {
 
     public func get(_ key: String) throws -> [UInt8]? {
         let r = try request("GET", key, operation: "read", ok: [200, 404])
-        return r.status == 404 ? nil : r.body
+        guard r.status == 404 else { return r.body }
+        // A missing bucket is not a missing object: a repository cannot be here.
+        if client.failure(r, operation: "read", key: nil).code == "NoSuchBucket" { throw noSuchBucket("read", key) }
+        return nil
+    }
+
+    /// The error for a bucket that does not exist, naming what to check.
+    func noSuchBucket(_ operation: String, _ key: String) -> DedupError {
+        let e = client.endpoint
+        let endpoint = "\(e.scheme)://\(e.host)\(e.port.map { ":\($0)" } ?? "")"
+        return .storage(BackendError(operation, location + key, .notFound, detail:
+            "there is no bucket \(client.bucket) at \(endpoint); check its name and the endpoint (--s3-endpoint, AWS_ENDPOINT_URL), or create it with `dbbackup dedup init`"))
     }
 
     public func openReader(_ key: String) throws -> ObjectReader {
@@ -113,7 +148,8 @@ public final class S3Backend: Backend, @unchecked Sendable {
         repeat {
             var query: [(name: String, value: String)] = [("list-type", "2"), ("prefix", objectKey(under))]
             if let token { query.append(("continuation-token", token)) }
-            let r = try request("GET", nil, operation: "list", query: query)
+            let r = try request("GET", nil, operation: "list", query: query, ok: [200, 404])
+            if r.status == 404 { throw noSuchBucket("list", under) }
             let page = ListingPage(xml: r.body)
             try body(page.objects.compactMap { o in
                 o.key.hasPrefix(prefix) ? ObjectInfo(key: String(o.key.dropFirst(prefix.count)), size: o.size) : nil
@@ -133,6 +169,18 @@ public final class S3Backend: Backend, @unchecked Sendable {
         (try? list("").reduce(0) { $0 + $1.size }) ?? 0
     }
 
+    public func canHoldNewRepository() throws -> Bool {
+        // One page is enough to tell: anything beyond an interrupted init's key
+        // objects means no.
+        var only = true
+        var query: [(name: String, value: String)] = [("list-type", "2"), ("max-keys", "100")]
+        if !prefix.isEmpty { query.append(("prefix", prefix)) }
+        let r = try request("GET", nil, operation: "list", query: query, ok: [200, 404])
+        if r.status == 404 { throw noSuchBucket("list", "") }
+        for o in ListingPage(xml: r.body).objects where !o.key.dropFirst(prefix.count).hasPrefix("keys/") { only = false }
+        return only
+    }
+
     public func prepareForNewRepository() throws {
         // The bucket: made if absent (an existing one answers 409 or 200).
         let made = try? client.send("PUT", key: nil, operation: "create bucket")
@@ -147,7 +195,78 @@ public final class S3Backend: Backend, @unchecked Sendable {
         for o in present { try delete(o.key) }
     }
 
-    public func removeAbandonedWrites(all: Bool) -> Int { 0 }
+    /// Copies an object server-side (CopyObject: up to 5 GiB), refused when
+    /// `ifAbsent` and the key is taken; a lost answer is judged by the copy's size.
+    func copy(from source: String, to key: String, ifAbsent: Bool, expectedSize: Int64) throws {
+        let taken = DedupError.storage(BackendError("create", location + key, .alreadyExists, detail: "the key is taken"))
+        if ifAbsent, try size(key) != nil { throw taken }
+        let from = SigV4Signer.encodePath("/" + client.bucket + "/" + objectKey(source))
+        do {
+            let r = try request(
+                "PUT", key, operation: "create",
+                headers: [("x-amz-copy-source", from)] + (ifAbsent ? [("If-None-Match", "*")] : []))
+            if String(decoding: r.body, as: UTF8.self).contains("<Error>") {
+                throw DedupError.storage(BackendError("create", location + key, .transient, detail: "CopyObject failed: \(XMLText.value("Code", in: r.body) ?? "an error")"))
+            }
+        } catch let e as DedupError where e.storageFailure == .alreadyExists {
+            guard try size(key) == expectedSize else { throw taken }
+        }
+    }
+
+    /// Multipart uploads under the prefix not completed (a killed writer's):
+    /// with `all` every one (gc, which holds the exclusive lock), else those
+    /// begun more than a day before the server's own clock says it is now. The
+    /// staged objects of such writers (`tmp/`) likewise, by their Last-Modified.
+    @discardableResult
+    public func removeAbandonedWrites(all: Bool) -> Int {
+        var removed = 0
+        var marker: (key: String, upload: String)?
+        repeat {
+            var query: [(name: String, value: String)] = [("uploads", "")]
+            if !prefix.isEmpty { query.append(("prefix", prefix)) }
+            if let marker { query += [("key-marker", marker.key), ("upload-id-marker", marker.upload)] }
+            guard let r = try? request("GET", nil, operation: "list uploads", query: query) else { return removed }
+            let now = r.header("Date").flatMap(Self.httpDate) ?? Date()
+            let text = String(decoding: r.body, as: UTF8.self)
+            for entry in XMLText.elements("Upload", in: text) {
+                guard let key = XMLText.value("Key", in: entry), let id = XMLText.value("UploadId", in: entry),
+                    key.hasPrefix(prefix)
+                else { continue }
+                let initiated = XMLText.value("Initiated", in: entry).flatMap(Self.isoDate)
+                guard all || initiated.map({ now.timeIntervalSince($0) > Self.abandonedAfter }) == true else { continue }
+                let relative = String(key.dropFirst(prefix.count))
+                if (try? request("DELETE", relative, operation: "abort", query: [("uploadId", id)], ok: [200, 204, 404])) != nil {
+                    removed += 1
+                }
+            }
+            let truncated = XMLText.value("IsTruncated", in: Array(text.utf8)) == "true"
+            let next = (XMLText.value("NextKeyMarker", in: Array(text.utf8)), XMLText.value("NextUploadIdMarker", in: Array(text.utf8)))
+            marker = truncated ? next.0.flatMap { k in next.1.map { (k, $0) } } : nil
+        } while marker != nil
+        for o in (try? list("tmp/")) ?? [] where all {
+            if (try? delete(o.key)) != nil { removed += 1 }
+        }
+        return removed
+    }
+
+    /// How long an unfinished upload lives before another writer may abort it.
+    static let abandonedAfter: TimeInterval = 24 * 3600
+
+    static func httpDate(_ text: String) -> Date? {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        return f.date(from: text)
+    }
+
+    static func isoDate(_ text: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: text) { return d }
+        f.formatOptions = [.withInternetDateTime]
+        return f.date(from: text)
+    }
 }
 
 /// One page of a ListObjectsV2 answer: keys and sizes, and where the next starts.
@@ -210,12 +329,23 @@ struct ListingPage {
     }
 }
 
-/// An object held in memory until its commit, one PUT.
+/// A new object: held in memory while it fits in one part, then sent as a
+/// multipart upload whose parts go up while the next one fills, a few at once,
+/// so that memory stays at about `partSize` times (`partsInFlight` + 1) whatever
+/// the object's size. Nothing is visible before `commit` (one PUT, or
+/// CompleteMultipartUpload); `abort` aborts the upload.
+///
+/// A create-if-absent object outside `packs/` may be retargeted after its
+/// commit found the key taken (a chunk list whose backup id is taken), but an
+/// upload's key is fixed when it starts: such an object's upload goes to a
+/// staging key under `tmp/` and is copied to its key at commit, server-side.
+/// Packs have random names and are never retargeted: theirs go to their key.
 final class S3ObjectWriter: ObjectWriter {
     private let backend: S3Backend
     private(set) var key: String
     private let ifAbsent: Bool
-    private var bytes = [UInt8]()
+    private var part: ByteBuffer
+    private var upload: MultipartUpload?
     private var finished = false
     private(set) var bytesWritten: Int64 = 0
 
@@ -223,43 +353,206 @@ final class S3ObjectWriter: ObjectWriter {
         self.backend = backend
         self.key = key
         self.ifAbsent = ifAbsent
+        part = ByteBuffer()
     }
+
+    deinit { if !finished { abort() } }
 
     private func closed(_ operation: String) -> DedupError {
         .storage(BackendError(operation, backend.location + key, .other, detail: "the writer is closed"))
     }
 
+    private var taken: DedupError {
+        .storage(BackendError("create", backend.location + key, .alreadyExists, detail: "the key is taken"))
+    }
+
     func write(_ data: UnsafeRawBufferPointer) throws {
         guard !finished else { throw closed("write") }
-        bytes.append(contentsOf: data)
-        bytesWritten += Int64(data.count)
+        var rest = data[...]
+        let size = backend.partSize
+        while !rest.isEmpty {
+            // Small objects grow as they need; the parts of a big one are allocated whole.
+            if upload != nil && part.capacity < size { part.reserveCapacity(size) }
+            let n = min(rest.count, size - part.readableBytes)
+            part.writeBytes(UnsafeRawBufferPointer(rebasing: rest.prefix(n)))
+            rest = rest.dropFirst(n)
+            bytesWritten += Int64(n)
+            if part.readableBytes == size { try sendPart() }
+        }
+    }
+
+    /// Sends the full part (starting the upload with the first), and begins the next.
+    private func sendPart() throws {
+        if upload == nil {
+            let staged = ifAbsent && !key.hasPrefix("packs/")
+            let target = staged ? "tmp/upload-\(UUID().uuidString.lowercased())" : key
+            upload = try MultipartUpload(backend: backend, key: target)
+        }
+        guard let upload else { return }
+        let full = part
+        part = ByteBuffer()
+        try upload.send(full)
     }
 
     func commit() throws {
         guard !finished else { throw closed("commit") }
-        let taken = DedupError.storage(BackendError("create", backend.location + key, .alreadyExists, detail: "the key is taken"))
+        guard let upload else { return try commitInOnePut() }
+        if ifAbsent, try backend.size(key) != nil { throw taken }
+        if part.readableBytes > 0 || upload.partCount == 0 {
+            try upload.send(part)
+            part = ByteBuffer()
+        }
+        try upload.complete(expectedSize: bytesWritten, ifAbsent: ifAbsent && upload.key == key)
+        if upload.key != key {
+            // Staged: copied to the key now taken for it, then the stage removed.
+            try backend.copy(from: upload.key, to: key, ifAbsent: ifAbsent, expectedSize: bytesWritten)
+            try? backend.delete(upload.key)
+        }
+        finished = true
+    }
+
+    private func commitInOnePut() throws {
         if ifAbsent, try backend.size(key) != nil { throw taken }
         do {
             try backend.request(
-                "PUT", key, operation: "create", headers: ifAbsent ? [("If-None-Match", "*")] : [], body: bytes)
+                "PUT", key, operation: "create", headers: ifAbsent ? [("If-None-Match", "*")] : [], body: part)
         } catch let e as DedupError where e.storageFailure == .alreadyExists {
             // Taken between the check and the PUT, or by this very PUT: a try
             // whose answer was lost, sent again (S3Client retries). Ours if the
             // object holds exactly these bytes.
-            guard try backend.get(key) == bytes else { throw taken }
+            guard let stored = try backend.get(key), stored.elementsEqual(part.readableBytesView) else { throw taken }
         }
         finished = true
-        bytes = []
+        part = ByteBuffer()
     }
 
     func retarget(to key: String) throws {
         guard !finished else { throw closed("retarget") }
+        if let upload, upload.key == self.key {
+            throw DedupError.storage(BackendError(
+                "create", backend.location + self.key, .other, detail: "a pack's upload cannot move to another key"))
+        }
         self.key = key
     }
 
     func abort() {
+        guard !finished else { return }
         finished = true
-        bytes = []
+        part = ByteBuffer()
+        upload?.abort()
+    }
+}
+
+/// One multipart upload: its parts sent in the background, at most
+/// `partsInFlight` at once (`send` waits for a free slot), and completed or
+/// aborted.
+final class MultipartUpload: @unchecked Sendable {
+    let backend: S3Backend
+    /// The key relative to the repository's prefix.
+    let key: String
+    let uploadID: String
+    private let slots: DispatchSemaphore
+    private let group = DispatchGroup()
+    private let lock = NSLock()
+    private var etags: [Int: String] = [:]
+    private var failure: Error?
+    private(set) var partCount = 0
+
+    init(backend: S3Backend, key: String) throws {
+        self.backend = backend
+        self.key = key
+        slots = DispatchSemaphore(value: backend.partsInFlight)
+        let r = try backend.request("POST", key, operation: "create", query: [("uploads", "")])
+        guard let id = XMLText.value("UploadId", in: r.body) else {
+            throw DedupError.storage(BackendError("create", backend.location + key, .other, detail: "CreateMultipartUpload answered no UploadId"))
+        }
+        uploadID = id
+    }
+
+    /// Queues one part (the next number); throws the failure of an earlier part.
+    func send(_ bytes: ByteBuffer) throws {
+        if let failure = lock.withLock({ failure }) { throw failure }
+        partCount += 1
+        let number = partCount
+        slots.wait()
+        group.enter()
+        DispatchQueue.global().async { [self] in
+            defer {
+                slots.signal()
+                group.leave()
+            }
+            do {
+                let r = try backend.request(
+                    "PUT", key, operation: "write",
+                    query: [("partNumber", String(number)), ("uploadId", uploadID)], body: bytes)
+                guard let etag = r.header("ETag") else {
+                    throw DedupError.storage(BackendError("write", backend.location + key, .other, detail: "part \(number) answered no ETag"))
+                }
+                lock.withLock { etags[number] = etag }
+            } catch {
+                lock.withLock { if failure == nil { failure = error } }
+            }
+        }
+    }
+
+    /// Waits for every part, then makes the object visible.
+    func complete(expectedSize: Int64, ifAbsent: Bool) throws {
+        group.wait()
+        if let failure = lock.withLock({ failure }) { throw failure }
+        var xml = "<CompleteMultipartUpload>"
+        for number in 1...max(1, partCount) {
+            guard let etag = lock.withLock({ etags[number] }) else {
+                throw DedupError.storage(BackendError("commit", backend.location + key, .other, detail: "part \(number) was not sent"))
+            }
+            xml += "<Part><PartNumber>\(number)</PartNumber><ETag>\(XMLText.escape(etag))</ETag></Part>"
+        }
+        xml += "</CompleteMultipartUpload>"
+        do {
+            let r = try backend.request(
+                "POST", key, operation: "commit", query: [("uploadId", uploadID)],
+                headers: ifAbsent ? [("If-None-Match", "*")] : [], body: ByteBuffer(string: xml))
+            // A 200 can still carry an error (S3 sends it once the body has begun).
+            if String(decoding: r.body, as: UTF8.self).contains("<Error>") {
+                let code = XMLText.value("Code", in: r.body) ?? "an error"
+                throw DedupError.storage(BackendError("commit", backend.location + key, .transient, detail: "CompleteMultipartUpload failed: \(code)"))
+            }
+        } catch let e as DedupError where e.storageFailure == .notFound || e.storageFailure == .alreadyExists {
+            // NoSuchUpload on a retry whose first try took effect, or the key
+            // taken by our own lost try: done if the object has exactly our size.
+            guard try backend.size(key) == expectedSize else { throw e }
+        }
+    }
+
+    /// Aborts the upload (its parts are discarded); failures are left to gc.
+    func abort() {
+        group.wait()
+        _ = try? backend.request("DELETE", key, operation: "abort", query: [("uploadId", uploadID)], ok: [200, 204, 404])
+    }
+}
+
+/// The little XML the S3 API answers with: one element's text, escaping.
+enum XMLText {
+    static func value(_ name: String, in body: [UInt8]) -> String? {
+        let text = String(decoding: body, as: UTF8.self)
+        guard let a = text.range(of: "<\(name)>"), let b = text.range(of: "</\(name)>", range: a.upperBound..<text.endIndex)
+        else { return nil }
+        return ListingPage.unescape(text[a.upperBound..<b.lowerBound])
+    }
+
+    /// The contents of every `<name>` element of `text`.
+    static func elements(_ name: String, in text: String) -> [[UInt8]] {
+        var out = [[UInt8]]()
+        var rest = text[...]
+        while let a = rest.range(of: "<\(name)>"), let b = rest.range(of: "</\(name)>", range: a.upperBound..<rest.endIndex) {
+            out.append(Array(rest[a.upperBound..<b.lowerBound].utf8))
+            rest = rest[b.upperBound...]
+        }
+        return out
+    }
+
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
 }
 

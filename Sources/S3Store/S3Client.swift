@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// Where a bucket's server is and how to address it.
 public struct S3Endpoint: Sendable, Equatable {
@@ -46,8 +47,19 @@ public struct S3Response: Sendable {
 public enum S3Error: Error, Equatable, CustomStringConvertible {
     /// The server answered with an error: its status, S3 error code and message.
     case server(operation: String, key: String, status: Int, code: String, message: String)
-    /// No answer: refused, reset, timed out, TLS failed.
+    /// No answer: refused, reset, timed out.
     case transport(operation: String, key: String, detail: String)
+    /// The TLS handshake failed (an untrusted certificate, a wrong host name):
+    /// not an accident, so never tried again.
+    case tls(operation: String, key: String, detail: String)
+    /// The CA file given for a private endpoint cannot be used.
+    case caFile(path: String, detail: String)
+
+    /// The S3 error code of a server's answer ("NoSuchBucket"), else empty.
+    public var code: String {
+        if case .server(_, _, _, let code, _) = self { return code }
+        return ""
+    }
 
     public var description: String {
         switch self {
@@ -56,6 +68,10 @@ public enum S3Error: Error, Equatable, CustomStringConvertible {
                 + (message.isEmpty ? "" : ": \(message)")
         case .transport(let op, let key, let detail):
             return "\(op) \(key): no answer from the server (\(detail))"
+        case .tls(let op, let key, let detail):
+            return "\(op) \(key): TLS failed (\(detail)); for a private endpoint give its CA with --s3-ca-file or AWS_CA_BUNDLE"
+        case .caFile(let path, let detail):
+            return "the CA file \(path) cannot be used: \(detail)"
         }
     }
 }
@@ -79,10 +95,13 @@ public final class S3Client: @unchecked Sendable {
     /// Requests sent again after a transient failure, since this client began.
     public var retries: Int { counters.withLock { retried } }
 
+    /// `caFile` (PEM) replaces the system's trusted certificates for an https
+    /// endpoint with a private CA; without it the system's are used. Certificates
+    /// and host names are always verified.
     public init(
         endpoint: S3Endpoint, bucket: String, credentials: S3Credentials, timeoutSeconds: Int64 = 60,
-        attempts: Int = 6, firstPauseSeconds: Double = 0.1
-    ) {
+        attempts: Int = 6, firstPauseSeconds: Double = 0.1, caFile: String? = nil
+    ) throws {
         self.endpoint = endpoint
         self.bucket = bucket
         self.attempts = max(1, attempts)
@@ -91,6 +110,24 @@ public final class S3Client: @unchecked Sendable {
         timeout = .seconds(timeoutSeconds)
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .seconds(10), read: .seconds(timeoutSeconds))
+        // This client tries again itself (`send`); the pool's own retries of a
+        // refused connection would hold every try until the connect timeout.
+        config.connectionPool.retryConnectionEstablishment = false
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let caFile {
+            do {
+                let certificates = try NIOSSLCertificate.fromPEMFile(caFile)
+                guard !certificates.isEmpty else { throw S3Error.caFile(path: caFile, detail: "it holds no PEM certificate") }
+                tls.trustRoots = .certificates(certificates)
+            } catch let e as S3Error {
+                throw e
+            } catch {
+                let detail = FileManager.default.isReadableFile(atPath: caFile)
+                    ? "it is not a PEM certificate file" : "it cannot be read"
+                throw S3Error.caFile(path: caFile, detail: detail)
+            }
+        }
+        config.tlsConfiguration = tls
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }
 
@@ -123,7 +160,16 @@ public final class S3Client: @unchecked Sendable {
         _ method: String, key: String?, query: [(name: String, value: String)] = [],
         headers extra: [(name: String, value: String)] = [], body: [UInt8] = [], operation: String
     ) throws -> S3Response {
-        let payload = body.withUnsafeBytes { sha256Hex($0) }
+        try send(method, key: key, query: query, headers: extra, body: ByteBuffer(bytes: body), operation: operation)
+    }
+
+    /// The same with the body in a buffer, sent as it is on every try (a part
+    /// of a multipart upload is never copied).
+    public func send(
+        _ method: String, key: String?, query: [(name: String, value: String)] = [],
+        headers extra: [(name: String, value: String)] = [], body: ByteBuffer, operation: String
+    ) throws -> S3Response {
+        let payload = body.withUnsafeReadableBytes { sha256Hex($0) }
         var attempt = 1
         while true {
             do {
@@ -142,7 +188,7 @@ public final class S3Client: @unchecked Sendable {
 
     private func sendOnce(
         _ method: String, key: String?, query: [(name: String, value: String)], headers extra: [(name: String, value: String)],
-        body: [UInt8], payload: String, operation: String
+        body: ByteBuffer, payload: String, operation: String
     ) throws -> S3Response {
         let request = S3Request(
             method: method, path: path(key), query: query, headers: [("Host", hostHeader)] + extra,
@@ -155,7 +201,7 @@ public final class S3Client: @unchecked Sendable {
         do {
             var r = try HTTPClient.Request(url: url, method: HTTPMethod(rawValue: method))
             for (n, v) in signed { r.headers.replaceOrAdd(name: n, value: v) }
-            if !body.isEmpty || method == "PUT" || method == "POST" { r.body = .bytes(body) }
+            if body.readableBytes > 0 || method == "PUT" || method == "POST" { r.body = .byteBuffer(body) }
             let response = try http.execute(request: r, deadline: .now() + timeout).wait()
             var bytes = [UInt8]()
             if var b = response.body, let read = b.readBytes(length: b.readableBytes) { bytes = read }
@@ -163,12 +209,23 @@ public final class S3Client: @unchecked Sendable {
                 status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: bytes)
         } catch let e as S3Error {
             throw e
+        } catch let e as NIOSSLError {
+            throw S3Error.tls(operation: operation, key: name, detail: Self.tlsDetail("\(e)"))
+        } catch let e as BoringSSLError {
+            throw S3Error.tls(operation: operation, key: name, detail: Self.tlsDetail("\(e)"))
         } catch let e as IOError {
             // "Connection refused", not NIO's "connection reset (error set): ..."
             throw S3Error.transport(operation: operation, key: name, detail: String(cString: strerror(e.errnoCode)))
         } catch {
             throw S3Error.transport(operation: operation, key: name, detail: "\(error)")
         }
+    }
+
+    /// BoringSSL's words for a failed handshake, made readable where they are known.
+    static func tlsDetail(_ text: String) -> String {
+        if text.contains("CERTIFICATE_VERIFY_FAILED") { return "the server's certificate is not trusted" }
+        if text.contains("hostname") || text.contains("Hostname") { return "the certificate is for another host name" }
+        return text
     }
 
     /// The error a non-2xx response stands for: its S3 `<Code>` and `<Message>`.

@@ -53,13 +53,17 @@ public enum S3SettingsError: Error, Equatable, CustomStringConvertible {
 /// AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for MinIO, Ceph RGW, Garage and the
 /// like (path-style addressing unless DBBACKUP_S3_PATH_STYLE=false), else AWS
 /// itself in AWS_REGION (or AWS_DEFAULT_REGION, default us-east-1) with
-/// virtual-host addressing.
+/// virtual-host addressing; AWS_CA_BUNDLE for a private CA.
 public struct S3Settings: Sendable, Equatable {
     public var endpoint: S3Endpoint
     public var credentials: S3Credentials
+    /// A PEM file of the CA that signed a private endpoint's certificate
+    /// (AWS_CA_BUNDLE); nil: the system's trusted certificates.
+    public var caFile: String?
 
     public init(environment env: [String: String], home: String? = nil) throws {
         let region = env["AWS_REGION"] ?? env["AWS_DEFAULT_REGION"] ?? "us-east-1"
+        caFile = env["AWS_CA_BUNDLE"].flatMap { $0.isEmpty ? nil : $0 }
         if let url = env["AWS_ENDPOINT_URL_S3"] ?? env["AWS_ENDPOINT_URL"], !url.isEmpty {
             let pathStyle = env["DBBACKUP_S3_PATH_STYLE"].map { $0 != "false" && $0 != "0" } ?? true
             guard let e = S3Endpoint(url: url, region: region, pathStyle: pathStyle) else {

@@ -18,7 +18,7 @@ enum CatalogHook {
     /// Records a failed backup or restore, if the repository can be opened.
     static func failed(_ store: StoreOptions, kind: String, name: String, database: String?, engine: String?,
                        backupType: String?, error: Error) {
-        guard let repo = try? Repository(path: store.path, cacheRoot: store.cacheRoot) else { return }
+        guard let repo = try? Repository(backend: store.backend(), cacheRoot: store.cacheRoot) else { return }
         record(repo, BackupCatalog.Event(kind: kind, status: "failure", name: name, database: database, engine: engine,
                                          backupType: backupType, message: errorMessage(error)))
     }

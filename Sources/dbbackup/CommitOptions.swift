@@ -125,18 +125,13 @@ struct CommitOptions: ParsableArguments {
 }
 
 extension StoreOptions {
-    /// The repository, created with defaults when the folder is absent or empty.
+    /// The repository, created with defaults when the folder (or the bucket's
+    /// prefix) is absent or empty. A missing bucket is an error: only `init`
+    /// creates buckets, so that a mistyped name makes nothing.
     func openOrCreate() throws -> Repository {
-        if Repository.isRepository(path) { return try open() }
-        guard Repository.isEmptyOrSkeleton(path) else { throw DedupError.notARepository(path: path) }
-        if try key() != nil {
-            throw DedupError.invalidArgument(
-                "there is no repository at \(path) yet, and a key was given; create an encrypted one first: dbbackup dedup init --encrypt --key-file <file>"
-            )
-        }
-        let repo = try Repository.initialize(at: path, cacheRoot: cacheRoot)
+        let (repo, created) = try Repository.openOrCreate(on: try backend(), cacheRoot: cacheRoot, key: try key())
         repo.onNotice = { Terminal.notice($0) }
-        Terminal.notice("created repository \(path) (defaults; see `dbbackup dedup init --help`)")
+        if created { Terminal.notice("created repository \(repo.path) (defaults; see `dbbackup dedup init --help`)") }
         return repo
     }
 }

@@ -53,7 +53,8 @@ struct Dedup: ParsableCommand {
 /// Options every `dedup` command takes.
 struct StoreOptions: ParsableArguments {
     @Option(name: .customLong("dedup-dir"), help: ArgumentHelp(
-        "Repository folder (default: $DBBACKUP_DEDUP_DIR, else ~/db_backups/dedup).", valueName: "dir"))
+        "Repository: a folder or s3://bucket/prefix (default: $DBBACKUP_DEDUP_DIR, else ~/db_backups/dedup).",
+        valueName: "dir|url"))
     var dedupDir: String?
 
     @Option(
@@ -63,24 +64,42 @@ struct StoreOptions: ParsableArguments {
             valueName: "dir"))
     var cacheDir: String?
 
+    @OptionGroup var s3: S3Options
+
     /// The cache root: --cache-dir, else the environment's (see Repository.defaultCacheRoot).
     var cacheRoot: String? { cacheDir.map { Self.expand($0) } }
 
-    /// A URL (`s3://bucket/prefix`) is refused before anything runs: as a
-    /// folder it would become a local folder named `s3:` in the working
-    /// directory. Repositories in buckets are issue 17's, not yet this CLI's.
-    func validate() throws {
-        let given = dedupDir ?? ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"] ?? ""
-        if given.contains("://") {
-            throw ValidationError(
-                "\(given): repositories in object storage (S3) are not supported by this version yet; --dedup-dir and DBBACKUP_DEDUP_DIR take a local folder. Nothing was created.")
+    /// The repository as given: --dedup-dir, else DBBACKUP_DEDUP_DIR, else the default folder.
+    var given: String {
+        if let dedupDir { return dedupDir }
+        if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"], !env.isEmpty { return env }
+        return "~/db_backups/dedup"
+    }
+
+    /// A location that is neither a folder nor a bucket URL is refused before
+    /// anything runs (as a folder, `x://...` would become a local folder `x:`).
+    func validate() throws { _ = try place }
+
+    /// Where the repository is: a folder or a bucket.
+    var place: RepositoryPlace { get throws { try RepositoryPlace(given) } }
+
+    /// The repository's location for messages: a folder's absolute path, a bucket's URL.
+    var location: String { (try? place.description) ?? given }
+
+    /// The backend that serves the repository, with the fault hooks of
+    /// `FaultInjection` around it when they are set (tests only).
+    func backend() throws -> Backend {
+        switch try place {
+        case .folder(let path): return FaultInjection.wrap(LocalBackend(root: path))
+        case .bucket(let location): return FaultInjection.wrap(try s3.backend(location))
         }
     }
 
-    var path: String {
-        if let dedupDir { return Self.expand(dedupDir) }
-        if let env = ProcessInfo.processInfo.environment["DBBACKUP_DEDUP_DIR"], !env.isEmpty { return Self.expand(env) }
-        return Self.expand("~/db_backups/dedup")
+    /// The options the database server's own commands (archive_command,
+    /// restore_command) need to reach this repository: none for a folder.
+    func serverSideOptions() throws -> [(option: String, value: String)] {
+        guard case .bucket = try place else { return [] }
+        return try s3.serverSideOptions()
     }
 
     /// `~` and `~/x` become the home folder; relative paths become absolute.
@@ -122,7 +141,7 @@ struct StoreOptions: ParsableArguments {
     /// Opens the repository (with the key, when one is given); its self-repair
     /// notices go to stderr as they happen.
     func open() throws -> Repository {
-        let repo = try Repository(path: path, cacheRoot: cacheRoot, key: try key())
+        let repo = try Repository(backend: try backend(), cacheRoot: cacheRoot, key: try key())
         repo.onNotice = { Terminal.notice($0) }
         return repo
     }

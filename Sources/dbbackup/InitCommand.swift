@@ -72,7 +72,7 @@ struct DedupInit: ParsableCommand {
                 )
             }
             let repo = try Repository.initialize(
-                at: store.path, chunker: ChunkerParameters(average: avg),
+                on: try store.backend(), chunker: ChunkerParameters(average: avg),
                 compressionLevel: compression, compressionMode: fixedCompression ? .fixed : .adaptive,
                 packSize: pack, cacheRoot: store.cacheRoot,
                 encryptionKey: encrypt ? key : nil, deltas: !noDelta)
@@ -119,7 +119,7 @@ struct EncryptionRotate: ParsableCommand {
                 throw DedupError.invalidArgument("give the current key with --key-file (or DBBACKUP_DEDUP_KEY)")
             }
             let newKey = try StoreOptions.readKey(file: newKeyFile)
-            let repo = try Repository(path: store.path, cacheRoot: store.cacheRoot)
+            let repo = try Repository(backend: try store.backend(), cacheRoot: store.cacheRoot)
             let lock = try repo.lock(.exclusive, command: "encryption rotate")
             defer { lock.release() }
             try repo.rotateKey(oldSecret: old, newSecret: newKey)

@@ -110,7 +110,7 @@ struct MetricsServe: ParsableCommand {
                     }
                 case "/health", "/healthz":
                     do {
-                        _ = try Repository(path: options.store.path, cacheRoot: options.store.cacheRoot)
+                        _ = try Repository(backend: try options.store.backend(), cacheRoot: options.store.cacheRoot)
                         return (200, "text/plain", "OK\n")
                     } catch {
                         return (503, "text/plain", errorMessage(error) + "\n")

@@ -12,9 +12,10 @@ struct PITR: ParsableCommand {
 
 extension ServerSideCommand {
     /// For this very binary, with the key file's path as the user gave it expanded.
-    static func make(_ verb: [String], repository repo: Repository, name: String, keyFile: String?) throws -> String {
+    static func make(_ verb: [String], repository repo: Repository, name: String, store: StoreOptions) throws -> String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return try make(verb, executable: exe, repository: repo, name: name, keyFile: keyFile.map(StoreOptions.expand))
+        return try make(verb, executable: exe, repository: repo, name: name, keyFile: store.keyFile.map(StoreOptions.expand),
+                        options: try store.serverSideOptions())
     }
 }
 
@@ -42,8 +43,7 @@ struct PITREnable: ParsableCommand {
             _ = try WALArchive(repository: repo, name: archiveName.name)
             let connection = try PostgresConnection(server.address, database: "postgres")
             let command = try ServerSideCommand.make(
-                ["wal", "archive", "\"%p\"", "\"%f\""], repository: repo, name: archiveName.name,
-                keyFile: store.keyFile)
+                ["wal", "archive", "\"%p\"", "\"%f\""], repository: repo, name: archiveName.name, store: store)
             let restart = try connection.enableArchiving(command: command)
             Terminal.out("archive_command = '\(command)'")
             if let owner = ownerWarning(connection: connection, repository: repo.path) { Terminal.notice(owner) }

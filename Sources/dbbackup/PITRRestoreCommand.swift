@@ -128,8 +128,7 @@ struct RestorePITR: ParsableCommand {
         let name = try walArchiveName(for: base, in: repo)
         // Before anything is unpacked: it refuses an encrypted repository without a key file.
         let restoreCommand = try ServerSideCommand.make(
-            ["wal", "restore", "\"%f\"", "\"%p\""], repository: repo, name: name,
-            keyFile: store.keyFile)
+            ["wal", "restore", "\"%f\"", "\"%p\""], repository: repo, name: name, store: store)
         try prepareEmptyDirectory(targetDir)
 
         // The base backup, verified chunk by chunk, into tar.

@@ -15,7 +15,7 @@ import S3Store
 
     /// A new bucket on one of the S3 servers tools/test starts, and a backend
     /// under a prefix of it.
-    static func s3Backend(_ kind: Kind) -> Backend {
+    static func s3Backend(_ kind: Kind) throws -> Backend {
         let env = ProcessInfo.processInfo.environment
         let (url, credentials) = kind == .s3Moto
             ? (env["DBBACKUP_TEST_S3_MOTO"], S3Credentials(accessKeyID: "testing", secretAccessKey: "testing"))
@@ -24,7 +24,7 @@ import S3Store
         // Without the server (not run through tools/test) every request fails: the tests say so.
         let endpoint = S3Endpoint(url: url ?? "http://127.0.0.1:9", region: "us-east-1", pathStyle: true)
             ?? S3Endpoint(scheme: "http", host: "127.0.0.1", port: 9, region: "us-east-1", pathStyle: true)
-        let client = S3Client(
+        let client = try S3Client(
             endpoint: endpoint, bucket: "c-" + UUID().uuidString.lowercased().prefix(18), credentials: credentials)
         _ = try? client.send("PUT", key: nil, operation: "create bucket")
         return S3Backend(client: client, prefix: "repo/")
@@ -34,12 +34,12 @@ import S3Store
     final class Subject {
         let dir = TempDir()
         let backend: Backend
-        init(_ kind: Kind) {
+        init(_ kind: Kind) throws {
             switch kind {
             case .local: backend = LocalBackend(root: dir.sub("repo"))
             case .memory: backend = MemoryBackend(name: UUID().uuidString)
             case .decorated: backend = FaultyBackend(MemoryBackend(name: UUID().uuidString), faults: [])
-            case .s3Moto, .s3Rclone: backend = BackendConformanceTests.s3Backend(kind)
+            case .s3Moto, .s3Rclone: backend = try BackendConformanceTests.s3Backend(kind)
             }
         }
     }
@@ -56,7 +56,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func smallObjectsRoundTrip(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         #expect(try b.get("config") == nil)
         #expect(try b.size("config") == nil && !(try b.exists("config")))
         try b.put("config", [1, 2, 3], ifAbsent: true)
@@ -73,7 +73,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func anObjectIsVisibleOnlyOnceCommitted(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         let w = try b.create("packs/ab/abcd.pack", ifAbsent: true)
         #expect(w.key == "packs/ab/abcd.pack")
         try w.write(Array(repeating: 7, count: 100_000))
@@ -89,7 +89,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func anAbortedObjectLeavesNothing(kind: Kind) throws {
-        let s = Subject(kind)
+        let s = try Subject(kind)
         let w = try s.backend.create("manifests/x.chunks", ifAbsent: true)
         try w.write([1, 2, 3])
         w.abort()
@@ -103,7 +103,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func aTakenKeyCanBeRetargeted(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         try b.put("manifests/a.chunks", [1], ifAbsent: true)
         let w = try b.create("manifests/a.chunks", ifAbsent: true)
         try w.write([2, 2])
@@ -121,7 +121,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func rangedReadsAndTheirLimits(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
         try b.put("packs/00/p.pack", bytes, ifAbsent: true)
         let r = try b.openReader("packs/00/p.pack")
@@ -135,7 +135,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func listingIsByPrefixSortedWithSizes(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         for key in ["packs/ff/z.pack", "packs/00/a.pack", "packs/0a/m.pack", "manifests/x.manifest.json", "manifests/x.chunks", "config"] {
             try b.put(key, Array(repeating: 1, count: key.count), ifAbsent: true)
         }
@@ -154,7 +154,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func deletingIsIdempotent(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         try b.put("packs/aa/x.pack", [1], ifAbsent: true)
         try b.put("packs/aa/y.pack", [1], ifAbsent: true)
         try b.delete("packs/aa/x.pack")
@@ -180,7 +180,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func aNewRepositoryNeedsAnEmptyPlace(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         try b.prepareForNewRepository()
         try b.put("keys/left-by-an-interrupted-init.json", [1], ifAbsent: true)
         try b.prepareForNewRepository()
@@ -203,7 +203,7 @@ import S3Store
     }
 
     @Test(arguments: Kind.allCases) func aRepositoryWorksOnIt(kind: Kind) throws {
-        let b = Subject(kind).backend
+        let b = try Subject(kind).backend
         let repo = try Repository.initialize(on: b, chunker: testChunker, packSize: 1 << 20)
         let data = randomBytes(200_000, seed: 4) + sqlLikeBytes(rows: 5_000, seed: 3)
         let m = try backup(repo, data, name: "x")

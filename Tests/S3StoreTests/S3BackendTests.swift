@@ -64,7 +64,7 @@ import Testing
         let moto = TestS3.servers[0]
         let direct = try TestS3.freshBucket(moto)
         let url = try #require(TestS3.env["DBBACKUP_TEST_S3_MOTO_LOST_ANSWERS"], "run the tests through tools/test")
-        let client = S3Client(
+        let client = try S3Client(
             endpoint: try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true)), bucket: direct.bucket,
             credentials: moto.credentials, firstPauseSeconds: 0.01)
         let b = S3Backend(client: client, prefix: "repo")
@@ -80,7 +80,7 @@ import Testing
         let url = try #require(server.url, "run the tests through tools/test")
         let endpoint = try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true))
         let wrong = S3Backend(
-            client: S3Client(
+            client: try S3Client(
                 endpoint: endpoint, bucket: "any",
                 credentials: S3Credentials(accessKeyID: "dbbackup-test", secretAccessKey: "WRONG-SECRET-MARKER")),
             prefix: "r/")
@@ -94,7 +94,7 @@ import Testing
         #expect(try b.size("config") == nil)
         try b.delete("config")  // absent: no error
         let gone = S3Backend(
-            client: S3Client(
+            client: try S3Client(
                 endpoint: S3Endpoint(scheme: "http", host: "127.0.0.1", port: 9, region: "us-east-1", pathStyle: true),
                 bucket: "b", credentials: server.credentials, timeoutSeconds: 2, attempts: 2, firstPauseSeconds: 0.01),
             prefix: "")

@@ -33,7 +33,7 @@ enum TestS3 {
         let url = try #require(server.url, "the \(server.name) server's URL is not set: run the tests through tools/test")
         let endpoint = try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true))
         let bucket = "t-" + UUID().uuidString.lowercased().prefix(18)
-        let client = S3Client(
+        let client = try S3Client(
             endpoint: endpoint, bucket: String(bucket), credentials: server.credentials, firstPauseSeconds: 0.01)
         let made = try client.send("PUT", key: nil, operation: "create bucket")
         #expect(made.status == 200, "\(String(decoding: made.body, as: UTF8.self))")
@@ -81,7 +81,7 @@ enum TestS3 {
         let server = TestS3.servers[1]
         let url = try #require(server.url, "run the tests through tools/test")
         let endpoint = try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true))
-        let wrong = S3Client(
+        let wrong = try S3Client(
             endpoint: endpoint, bucket: "any",
             credentials: S3Credentials(accessKeyID: "dbbackup-test", secretAccessKey: "WRONG-SECRET-MARKER"))
         let r = try wrong.send("GET", key: nil, query: [("list-type", "2")], operation: "list")
@@ -95,7 +95,7 @@ enum TestS3 {
     @Test func noServerIsATransportErrorNamingTheKey() throws {
         // A port nothing listens on (the discard port on loopback).
         let endpoint = try #require(S3Endpoint(url: "http://127.0.0.1:9", region: "us-east-1", pathStyle: true))
-        let s3 = S3Client(
+        let s3 = try S3Client(
             endpoint: endpoint, bucket: "b", credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "s"),
             timeoutSeconds: 2, attempts: 2, firstPauseSeconds: 0.01)
         #expect {
@@ -113,7 +113,7 @@ enum TestS3 {
         // answers every third one 503 SlowDown.
         let direct = try TestS3.freshBucket(server)
         let url = try #require(server.faulty.url, "run the tests through tools/test")
-        let s3 = S3Client(
+        let s3 = try S3Client(
             endpoint: try #require(S3Endpoint(url: url, region: "us-east-1", pathStyle: true)), bucket: direct.bucket,
             credentials: server.credentials, firstPauseSeconds: 0.01)
         for k in 0..<20 {

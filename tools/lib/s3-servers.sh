@@ -34,11 +34,24 @@ RCLONE_S3_SECRET=dbbackup-test-secret
 
 # _s3_free_port PORT: the first free port from PORT on.
 _s3_free_port() {
-  local port=$1 i
-  for ((i = 0; i < 100; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$((port + i))") 2>/dev/null || break
-  done
-  echo $((port + i))
+  # Free means bindable: a port can refuse connections and still be taken (the
+  # local end of an outgoing connection, or one in TIME_WAIT, in the ephemeral range).
+  python3 - "$1" <<'PY'
+import socket, sys
+port = int(sys.argv[1])
+for candidate in range(port, port + 100):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", candidate))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(candidate)
+    break
+else:
+    sys.exit("no free port from %d" % port)
+PY
 }
 
 # _s3_wait DIR PORT NAME: until the port answers, or die with the server's log.

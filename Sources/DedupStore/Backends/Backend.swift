@@ -47,6 +47,10 @@ public protocol Backend: AnyObject {
     /// A stable name of this place for the local cache's folder name (a local
     /// folder's real path, a bucket's URL).
     var cacheIdentity: String { get }
+    /// True when a repository may be created here: the place is absent or empty,
+    /// or holds only what an interrupted `init` leaves. A failure to look (a
+    /// refused signature, a missing bucket) is thrown, not taken for "no".
+    func canHoldNewRepository() throws -> Bool
     /// Makes an absent or empty place ready to become a repository; fails with
     /// `directoryNotEmpty` when it holds anything else. Objects a previous,
     /// interrupted `init` left (key objects, temporaries) are removed.

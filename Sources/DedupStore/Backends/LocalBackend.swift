@@ -217,6 +217,8 @@ public final class LocalBackend: Backend {
         }
     }
 
+    public func canHoldNewRepository() throws -> Bool { isEmptyOrSkeleton }
+
     public func prepareForNewRepository() throws {
         guard isEmptyOrSkeleton else { throw DedupError.directoryNotEmpty(path: root) }
         try FileIO.makeDirectories(root)

@@ -73,6 +73,8 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
 
     public var cacheIdentity: String { location }
 
+    public func canHoldNewRepository() throws -> Bool { withLock { objects.keys.allSatisfy { $0.hasPrefix("keys/") } } }
+
     public func prepareForNewRepository() throws {
         try withLock {
             // Key objects of an interrupted init are all it may hold.

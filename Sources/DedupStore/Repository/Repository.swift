@@ -40,6 +40,22 @@ public final class Repository {
         ((try? backend.exists("config")) ?? false)
     }
 
+    /// Opens the repository on `backend`, or creates one with defaults when the
+    /// place is absent or empty (`created` tells which). A failure to look is
+    /// thrown: a place that could not be read is never taken for an empty one.
+    public static func openOrCreate(
+        on backend: Backend, cacheRoot: String? = nil, key: [UInt8]? = nil
+    ) throws -> (repository: Repository, created: Bool) {
+        if try backend.exists("config") { return (try Repository(backend: backend, cacheRoot: cacheRoot, key: key), false) }
+        guard try backend.canHoldNewRepository() else { throw DedupError.notARepository(path: backend.location) }
+        if key != nil {
+            throw DedupError.invalidArgument(
+                "there is no repository at \(backend.location) yet, and a key was given; create an encrypted one first: dbbackup dedup init --encrypt --key-file <file>"
+            )
+        }
+        return (try initialize(on: backend, cacheRoot: cacheRoot), true)
+    }
+
     /// True when a local folder holds a repository.
     public static func isRepository(_ path: String) -> Bool { isRepository(LocalBackend(root: path)) }
 

@@ -32,7 +32,7 @@ public enum FaultInjection {
 
     /// `backend`, inside a `FaultyBackend` that runs out of space when the ENOSPC
     /// hook is set.
-    static func wrap(_ backend: Backend) -> Backend {
+    public static func wrap(_ backend: Backend) -> Backend {
         guard let enospcAfter else { return backend }
         return FaultyBackend(backend, faults: [.failWrites(afterBytes: enospcAfter, failure: .noSpace)])
     }

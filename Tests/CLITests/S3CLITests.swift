@@ -1,0 +1,277 @@
+import DedupStore
+import Foundation
+import S3Store
+import Testing
+
+/// The commands on a repository in a bucket of `rclone serve s3` (a real S3
+/// server that checks signatures, started by tools/test), exactly as on a folder.
+enum S3Test {
+    static let env = ProcessInfo.processInfo.environment
+    static var available: Bool { env["DBBACKUP_TEST_S3_RCLONE"] != nil }
+    static var endpoint: String { env["DBBACKUP_TEST_S3_RCLONE"] ?? "http://127.0.0.1:9" }
+    static var secret: String { env["DBBACKUP_TEST_S3_RCLONE_SECRET"] ?? "" }
+    /// The environment a user sets for the bucket's server.
+    static var credentials: [String: String] {
+        ["AWS_ACCESS_KEY_ID": "dbbackup-test", "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": endpoint]
+    }
+
+    /// A new bucket name (made by `dedup init`, or by `makeBucket`).
+    static func bucketName() -> String { "t-" + UUID().uuidString.lowercased().prefix(18) }
+
+    /// The store's view of `s3://bucket/prefix`, for checks the CLI cannot make.
+    static func backend(_ bucket: String, prefix: String) throws -> S3Backend {
+        let e = S3Endpoint(url: endpoint, region: "us-east-1", pathStyle: true)
+            ?? S3Endpoint(scheme: "http", host: "127.0.0.1", port: 9, region: "us-east-1", pathStyle: true)
+        let client = try S3Client(
+            endpoint: e, bucket: bucket,
+            credentials: S3Credentials(accessKeyID: "dbbackup-test", secretAccessKey: secret))
+        return S3Backend(client: client, prefix: prefix)
+    }
+
+    /// Runs `dbbackup ARGS --dedup-dir url` (the option right after the
+    /// subcommand words), with the bucket's credentials unless `env` replaces them.
+    struct Repo {
+        let url: String
+        let bucket: String
+        let prefix: String
+        var env: [String: String] = S3Test.credentials
+
+        init(bucket: String = S3Test.bucketName(), prefix: String = "db1") {
+            self.bucket = bucket
+            self.prefix = prefix
+            url = "s3://\(bucket)/\(prefix)"
+        }
+
+        @discardableResult
+        func run(_ words: Int, _ args: [String], stdin: [UInt8]? = nil, env extra: [String: String] = [:]) throws
+            -> CLI.Result
+        {
+            var environment = env
+            for (k, v) in extra { environment[k] = v }
+            return try CLI.run(
+                Array(args.prefix(words)) + ["--dedup-dir", url] + Array(args.dropFirst(words)), stdin: stdin,
+                env: environment)
+        }
+
+        /// `dbbackup dedup <verb> ...`
+        @discardableResult
+        func dedup(_ args: [String], stdin: [UInt8]? = nil, env extra: [String: String] = [:]) throws -> CLI.Result {
+            try run(args.first == "index" ? 3 : 2, ["dedup"] + args, stdin: stdin, env: extra)
+        }
+
+        func backend() throws -> S3Backend { try S3Test.backend(bucket, prefix: prefix + "/") }
+    }
+}
+
+@Suite(.enabled(if: S3Test.available, "tools/test starts rclone serve s3 and sets DBBACKUP_TEST_S3_RCLONE"))
+struct S3CLITests {
+    @Test func everyStoreCommandWorksOnABucketAsOnAFolder() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = S3Test.Repo()
+        let initialized = try repo.dedup(["init"])
+        #expect(initialized.status == 0 && initialized.out.contains("created repository \(repo.url)/"), "\(initialized.stderr)")
+
+        // Two nights: the second mostly deduplicated against the first.
+        let shared = pseudoRandom(3_000_000, seed: 11)
+        let night1 = shared + pseudoRandom(2_000_000, seed: 12)
+        var night2 = night1
+        night2.replaceSubrange(1_000_000..<1_000_100, with: pseudoRandom(100, seed: 13))
+        try writeFile(dir + "/night1", night1)
+        let b1 = try repo.dedup(["backup", dir + "/night1", "--name", "shop", "--time", "2026-11-20T02:00:00Z"])
+        #expect(b1.status == 0, "\(b1.stderr)")
+        let b2 = try repo.dedup(["backup", "-", "--name", "shop", "--time", "2026-11-21T02:00:00Z", "--json"], stdin: night2)
+        #expect(b2.status == 0, "\(b2.stderr)")
+        let (size, newBytes) = try storedAnew(b2)
+        #expect(size == Int64(night2.count) && newBytes < 1_500_000, "night two stored \(newBytes) bytes anew")
+        let b3 = try repo.dedup(["backup", "-", "--name", "shop", "--time", "2026-11-22T02:00:00Z"], stdin: shared)
+        #expect(b3.status == 0, "\(b3.stderr)")
+        guard let id1 = CLI.committedID(b1), let id3 = CLI.committedID(b3) else {
+            Issue.record("no ids: \(b1.out) \(b3.out)")
+            return
+        }
+        let id2 = "2026-11-21_020000_shop"
+
+        let list = try repo.dedup(["list"])
+        #expect(list.status == 0 && [id1, id2, id3].allSatisfy(list.out.contains), "\(list.out)")
+
+        // Restores to a file and to stdout, byte for byte.
+        let restored = try repo.dedup(["restore", id2, dir + "/out2"])
+        #expect(restored.status == 0, "\(restored.stderr)")
+        #expect(try readFile(dir + "/out2") == night2)
+        let toStdout = try repo.dedup(["restore", id1, "-"])
+        #expect(toStdout.status == 0 && toStdout.stdout == night1, "\(toStdout.stderr)")
+
+        for args in [["verify"], ["verify", "--deep"], ["verify", "--sample", "50"]] {
+            let v = try repo.dedup(args)
+            #expect(v.status == 0 && v.out.contains("ok: every checked backup can be restored"), "\(args): \(v.out) \(v.stderr)")
+        }
+        let stats = try repo.dedup(["stats"])
+        #expect(stats.status == 0 && stats.out.contains("repository    \(repo.url)/") && stats.out.contains("manifests     3"), "\(stats.out)")
+        let status = try repo.run(1, ["status"])
+        #expect(status.status == 0 && status.out.contains("shop"), "\(status.out) \(status.stderr)")
+        let metrics = try repo.dedup(["metrics"])
+        #expect(metrics.status == 0 && metrics.out.contains("dbbackup_dedup_manifests"), "\(metrics.stderr)")
+        let catalog = try repo.run(2, ["catalog", "list"])
+        #expect(catalog.status == 0 && catalog.out.contains(id3), "\(catalog.out) \(catalog.stderr)")
+
+        // A new host's empty cache: the index is rebuilt from the pack trailers.
+        let fresh = try repo.dedup(["restore", id3, dir + "/out3"], env: ["DBBACKUP_CACHE_DIR": dir + "/other-cache"])
+        #expect(fresh.status == 0 && fresh.stderr.contains("rebuilding it from"), "\(fresh.stderr)")
+        #expect(try readFile(dir + "/out3") == shared)
+
+        // Retention, delete and gc: night 1's own bytes are deleted, the rest rewritten into one pack.
+        let prune = try repo.dedup(["prune", "--keep-last", "2"])
+        #expect(prune.status == 0 && prune.out.contains(id1), "\(prune.out) \(prune.stderr)")
+        let delete = try repo.dedup(["delete", id2])
+        #expect(delete.status == 0, "\(delete.stderr)")
+        let before = try repo.backend().list("packs/").reduce(0) { $0 + $1.size }
+        let gc = try repo.dedup(["gc"])
+        #expect(gc.status == 0 && gc.out.contains("merged into 1 new") && gc.out.contains("1 deleted"), "\(gc.out) \(gc.stderr)")
+        let after = try repo.backend().list("packs/").reduce(0) { $0 + $1.size }
+        #expect(after < before && after >= Int64(shared.count) / 2, "packs \(before) -> \(after) bytes")
+        let rebuilt = try repo.dedup(["index", "rebuild"])
+        #expect(rebuilt.status == 0, "\(rebuilt.stderr)")
+        let last = try repo.dedup(["restore", id3, "-"])
+        #expect(last.status == 0 && last.stdout == shared, "\(last.stderr)")
+        let deep = try repo.dedup(["verify", "--deep"])
+        #expect(deep.status == 0, "\(deep.out) \(deep.stderr)")
+        let unlock = try repo.dedup(["unlock"])
+        #expect(unlock.status == 0 && unlock.out.contains("no locks"), "\(unlock.out)")
+
+        // The repository's objects are under its prefix, nothing was made locally.
+        let keys = try S3Test.backend(repo.bucket, prefix: "").keys("")
+        #expect(keys.allSatisfy { $0.hasPrefix("db1/") } && keys.contains("db1/config"), "\(keys.prefix(5))")
+        #expect(!FileManager.default.fileExists(atPath: FileManager.default.currentDirectoryPath + "/s3:"))
+    }
+
+    @Test func anEncryptedRepositoryOnABucketNeedsItsKey() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = S3Test.Repo()
+        try writeFile(dir + "/key", Array("first key of this test\n".utf8))
+        try writeFile(dir + "/key2", Array("second key of this test\n".utf8))
+        let made = try repo.dedup(["init", "--encrypt", "--key-file", dir + "/key"])
+        #expect(made.status == 0, "\(made.stderr)")
+        let data = pseudoRandom(1_500_000, seed: 21)
+        let backup = try repo.dedup(["backup", "-", "--name", "vault", "--key-file", dir + "/key"], stdin: data)
+        #expect(backup.status == 0, "\(backup.stderr)")
+        guard let id = CLI.committedID(backup) else {
+            Issue.record("no id: \(backup.out)")
+            return
+        }
+        let wrong = try repo.dedup(["restore", id, "-", "--key-file", dir + "/key2"])
+        #expect(wrong.status == 1 && errorLines(wrong).count == 1 && wrong.stdout.isEmpty, "\(wrong.stderr)")
+        let rotate = try repo.run(2, ["encryption", "rotate", "--key-file", dir + "/key", "--new-key-file", dir + "/key2"])
+        #expect(rotate.status == 0, "\(rotate.stderr)")
+        let restored = try repo.dedup(["restore", id, "-", "--key-file", dir + "/key2"])
+        #expect(restored.status == 0 && restored.stdout == data, "\(restored.stderr)")
+    }
+
+    @Test func aRefusedSignatureIsOneLineNamingTheBucketAndNothingIsCommitted() throws {
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        let marker = "MARKER-not-the-secret-4711"
+        let r = try repo.dedup(["backup", "-", "--name", "x"], stdin: pseudoRandom(100_000, seed: 3),
+                               env: ["AWS_SECRET_ACCESS_KEY": marker])
+        #expect(r.status == 1 && errorLines(r).count == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("s3://\(repo.bucket)/db1/") && r.stderr.contains("403"), "\(r.stderr)")
+        #expect(r.stderr.contains("check the access key and secret"), "\(r.stderr)")
+        #expect(!r.stderr.contains(marker) && !r.out.contains(marker))
+        let list = try repo.dedup(["list"])
+        #expect(list.status == 0 && list.out.contains("no backups"), "\(list.out) \(list.stderr)")
+    }
+
+    @Test func aMissingBucketIsNamedAndNotCreatedByABackup() throws {
+        let repo = S3Test.Repo()
+        let r = try repo.dedup(["backup", "-", "--name", "x"], stdin: pseudoRandom(1000, seed: 4))
+        #expect(r.status == 1 && errorLines(r).count == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("there is no bucket \(repo.bucket)") && r.stderr.contains("dedup init"), "\(r.stderr)")
+        let list = try repo.dedup(["list"])
+        #expect(list.status == 1 && list.stderr.contains("there is no bucket"), "\(list.stderr)")
+    }
+
+    @Test func credentialsComeFromAProfileOfACredentialsFileAndNeverShow() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = S3Test.Repo()
+        try writeFile(dir + "/credentials", Array("""
+            [default]
+            aws_access_key_id = nobody
+            aws_secret_access_key = nothing
+
+            [backup]
+            aws_access_key_id = dbbackup-test
+            aws_secret_access_key = \(S3Test.secret)
+
+            """.utf8))
+        var viaFile = S3Test.Repo(bucket: repo.bucket)
+        viaFile.env = ["AWS_ENDPOINT_URL": S3Test.endpoint, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""]
+        let made = try viaFile.dedup(["init", "--s3-credentials-file", dir + "/credentials", "--s3-profile", "backup"])
+        #expect(made.status == 0, "\(made.stderr)")
+        let data = pseudoRandom(2_000_000, seed: 31)
+        let b = try viaFile.dedup(["backup", "-", "--name", "f"], stdin: data,
+                                  env: ["AWS_SHARED_CREDENTIALS_FILE": dir + "/credentials", "AWS_PROFILE": "backup"])
+        #expect(b.status == 0, "\(b.stderr)")
+        let refused = try viaFile.dedup(["list", "--s3-credentials-file", dir + "/credentials"])
+        #expect(refused.status == 1 && refused.stderr.contains("403"), "\(refused.stderr)")
+        // Neither output nor any object of the repository holds the secret.
+        let secret = Array(S3Test.secret.utf8)
+        #expect(!b.out.contains(S3Test.secret) && !b.stderr.contains(S3Test.secret))
+        let backend = try repo.backend()
+        for key in try backend.keys("") where !key.hasPrefix("packs/") {
+            let bytes = try backend.get(key) ?? []
+            #expect(bytes.count < secret.count || !bytes.indices.dropLast(secret.count - 1).contains {
+                bytes[$0..<($0 + secret.count)].elementsEqual(secret)
+            }, "\(key) holds the secret")
+        }
+    }
+
+    @Test func walArchiveAndRestoreThroughABucket() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        let name = "000000010000000000000007"
+        let segment = WALArchiveTests.segment(seed: 5)
+        try writeFile(dir + "/" + name, segment)
+        let archived = try repo.run(2, ["wal", "archive", dir + "/" + name, name])
+        #expect(archived.status == 0 && archived.stderr.isEmpty, "\(archived.stderr)")
+        let again = try repo.run(2, ["wal", "archive", dir + "/" + name, name])
+        #expect(again.status == 0, "\(again.stderr)")
+        let restored = try repo.run(2, ["wal", "restore", name, dir + "/RECOVERYXLOG"])
+        #expect(restored.status == 0, "\(restored.stderr)")
+        #expect(try readFile(dir + "/RECOVERYXLOG") == segment)
+        let missing = try repo.run(2, ["wal", "restore", "000000010000000000000008", dir + "/RECOVERYXLOG2"])
+        #expect(missing.status == 1 && !FileManager.default.fileExists(atPath: dir + "/RECOVERYXLOG2"), "\(missing.stderr)")
+    }
+}
+
+extension PostgresServerTests {
+    /// backup-db into a bucket and restore --target-db from it.
+    @Suite(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))
+    struct S3BackupDBTests {
+        let connection = ["--host", PG.host, "--port", PG.port, "--user", PG.user]
+
+        @Test func aDatabaseBackedUpIntoABucketRestoresIntoANewOne() throws {
+            let db = "s3db_src_\(getpid())", copy = "s3db_copy_\(getpid())"
+            defer {
+                _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(db)")
+                _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(copy)")
+            }
+            try PG.psql("postgres", "DROP DATABASE IF EXISTS \(db)")
+            try PG.psql("postgres", "CREATE DATABASE \(db)")
+            try PG.psql(db, """
+                CREATE TABLE items (id int PRIMARY KEY, label text);
+                INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20000) g;
+                """)
+            let repo = S3Test.Repo()
+            #expect(try repo.dedup(["init"]).status == 0)
+            let b = try repo.dedup(["backup-db", db] + connection)
+            #expect(b.status == 0, "\(b.stderr)")
+            guard let id = CLI.committedID(b) else {
+                Issue.record("no id: \(b.out)")
+                return
+            }
+            let r = try repo.dedup(["restore", id, "--target-db", copy, "--create"] + connection)
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(try PG.query(copy, "SELECT count(*), sum(id) FROM items") == "20000|200010000")
+        }
+    }
+}

@@ -79,30 +79,56 @@ struct TestFailure: Error, CustomStringConvertible {
 /// it comes, and recovery to a time between the second and the third batch.
 @Suite(.serialized, .enabled(if: ThrowawayCluster.canRun, "needs root, PostgreSQL 15's server binaries and the OS user postgres"))
 struct PostgresPITRTests {
-    /// Plain, and again with an encrypted repository (archive_command and
-    /// restore_command then carry --key-file).
-    @Test(arguments: [false, true])
-    func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo(encrypted: Bool) throws {
+    enum Place: String, CaseIterable, CustomStringConvertible {
+        case folder, encryptedFolder, bucket
+        var description: String { rawValue }
+    }
+
+    /// Plain, with an encrypted repository (archive_command and restore_command
+    /// then carry --key-file), and in a bucket of `rclone serve s3` (they then
+    /// carry the endpoint and a credentials file postgres reads, never keys).
+    @Test(arguments: S3Test.available ? Place.allCases : [.folder, .encryptedFolder])
+    func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo(place: Place) throws {
+        let encrypted = place == .encryptedFolder
         let dir = tempDir(); defer { removeDir(dir) }
         let work = dir + "/work"
         try FileManager.default.createDirectory(atPath: work + "/cache", withIntermediateDirectories: true)
         #expect(chown(work, getpwnam("postgres").pointee.pw_uid, getpwnam("postgres").pointee.pw_gid) == 0)
         #expect(chown(work + "/cache", getpwnam("postgres").pointee.pw_uid, getpwnam("postgres").pointee.pw_gid) == 0)
-        let repo = work + "/repo"
+        let bucket = S3Test.bucketName()
+        let repo = place == .bucket ? "s3://\(bucket)/pitr" : work + "/repo"
         let cluster = try ThrowawayCluster.start(in: dir + "/pg", port: 55700, env: ["DBBACKUP_CACHE_DIR": work + "/cache"])
         defer { cluster.stop() }
         let address = ["--host", "127.0.0.1", "--port", String(cluster.port), "--user", "postgres"]
 
         let keyFile = work + "/dedup.key"
-        let key = encrypted ? ["--key-file", keyFile] : []
+        var key = encrypted ? ["--key-file", keyFile] : []
+        if place == .bucket {
+            // The server's environment has no AWS variables: the commands it runs
+            // name the endpoint and a credentials file only postgres can read.
+            let credentials = work + "/s3-credentials"
+            try writeFile(credentials, Array("[default]\naws_access_key_id = dbbackup-test\naws_secret_access_key = \(S3Test.secret)\n".utf8))
+            #expect(chown(credentials, getpwnam("postgres").pointee.pw_uid, getpwnam("postgres").pointee.pw_gid) == 0)
+            chmod(credentials, 0o600)
+            key += ["--s3-endpoint", S3Test.endpoint, "--s3-credentials-file", credentials]
+        }
         if encrypted {
             try writeFile(keyFile, pseudoRandom(32, seed: 99))
             #expect(chown(keyFile, getpwnam("postgres").pointee.pw_uid, getpwnam("postgres").pointee.pw_gid) == 0)
             chmod(keyFile, 0o600)
         }
         #expect(try cluster.dbbackup(["dedup", "init", "--dedup-dir", repo] + key + (encrypted ? ["--encrypt"] : [])).status == 0)
+        if place == .bucket {
+            // Keys only in this shell's environment cannot reach the server's commands.
+            let keysOnly = try CLI.run(
+                ["pitr", "enable", "--dedup-dir", repo, "--s3-endpoint", S3Test.endpoint] + address, env: S3Test.credentials)
+            #expect(keysOnly.status == 1 && keysOnly.stderr.contains("--s3-credentials-file"), "\(keysOnly.stderr)")
+            #expect(try cluster.sql("SHOW archive_mode") == "off")
+        }
         let enable = try CLI.run(["pitr", "enable", "--dedup-dir", repo] + key + address)
         #expect(enable.status == 0 && enable.out.contains("after a restart"), "\(enable.out) \(enable.stderr)")
+        #expect(enable.out.contains("--s3-credentials-file") == (place == .bucket), "\(enable.out)")
+        #expect(!enable.out.contains(S3Test.secret) || S3Test.secret.isEmpty)
         #expect(enable.out.contains("--key-file") == encrypted, "\(enable.out)")
         let restart = try cluster.pgCtl(["-D", cluster.dir + "/data", "-l", cluster.dir + "/server.log", "-w", "-t", "60", "restart"])
         #expect(restart.status == 0, "\(restart.stderr)")

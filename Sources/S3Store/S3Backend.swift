@@ -16,7 +16,7 @@ import NIOCore
 /// Objects larger than `partSize` go up as multipart uploads while they are
 /// written (`S3ObjectWriter`); uploads left by a killed process are aborted by
 /// `removeAbandonedWrites` (gc: all of them; a backup: those over a day old).
-public final class S3Backend: Backend, @unchecked Sendable {
+public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     public let client: S3Client
     /// The key prefix, empty or ending in "/".
     public let prefix: String
@@ -40,6 +40,41 @@ public final class S3Backend: Backend, @unchecked Sendable {
         return "s3://\(e.host)\(e.port.map { ":\($0)" } ?? "")/\(client.bucket)/\(prefix)"
     }
     public var isReadOnly: Bool { false }
+    public var traffic: BackendTraffic { client.trafficSoFar }
+
+    /// The largest read-ahead of a sequential reader (its window, and the next
+    /// one fetched meanwhile).
+    static let readAhead = 8 << 20
+    /// An object up to this size is read whole by its first read.
+    static let wholeObjectBelow: Int64 = 256 << 10
+    /// A read that ends at an object's end fetches this much before it too: a
+    /// pack's footer, and with it the trailer (about 60 bytes a chunk).
+    static let tailWindow = 32 << 10
+    /// The read-ahead windows all readers may hold together: the readers used
+    /// longest ago drop theirs first.
+    static let readAheadBudget = 48 << 20
+    private let readers = NSLock()
+    /// Readers by last use, oldest first; weak: a reader its user dropped goes.
+    private var recentReaders: [WeakReader] = []
+    struct WeakReader { weak var reader: S3ObjectReader? }
+
+    /// Marks `reader` as used now; readers used longer ago drop their windows
+    /// while all of them together hold more than the budget.
+    func activate(_ reader: S3ObjectReader) {
+        let evicted: [S3ObjectReader] = readers.withLock {
+            if recentReaders.last?.reader === reader { return [] }
+            recentReaders.removeAll { $0.reader == nil || $0.reader === reader }
+            recentReaders.append(WeakReader(reader: reader))
+            var held = 0
+            var out = [S3ObjectReader]()
+            for r in recentReaders.reversed().compactMap(\.reader) {
+                held += r.heldBytes
+                if held > Self.readAheadBudget && r !== reader { out.append(r) }
+            }
+            return out
+        }
+        for r in evicted { r.release() }
+    }
 
     func objectKey(_ key: String) -> String { prefix + key }
 
@@ -119,7 +154,7 @@ public final class S3Backend: Backend, @unchecked Sendable {
     }
 
     public func openReader(_ key: String) throws -> ObjectReader {
-        guard let size = try size(key) else {
+        guard let size = try knownPackSize(key) ?? size(key) else {
             throw DedupError.storage(BackendError("open", location + key, .notFound, detail: "HTTP 404 NoSuchKey"))
         }
         return S3ObjectReader(backend: self, key: key, size: size)
@@ -127,9 +162,21 @@ public final class S3Backend: Backend, @unchecked Sendable {
 
     public func size(_ key: String) throws -> Int64? {
         let r = try request("HEAD", key, operation: "stat", ok: [200, 404])
-        guard r.status == 200 else { return nil }
-        return r.header("Content-Length").flatMap { Int64($0) } ?? 0
+        guard r.status == 200 else {
+            sizes.withLock { _ = packSizes.removeValue(forKey: key) }
+            return nil
+        }
+        let size = r.header("Content-Length").flatMap { Int64($0) } ?? 0
+        if key.hasPrefix("packs/") { sizes.withLock { packSizes[key] = size } }
+        return size
     }
+
+    /// Packs are never rewritten, only deleted: a size this process saw for one
+    /// holds until then, and a pack opened by it needs no second HEAD (a pack
+    /// deleted since fails its first read as missing, as it would after a HEAD).
+    private let sizes = NSLock()
+    private var packSizes: [String: Int64] = [:]
+    private func knownPackSize(_ key: String) -> Int64? { sizes.withLock { packSizes[key] } }
 
     public func list(_ prefix: String) throws -> [ObjectInfo] {
         var out = [ObjectInfo]()
@@ -162,6 +209,7 @@ public final class S3Backend: Backend, @unchecked Sendable {
     }
 
     public func delete(_ key: String) throws {
+        sizes.withLock { _ = packSizes.removeValue(forKey: key) }
         try request("DELETE", key, operation: "delete", ok: [200, 204, 404])
     }
 
@@ -397,7 +445,7 @@ final class S3ObjectWriter: ObjectWriter {
     func commit() throws {
         guard !finished else { throw closed("commit") }
         guard let upload else { return try commitInOnePut() }
-        if ifAbsent, try backend.size(key) != nil { throw taken }
+        if checksFirst, try backend.size(key) != nil { throw taken }
         if part.readableBytes > 0 || upload.partCount == 0 {
             try upload.send(part)
             part = ByteBuffer()
@@ -411,8 +459,12 @@ final class S3ObjectWriter: ObjectWriter {
         finished = true
     }
 
+    /// Whether to ask if the key is taken before writing it: not for a pack, whose
+    /// name is 128 random bits (If-None-Match is still sent).
+    private var checksFirst: Bool { ifAbsent && !key.hasPrefix("packs/") }
+
     private func commitInOnePut() throws {
-        if ifAbsent, try backend.size(key) != nil { throw taken }
+        if checksFirst, try backend.size(key) != nil { throw taken }
         do {
             try backend.request(
                 "PUT", key, operation: "create", headers: ifAbsent ? [("If-None-Match", "*")] : [], body: part)
@@ -556,16 +608,62 @@ enum XMLText {
     }
 }
 
-/// Ranged GETs of one object.
-final class S3ObjectReader: ObjectReader {
+/// Ranged GETs of one object, with read-ahead for sequential reads: a read
+/// that starts where the last one ended (or a little after) fetches more than
+/// it asks for, doubling from 1 MiB up to `S3Backend.readAhead`, and the next
+/// window is fetched in the background while this one is used. A read
+/// elsewhere fetches just its range (a pack's trailer, a sampled chunk). The
+/// readers used longest ago drop their windows when all together hold more
+/// than `S3Backend.readAheadBudget` (`S3Backend.activate`), so that memory stays
+/// bounded however many packs are open, while a restore that alternates between
+/// a few packs keeps a window in each.
+final class S3ObjectReader: ObjectReader, @unchecked Sendable {
     private let backend: S3Backend
     private let key: String
     let size: Int64
+    private let lock = NSLock()
+    private var window: [UInt8] = []
+    private var windowStart: Int64 = 0
+    private var lastEnd: Int64 = -1
+    private var ahead = 0
+    private var prefetch: Prefetch?
+
+    /// A window being fetched in the background.
+    final class Prefetch: @unchecked Sendable {
+        let start: Int64
+        let count: Int
+        private let done = DispatchSemaphore(value: 0)
+        private var result: Result<[UInt8], Error> = .success([])
+        init(start: Int64, count: Int) {
+            self.start = start
+            self.count = count
+        }
+        func finish(_ r: Result<[UInt8], Error>) {
+            result = r
+            done.signal()
+        }
+        func wait() -> Result<[UInt8], Error> {
+            done.wait()
+            done.signal()
+            return result
+        }
+    }
 
     init(backend: S3Backend, key: String, size: Int64) {
         self.backend = backend
         self.key = key
         self.size = size
+    }
+
+    /// Bytes of read-ahead this reader holds or is fetching.
+    var heldBytes: Int { lock.withLock { window.count + (prefetch?.count ?? 0) } }
+
+    /// Drops the windows (other readers were used since).
+    func release() {
+        lock.withLock {
+            window = []
+            prefetch = nil
+        }
     }
 
     func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
@@ -575,17 +673,69 @@ final class S3ObjectReader: ObjectReader {
             throw DedupError.storage(
                 BackendError("read", backend.location + key, .other, detail: "range \(offset)..<\(end) past the end (\(size) bytes)"))
         }
+        backend.activate(self)
+        try lock.withLock {
+            defer { lastEnd = end }
+            if copyFromWindow(offset, buffer) { return startPrefetch() }
+            if let p = prefetch, offset >= p.start, end <= p.start + Int64(p.count) {
+                prefetch = nil
+                window = try p.wait().get()
+                windowStart = p.start
+                if copyFromWindow(offset, buffer) { return startPrefetch() }
+            }
+            let sequential = lastEnd >= 0 && offset >= lastEnd && offset - lastEnd <= 1 << 20
+            ahead = sequential ? min(max(ahead * 2, 1 << 20), S3Backend.readAhead) : 0
+            var start = offset
+            var count = Int(min(size - offset, Int64(buffer.count + ahead)))
+            if !sequential && size <= S3Backend.wholeObjectBelow {
+                // A small object (a chunk list, a manifest's pack) in one GET.
+                (start, count) = (0, Int(size))
+            } else if !sequential && end == size {
+                // A footer: the trailer before it comes along (a pack opened).
+                start = max(0, size - Int64(max(buffer.count, S3Backend.tailWindow)))
+                count = Int(size - start)
+            }
+            window = try fetch(start, count)
+            windowStart = start
+            prefetch = nil
+            _ = copyFromWindow(offset, buffer)
+            startPrefetch()
+        }
+    }
+
+    /// Copies the range from the window if it holds it all.
+    private func copyFromWindow(_ offset: Int64, _ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        let windowEnd = windowStart + Int64(window.count)
+        guard offset >= windowStart, offset + Int64(buffer.count) <= windowEnd else { return false }
+        let from = Int(offset - windowStart)
+        window.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[from..<(from + buffer.count)])) }
+        return true
+    }
+
+    /// At full read-ahead, the window after this one, fetched in the background.
+    private func startPrefetch() {
+        guard ahead >= S3Backend.readAhead, prefetch == nil else { return }
+        let start = windowStart + Int64(window.count)
+        guard start < size else { return }
+        let p = Prefetch(start: start, count: Int(min(size - start, Int64(ahead))))
+        prefetch = p
+        DispatchQueue.global().async { [self] in
+            p.finish(Result { try fetch(p.start, p.count) })
+        }
+    }
+
+    private func fetch(_ offset: Int64, _ count: Int) throws -> [UInt8] {
+        let end = offset + Int64(count)
         let r = try backend.request(
             "GET", key, operation: "read", headers: [("Range", "bytes=\(offset)-\(end - 1)")], ok: [200, 206])
         // A server that answers a range with the whole object (200) is cut to it.
-        var body = r.body[...]
-        if r.status == 200 && r.body.count == Int(size) && Int64(buffer.count) != size {
-            body = r.body[Int(offset)..<Int(end)]
+        if r.status == 200 && r.body.count == Int(size) && Int64(count) != size {
+            return Array(r.body[Int(offset)..<Int(end)])
         }
-        guard body.count == buffer.count else {
+        guard r.body.count == count else {
             throw DedupError.storage(
-                BackendError("read", backend.location + key, .other, detail: "\(body.count) bytes of \(buffer.count) came back"))
+                BackendError("read", backend.location + key, .other, detail: "\(r.body.count) bytes of \(count) came back"))
         }
-        body.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        return r.body
     }
 }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DedupStore
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -94,6 +95,11 @@ public final class S3Client: @unchecked Sendable {
     private var retried = 0
     /// Requests sent again after a transient failure, since this client began.
     public var retries: Int { counters.withLock { retried } }
+    private var traffic = BackendTraffic()
+    /// Requests answered and bytes moved, since this client began.
+    public var trafficSoFar: BackendTraffic { counters.withLock { traffic } }
+    /// DBBACKUP_S3_REQUEST_LOG: a file that gets one line per request answered.
+    private let requestLog = RequestLog(path: ProcessInfo.processInfo.environment["DBBACKUP_S3_REQUEST_LOG"])
 
     /// `caFile` (PEM) replaces the system's trusted certificates for an https
     /// endpoint with a private CA; without it the system's are used. Certificates
@@ -202,9 +208,18 @@ public final class S3Client: @unchecked Sendable {
             var r = try HTTPClient.Request(url: url, method: HTTPMethod(rawValue: method))
             for (n, v) in signed { r.headers.replaceOrAdd(name: n, value: v) }
             if body.readableBytes > 0 || method == "PUT" || method == "POST" { r.body = .byteBuffer(body) }
+            let sent = DispatchTime.now()
             let response = try http.execute(request: r, deadline: .now() + timeout).wait()
             var bytes = [UInt8]()
             if var b = response.body, let read = b.readBytes(length: b.readableBytes) { bytes = read }
+            counters.withLock {
+                traffic.requests += 1
+                traffic.bytesSent += Int64(body.readableBytes)
+                traffic.bytesReceived += Int64(bytes.count)
+            }
+            requestLog?.record(method, operation: operation, key: name, status: Int(response.status.code),
+                               sent: body.readableBytes, received: bytes.count,
+                               seconds: Double(DispatchTime.now().uptimeNanoseconds - sent.uptimeNanoseconds) / 1e9)
             return S3Response(
                 status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: bytes)
         } catch let e as S3Error {
@@ -239,5 +254,25 @@ public final class S3Client: @unchecked Sendable {
         return .server(
             operation: operation, key: key ?? bucket, status: response.status, code: element("Code"),
             message: element("Message"))
+    }
+}
+
+/// One line per answered request (method, operation, status, bytes sent and
+/// received, seconds, key), appended to a file: what each command costs in requests.
+final class RequestLog: @unchecked Sendable {
+    private let fd: Int32
+    private let lock = NSLock()
+
+    init?(path: String?) {
+        guard let path, !path.isEmpty else { return nil }
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return nil }
+    }
+
+    deinit { close(fd) }
+
+    func record(_ method: String, operation: String, key: String, status: Int, sent: Int, received: Int, seconds: Double) {
+        let line = Array("\(method)\t\(operation)\t\(status)\t\(sent)\t\(received)\t\(String(format: "%.4f", seconds))\t\(key)\n".utf8)
+        lock.withLock { _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
     }
 }

@@ -93,10 +93,20 @@ struct DedupIndex: ParsableCommand {
                 let lock = try repo.lock(.exclusive, command: "index rebuild")
                 defer { lock.release() }
                 let started = Date()
+                let before = (repo.backend as? TrafficCounting)?.traffic
                 let r = try repo.rebuildIndex()
                 Terminal.out(
                     "index rebuilt from \(r.packs) packs: \(r.chunks) chunks in \(Format.duration(Date().timeIntervalSince(started)))"
                 )
+                if let before, let after = (repo.backend as? TrafficCounting)?.traffic {
+                    // A bucket: what reading the trailers cost.
+                    let packBytes = try repo.listPacks().values.reduce(0, +)
+                    let fetched = after.bytesReceived - before.bytesReceived
+                    let share = packBytes > 0 ? Double(fetched) / Double(packBytes) : 0
+                    Terminal.out(
+                        "  fetched \(Format.bytes(fetched)) (\(Format.percent(share)) of \(Format.bytes(packBytes)) in packs) in \(after.requests - before.requests) requests"
+                    )
+                }
             }
         }
     }

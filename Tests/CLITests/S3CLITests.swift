@@ -243,6 +243,36 @@ struct S3CLITests {
     }
 }
 
+/// The same commands through a proxy that fails 5% of requests at random: 500,
+/// 503, 429, connections reset before and during the answer, bodies cut short.
+@Suite(.enabled(if: S3Test.env["DBBACKUP_TEST_S3_RCLONE_MIXED_FAULTS"] != nil, "tools/test starts the fault proxy"))
+struct S3FaultTests {
+    @Test func fiveNightsAndTheirRestoresCompleteByteForByteUnderFivePercentFaults() throws {
+        var repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        repo.env["AWS_ENDPOINT_URL"] = S3Test.env["DBBACKUP_TEST_S3_RCLONE_MIXED_FAULTS"]
+        // Nights of 12 MB (packs go up in several parts) with scattered changes.
+        var night = pseudoRandom(6_000_000, seed: 41) + [UInt8](repeating: 0x41, count: 6_000_000)
+        var ids = [(String, [UInt8])]()
+        for n in 1...5 {
+            for k in 0..<20 {
+                let at = (k * 600_011 + n * 7919) % (night.count - 64)
+                night.replaceSubrange(at..<(at + 64), with: pseudoRandom(64, seed: UInt64(n * 100 + k)))
+            }
+            let b = try repo.dedup(["backup", "-", "--name", "night", "--time", "2026-11-0\(n)T02:00:00Z"], stdin: night)
+            #expect(b.status == 0, "night \(n): \(b.stderr)")
+            if let id = CLI.committedID(b) { ids.append((id, night)) }
+        }
+        #expect(ids.count == 5)
+        for (id, bytes) in ids {
+            let r = try repo.dedup(["restore", id, "-"])
+            #expect(r.status == 0 && r.stdout == bytes, "\(id): \(r.stderr)")
+        }
+        let verify = try repo.dedup(["verify", "--deep"])
+        #expect(verify.status == 0, "\(verify.out) \(verify.stderr)")
+    }
+}
+
 extension PostgresServerTests {
     /// backup-db into a bucket and restore --target-db from it.
     @Suite(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))

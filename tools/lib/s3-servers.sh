@@ -91,13 +91,15 @@ moto_start() {
   export MOTO_ENDPOINT
 }
 
+# s3_fault_proxy_start DIR PORT UPSTREAM EVERY [before|after] [--latency-ms MS] [--mix P] [--seed S]
 s3_fault_proxy_start() {
-  local dir=${1:?usage: s3_fault_proxy_start DIR PORT UPSTREAM EVERY} port
+  local dir=${1:?usage: s3_fault_proxy_start DIR PORT UPSTREAM EVERY [MODE] [OPTIONS]} port
   port=$(_s3_free_port "${2:?}")
   mkdir -p "$dir"
-  python3 "$(dirname "${BASH_SOURCE[0]}")/s3-fault-proxy.py" "$port" "${3:?}" "${4:?}" "${5:-before}" >"$dir/proxy.log" 2>&1 &
+  python3 "$(dirname "${BASH_SOURCE[0]}")/s3-fault-proxy.py" "$port" "${3:?}" "${4:?}" "${5:-before}" "${@:6}" \
+    >"$dir/proxy.log" 2>&1 &
   echo $! >"$dir/server.pid"
-  _s3_wait "$dir" "$port" "S3 fault proxy (1 request in ${4} answered 503) in front of $3"
+  _s3_wait "$dir" "$port" "S3 fault proxy (every ${4}th answered 503${6:+; ${*:6}}) in front of $3"
   S3_FAULT_PROXY_ENDPOINT=http://127.0.0.1:$port
   export S3_FAULT_PROXY_ENDPOINT
 }

@@ -67,6 +67,19 @@ public protocol Backend: AnyObject {
     func keepOnInterrupt(_ key: String)
 }
 
+/// Requests a remote backend made and the bytes it moved.
+public struct BackendTraffic: Equatable, Sendable {
+    public var requests = 0
+    public var bytesSent: Int64 = 0
+    public var bytesReceived: Int64 = 0
+    public init() {}
+}
+
+/// A backend that counts its requests (a bucket's): commands report them.
+public protocol TrafficCounting {
+    var traffic: BackendTraffic { get }
+}
+
 /// What a backend guarantees beyond the contract.
 public struct BackendCapabilities: Equatable, Sendable {
     /// Of two writers committing one key with `ifAbsent`, exactly one succeeds.

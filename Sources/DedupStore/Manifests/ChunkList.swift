@@ -149,10 +149,13 @@ public final class ChunkListReader {
         backend: Backend, manifestID: String, ref: Manifest.ChunkListRef, cipher: RepositoryCipher? = nil
     ) throws {
         self.cipher = cipher
-        guard let size = try backend.size(ref.key) else {
+        let object: ObjectReader
+        do {
+            object = try backend.openReader(ref.key)
+        } catch let e as DedupError where e.storageFailure == .notFound {
             throw DedupError.manifestCorrupt(id: manifestID, detail: "its chunk list \(ref.key) is missing")
         }
-        let object = try backend.openReader(ref.key)
+        let size = object.size
         self.object = object
         let bad = { (d: String) in DedupError.manifestCorrupt(id: manifestID, detail: "chunk list \(ref.key): \(d)") }
         guard size == ref.size, size >= Int64(ChunkListFormat.headerSize + ChunkListFormat.footerSize) else {

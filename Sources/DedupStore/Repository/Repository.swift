@@ -46,7 +46,11 @@ public final class Repository {
     public static func openOrCreate(
         on backend: Backend, cacheRoot: String? = nil, key: [UInt8]? = nil
     ) throws -> (repository: Repository, created: Bool) {
-        if try backend.exists("config") { return (try Repository(backend: backend, cacheRoot: cacheRoot, key: key), false) }
+        do {
+            return (try Repository(backend: backend, cacheRoot: cacheRoot, key: key), false)
+        } catch DedupError.notARepository {
+            // No config: a new repository may go here if nothing else is.
+        }
         guard try backend.canHoldNewRepository() else { throw DedupError.notARepository(path: backend.location) }
         if key != nil {
             throw DedupError.invalidArgument(

@@ -45,7 +45,7 @@ struct Dedup: ParsableCommand {
         subcommands: [
             DedupInit.self, DedupBackup.self, DedupBackupDB.self, DedupRestore.self, DedupList.self, DedupStats.self,
             DedupVerify.self, DedupDelete.self, DedupPrune.self, DedupGC.self, DedupIndex.self, DedupUnlock.self,
-            DedupMetrics.self,
+            DedupMetrics.self, DedupSync.self,
         ]
     )
 }

@@ -1,6 +1,6 @@
 import DedupStore
 import Foundation
-import S3Store
+@testable import S3Store
 import Testing
 
 /// The commands on a repository in a bucket of `rclone serve s3` (a real S3
@@ -240,6 +240,106 @@ struct S3CLITests {
         #expect(try readFile(dir + "/RECOVERYXLOG") == segment)
         let missing = try repo.run(2, ["wal", "restore", "000000010000000000000008", dir + "/RECOVERYXLOG2"])
         #expect(missing.status == 1 && !FileManager.default.fileExists(atPath: dir + "/RECOVERYXLOG2"), "\(missing.stderr)")
+    }
+}
+
+/// `dedup sync` between folders and buckets, and what a killed upload leaves.
+@Suite(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))
+struct S3SyncTests {
+    /// Three nights backed up into a folder.
+    func seeded(_ dir: String) throws -> (CLI, [(String, [UInt8])]) {
+        let cli = CLI(repo: dir + "/local")
+        var night = pseudoRandom(4_000_000, seed: 51)
+        var out = [(String, [UInt8])]()
+        for n in 1...3 {
+            night.replaceSubrange((n * 1_000_000)..<(n * 1_000_000 + 100), with: pseudoRandom(100, seed: UInt64(n)))
+            let b = try cli.dedup(["backup", "-", "--name", "n", "--time", "2026-11-0\(n)T02:00:00Z"], stdin: night)
+            #expect(b.status == 0, "\(b.stderr)")
+            if let id = CLI.committedID(b) { out.append((id, night)) }
+        }
+        return (cli, out)
+    }
+
+    @Test func aFolderSyncedToABucketRestoresThereAndASecondSyncCopiesNothing() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let (cli, nights) = try seeded(dir)
+        let bucket = S3Test.Repo()
+        let dry = try CLI.run(["dedup", "sync", cli.repo, bucket.url, "--dry-run"], env: bucket.env)
+        #expect(dry.status == 0 && dry.out.contains("3 manifests") && dry.out.contains("(dry run)"), "\(dry.out) \(dry.stderr)")
+        #expect(try bucket.dedup(["list"]).status == 1)  // a dry run makes nothing
+        let first = try CLI.run(["dedup", "sync", cli.repo, bucket.url], env: bucket.env)
+        #expect(first.status == 0 && first.out.contains("3 chunk lists, 3 manifests"), "\(first.out) \(first.stderr)")
+        #expect(first.out.contains("created   a copy"), "\(first.out)")
+        for (id, bytes) in nights {
+            let r = try bucket.dedup(["restore", id, "-"], env: ["DBBACKUP_CACHE_DIR": dir + "/bucket-cache"])
+            #expect(r.status == 0 && r.stdout == bytes, "\(id): \(r.stderr)")
+        }
+        let again = try CLI.run(["dedup", "sync", cli.repo, bucket.url], env: bucket.env)
+        #expect(again.status == 0 && again.out.contains("0 packs, 0 chunk lists, 0 manifests"), "\(again.out)")
+
+        // Bucket to folder, and --delete after a delete and gc at the source.
+        #expect(try cli.dedup(["delete", nights[0].0]).status == 0)
+        #expect(try cli.dedup(["gc"]).status == 0)
+        let pruned = try CLI.run(["dedup", "sync", cli.repo, bucket.url, "--delete"], env: bucket.env)
+        #expect(pruned.status == 0 && pruned.out.contains("deleted   1 manifests, 1 chunk lists"), "\(pruned.out) \(pruned.stderr)")
+        let back = try CLI.run(["dedup", "sync", bucket.url, dir + "/copy"], env: bucket.env)
+        #expect(back.status == 0, "\(back.stderr)")
+        let copy = CLI(repo: dir + "/copy")
+        let list = try copy.dedup(["list"])
+        #expect(!list.out.contains(nights[0].0) && list.out.contains(nights[2].0), "\(list.out)")
+        let verify = try copy.dedup(["verify", "--deep"])
+        #expect(verify.status == 0, "\(verify.out) \(verify.stderr)")
+        let r = try copy.dedup(["restore", nights[2].0, "-"])
+        #expect(r.status == 0 && r.stdout == nights[2].1)
+
+        // Another repository at the destination is refused.
+        let other = CLI(repo: dir + "/other")
+        #expect(try other.dedup(["init"]).status == 0)
+        let refused = try CLI.run(["dedup", "sync", cli.repo, other.repo])
+        #expect(refused.status == 1 && refused.stderr.contains("is another repository"), "\(refused.stderr)")
+    }
+
+    @Test func aKilledSyncLeavesOnlyWholeBackupsAndTheNextOneFinishes() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let (cli, nights) = try seeded(dir)
+        let bucket = S3Test.Repo()
+        let killed = try CLI.run(["dedup", "sync", cli.repo, bucket.url], env: bucket.env.merging(
+            ["DBBACKUP_FAULT_CRASH_AT": "sync.after-first-chunk-list"]) { $1 })
+        #expect(killed.status == 137, "\(killed.stderr)")
+        let list = try bucket.dedup(["list"])
+        #expect(list.status == 0 && list.out.contains("no backups"), "\(list.out) \(list.stderr)")
+        let finished = try CLI.run(["dedup", "sync", cli.repo, bucket.url], env: bucket.env)
+        #expect(finished.status == 0 && finished.out.contains("2 chunk lists, 3 manifests"), "\(finished.out) \(finished.stderr)")
+        for (id, bytes) in nights {
+            let r = try bucket.dedup(["restore", id, "-"])
+            #expect(r.status == 0 && r.stdout == bytes, "\(id): \(r.stderr)")
+        }
+    }
+
+    @Test func aBackupKilledMidUploadLeavesNoBackupAndGCAbortsTheUpload() throws {
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        let big = pseudoRandom(20_000_000, seed: 61)  // a pack of several parts
+        let killed = try repo.dedup(["backup", "-", "--name", "big"], stdin: big, env: ["DBBACKUP_FAULT_CRASH_AT": "pack.before-commit"])
+        #expect(killed.status == 137, "\(killed.stderr)")
+        let backend = try repo.backend()
+        let uploads = try backend.request("GET", nil, operation: "list uploads", query: [("uploads", "")])
+        #expect(String(decoding: uploads.body, as: UTF8.self).contains("<Upload>"), "no upload left by the kill")
+        #expect(try repo.dedup(["list"]).out.contains("no backups"))
+        #expect(try backend.keys("packs/").isEmpty)
+        let next = try repo.dedup(["backup", "-", "--name", "big"], stdin: big)
+        #expect(next.status == 0, "\(next.stderr)")
+        // The killed backup's lock is stale (its process is gone), as on a folder.
+        let unlock = try repo.dedup(["unlock", "--stale-only"])
+        #expect(unlock.status == 0, "\(unlock.stderr)")
+        let gc = try repo.dedup(["gc"])
+        #expect(gc.status == 0, "\(gc.stderr)")
+        let after = try backend.request("GET", nil, operation: "list uploads", query: [("uploads", "")])
+        #expect(!String(decoding: after.body, as: UTF8.self).contains("<Upload>"))
+        if let id = CLI.committedID(next) {
+            let r = try repo.dedup(["restore", id, "-"])
+            #expect(r.status == 0 && r.stdout == big)
+        }
     }
 }
 

@@ -144,6 +144,48 @@ struct S3CLITests {
         #expect(!FileManager.default.fileExists(atPath: FileManager.default.currentDirectoryPath + "/s3:"))
     }
 
+    @Test func twoHostsBackUpIntoOneBucketAtOnceAndGCFromAThirdLosesNothing() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        // Two hosts: two caches, two processes at a time, sharing most of their data.
+        let shared = pseudoRandom(6_000_000, seed: 71)
+        let results = NSLock()
+        nonisolated(unsafe) var committed = [(String, [UInt8])]()
+        nonisolated(unsafe) var failures = [String]()
+        DispatchQueue.concurrentPerform(iterations: 2) { host in
+            for night in 1...3 {
+                var data = shared
+                data.replaceSubrange((night * 1_000_000)..<(night * 1_000_000 + 5000), with: pseudoRandom(5000, seed: UInt64(host * 10 + night)))
+                data += pseudoRandom(500_000, seed: UInt64(100 + host * 10 + night))
+                let r = try? repo.dedup(["backup", "-", "--name", "host\(host)", "--time", "2026-11-0\(night)T02:00:0\(host)Z"],
+                                        stdin: data, env: ["DBBACKUP_CACHE_DIR": dir + "/cache-\(host)"])
+                results.withLock {
+                    if let r, r.status == 0, let id = CLI.committedID(r) { committed.append((id, data)) } else {
+                        failures.append(r?.stderr ?? "did not run")
+                    }
+                }
+            }
+        }
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(committed.count == 6)
+        // A third host deletes one backup of each and collects the garbage.
+        let third = ["DBBACKUP_CACHE_DIR": dir + "/cache-third"]
+        for id in ["2026-11-01_020000_host0", "2026-11-01_020001_host1"] {
+            #expect(try repo.dedup(["delete", id], env: third).status == 0)
+        }
+        let gc = try repo.dedup(["gc"], env: third)
+        #expect(gc.status == 0, "\(gc.stderr)")
+        for (id, data) in committed where !id.hasPrefix("2026-11-01") {
+            for cache in ["cache-0", "cache-1", "cache-third"] {
+                let r = try repo.dedup(["restore", id, "-"], env: ["DBBACKUP_CACHE_DIR": dir + "/" + cache])
+                #expect(r.status == 0 && r.stdout == data, "\(id) from \(cache): \(r.stderr)")
+            }
+        }
+        let verify = try repo.dedup(["verify", "--deep"], env: third)
+        #expect(verify.status == 0, "\(verify.out) \(verify.stderr)")
+    }
+
     @Test func anEncryptedRepositoryOnABucketNeedsItsKey() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let repo = S3Test.Repo()

@@ -208,6 +208,29 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
         } while token != nil
     }
 
+    /// From the listing: each object's LastModified against the answer's Date,
+    /// both the server's clock.
+    public func ages(_ under: String) throws -> [String: TimeInterval] {
+        var query: [(name: String, value: String)] = [("list-type", "2"), ("prefix", objectKey(under))]
+        var out = [String: TimeInterval]()
+        var token: String?
+        repeat {
+            if let token { query.removeAll { $0.name == "continuation-token" }; query.append(("continuation-token", token)) }
+            let r = try request("GET", nil, operation: "list", query: query, ok: [200, 404])
+            if r.status == 404 { throw noSuchBucket("list", under) }
+            let now = r.header("Date").flatMap(Self.httpDate) ?? Date()
+            let text = String(decoding: r.body, as: UTF8.self)
+            for entry in XMLText.elements("Contents", in: text) {
+                guard let key = XMLText.value("Key", in: entry), key.hasPrefix(prefix),
+                    let modified = XMLText.value("LastModified", in: entry).flatMap(Self.isoDate)
+                else { continue }
+                out[String(key.dropFirst(prefix.count))] = now.timeIntervalSince(modified)
+            }
+            token = XMLText.value("IsTruncated", in: r.body) == "true" ? XMLText.value("NextContinuationToken", in: r.body) : nil
+        } while token != nil
+        return out
+    }
+
     public func delete(_ key: String) throws {
         sizes.withLock { _ = packSizes.removeValue(forKey: key) }
         try request("DELETE", key, operation: "delete", ok: [200, 204, 404])

@@ -119,7 +119,7 @@ struct DedupUnlock: ParsableCommand {
 
     @OptionGroup var store: StoreOptions
 
-    @Flag(help: "Remove only locks whose process is gone (same host, pid not running).")
+    @Flag(help: "Remove only stale locks: the process is gone (same host), or the lock was not refreshed for 30 minutes by the storage's clock (any host; holders refresh every 5 minutes).")
     var staleOnly = false
 
     func run() throws {

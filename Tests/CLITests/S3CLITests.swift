@@ -285,6 +285,109 @@ struct S3CLITests {
     }
 }
 
+/// Locks are refreshed while held and judged stale by the storage's clock.
+@Suite struct LockRefreshTests {
+    /// A lock of another host, just taken by its own clock (startedAt now).
+    static func foreignLock() -> [UInt8] {
+        let info = LockInfo(kind: .exclusive, hostname: "other-host", pid: 4242,
+                            startedAt: Timestamps.iso8601(Date()), command: "gc")
+        return Array((try? JSONEncoder().encode(info)) ?? Data())
+    }
+
+    /// Sets a file's modification time `seconds` back.
+    static func age(_ path: String, by seconds: Int) -> Bool {
+        shell("touch -d '\(seconds) seconds ago' '\(path)'") == 0
+    }
+
+    @Test func aHolderRefreshesItsLockSoThatItNeverLooksStale() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        #expect(try cli.dedup(["backup", "-", "--name", "a"], stdin: pseudoRandom(300_000, seed: 1)).status == 0)
+        let quick = ["DBBACKUP_LOCK_REFRESH_SECONDS": "1", "DBBACKUP_LOCK_STALE_SECONDS": "3"]
+        // gc holds its maintenance lock for 6 s, paused after its mark.
+        let gc = Thread { _ = try? cli.dedup(["gc"], env: quick.merging(["DBBACKUP_FAULT_PAUSE_AT": "gc.after-mark:6"]) { $1 }) }
+        gc.start()
+        Thread.sleep(forTimeInterval: 4.5)
+        let unlock = try cli.dedup(["unlock", "--stale-only"], env: quick)
+        #expect(unlock.out.contains("kept    maintenance lock") && unlock.out.contains("0 lock(s) removed"), "\(unlock.out)")
+        while gc.isExecuting || !gc.isFinished { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(try cli.dedup(["unlock"]).out.contains("no locks"))
+    }
+
+    @Test func aLockOfAnotherHostIsStaleOnceNotRefreshedByTheFoldersClock() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        #expect(try cli.dedup(["init"]).status == 0)
+        let lock = dir + "/repo/locks/exclusive-0123456789abcdef.json"
+        try writeFile(lock, Self.foreignLock())
+        let fresh = try cli.dedup(["unlock", "--stale-only"])
+        #expect(fresh.out.contains("kept") && !fresh.out.contains("stale"), "\(fresh.out)")
+        #expect(Self.age(lock, by: 3600))
+        let old = try cli.dedup(["unlock", "--stale-only"])
+        #expect(old.out.contains("[stale: not refreshed for 60 min]") && old.out.contains("1 lock(s) removed"), "\(old.out)")
+    }
+
+    @Test(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))
+    func aHolderThatCannotRefreshItsLockStopsBeforeItCouldBeTakenAsStale() throws {
+        var repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        let data = pseudoRandom(300_000, seed: 2)
+        let backup = try repo.dedup(["backup", "-", "--name", "a"], stdin: data)
+        #expect(backup.status == 0)
+        // The bucket behind a proxy of this test's own, which then goes away.
+        let port = 56_900 + Int(getpid() % 50)
+        let proxy = Process()
+        proxy.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        proxy.arguments = [ThrowawayCluster.repoRoot + "/tools/lib/s3-fault-proxy.py", String(port), S3Test.endpoint, "0"]
+        try proxy.run()
+        // SIGKILL: a child of the test process may have SIGTERM blocked.
+        defer { if proxy.isRunning { kill(proxy.processIdentifier, SIGKILL) } }
+        Thread.sleep(forTimeInterval: 1)
+        repo.env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:\(port)"
+        let started = Date()
+        nonisolated(unsafe) var gc: CLI.Result?
+        let viaProxy = repo
+        let runner = Thread {
+            gc = try? viaProxy.dedup(["gc"], env: [
+                "DBBACKUP_LOCK_REFRESH_SECONDS": "1", "DBBACKUP_LOCK_STALE_SECONDS": "4",
+                "DBBACKUP_FAULT_PAUSE_AT": "gc.after-mark:20",
+            ])
+        }
+        runner.start()
+        Thread.sleep(forTimeInterval: 2.5)
+        kill(proxy.processIdentifier, SIGKILL)
+        let deadline = Date().addingTimeInterval(60)
+        while !runner.isFinished && Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(gc?.status == 75, "\(gc?.stderr ?? "")")
+        #expect(gc?.stderr.contains("could not be refreshed") == true && gc?.stderr.contains("stopping") == true, "\(gc?.stderr ?? "")")
+        #expect(Date().timeIntervalSince(started) < 15, "it stopped while paused, not after")
+        // Killed as by a crash: the backup restores, the lock is stale later.
+        repo.env["AWS_ENDPOINT_URL"] = S3Test.endpoint
+        let restored = try repo.dedup(["restore", CLI.committedID(backup) ?? "?", "-"])
+        #expect(restored.status == 0 && restored.stdout == data, "\(restored.stderr)")
+        let unlock = try repo.dedup(["unlock", "--stale-only"])
+        #expect(unlock.out.contains("1 lock(s) removed"), "\(unlock.out)")
+    }
+
+    @Test(.enabled(if: S3Test.env["DBBACKUP_TEST_S3_RCLONE_DATA"] != nil, "tools/test starts rclone serve s3"))
+    func aLockInABucketIsJudgedByTheServersClockNotThisHosts() throws {
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        try repo.backend().put("locks/exclusive-0123456789abcdef.json", Self.foreignLock(), ifAbsent: true)
+        let blocked = try repo.dedup(["gc"])
+        #expect(blocked.status == 1 && blocked.stderr.contains("is locked") && !blocked.stderr.contains("stale"), "\(blocked.stderr)")
+        // The server's file an hour old, though its startedAt says it was just taken.
+        let data = try #require(S3Test.env["DBBACKUP_TEST_S3_RCLONE_DATA"])
+        #expect(Self.age("\(data)/\(repo.bucket)/db1/locks/exclusive-0123456789abcdef.json", by: 3600))
+        Thread.sleep(forTimeInterval: 1.5)  // rclone's directory cache (tools/test: 1 s)
+        let stale = try repo.dedup(["gc"])
+        #expect(stale.status == 1 && stale.stderr.contains("[stale: not refreshed for 60 min]"), "\(stale.stderr)")
+        let unlock = try repo.dedup(["unlock", "--stale-only"])
+        #expect(unlock.out.contains("1 lock(s) removed"), "\(unlock.out)")
+        #expect(try repo.dedup(["gc"]).status == 0)
+    }
+}
+
 /// `dedup sync` between folders and buckets, and what a killed upload leaves.
 @Suite(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))
 struct S3SyncTests {

@@ -68,12 +68,13 @@ _s3_wait() {
   die "$name did not start on port $port"
 }
 
+# rclone_s3_start DIR PORT [rclone options]: serves the folders of DIR/data as buckets.
 rclone_s3_start() {
   local dir=${1:?usage: rclone_s3_start DIR PORT} port
   port=$(_s3_free_port "${2:?usage: rclone_s3_start DIR PORT}")
   mkdir -p "$dir/data"
   "$DBBACKUP_S3_VENV/bin/rclone" serve s3 --config /dev/null --auth-key "dbbackup-test,$RCLONE_S3_SECRET" \
-    --addr "127.0.0.1:$port" "$dir/data" >"$dir/rclone.log" 2>&1 &
+    --addr "127.0.0.1:$port" "${@:3}" "$dir/data" >"$dir/rclone.log" 2>&1 &
   echo $! >"$dir/server.pid"
   _s3_wait "$dir" "$port" "rclone serve s3"
   RCLONE_S3_ENDPOINT=http://127.0.0.1:$port

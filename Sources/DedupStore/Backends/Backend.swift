@@ -33,6 +33,11 @@ public protocol Backend: AnyObject {
     func forEachKey(_ prefix: String, _ body: (String) throws -> Void) throws
     /// The size of an object, or nil if it does not exist.
     func size(_ key: String) throws -> Int64?
+    /// How long ago each object under a prefix was last written, by the
+    /// storage's own clock (a bucket's server: its Last-Modified against the Date
+    /// of its answer), so that hosts whose clocks differ judge alike. For the
+    /// few objects of `locks/`.
+    func ages(_ prefix: String) throws -> [String: TimeInterval]
     /// Deletes an object; an absent one is no error.
     func delete(_ key: String) throws
     /// Deletes objects (absent ones are no error), for less than one `delete` each

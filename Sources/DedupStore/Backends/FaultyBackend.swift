@@ -110,6 +110,7 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
     public func storageUsage() -> Int64 { inner.storageUsage() }
     public var cacheIdentity: String { inner.cacheIdentity }
     public func canHoldNewRepository() throws -> Bool { try inner.canHoldNewRepository() }
+    public func ages(_ prefix: String) throws -> [String: TimeInterval] { try inner.ages(prefix) }
     public func prepareForNewRepository() throws { try inner.prepareForNewRepository() }
     public func removeAbandonedWrites(all: Bool) -> Int { inner.removeAbandonedWrites(all: all) }
     public func deleteOnInterrupt(_ key: String) { inner.deleteOnInterrupt(key) }

@@ -61,6 +61,17 @@ public final class LocalBackend: Backend {
         try walk(prefix, sizes: true)
     }
 
+    public func ages(_ prefix: String) throws -> [String: TimeInterval] {
+        let now = Date().timeIntervalSince1970
+        var out = [String: TimeInterval]()
+        for o in try list(prefix) {
+            var st = stat()
+            guard stat(path(o.key), &st) == 0 else { continue }
+            out[o.key] = now - (Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
+        }
+        return out
+    }
+
     /// Keys only: the file types from the directory entries (d_type), a stat only
     /// where the file system does not give them.
     public func keys(_ prefix: String) throws -> [String] {

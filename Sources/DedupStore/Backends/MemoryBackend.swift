@@ -24,6 +24,17 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
         .storage(BackendError("open", location + "/" + key, .notFound, detail: "No such object"))
     }
 
+    /// When each object was last written.
+    private var written: [String: Date] = [:]
+
+    public func ages(_ prefix: String) throws -> [String: TimeInterval] {
+        withLock {
+            var out = [String: TimeInterval]()
+            for (key, at) in written where key.hasPrefix(prefix) && objects[key] != nil { out[key] = -at.timeIntervalSinceNow }
+            return out
+        }
+    }
+
     public func create(_ key: String, ifAbsent: Bool) throws -> ObjectWriter {
         withLock { openWriters += 1 }
         return MemoryObjectWriter(backend: self, key: key, ifAbsent: ifAbsent)
@@ -34,6 +45,7 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
         withLock {
             if ifAbsent && objects[key] != nil { return false }
             objects[key] = bytes
+            written[key] = Date()
             return true
         }
     }

@@ -26,6 +26,33 @@ public struct LockInfo: Codable, Equatable, Sendable {
     public var pid: Int32
     public var startedAt: String
     public var command: String
+    /// Seconds since the lock object was last written (taken or refreshed), by
+    /// the storage's clock; nil when not known. Not stored: `list` reads it.
+    public var age: TimeInterval?
+
+    enum CodingKeys: String, CodingKey { case kind, hostname, pid, startedAt, command }
+
+    public init(kind: Kind, hostname: String, pid: Int32, startedAt: String, command: String, age: TimeInterval? = nil) {
+        self.kind = kind
+        self.hostname = hostname
+        self.pid = pid
+        self.startedAt = startedAt
+        self.command = command
+        self.age = age
+    }
+
+    /// How often a holder rewrites its lock object: 5 minutes, or
+    /// `DBBACKUP_LOCK_REFRESH_SECONDS`.
+    public static var refreshInterval: TimeInterval {
+        ProcessInfo.processInfo.environment["DBBACKUP_LOCK_REFRESH_SECONDS"].flatMap(Double.init) ?? 300
+    }
+
+    /// A lock not rewritten for this long is stale whatever its host: its holder
+    /// is gone or stopped (30 minutes, or `DBBACKUP_LOCK_STALE_SECONDS`). A holder
+    /// that could not refresh for this long less one refresh interval stops.
+    public static var unrefreshedStaleAfter: TimeInterval {
+        ProcessInfo.processInfo.environment["DBBACKUP_LOCK_STALE_SECONDS"].flatMap(Double.init) ?? 1800
+    }
 
     /// How old a lock may grow before it counts as stale whatever its host:
     /// 72 hours, or `DBBACKUP_STALE_LOCK_HOURS`.
@@ -35,18 +62,25 @@ public struct LockInfo: Codable, Equatable, Sendable {
     }
 
     /// True when this lock's process is certainly gone (same host, pid not
-    /// running), or the lock is older than `staleAfter` (a process on another
-    /// host cannot be checked, and a pid may have been reused).
-    public var isStale: Bool {
-        if let started = Timestamps.parse(startedAt), Date().timeIntervalSince(started) > LockInfo.staleAfter {
-            return true
+    /// running), its holder has not refreshed it for `unrefreshedStaleAfter` by
+    /// the storage's clock (a process on another host, or one stopped), or it is
+    /// older than `staleAfter` by this host's clock.
+    public var isStale: Bool { staleReason != nil }
+
+    /// Why the lock is stale, or nil.
+    public var staleReason: String? {
+        if let age, age > LockInfo.unrefreshedStaleAfter {
+            return age < 120 ? "not refreshed for \(Int(age)) s" : "not refreshed for \(Int(age / 60)) min"
         }
-        guard hostname == LockInfo.currentHost else { return false }
-        return kill(pid, 0) != 0 && errno == ESRCH
+        if let started = Timestamps.parse(startedAt), Date().timeIntervalSince(started) > LockInfo.staleAfter {
+            return "older than \(Int(LockInfo.staleAfter / 3600)) h"
+        }
+        guard hostname == LockInfo.currentHost, kill(pid, 0) != 0 && errno == ESRCH else { return nil }
+        return "that process is gone"
     }
 
     public var summary: String {
-        "\(kind.rawValue) lock by '\(command)' (pid \(pid) on \(hostname), since \(startedAt))\(isStale ? " [stale: that process is gone]" : "")"
+        "\(kind.rawValue) lock by '\(command)' (pid \(pid) on \(hostname), since \(startedAt))\(staleReason.map { " [stale: \($0)]" } ?? "")"
     }
 
     public static var currentHost: String {
@@ -62,7 +96,9 @@ public struct LockInfo: Codable, Equatable, Sendable {
 }
 
 /// A held lock; `release()` removes it (also on deinit).
-public final class RepositoryLock {
+/// Unchecked Sendable: `held` changes only under `refreshing` once the
+/// refresher runs, and the backend is safe to call from several threads.
+public final class RepositoryLock: @unchecked Sendable {
     private let backend: Backend
     public let key: String
     private var held = false
@@ -106,7 +142,10 @@ public final class RepositoryLock {
                 release()
                 throw error
             }
-            guard let first = conflicts.first else { return }
+            guard let first = conflicts.first else {
+                if publish { startRefreshing(body) }
+                return
+            }
             release()
             let stale = conflicts.first { $0.isStale }
             if stale == nil, Date() < deadline {
@@ -119,7 +158,7 @@ public final class RepositoryLock {
                 continue
             }
             let hint = stale != nil
-                ? "; the process that held it is gone: remove it with `dbbackup dedup unlock --stale-only`"
+                ? "; its holder is gone: remove it with `dbbackup dedup unlock --stale-only`"
                 : (wait > 0
                     ? "; gave up after waiting \(Int(wait)) s"
                     : "; try again when it has finished (or pass --lock-wait)")
@@ -130,19 +169,65 @@ public final class RepositoryLock {
     deinit { release() }
 
     public func release() {
+        refreshing.lock()
+        defer { refreshing.unlock() }
         if held {
             held = false
+            wake.signal()
             try? backend.delete(key)
             backend.keepOnInterrupt(key)
         }
     }
 
-    /// Every lock in the repository; unreadable lock objects are reported as stale exclusive locks.
+    /// Held while the lock object is rewritten or removed, so that a refresh
+    /// never brings back a released lock.
+    private let refreshing = NSLock()
+    private let wake = DispatchSemaphore(value: 0)
+
+    /// Rewrites the lock object every `refreshInterval` while it is held, so
+    /// that others judge it live by the storage's clock. A holder that has not
+    /// managed to refresh for `unrefreshedStaleAfter` less one interval ends
+    /// the process at once (exit 75), before another process may take the lock
+    /// as stale: what it was doing is left as after a crash, which every
+    /// command survives.
+    private func startRefreshing(_ body: [UInt8]) {
+        let interval = LockInfo.refreshInterval
+        let limit = LockInfo.unrefreshedStaleAfter - interval
+        nonisolated(unsafe) let backend = self.backend
+        let key = self.key
+        Thread.detachNewThread { [weak self, wake] in
+            var lastRefresh = Date()
+            while true {
+                if wake.wait(timeout: .now() + interval) == .success { return }  // released
+                guard let self else { return }
+                self.refreshing.lock()
+                guard self.held else {
+                    self.refreshing.unlock()
+                    return
+                }
+                do {
+                    try backend.put(key, body, ifAbsent: false)
+                    lastRefresh = Date()
+                } catch {
+                    if Date().timeIntervalSince(lastRefresh) > limit {
+                        let message = "dbbackup: error: the repository lock \(backend.location) \(key) could not be refreshed for \(Int(Date().timeIntervalSince(lastRefresh))) s (\((error as? DedupError)?.message ?? "\(error)")); stopping before another process takes it as stale\n"
+                        FileHandle.standardError.write(Data(message.utf8))
+                        _exit(75)
+                    }
+                }
+                self.refreshing.unlock()
+            }
+        }
+    }
+
+    /// Every lock in the repository, with its age by the storage's clock;
+    /// unreadable lock objects are reported as stale exclusive locks.
     public static func list(_ backend: Backend) throws -> [(key: String, info: LockInfo)] {
-        try backend.list("locks/").compactMap { obj in
+        let ages = try backend.ages("locks/")
+        return try backend.list("locks/").compactMap { obj -> (key: String, info: LockInfo)? in
             guard obj.key.hasSuffix(".json") else { return nil }
             guard let bytes = try backend.get(obj.key),
-                let info = try? JSONDecoder().decode(LockInfo.self, from: Data(bytes))
+                var info = try? JSONDecoder().decode(LockInfo.self, from: Data(bytes))
             else {
                 return (
                     obj.key,
@@ -150,6 +235,7 @@ public final class RepositoryLock {
                         kind: .exclusive, hostname: "?", pid: 0, startedAt: "?", command: "unreadable lock \(obj.key)")
                 )
             }
+            info.age = ages[obj.key]
             return (obj.key, info)
         }
     }

@@ -388,6 +388,41 @@ struct S3CLITests {
     }
 }
 
+/// A private endpoint over TLS with a self-signed certificate: refused by
+/// default, accepted with its CA file.
+@Suite(.enabled(if: S3Test.env["DBBACKUP_TEST_RCLONE_BIN"] != nil, "tools/test installs rclone"))
+struct S3TLSTests {
+    @Test func aSelfSignedEndpointIsRefusedUntilItsCAIsGiven() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cert = dir + "/cert.pem", key = dir + "/key.pem"
+        #expect(shell("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout '\(key)' -out '\(cert)' 2>/dev/null") == 0)
+        try FileManager.default.createDirectory(atPath: dir + "/data", withIntermediateDirectories: true)
+        let port = 56_950 + Int(getpid() % 40)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: S3Test.env["DBBACKUP_TEST_RCLONE_BIN"] ?? "/bin/false")
+        server.arguments = ["serve", "s3", "--config", "/dev/null", "--auth-key", "dbbackup-test,tls-secret",
+                            "--addr", "127.0.0.1:\(port)", "--cert", cert, "--key", key, dir + "/data"]
+        server.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        server.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try server.run()
+        defer { kill(server.processIdentifier, SIGKILL) }
+        Thread.sleep(forTimeInterval: 1.5)
+        var repo = S3Test.Repo()
+        repo.env = ["AWS_ACCESS_KEY_ID": "dbbackup-test", "AWS_SECRET_ACCESS_KEY": "tls-secret",
+                    "AWS_ENDPOINT_URL": "https://127.0.0.1:\(port)"]
+        let refused = try repo.dedup(["init"])
+        #expect(refused.status == 1 && errorLines(refused).count == 1, "\(refused.stderr)")
+        #expect(refused.stderr.contains("certificate is not trusted") && refused.stderr.contains("--s3-ca-file"), "\(refused.stderr)")
+        let made = try repo.dedup(["init", "--s3-ca-file", cert])
+        #expect(made.status == 0, "\(made.stderr)")
+        let data = pseudoRandom(500_000, seed: 81)
+        let b = try repo.dedup(["backup", "-", "--name", "tls"], stdin: data, env: ["AWS_CA_BUNDLE": cert])
+        #expect(b.status == 0, "\(b.stderr)")
+        let r = try repo.dedup(["restore", CLI.committedID(b) ?? "?", "-", "--s3-ca-file", cert])
+        #expect(r.status == 0 && r.stdout == data, "\(r.stderr)")
+    }
+}
+
 /// `dedup sync` between folders and buckets, and what a killed upload leaves.
 @Suite(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))
 struct S3SyncTests {

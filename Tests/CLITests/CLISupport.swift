@@ -25,10 +25,13 @@ struct CLI {
     }()
 
     let repo: String
+    /// Environment of every run (a bucket's credentials), under `env` of each call.
+    var env: [String: String] = [:]
 
     /// Runs `dbbackup dedup ARGS --dedup-dir repo`, feeding `stdin`.
     @discardableResult
-    func dedup(_ args: [String], stdin: [UInt8]? = nil, env: [String: String] = [:]) throws -> Result {
+    func dedup(_ args: [String], stdin: [UInt8]? = nil, env extra: [String: String] = [:]) throws -> Result {
+        let env = self.env.merging(extra) { $1 }
         // --dedup-dir goes right after the subcommand: anything after "--" is an input command.
         let head = args.first == "index" ? Array(args.prefix(2)) : Array(args.prefix(1))
         return try CLI.run(["dedup"] + head + ["--dedup-dir", repo] + Array(args.dropFirst(head.count)), stdin: stdin, env: env)

@@ -138,12 +138,16 @@ struct MariaDBTests {
 
     /// Point-in-time recovery: a dump, three batches with the binlogs archived as
     /// they come, recovery to a time between batches 2 and 3.
-    @Test func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo() throws {
+    /// In a folder, and in a bucket of `rclone serve s3`.
+    @Test(arguments: S3Test.available ? ["folder", "bucket"] : ["folder"])
+    func recoveryToATimeBetweenBatchesTwoAndThreeYieldsExactlyBatchesOneAndTwo(place: String) throws {
         let dir = tempDir(); defer { removeDir(dir) }
+        let env = place == "bucket" ? S3Test.credentials : [:]
         let db = "pitr_src_\(getpid())", copy = "pitr_dst_\(getpid())"
         defer { _ = try? Maria.sql("DROP DATABASE IF EXISTS \(db); DROP DATABASE IF EXISTS \(copy); DROP DATABASE IF EXISTS \(copy)_2;") }
         try Maria.sql("DROP DATABASE IF EXISTS \(db); CREATE DATABASE \(db); CREATE TABLE \(db).t (batch INT, n INT, note VARCHAR(50)) CHARACTER SET utf8mb4;")
-        let cli = CLI(repo: dir + "/repo")
+        let cli = CLI(repo: place == "bucket" ? "s3://\(S3Test.bucketName())/pitr" : dir + "/repo", env: env)
+        if place == "bucket" { #expect(try cli.dedup(["init"]).status == 0) }
         let server = ["--socket", Maria.socket, "--user", "root"]
         let dump = try cli.dedup(["backup-db", "--database", db, "--json"] + connection)
         #expect(dump.status == 0, "\(dump.stderr)")
@@ -154,7 +158,7 @@ struct MariaDBTests {
             try Maria.sql("USE \(db); INSERT INTO t SELECT \(b), seq, 'ünï \(b)' FROM seq_1_to_500;")
         }
         func archive() throws -> CLI.Result {
-            let r = try CLI.run(["binlog", "archive", "--dedup-dir", cli.repo] + server)
+            let r = try CLI.run(["binlog", "archive", "--dedup-dir", cli.repo] + server, env: env)
             #expect(r.status == 0, "\(r.stderr)")
             return r
         }
@@ -162,9 +166,9 @@ struct MariaDBTests {
         // A partial copy of the binlog being written, twice as it grows: the
         // longer copy replaces the shorter one; the finished file replaces both.
         let partialRun = ["binlog", "archive", "--dedup-dir", cli.repo, "--include-current"] + server
-        #expect(try CLI.run(partialRun).status == 0)
+        #expect(try CLI.run(partialRun, env: env).status == 0)
         try Maria.sql("USE \(db); INSERT INTO t VALUES (1, 0, 'partial');")
-        #expect(try CLI.run(partialRun).status == 0)
+        #expect(try CLI.run(partialRun, env: env).status == 0)
         let partials = try JSONDecoder().decode([Manifest].self, from: Data(try cli.dedup(["list", "--kind", "binlog", "--json"]).stdout))
             .filter { $0.archive?.file.contains(".partial-") == true }
         #expect(partials.count == 1, "\(partials.map(\.id))")
@@ -183,11 +187,11 @@ struct MariaDBTests {
         #expect(second.out.contains("archived before"), "\(second.out)")
         // A run with nothing new archives nothing and succeeds.
         #expect(try archive().out.hasPrefix("0 binlog(s) archived"))
-        let validate = try CLI.run(["binlog", "validate", "--dedup-dir", cli.repo] + server)
+        let validate = try CLI.run(["binlog", "validate", "--dedup-dir", cli.repo] + server, env: env)
         #expect(validate.status == 0 && validate.out.contains("chain OK"), "\(validate.out) \(validate.stderr)")
 
         let r = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
-                             "--target-time", target, "--target-db", copy, "--create"] + server)
+                             "--target-time", target, "--target-db", copy, "--create"] + server, env: env)
         #expect(r.status == 0, "\(r.out) \(r.stderr)")
         #expect(try Maria.sql("SELECT CONCAT(batch, ':', COUNT(*)) FROM \(copy).t GROUP BY batch ORDER BY batch") == "1:501\n2:500")
         #expect(try Maria.sql("SELECT COUNT(*) FROM \(copy).t WHERE note = 'ünï 2'") == "500")
@@ -195,7 +199,7 @@ struct MariaDBTests {
 
         // A target past the end of the archive is refused, not quietly cut short.
         let future = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
-                                  "--target-time", Timestamps.iso8601(Date().addingTimeInterval(3600)), "--target-db", copy + "_2", "--create"] + server)
+                                  "--target-time", Timestamps.iso8601(Date().addingTimeInterval(3600)), "--target-db", copy + "_2", "--create"] + server, env: env)
         #expect(future.status == 1 && future.stderr.contains("before the target time"), "\(future.stderr)")
 
         // A binlog missing from the archive: validate says so, recovery refuses.
@@ -205,10 +209,10 @@ struct MariaDBTests {
         let start = try #require(try JSONDecoder().decode(Manifest.self, from: Data(dump.stdout)).dump?.binlogFile)
         let victim = try #require(files.first { ($0.archive?.file ?? "") > start })
         #expect(try cli.dedup(["delete", victim.id]).status == 0)
-        let broken = try CLI.run(["binlog", "validate", "--dedup-dir", cli.repo] + server)
+        let broken = try CLI.run(["binlog", "validate", "--dedup-dir", cli.repo] + server, env: env)
         #expect(broken.status == 1 && broken.out.contains("GAP"), "\(broken.out) \(broken.stderr)")
         let refused = try CLI.run(["restore", "pitr", "-d", "mariadb", "--dedup-dir", cli.repo, "--base", dumpID,
-                                   "--target-time", target, "--target-db", copy + "_2", "--create"] + server)
+                                   "--target-time", target, "--target-db", copy + "_2", "--create"] + server, env: env)
         #expect(refused.status == 1 && refused.stderr.contains("lacks \(victim.archive?.file ?? "?")"), "\(refused.stderr)")
 
         // Retention: with a newer dump kept and the old one pruned, the binlogs

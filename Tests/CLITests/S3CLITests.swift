@@ -186,6 +186,29 @@ struct S3CLITests {
         #expect(verify.status == 0, "\(verify.out) \(verify.stderr)")
     }
 
+    @Test func aTruncatedOrDeletedObjectInTheBucketIsNamedByVerify() throws {
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        for (name, seed) in [("a", UInt64(91)), ("b", UInt64(92))] {
+            #expect(try repo.dedup(["backup", "-", "--name", name], stdin: pseudoRandom(1_500_000, seed: seed)).status == 0)
+        }
+        let backend = try repo.backend()
+        let packs = try backend.list("packs/")
+        #expect(packs.count == 2)
+        // One pack cut short (written again shorter: what a broken copy leaves), one deleted.
+        let cut = try #require(try backend.get(packs[0].key))
+        try backend.put(packs[0].key, Array(cut.prefix(cut.count / 2)), ifAbsent: false)
+        try backend.delete(packs[1].key)
+        // From a fresh cache (as another host): the cut pack by its id, and every
+        // backup that needs a chunk of either (the deleted pack is gone from the listing).
+        let v = try repo.dedup(["verify"], env: ["DBBACKUP_CACHE_DIR": tempDir()])
+        #expect(v.status == 1, "\(v.out) \(v.stderr)")
+        let cutHex = String(packs[0].key.split(separator: "/").last?.dropLast(5) ?? "")
+        #expect(v.stderr.contains("pack \(cutHex) is corrupt"), "\(v.stderr)")
+        #expect(v.stderr.contains("which is in no pack"), "\(v.stderr)")
+        #expect(v.out.contains("damaged backups: ") && v.out.contains("_a") && v.out.contains("_b"), "\(v.out)")
+    }
+
     @Test func anEncryptedRepositoryOnABucketNeedsItsKey() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let repo = S3Test.Repo()
@@ -582,6 +605,11 @@ extension PostgresServerTests {
             let r = try repo.dedup(["restore", id, "--target-db", copy, "--create"] + connection)
             #expect(r.status == 0, "\(r.stderr)")
             #expect(try PG.query(copy, "SELECT count(*), sum(id) FROM items") == "20000|200010000")
+            // --all: the globals, then every database, each its own backup in the bucket.
+            let all = try repo.dedup(["backup-db", "--all"] + connection)
+            #expect(all.status == 0, "\(all.stderr)")
+            let list = try repo.dedup(["list"])
+            #expect(list.out.contains("globals") && list.out.contains(copy), "\(list.out)")
         }
     }
 }

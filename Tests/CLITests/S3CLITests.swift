@@ -337,6 +337,27 @@ struct S3CLITests {
         #expect(try cli.dedup(["unlock"]).out.contains("no locks"))
     }
 
+    @Test func aHolderStoppedPastTheLimitExitsInsteadOfRefreshing() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let cli = CLI(repo: dir + "/repo")
+        #expect(try cli.dedup(["backup", "-", "--name", "a"], stdin: pseudoRandom(300_000, seed: 3)).status == 0)
+        let quick = ["DBBACKUP_LOCK_REFRESH_SECONDS": "1", "DBBACKUP_LOCK_STALE_SECONDS": "3"]
+        nonisolated(unsafe) var gc: CLI.Result?
+        let runner = Thread {
+            gc = try? cli.dedup(["gc"], env: quick.merging(["DBBACKUP_FAULT_PAUSE_AT": "gc.after-mark:12"]) { $1 })
+        }
+        runner.start()
+        Thread.sleep(forTimeInterval: 1.5)
+        // SIGSTOP the gc for longer than the stale limit, as a suspended VM would be.
+        let pid = shell("kill -STOP $(pgrep -f '^[^ ]*/dbbackup dedup gc --dedup-dir \(cli.repo)')")
+        #expect(pid == 0)
+        Thread.sleep(forTimeInterval: 4)
+        #expect(shell("kill -CONT $(pgrep -f '^[^ ]*/dbbackup dedup gc --dedup-dir \(cli.repo)')") == 0)
+        let deadline = Date().addingTimeInterval(30)
+        while !runner.isFinished && Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(gc?.status == 75 && gc?.stderr.contains("this process was not running") == true, "\(gc?.stderr ?? "")")
+    }
+
     @Test func aLockOfAnotherHostIsStaleOnceNotRefreshedByTheFoldersClock() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let cli = CLI(repo: dir + "/repo")
@@ -382,7 +403,7 @@ struct S3CLITests {
         let deadline = Date().addingTimeInterval(60)
         while !runner.isFinished && Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
         #expect(gc?.status == 75, "\(gc?.stderr ?? "")")
-        #expect(gc?.stderr.contains("could not be refreshed") == true && gc?.stderr.contains("stopping") == true, "\(gc?.stderr ?? "")")
+        #expect(gc?.stderr.contains("was not refreshed for") == true && gc?.stderr.contains("stopping") == true, "\(gc?.stderr ?? "")")
         #expect(Date().timeIntervalSince(started) < 15, "it stopped while paused, not after")
         // Killed as by a crash: the backup restores, the lock is stale later.
         repo.env["AWS_ENDPOINT_URL"] = S3Test.endpoint

@@ -205,15 +205,20 @@ public final class RepositoryLock: @unchecked Sendable {
                     self.refreshing.unlock()
                     return
                 }
+                // Checked before writing as well: a process that was stopped
+                // (SIGSTOP, a suspended VM) past the limit may have lost its lock
+                // already, and must not bring it back and carry on.
+                func stop(_ why: String) -> Never {
+                    let message = "dbbackup: error: the repository lock \(backend.location) \(key) was not refreshed for \(Int(Date().timeIntervalSince(lastRefresh))) s (\(why)); stopping before another process takes it as stale\n"
+                    FileHandle.standardError.write(Data(message.utf8))
+                    _exit(75)
+                }
+                if Date().timeIntervalSince(lastRefresh) > limit { stop("this process was not running") }
                 do {
                     try backend.put(key, body, ifAbsent: false)
                     lastRefresh = Date()
                 } catch {
-                    if Date().timeIntervalSince(lastRefresh) > limit {
-                        let message = "dbbackup: error: the repository lock \(backend.location) \(key) could not be refreshed for \(Int(Date().timeIntervalSince(lastRefresh))) s (\((error as? DedupError)?.message ?? "\(error)")); stopping before another process takes it as stale\n"
-                        FileHandle.standardError.write(Data(message.utf8))
-                        _exit(75)
-                    }
+                    if Date().timeIntervalSince(lastRefresh) > limit { stop((error as? DedupError)?.message ?? "\(error)") }
                 }
                 self.refreshing.unlock()
             }

@@ -58,6 +58,26 @@ struct ThrowawayCluster {
         try Self.detachedShell("exec /usr/sbin/runuser -u postgres -- \"$@\"", [Self.bin + "/pg_ctl"] + args, env: env)
     }
 
+    /// The first port from `start` that can be bound on 127.0.0.1 now. Refusing
+    /// connections is not enough: the port may be the local end of an outgoing
+    /// connection (the S3 tests make thousands, in the ephemeral range).
+    static func bindablePort(from start: Int) -> Int {
+        for port in start..<(start + 200) {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if bound == 0 { return port }
+        }
+        return start
+    }
+
     /// Waits until `check` holds, up to `seconds`.
     static func waitFor(_ seconds: Double, _ check: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
@@ -185,7 +205,7 @@ struct PostgresPITRTests {
                                       "--target-time", target, "--target-dir", restored])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(FileManager.default.fileExists(atPath: restored + "/recovery.signal"))
-        let port2 = cluster.port + 50
+        let port2 = ThrowawayCluster.bindablePort(from: cluster.port + 50)
         let start = try cluster.pgCtl(["-D", restored, "-o", "-p \(port2) -k \(cluster.dir)", "-l", work + "/restored.log", "-w", "-t", "120", "start"])
         defer { _ = try? cluster.pgCtl(["-D", restored, "-m", "immediate", "stop"]) }
         #expect(start.status == 0, "\(start.stderr) \((try? String(contentsOfFile: work + "/restored.log", encoding: .utf8)) ?? "")")

@@ -88,12 +88,7 @@ struct StoreOptions: ParsableArguments {
 
     /// The backend that serves the repository, with the fault hooks of
     /// `FaultInjection` around it when they are set (tests only).
-    func backend() throws -> Backend {
-        switch try place {
-        case .folder(let path): return FaultInjection.wrap(LocalBackend(root: path))
-        case .bucket(let location): return FaultInjection.wrap(try s3.backend(location))
-        }
-    }
+    func backend() throws -> Backend { try place.backend(s3: s3) }
 
     /// The options the database server's own commands (archive_command,
     /// restore_command) need to reach this repository: none for a folder.

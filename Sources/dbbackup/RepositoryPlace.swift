@@ -33,6 +33,15 @@ enum RepositoryPlace: Equatable {
         case .bucket(let location): return location.description
         }
     }
+
+    /// The backend that serves this place (a bucket's reached with `s3`), with
+    /// the fault hooks of `FaultInjection` around it when they are set (tests only).
+    func backend(s3: S3Options) throws -> Backend {
+        switch self {
+        case .folder(let path): return FaultInjection.wrap(LocalBackend(root: path))
+        case .bucket(let location): return FaultInjection.wrap(try s3.backend(location))
+        }
+    }
 }
 
 /// How to reach a bucket: options that override the standard AWS environment

@@ -47,12 +47,7 @@ struct DedupSync: ParsableCommand {
         if from == to { throw ValidationError("the source and the destination are the same place") }
     }
 
-    func backend(_ text: String) throws -> Backend {
-        switch try RepositoryPlace(text) {
-        case .folder(let path): return FaultInjection.wrap(LocalBackend(root: path))
-        case .bucket(let location): return FaultInjection.wrap(try s3.backend(location))
-        }
-    }
+    func backend(_ text: String) throws -> Backend { try RepositoryPlace(text).backend(s3: s3) }
 
     func run() throws {
         try reportingErrors {

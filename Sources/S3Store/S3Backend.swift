@@ -78,6 +78,38 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
 
     func objectKey(_ key: String) -> String { prefix + key }
 
+    /// Ranges a reader said it will read, fetched ahead (`willRead`).
+    let prefetcher = S3Prefetcher(budget: 48 << 20, inFlight: 4)
+
+    public func willRead(_ ranges: [ReadRange]) {
+        prefetcher.want(ranges) { [self] key, offset, count in try readRange(key, at: offset, count: count) }
+    }
+
+    /// A pack's size as the answer to a range of it fetched ahead said: no HEAD.
+    private func prefetchedSize(_ key: String) -> Int64? {
+        guard key.hasPrefix("packs/"), let size = prefetcher.objectSize(key) else { return nil }
+        sizes.withLock { packSizes[key] = size }
+        return size
+    }
+
+    /// One ranged GET: the bytes, and the object's whole size when the answer
+    /// tells it (Content-Range, or a whole object sent for the range).
+    func readRange(_ key: String, at offset: Int64, count: Int) throws -> (bytes: [UInt8], objectSize: Int64?) {
+        let end = offset + Int64(count)
+        let r = try request("GET", key, operation: "read", headers: [("Range", "bytes=\(offset)-\(end - 1)")], ok: [200, 206])
+        let total = r.header("Content-Range").flatMap { $0.split(separator: "/").last.flatMap { Int64($0) } }
+        // Some servers (rclone) answer a range with 200 and the range; others
+        // with 200 and the whole object, which is cut to it.
+        if r.status == 200 && r.body.count != count && r.body.count >= end {
+            return (Array(r.body[Int(offset)..<Int(end)]), Int64(r.body.count))
+        }
+        guard r.body.count == count else {
+            throw DedupError.storage(
+                BackendError("read", location + key, .other, detail: "\(r.body.count) bytes of \(count) came back"))
+        }
+        return (r.body, total)
+    }
+
     /// The store's error for an S3 one: its status decides the failure kind.
     func storageError(_ error: Error, _ operation: String, _ key: String) -> DedupError {
         let place = location + key
@@ -154,7 +186,7 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     }
 
     public func openReader(_ key: String) throws -> ObjectReader {
-        guard let size = try knownPackSize(key) ?? size(key) else {
+        guard let size = try knownPackSize(key) ?? prefetchedSize(key) ?? size(key) else {
             throw DedupError.storage(BackendError("open", location + key, .notFound, detail: "HTTP 404 NoSuchKey"))
         }
         return S3ObjectReader(backend: self, key: key, size: size)
@@ -233,6 +265,7 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
 
     public func delete(_ key: String) throws {
         sizes.withLock { _ = packSizes.removeValue(forKey: key) }
+        prefetcher.forget(key)
         try request("DELETE", key, operation: "delete", ok: [200, 204, 404])
     }
 
@@ -696,6 +729,10 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
             throw DedupError.storage(
                 BackendError("read", backend.location + key, .other, detail: "range \(offset)..<\(end) past the end (\(size) bytes)"))
         }
+        if backend.prefetcher.take(key, at: offset, into: buffer) {
+            lock.withLock { lastEnd = end }
+            return
+        }
         backend.activate(self)
         try lock.withLock {
             defer { lastEnd = end }
@@ -748,17 +785,6 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
     }
 
     private func fetch(_ offset: Int64, _ count: Int) throws -> [UInt8] {
-        let end = offset + Int64(count)
-        let r = try backend.request(
-            "GET", key, operation: "read", headers: [("Range", "bytes=\(offset)-\(end - 1)")], ok: [200, 206])
-        // A server that answers a range with the whole object (200) is cut to it.
-        if r.status == 200 && r.body.count == Int(size) && Int64(count) != size {
-            return Array(r.body[Int(offset)..<Int(end)])
-        }
-        guard r.body.count == count else {
-            throw DedupError.storage(
-                BackendError("read", backend.location + key, .other, detail: "\(r.body.count) bytes of \(count) came back"))
-        }
-        return r.body
+        try backend.readRange(key, at: offset, count: count).bytes
     }
 }

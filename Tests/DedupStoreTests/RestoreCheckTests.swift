@@ -60,3 +60,49 @@ import Testing
         #expect(got.count <= b.offset && Array(b.data.prefix(got.count)) == got, "only bytes before the damaged chunk")
     }
 }
+
+/// A restore names the entries it is about to read to the backend
+/// (`Backend.willRead`, which a bucket fetches ahead, several packs at once):
+/// each before it is read, and never more than its look-ahead beyond the reads.
+@Suite struct RestoreReadAheadTests {
+    @Test func everyEntryIsNamedBeforeItIsReadAndTheNamingStaysWithinTheLookAhead() throws {
+        let store = TestStore(.memory)
+        let repo = try makeRepository(store, packSize: 1 << 20)
+        let data = randomBytes(10_000_000, seed: 23)
+        let m = try backup(repo, data, name: "many-packs")
+        let memory = try #require(repo.backend as? MemoryBackend)
+        memory.logsReads = true
+        let restorer = Restorer(repository: repo)
+        restorer.lookAhead = 2_000_000
+        restorer.lookAheadSlice = 500_000
+        let out = store.sub("restored")
+        try restorer.restore(m.id, to: .file(path: out, overwrite: false))
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: out))) == data)
+
+        var named = [ReadRange]()
+        var namedBytes = 0, readBytes = 0, packReads = 0, widest = 0
+        var packs = Set<String>()
+        for event in memory.readEvents {
+            switch event {
+            case .named(let r):
+                named.append(r)
+                namedBytes += r.count
+            case .read(let r) where r.key.hasPrefix("packs/"):
+                packReads += 1
+                packs.insert(r.key)
+                readBytes += r.count
+                #expect(named.contains { $0.key == r.key && $0.offset <= r.offset && r.offset + Int64(r.count) <= $0.offset + Int64($0.count) },
+                        "read \(r) was not named first")
+                widest = max(widest, namedBytes - readBytes)
+            case .read:
+                break
+            }
+        }
+        #expect(packs.count >= 8, "the backup spans many packs")
+        #expect(packReads > 100)
+        // Random bytes: no compression groups, so each entry is named once and read once.
+        #expect(namedBytes == readBytes)
+        // Planned: at most the look-ahead plus one slice and one entry unread.
+        #expect(widest > 500_000 && widest <= 2_000_000 + 500_000 + 70_000, "\(widest)")
+    }
+}

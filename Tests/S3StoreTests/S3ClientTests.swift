@@ -28,6 +28,17 @@ enum TestS3 {
                 accessKeyID: "dbbackup-test", secretAccessKey: env["DBBACKUP_TEST_S3_RCLONE_SECRET"] ?? "")),
     ]
 
+    /// Bytes that differ at every offset, so a range from the wrong place shows.
+    static func distinctBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        return (0..<count).map { _ in
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return UInt8(truncatingIfNeeded: state)
+        }
+    }
+
     /// A client of a new bucket on `server`.
     static func freshBucket(_ server: Server) throws -> S3Client {
         let url = try #require(server.url, "the \(server.name) server's URL is not set: run the tests through tools/test")

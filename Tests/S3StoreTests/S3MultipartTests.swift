@@ -15,15 +15,7 @@ import Testing
     }
 
     /// Bytes that differ at every offset, so a part in the wrong place shows.
-    func bytes(_ count: Int, seed: UInt64) -> [UInt8] {
-        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
-        return (0..<count).map { _ in
-            state ^= state << 13
-            state ^= state >> 7
-            state ^= state << 17
-            return UInt8(truncatingIfNeeded: state)
-        }
-    }
+    func bytes(_ count: Int, seed: UInt64) -> [UInt8] { TestS3.distinctBytes(count, seed: seed) }
 
     /// Writes `data` in pieces of varying sizes (one of them larger than a part).
     func write(_ data: [UInt8], to w: ObjectWriter) throws {

@@ -70,6 +70,24 @@ public protocol Backend: AnyObject {
     /// handler ignore it (the lock is then reported stale, as after a kill -9).
     func deleteOnInterrupt(_ key: String)
     func keepOnInterrupt(_ key: String)
+    /// Tells the backend which ranges are about to be read, in the order they
+    /// will be (a restore's next entries). One that pays a round trip a request
+    /// (a bucket) starts fetching them, several at once, so that the reads find
+    /// them there; the others ignore it. Never needed for correctness: a range
+    /// not fetched ahead is read as always.
+    func willRead(_ ranges: [ReadRange])
+}
+
+/// A range of an object a reader is about to read.
+public struct ReadRange: Equatable, Sendable {
+    public var key: String
+    public var offset: Int64
+    public var count: Int
+    public init(key: String, offset: Int64, count: Int) {
+        self.key = key
+        self.offset = offset
+        self.count = count
+    }
 }
 
 /// Requests a remote backend made and the bytes it moved.
@@ -207,6 +225,7 @@ extension Backend {
 
     public func deleteOnInterrupt(_ key: String) {}
     public func keepOnInterrupt(_ key: String) {}
+    public func willRead(_ ranges: [ReadRange]) {}
 }
 
 extension ObjectWriter {

@@ -102,6 +102,7 @@ public final class FaultyBackend: Backend, @unchecked Sendable {
         try checkAlive("list", prefix); try inner.forEachKey(prefix, body)
     }
     public func size(_ key: String) throws -> Int64? { try checkAlive("stat", key); return try inner.size(key) }
+    public func willRead(_ ranges: [ReadRange]) { inner.willRead(ranges) }
     public func delete(_ key: String) throws { try checkAlive("delete", key); try inner.delete(key) }
     public func delete(keys: [String]) throws {
         try checkAlive("delete", keys.first ?? ""); try inner.delete(keys: keys)

@@ -53,9 +53,12 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
     func writerEnded() { withLock { openWriters -= 1 } }
 
     /// Runs `body` on an object's bytes (without copying them); `notFound` if gone.
-    func withBytes(_ key: String, _ body: ([UInt8]) throws -> Void) throws {
+    func withBytes(_ key: String, range: Range<Int64>? = nil, _ body: ([UInt8]) throws -> Void) throws {
         try withLock {
             reads[key, default: 0] += 1
+            if logging, let range {
+                readLog.append(.read(ReadRange(key: key, offset: range.lowerBound, count: range.count)))
+            }
             guard let bytes = objects[key] else { throw notFound(key) }
             try body(bytes)
         }
@@ -95,6 +98,24 @@ public final class MemoryBackend: Backend, @unchecked Sendable {
             }
             objects.removeAll()
         }
+    }
+
+    /// With `logsReads`, the ranges named by `willRead` and the ranged reads, in
+    /// the order they came (tests check that a restore names what it reads first).
+    public enum ReadEvent: Equatable, Sendable {
+        case named(ReadRange)
+        case read(ReadRange)
+    }
+    public var logsReads: Bool {
+        get { withLock { logging } }
+        set { withLock { logging = newValue } }
+    }
+    private var logging = false
+    public var readEvents: [ReadEvent] { withLock { readLog } }
+    private var readLog: [ReadEvent] = []
+
+    public func willRead(_ ranges: [ReadRange]) {
+        withLock { if logging { readLog += ranges.map { .named($0) } } }
     }
 
     /// Writers never outlive their process here: nothing is ever abandoned.
@@ -191,7 +212,7 @@ final class MemoryObjectReader: ObjectReader {
     func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
         let name = backend.location + "/" + key
         guard offset >= 0, offset <= size - Int64(buffer.count) else { throw DedupError.shortRead(path: name) }
-        try backend.withBytes(key) { bytes in
+        try backend.withBytes(key, range: offset..<(offset + Int64(buffer.count))) { bytes in
             guard Int(offset) + buffer.count <= bytes.count else { throw DedupError.shortRead(path: name) }
             bytes.withUnsafeBytes { src in
                 buffer.copyMemory(

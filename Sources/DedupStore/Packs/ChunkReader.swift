@@ -50,6 +50,10 @@ final class ChunkReader {
         return r
     }
 
+    /// Confirms the packs of the chunks `ids` together (`Repository.confirmPacks`),
+    /// before their `location`s are asked for one by one.
+    func confirmPacks(of ids: [ChunkID]) throws { try repository.confirmPacks(of: ids, in: index) }
+
     /// Where the chunk a backup needs is stored: its indexed copy, else the error
     /// that says why there is none (corrupt, as verify recorded, or missing).
     func location(of id: ChunkID, manifest: String) throws -> ChunkLocation {

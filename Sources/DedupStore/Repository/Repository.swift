@@ -353,6 +353,34 @@ public final class Repository {
         return try idx.lookup(id)
     }
 
+    /// Confirms together, several requests in flight, the packs that the chunks
+    /// `ids` are indexed in and this process has not confirmed yet, so that
+    /// `locate` then finds them confirmed: a restore asks this for a stretch of
+    /// its chunk list at a time instead of paying a round trip per new pack in
+    /// turn. A pack gone or resized stays unconfirmed, for `locate` to deal with.
+    func confirmPacks(of ids: [ChunkID], in idx: ChunkIndex) throws {
+        guard !indexListed else { return }
+        var packs = [(pack: PackID, indexed: Int64)]()
+        var seen = Set<PackID>()
+        for id in ids {
+            guard let loc = try idx.lookup(id), !confirmedPacks.contains(loc.pack), seen.insert(loc.pack).inserted,
+                let indexed = try idx.packSize(loc.pack)
+            else { continue }
+            packs.append((loc.pack, indexed))
+        }
+        // One alone costs `locate` the same round trip.
+        guard packs.count > 1 else { return }
+        var present = [Bool](repeating: false, count: packs.count)
+        present.withUnsafeMutableBufferPointer { present in
+            guard let base = present.baseAddress else { return }
+            let shared = SharedPointer(base: base)
+            forEachWaiting(packs.count, inFlight: 8) { i in
+                shared[i] = (try? backend.size(packs[i].pack.key)) == packs[i].indexed
+            }
+        }
+        for (p, ok) in zip(packs, present) where ok { confirmedPacks.insert(p.pack) }
+    }
+
     /// A pack this process wrote and indexed: present at its indexed size.
     func confirmWritten(_ pack: PackID) { confirmedPacks.insert(pack) }
 

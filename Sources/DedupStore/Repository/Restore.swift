@@ -17,6 +17,10 @@ public final class Restorer {
     public var lockWait: TimeInterval = 600
     /// Worker threads for decompression and hashing (default: every core).
     public var jobs = ProcessInfo.processInfo.activeProcessorCount
+    /// How far planning runs ahead of the reads, in stored bytes, and how much
+    /// of it is named to the backend at a time (`Backend.willRead`).
+    var lookAhead = 32 << 20
+    var lookAheadSlice = 8 << 20
     /// Bytes the last restore read from packs (entry headers and stored bytes,
     /// each entry once a batch; a delta's bases included).
     public private(set) var packBytesRead: Int64 = 0
@@ -193,12 +197,12 @@ public final class Restorer {
                     detail: "chunk list covers \(list.totalBytes) bytes, the manifest says \(stream.size)")
             }
             if isFile { try FileIO.preallocate(fd, size: stream.size, path: outName) }
-            try list.forEach { id, length in
-                let loc = try chunkReader.location(of: id, manifest: manifest.id)
+            /// Reads one planned entry into the batch (its bases first, for a delta).
+            func read(_ next: Planned) throws {
+                let (id, length, loc, chain) = (next.id, next.length, next.location, next.bases)
                 let entryLength = PackFormat.entryHeaderSize + Int(loc.storedLength)
                 if loc.isDelta {
                     // Its bases first, each read once a batch, then the delta itself.
-                    let chain = try chunkReader.bases(of: id, at: loc, manifest: manifest.id)
                     let needed = chain.reduce(entryLength) {
                         $0 + PackFormat.entryHeaderSize + Int($1.location.storedLength)
                     }
@@ -251,6 +255,27 @@ public final class Restorer {
                 outUsed += length
                 if outUsed >= batchBytes { try flushBatch() }
             }
+            // Entries are located a little ahead of their reads, and named to the
+            // backend a slice at a time: a bucket fetches them ahead, several packs
+            // at once, instead of one round trip per pack in turn.
+            // The packs of a stretch of the list are confirmed first, together.
+            var planner = ReadPlanner(backend: repository.backend, lookAhead: lookAhead, slice: lookAheadSlice)
+            var stretch = [(id: ChunkID, length: Int)]()
+            func plan() throws {
+                try chunkReader.confirmPacks(of: stretch.map(\.id))
+                for (id, length) in stretch {
+                    let loc = try chunkReader.location(of: id, manifest: manifest.id)
+                    let chain = loc.isDelta ? try chunkReader.bases(of: id, at: loc, manifest: manifest.id) : []
+                    try planner.add(Planned(id: id, length: length, location: loc, bases: chain), then: read)
+                }
+                stretch.removeAll(keepingCapacity: true)
+            }
+            try list.forEach { id, length in
+                stretch.append((id, length))
+                if stretch.count >= 256 { try plan() }
+            }
+            try plan()
+            try planner.finish(then: read)
             try flushBatch()
             try writer.finish()
             guard written == UInt64(stream.size) else {
@@ -282,6 +307,77 @@ public final class Restorer {
             let loc = try chunkReader.location(of: id, manifest: manifest.id)
             _ = try chunkReader.fetch(id, at: loc, expectedLength: length, manifest: manifest.id)
         }
+    }
+}
+
+/// A chunk of the stream, located, with a delta's bases (the one stored on its own first).
+struct Planned {
+    var id: ChunkID
+    var length: Int
+    var location: ChunkLocation
+    var bases: [(id: ChunkID, location: ChunkLocation)]
+
+    /// The entries it reads, as ranges of their packs.
+    var ranges: [ReadRange] {
+        (bases.map(\.location) + [location]).map {
+            ReadRange(key: $0.pack.key, offset: Int64($0.offset), count: PackFormat.entryHeaderSize + Int($0.storedLength))
+        }
+    }
+}
+
+/// Keeps a restore's reads `lookAhead` stored bytes behind its planning, and
+/// tells the backend what is coming (`Backend.willRead`) a slice at a time.
+struct ReadPlanner {
+    private let backend: Backend
+    private let lookAhead: Int
+    private let slice: Int
+    private var pending: [(entry: Planned, bytes: Int)] = []
+    private var head = 0
+    private var pendingBytes = 0
+    private var unsaid: [ReadRange] = []
+    private var unsaidBytes = 0
+
+    init(backend: Backend, lookAhead: Int, slice: Int) {
+        self.backend = backend
+        self.lookAhead = lookAhead
+        self.slice = slice
+    }
+
+    /// Plans `entry`, then hands entries to `read` in order while more than
+    /// `lookAhead` bytes are planned and unread.
+    mutating func add(_ entry: Planned, then read: (Planned) throws -> Void) throws {
+        let ranges = entry.ranges
+        let bytes = ranges.reduce(0) { $0 + $1.count }
+        pending.append((entry, bytes))
+        pendingBytes += bytes
+        unsaid += ranges
+        unsaidBytes += bytes
+        if unsaidBytes >= slice { say() }
+        while pendingBytes > lookAhead { try readNext(read) }
+    }
+
+    /// Hands the rest to `read`.
+    mutating func finish(then read: (Planned) throws -> Void) throws {
+        say()
+        while head < pending.count { try readNext(read) }
+    }
+
+    private mutating func say() {
+        guard !unsaid.isEmpty else { return }
+        backend.willRead(unsaid)
+        unsaid.removeAll(keepingCapacity: true)
+        unsaidBytes = 0
+    }
+
+    private mutating func readNext(_ read: (Planned) throws -> Void) throws {
+        let (entry, bytes) = pending[head]
+        head += 1
+        pendingBytes -= bytes
+        if head >= 4096 {
+            pending.removeFirst(head)
+            head = 0
+        }
+        try read(entry)
     }
 }
 

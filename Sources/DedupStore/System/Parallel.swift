@@ -40,6 +40,33 @@ func forEachInParallel(_ count: Int, workers: Int, _ body: (_ worker: Int, _ ite
     }
 }
 
+/// Runs `body(item)` for every item in 0..<count, up to `inFlight` at once on
+/// threads that may block: for work that waits (requests to a bucket), not for
+/// the CPU's, which `forEachInParallel` keeps to the cores. Item i touches only
+/// what belongs to it.
+func forEachWaiting(_ count: Int, inFlight: Int, _ body: (_ item: Int) -> Void) {
+    let tasks = min(inFlight, count)
+    guard tasks > 1 else {
+        for item in 0..<count { body(item) }
+        return
+    }
+    let next = Atomic<Int>(0)
+    let group = DispatchGroup()
+    withoutActuallyEscaping(body) { body in
+        nonisolated(unsafe) let unsafeBody = body
+        for _ in 0..<tasks {
+            DispatchQueue.global().async(group: group) {
+                while true {
+                    let item = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    if item >= count { return }
+                    unsafeBody(item)
+                }
+            }
+        }
+        group.wait()
+    }
+}
+
 /// Runs `body(worker, item)` for every item in 0..<count in contiguous runs (for
 /// work where neighbours share state, such as the members of one compression
 /// group, or deltas whose bases share one): the items are cut into a few runs per

@@ -223,6 +223,16 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     /// ListObjectsV2, a page (up to 1000 keys) at a time, with the keys made
     /// relative to the repository's prefix.
     func forEachPage(_ under: String, _ body: ([ObjectInfo]) throws -> Void) throws {
+        try forEachListing(under) { page, _ in
+            try body(page.objects.compactMap { o in
+                o.key.hasPrefix(prefix) ? ObjectInfo(key: String(o.key.dropFirst(prefix.count)), size: o.size) : nil
+            })
+        }
+    }
+
+    /// Each page of the listing of `under`, with the Date of its answer (the
+    /// server's clock), following continuation tokens to the end.
+    private func forEachListing(_ under: String, _ body: (ListingPage, Date?) throws -> Void) throws {
         var token: String?
         repeat {
             var query: [(name: String, value: String)] = [("list-type", "2"), ("prefix", objectKey(under))]
@@ -230,9 +240,7 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
             let r = try request("GET", nil, operation: "list", query: query, ok: [200, 404])
             if r.status == 404 { throw noSuchBucket("list", under) }
             let page = ListingPage(xml: r.body)
-            try body(page.objects.compactMap { o in
-                o.key.hasPrefix(prefix) ? ObjectInfo(key: String(o.key.dropFirst(prefix.count)), size: o.size) : nil
-            })
+            try body(page, r.header("Date").flatMap(Self.httpDate))
             token = page.truncated ? page.nextToken : nil
             if page.truncated && token == nil {
                 throw DedupError.storage(BackendError("list", location + under, .other, detail: "a truncated listing without a continuation token"))
@@ -243,23 +251,14 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     /// From the listing: each object's LastModified against the answer's Date,
     /// both the server's clock.
     public func ages(_ under: String) throws -> [String: TimeInterval] {
-        var query: [(name: String, value: String)] = [("list-type", "2"), ("prefix", objectKey(under))]
         var out = [String: TimeInterval]()
-        var token: String?
-        repeat {
-            if let token { query.removeAll { $0.name == "continuation-token" }; query.append(("continuation-token", token)) }
-            let r = try request("GET", nil, operation: "list", query: query, ok: [200, 404])
-            if r.status == 404 { throw noSuchBucket("list", under) }
-            let now = r.header("Date").flatMap(Self.httpDate) ?? Date()
-            let text = String(decoding: r.body, as: UTF8.self)
-            for entry in XMLText.elements("Contents", in: text) {
-                guard let key = XMLText.value("Key", in: entry), key.hasPrefix(prefix),
-                    let modified = XMLText.value("LastModified", in: entry).flatMap(Self.isoDate)
-                else { continue }
-                out[String(key.dropFirst(prefix.count))] = now.timeIntervalSince(modified)
+        try forEachListing(under) { page, answeredAt in
+            let now = answeredAt ?? Date()
+            for o in page.objects where o.key.hasPrefix(prefix) {
+                guard let modified = o.lastModified.flatMap(Self.isoDate) else { continue }
+                out[String(o.key.dropFirst(prefix.count))] = now.timeIntervalSince(modified)
             }
-            token = XMLText.value("IsTruncated", in: r.body) == "true" ? XMLText.value("NextContinuationToken", in: r.body) : nil
-        } while token != nil
+        }
         return out
     }
 
@@ -343,8 +342,8 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
                     removed += 1
                 }
             }
-            let truncated = XMLText.value("IsTruncated", in: Array(text.utf8)) == "true"
-            let next = (XMLText.value("NextKeyMarker", in: Array(text.utf8)), XMLText.value("NextUploadIdMarker", in: Array(text.utf8)))
+            let truncated = XMLText.value("IsTruncated", in: text[...]) == "true"
+            let next = (XMLText.value("NextKeyMarker", in: text[...]), XMLText.value("NextUploadIdMarker", in: text[...]))
             marker = truncated ? next.0.flatMap { k in next.1.map { (k, $0) } } : nil
         } while marker != nil
         for o in (try? list("tmp/")) ?? [] where all {
@@ -373,63 +372,22 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     }
 }
 
-/// One page of a ListObjectsV2 answer: keys and sizes, and where the next starts.
+/// One page of a ListObjectsV2 answer: keys, sizes and last-modified times (as
+/// sent: read only by `ages`), and where the next page starts.
 struct ListingPage {
-    var objects: [(key: String, size: Int64)] = []
+    var objects: [(key: String, size: Int64, lastModified: String?)] = []
     var truncated = false
     var nextToken: String?
 
     init(xml: [UInt8]) {
         let text = String(decoding: xml, as: UTF8.self)
-        func value(_ name: String, in s: Substring) -> String? {
-            guard let a = s.range(of: "<\(name)>"), let b = s.range(of: "</\(name)>", range: a.upperBound..<s.endIndex)
-            else { return nil }
-            return Self.unescape(s[a.upperBound..<b.lowerBound])
+        for entry in XMLText.elements("Contents", in: text) {
+            guard let key = XMLText.value("Key", in: entry) else { continue }
+            objects.append((key, XMLText.value("Size", in: entry).flatMap { Int64($0) } ?? 0,
+                            XMLText.value("LastModified", in: entry)))
         }
-        var rest = text[...]
-        while let a = rest.range(of: "<Contents>"), let b = rest.range(of: "</Contents>", range: a.upperBound..<rest.endIndex) {
-            let entry = rest[a.upperBound..<b.lowerBound]
-            if let key = value("Key", in: entry) {
-                objects.append((key, value("Size", in: entry).flatMap { Int64($0) } ?? 0))
-            }
-            rest = rest[b.upperBound...]
-        }
-        truncated = value("IsTruncated", in: text[...]) == "true"
-        nextToken = value("NextContinuationToken", in: text[...])
-    }
-
-    /// XML's five entities and numeric character references.
-    static func unescape(_ s: Substring) -> String {
-        guard s.contains("&") else { return String(s) }
-        var out = ""
-        var i = s.startIndex
-        while i < s.endIndex {
-            if s[i] == "&", let semi = s[i...].firstIndex(of: ";") {
-                let name = s[s.index(after: i)..<semi]
-                var scalar: Unicode.Scalar?
-                switch name {
-                case "amp": scalar = "&"
-                case "lt": scalar = "<"
-                case "gt": scalar = ">"
-                case "quot": scalar = "\""
-                case "apos": scalar = "'"
-                default:
-                    if name.hasPrefix("#x") {
-                        scalar = UInt32(name.dropFirst(2), radix: 16).flatMap(Unicode.Scalar.init)
-                    } else if name.hasPrefix("#") {
-                        scalar = UInt32(name.dropFirst()).flatMap(Unicode.Scalar.init)
-                    }
-                }
-                if let scalar {
-                    out.unicodeScalars.append(scalar)
-                    i = s.index(after: semi)
-                    continue
-                }
-            }
-            out.append(s[i])
-            i = s.index(after: i)
-        }
-        return out
+        truncated = XMLText.value("IsTruncated", in: text[...]) == "true"
+        nextToken = XMLText.value("NextContinuationToken", in: text[...])
     }
 }
 
@@ -635,32 +593,6 @@ final class MultipartUpload: @unchecked Sendable {
     func abort() {
         group.wait()
         _ = try? backend.request("DELETE", key, operation: "abort", query: [("uploadId", uploadID)], ok: [200, 204, 404])
-    }
-}
-
-/// The little XML the S3 API answers with: one element's text, escaping.
-enum XMLText {
-    static func value(_ name: String, in body: [UInt8]) -> String? {
-        let text = String(decoding: body, as: UTF8.self)
-        guard let a = text.range(of: "<\(name)>"), let b = text.range(of: "</\(name)>", range: a.upperBound..<text.endIndex)
-        else { return nil }
-        return ListingPage.unescape(text[a.upperBound..<b.lowerBound])
-    }
-
-    /// The contents of every `<name>` element of `text`.
-    static func elements(_ name: String, in text: String) -> [[UInt8]] {
-        var out = [[UInt8]]()
-        var rest = text[...]
-        while let a = rest.range(of: "<\(name)>"), let b = rest.range(of: "</\(name)>", range: a.upperBound..<rest.endIndex) {
-            out.append(Array(rest[a.upperBound..<b.lowerBound].utf8))
-            rest = rest[b.upperBound...]
-        }
-        return out
-    }
-
-    static func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
 }
 

@@ -245,15 +245,10 @@ public final class S3Client: @unchecked Sendable {
 
     /// The error a non-2xx response stands for: its S3 `<Code>` and `<Message>`.
     public func failure(_ response: S3Response, operation: String, key: String?) -> S3Error {
-        let text = String(decoding: response.body, as: UTF8.self)
-        func element(_ name: String) -> String {
-            guard let a = text.range(of: "<\(name)>"), let b = text.range(of: "</\(name)>", range: a.upperBound..<text.endIndex)
-            else { return "" }
-            return String(text[a.upperBound..<b.lowerBound])
-        }
-        return .server(
-            operation: operation, key: key ?? bucket, status: response.status, code: element("Code"),
-            message: element("Message"))
+        .server(
+            operation: operation, key: key ?? bucket, status: response.status,
+            code: XMLText.value("Code", in: response.body) ?? "",
+            message: XMLText.value("Message", in: response.body) ?? "")
     }
 }
 

@@ -192,6 +192,23 @@ public final class BackupCatalog {
         return report
     }
 
+    private enum ManifestRead {
+        case read(Manifest)
+        /// There, but damaged or of a newer format (verify names it).
+        case unreadable
+        case absent
+    }
+
+    private func manifestIfPresent(_ id: String) throws -> ManifestRead {
+        do {
+            return .read(try repository.loadManifest(id))
+        } catch DedupError.manifestNotFound {
+            return .absent
+        } catch DedupError.manifestCorrupt, DedupError.manifestTooNew {
+            return .unreadable
+        }
+    }
+
     /// A manifest, or nil when it is gone or cannot be read (verify names those;
     /// the catalog lists what can be read).
     private func readableManifest(_ id: String) throws -> Manifest? {
@@ -260,14 +277,22 @@ public final class BackupCatalog {
         try db.run("SELECT 1 FROM backups WHERE id = ?1", [.text(id)]) { _ in known = true }
         switch op {
         case .commit, .delete:
-            if try repository.hasManifest(id) {
-                if !known, let manifest = try readableManifest(id) {
+            // A backup not known yet is read at once (one request, not a HEAD first).
+            let present: Bool
+            if known {
+                present = try repository.hasManifest(id)
+            } else {
+                switch try manifestIfPresent(id) {
+                case .absent: present = false
+                case .unreadable: present = true
+                case .read(let manifest):
+                    present = true
                     try upsert(manifest)
                     if let v = try repository.verificationRecord(id) { try apply(v) }
                     report.added += 1
                 }
-                return op == .commit
             }
+            if present { return op == .commit }
             if known {
                 try db.run("DELETE FROM backups WHERE id = ?1", [.text(id)])
                 report.removed += 1

@@ -186,10 +186,36 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     }
 
     public func openReader(_ key: String) throws -> ObjectReader {
+        if !key.hasPrefix("packs/"), let reader = try openWithFirstBytes(key) { return reader }
         guard let size = try knownPackSize(key) ?? prefetchedSize(key) ?? size(key) else {
             throw DedupError.storage(BackendError("open", location + key, .notFound, detail: "HTTP 404 NoSuchKey"))
         }
         return S3ObjectReader(backend: self, key: key, size: size)
+    }
+
+    /// An object other than a pack (a chunk list, read from its start) opened by
+    /// a GET of its first `wholeObjectBelow` bytes instead of a HEAD: its size
+    /// comes with them, and a small one is then read whole. Nil when the answer
+    /// does not tell the size (the HEAD then does).
+    private func openWithFirstBytes(_ key: String) throws -> S3ObjectReader? {
+        let r = try request(
+            "GET", key, operation: "read", headers: [("Range", "bytes=0-\(Self.wholeObjectBelow - 1)")],
+            ok: [200, 206, 404, 416])
+        if r.status == 404 {
+            if client.failure(r, operation: "open", key: nil).code == "NoSuchBucket" { throw noSuchBucket("open", key) }
+            throw DedupError.storage(BackendError("open", location + key, .notFound, detail: "HTTP 404 NoSuchKey"))
+        }
+        let total = r.header("Content-Range").flatMap { $0.split(separator: "/").last.flatMap { Int64($0) } }
+        guard r.status != 416, let size = total ?? (r.status == 200 && r.body.count < Self.wholeObjectBelow ? Int64(r.body.count) : nil)
+        else { return nil }
+        let reader = S3ObjectReader(backend: self, key: key, size: size)
+        if r.body.count == Int(min(size, Self.wholeObjectBelow)) {
+            reader.hold(r.body)
+        } else if r.status == 200 && r.body.count == Int(size) {
+            // The whole object, the range ignored.
+            reader.hold(r.body)
+        }
+        return reader
     }
 
     public func size(_ key: String) throws -> Int64? {
@@ -645,6 +671,14 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
 
     /// Bytes of read-ahead this reader holds or is fetching.
     var heldBytes: Int { lock.withLock { window.count + (prefetch?.count ?? 0) } }
+
+    /// Takes `bytes`, the object's first ones, as its window.
+    func hold(_ bytes: [UInt8]) {
+        lock.withLock {
+            window = bytes
+            windowStart = 0
+        }
+    }
 
     /// Drops the windows (other readers were used since).
     func release() {

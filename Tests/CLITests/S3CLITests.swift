@@ -144,6 +144,37 @@ struct S3CLITests {
         #expect(!FileManager.default.fileExists(atPath: FileManager.default.currentDirectoryPath + "/s3:"))
     }
 
+    /// A nightly backup's requests are round trips on a real network: none is
+    /// spent on asking whether a random name is taken (lock, change note), on
+    /// reading the repository's own lock back, on a HEAD before a chunk list it
+    /// reads whole, or on a HEAD before the catalog reads the new manifest.
+    @Test func aNightlyBackupSpendsNoRequestOnWhatItKnowsAlready() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let repo = S3Test.Repo()
+        #expect(try repo.dedup(["init"]).status == 0)
+        let night1 = pseudoRandom(2_000_000, seed: 41)
+        var night2 = night1
+        night2.replaceSubrange(500_000..<500_100, with: pseudoRandom(100, seed: 42))
+        for (k, night) in [night1, night2].enumerated() {
+            let log = dir + "/requests-\(k + 1).log"
+            let b = try repo.dedup(["backup", "-", "--name", "shop", "--time", "2026-11-2\(k + 1)T02:00:00Z"],
+                                   stdin: night, env: ["DBBACKUP_S3_REQUEST_LOG": log])
+            #expect(b.status == 0, "\(b.stderr)")
+            let lines = String(decoding: try readFile(log), as: UTF8.self).split(separator: "\n").map {
+                $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            }
+            func requests(_ method: String, under folder: String) -> Int {
+                lines.filter { $0.first == method && ($0.last ?? "").hasPrefix("db1/" + folder) }.count
+            }
+            #expect(requests("HEAD", under: "locks/") == 0 && requests("GET", under: "locks/") == 0, "\(lines)")
+            #expect(requests("HEAD", under: "changes/") == 0, "\(lines)")
+            #expect(lines.filter { $0.first == "HEAD" && ($0.last ?? "").hasSuffix(".chunks") }.count == 1,
+                    "only the new chunk list's key is asked for, before it is written: \(lines)")
+            #expect(lines.filter { $0.first == "HEAD" && ($0.last ?? "").hasSuffix("_shop.manifest.json") }.count
+                    == 2 + k, "the new id twice (free? then taken?) and, from night 2 on, night 1's in the catalog")
+        }
+    }
+
     @Test func twoHostsBackUpIntoOneBucketAtOnceAndGCFromAThirdLosesNothing() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let repo = S3Test.Repo()

@@ -310,6 +310,11 @@ final class StreamIngest {
     let session: BackupSession
     let options: BackupOptions
     let chunks: ChunkWriter
+    /// Abandoned writes of interrupted runs, removed beside the ingest.
+    private let cleanup = DispatchGroup()
+    private let leftovers = Leftovers()
+    /// Written by the cleanup thread, read after waiting for it.
+    private final class Leftovers: @unchecked Sendable { var count = 0 }
     let workers: Int
     let batchBytes = 4 << 20
     /// The reader thread's: it hashes each batch as it cuts it, ahead of this one.
@@ -320,12 +325,24 @@ final class StreamIngest {
     private var bytesSoFar: UInt64 = 0
     private var nextProgress: UInt64
 
+    deinit {
+        cleanup.wait()
+        if leftovers.count > 0 {
+            session.repository.notice("removed \(leftovers.count) temporary file(s) left by interrupted runs")
+        }
+    }
+
     init(session: BackupSession, options: BackupOptions) throws {
         self.session = session
         self.options = options
         let repository = session.repository
-        let leftovers = repository.backend.removeAbandonedWrites(all: false)
-        if leftovers > 0 { repository.notice("removed \(leftovers) temporary file(s) left by interrupted runs") }
+        // Meanwhile, on a thread of its own (a bucket: a listing, one round trip
+        // off the backup's path); said and waited for when the ingest ends.
+        nonisolated(unsafe) let backend = repository.backend
+        let leftovers = self.leftovers
+        DispatchQueue.global().async(group: cleanup) {
+            leftovers.count = backend.removeAbandonedWrites(all: false)
+        }
         workers = max(1, min(session.jobs, 16))
         chunks = try ChunkWriter(repository: repository, workers: workers, batchBytes: batchBytes)
         readerHashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }

@@ -87,7 +87,9 @@ extension Repository {
             + Hex.encode(SecureRandom.bytes(6)) + ".json"
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        try backend.put(key, Array(try encoder.encode(ChangeNote(op: op, ids: ids))), ifAbsent: true)
+        // A name of its own (time, host, pid, 48 random bits): written plainly,
+        // without the round trip a bucket's create-if-absent costs.
+        try backend.put(key, Array(try encoder.encode(ChangeNote(op: op, ids: ids))), ifAbsent: false)
     }
 
     /// The keys of the notes written from `start` on (by their writers' clocks),

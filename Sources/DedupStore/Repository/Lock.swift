@@ -128,16 +128,21 @@ public final class RepositoryLock: @unchecked Sendable {
         var pause: TimeInterval = 0.1
         while true {
             if publish {
-                try backend.put(key, body, ifAbsent: true)
+                // Its name is 64 random bits: nobody else writes it, so no
+                // create-if-absent (a bucket would ask first, a round trip).
+                try backend.put(key, body, ifAbsent: false)
                 held = true
                 backend.deleteOnInterrupt(key)
             }
             // Publish first, then look: of two racing writers at least one sees the other.
             let conflicts: [LockInfo]
             do {
-                conflicts = try RepositoryLock.list(backend)
-                    .filter { $0.key != key && $0.key != alongside && kind.conflicts(with: $0.info.kind) }
-                    .map(\.info)
+                // Only the locks that may conflict are read: the kind is in the key.
+                conflicts = try RepositoryLock.list(backend) { other in
+                    other != key && other != alongside && RepositoryLock.kind(ofKey: other).map(kind.conflicts) != false
+                }
+                .filter { kind.conflicts(with: $0.info.kind) }
+                .map(\.info)
             } catch {
                 release()
                 throw error
@@ -225,23 +230,32 @@ public final class RepositoryLock: @unchecked Sendable {
         }
     }
 
-    /// Every lock in the repository, with its age by the storage's clock;
-    /// unreadable lock objects are reported as stale exclusive locks.
-    public static func list(_ backend: Backend) throws -> [(key: String, info: LockInfo)] {
+    /// Every lock in the repository (those whose key `wanted` accepts), with
+    /// its age by the storage's clock; unreadable lock objects are reported as
+    /// stale exclusive locks.
+    public static func list(
+        _ backend: Backend, reading wanted: (String) -> Bool = { _ in true }
+    ) throws -> [(key: String, info: LockInfo)] {
+        // One listing gives the keys and their ages alike.
         let ages = try backend.ages("locks/")
-        return try backend.list("locks/").compactMap { obj -> (key: String, info: LockInfo)? in
-            guard obj.key.hasSuffix(".json") else { return nil }
-            guard let bytes = try backend.get(obj.key),
+        return try ages.keys.sorted().filter { $0.hasSuffix(".json") && wanted($0) }.map { key in
+            guard let bytes = try backend.get(key),
                 var info = try? JSONDecoder().decode(LockInfo.self, from: Data(bytes))
             else {
                 return (
-                    obj.key,
-                    LockInfo(
-                        kind: .exclusive, hostname: "?", pid: 0, startedAt: "?", command: "unreadable lock \(obj.key)")
+                    key,
+                    LockInfo(kind: .exclusive, hostname: "?", pid: 0, startedAt: "?", command: "unreadable lock \(key)")
                 )
             }
-            info.age = ages[obj.key]
-            return (obj.key, info)
+            info.age = ages[key]
+            return (key, info)
         }
+    }
+
+    /// The kind a lock's key names (`locks/<kind>-<random>.json`), if it names one.
+    static func kind(ofKey key: String) -> LockInfo.Kind? {
+        let name = key.dropFirst("locks/".count)
+        guard let dash = name.firstIndex(of: "-") else { return nil }
+        return LockInfo.Kind(rawValue: String(name[..<dash]))
     }
 }

@@ -36,10 +36,13 @@ enum RepositoryPlace: Equatable {
 
     /// The backend that serves this place (a bucket's reached with `s3`), with
     /// the fault hooks of `FaultInjection` around it when they are set (tests only).
-    func backend(s3: S3Options) throws -> Backend {
+    func backend(s3: S3Options) throws -> Backend { try backend(s3Environment: s3.environment()) }
+
+    /// The same, a bucket reached with the AWS environment `env`.
+    func backend(s3Environment env: @autoclosure () -> [String: String]) throws -> Backend {
         switch self {
         case .folder(let path): return FaultInjection.wrap(LocalBackend(root: path))
-        case .bucket(let location): return FaultInjection.wrap(try s3.backend(location))
+        case .bucket(let location): return FaultInjection.wrap(try S3Options.backend(location, environment: env()))
         }
     }
 }
@@ -80,29 +83,26 @@ struct S3Options: ParsableArguments {
     @Option(name: .customLong("s3-profile"), help: ArgumentHelp("Profile in the credentials file (default: $AWS_PROFILE, else default).", valueName: "name"))
     var profile: String?
 
-    func validate() throws {
-        if let addressing, !["path", "virtual-host"].contains(addressing) {
-            throw ValidationError("--s3-addressing takes path or virtual-host")
-        }
+    func validate() throws { try overrides.validate("--s3-addressing") }
+
+    var overrides: S3Overrides {
+        S3Overrides(endpoint: endpoint, region: region, addressing: addressing, caFile: caFile,
+                    credentialsFile: credentialsFile, profile: profile)
     }
 
     /// The AWS environment with these options laid over it.
     func environment(_ base: [String: String] = ProcessInfo.processInfo.environment) -> [String: String] {
-        var env = base
-        if let endpoint {
-            env["AWS_ENDPOINT_URL_S3"] = endpoint
-        }
-        if let region { env["AWS_REGION"] = region }
-        if let addressing { env["DBBACKUP_S3_PATH_STYLE"] = addressing == "path" ? "true" : "false" }
-        if let caFile { env["AWS_CA_BUNDLE"] = StoreOptions.expand(caFile) }
-        if let credentialsFile { env["AWS_SHARED_CREDENTIALS_FILE"] = StoreOptions.expand(credentialsFile) }
-        if let profile { env["AWS_PROFILE"] = profile }
-        return env
+        overrides.applied(to: base)
     }
 
     /// The backend of a bucket: settings from the environment and these options.
     func backend(_ location: S3Location) throws -> Backend {
-        let settings = try S3Settings(environment: environment())
+        try Self.backend(location, environment: environment())
+    }
+
+    /// The backend of a bucket reached with the AWS environment `env`.
+    static func backend(_ location: S3Location, environment env: [String: String]) throws -> Backend {
+        let settings = try S3Settings(environment: env)
         let client = try S3Client(
             endpoint: settings.endpoint, bucket: location.bucket, credentials: settings.credentials,
             caFile: settings.caFile)
@@ -137,5 +137,78 @@ struct S3Options: ParsableArguments {
         out.append(("--s3-credentials-file", file))
         if let profile = given("AWS_PROFILE") { out.append(("--s3-profile", profile)) }
         return out
+    }
+}
+
+/// What options say about reaching a bucket, laid over the AWS environment:
+/// the `--s3-*` options, and `dedup sync`'s `--to-s3-*` for its destination.
+struct S3Overrides {
+    var endpoint, region, addressing, caFile, credentialsFile, profile: String?
+
+    var anyGiven: Bool {
+        [endpoint, region, addressing, caFile, credentialsFile, profile].contains { $0 != nil }
+    }
+
+    func validate(_ addressingOption: String) throws {
+        if let addressing, !["path", "virtual-host"].contains(addressing) {
+            throw ValidationError("\(addressingOption) takes path or virtual-host")
+        }
+    }
+
+    /// `base` with each given setting in the variable it overrides.
+    func applied(to base: [String: String]) -> [String: String] {
+        var env = base
+        if let endpoint { env["AWS_ENDPOINT_URL_S3"] = endpoint }
+        if let region { env["AWS_REGION"] = region }
+        if let addressing { env["DBBACKUP_S3_PATH_STYLE"] = addressing == "path" ? "true" : "false" }
+        if let caFile { env["AWS_CA_BUNDLE"] = StoreOptions.expand(caFile) }
+        if let credentialsFile { env["AWS_SHARED_CREDENTIALS_FILE"] = StoreOptions.expand(credentialsFile) }
+        if let profile { env["AWS_PROFILE"] = profile }
+        return env
+    }
+}
+
+/// How `dedup sync` reaches a destination bucket that is not reached like the
+/// source (another provider, region or account): each option replaces, for the
+/// destination alone, what the `--s3-*` options and the environment give both.
+struct DestinationS3Options: ParsableArguments {
+    @Option(name: .customLong("to-s3-endpoint"), help: ArgumentHelp("The destination's S3 endpoint URL.", valueName: "url"))
+    var endpoint: String?
+
+    @Option(name: .customLong("to-s3-region"), help: ArgumentHelp("The destination's S3 region.", valueName: "name"))
+    var region: String?
+
+    @Option(name: .customLong("to-s3-addressing"), help: ArgumentHelp("The destination's addressing: path or virtual-host.", valueName: "style"))
+    var addressing: String?
+
+    @Option(name: .customLong("to-s3-ca-file"), help: ArgumentHelp("PEM file of the destination's private CA.", valueName: "file"))
+    var caFile: String?
+
+    @Option(
+        name: .customLong("to-s3-credentials-file"),
+        help: ArgumentHelp(
+            "Credentials file for the destination; with it or --to-s3-profile the destination's keys come from that file, never from AWS_ACCESS_KEY_ID.",
+            valueName: "file"))
+    var credentialsFile: String?
+
+    @Option(name: .customLong("to-s3-profile"), help: ArgumentHelp("Profile of the destination's keys in the credentials file.", valueName: "name"))
+    var profile: String?
+
+    var overrides: S3Overrides {
+        S3Overrides(endpoint: endpoint, region: region, addressing: addressing, caFile: caFile,
+                    credentialsFile: credentialsFile, profile: profile)
+    }
+
+    func validate() throws { try overrides.validate("--to-s3-addressing") }
+
+    /// The destination's environment: the source's with these laid over. A
+    /// profile or credentials file named here replaces the keys of the
+    /// environment, which are the source's.
+    func environment(over source: [String: String]) -> [String: String] {
+        var env = overrides.applied(to: source)
+        if credentialsFile != nil || profile != nil {
+            for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] { env[name] = nil }
+        }
+        return env
     }
 }

@@ -15,8 +15,10 @@ struct DedupSync: ParsableCommand {
         to finish. An empty or absent destination becomes a copy (same repository id,
         same key: an encrypted copy opens with the source's key). --delete then
         removes what the source no longer has (after a prune and gc there):
-        manifests before packs. Folders and buckets in any combination; both buckets
-        are reached with the same --s3-* options and credentials (docs/S3.md).
+        manifests before packs. Folders and buckets in any combination. Both buckets
+        are reached with the --s3-* options and the AWS environment; --to-s3-*
+        options reach the destination otherwise (another provider, region or
+        account: its keys from --to-s3-profile of a credentials file; docs/S3.md).
         """)
 
     @Argument(help: ArgumentHelp("The repository to copy: a folder or s3://bucket/prefix.", valueName: "source"))
@@ -39,23 +41,30 @@ struct DedupSync: ParsableCommand {
 
     @OptionGroup var s3: S3Options
 
+    @OptionGroup var toS3: DestinationS3Options
+
     @Option(name: .customLong("cache-dir"), help: ArgumentHelp("Local cache folder (see dedup backup --help).", valueName: "dir"))
     var cacheDir: String?
 
     func validate() throws {
         let from = try RepositoryPlace(source), to = try RepositoryPlace(destination)
-        if from == to { throw ValidationError("the source and the destination are the same place") }
+        // The same bucket name on another endpoint is another place.
+        if from == to && toS3.endpoint == nil {
+            throw ValidationError("the source and the destination are the same place")
+        }
+        if case .folder = to, toS3.overrides.anyGiven {
+            throw ValidationError("the --to-s3-* options are for a destination in a bucket; \(destination) is a folder")
+        }
     }
 
-    func backend(_ text: String) throws -> Backend { try RepositoryPlace(text).backend(s3: s3) }
 
     func run() throws {
         try reportingErrors {
             let started = Date()
             let repo = try Repository(
-                backend: try backend(source), cacheRoot: cacheDir.map { StoreOptions.expand($0) })
+                backend: try RepositoryPlace(source).backend(s3: s3), cacheRoot: cacheDir.map { StoreOptions.expand($0) })
             repo.onNotice = { Terminal.notice($0) }
-            let target = try backend(destination)
+            let target = try RepositoryPlace(destination).backend(s3Environment: toS3.environment(over: s3.environment()))
             let sync = RepositorySync(source: repo, destination: target)
             sync.dryRun = dryRun
             sync.lockWait = TimeInterval(lockWait)

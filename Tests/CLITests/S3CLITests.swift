@@ -554,6 +554,42 @@ struct S3SyncTests {
         #expect(refused.status == 1 && refused.stderr.contains("is another repository"), "\(refused.stderr)")
     }
 
+    /// Bucket to bucket across two servers, as to another provider: the source
+    /// (moto) reached with the environment, the destination (rclone, which
+    /// checks signatures) with --to-s3-* and a profile of its own keys; the
+    /// same bucket name on another endpoint is another place.
+    @Test(.enabled(if: S3Test.env["DBBACKUP_TEST_S3_MOTO"] != nil, "tools/test starts moto"))
+    func aBucketSyncsToABucketOfAnotherServerWithItsOwnKeys() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let (cli, nights) = try seeded(dir)
+        let moto = S3Test.env["DBBACKUP_TEST_S3_MOTO"] ?? ""
+        let url = S3Test.Repo().url
+        let motoEnv = ["AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": moto,
+                       "DBBACKUP_CACHE_DIR": dir + "/cache"]
+        let toMoto = try CLI.run(["dedup", "sync", cli.repo, url], env: motoEnv)
+        #expect(toMoto.status == 0 && toMoto.out.contains("3 manifests"), "\(toMoto.out) \(toMoto.stderr)")
+
+        let credentials = dir + "/credentials"
+        try writeFile(credentials, Array("[offsite]\naws_access_key_id = dbbackup-test\naws_secret_access_key = \(S3Test.secret)\n".utf8))
+        let across = try CLI.run(
+            ["dedup", "sync", url, url, "--to-s3-endpoint", S3Test.endpoint, "--to-s3-credentials-file", credentials,
+             "--to-s3-profile", "offsite"], env: motoEnv)
+        #expect(across.status == 0 && across.out.contains("3 chunk lists, 3 manifests"), "\(across.out) \(across.stderr)")
+        #expect(!(across.out + across.stderr).contains(S3Test.secret))
+        let copy = S3Test.Repo(bucket: String(url.dropFirst(5).prefix { $0 != "/" }))
+        for (id, bytes) in nights {
+            let r = try copy.dedup(["restore", id, "-"], env: ["DBBACKUP_CACHE_DIR": dir + "/rclone-cache"])
+            #expect(r.status == 0 && r.stdout == bytes, "\(id): \(r.stderr)")
+        }
+        // Without its own keys the destination gets the source's, which rclone refuses.
+        let refused = try CLI.run(["dedup", "sync", url, url, "--to-s3-endpoint", S3Test.endpoint], env: motoEnv)
+        #expect(refused.status == 1 && refused.stderr.contains("403"), "\(refused.stderr)")
+        let folder = try CLI.run(["dedup", "sync", url, dir + "/f", "--to-s3-profile", "offsite"], env: motoEnv)
+        #expect(folder.status != 0 && folder.stderr.contains("for a destination in a bucket"), "\(folder.stderr)")
+        let same = try CLI.run(["dedup", "sync", url, url], env: motoEnv)
+        #expect(same.status != 0 && same.stderr.contains("the same place"), "\(same.stderr)")
+    }
+
     @Test func aKilledSyncLeavesOnlyWholeBackupsAndTheNextOneFinishes() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let (cli, nights) = try seeded(dir)

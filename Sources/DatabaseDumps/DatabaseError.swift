@@ -7,6 +7,8 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
     /// library's own message, `hint` the next step.
     case connectionFailed(server: String, detail: String, hint: String)
     case queryFailed(query: String, detail: String)
+    /// A table's COPY failed half way (the server gone, the backend terminated).
+    case copyFailed(table: String, detail: String)
     /// The dump tool is not installed.
     case toolMissing(tool: String, package: String)
     case invalidArgument(String)
@@ -16,6 +18,17 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
     case archiveConflict(file: String, detail: String)
 
     public var description: String { message }
+
+    /// The server's or client library's own words, where there are any.
+    public var detail: String {
+        switch self {
+        case .connectionFailed(_, let detail, _), .queryFailed(_, let detail), .copyFailed(_, let detail),
+            .archiveConflict(_, let detail):
+            return detail
+        default:
+            return message
+        }
+    }
     public var errorDescription: String? { message }
 
     public var message: String {
@@ -24,6 +37,8 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
             return "cannot connect to \(server): \(detail); \(hint)"
         case .queryFailed(let query, let detail):
             return "query \(query) failed: \(detail)"
+        case .copyFailed(let table, let detail):
+            return "the rows of table \(table) could not be read to the end: \(detail)"
         case .toolMissing(let tool, let package):
             return "\(tool) was not found in PATH; install it (Debian: apt-get install \(package)) or put it on PATH"
         case .invalidArgument(let text):

@@ -45,7 +45,7 @@ public struct ServerAddress: Sendable, Equatable {
 /// A libpq connection: the connection check, the server's version and the sizes
 /// and names of its databases.
 public final class PostgresConnection {
-    private let conn: OpaquePointer
+    let conn: OpaquePointer
     public let address: ServerAddress
 
     /// Connects to `database` ("postgres" to look at the server as a whole). A

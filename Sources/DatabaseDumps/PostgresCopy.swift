@@ -121,10 +121,15 @@ public final class PostgresCopyOut: ByteSource {
 
     /// `table`: a qualified, quoted name (`"public"."orders"`), or a query in
     /// parentheses.
-    public init(_ connection: PostgresConnection, table: String) throws {
+    public convenience init(_ connection: PostgresConnection, table: String) throws {
+        try self.init(connection, statement: "COPY \(table) TO STDOUT", table: table)
+    }
+
+    /// `statement`: a `COPY ... TO STDOUT` (`PostgresTable.copyOut`); `table` names it in messages.
+    public init(_ connection: PostgresConnection, statement: String, table: String) throws {
         self.connection = connection
         self.table = table
-        sql = "COPY \(table) TO STDOUT"
+        sql = statement
         try connection.startCopyOut(sql)
     }
 
@@ -170,5 +175,129 @@ public final class PostgresCopyOut: ByteSource {
             if !more { ended = true }
         }
         return filled
+    }
+}
+
+/// A table whose rows a dump holds, with the columns COPY moves (in their
+/// order; not dropped, not generated: the server computes those again).
+public struct PostgresTable: Equatable, Sendable {
+    /// `schema.name`, each part quoted as the server quotes identifiers.
+    public var qualified: String
+    /// The quoted column names.
+    public var columns: [String]
+    /// The table's size on disk (its heap), to dump and restore the largest first.
+    public var bytes: Int64
+
+    public var copyOut: String { "COPY \(qualified) (\(columns.joined(separator: ", "))) TO STDOUT" }
+    public var copyIn: String { "COPY \(qualified) (\(columns.joined(separator: ", "))) FROM STDIN" }
+}
+
+/// A sequence's value as a dump restores it.
+public struct PostgresSequenceValue: Equatable, Sendable {
+    public var qualified: String
+    public var lastValue: Int64
+    public var isCalled: Bool
+
+    public init(qualified: String, lastValue: Int64, isCalled: Bool) {
+        self.qualified = qualified
+        self.lastValue = lastValue
+        self.isCalled = isCalled
+    }
+
+    /// The statement that sets it again, as pg_dump writes it.
+    public var setval: String {
+        "SELECT pg_catalog.setval('\(qualified.replacingOccurrences(of: "'", with: "''"))', \(lastValue), \(isCalled));"
+    }
+}
+
+extension PostgresConnection {
+    /// Every row of a query without parameters, each column's text (nil: NULL).
+    public func rows(_ sql: String) throws -> [[String?]] {
+        guard let result = PQexec(conn, sql) else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
+        }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_TUPLES_OK else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
+        }
+        let columns = PQnfields(result)
+        return (0..<PQntuples(result)).map { row in
+            (0..<columns).map { col in
+                PQgetisnull(result, row, col) == 1 ? nil : String(cString: PQgetvalue(result, row, col))
+            }
+        }
+    }
+
+    /// The tables whose rows a dump of this database holds, as pg_dump picks
+    /// them: ordinary tables and leaf partitions (a partitioned table holds no
+    /// rows of its own), outside the system schemas, not an extension's; the
+    /// largest first.
+    public func tablesToCopy() throws -> [PostgresTable] {
+        try rows("""
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid),
+                   ARRAY(SELECT quote_ident(a.attname) FROM pg_attribute a
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                         ORDER BY a.attnum)::text
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
+            ORDER BY pg_relation_size(c.oid) DESC, 1
+            """).map { row in
+            PostgresTable(
+                qualified: row[0] ?? "", columns: Self.textArray(row[2] ?? "{}"), bytes: Int64(row[1] ?? "") ?? 0)
+        }
+    }
+
+    /// The values of this database's sequences (an extension's left out), read
+    /// from each sequence itself as pg_dump does. Sequences are not
+    /// transactional: a value is the one at the moment it is read.
+    public func sequenceValues() throws -> [PostgresSequenceValue] {
+        let names = try column("""
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
+            ORDER BY 1
+            """)
+        return try names.map { name in
+            let row = try rows("SELECT last_value, is_called FROM \(name)").first ?? []
+            return PostgresSequenceValue(
+                qualified: name, lastValue: Int64((row.first ?? nil) ?? "") ?? 0, isCalled: (row.last ?? nil) == "t")
+        }
+    }
+
+    /// Large objects in this database: what the native engine does not take yet.
+    public func largeObjectCount() throws -> Int {
+        Int(try column("SELECT count(*) FROM pg_largeobject_metadata").first ?? "") ?? 0
+    }
+
+    /// The elements of a one-dimensional text array as the server prints it
+    /// (`{a,"b c","d\"e"}`).
+    static func textArray(_ text: String) -> [String] {
+        var out = [String]()
+        var current = ""
+        var quoted = false, escaped = false, any = false
+        for ch in text.dropFirst().dropLast() {
+            if escaped {
+                current.append(ch)
+                escaped = false
+            } else if ch == "\\" && quoted {
+                escaped = true
+            } else if ch == "\"" {
+                quoted.toggle()
+                any = true
+            } else if ch == "," && !quoted {
+                out.append(current)
+                current = ""
+                any = false
+            } else {
+                current.append(ch)
+                any = true
+            }
+        }
+        if any || !current.isEmpty { out.append(current) }
+        return out
     }
 }

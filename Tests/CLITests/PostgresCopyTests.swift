@@ -105,6 +105,60 @@ extension PostgresServerTests {
         }
     }
 
+    /// The tables and sequences a dump holds, as pg_dump picks them: leaf
+    /// partitions, not their parent; no generated or dropped column; quoted
+    /// names; sequences with is_called; large objects counted (not taken yet).
+    /// Copied into a database made from the schema alone, every table and
+    /// sequence is the source's again.
+    @Test func theTablesAndSequencesOfADumpCopyIntoItsSchemaExactly() throws {
+        let setup = """
+            CREATE TABLE plain (id serial PRIMARY KEY, v text, gone int, twice int GENERATED ALWAYS AS (id * 2) STORED);
+            ALTER TABLE plain DROP COLUMN gone;
+            INSERT INTO plain (v) SELECT repeat('p', g % 40) FROM generate_series(1, 3000) g;
+            CREATE TABLE "Mixed Case" ("Key" int, "a,b" text);
+            INSERT INTO "Mixed Case" VALUES (1, 'x'), (2, NULL);
+            CREATE TABLE parted (k int, v text) PARTITION BY RANGE (k);
+            CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100);
+            CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (1000);
+            INSERT INTO parted SELECT g, 'v' || g FROM generate_series(0, 999) g;
+            CREATE SEQUENCE untouched;
+            SELECT lo_from_bytea(0, 'a large object');
+            """
+        try withDatabase(setup) { db in
+            let c = try PostgresConnection(Self.address, database: db)
+            let tables = try c.tablesToCopy()
+            #expect(Set(tables.map(\.qualified)) == ["public.plain", "public.\"Mixed Case\"", "public.parted_low", "public.parted_high"])
+            #expect(tables.first?.qualified == "public.plain", "the largest first")
+            #expect(tables.first { $0.qualified == "public.plain" }?.columns == ["id", "v"])
+            #expect(tables.first { $0.qualified.contains("Mixed") }?.columns == ["\"Key\"", "\"a,b\""])
+            let sequences = try c.sequenceValues()
+            #expect(sequences == [
+                PostgresSequenceValue(qualified: "public.plain_id_seq", lastValue: 3000, isCalled: true),
+                PostgresSequenceValue(qualified: "public.untouched", lastValue: 1, isCalled: false),
+            ])
+            #expect(try c.largeObjectCount() == 1)
+
+            let copy = db + "_copy"
+            try PG.psql("postgres", "CREATE DATABASE \(copy)")
+            defer { _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(copy) WITH (FORCE)") }
+            let dir = tempDir(); defer { removeDir(dir) }
+            let schema = dir + "/schema.sql"
+            try PG.run(["pg_dump", "--schema-only", "-h", PG.host, "-p", PG.port, "-U", PG.user, "-f", schema, db])
+            try PG.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG.host, "-p", PG.port, "-U", PG.user, "-d", copy, "-f", schema])
+            let target = try PostgresConnection(Self.address, database: copy)
+            for table in tables {
+                var rows = try PostgresCopyOut(c, statement: table.copyOut, table: table.qualified)
+                try target.copyIn(table.copyIn, from: &rows)
+            }
+            for s in sequences { _ = try target.column(s.setval) }
+            for name in ["plain", "\"Mixed Case\"", "parted"] {
+                let digest = "SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM \(name) x"
+                #expect(try PG.query(copy, digest) == PG.query(db, digest), "\(name)")
+            }
+            #expect(try PG.query(copy, "SELECT nextval('plain_id_seq') || ',' || nextval('untouched')") == "3001,1")
+        }
+    }
+
     @Test func aCopyWhoseBackendIsTerminatedFailsNamingTheTable() throws {
         try withDatabase("CREATE TABLE big (id int, v text); INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;") { db in
             let c = try PostgresConnection(Self.address, database: db)

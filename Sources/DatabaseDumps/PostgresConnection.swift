@@ -94,16 +94,34 @@ public final class PostgresConnection {
         PQparameterStatus(conn, "server_version").map { String(cString: $0) } ?? "unknown"
     }
 
-    /// The first column of every row of a query without parameters.
+    /// Every row of a query without parameters, each column's text (nil: NULL).
+    public func rows(_ sql: String) throws -> [[String?]] {
+        try run(sql, expecting: PGRES_TUPLES_OK) { result in
+            let columns = PQnfields(result)
+            return (0..<PQntuples(result)).map { row in
+                (0..<columns).map { col in
+                    PQgetisnull(result, row, col) == 1 ? nil : String(cString: PQgetvalue(result, row, col))
+                }
+            }
+        }
+    }
+
+    /// The first column of every row of a query without parameters (NULL: "").
     public func column(_ sql: String) throws -> [String] {
+        try rows(sql).map { ($0.first ?? nil) ?? "" }
+    }
+
+    /// Runs `sql`, whose result must be `expected`, and hands the result to
+    /// `body`; else the server's error, naming the statement.
+    func run<T>(_ sql: String, expecting expected: ExecStatusType, _ body: (OpaquePointer) -> T) throws -> T {
         guard let result = PQexec(conn, sql) else {
             throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
         }
         defer { PQclear(result) }
-        guard PQresultStatus(result) == PGRES_TUPLES_OK else {
+        guard PQresultStatus(result) == expected else {
             throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
         }
-        return (0..<PQntuples(result)).map { row in String(cString: PQgetvalue(result, row, 0)) }
+        return body(result)
     }
 
     /// The connected database's size in bytes (for progress and ETA).
@@ -113,13 +131,7 @@ public final class PostgresConnection {
 
     /// Runs a statement that returns no rows.
     public func execute(_ sql: String) throws {
-        guard let result = PQexec(conn, sql) else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
-        }
-        defer { PQclear(result) }
-        guard PQresultStatus(result) == PGRES_COMMAND_OK else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
-        }
+        try run(sql, expecting: PGRES_COMMAND_OK) { _ in }
     }
 
     /// `text` as an SQL identifier or literal, quoted by libpq for this server.

@@ -25,15 +25,9 @@ extension PostgresConnection {
         try execute("SET TRANSACTION SNAPSHOT \(try quoted(literal: id))")
     }
 
-    /// Starts `sql`, a `COPY ... TO STDOUT`; its rows are then read with `copyOut(into:)`.
+    /// Starts `sql`, a `COPY ... TO STDOUT`; its rows are then read with `copyOutNext`.
     func startCopyOut(_ sql: String) throws {
-        guard let result = PQexec(conn, sql) else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
-        }
-        defer { PQclear(result) }
-        guard PQresultStatus(result) == PGRES_COPY_OUT else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
-        }
+        try run(sql, expecting: PGRES_COPY_OUT) { _ in }
     }
 
     /// The next row (or rows) of a COPY out, handed to `body` as libpq holds them;
@@ -59,13 +53,7 @@ extension PostgresConnection {
     /// Returns the bytes sent.
     @discardableResult
     public func copyIn<S: ByteSource>(_ sql: String, from source: inout S, bufferSize: Int = 1 << 20) throws -> Int64 {
-        guard let result = PQexec(conn, sql) else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
-        }
-        let status = PQresultStatus(result)
-        let detail = Self.oneLine(PQresultErrorMessage(result))
-        PQclear(result)
-        guard status == PGRES_COPY_IN else { throw DatabaseError.queryFailed(query: sql, detail: detail) }
+        try run(sql, expecting: PGRES_COPY_IN) { _ in }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
         defer { buffer.deallocate() }
         var sent: Int64 = 0
@@ -211,23 +199,6 @@ public struct PostgresSequenceValue: Equatable, Sendable {
 }
 
 extension PostgresConnection {
-    /// Every row of a query without parameters, each column's text (nil: NULL).
-    public func rows(_ sql: String) throws -> [[String?]] {
-        guard let result = PQexec(conn, sql) else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
-        }
-        defer { PQclear(result) }
-        guard PQresultStatus(result) == PGRES_TUPLES_OK else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQresultErrorMessage(result)))
-        }
-        let columns = PQnfields(result)
-        return (0..<PQntuples(result)).map { row in
-            (0..<columns).map { col in
-                PQgetisnull(result, row, col) == 1 ? nil : String(cString: PQgetvalue(result, row, col))
-            }
-        }
-    }
-
     /// The tables whose rows a dump of this database holds, as pg_dump picks
     /// them: ordinary tables and leaf partitions (a partitioned table holds no
     /// rows of its own), outside the system schemas, not an extension's; the

@@ -97,7 +97,7 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
     func readRange(_ key: String, at offset: Int64, count: Int) throws -> (bytes: [UInt8], objectSize: Int64?) {
         let end = offset + Int64(count)
         let r = try request("GET", key, operation: "read", headers: [("Range", "bytes=\(offset)-\(end - 1)")], ok: [200, 206])
-        let total = r.header("Content-Range").flatMap { $0.split(separator: "/").last.flatMap { Int64($0) } }
+        let total = r.objectSize
         // Some servers (rclone) answer a range with 200 and the range; others
         // with 200 and the whole object, which is cut to it.
         if r.status == 200 && r.body.count != count && r.body.count >= end {
@@ -205,7 +205,7 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
             if client.failure(r, operation: "open", key: nil).code == "NoSuchBucket" { throw noSuchBucket("open", key) }
             throw DedupError.storage(BackendError("open", location + key, .notFound, detail: "HTTP 404 NoSuchKey"))
         }
-        let total = r.header("Content-Range").flatMap { $0.split(separator: "/").last.flatMap { Int64($0) } }
+        let total = r.objectSize
         guard r.status != 416, let size = total ?? (r.status == 200 && r.body.count < Self.wholeObjectBelow ? Int64(r.body.count) : nil)
         else { return nil }
         let reader = S3ObjectReader(backend: self, key: key, size: size)
@@ -640,28 +640,8 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
     private var windowStart: Int64 = 0
     private var lastEnd: Int64 = -1
     private var ahead = 0
-    private var prefetch: Prefetch?
-
-    /// A window being fetched in the background.
-    final class Prefetch: @unchecked Sendable {
-        let start: Int64
-        let count: Int
-        private let done = DispatchSemaphore(value: 0)
-        private var result: Result<[UInt8], Error> = .success([])
-        init(start: Int64, count: Int) {
-            self.start = start
-            self.count = count
-        }
-        func finish(_ r: Result<[UInt8], Error>) {
-            result = r
-            done.signal()
-        }
-        func wait() -> Result<[UInt8], Error> {
-            done.wait()
-            done.signal()
-            return result
-        }
-    }
+    /// The window after this one, being fetched in the background.
+    private var prefetch: S3Prefetcher.Span?
 
     init(backend: S3Backend, key: String, size: Int64) {
         self.backend = backend
@@ -705,7 +685,7 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
             if copyFromWindow(offset, buffer) { return startPrefetch() }
             if let p = prefetch, offset >= p.start, end <= p.start + Int64(p.count) {
                 prefetch = nil
-                window = try p.wait().get()
+                window = try p.wait().get().bytes
                 windowStart = p.start
                 if copyFromWindow(offset, buffer) { return startPrefetch() }
             }
@@ -721,7 +701,7 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
                 start = max(0, size - Int64(max(buffer.count, S3Backend.tailWindow)))
                 count = Int(size - start)
             }
-            window = try fetch(start, count)
+            window = try backend.readRange(key, at: start, count: count).bytes
             windowStart = start
             prefetch = nil
             _ = copyFromWindow(offset, buffer)
@@ -743,14 +723,11 @@ final class S3ObjectReader: ObjectReader, @unchecked Sendable {
         guard ahead >= S3Backend.readAhead, prefetch == nil else { return }
         let start = windowStart + Int64(window.count)
         guard start < size else { return }
-        let p = Prefetch(start: start, count: Int(min(size - start, Int64(ahead))))
+        let p = S3Prefetcher.Span(key: key, start: start, count: Int(min(size - start, Int64(ahead))))
         prefetch = p
-        DispatchQueue.global().async { [self] in
-            p.finish(Result { try fetch(p.start, p.count) })
+        DispatchQueue.global().async { [backend, key] in
+            p.finish(Result { try backend.readRange(key, at: p.start, count: p.count) })
         }
     }
 
-    private func fetch(_ offset: Int64, _ count: Int) throws -> [UInt8] {
-        try backend.readRange(key, at: offset, count: count).bytes
-    }
 }

@@ -42,6 +42,12 @@ public struct S3Response: Sendable {
     public func header(_ name: String) -> String? {
         headers.first { $0.name.lowercased() == name.lowercased() }?.value
     }
+
+    /// The whole object's size, as a ranged answer's Content-Range gives it
+    /// (`bytes 0-99/12345`); nil when it does not.
+    public var objectSize: Int64? {
+        header("Content-Range").flatMap { $0.split(separator: "/").last.flatMap { Int64($0) } }
+    }
 }
 
 /// What went wrong with a request, for one error line.

@@ -30,16 +30,17 @@ final class S3Prefetcher: @unchecked Sendable {
     private var queued: [(span: Span, fetch: Fetch)] = []
     private var running = 0
 
-    /// Bytes of one object fetched, or being fetched, ahead of its read.
+    /// Bytes of one object fetched, or being fetched, ahead of its read (by the
+    /// prefetcher, or by a reader for its next window).
     final class Span: @unchecked Sendable {
+        typealias Fetched = (bytes: [UInt8], objectSize: Int64?)
         let key: String
         let start: Int64
         let count: Int
         var end: Int64 { start + Int64(count) }
         private let done = DispatchSemaphore(value: 0)
         private let state = NSLock()
-        private var finished = false
-        private var result: (bytes: [UInt8], objectSize: Int64?)?
+        private var result: Result<Fetched, Error>?
 
         init(key: String, start: Int64, count: Int) {
             self.key = key
@@ -47,22 +48,19 @@ final class S3Prefetcher: @unchecked Sendable {
             self.count = count
         }
 
-        func finish(_ r: (bytes: [UInt8], objectSize: Int64?)?) {
-            state.withLock {
-                result = r
-                finished = true
-            }
+        func finish(_ r: Result<Fetched, Error>) {
+            state.withLock { result = r }
             done.signal()
         }
 
         /// True once the fetch ended, either way.
-        var isFinished: Bool { state.withLock { finished } }
+        var isFinished: Bool { state.withLock { result != nil } }
 
-        /// The bytes and the object's size, once fetched; nil if the fetch failed.
-        func wait() -> (bytes: [UInt8], objectSize: Int64?)? {
+        /// The bytes and the object's size, or why they could not be fetched.
+        func wait() -> Result<Fetched, Error> {
             done.wait()
             done.signal()
-            return state.withLock { result }
+            return state.withLock { result } ?? .failure(CancellationError())
         }
     }
 
@@ -122,7 +120,7 @@ final class S3Prefetcher: @unchecked Sendable {
         guard let span = lock.withLock({ spans.first { $0.key == key && $0.start <= offset && end <= $0.end } }) else {
             return false
         }
-        guard let fetched = span.wait(), fetched.bytes.count == span.count else {
+        guard case .success(let fetched) = span.wait(), fetched.bytes.count == span.count else {
             drop(span)
             return false
         }
@@ -138,7 +136,7 @@ final class S3Prefetcher: @unchecked Sendable {
     /// first one in flight; nil when no span of it is held, or it did not say.
     func objectSize(_ key: String) -> Int64? {
         guard let span = lock.withLock({ spans.first { $0.key == key } }) else { return nil }
-        return span.wait()?.objectSize
+        return try? span.wait().get().objectSize
     }
 
     /// Forgets every span of `key` (deleted).
@@ -189,7 +187,7 @@ final class S3Prefetcher: @unchecked Sendable {
                     if queued.isEmpty { running -= 1; return nil }
                     return queued.removeFirst()
                 }) {
-                    span.finish(try? fetch(span.key, span.start, span.count))
+                    span.finish(Result { try fetch(span.key, span.start, span.count) })
                 }
             }
         }

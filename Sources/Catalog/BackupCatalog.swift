@@ -212,11 +212,8 @@ public final class BackupCatalog {
     /// A manifest, or nil when it is gone or cannot be read (verify names those;
     /// the catalog lists what can be read).
     private func readableManifest(_ id: String) throws -> Manifest? {
-        do {
-            return try repository.loadManifest(id)
-        } catch DedupError.manifestCorrupt, DedupError.manifestTooNew, DedupError.manifestNotFound {
-            return nil
-        }
+        if case .read(let manifest) = try manifestIfPresent(id) { return manifest }
+        return nil
     }
 
     /// Applies the change notes written from `start` on that are not applied yet.

@@ -135,9 +135,9 @@ public final class PostgresCopyOut: ByteSource {
                 continue
             }
             if ended { break }
-            // Stop once something is filled and nothing is waiting: the chunker
-            // reads again, and a large buffer need not wait for many rows.
-            if filled > 0 && filled >= buffer.count / 2 { break }
+            // Half a buffer is enough to hand over: the chunker reads again,
+            // and a large buffer need not wait for many more rows.
+            if filled >= buffer.count / 2 { break }
             let more: Bool
             do {
                 more = try connection.copyOutNext(sql) { row in
@@ -206,69 +206,40 @@ extension PostgresConnection {
     public func tablesToCopy() throws -> [PostgresTable] {
         try rows("""
             SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid),
-                   ARRAY(SELECT quote_ident(a.attname) FROM pg_attribute a
+                   array_to_json(ARRAY(SELECT quote_ident(a.attname) FROM pg_attribute a
                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                         ORDER BY a.attnum)::text
+                         ORDER BY a.attnum))::text
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                               AND d.objid = c.oid AND d.deptype = 'e')
-            ORDER BY pg_relation_size(c.oid) DESC, 1
+            ORDER BY 2 DESC, 1
             """).map { row in
-            PostgresTable(
-                qualified: row[0] ?? "", columns: Self.textArray(row[2] ?? "{}"), bytes: Int64(row[1] ?? "") ?? 0)
+            let columns = try JSONDecoder().decode([String].self, from: Data((row[2] ?? "[]").utf8))
+            return PostgresTable(qualified: row[0] ?? "", columns: columns, bytes: Int64(row[1] ?? "") ?? 0)
         }
     }
 
-    /// The values of this database's sequences (an extension's left out), read
-    /// from each sequence itself as pg_dump does. Sequences are not
-    /// transactional: a value is the one at the moment it is read.
+    /// The values of this database's sequences (an extension's left out), in
+    /// one query, as pg_dump restores them: the last value and whether it was
+    /// used (else the start value, not used). Sequences are not transactional:
+    /// a value is the one at the moment it is read.
     public func sequenceValues() throws -> [PostgresSequenceValue] {
-        let names = try column("""
-            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        try rows("""
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                   coalesce(pg_sequence_last_value(c.oid), s.seqstart), pg_sequence_last_value(c.oid) IS NOT NULL
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_sequence s ON s.seqrelid = c.oid
             WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                               AND d.objid = c.oid AND d.deptype = 'e')
             ORDER BY 1
-            """)
-        return try names.map { name in
-            let row = try rows("SELECT last_value, is_called FROM \(name)").first ?? []
-            return PostgresSequenceValue(
-                qualified: name, lastValue: Int64((row.first ?? nil) ?? "") ?? 0, isCalled: (row.last ?? nil) == "t")
+            """).map { row in
+            PostgresSequenceValue(qualified: row[0] ?? "", lastValue: Int64(row[1] ?? "") ?? 0, isCalled: row[2] == "t")
         }
     }
 
     /// Large objects in this database: what the native engine does not take yet.
     public func largeObjectCount() throws -> Int {
         Int(try column("SELECT count(*) FROM pg_largeobject_metadata").first ?? "") ?? 0
-    }
-
-    /// The elements of a one-dimensional text array as the server prints it
-    /// (`{a,"b c","d\"e"}`).
-    static func textArray(_ text: String) -> [String] {
-        var out = [String]()
-        var current = ""
-        var quoted = false, escaped = false, any = false
-        for ch in text.dropFirst().dropLast() {
-            if escaped {
-                current.append(ch)
-                escaped = false
-            } else if ch == "\\" && quoted {
-                escaped = true
-            } else if ch == "\"" {
-                quoted.toggle()
-                any = true
-            } else if ch == "," && !quoted {
-                out.append(current)
-                current = ""
-                any = false
-            } else {
-                current.append(ch)
-                any = true
-            }
-        }
-        if any || !current.isEmpty { out.append(current) }
-        return out
     }
 }

@@ -205,16 +205,13 @@ public final class S3Backend: Backend, TrafficCounting, @unchecked Sendable {
             if client.failure(r, operation: "open", key: nil).code == "NoSuchBucket" { throw noSuchBucket("open", key) }
             throw DedupError.storage(BackendError("open", location + key, .notFound, detail: "HTTP 404 NoSuchKey"))
         }
-        let total = r.objectSize
-        guard r.status != 416, let size = total ?? (r.status == 200 && r.body.count < Self.wholeObjectBelow ? Int64(r.body.count) : nil)
+        // Without Content-Range, a 200 shorter than the range is the whole object.
+        guard r.status != 416,
+            let size = r.objectSize ?? (r.status == 200 && r.body.count < Self.wholeObjectBelow ? Int64(r.body.count) : nil)
         else { return nil }
         let reader = S3ObjectReader(backend: self, key: key, size: size)
-        if r.body.count == Int(min(size, Self.wholeObjectBelow)) {
-            reader.hold(r.body)
-        } else if r.status == 200 && r.body.count == Int(size) {
-            // The whole object, the range ignored.
-            reader.hold(r.body)
-        }
+        // The first bytes, or the whole object of a server that ignored the range.
+        if r.body.count == Int(min(size, Self.wholeObjectBelow)) || r.body.count == Int(size) { reader.hold(r.body) }
         return reader
     }
 

@@ -38,11 +38,18 @@ enum RepositoryPlace: Equatable {
     /// the fault hooks of `FaultInjection` around it when they are set (tests only).
     func backend(s3: S3Options) throws -> Backend { try backend(s3Environment: s3.environment()) }
 
-    /// The same, a bucket reached with the AWS environment `env`.
-    func backend(s3Environment env: @autoclosure () -> [String: String]) throws -> Backend {
+    /// The same, a bucket reached with the AWS environment `env` (its
+    /// endpoint, region, credentials: `S3Settings`).
+    func backend(s3Environment env: [String: String]) throws -> Backend {
         switch self {
-        case .folder(let path): return FaultInjection.wrap(LocalBackend(root: path))
-        case .bucket(let location): return FaultInjection.wrap(try S3Options.backend(location, environment: env()))
+        case .folder(let path):
+            return FaultInjection.wrap(LocalBackend(root: path))
+        case .bucket(let location):
+            let settings = try S3Settings(environment: env)
+            let client = try S3Client(
+                endpoint: settings.endpoint, bucket: location.bucket, credentials: settings.credentials,
+                caFile: settings.caFile)
+            return FaultInjection.wrap(S3Backend(client: client, prefix: location.prefix))
         }
     }
 }
@@ -93,20 +100,6 @@ struct S3Options: ParsableArguments {
     /// The AWS environment with these options laid over it.
     func environment(_ base: [String: String] = ProcessInfo.processInfo.environment) -> [String: String] {
         overrides.applied(to: base)
-    }
-
-    /// The backend of a bucket: settings from the environment and these options.
-    func backend(_ location: S3Location) throws -> Backend {
-        try Self.backend(location, environment: environment())
-    }
-
-    /// The backend of a bucket reached with the AWS environment `env`.
-    static func backend(_ location: S3Location, environment env: [String: String]) throws -> Backend {
-        let settings = try S3Settings(environment: env)
-        let client = try S3Client(
-            endpoint: settings.endpoint, bucket: location.bucket, credentials: settings.credentials,
-            caFile: settings.caFile)
-        return S3Backend(client: client, prefix: location.prefix)
     }
 
     /// The options a command the database server runs (archive_command,

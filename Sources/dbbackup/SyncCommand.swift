@@ -57,7 +57,6 @@ struct DedupSync: ParsableCommand {
         }
     }
 
-
     func run() throws {
         try reportingErrors {
             let started = Date()

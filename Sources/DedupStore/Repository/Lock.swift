@@ -119,7 +119,7 @@ public final class RepositoryLock: @unchecked Sendable {
         self.backend = backend
         let info = LockInfo(kind: kind, hostname: LockInfo.currentHost, pid: getpid(),
                             startedAt: Timestamps.iso8601(Date()), command: command)
-        key = "locks/\(kind.rawValue)-\(Hex.encode(SecureRandom.bytes(8))).json"
+        key = Self.newKey(kind)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let body = Array(try enc.encode(info))
@@ -252,7 +252,12 @@ public final class RepositoryLock: @unchecked Sendable {
         }
     }
 
-    /// The kind a lock's key names (`locks/<kind>-<random>.json`), if it names one.
+    /// A lock's key: `locks/<kind>-<64 random bits>.json`.
+    static func newKey(_ kind: LockInfo.Kind) -> String {
+        "locks/\(kind.rawValue)-\(Hex.encode(SecureRandom.bytes(8))).json"
+    }
+
+    /// The kind a lock's key names (`newKey`), if it names one.
     static func kind(ofKey key: String) -> LockInfo.Kind? {
         let name = key.dropFirst("locks/".count)
         guard let dash = name.firstIndex(of: "-") else { return nil }

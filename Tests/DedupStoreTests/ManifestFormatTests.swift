@@ -100,6 +100,48 @@ import Testing
         #expect(try reopened.listPacks().isEmpty && (try reopened.backend.list("manifests/")).isEmpty)
     }
 
+    /// Members streamed several at once: each read on its own thread in small
+    /// pieces (so that their batches interleave), each restored byte for byte,
+    /// listed in the order given, never more open than asked; the same data
+    /// again stores nothing new; a member that fails commits nothing.
+    @Test func membersStreamedConcurrentlyAreEachWhole() throws {
+        let dir = TestStore(.local)
+        let repo = try makeRepository(dir)
+        let data: [(String, [UInt8])] = (0..<7).map { i in
+            ("t\(i)", i % 2 == 0 ? sqlLikeBytes(rows: 3_000 * (i + 1), seed: UInt64(10 + i)) : randomBytes(150_000 * i, seed: UInt64(20 + i)))
+        }
+        var options = BackupOptions(name: "native", source: "memory")
+        options.kind = .dump
+        options.lockWait = 0
+        options.checkDumpComplete = false
+        let opened = OpenCount()
+        func plans(failing: String? = nil) -> [MemberPlan] {
+            data.map { name, bytes in
+                MemberPlan(name: name) { slot in
+                    #expect((0..<3).contains(slot))
+                    opened.open()
+                    return AnySource(TricklingSource(bytes, failAfter: name == failing ? bytes.count / 2 : nil, onEnd: opened.close))
+                }
+            }
+        }
+        let m = try BackupSession(repository: repo).run(members: plans(), streams: 3, options: options)
+        #expect(m.members?.map(\.name) == data.map(\.0))
+        #expect((2...3).contains(opened.most), "several members were open at once, never more than three")
+        for (name, bytes) in data {
+            let out = dir.sub("out-\(name)")
+            try Restorer(repository: repo).restore(m.id, member: name, to: .file(path: out, overwrite: false))
+            #expect(try FileIO.readFile(out) == bytes, "\(name)")
+        }
+        let again = try BackupSession(repository: repo).run(members: plans(), streams: 2, options: options)
+        #expect(again.stats.newChunks == 0 && again.stats.chunks == m.stats.chunks)
+        let before = try repo.backend.list("manifests/").filter { $0.key.hasSuffix(".json") }.count
+        #expect { try BackupSession(repository: repo).run(members: plans(failing: "t3"), streams: 3, options: options) } throws: { e in
+            "\(e)".contains("cut off at")
+        }
+        #expect(try repo.backend.list("manifests/").filter { $0.key.hasSuffix(".json") }.count == before)
+        #expect(try Verifier(repository: repo).verify(deep: true).ok)
+    }
+
     /// In an encrypted repository the tag covers every member: a member pointed
     /// at another list, or a member dropped, is refused.
     @Test func theTagCoversEveryMember() throws {
@@ -172,4 +214,47 @@ import Testing
         }
         """ + "\n"
     static let formatOneTagGolden = "141b54524c66abec3b71f2a1009262d1ec60967366fe0003a9ca8358f8cdb211"
+}
+
+/// Counts the members open at once.
+final class OpenCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var now = 0
+    private(set) var most = 0
+    func open() { lock.lock(); now += 1; most = max(most, now); lock.unlock() }
+    func close() { lock.lock(); now -= 1; lock.unlock() }
+}
+
+/// Hands its bytes out in pieces of at most 64 KiB with a short pause between,
+/// as a database connection does; with `failAfter`, throws once that many are out.
+struct TricklingSource: ByteSource {
+    struct CutOff: Error, CustomStringConvertible {
+        var at: Int
+        var description: String { "cut off at \(at)" }
+    }
+    let bytes: [UInt8]
+    let failAfter: Int?
+    let onEnd: () -> Void
+    var offset = 0
+    var ended = false
+    init(_ bytes: [UInt8], failAfter: Int?, onEnd: @escaping () -> Void) {
+        self.bytes = bytes
+        self.failAfter = failAfter
+        self.onEnd = onEnd
+    }
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        if let failAfter, offset >= failAfter {
+            if !ended { ended = true; onEnd() }
+            throw CutOff(at: offset)
+        }
+        let n = min(buffer.count, 64 << 10, bytes.count - offset)
+        if n == 0 {
+            if !ended { ended = true; onEnd() }
+            return 0
+        }
+        usleep(200)
+        bytes.withUnsafeBytes { buffer.baseAddress?.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+        offset += n
+        return n
+    }
 }

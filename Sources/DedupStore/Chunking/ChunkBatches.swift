@@ -111,6 +111,29 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         return nil
     }
 
+    /// What `poll()` found.
+    enum Poll {
+        case batch(ChunkBatch)
+        /// The input has ended and every batch was handed out.
+        case ended
+        /// Nothing yet: `onReady` is called when there is.
+        case notYet
+    }
+
+    /// Called on the reader thread whenever a batch is ready or the input ended
+    /// (set before `start`): one consumer can then serve several producers.
+    var onReady: (@Sendable () -> Void)?
+
+    /// `next()` without waiting.
+    func poll() throws -> Poll {
+        condition.lock()
+        defer { condition.unlock() }
+        if !ready.isEmpty { return .batch(ready.removeFirst()) }
+        guard readerEnded else { return .notYet }
+        if let failure { throw failure }
+        return .ended
+    }
+
     /// Asks for samples in the buffers not yet searched, or for none.
     func wantSamples(_ wanted: Bool) { samplingWanted.store(wanted, ordering: .relaxed) }
 
@@ -154,6 +177,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         if role == 0 { readerEnded = true }
         condition.broadcast()
         condition.unlock()
+        if role == 0 { onReady?() }
     }
 
     // MARK: - digest thread
@@ -189,6 +213,7 @@ final class ChunkBatchProducer<Source: ByteSource>: ThreadBody, @unchecked Senda
         if digests { toDigest.append(batch) }
         condition.broadcast()
         condition.unlock()
+        onReady?()
     }
 
     // MARK: - the reader's search for cuts

@@ -62,8 +62,9 @@ final class ChunkWriter {
     private var units = [CompressionUnit]()
     /// The walk of the previous backup of the series, for the stream being
     /// stored (nil: no delta encoding for it), and the stream's offset so far.
-    private var deltaBases: DeltaBaseFinder?
-    private var streamOffset: Int64 = 0
+    /// The stream being stored: its same-place delta bases and how far into it
+    /// the chunks stored so far reach (several streams may take turns, `resume`).
+    private var stream = StreamPosition()
     /// Reads delta bases' entries (on this thread) for the workers to decode:
     /// the entries of one batch, and which chunk each is.
     private var baseReader: ChunkReader?
@@ -140,15 +141,28 @@ final class ChunkWriter {
     /// The next stream's chunks are encoded against the chunks at the same
     /// place in `previous` (a chunk list of the series' previous backup), or
     /// not at all with nil.
-    func beginStream(deltaAgainst previous: ChunkListReader?, resemblance useResemblance: Bool) throws {
-        deltaBases = baseSources.samePlace ? previous.map(DeltaBaseFinder.init) : nil
-        streamOffset = 0
+    @discardableResult
+    func beginStream(deltaAgainst previous: ChunkListReader?, resemblance useResemblance: Bool) throws
+        -> StreamPosition {
+        stream = StreamPosition()
+        stream.deltaBases = baseSources.samePlace ? previous.map(DeltaBaseFinder.init) : nil
+        defer { if !useResemblance { resemblance = nil } }
         if useResemblance && baseSources.similar && resemblance == nil {
             resemblance = try ResemblanceTable(path: repository.cacheDirectory + "/similar.lmdb")
-        } else if !useResemblance {
-            resemblance = nil
         }
+        return stream
     }
+
+    /// Where one of several streams stored in turn stands: `beginStream` makes
+    /// it, `resume` makes it the stream the next batches belong to.
+    final class StreamPosition {
+        fileprivate var deltaBases: DeltaBaseFinder?
+        fileprivate var offset: Int64 = 0
+        fileprivate init() {}
+    }
+
+    /// The next batches belong to `position`'s stream (begun by `beginStream`).
+    func resume(_ position: StreamPosition) { stream = position }
 
     /// Where the new chunks' resemblance sketches come from.
     enum Sketching {
@@ -193,8 +207,8 @@ final class ChunkWriter {
         for i in 0..<n {
             let id = slots[i].id
             let length = slots[i].range.count
-            let candidate = try deltaBases?.base(for: id, at: streamOffset, length: length)
-            streamOffset += Int64(length)
+            let candidate = try stream.deltaBases?.base(for: id, at: stream.offset, length: length)
+            stream.offset += Int64(length)
             var known = pending.contains(id)
             if bloom == nil && chunks + i >= repository.bloomAfterChunks { bloom = try repository.bloom() }
             if !known && (bloom?.mightContain(id) ?? true) {

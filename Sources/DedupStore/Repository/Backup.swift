@@ -94,7 +94,7 @@ public final class BackupSession {
             backend: repository.backend,
             key: options.fixedID.map { Self.fixedChunkListKey($0) }
                 ?? Manifest.chunkListKey(for: baseID), cipher: repository.cipher)
-        let streamed: (bytes: UInt64, digest: ChunkID?, incomplete: String?)
+        let streamed: StreamIngest.StreamResult
         do {
             streamed = try ingest.stream(source, into: chunkList, deltaAgainst: previousList(previous, member: nil))
             try ingest.chunks.finish()
@@ -135,11 +135,20 @@ public final class BackupSession {
         return manifest
     }
 
-    /// Backs up several member streams as one backup (format 2): each member in
-    /// turn into its own chunk list, all into the same packs (so that they
-    /// deduplicate against each other), then one manifest naming every member.
-    /// Names must be unique and not empty. `streamSHA256` records each member's.
+    /// Backs up several member streams as one backup (format 2), one after
+    /// another: `run(members:streams:options:)` with one stream at a time.
     public func run(members: [(name: String, source: AnySource)], options: BackupOptions) throws -> Manifest {
+        try run(members: members.map { m in MemberPlan(name: m.name) { _ in m.source } }, streams: 1, options: options)
+    }
+
+    /// Backs up several member streams as one backup (format 2): up to `streams`
+    /// members at once, each read, cut and hashed on a thread of its own and
+    /// stored by this one into its own chunk list, all into the same packs (so
+    /// that they deduplicate against each other); then one manifest naming every
+    /// member in the order given. Names must be unique and not empty.
+    /// `streamSHA256` records each member's. A member that fails stops the
+    /// others and commits nothing.
+    public func run(members: [MemberPlan], streams: Int, options: BackupOptions) throws -> Manifest {
         let names = members.map(\.name)
         guard !members.isEmpty, Set(names).count == names.count, !names.contains("") else {
             throw DedupError.invalidArgument(
@@ -151,32 +160,27 @@ public final class BackupSession {
         let ingest = try StreamIngest(session: self, options: options)
         let baseID = options.fixedID ?? Self.baseID(options)
         let previous = previousBackup(options)
-        var committed = [Manifest.Member]()
-        var total: Int64 = 0
+        var committed = [Manifest.Member?](repeating: nil, count: members.count)
         do {
-            for member in members {
+            try ingest.streamMembers(
+                members, streams: max(1, streams),
                 // A name of its own: a list never collides with another run's.
-                let list = try ChunkListWriter(
-                    backend: repository.backend, key: Self.fixedChunkListKey(baseID), cipher: repository.cipher)
-                do {
-                    let streamed = try ingest.stream(
-                        member.source, into: list, deltaAgainst: previousList(previous, member: member.name))
-                    if let problem = streamed.incomplete {
-                        try ingest.chunks.finish()
-                        throw DedupError.incompleteInput("member \(member.name): \(problem)")
-                    }
-                    let first = list.key
-                    let ref = try list.finish { attempt in attempt == 0 ? first : Self.fixedChunkListKey(baseID) }
-                    committed.append(
-                        Manifest.Member(
-                            name: member.name, size: Int64(streamed.bytes),
-                            sha256: streamed.digest.map { repository.recordedStreamDigest($0) },
-                            chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count)))
-                    total += Int64(streamed.bytes)
-                } catch {
-                    list.abort()
-                    throw error
+                newList: {
+                    try ChunkListWriter(
+                        backend: repository.backend, key: Self.fixedChunkListKey(baseID), cipher: repository.cipher)
+                },
+                previous: { previousList(previous, member: $0) }
+            ) { index, list, streamed in
+                if let problem = streamed.incomplete {
+                    try ingest.chunks.finish()
+                    throw DedupError.incompleteInput("member \(members[index].name): \(problem)")
                 }
+                let first = list.key
+                let ref = try list.finish { attempt in attempt == 0 ? first : Self.fixedChunkListKey(baseID) }
+                committed[index] = Manifest.Member(
+                    name: members[index].name, size: Int64(streamed.bytes),
+                    sha256: streamed.digest.map { repository.recordedStreamDigest($0) },
+                    chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count))
             }
             try ingest.chunks.finish()
         } catch {
@@ -184,10 +188,12 @@ public final class BackupSession {
             // The lists already committed are nobody's: gc removes them.
             throw error
         }
+        let all = committed.compactMap { $0 }
         var manifest = makeManifest(
-            id: baseID, options: options, started: started, chunks: ingest.chunks, size: total, sha256: nil)
+            id: baseID, options: options, started: started, chunks: ingest.chunks,
+            size: all.reduce(0) { $0 + $1.size }, sha256: nil)
         manifest.formatVersion = Manifest.membersVersion
-        manifest.members = committed
+        manifest.members = all
         manifest = try commitManifest(manifest, options: options)
         SeriesHeads(repository: repository).record(manifest.id, name: options.name, kind: options.kind)
         ingest.saveFilter()
@@ -318,14 +324,19 @@ final class StreamIngest {
     let workers: Int
     let batchBytes = 4 << 20
     /// The reader thread's: it hashes each batch as it cuts it, ahead of this one.
-    private let readerHashers: [SHA256Hasher]
+    let readerHashers: [SHA256Hasher]
     /// Delta bases may come from similar chunks anywhere (not for archives, nor
     /// with delta encoding off).
-    private let resemblance: Bool
+    let resemblance: Bool
     private var bytesSoFar: UInt64 = 0
     private var nextProgress: UInt64
+    /// The chunks of the batch being stored.
+    private var slotCapacity = 1024
+    private var slotStorage: UnsafeMutablePointer<ChunkSlot>
 
     deinit {
+        slotStorage.deinitialize(count: slotCapacity)
+        slotStorage.deallocate()
         cleanup.wait()
         if leftovers.count > 0 {
             session.repository.notice("removed \(leftovers.count) temporary file(s) left by interrupted runs")
@@ -348,6 +359,8 @@ final class StreamIngest {
         readerHashers = try (0..<workers).map { _ in try repository.makeChunkHasher() }
         resemblance = BackupSession.usesDeltas(options, repository)
         nextProgress = session.progressInterval
+        slotStorage = .allocate(capacity: slotCapacity)
+        slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
     }
 
     /// Streams one input: its chunks into `list` (in order) and the new ones into
@@ -356,60 +369,93 @@ final class StreamIngest {
     /// caller commits the chunks first, for the next run to reuse, then refuses).
     func stream<S: ByteSource>(
         _ source: S, into list: ChunkListWriter, deltaAgainst previous: ChunkListReader? = nil
-    ) throws -> (bytes: UInt64, digest: ChunkID?, incomplete: String?) {
-        try chunks.beginStream(deltaAgainst: previous, resemblance: resemblance)
-        let reader = ChunkBatchProducer(
-            source: source, chunker: session.chunker, batchBytes: batchBytes,
-            streamDigest: options.streamSHA256, searchWorkers: workers, sampling: resemblance,
-            chunkHashers: readerHashers)
+    ) throws -> StreamResult {
+        let member = InputStream(list: list, position: try chunks.beginStream(deltaAgainst: previous, resemblance: resemblance))
+        let reader = makeProducer(source, hashers: readerHashers)
         reader.start()
         defer { reader.stop() }
-        var slotCapacity = 1024
-        var slotStorage = UnsafeMutablePointer<ChunkSlot>.allocate(capacity: slotCapacity)
-        slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
-        defer { slotStorage.deinitialize(count: slotCapacity); slotStorage.deallocate() }
-        var completeness = DumpCompleteness()
-        var bytesRead: UInt64 = 0
         while let batch = try reader.next() {
             defer { reader.release(batch) }
-            let ranges = batch.ranges
-            let n = ranges.count
-            if n > slotCapacity {
-                slotStorage.deinitialize(count: slotCapacity)
-                slotStorage.deallocate()
-                slotCapacity = n * 2
-                slotStorage = .allocate(capacity: slotCapacity)
-                slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
-            }
-            let slots = SharedPointer(base: slotStorage)
-            // The ids: the reader thread took them as it cut the batch (the
-            // next batch is hashed while this one is stored). Then list them in
-            // order and store the new ones.
-            guard batch.ids.count == n else { throw DedupError.index("a batch came without its chunk ids") }
-            for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i], id: batch.ids[i]) }
-            let input = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
-            bytesRead += UInt64(batch.length)
-            completeness.observe(input)
-            for i in 0..<n { try list.append(slots[i].id, length: slots[i].range.count) }
-            let sketching: ChunkWriter.Sketching
-            if batch.sampled {
-                sketching = .fromSamples(batch.samples)
-            } else {
-                sketching = chunks.lastBatchMatchless ? .none : .fromBytes
-            }
-            try chunks.store(input, slots: slots, count: n, sketching: sketching)
-            // Samples while most chunks are new: for a few new chunks hashing
-            // their bytes again costs less than sampling every byte. None while
-            // they are random data (BLOBs of images, compressed files).
-            reader.wantSamples(chunks.lastBatchNewChunks * 4 >= n && !chunks.lastBatchMatchless)
-            reportProgress(bytesSoFar + bytesRead)
+            try store(batch, of: member, wantSamples: reader.wantSamples)
         }
-        let digest = reader.finish()
-        bytesSoFar += bytesRead
-        return (bytesRead, digest, options.checkDumpComplete ? completeness.problem() : nil)
+        return finish(member, digest: reader.finish())
     }
 
-    private func reportProgress(_ bytes: UInt64) {
+    /// What one input came to.
+    struct StreamResult {
+        var bytes: UInt64
+        var digest: ChunkID?
+        /// What is wrong with a plain SQL dump that lacks its completion line.
+        var incomplete: String?
+    }
+
+    /// One input being stored: its chunk list, its place in the chunk writer and
+    /// what the last batch said about it.
+    final class InputStream {
+        let list: ChunkListWriter
+        let position: ChunkWriter.StreamPosition
+        var completeness = DumpCompleteness()
+        var bytesRead: UInt64 = 0
+        var lastMatchless = false
+        init(list: ChunkListWriter, position: ChunkWriter.StreamPosition) {
+            self.list = list
+            self.position = position
+        }
+    }
+
+    func makeProducer<S: ByteSource>(_ source: S, hashers: [SHA256Hasher]) -> ChunkBatchProducer<S> {
+        ChunkBatchProducer(
+            source: source, chunker: session.chunker, batchBytes: batchBytes,
+            streamDigest: options.streamSHA256, searchWorkers: workers, sampling: resemblance,
+            chunkHashers: hashers)
+    }
+
+    /// Lists one batch's chunks in `input`'s list and stores the new ones;
+    /// `wantSamples` tells its producer whether the next batches need samples.
+    func store(_ batch: ChunkBatch, of input: InputStream, wantSamples: (Bool) -> Void) throws {
+        let ranges = batch.ranges
+        let n = ranges.count
+        if n > slotCapacity {
+            slotStorage.deinitialize(count: slotCapacity)
+            slotStorage.deallocate()
+            slotCapacity = n * 2
+            slotStorage = .allocate(capacity: slotCapacity)
+            slotStorage.initialize(repeating: ChunkSlot(), count: slotCapacity)
+        }
+        let slots = SharedPointer(base: slotStorage)
+        // The ids: the reader thread took them as it cut the batch (the
+        // next batch is hashed while this one is stored). Then list them in
+        // order and store the new ones.
+        guard batch.ids.count == n else { throw DedupError.index("a batch came without its chunk ids") }
+        for i in 0..<n { slots[i] = ChunkSlot(range: ranges[i], id: batch.ids[i]) }
+        let bytes = UnsafeRawBufferPointer(start: batch.base, count: batch.length)
+        input.bytesRead += UInt64(batch.length)
+        input.completeness.observe(bytes)
+        for i in 0..<n { try input.list.append(slots[i].id, length: slots[i].range.count) }
+        let sketching: ChunkWriter.Sketching
+        if batch.sampled {
+            sketching = .fromSamples(batch.samples)
+        } else {
+            sketching = input.lastMatchless ? .none : .fromBytes
+        }
+        chunks.resume(input.position)
+        try chunks.store(bytes, slots: slots, count: n, sketching: sketching)
+        input.lastMatchless = chunks.lastBatchMatchless
+        // Samples while most chunks are new: for a few new chunks hashing
+        // their bytes again costs less than sampling every byte. None while
+        // they are random data (BLOBs of images, compressed files).
+        wantSamples(chunks.lastBatchNewChunks * 4 >= n && !chunks.lastBatchMatchless)
+        bytesSoFar += UInt64(batch.length)
+        reportProgress(bytesSoFar)
+    }
+
+    func finish(_ input: InputStream, digest: ChunkID?) -> StreamResult {
+        StreamResult(
+            bytes: input.bytesRead, digest: digest,
+            incomplete: options.checkDumpComplete ? input.completeness.problem() : nil)
+    }
+
+    func reportProgress(_ bytes: UInt64) {
         guard bytes >= nextProgress, let progress = session.progress else { return }
         nextProgress = bytes + session.progressInterval
         progress(

@@ -50,12 +50,16 @@ struct DedupBackup: ParsableCommand {
 
     @OptionGroup var committing: CommitOptions
 
+    @Option(help: ArgumentHelp("The same as --threads: one stream has no other parallel jobs.", valueName: "n"))
+    var jobs: Int?
+
     @Argument(
         parsing: .postTerminator,
         help: ArgumentHelp("The input command, after --, with --from-command.", valueName: "command"))
     var command: [String] = []
 
     func validate() throws {
+        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
         if fromCommand {
             guard !command.isEmpty else {
                 throw ValidationError("--from-command needs the command after --, e.g. -- pg_dump -Fc -Z0 mydb")
@@ -123,7 +127,7 @@ struct DedupBackup: ParsableCommand {
                 options.dbHost = dbHost
                 options.checkDumpComplete = !noDumpCheck
                 if inputFormat != .none { options.tags["decompressed"] = inputFormat.rawValue }
-                try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil)
+                try committing.commit(AnySource(source), into: repo, options: options, expectedSize: nil, threads: jobs)
             }
         }
     }

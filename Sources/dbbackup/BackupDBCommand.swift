@@ -61,12 +61,44 @@ struct DedupBackupDB: ParsableCommand {
     )
     var all = false
 
+    @Option(
+        help: ArgumentHelp(
+            "How a database is dumped: pg_dump (the default; mariadb-dump for MySQL/MariaDB), or native (PostgreSQL: each table through COPY on --jobs connections of one snapshot, one member stream per table).",
+            valueName: "engine"))
+    var engine: DumpEngine = .tool
+
+    @Flag(help: "The same as --engine native.")
+    var native = false
+
+    @Option(
+        help: ArgumentHelp(
+            "Native engine: database connections that dump at once (default: this machine's cores, at most 8). Hashing and compression use --threads.",
+            valueName: "n"))
+    var jobs: Int?
+
     @OptionGroup var committing: CommitOptions
+
+    /// The engine asked for: --native is --engine native.
+    var dumpEngine: DumpEngine { native ? .native : engine }
+
+    /// Connections the native engine dumps on.
+    var workers: Int { jobs ?? min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)) }
 
     static let baseBackupIsForClusters =
         "--base-backup is for PostgreSQL; for MySQL/MariaDB, dump a database and archive its binlogs"
 
     func validate() throws {
+        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
+        if dumpEngine == .native {
+            guard dbType == .postgres else {
+                throw ValidationError(
+                    "--engine native is built for PostgreSQL so far; back up MySQL/MariaDB with mariadb-dump (leave out --engine)")
+            }
+            guard !baseBackup else { throw ValidationError("--engine native dumps databases; --base-backup copies the cluster") }
+            guard format == PostgresDumpFormat.custom.rawValue else {
+                throw ValidationError("--format is pg_dump's; the native engine has its own (one member per table)")
+            }
+        }
         if baseBackup {
             guard !all, positionalDatabase == nil, database == nil else {
                 throw ValidationError("--base-backup copies the whole cluster: give no database and no --all")
@@ -117,8 +149,27 @@ struct DedupBackupDB: ParsableCommand {
         try recordingFailure(store, name: name ?? db, database: db, engine: dbType.rawValue, backupType: "dump") {
             try driver.check(database: db)
             let repo = try store.openOrCreate()
-            try commit(try driver.dump(database: db), name: name ?? db, database: db, into: repo)
+            try commitDatabase(db, name: name ?? db, driver, into: repo)
         }
+    }
+
+    /// One database through the engine asked for.
+    private func commitDatabase(_ db: String, name: String, _ driver: any DatabaseDriver, into repo: Repository) throws {
+        guard dumpEngine == .native else {
+            try commit(try driver.dump(database: db), name: name, database: db, into: repo)
+            return
+        }
+        let dump = try PostgresNativeDump(address: server.address, database: db, jobs: workers)
+        defer { dump.close() }
+        var options = BackupOptions(name: name, source: dump.command.joined(separator: " "))
+        options.kind = .dump
+        options.database = db
+        options.dbType = dump.info.engine
+        options.dbHost = dump.info.server
+        options.dump = dump.info
+        options.checkDumpComplete = false
+        try committing.commit(
+            members: dump.members, streams: dump.streams, into: repo, options: options, expectedSize: dump.expectedSize)
     }
 
     /// The whole cluster (PostgreSQL's pg_basebackup), the start of point-in-time recovery.
@@ -148,7 +199,7 @@ struct DedupBackupDB: ParsableCommand {
                     guard let dump = try driver.dumpGlobals() else { continue }
                     try commit(dump, name: "globals", database: nil, into: repo)
                 } else {
-                    try commit(try driver.dump(database: target), name: target, database: target, into: repo)
+                    try commitDatabase(target, name: target, driver, into: repo)
                 }
             } catch {
                 Terminal.error("\(target): \(errorMessage(error))")
@@ -174,5 +225,21 @@ struct DedupBackupDB: ParsableCommand {
         options.dump = dump.info
         options.checkDumpComplete = dump.checkComplete
         try committing.commit(dump.source, into: repo, options: options, expectedSize: dump.expectedSize)
+    }
+}
+
+/// How `backup-db` dumps a database.
+enum DumpEngine: String, ExpressibleByArgument, CaseIterable {
+    /// The engine's own dump tool: pg_dump, mariadb-dump or mysqldump.
+    case tool = "pg_dump"
+    /// dbbackup's own: one COPY stream per table, several at once.
+    case native
+
+    init?(argument: String) {
+        switch argument.lowercased() {
+        case "pg_dump", "pg-dump", "mariadb-dump", "mysqldump", "tool": self = .tool
+        case "native": self = .native
+        default: return nil
+        }
     }
 }

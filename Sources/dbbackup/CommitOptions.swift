@@ -34,21 +34,43 @@ struct CommitOptions: ParsableArguments {
     var lockWait: Int = 600
 
     @Option(help: ArgumentHelp("Threads for hashing and compression (default: all cores).", valueName: "n"))
-    var jobs: Int?
+    var threads: Int?
 
     func validate() throws {
         for t in tag where !t.contains("=") { throw ValidationError("--tag takes key=value, got '\(t)'") }
         if let time, Timestamps.parse(time) == nil {
             throw ValidationError("cannot read --time '\(time)'; use ISO 8601 like 2026-11-21T02:00:00Z")
         }
-        if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
+        if let threads, threads < 1 { throw ValidationError("--threads takes a positive number") }
     }
 
     /// Backs `source` up with these settings added to `options`, showing progress on
     /// a terminal (with an ETA when `expectedSize` is known), then the summary.
+    /// `threads` (a command's own --jobs) stands for --threads when given.
     @discardableResult
     func commit(
-        _ source: AnySource, into repo: Repository, options base: BackupOptions, expectedSize: Int64?
+        _ source: AnySource, into repo: Repository, options base: BackupOptions, expectedSize: Int64?,
+        threads given: Int? = nil
+    ) throws -> Manifest {
+        try committing(into: repo, options: base, expectedSize: expectedSize, threads: given) { session, options in
+            try session.run(source: source, options: options)
+        }
+    }
+
+    /// Backs member streams up as one backup, `streams` of them at once
+    /// (the native engine's tables), with the same progress line and summary.
+    @discardableResult
+    func commit(
+        members: [MemberPlan], streams: Int, into repo: Repository, options base: BackupOptions, expectedSize: Int64?
+    ) throws -> Manifest {
+        try committing(into: repo, options: base, expectedSize: expectedSize, threads: nil) { session, options in
+            try session.run(members: members, streams: streams, options: options)
+        }
+    }
+
+    private func committing(
+        into repo: Repository, options base: BackupOptions, expectedSize: Int64?, threads given: Int?,
+        run: (BackupSession, BackupOptions) throws -> Manifest
     ) throws -> Manifest {
         var options = base
         options.lockWait = TimeInterval(lockWait)
@@ -61,7 +83,7 @@ struct CommitOptions: ParsableArguments {
         if let time, let date = Timestamps.parse(time) { options.time = date }
 
         let session = try BackupSession(repository: repo)
-        if let jobs { session.jobs = jobs }
+        if let threads = given ?? threads { session.jobs = threads }
         let started = Date()
         session.progress = { p in
             let elapsed = Date().timeIntervalSince(started)
@@ -75,7 +97,7 @@ struct CommitOptions: ParsableArguments {
             }
             Terminal.progress(line)
         }
-        let manifest = try session.run(source: source, options: options)
+        let manifest = try run(session, options)
         Terminal.clearProgress()
         CatalogHook.sync(repo)
         if json {
@@ -101,6 +123,11 @@ struct CommitOptions: ParsableArguments {
         }
         Terminal.out(
             "  input     \(Format.bytes(m.size)) (\(m.size) bytes)" + (streamDigest.map { ", sha256 \($0.hex)" } ?? ""))
+        if let members = m.members {
+            let tables = members.filter { $0.rows != nil }
+            Terminal.out(
+                "  members   \(members.count): \(tables.count) of table data (\(tables.reduce(0) { $0 + ($1.rows ?? 0) }) rows), the schema and the rest")
+        }
         Terminal.out("  chunks    \(s.chunks) total, \(s.newChunks) new")
         Terminal.out("  stored    \(Format.bytes(s.newBytes)) new data -> \(Format.bytes(s.storedBytes)) in packs")
         if compression.adapted {

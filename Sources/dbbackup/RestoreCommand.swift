@@ -52,11 +52,25 @@ struct DedupRestore: ParsableCommand {
         help: ArgumentHelp("Seconds to wait while gc or an index rebuild holds the repository.", valueName: "seconds"))
     var lockWait: Int = 600
 
-    @Option(help: ArgumentHelp("Threads for decompression and hashing (default: all cores).", valueName: "n"))
+    @Option(
+        help: ArgumentHelp(
+            "With --target-db, a native backup: tables loaded at once, each on its own connection, and pg_restore's --jobs for the indexes (default: this machine's cores, at most 8).",
+            valueName: "n"))
     var jobs: Int?
+
+    @Option(help: ArgumentHelp("Threads for decompression and hashing (default: all cores).", valueName: "n"))
+    var threads: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            "A backup of member streams (the native engine's): restore this member alone, byte for byte, to the output.",
+            valueName: "name"))
+    var member: String?
 
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
+        if let threads, threads < 1 { throw ValidationError("--threads takes a positive number") }
+        if member != nil && targetDb != nil { throw ValidationError("--member restores to a file; leave out --target-db") }
         switch (output, targetDb) {
         case (nil, nil): throw ValidationError("where to? give an output file, - for standard output, or --target-db")
         case (.some, .some): throw ValidationError("give either an output file or --target-db, not both")
@@ -72,7 +86,7 @@ struct DedupRestore: ParsableCommand {
             let repo = try store.open()
             let restorer = Restorer(repository: repo)
             restorer.lockWait = TimeInterval(lockWait)
-            if let jobs { restorer.jobs = jobs }
+            if let threads { restorer.jobs = threads }
             let started = Date()
             restorer.progress = { written in
                 Terminal.progress(
@@ -107,7 +121,14 @@ struct DedupRestore: ParsableCommand {
             }
             let output = output ?? "-"
             let target: RestoreTarget = output == "-" ? .standardOutput : .file(path: output, overwrite: force)
-            let m = try recorded { try restorer.restore(id, to: target) }
+            let m = try recorded {
+                let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
+                if member == nil, manifest.dump?.format == NativeFormat.name {
+                    try writeScript(manifest, repo, to: output)
+                    return manifest
+                }
+                return try restorer.restore(manifest.id, member: member, to: target)
+            }
             Terminal.clearProgress()
             if output == "-" {
                 Terminal.err(summary(m, since: started, read: restorer.packBytesRead))
@@ -117,17 +138,71 @@ struct DedupRestore: ParsableCommand {
         }
     }
 
+    /// A native backup as one SQL script, to a file (written under a temporary
+    /// name, fsynced, then renamed) or standard output.
+    private func writeScript(_ manifest: Manifest, _ repo: Repository, to output: String) throws {
+        let contents = try NativeContents.read(manifest, from: repo)
+        guard output != "-" else {
+            try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: STDOUT_FILENO,
+                                           name: "standard output", lockWait: TimeInterval(lockWait))
+            return
+        }
+        if !force && FileIO.exists(output) {
+            throw DedupError.invalidArgument("\(output) exists; pass --force to replace it")
+        }
+        let temporary = output + ".dbbackup-partial"
+        let fd = try FileIO.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        do {
+            try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: output,
+                                           lockWait: TimeInterval(lockWait))
+            try FileIO.fsync(fd, path: temporary)
+            close(fd)
+            guard rename(temporary, output) == 0 else {
+                throw DedupError.invalidArgument("cannot rename \(temporary) to \(output): \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+    }
+
     private func summary(_ m: Manifest, since started: Date, read: Int64) -> String {
         let elapsed = Date().timeIntervalSince(started)
         let checked = m.sha256 == nil ? "every chunk verified" : "every chunk and the stream's sha256 verified"
+        // A native backup's members are restored by restorers of their own.
+        let reads = m.dump?.format == NativeFormat.name ? "" : "; read \(Format.bytes(read)) (\(read) bytes) of packs"
         return
-            "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed)); read \(Format.bytes(read)) (\(read) bytes) of packs"
+            "restored \(m.id): \(Format.bytes(m.size)) (\(m.size) bytes), \(checked), \(Format.duration(elapsed)), \(Format.rate(m.size, elapsed))\(reads)"
     }
 
     /// Pipes the verified stream into the loader the dump's driver names:
     /// pg_restore (custom format), psql (plain) or the mariadb client.
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
+        if let dump = manifest.dump, dump.format == NativeFormat.name, DatabaseEngine(name: dump.engine) == .postgres {
+            // The target checked (and created) as for a pg_dump backup.
+            _ = try PostgresRestorePlan.prepare(
+                address: server.address, target: database, format: .custom, create: create, force: force)
+            let contents = try NativeContents.read(manifest, from: repo)
+            let loader = PostgresNativeRestore(
+                repository: repo, manifest: manifest, contents: contents, address: server.address, target: database,
+                jobs: jobs ?? min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)))
+            loader.lockWait = TimeInterval(lockWait)
+            if let threads { loader.threads = threads }
+            let started = Date()
+            loader.progress = { p in
+                let elapsed = Date().timeIntervalSince(started)
+                var line = "\(p.phase): \(p.tablesDone)/\(p.tables) tables, \(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytes))"
+                if p.phase == "data", p.bytesDone > 0, p.bytes > 0 {
+                    let done = Double(p.bytesDone) / Double(p.bytes)
+                    line += ", \(Format.rate(p.bytesDone, elapsed)), ETA \(Format.duration(elapsed / done - elapsed))"
+                }
+                Terminal.progress(line)
+            }
+            try loader.run(force: force)
+            return manifest
+        }
         guard let dump = manifest.dump, let engine = DatabaseEngine(name: dump.engine),
             let plan = try engine.driver(address: server.address).restorePlan(
                 for: dump, into: database, create: create, force: force)

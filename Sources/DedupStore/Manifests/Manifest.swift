@@ -35,9 +35,11 @@ public struct Manifest: Codable, Equatable, Sendable {
         /// The member's SHA-256 when the backup recorded one (keyed when encrypted).
         public var sha256: String?
         public var chunkList: ChunkListRef
+        /// The rows of a table's member, when the dump counted them.
+        public var rows: Int64?
 
-        public init(name: String, size: Int64, sha256: String?, chunkList: ChunkListRef) {
-            self.name = name; self.size = size; self.sha256 = sha256; self.chunkList = chunkList
+        public init(name: String, size: Int64, sha256: String?, chunkList: ChunkListRef, rows: Int64? = nil) {
+            self.name = name; self.size = size; self.sha256 = sha256; self.chunkList = chunkList; self.rows = rows
         }
     }
 

@@ -19,6 +19,7 @@ public final class ChunkIndex {
     public let path: String
     /// Reused read transaction for lookups (reset/renewed around each one).
     private var readTxn: OpaquePointer?
+    private let readLock = NSLock()
 
     static let locationSize = 16 + 8 + 4 + 4 + 1 + 1 + 4
     /// A delta's location: the base's id after it.
@@ -228,6 +229,10 @@ public final class ChunkIndex {
 
     /// Where a chunk is stored, or nil if the index does not know it.
     public func lookup(_ id: ChunkID) throws -> ChunkLocation? {
+        // The reused transaction is one thread's at a time (restores of several
+        // members run at once).
+        readLock.lock()
+        defer { readLock.unlock() }
         if let readTxn {
             try check(mdb_txn_renew(readTxn), "renew read")
         } else {

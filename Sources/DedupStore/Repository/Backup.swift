@@ -180,7 +180,8 @@ public final class BackupSession {
                 committed[index] = Manifest.Member(
                     name: members[index].name, size: Int64(streamed.bytes),
                     sha256: streamed.digest.map { repository.recordedStreamDigest($0) },
-                    chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count))
+                    chunkList: .init(key: ref.key, size: ref.size, sha256: ref.sha256, count: list.count),
+                    rows: members[index].rows?())
             }
             try ingest.chunks.finish()
         } catch {

@@ -8,9 +8,12 @@ public struct MemberPlan {
     /// `streams`), on the backup's thread: a caller can keep one connection per
     /// slot. The source is then read on a thread of its own.
     public var open: (_ slot: Int) throws -> AnySource
+    /// Asked once the member has ended: its rows, recorded in the manifest.
+    public var rows: (() -> Int64?)?
 
-    public init(name: String, open: @escaping (_ slot: Int) throws -> AnySource) {
+    public init(name: String, rows: (() -> Int64?)? = nil, open: @escaping (_ slot: Int) throws -> AnySource) {
         self.name = name
+        self.rows = rows
         self.open = open
     }
 }

@@ -31,7 +31,7 @@ public final class Repository {
     public var onNotice: ((String) -> Void)?
 
     func notice(_ message: String) {
-        notices.append(message)
+        stateLock.withLock { notices.append(message) }
         onNotice?(message)
     }
 
@@ -287,7 +287,16 @@ public final class Repository {
     /// True once this process brought the index in step with a full listing of
     /// the packs: every indexed pack then exists at its indexed size until the
     /// lock is released (removal needs the exclusive lock).
-    private var indexListed = false
+    private var indexListed: Bool {
+        get { stateLock.withLock { listed } }
+        set { stateLock.withLock { listed = newValue } }
+    }
+    private var listed = false
+    /// Guards the packs confirmed, the listing flag and the notices: several
+    /// restores of one backup's members run at once on one repository.
+    private let stateLock = NSLock()
+    /// One thread at a time opens the index or brings it in step with the packs.
+    private let indexLock = NSRecursiveLock()
     /// Packs a trusted index found present at their indexed size, once each.
     private var confirmedPacks = Set<PackID>()
 
@@ -298,6 +307,8 @@ public final class Repository {
     /// is used: `locate` confirms each pack it hands out, once per process, and
     /// lists all packs again when one is gone or resized (another host's gc).
     public func index() throws -> ChunkIndex {
+        indexLock.lock()
+        defer { indexLock.unlock() }
         if let chunkIndex { return chunkIndex }
         try requireKey()
         let existed = FileIO.exists(indexPath)
@@ -337,10 +348,10 @@ public final class Repository {
     /// another host made); a backup stores it instead.
     func locate(_ id: ChunkID, in idx: ChunkIndex, listIfUnknown: Bool) throws -> ChunkLocation? {
         if let loc = try idx.lookup(id) {
-            if indexListed || confirmedPacks.contains(loc.pack) { return loc }
+            if indexListed || isConfirmed(loc.pack) { return loc }
             let indexed = try idx.packSize(loc.pack)
             if let indexed, try backend.size(loc.pack.key) == indexed {
-                confirmedPacks.insert(loc.pack)
+                confirm(loc.pack)
                 return loc
             }
             notice(
@@ -363,7 +374,7 @@ public final class Repository {
         var packs = [(pack: PackID, indexed: Int64)]()
         var seen = Set<PackID>()
         for id in ids {
-            guard let loc = try idx.lookup(id), !confirmedPacks.contains(loc.pack), seen.insert(loc.pack).inserted,
+            guard let loc = try idx.lookup(id), !isConfirmed(loc.pack), seen.insert(loc.pack).inserted,
                 let indexed = try idx.packSize(loc.pack)
             else { continue }
             packs.append((loc.pack, indexed))
@@ -378,11 +389,14 @@ public final class Repository {
                 shared[i] = (try? backend.size(packs[i].pack.key)) == packs[i].indexed
             }
         }
-        for (p, ok) in zip(packs, present) where ok { confirmedPacks.insert(p.pack) }
+        for (p, ok) in zip(packs, present) where ok { confirm(p.pack) }
     }
 
     /// A pack this process wrote and indexed: present at its indexed size.
-    func confirmWritten(_ pack: PackID) { confirmedPacks.insert(pack) }
+    func confirmWritten(_ pack: PackID) { confirm(pack) }
+
+    private func isConfirmed(_ pack: PackID) -> Bool { stateLock.withLock { confirmedPacks.contains(pack) } }
+    private func confirm(_ pack: PackID) { _ = stateLock.withLock { confirmedPacks.insert(pack) } }
 
     private var indexPath: String { cacheDirectory + "/index.lmdb" }
 
@@ -407,6 +421,8 @@ public final class Repository {
     /// the listing began, so that the next `index()` within `fullSyncInterval`
     /// trusts the cache.
     private func synchronizeIndex(_ idx: ChunkIndex, existed: Bool) throws {
+        indexLock.lock()
+        defer { indexLock.unlock() }
         let started = Date()
         let present = try listPacks()
         let known = try idx.indexedPacks()

@@ -25,8 +25,48 @@ public final class Restorer {
     /// each entry once a batch; a delta's bases included).
     public private(set) var packBytesRead: Int64 = 0
 
+    /// The caller holds a shared lock (`Repository.lock`) across several
+    /// restores (the members of one backup, restored at once): none is taken.
+    public var callerHoldsLock = false
+
     public init(repository: Repository) {
         self.repository = repository
+    }
+
+    /// The bytes of a small member (or of a backup of one stream), verified as
+    /// a restore verifies them; refused beyond `limit` bytes.
+    public func bytes(of idOrPrefix: String, member: String?, limit: Int64 = 64 << 20) throws -> [UInt8] {
+        let manifest = try repository.loadManifest(try repository.resolveManifestID(idOrPrefix))
+        let size = try manifest.stream(member).size
+        guard size <= limit else {
+            throw DedupError.invalidArgument("member \(member ?? "") of \(manifest.id) is \(size) bytes, more than the \(limit) expected")
+        }
+        guard let pipe = FileIO.makePipe() else {
+            throw DedupError.invalidArgument("cannot make a pipe (\(String(cString: strerror(errno))))")
+        }
+        final class Collected: @unchecked Sendable { var bytes = [UInt8]() }
+        let collected = Collected()
+        let done = DispatchSemaphore(value: 0)
+        let readFD = pipe.read
+        startThread(named: "dbbackup-member") {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
+                if n > 0 { collected.bytes += buffer[0..<n] } else if n == 0 || errno != EINTR { break }
+            }
+            close(readFD)
+            done.signal()
+        }
+        do {
+            try restore(manifest.id, member: member, to: .descriptor(pipe.write, name: "member \(member ?? "")"))
+        } catch {
+            close(pipe.write)
+            done.wait()
+            throw error
+        }
+        close(pipe.write)
+        done.wait()
+        return collected.bytes
     }
 
     @discardableResult
@@ -35,8 +75,8 @@ public final class Restorer {
     public func restore(_ idOrPrefix: String, member: String? = nil, to target: RestoreTarget) throws -> Manifest {
         try repository.requireKey()
         // Shared: gc and index rebuild, which move or forget chunks, wait for us.
-        let lock = try repository.lock(.shared, command: "restore \(idOrPrefix)", wait: lockWait)
-        defer { lock.release() }
+        let lock = callerHoldsLock ? nil : try repository.lock(.shared, command: "restore \(idOrPrefix)", wait: lockWait)
+        defer { lock?.release() }
         packBytesRead = 0
         let id = try repository.resolveManifestID(idOrPrefix)
         let manifest = try repository.loadManifest(id)

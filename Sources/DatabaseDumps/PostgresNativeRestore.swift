@@ -1,0 +1,368 @@
+import CLibPQ
+import DedupStore
+import Foundation
+
+/// Restores a backup of the native engine into a PostgreSQL database: the
+/// schema's pre-data section (pg_restore), the large objects, then the tables'
+/// rows on `jobs` connections at once (`COPY ... FROM STDIN`, each member's
+/// chunks verified before a byte is sent), the sequences, and the post-data
+/// section (indexes, constraints, triggers) by pg_restore on `jobs` connections.
+public final class PostgresNativeRestore {
+    /// Where a restore stands, for a progress line.
+    public struct Progress: Sendable {
+        public var tablesDone: Int
+        public var tables: Int
+        public var bytesDone: Int64
+        public var bytes: Int64
+        /// pre-data, data, post-data.
+        public var phase: String
+    }
+
+    private let repository: Repository
+    private let manifest: Manifest
+    private let contents: NativeContents
+    private let address: ServerAddress
+    private let target: String
+    public var jobs: Int
+    /// Decompression and hashing threads of each member's restore.
+    public var threads = 1
+    public var lockWait: TimeInterval = 600
+    public var progress: ((Progress) -> Void)?
+
+    public init(repository: Repository, manifest: Manifest, contents: NativeContents, address: ServerAddress,
+                target: String, jobs: Int) {
+        self.repository = repository
+        self.manifest = manifest
+        self.contents = contents
+        self.address = address
+        self.target = target
+        self.jobs = max(1, jobs)
+    }
+
+    /// Restores into `target` (already checked, or created, by
+    /// `PostgresRestorePlan.prepare`). `force`: the backup's tables are dropped
+    /// first (with what depends on them), and pg_restore cleans what it creates.
+    public func run(force: Bool) throws {
+        try repository.requireKey()
+        let lock = try repository.lock(.shared, command: "restore \(manifest.id) into \(target)", wait: lockWait)
+        defer { lock.release() }
+        // A loader that dies early must make our writes fail (EPIPE), not kill us.
+        signal(SIGPIPE, SIG_IGN)
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        let schema = folder.path + "/schema.dump"
+        try restoreMember(contents.schema, toFile: schema)
+
+        let tables = contents.tables
+        let totalBytes = tables.reduce(Int64(0)) { $0 + memberBytes($1) }
+        report(.init(tablesDone: 0, tables: tables.count, bytesDone: 0, bytes: totalBytes, phase: "pre-data"))
+        if force && !tables.isEmpty {
+            let connection = try PostgresConnection(address, database: target)
+            try connection.execute(tables.map { "DROP TABLE IF EXISTS \($0.name) CASCADE;" }.joined(separator: "\n"))
+        }
+        try pgRestore(["--section=pre-data"] + (force ? ["--clean", "--if-exists"] : []), schema)
+        if let member = contents.largeObjects {
+            let file = folder.path + "/large-objects.dump"
+            try restoreMember(member, toFile: file)
+            try pgRestore([], file)
+        }
+        try loadTables(tables, totalBytes: totalBytes)
+        if let member = contents.afterData {
+            let script = String(decoding: try restorer().bytes(of: manifest.id, member: member), as: UTF8.self)
+            // setval statements: their last result is rows.
+            if !script.isEmpty { try PostgresConnection(address, database: target).run(script, expecting: PGRES_TUPLES_OK) { _ in } }
+        }
+        report(.init(tablesDone: tables.count, tables: tables.count, bytesDone: totalBytes, bytes: totalBytes,
+                     phase: "post-data"))
+        // Index builds in parallel, each with the server's parallel workers and
+        // room to sort in memory.
+        try pgRestore(["--section=post-data", "--jobs=\(jobs)"], schema,
+                      options: "-c maintenance_work_mem=256MB -c max_parallel_maintenance_workers=\(max(1, jobs))")
+    }
+
+    private func memberBytes(_ table: NativeContents.Table) -> Int64 {
+        table.members.reduce(0) { sum, name in sum + ((try? manifest.stream(name).size) ?? 0) }
+    }
+
+    private func report(_ p: Progress) { progress?(p) }
+
+    private func restorer() -> Restorer {
+        let r = Restorer(repository: repository)
+        r.callerHoldsLock = true
+        r.jobs = threads
+        return r
+    }
+
+    private func restoreMember(_ member: String, toFile path: String) throws {
+        try restorer().restore(manifest.id, member: member, to: .file(path: path, overwrite: true))
+    }
+
+    /// pg_restore of `file` into the target, stopping at the first error.
+    private func pgRestore(_ arguments: [String], _ file: String, options: String? = nil) throws {
+        guard let exe = findExecutable("pg_restore") else {
+            throw DatabaseError.toolMissing(tool: "pg_restore", package: "postgresql-client")
+        }
+        let args = ["pg_restore", "--no-password", "--exit-on-error", "--dbname=\(target)"] + arguments
+            + PostgresDumpPlan.connectionArguments(address) + [file]
+        var environment: [String: String]?
+        if let options {
+            var env = ProcessInfo.processInfo.environment
+            env["PGOPTIONS"] = [env["PGOPTIONS"], options].compactMap { $0 }.joined(separator: " ")
+            environment = env
+        }
+        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(devNull) }
+        let child = try ChildProcess(executable: exe, arguments: args, environment: environment, stdinFD: devNull,
+                                     stdoutFD: STDERR_FILENO)
+        if let failure = child.failure() {
+            throw DatabaseError.invalidArgument(
+                "pg_restore \(arguments.first ?? "") \(failure) (its messages are above); database \(target) is partly restored: restore again with --force, or drop it"
+            )
+        }
+    }
+
+    /// One member's rows into its table.
+    private struct Load {
+        var table: NativeContents.Table
+        var member: String
+        var bytes: Int64
+        /// The table's only member: loaded with FREEZE into the table
+        /// truncated in the same transaction.
+        var whole: Bool
+    }
+
+    /// The data members on `jobs` connections, the largest tables first; the
+    /// first failure stops the others from starting another table and is thrown.
+    private func loadTables(_ tables: [NativeContents.Table], totalBytes: Int64) throws {
+        var planned = [Load]()
+        for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
+            for member in table.members {
+                planned.append(Load(table: table, member: member, bytes: (try? manifest.stream(member).size) ?? 0,
+                                  whole: table.members.count == 1))
+            }
+        }
+        let loads = planned
+        let state = LoadState(total: loads.count)
+        let workers = min(jobs, max(1, loads.count))
+        var connections = [PostgresConnection]()
+        for _ in 0..<workers {
+            let c = try PostgresConnection(address, database: target)
+            try c.execute("SET synchronous_commit = off")
+            connections.append(c)
+        }
+        let done = DispatchGroup()
+        // Each worker has a connection of its own; the rest is read only or locked.
+        nonisolated(unsafe) let me = self
+        for worker in 0..<workers {
+            nonisolated(unsafe) let connection = connections[worker]
+            DispatchQueue.global().async(group: done) {
+                let `self` = me
+                while let k = state.take() {
+                    let load = loads[k]
+                    do {
+                        try self.load(load, on: connection)
+                        state.finished(load.member, bytes: load.bytes, table: load.table.name,
+                                       lastOfTable: load.member == load.table.members.last)
+                        self.report(.init(tablesDone: state.tablesDone, tables: tables.count,
+                                          bytesDone: state.bytesDone, bytes: totalBytes, phase: "data"))
+                    } catch {
+                        state.fail(error)
+                    }
+                }
+            }
+        }
+        done.wait()
+        if let failure = state.failure { throw failure }
+    }
+
+    /// Streams one member into its table: a restore thread writes the verified
+    /// bytes into a pipe, this one sends them with COPY. A restore that fails
+    /// fails the COPY (the table gets none of it).
+    private func load(_ load: Load, on connection: PostgresConnection) throws {
+        guard let pipe = FileIO.makePipe() else {
+            throw DatabaseError.invalidArgument("cannot make a pipe (\(String(cString: strerror(errno))))")
+        }
+        let outcome = RestoreOutcome()
+        nonisolated(unsafe) let restorer = restorer()
+        let id = manifest.id
+        let writeFD = pipe.write
+        let thread = Thread {
+            do {
+                try restorer.restore(id, member: load.member, to: .descriptor(writeFD, name: "COPY"))
+            } catch {
+                outcome.set(error)
+            }
+            close(writeFD)
+            outcome.done.signal()
+        }
+        thread.start()
+        var source = CheckedPipeSource(fd: pipe.read, outcome: outcome)
+        let columns = load.table.columns.joined(separator: ", ")
+        do {
+            if load.whole {
+                try connection.execute("BEGIN")
+                try connection.execute("TRUNCATE ONLY \(load.table.name)")
+                try connection.copyIn("COPY \(load.table.name) (\(columns)) FROM STDIN WITH (FREEZE)", from: &source)
+                try connection.execute("COMMIT")
+            } else {
+                try connection.copyIn("COPY \(load.table.name) (\(columns)) FROM STDIN", from: &source)
+            }
+        } catch {
+            close(pipe.read)
+            outcome.done.wait()
+            if load.whole { try? connection.execute("ROLLBACK") }
+            if let e = error as? DatabaseError, case .queryFailed(_, let detail) = e {
+                throw DatabaseError.copyFailed(table: load.table.name, detail: detail)
+            }
+            throw error
+        }
+        close(pipe.read)
+        outcome.done.wait()
+    }
+}
+
+/// How a member's restore into a pipe ended.
+private final class RestoreOutcome: @unchecked Sendable {
+    let done = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var error: Error?
+    func set(_ e: Error) { lock.lock(); error = e; lock.unlock() }
+    var failure: Error? { lock.lock(); defer { lock.unlock() }; return error }
+}
+
+/// The read end of a member's pipe: at its end, the restore's own verdict, so
+/// that a restore that failed half way is an error and never a short table.
+private struct CheckedPipeSource: ByteSource {
+    var inner: FileDescriptorSource
+    let outcome: RestoreOutcome
+
+    init(fd: Int32, outcome: RestoreOutcome) {
+        inner = FileDescriptorSource(fd: fd, name: "member pipe")
+        self.outcome = outcome
+    }
+
+    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = try inner.read(into: buffer)
+        if n == 0 {
+            outcome.done.wait()
+            outcome.done.signal()
+            if let failure = outcome.failure { throw failure }
+        }
+        return n
+    }
+}
+
+/// The work list of the loading workers, and what they have done.
+private final class LoadState: @unchecked Sendable {
+    private let lock = NSLock()
+    private var next = 0
+    private let total: Int
+    private(set) var failure: Error?
+    private var bytes: Int64 = 0
+    private var tables = 0
+
+    init(total: Int) { self.total = total }
+
+    /// The next load, nil when all are taken or one failed.
+    func take() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard failure == nil, next < total else { return nil }
+        next += 1
+        return next - 1
+    }
+
+    func finished(_ member: String, bytes b: Int64, table: String, lastOfTable: Bool) {
+        lock.lock()
+        bytes += b
+        if lastOfTable { tables += 1 }
+        lock.unlock()
+    }
+
+    func fail(_ error: Error) {
+        lock.lock()
+        if failure == nil { failure = error }
+        lock.unlock()
+    }
+
+    var bytesDone: Int64 { lock.lock(); defer { lock.unlock() }; return bytes }
+    var tablesDone: Int { lock.lock(); defer { lock.unlock() }; return tables }
+}
+
+/// A folder of our own under the temporary directory, removed with what it holds.
+struct TemporaryFolder {
+    let path: String
+
+    init() throws {
+        var template = Array((NSTemporaryDirectory() + "/dbbackup-restore-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ buffer in buffer.baseAddress.flatMap { mkdtemp($0) } })
+        else {
+            throw DatabaseError.invalidArgument(
+                "cannot make a temporary folder in \(NSTemporaryDirectory()) (\(String(cString: strerror(errno))))")
+        }
+        path = String(cString: made)
+    }
+
+    func remove() {
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: path) {
+            for name in names { unlink(path + "/" + name) }
+        }
+        rmdir(path)
+    }
+}
+
+/// A backup of the native engine as one SQL script that psql loads: the
+/// pre-data section as pg_restore writes it, the large objects, each member's
+/// rows as a `COPY ... FROM stdin` block, the sequences, the post-data section.
+public enum PostgresNativeScript {
+    /// Writes the script to `fd`; every member is verified as it is restored.
+    public static func write(_ manifest: Manifest, contents: NativeContents, repository: Repository, to fd: Int32,
+                             name: String, lockWait: TimeInterval = 600) throws {
+        try repository.requireKey()
+        let lock = try repository.lock(.shared, command: "restore \(manifest.id) as SQL", wait: lockWait)
+        defer { lock.release() }
+        signal(SIGPIPE, SIG_IGN)
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        func restorer() -> Restorer {
+            let r = Restorer(repository: repository)
+            r.callerHoldsLock = true
+            return r
+        }
+        func text(_ s: String) throws {
+            try Array(s.utf8).withUnsafeBytes { try FileIO.writeAll(fd, $0, path: name) }
+        }
+        func archive(_ member: String, _ arguments: [String]) throws {
+            let file = folder.path + "/" + member.replacingOccurrences(of: "/", with: "_")
+            if !FileIO.exists(file) {
+                try restorer().restore(manifest.id, member: member, to: .file(path: file, overwrite: true))
+            }
+            guard let exe = findExecutable("pg_restore") else {
+                throw DatabaseError.toolMissing(tool: "pg_restore", package: "postgresql-client")
+            }
+            let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            defer { close(devNull) }
+            let child = try ChildProcess(executable: exe, arguments: ["pg_restore", "--file=-"] + arguments + [file],
+                                         stdinFD: devNull, stdoutFD: fd)
+            if let failure = child.failure() {
+                throw DatabaseError.invalidArgument("pg_restore of the \(member) member \(failure) (its messages are above)")
+            }
+        }
+        try text("-- dbbackup: backup \(manifest.id) of database \(manifest.database ?? "?") (native engine)\n"
+                 + "-- load into an empty database: psql --set ON_ERROR_STOP=1 -d <db> -f <this file>\n")
+        try archive(contents.schema, ["--section=pre-data"])
+        if let member = contents.largeObjects { try archive(member, []) }
+        for table in contents.tables {
+            for member in table.members {
+                try text("\nCOPY \(table.name) (\(table.columns.joined(separator: ", "))) FROM stdin;\n")
+                try restorer().restore(manifest.id, member: member, to: .descriptor(fd, name: name))
+                try text("\\.\n")
+            }
+        }
+        if let member = contents.afterData {
+            try text("\n")
+            try restorer().restore(manifest.id, member: member, to: .descriptor(fd, name: name))
+        }
+        try archive(contents.schema, ["--section=post-data"])
+    }
+}

@@ -91,7 +91,7 @@ public struct NativeContents: Codable, Equatable, Sendable {
     }
 
     /// `public."Order"` as `public.Order`.
-    static func unquoted(_ qualified: String) -> String {
+    public static func unquoted(_ qualified: String) -> String {
         var out = ""
         var quoted = false
         var chars = Array(qualified)

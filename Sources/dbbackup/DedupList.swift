@@ -1,5 +1,6 @@
 import ArgumentParser
 import Catalog
+import DatabaseDumps
 import DedupStore
 import Foundation
 
@@ -18,12 +19,22 @@ struct DedupList: ParsableCommand {
             valueName: "kind"))
     var kind: BackupKind?
 
+    @Option(
+        help: ArgumentHelp(
+            "A native backup's tables instead: rows, bytes, chunks, and the chunks not in the previous backup of the same name.",
+            valueName: "backup-id"))
+    var tables: String?
+
     @Flag(help: "Print JSON (the manifests).")
     var json = false
 
     func run() throws {
         try reportingErrors {
             let repo = try store.open()
+            if let tables {
+                try listTables(of: tables, in: repo)
+                return
+            }
             var manifests = try database.map { try backups(of: $0, in: repo) } ?? repo.manifests()
             let logFiles = manifests.filter(\.isLogFile).count
             manifests = manifests.filter { m in kind.map { m.kind == $0.rawValue } ?? !m.isLogFile }
@@ -56,7 +67,70 @@ struct DedupList: ParsableCommand {
 
 
 
+/// One table of a native backup as `list --tables` shows it.
+struct ListedTable: Encodable {
+    var table: String
+    var members: Int
+    var rows: Int64?
+    var bytes: Int64
+    var chunks: Int
+    /// Chunks that the previous backup of the same name does not hold (nil: none to compare with).
+    var newChunks: Int?
+    var changed: Bool?
+}
+
 extension DedupList {
+    /// The tables of a native backup, each against the previous backup of the same name.
+    func listTables(of idOrPrefix: String, in repo: Repository) throws {
+        let manifest = try repo.loadManifest(try repo.resolveManifestID(idOrPrefix))
+        guard manifest.dump?.format == NativeFormat.name else {
+            throw DedupError.invalidArgument(
+                "backup \(manifest.id) is one stream (\(manifest.dump.map { "\($0.tool), \($0.format) format" } ?? manifest.kind)); --tables lists the tables of a backup of the native engine (backup-db --engine native)")
+        }
+        let contents = try NativeContents.read(manifest, from: repo)
+        let earlier = try (manifest.database.map { try backups(of: $0, in: repo) } ?? repo.manifests())
+            .filter { $0.name == manifest.name && $0.kind == manifest.kind && $0.id != manifest.id
+                && ($0.createdAt, $0.id) < (manifest.createdAt, manifest.id) }
+        var known: Set<ChunkID>?
+        if let previous = earlier.last {
+            var ids = Set<ChunkID>()
+            for stream in previous.streams {
+                try ChunkListReader(repository: repo, manifest: previous, member: previous.members == nil ? nil : stream.name)
+                    .forEach { id, _ in ids.insert(id) }
+            }
+            known = ids
+        }
+        var listed = [ListedTable]()
+        for table in contents.tables {
+            var chunks = 0, fresh = 0
+            var rows: Int64? = 0
+            var bytes: Int64 = 0
+            for name in table.members {
+                let member = try manifest.stream(name)
+                bytes += member.size
+                rows = member.rows.flatMap { r in rows.map { $0 + r } }
+                try ChunkListReader(repository: repo, manifest: manifest, member: name).forEach { id, _ in
+                    chunks += 1
+                    if let known, !known.contains(id) { fresh += 1 }
+                }
+            }
+            listed.append(ListedTable(table: NativeContents.unquoted(table.name), members: table.members.count, rows: rows,
+                                      bytes: bytes, chunks: chunks, newChunks: known == nil ? nil : fresh,
+                                      changed: known == nil ? nil : fresh > 0))
+        }
+        if json {
+            try Terminal.json(listed)
+            return
+        }
+        Terminal.out("backup \(manifest.id): \(listed.count) tables" + (earlier.last.map { ", against \($0.id)" } ?? ", the first of \(manifest.name)"))
+        printTable(
+            header: ["TABLE", "PARTS", "ROWS", "SIZE", "CHUNKS", "NEW", "CHANGED"],
+            rows: listed.map { t in
+                [t.table, "\(t.members)", t.rows.map(String.init) ?? "-", Format.bytes(t.bytes), "\(t.chunks)",
+                 t.newChunks.map(String.init) ?? "-", t.changed.map { $0 ? "yes" : "no" } ?? "-"]
+            })
+    }
+
     /// The backups of `database`, oldest first: the catalog (brought in step on
     /// open) names the candidates, and only their manifests are read, not every
     /// manifest of the repository. Without a usable catalog, every manifest.

@@ -42,14 +42,25 @@ public struct NativeContents: Codable, Equatable, Sendable {
     public var afterData: String?
     /// Largest first.
     public var tables: [Table]
+    /// PostgreSQL: the materialized views that held rows, refreshed after the
+    /// post-data section in this order (pg_dump's schema-only archive leaves
+    /// their data out).
+    public var materializedViews: [String]?
 
-    public init(engine: String, schema: String, largeObjects: String?, afterData: String?, tables: [Table]) {
+    public init(engine: String, schema: String, largeObjects: String?, afterData: String?, tables: [Table],
+                materializedViews: [String]? = nil) {
         format = Self.currentFormat
         self.engine = engine
         self.schema = schema
         self.largeObjects = largeObjects
         self.afterData = afterData
         self.tables = tables
+        self.materializedViews = materializedViews
+    }
+
+    /// The statements that refresh `materializedViews`.
+    public var refreshStatements: [String] {
+        (materializedViews ?? []).map { "REFRESH MATERIALIZED VIEW \($0);" }
     }
 
     public func encoded() throws -> [UInt8] {

@@ -238,7 +238,20 @@ extension PostgresConnection {
         }
     }
 
-    /// Large objects in this database: what the native engine does not take yet.
+    /// The populated materialized views outside the system schemas (an
+    /// extension's left out), oldest first: one built on another comes after it.
+    public func populatedMaterializedViews() throws -> [String] {
+        try column("""
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
+            ORDER BY c.oid
+            """)
+    }
+
+    /// Large objects in this database.
     public func largeObjectCount() throws -> Int {
         Int(try column("SELECT count(*) FROM pg_largeobject_metadata").first ?? "") ?? 0
     }

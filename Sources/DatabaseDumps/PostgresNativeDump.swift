@@ -58,6 +58,7 @@ public final class PostgresNativeDump {
         }
         let sequences = try coordinator.sequenceValues()
         let largeObjects = try coordinator.largeObjectCount()
+        let materializedViews = try coordinator.populatedMaterializedViews()
         connections = Array(repeating: nil, count: streams)
         let toolVersion = try PostgresDumpPlan.version(of: "pg_dump")
         info = Manifest.DumpInfo(
@@ -95,7 +96,8 @@ public final class PostgresNativeDump {
         // The largest parts first, so that the last ones to end are small.
         let contents = NativeContents(
             engine: DatabaseEngine.postgres.rawValue, schema: "schema",
-            largeObjects: largeObjects > 0 ? "large-objects" : nil, afterData: "sequences", tables: described)
+            largeObjects: largeObjects > 0 ? "large-objects" : nil, afterData: "sequences", tables: described,
+            materializedViews: materializedViews.isEmpty ? nil : materializedViews)
         self.contents = contents
 
         let encoded = try contents.encoded()

@@ -60,11 +60,11 @@ public final class PostgresNativeRestore {
             let connection = try PostgresConnection(address, database: target)
             try connection.execute(tables.map { "DROP TABLE IF EXISTS \($0.name) CASCADE;" }.joined(separator: "\n"))
         }
-        try pgRestore(["--section=pre-data"] + (force ? ["--clean", "--if-exists"] : []), schema)
+        try pgRestore(["--section=pre-data"] + (force ? ["--clean", "--if-exists"] : []), schema, what: "of the pre-data section")
         if let member = contents.largeObjects {
             let file = folder.path + "/large-objects.dump"
             try restoreMember(member, toFile: file)
-            try pgRestore([], file)
+            try pgRestore(force ? ["--clean", "--if-exists"] : [], file, what: "of the large objects")
         }
         try loadTables(tables, totalBytes: totalBytes)
         if let member = contents.afterData {
@@ -76,8 +76,10 @@ public final class PostgresNativeRestore {
                      phase: "post-data"))
         // Index builds in parallel, each with the server's parallel workers and
         // room to sort in memory.
-        try pgRestore(["--section=post-data", "--jobs=\(jobs)"], schema,
+        try pgRestore(["--section=post-data", "--jobs=\(jobs)"], schema, what: "of the post-data section",
                       options: "-c maintenance_work_mem=256MB -c max_parallel_maintenance_workers=\(max(1, jobs))")
+        let refresh = contents.refreshStatements
+        if !refresh.isEmpty { try PostgresConnection(address, database: target).execute(refresh.joined(separator: "\n")) }
     }
 
     private func memberBytes(_ table: NativeContents.Table) -> Int64 {
@@ -98,7 +100,7 @@ public final class PostgresNativeRestore {
     }
 
     /// pg_restore of `file` into the target, stopping at the first error.
-    private func pgRestore(_ arguments: [String], _ file: String, options: String? = nil) throws {
+    private func pgRestore(_ arguments: [String], _ file: String, what: String, options: String? = nil) throws {
         guard let exe = findExecutable("pg_restore") else {
             throw DatabaseError.toolMissing(tool: "pg_restore", package: "postgresql-client")
         }
@@ -116,7 +118,7 @@ public final class PostgresNativeRestore {
                                      stdoutFD: STDERR_FILENO)
         if let failure = child.failure() {
             throw DatabaseError.invalidArgument(
-                "pg_restore \(arguments.first ?? "") \(failure) (its messages are above); database \(target) is partly restored: restore again with --force, or drop it"
+                "pg_restore \(what) \(failure) (its messages are above); database \(target) is partly restored: restore again with --force, or drop it"
             )
         }
     }
@@ -364,5 +366,7 @@ public enum PostgresNativeScript {
             try restorer().restore(manifest.id, member: member, to: .descriptor(fd, name: name))
         }
         try archive(contents.schema, ["--section=post-data"])
+        let refresh = contents.refreshStatements
+        if !refresh.isEmpty { try text("\n" + refresh.joined(separator: "\n") + "\n") }
     }
 }

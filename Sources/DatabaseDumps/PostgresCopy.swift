@@ -137,7 +137,7 @@ public final class PostgresCopyOut: ByteSource {
             if ended { break }
             // Half a buffer is enough to hand over: the chunker reads again,
             // and a large buffer need not wait for many more rows.
-            if filled >= buffer.count / 2 { break }
+            if filled > 0 && filled >= buffer.count / 2 { break }
             let more: Bool
             do {
                 more = try connection.copyOutNext(sql) { row in

@@ -30,6 +30,20 @@ extension PostgresServerTests {
         }
     }
 
+    /// Reads a source to its end with reads of the sizes given, in turn (a
+    /// reader's buffer may have one byte left).
+    func drain<S: ByteSource>(_ source: inout S, sizes: [Int]) throws -> [UInt8] {
+        var out = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: sizes.max() ?? 1)
+        for k in 0... {
+            let size = sizes[k % sizes.count]
+            let n = try buffer.withUnsafeMutableBytes { try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<size])) }
+            if n == 0 { return out }
+            out += buffer[0..<n]
+        }
+        return out
+    }
+
     struct Bytes: ByteSource {
         var bytes: [UInt8]
         var at = 0
@@ -80,6 +94,9 @@ extension PostgresServerTests {
             let bytes = try drain(&small, size: 7)
             var large = try PostgresCopyOut(c, table: "public.src")
             #expect(try drain(&large, size: 1 << 20) == bytes)
+            // A read of one byte is no end of input, wherever it falls.
+            var odd = try PostgresCopyOut(c, table: "public.src")
+            #expect(try drain(&odd, sizes: [1, 1, 2, 3, 1, 65536, 1, 4097]) == bytes)
             #expect(small.bytes == Int64(bytes.count) && small.rows == 20000)
             var source = Bytes(bytes: bytes)
             let sent = try c.copyIn("COPY public.dst FROM STDIN", from: &source, bufferSize: 4096)

@@ -80,6 +80,33 @@ extension PostgresConnection {
         return sent
     }
 
+    /// Runs `sql`, a `COPY ... FROM STDIN`, with the bytes `body` hands to the
+    /// function it is given (on any one thread at a time). If `body` throws,
+    /// the COPY is ended with an error, so that the server keeps none of it,
+    /// and that error is thrown.
+    public func copyIn(_ sql: String, _ body: (_ send: @escaping @Sendable (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+        try run(sql, expecting: PGRES_COPY_IN) { _ in }
+        nonisolated(unsafe) let conn = conn
+        let send: @Sendable (UnsafeRawBufferPointer) throws -> Void = { bytes in
+            guard bytes.count > 0 else { return }
+            let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self)
+            guard PQputCopyData(conn, base, Int32(bytes.count)) == 1 else {
+                throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
+            }
+        }
+        do {
+            try body(send)
+        } catch {
+            _ = PQputCopyEnd(conn, "the input failed")
+            try? finishCommand(sql)
+            throw error
+        }
+        guard PQputCopyEnd(conn, nil) == 1 else {
+            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
+        }
+        try finishCommand(sql)
+    }
+
     /// Reads the results of the command just ended; throws the server's error.
     private func finishCommand(_ sql: String) throws {
         var failure: String?
@@ -138,27 +165,38 @@ public final class PostgresCopyOut: ByteSource {
             // Half a buffer is enough to hand over: the chunker reads again,
             // and a large buffer need not wait for many more rows.
             if filled > 0 && filled >= buffer.count / 2 { break }
+            // Locals in the closure: no exclusivity check of this object's
+            // properties for each row.
+            var rowCount: Int64 = 0, byteCount: Int64 = 0
+            var spill: [UInt8]?
+            var at = filled
             let more: Bool
             do {
                 more = try connection.copyOutNext(sql) { row in
-                    rows += 1
-                    bytes += Int64(row.count)
-                    let room = buffer.count - filled
+                    rowCount += 1
+                    byteCount += Int64(row.count)
+                    let room = buffer.count - at
                     if row.count <= room {
-                        UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + row.count)]).copyMemory(from: row)
-                        filled += row.count
+                        UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + row.count)]).copyMemory(from: row)
+                        at += row.count
                     } else {
                         if room > 0 {
-                            UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
+                            UnsafeMutableRawBufferPointer(rebasing: buffer[at...])
                                 .copyMemory(from: UnsafeRawBufferPointer(rebasing: row[0..<room]))
-                            filled += room
+                            at += room
                         }
-                        pending = Array(row[room...])
-                        pendingStart = 0
+                        spill = Array(row[room...])
                     }
                 }
             } catch let e as DatabaseError {
                 throw DatabaseError.copyFailed(table: table, detail: e.detail)
+            }
+            filled = at
+            rows += rowCount
+            bytes += byteCount
+            if let spill {
+                pending = spill
+                pendingStart = 0
             }
             if !more { ended = true }
         }

@@ -28,6 +28,9 @@ public final class PostgresNativeRestore {
     public var threads = 1
     public var lockWait: TimeInterval = 600
     public var progress: ((Progress) -> Void)?
+    /// How long each phase of the last run took, in order (pre-data, data,
+    /// post-data), for the summary.
+    public private(set) var phases: [(name: String, seconds: Double)] = []
 
     public init(repository: Repository, manifest: Manifest, contents: NativeContents, address: ServerAddress,
                 target: String, jobs: Int) {
@@ -55,6 +58,12 @@ public final class PostgresNativeRestore {
 
         let tables = contents.tables
         let totalBytes = tables.reduce(Int64(0)) { $0 + memberBytes($1) }
+        phases = []
+        var phaseStart = Date()
+        func phaseEnded(_ name: String) {
+            phases.append((name, Date().timeIntervalSince(phaseStart)))
+            phaseStart = Date()
+        }
         report(.init(tablesDone: 0, tables: tables.count, bytesDone: 0, bytes: totalBytes, phase: "pre-data"))
         if force && !tables.isEmpty {
             let connection = try PostgresConnection(address, database: target)
@@ -66,20 +75,23 @@ public final class PostgresNativeRestore {
             try restoreMember(member, toFile: file)
             try pgRestore(force ? ["--clean", "--if-exists"] : [], file, what: "of the large objects")
         }
+        phaseEnded("pre-data")
         try loadTables(tables, totalBytes: totalBytes)
         if let member = contents.afterData {
             let script = String(decoding: try restorer().bytes(of: manifest.id, member: member), as: UTF8.self)
             // setval statements: their last result is rows.
             if !script.isEmpty { try PostgresConnection(address, database: target).run(script, expecting: PGRES_TUPLES_OK) { _ in } }
         }
+        phaseEnded("data")
         report(.init(tablesDone: tables.count, tables: tables.count, bytesDone: totalBytes, bytes: totalBytes,
                      phase: "post-data"))
         // Index builds in parallel, each with the server's parallel workers and
         // room to sort in memory.
         try pgRestore(["--section=post-data", "--jobs=\(jobs)"], schema, what: "of the post-data section",
-                      options: "-c maintenance_work_mem=256MB -c max_parallel_maintenance_workers=\(max(1, jobs))")
+                      options: "-c maintenance_work_mem=256MB -c max_parallel_maintenance_workers=\(max(0, jobs - 1))")
         let refresh = contents.refreshStatements
         if !refresh.isEmpty { try PostgresConnection(address, database: target).execute(refresh.joined(separator: "\n")) }
+        phaseEnded("post-data")
     }
 
     private func memberBytes(_ table: NativeContents.Table) -> Int64 {
@@ -177,80 +189,33 @@ public final class PostgresNativeRestore {
         if let failure = state.failure { throw failure }
     }
 
-    /// Streams one member into its table: a restore thread writes the verified
-    /// bytes into a pipe, this one sends them with COPY. A restore that fails
-    /// fails the COPY (the table gets none of it).
+    /// Streams one member into its table: the restore hands each verified batch
+    /// to COPY as it is decoded. A restore that fails fails the COPY (the table
+    /// gets none of it).
     private func load(_ load: Load, on connection: PostgresConnection) throws {
-        guard let pipe = FileIO.makePipe() else {
-            throw DatabaseError.invalidArgument("cannot make a pipe (\(String(cString: strerror(errno))))")
-        }
-        let outcome = RestoreOutcome()
-        nonisolated(unsafe) let restorer = restorer()
-        let id = manifest.id
-        let writeFD = pipe.write
-        let thread = Thread {
-            do {
-                try restorer.restore(id, member: load.member, to: .descriptor(writeFD, name: "COPY"))
-            } catch {
-                outcome.set(error)
-            }
-            close(writeFD)
-            outcome.done.signal()
-        }
-        thread.start()
-        var source = CheckedPipeSource(fd: pipe.read, outcome: outcome)
+        let restorer = restorer()
         let columns = load.table.columns.joined(separator: ", ")
+        let copy = { (sql: String) in
+            try connection.copyIn(sql) { send in
+                try restorer.restore(self.manifest.id, member: load.member, to: .consumer(name: "COPY", write: send))
+            }
+        }
         do {
             if load.whole {
                 try connection.execute("BEGIN")
                 try connection.execute("TRUNCATE ONLY \(load.table.name)")
-                try connection.copyIn("COPY \(load.table.name) (\(columns)) FROM STDIN WITH (FREEZE)", from: &source)
+                try copy("COPY \(load.table.name) (\(columns)) FROM STDIN WITH (FREEZE)")
                 try connection.execute("COMMIT")
             } else {
-                try connection.copyIn("COPY \(load.table.name) (\(columns)) FROM STDIN", from: &source)
+                try copy("COPY \(load.table.name) (\(columns)) FROM STDIN")
             }
         } catch {
-            close(pipe.read)
-            outcome.done.wait()
             if load.whole { try? connection.execute("ROLLBACK") }
             if let e = error as? DatabaseError, case .queryFailed(_, let detail) = e {
                 throw DatabaseError.copyFailed(table: load.table.name, detail: detail)
             }
             throw error
         }
-        close(pipe.read)
-        outcome.done.wait()
-    }
-}
-
-/// How a member's restore into a pipe ended.
-private final class RestoreOutcome: @unchecked Sendable {
-    let done = DispatchSemaphore(value: 0)
-    private let lock = NSLock()
-    private var error: Error?
-    func set(_ e: Error) { lock.lock(); error = e; lock.unlock() }
-    var failure: Error? { lock.lock(); defer { lock.unlock() }; return error }
-}
-
-/// The read end of a member's pipe: at its end, the restore's own verdict, so
-/// that a restore that failed half way is an error and never a short table.
-private struct CheckedPipeSource: ByteSource {
-    var inner: FileDescriptorSource
-    let outcome: RestoreOutcome
-
-    init(fd: Int32, outcome: RestoreOutcome) {
-        inner = FileDescriptorSource(fd: fd, name: "member pipe")
-        self.outcome = outcome
-    }
-
-    mutating func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        let n = try inner.read(into: buffer)
-        if n == 0 {
-            outcome.done.wait()
-            outcome.done.signal()
-            if let failure = outcome.failure { throw failure }
-        }
-        return n
     }
 }
 

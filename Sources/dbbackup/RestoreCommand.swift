@@ -201,6 +201,10 @@ struct DedupRestore: ParsableCommand {
                 Terminal.progress(line)
             }
             try loader.run(force: force)
+            Terminal.clearProgress()
+            Terminal.err(
+                "loaded on \(loader.jobs) connections: "
+                    + loader.phases.map { "\($0.name) \(String(format: "%.2f", $0.seconds)) s" }.joined(separator: ", "))
             return manifest
         }
         guard let dump = manifest.dump, let engine = DatabaseEngine(name: dump.engine),

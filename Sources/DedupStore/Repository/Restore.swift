@@ -7,6 +7,10 @@ public enum RestoreTarget {
     case standardOutput
     /// An open descriptor, such as a pipe into pg_restore; `name` is for messages.
     case descriptor(Int32, name: String)
+    /// A function handed each verified batch of the stream in order, on a
+    /// thread of the restore's own (a COPY into a database server); what it
+    /// throws fails the restore.
+    case consumer(name: String, write: @Sendable (UnsafeRawBufferPointer) throws -> Void)
 }
 
 /// Restores a backup byte for byte, checking every chunk and the whole stream.
@@ -87,6 +91,7 @@ public final class Restorer {
         let output = try RestoreOutput(target)
         let fd = output.fd
         let outName = output.name
+        let consumer = output.consumer
         let maxChunk = repository.config.chunker.maxSize
         let batchBytes = 4 << 20
         let workers = max(1, min(jobs, 16))
@@ -123,10 +128,14 @@ public final class Restorer {
                     if task == 0 {
                         streamHasher.update(batch)
                     } else {
-                        do { try FileIO.writeAll(fd, batch, path: outName) } catch { writeError = error }
+                        do {
+                            if let consumer { try consumer(batch) } else { try FileIO.writeAll(fd, batch, path: outName) }
+                        } catch { writeError = error }
                     }
                 }
                 if let writeError { throw writeError }
+            } else if let consumer {
+                try consumer(batch)
             } else {
                 try FileIO.writeAll(fd, batch, path: outName)
             }
@@ -426,6 +435,8 @@ struct ReadPlanner {
 /// place; standard output and descriptors are written as they come.
 final class RestoreOutput {
     let fd: Int32
+    /// Set for `.consumer` (`fd` is then -1).
+    let consumer: (@Sendable (UnsafeRawBufferPointer) throws -> Void)?
     /// The name writes report (the temporary file, while there is one).
     let name: String
     private let finalPath: String?
@@ -436,14 +447,22 @@ final class RestoreOutput {
     init(_ target: RestoreTarget) throws {
         switch target {
         case .standardOutput:
+            consumer = nil
             fd = STDOUT_FILENO
             name = "standard output"
             finalPath = nil
         case .descriptor(let given, let label):
+            consumer = nil
             fd = given
             name = label
             finalPath = nil
+        case .consumer(let label, let write):
+            consumer = write
+            fd = -1
+            name = label
+            finalPath = nil
         case .file(let path, let overwrite):
+            consumer = nil
             if !overwrite && FileIO.exists(path) {
                 throw DedupError.invalidArgument("\(path) already exists; remove it or pass --force to replace it")
             }

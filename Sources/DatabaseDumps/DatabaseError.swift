@@ -9,6 +9,9 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
     case queryFailed(query: String, detail: String)
     /// A table's COPY failed half way (the server gone, the backend terminated).
     case copyFailed(table: String, detail: String)
+    /// A table's rows could not be loaded into the target database (the
+    /// server refused them, or their member would not restore); it keeps none.
+    case loadFailed(table: String, detail: String)
     /// The dump tool is not installed.
     case toolMissing(tool: String, package: String)
     case invalidArgument(String)
@@ -23,6 +26,7 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
     public var detail: String {
         switch self {
         case .connectionFailed(_, let detail, _), .queryFailed(_, let detail), .copyFailed(_, let detail),
+            .loadFailed(_, let detail),
             .archiveConflict(_, let detail):
             return detail
         default:
@@ -39,6 +43,9 @@ public enum DatabaseError: Error, Equatable, CustomStringConvertible, LocalizedE
             return "query \(query) failed: \(detail)"
         case .copyFailed(let table, let detail):
             return "the rows of table \(table) could not be read to the end: \(detail)"
+        case .loadFailed(let table, let detail):
+            return
+                "table \(table) was not loaded (it holds none of its rows): \(detail); the target database is partly restored: restore again with --force, or drop it"
         case .toolMissing(let tool, let package):
             return "\(tool) was not found in PATH; install it (Debian: apt-get install \(package)) or put it on PATH"
         case .invalidArgument(let text):

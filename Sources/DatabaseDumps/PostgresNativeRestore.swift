@@ -211,10 +211,14 @@ public final class PostgresNativeRestore {
             }
         } catch {
             if load.whole { try? connection.execute("ROLLBACK") }
-            if let e = error as? DatabaseError, case .queryFailed(_, let detail) = e {
-                throw DatabaseError.copyFailed(table: load.table.name, detail: detail)
+            let detail: String
+            switch error {
+            case DatabaseError.queryFailed(_, let d): detail = d
+            case let e as DatabaseError: detail = e.message
+            case let e as DedupError: detail = e.message
+            default: detail = "\(error)"
             }
-            throw error
+            throw DatabaseError.loadFailed(table: load.table.name, detail: detail)
         }
     }
 }

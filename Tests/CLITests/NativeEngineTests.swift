@@ -213,6 +213,46 @@ extension PostgresServerTests {
         #expect(rows.count == 3 && rows.allSatisfy { $0.newChunks != nil })
     }
 
+    /// A chunk of one table's member damaged in its pack: the restore into a
+    /// server fails naming that table, its COPY keeps nothing, no other table
+    /// starts after it; verify names the backup; the other tables' rows are whole.
+    @Test func aDamagedMemberFailsTheRestoreNamingItsTable() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "nat_damage_\(getpid())", copy = "nat_damage_copy_\(getpid())"
+        defer { drop([db, copy]) }
+        drop([db, copy])
+        try PG.psql("postgres", "CREATE DATABASE \(db)")
+        try PG.psql(db, """
+            CREATE TABLE victim (id int PRIMARY KEY, v text);
+            INSERT INTO victim SELECT g, md5(g::text) || md5((g * 3)::text) FROM generate_series(1, 200000) g;
+            CREATE TABLE bystander (id int PRIMARY KEY, v text);
+            INSERT INTO bystander SELECT g, 'b' || g FROM generate_series(1, 1000) g;
+            """)
+        let cli = CLI(repo: dir + "/repo")
+        #expect(try cli.dedup(["backup-db", db, "--native", "--no-delta"] + connection).status == 0)
+        let repo = try Repository(path: dir + "/repo")
+        let m = try onlyManifest(dir + "/repo")
+        var ids = [ChunkID]()
+        try ChunkListReader(repository: repo, manifest: m, member: "data/public.victim").forEach { id, _ in ids.append(id) }
+        let victim = try #require(ids.dropFirst(ids.count / 2).first)
+        let loc = try #require(try repo.index().lookup(victim))
+        let pack = repo.localFile(loc.pack.key)
+        let fd = open(pack, O_RDWR)
+        var byte: UInt8 = 0
+        let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + off_t(loc.storedLength / 2)
+        _ = pread(fd, &byte, 1, at)
+        byte ^= 0x5A
+        _ = pwrite(fd, &byte, 1, at)
+        close(fd)
+
+        let r = try cli.dedup(["restore", m.id, "--target-db", copy, "--create", "--jobs", "1"] + connection)
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("public.victim") && r.stderr.contains(loc.pack.hex), "\(r.stderr)")
+        #expect(try PG.query(copy, "SELECT count(*) FROM victim") == "0", "the table keeps none of a member that failed")
+        #expect(try PG.query(copy, "SELECT count(*) FROM bystander") == "0", "no table starts after a failure (one connection, the largest first)")
+        #expect(try cli.dedup(["verify", "--deep"]).status == 1)
+    }
+
     @Test func aWorkerKilledHalfWayFailsNamingItsTableAndCommitsNothing() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let db = "nat_kill_\(getpid())"

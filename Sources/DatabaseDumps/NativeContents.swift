@@ -17,10 +17,42 @@ public struct NativeContents: Codable, Equatable, Sendable {
         public var bytes: Int64
         /// Its data members, in order.
         public var members: [String]
+        /// What a restore of some tables (`--table`) restores with it.
+        public var dependents: Dependents?
 
-        public init(name: String, columns: [String], bytes: Int64, members: [String]) {
+        public init(name: String, columns: [String], bytes: Int64, members: [String], dependents: Dependents? = nil) {
             self.name = name; self.columns = columns; self.bytes = bytes; self.members = members
+            self.dependents = dependents
         }
+    }
+
+    /// An object as pg_restore's list names it: schema and name, unquoted.
+    public struct ArchiveName: Codable, Equatable, Hashable, Sendable {
+        public var schema: String
+        public var name: String
+    }
+
+    /// The objects of the schema archive that belong with one table.
+    public struct Dependents: Codable, Equatable, Sendable {
+        public struct ForeignKey: Codable, Equatable, Sendable {
+            public var oid: UInt32
+            /// The referenced table, quoted and qualified: the key is restored
+            /// only with it.
+            public var references: String
+        }
+        /// The source's OIDs of the table itself, its partitioned ancestors,
+        /// their and its indexes, constraints other than foreign keys,
+        /// triggers, defaults and owned sequences (pg_restore's list gives
+        /// each entry's OID).
+        public var oids: [UInt32] = []
+        /// The names among them that entries without an OID use (comments,
+        /// grants, partitions and indexes attached, sequences owned by).
+        public var names: [ArchiveName] = []
+        /// Its owned sequences, quoted and qualified (their setval goes with it).
+        public var sequences: [String] = []
+        public var foreignKeys: [ForeignKey] = []
+
+        public init() {}
     }
 
     /// The newest layout this build reads.
@@ -129,4 +161,117 @@ public struct NativeContents: Codable, Equatable, Sendable {
 /// The native engine's backups: `Manifest.DumpInfo.format`.
 public enum NativeFormat {
     public static let name = "native"
+}
+
+/// What a restore of some of a backup's tables (`restore --table`) takes: the
+/// tables, the entries of the schema archive that belong with them (as a
+/// pg_restore list: `pg_restore -L`), and their sequences' values.
+public struct NativeSelection {
+    public let tables: [NativeContents.Table]
+    private let oids: Set<UInt32>
+    private let names: Set<NativeContents.ArchiveName>
+    private let sequences: Set<String>
+
+    /// Objects every table may need (types, functions of triggers and
+    /// defaults, schemas, extensions): kept whole.
+    static let supporting: Set<String> = [
+        "SCHEMA", "EXTENSION", "FUNCTION", "PROCEDURE", "AGGREGATE", "TYPE", "SHELL TYPE", "DOMAIN", "COLLATION",
+        "CONVERSION", "OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY", "CAST", "TEXT SEARCH CONFIGURATION",
+        "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "ENCODING", "STDSTRINGS", "SEARCHPATH",
+    ]
+    /// pg_restore's entry kinds of more than one word, longest first.
+    static let multiWord = [
+        "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE",
+        "SEQUENCE OWNED BY", "OPERATOR FAMILY", "OPERATOR CLASS", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW",
+        "FK CONSTRAINT", "CHECK CONSTRAINT", "TABLE ATTACH", "INDEX ATTACH", "TABLE DATA", "SEQUENCE SET",
+        "SHELL TYPE", "ROW SECURITY", "DEFAULT ACL", "SECURITY LABEL", "BLOB METADATA",
+    ]
+
+    /// `patterns` as `NativeContents.tables(matching:)` takes them; nil when
+    /// none is given (the whole backup). Throws when a pattern matches no table.
+    public init?(_ contents: NativeContents, patterns: [String]) throws {
+        guard !patterns.isEmpty else { return nil }
+        let picked = contents.tables(matching: patterns)
+        for p in patterns where contents.tables(matching: [p]).isEmpty {
+            let known = contents.tables.map { NativeContents.unquoted($0.name) }
+            throw DatabaseError.invalidArgument(
+                "--table \(p) matches no table of the backup (it has \(known.count): \(known.prefix(12).joined(separator: ", "))\(known.count > 12 ? ", ..." : ""))")
+        }
+        tables = picked
+        var oids = Set<UInt32>(), names = Set<NativeContents.ArchiveName>(), sequences = Set<String>()
+        for t in picked {
+            guard let d = t.dependents else {
+                throw DatabaseError.invalidArgument(
+                    "this backup does not record what goes with each table (made by an older dbbackup): restore it whole")
+            }
+            oids.formUnion(d.oids)
+            names.formUnion(d.names)
+            sequences.formUnion(d.sequences)
+        }
+        let pickedNames = Set(picked.map { NativeContents.unquoted($0.name) })
+            .union(names.map { "\($0.schema).\($0.name)" })
+        for t in picked {
+            for fk in t.dependents?.foreignKeys ?? [] where pickedNames.contains(NativeContents.unquoted(fk.references)) {
+                oids.insert(fk.oid)
+            }
+        }
+        self.oids = oids
+        self.names = names
+        self.sequences = sequences
+    }
+
+    /// The lines of `pg_restore -l` to keep, for `pg_restore -L`.
+    public func list(from toc: String) -> String {
+        toc.split(separator: "\n", omittingEmptySubsequences: false).filter { line in
+            line.hasPrefix(";") || line.isEmpty || keeps(String(line))
+        }.joined(separator: "\n")
+    }
+
+    /// One entry of the list: `<dump id>; <catalog oid> <oid> <kind> <schema> <name> <owner>`.
+    func keeps(_ line: String) -> Bool {
+        let fields = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+        guard fields.count == 4, let oid = UInt32(fields[2]) else { return false }
+        let rest = String(fields[3])
+        let kind = Self.multiWord.first { rest.hasPrefix($0 + " ") } ?? String(rest.prefix { $0 != " " })
+        if Self.supporting.contains(kind) { return true }
+        if oid != 0 { return oids.contains(oid) }
+        let after = String(rest.dropFirst(kind.count + 1))
+        switch kind {
+        case "COMMENT", "ACL", "SECURITY LABEL":
+            // "<schema> <TYPE> <name> <owner>": kept with what it is about.
+            if Self.supporting.contains(where: { after.contains(" \($0) ") || after.hasPrefix("- \($0) ") }) { return true }
+            return names.contains { n in
+                after.hasPrefix("\(n.schema) TABLE \(n.name) ") || after.hasPrefix("\(n.schema) SEQUENCE \(n.name) ")
+                    || after.hasPrefix("\(n.schema) INDEX \(n.name) ") || after.hasPrefix("\(n.schema) COLUMN \(n.name).")
+            }
+        case "SEQUENCE OWNED BY", "TABLE ATTACH", "INDEX ATTACH":
+            return names.contains { after.hasPrefix("\($0.schema) \($0.name) ") }
+        default:
+            return false
+        }
+    }
+
+    /// The statements of the sequences member that set the picked tables' sequences.
+    public func setvals(_ script: String) -> String {
+        let prefixes = sequences.map { "SELECT pg_catalog.setval('\($0.replacingOccurrences(of: "'", with: "''"))'," }
+        return script.split(separator: "\n").filter { line in prefixes.contains { line.hasPrefix($0) } }
+            .map { $0 + "\n" }.joined()
+    }
+}
+
+extension NativeSelection {
+    /// Writes the pg_restore list of `archive` that this selection keeps to `path`.
+    func writeList(of archive: String, to path: String) throws {
+        let toc = try ProcessOutputSource(arguments: ["pg_restore", "--list", archive])
+        var bytes = [UInt8]()
+        while true {
+            let more = try toc.read(upTo: 1 << 20)
+            if more.isEmpty { break }
+            bytes += more
+        }
+        let kept = list(from: String(decoding: bytes, as: UTF8.self))
+        guard FileManager.default.createFile(atPath: path, contents: Data(kept.utf8)) else {
+            throw DatabaseError.invalidArgument("cannot write \(path)")
+        }
+    }
 }

@@ -276,6 +276,59 @@ extension PostgresConnection {
         }
     }
 
+    /// What goes with each table of `tablesToCopy` when a restore picks tables
+    /// (`restore --table`), by table: the OIDs of the objects pg_dump's archive
+    /// lists for it (its partitioned ancestors, their and its indexes,
+    /// constraints other than foreign keys, triggers, column defaults, owned
+    /// sequences), their names, its owned sequences, and its foreign keys with
+    /// the tables they reference.
+    public func tableDependents() throws -> [String: NativeContents.Dependents] {
+        let rows = try rows("""
+            WITH RECURSIVE anc(tab, rel) AS (
+                SELECT c.oid, c.oid FROM pg_class c WHERE c.relkind = 'r'
+              UNION
+                SELECT a.tab, i.inhparent FROM anc a JOIN pg_inherits i ON i.inhrelid = a.rel),
+            named AS (SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS q, n.nspname, c.relname
+                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace)
+            SELECT t.q, 'rel', a.rel::text, r.nspname, r.relname, NULL FROM anc a JOIN named t ON t.oid = a.tab
+                JOIN named r ON r.oid = a.rel WHERE a.rel <> a.tab
+            UNION ALL SELECT t.q, 'index', x.indexrelid::text, r.nspname, r.relname, NULL FROM anc a JOIN named t ON t.oid = a.tab
+                JOIN pg_index x ON x.indrelid = a.rel JOIN named r ON r.oid = x.indexrelid
+            UNION ALL SELECT t.q, CASE WHEN k.contype = 'f' THEN 'fk' ELSE 'constraint' END, k.oid::text, NULL, k.conname,
+                    (SELECT q FROM named WHERE oid = k.confrelid)
+                FROM anc a JOIN named t ON t.oid = a.tab JOIN pg_constraint k ON k.conrelid = a.rel
+            UNION ALL SELECT t.q, 'trigger', g.oid::text, NULL, NULL, NULL FROM anc a JOIN named t ON t.oid = a.tab
+                JOIN pg_trigger g ON g.tgrelid = a.rel AND NOT g.tgisinternal
+            UNION ALL SELECT t.q, 'default', d.oid::text, NULL, NULL, NULL FROM anc a JOIN named t ON t.oid = a.tab
+                JOIN pg_attrdef d ON d.adrelid = a.rel
+            UNION ALL SELECT t.q, 'sequence', s.objid::text, r.nspname, r.relname, r.q FROM anc a JOIN named t ON t.oid = a.tab
+                JOIN pg_depend s ON s.refobjid = a.rel AND s.classid = 'pg_class'::regclass
+                    AND s.refclassid = 'pg_class'::regclass AND s.deptype IN ('a', 'i')
+                JOIN named r ON r.oid = s.objid JOIN pg_class sc ON sc.oid = s.objid AND sc.relkind = 'S'
+            UNION ALL SELECT t.q, 'self', t.oid::text, t.nspname, t.relname, NULL FROM named t JOIN pg_class c ON c.oid = t.oid
+                WHERE c.relkind = 'r'
+            """)
+        var out = [String: NativeContents.Dependents]()
+        for row in rows {
+            guard let table = row[0], let kind = row[1], let oid = row[2].flatMap({ UInt32($0) }) else { continue }
+            var d = out[table] ?? NativeContents.Dependents()
+            let name = row[3].flatMap { schema in row[4].map { NativeContents.ArchiveName(schema: schema, name: $0) } }
+            switch kind {
+            case "fk":
+                if let referenced = row[5] { d.foreignKeys.append(.init(oid: oid, references: referenced)) }
+                out[table] = d
+                continue
+            case "sequence":
+                if let q = row[5] { d.sequences.append(q) }
+            default: break
+            }
+            d.oids.append(oid)
+            if let name { d.names.append(name) }
+            out[table] = d
+        }
+        return out
+    }
+
     /// The populated materialized views outside the system schemas (an
     /// extension's left out), oldest first: one built on another comes after it.
     public func populatedMaterializedViews() throws -> [String] {

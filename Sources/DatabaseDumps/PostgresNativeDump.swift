@@ -59,6 +59,7 @@ public final class PostgresNativeDump {
         let sequences = try coordinator.sequenceValues()
         let largeObjects = try coordinator.largeObjectCount()
         let materializedViews = try coordinator.populatedMaterializedViews()
+        let dependents = try coordinator.tableDependents()
         connections = Array(repeating: nil, count: streams)
         let toolVersion = try PostgresDumpPlan.version(of: "pg_dump")
         info = Manifest.DumpInfo(
@@ -76,7 +77,8 @@ public final class PostgresNativeDump {
             let parts = Int((pages + perPart - 1) / perPart)
             let base = "data/" + NativeContents.unquoted(table.qualified)
             if parts <= 1 {
-                described.append(.init(name: table.qualified, columns: table.columns, bytes: table.bytes, members: [base]))
+                described.append(.init(name: table.qualified, columns: table.columns, bytes: table.bytes, members: [base],
+                                       dependents: dependents[table.qualified]))
                 data.append((base, table, table.copyOut))
                 continue
             }
@@ -91,7 +93,8 @@ public final class PostgresNativeDump {
                 let select = "SELECT \(table.columns.joined(separator: ", ")) FROM ONLY \(table.qualified) WHERE \(condition)"
                 data.append((name, table, "COPY (\(select)) TO STDOUT"))
             }
-            described.append(.init(name: table.qualified, columns: table.columns, bytes: table.bytes, members: names))
+            described.append(.init(name: table.qualified, columns: table.columns, bytes: table.bytes, members: names,
+                                   dependents: dependents[table.qualified]))
         }
         // The largest parts first, so that the last ones to end are small.
         let contents = NativeContents(

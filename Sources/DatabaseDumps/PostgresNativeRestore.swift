@@ -28,6 +28,9 @@ public final class PostgresNativeRestore {
     public var threads = 1
     public var lockWait: TimeInterval = 600
     public var progress: ((Progress) -> Void)?
+    /// Restore these tables alone (with their indexes, constraints, triggers,
+    /// sequences, and the foreign keys between them); nil: the whole backup.
+    public var selection: NativeSelection?
     /// How long each phase of the last run took, in order (pre-data, data,
     /// post-data), for the summary.
     public private(set) var phases: [(name: String, seconds: Double)] = []
@@ -55,8 +58,14 @@ public final class PostgresNativeRestore {
         defer { folder.remove() }
         let schema = folder.path + "/schema.dump"
         try restoreMember(contents.schema, toFile: schema)
+        var listed = [String]()
+        if let selection {
+            let list = folder.path + "/selection.list"
+            try selection.writeList(of: schema, to: list)
+            listed = ["--use-list=\(list)"]
+        }
 
-        let tables = contents.tables
+        let tables = selection?.tables ?? contents.tables
         let totalBytes = tables.reduce(Int64(0)) { $0 + memberBytes($1) }
         phases = []
         var phaseStart = Date()
@@ -69,8 +78,9 @@ public final class PostgresNativeRestore {
             let connection = try PostgresConnection(address, database: target)
             try connection.execute(tables.map { "DROP TABLE IF EXISTS \($0.name) CASCADE;" }.joined(separator: "\n"))
         }
-        try pgRestore(["--section=pre-data"] + (force ? ["--clean", "--if-exists"] : []), schema, what: "of the pre-data section")
-        if let member = contents.largeObjects {
+        try pgRestore(["--section=pre-data"] + listed + (force ? ["--clean", "--if-exists"] : []), schema,
+                      what: "of the pre-data section")
+        if let member = contents.largeObjects, selection == nil {
             let file = folder.path + "/large-objects.dump"
             try restoreMember(member, toFile: file)
             try pgRestore(force ? ["--clean", "--if-exists"] : [], file, what: "of the large objects")
@@ -78,7 +88,8 @@ public final class PostgresNativeRestore {
         phaseEnded("pre-data")
         try loadTables(tables, totalBytes: totalBytes)
         if let member = contents.afterData {
-            let script = String(decoding: try restorer().bytes(of: manifest.id, member: member), as: UTF8.self)
+            var script = String(decoding: try restorer().bytes(of: manifest.id, member: member), as: UTF8.self)
+            if let selection { script = selection.setvals(script) }
             // setval statements: their last result is rows.
             if !script.isEmpty { try PostgresConnection(address, database: target).run(script, expecting: PGRES_TUPLES_OK) { _ in } }
         }
@@ -87,9 +98,9 @@ public final class PostgresNativeRestore {
                      phase: "post-data"))
         // Index builds in parallel, each with the server's parallel workers and
         // room to sort in memory.
-        try pgRestore(["--section=post-data", "--jobs=\(jobs)"], schema, what: "of the post-data section",
+        try pgRestore(["--section=post-data", "--jobs=\(jobs)"] + listed, schema, what: "of the post-data section",
                       options: "-c maintenance_work_mem=256MB -c max_parallel_maintenance_workers=\(max(0, jobs - 1))")
-        let refresh = contents.refreshStatements
+        let refresh = selection == nil ? contents.refreshStatements : []
         if !refresh.isEmpty { try PostgresConnection(address, database: target).execute(refresh.joined(separator: "\n")) }
         phaseEnded("post-data")
     }
@@ -288,7 +299,7 @@ struct TemporaryFolder {
 public enum PostgresNativeScript {
     /// Writes the script to `fd`; every member is verified as it is restored.
     public static func write(_ manifest: Manifest, contents: NativeContents, repository: Repository, to fd: Int32,
-                             name: String, lockWait: TimeInterval = 600) throws {
+                             name: String, selection: NativeSelection? = nil, lockWait: TimeInterval = 600) throws {
         try repository.requireKey()
         let lock = try repository.lock(.shared, command: "restore \(manifest.id) as SQL", wait: lockWait)
         defer { lock.release() }
@@ -303,6 +314,7 @@ public enum PostgresNativeScript {
         func text(_ s: String) throws {
             try Array(s.utf8).withUnsafeBytes { try FileIO.writeAll(fd, $0, path: name) }
         }
+        var listed = [String]()
         func archive(_ member: String, _ arguments: [String]) throws {
             let file = folder.path + "/" + member.replacingOccurrences(of: "/", with: "_")
             if !FileIO.exists(file) {
@@ -313,7 +325,7 @@ public enum PostgresNativeScript {
             }
             let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
             defer { close(devNull) }
-            let child = try ChildProcess(executable: exe, arguments: ["pg_restore", "--file=-"] + arguments + [file],
+            let child = try ChildProcess(executable: exe, arguments: ["pg_restore", "--file=-"] + arguments + listed + [file],
                                          stdinFD: devNull, stdoutFD: fd)
             if let failure = child.failure() {
                 throw DatabaseError.invalidArgument("pg_restore of the \(member) member \(failure) (its messages are above)")
@@ -321,9 +333,16 @@ public enum PostgresNativeScript {
         }
         try text("-- dbbackup: backup \(manifest.id) of database \(manifest.database ?? "?") (native engine)\n"
                  + "-- load into an empty database: psql --set ON_ERROR_STOP=1 -d <db> -f <this file>\n")
+        if let selection {
+            let schema = folder.path + "/" + contents.schema
+            try restorer().restore(manifest.id, member: contents.schema, to: .file(path: schema, overwrite: true))
+            let list = folder.path + "/selection.list"
+            try selection.writeList(of: schema, to: list)
+            listed = ["--use-list=\(list)"]
+        }
         try archive(contents.schema, ["--section=pre-data"])
-        if let member = contents.largeObjects { try archive(member, []) }
-        for table in contents.tables {
+        if let member = contents.largeObjects, selection == nil { try archive(member, []) }
+        for table in selection?.tables ?? contents.tables {
             for member in table.members {
                 try text("\nCOPY \(table.name) (\(table.columns.joined(separator: ", "))) FROM stdin;\n")
                 try restorer().restore(manifest.id, member: member, to: .descriptor(fd, name: name))
@@ -332,10 +351,14 @@ public enum PostgresNativeScript {
         }
         if let member = contents.afterData {
             try text("\n")
-            try restorer().restore(manifest.id, member: member, to: .descriptor(fd, name: name))
+            if let selection {
+                try text(selection.setvals(String(decoding: try restorer().bytes(of: manifest.id, member: member), as: UTF8.self)))
+            } else {
+                try restorer().restore(manifest.id, member: member, to: .descriptor(fd, name: name))
+            }
         }
         try archive(contents.schema, ["--section=post-data"])
-        let refresh = contents.refreshStatements
+        let refresh = selection == nil ? contents.refreshStatements : []
         if !refresh.isEmpty { try text("\n" + refresh.joined(separator: "\n") + "\n") }
     }
 }

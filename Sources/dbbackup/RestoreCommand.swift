@@ -62,6 +62,13 @@ struct DedupRestore: ParsableCommand {
     var threads: Int?
 
     @Option(
+        name: .customLong("table"),
+        help: ArgumentHelp(
+            "A native backup: restore this table alone (repeatable; shell patterns such as 'public.order*'; without a schema, in any schema), with its indexes, constraints, triggers and sequences, and the foreign keys among the tables restored.",
+            valueName: "table"))
+    var tables: [String] = []
+
+    @Option(
         help: ArgumentHelp(
             "A backup of member streams (the native engine's): restore this member alone, byte for byte, to the output.",
             valueName: "name"))
@@ -71,6 +78,7 @@ struct DedupRestore: ParsableCommand {
         if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
         if let threads, threads < 1 { throw ValidationError("--threads takes a positive number") }
         if member != nil && targetDb != nil { throw ValidationError("--member restores to a file; leave out --target-db") }
+        if member != nil && !tables.isEmpty { throw ValidationError("give --member or --table, not both") }
         switch (output, targetDb) {
         case (nil, nil): throw ValidationError("where to? give an output file, - for standard output, or --target-db")
         case (.some, .some): throw ValidationError("give either an output file or --target-db, not both")
@@ -127,6 +135,7 @@ struct DedupRestore: ParsableCommand {
                     try writeScript(manifest, repo, to: output)
                     return manifest
                 }
+                try requireNoTables(manifest)
                 return try restorer.restore(manifest.id, member: member, to: target)
             }
             Terminal.clearProgress()
@@ -138,13 +147,22 @@ struct DedupRestore: ParsableCommand {
         }
     }
 
+    /// --table picks tables of a native backup; another is one stream.
+    private func requireNoTables(_ manifest: Manifest) throws {
+        guard tables.isEmpty else {
+            throw ValidationError(
+                "--table picks tables of a backup made by the native engine (backup-db --engine native); \(manifest.id) is one stream: restore it to a file and use pg_restore --table")
+        }
+    }
+
     /// A native backup as one SQL script, to a file (written under a temporary
     /// name, fsynced, then renamed) or standard output.
     private func writeScript(_ manifest: Manifest, _ repo: Repository, to output: String) throws {
         let contents = try NativeContents.read(manifest, from: repo)
+        let selection = try NativeSelection(contents, patterns: tables)
         guard output != "-" else {
             try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: STDOUT_FILENO,
-                                           name: "standard output", lockWait: TimeInterval(lockWait))
+                                           name: "standard output", selection: selection, lockWait: TimeInterval(lockWait))
             return
         }
         if !force && FileIO.exists(output) {
@@ -154,7 +172,7 @@ struct DedupRestore: ParsableCommand {
         let fd = try FileIO.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         do {
             try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: output,
-                                           lockWait: TimeInterval(lockWait))
+                                           selection: selection, lockWait: TimeInterval(lockWait))
             try FileIO.fsync(fd, path: temporary)
             close(fd)
             guard rename(temporary, output) == 0 else {
@@ -185,10 +203,12 @@ struct DedupRestore: ParsableCommand {
             _ = try PostgresRestorePlan.prepare(
                 address: server.address, target: database, format: .custom, create: create, force: force)
             let contents = try NativeContents.read(manifest, from: repo)
+            let selection = try NativeSelection(contents, patterns: tables)
             let loader = PostgresNativeRestore(
                 repository: repo, manifest: manifest, contents: contents, address: server.address, target: database,
                 jobs: jobs ?? min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)))
             loader.lockWait = TimeInterval(lockWait)
+            loader.selection = selection
             if let threads { loader.threads = threads }
             let started = Date()
             loader.progress = { p in
@@ -207,6 +227,7 @@ struct DedupRestore: ParsableCommand {
                     + loader.phases.map { "\($0.name) \(String(format: "%.2f", $0.seconds)) s" }.joined(separator: ", "))
             return manifest
         }
+        try requireNoTables(manifest)
         guard let dump = manifest.dump, let engine = DatabaseEngine(name: dump.engine),
             let plan = try engine.driver(address: server.address).restorePlan(
                 for: dump, into: database, create: create, force: force)

@@ -213,6 +213,78 @@ extension PostgresServerTests {
         #expect(rows.count == 3 && rows.allSatisfy { $0.newChunks != nil })
     }
 
+    /// `--table` restores some tables with what belongs to them: their indexes,
+    /// constraints, triggers, comments and sequences, the foreign keys among
+    /// them and not those to tables left out; a partition with its parent;
+    /// into a server and as a script alike. A pattern that matches nothing is
+    /// refused, naming the tables there are.
+    @Test func someTablesRestoreWithWhatBelongsToThem() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "nat_pick_\(getpid())"
+        let copies = (1...3).map { "nat_pick\($0)_\(getpid())" }
+        defer { drop([db] + copies) }
+        drop([db] + copies)
+        try PG.psql("postgres", "CREATE DATABASE \(db)")
+        try PG.psql(db, """
+            CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+            INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 300) g;
+            CREATE TABLE orders (id serial PRIMARY KEY, customer int REFERENCES customers, total numeric CHECK (total >= 0));
+            CREATE INDEX orders_customer ON orders (customer);
+            COMMENT ON TABLE orders IS 'the orders';
+            CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.total := NEW.total; RETURN NEW; END $$;
+            CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION touch();
+            INSERT INTO orders (customer, total) SELECT 1 + g % 300, g FROM generate_series(1, 5000) g;
+            CREATE TABLE products (id int PRIMARY KEY, title text);
+            INSERT INTO products SELECT g, 'p' || g FROM generate_series(1, 100) g;
+            CREATE TABLE events (at int NOT NULL, what text) PARTITION BY RANGE (at);
+            CREATE TABLE events_old PARTITION OF events FOR VALUES FROM (0) TO (100);
+            CREATE TABLE events_new PARTITION OF events FOR VALUES FROM (100) TO (200);
+            CREATE INDEX events_what ON events (what);
+            INSERT INTO events SELECT g, 'e' || g FROM generate_series(0, 199) g;
+            """)
+        let cli = CLI(repo: dir + "/repo")
+        #expect(try cli.dedup(["backup-db", db, "--native"] + connection).status == 0)
+        let m = try onlyManifest(dir + "/repo")
+        func tables(_ db: String) throws -> String {
+            try PG.query(db, "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND relkind IN ('r', 'p')")
+        }
+        func objects(_ db: String) throws -> String {
+            try PG.query(db, """
+                SELECT (SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 'orders'::regclass)
+                    || ' ' || (SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'orders'::regclass)
+                    || ' ' || (SELECT string_agg(tgname, ',') FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal)
+                    || ' ' || obj_description('orders'::regclass, 'pg_class') || ' ' || (SELECT last_value FROM orders_id_seq)
+                """)
+        }
+
+        let two = try cli.dedup(["restore", m.id, "--target-db", copies[0], "--create", "--table", "public.orders", "--table", "cust*"] + connection)
+        #expect(two.status == 0, "\(two.stderr)")
+        #expect(try tables(copies[0]) == "customers,orders")
+        #expect(try objects(copies[0]) == objects(db))
+        #expect(try objects(copies[0]).contains("orders_customer_fkey"))
+        #expect(try PG.query(copies[0], "SELECT count(*) || ' ' || sum(total) FROM orders") == PG.query(db, "SELECT count(*) || ' ' || sum(total) FROM orders"))
+
+        // Alone, orders loses the key to the customers left out, and nothing else.
+        let one = try cli.dedup(["restore", m.id, "--target-db", copies[1], "--create", "--table", "orders", "--table", "events_old"] + connection)
+        #expect(one.status == 0, "\(one.stderr)")
+        #expect(try tables(copies[1]) == "events,events_old,orders")
+        #expect(try !objects(copies[1]).contains("fkey") && objects(copies[1]).contains("orders_customer,orders_pkey"))
+        #expect(try PG.query(copies[1], "SELECT count(*) FROM events") == "100")
+        #expect(try PG.query(copies[1], "SELECT count(*) FROM pg_indexes WHERE tablename = 'events_old'") == "1")
+
+        // The same as a script.
+        let script = dir + "/two.sql"
+        let written = try cli.dedup(["restore", m.id, script, "--table", "orders", "--table", "customers"])
+        #expect(written.status == 0, "\(written.stderr)")
+        try PG.psql("postgres", "CREATE DATABASE \(copies[2])")
+        try PG.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG.host, "-p", PG.port, "-U", PG.user, "-d", copies[2], "-f", script])
+        #expect(try tables(copies[2]) == "customers,orders")
+        #expect(try objects(copies[2]) == objects(db))
+
+        let none = try cli.dedup(["restore", m.id, dir + "/x.sql", "--table", "public.nothing"])
+        #expect(none.status == 1 && none.stderr.contains("matches no table") && none.stderr.contains("public.orders"), "\(none.stderr)")
+    }
+
     /// A chunk of one table's member damaged in its pack: the restore into a
     /// server fails naming that table, its COPY keeps nothing, no other table
     /// starts after it; verify names the backup; the other tables' rows are whole.

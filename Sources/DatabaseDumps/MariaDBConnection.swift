@@ -6,10 +6,12 @@ import Foundation
 /// the way the ecosystem has them: the [client] group of the option files
 /// (~/.my.cnf), and MYSQL_PWD from the environment; never a command line.
 public final class MariaDBConnection {
-    private let mysql: UnsafeMutablePointer<MYSQL>
+    let mysql: UnsafeMutablePointer<MYSQL>
     public let address: ServerAddress
 
-    public init(_ address: ServerAddress, database: String?) throws {
+    /// `localInfile`: this connection may send a file of ours to `LOAD DATA
+    /// LOCAL INFILE` (the native engine's restore; off otherwise).
+    public init(_ address: ServerAddress, database: String?, localInfile: Bool = false) throws {
         self.address = address
         guard let m = mysql_init(nil) else {
             throw DatabaseError.connectionFailed(
@@ -19,6 +21,8 @@ public final class MariaDBConnection {
         mysql_options(m, MYSQL_READ_DEFAULT_GROUP, "client")
         var timeout: UInt32 = 10
         mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &timeout)
+        var local: UInt32 = localInfile ? 1 : 0
+        mysql_options(m, MYSQL_OPT_LOCAL_INFILE, &local)
         let password = ProcessInfo.processInfo.environment["MYSQL_PWD"]
         // With neither host nor socket, libmariadb uses its default socket; a host
         // of "localhost" also means the socket, so a TCP address is kept as given.

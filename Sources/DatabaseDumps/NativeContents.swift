@@ -55,6 +55,13 @@ public struct NativeContents: Codable, Equatable, Sendable {
         public init() {}
     }
 
+    /// The size of the parts a large table is dumped in: 64 MiB, or
+    /// DBBACKUP_NATIVE_PART_MIB (tests split small tables with it).
+    public static var partBytes: Int64 {
+        let mib = ProcessInfo.processInfo.environment["DBBACKUP_NATIVE_PART_MIB"].flatMap { Int64($0) } ?? 64
+        return max(1, mib) << 20
+    }
+
     /// The newest layout this build reads.
     public static let currentFormat = 1
     /// The member that holds these contents.

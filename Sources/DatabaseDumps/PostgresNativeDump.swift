@@ -34,7 +34,7 @@ public final class PostgresNativeDump {
     /// pages), so that one large table is dumped and restored on several
     /// connections; fixed, so that the parts of a table stay where they were
     /// from one night to the next.
-    public static let defaultPartBytes: Int64 = 64 << 20
+    public static let defaultPartBytes: Int64 = NativeContents.partBytes
 
     /// Connects, opens the snapshot, locks the tables against DDL (ACCESS SHARE,
     /// as pg_dump does) and lists what the dump holds. `jobs`: connections

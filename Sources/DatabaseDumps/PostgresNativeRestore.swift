@@ -146,64 +146,26 @@ public final class PostgresNativeRestore {
         }
     }
 
-    /// One member's rows into its table.
-    private struct Load {
-        var table: NativeContents.Table
-        var member: String
-        var bytes: Int64
-        /// The table's only member: loaded with FREEZE into the table
-        /// truncated in the same transaction.
-        var whole: Bool
-    }
-
     /// The data members on `jobs` connections, the largest tables first; the
     /// first failure stops the others from starting another table and is thrown.
     private func loadTables(_ tables: [NativeContents.Table], totalBytes: Int64) throws {
-        var planned = [Load]()
-        for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
-            for member in table.members {
-                planned.append(Load(table: table, member: member, bytes: (try? manifest.stream(member).size) ?? 0,
-                                  whole: table.members.count == 1))
-            }
-        }
-        let loads = planned
-        let state = LoadState(total: loads.count)
-        let workers = min(jobs, max(1, loads.count))
-        var connections = [PostgresConnection]()
-        for _ in 0..<workers {
+        let connections = try (0..<min(jobs, max(1, tables.reduce(0) { $0 + $1.members.count }))).map { _ in
             let c = try PostgresConnection(address, database: target)
             try c.execute("SET synchronous_commit = off")
-            connections.append(c)
+            return c
         }
-        let done = DispatchGroup()
-        // Each worker has a connection of its own; the rest is read only or locked.
-        nonisolated(unsafe) let me = self
-        for worker in 0..<workers {
-            nonisolated(unsafe) let connection = connections[worker]
-            DispatchQueue.global().async(group: done) {
-                let `self` = me
-                while let k = state.take() {
-                    let load = loads[k]
-                    do {
-                        try self.load(load, on: connection)
-                        state.finished(load.member, bytes: load.bytes, table: load.table.name,
-                                       lastOfTable: load.member == load.table.members.last)
-                        self.report(.init(tablesDone: state.tablesDone, tables: tables.count,
-                                          bytesDone: state.bytesDone, bytes: totalBytes, phase: "data"))
-                    } catch {
-                        state.fail(error)
-                    }
-                }
-            }
+        try NativeLoads(manifest: manifest, tables: tables).run(workers: connections.count) { p in
+            self.report(.init(tablesDone: p.tables, tables: tables.count, bytesDone: p.bytes, bytes: totalBytes,
+                              phase: "data"))
+        } load: { load, worker in
+            try self.load(load, on: connections[worker])
         }
-        done.wait()
-        if let failure = state.failure { throw failure }
     }
 
     /// Streams one member into its table: the restore hands each verified batch
     /// to COPY as it is decoded. A restore that fails fails the COPY (the table
     /// gets none of it).
-    private func load(_ load: Load, on connection: PostgresConnection) throws {
+    private func load(_ load: NativeLoads.Load, on connection: PostgresConnection) throws {
         let restorer = restorer()
         let columns = load.table.columns.joined(separator: ", ")
         let copy = { (sql: String) in
@@ -232,43 +194,6 @@ public final class PostgresNativeRestore {
             throw DatabaseError.loadFailed(table: load.table.name, detail: detail)
         }
     }
-}
-
-/// The work list of the loading workers, and what they have done.
-private final class LoadState: @unchecked Sendable {
-    private let lock = NSLock()
-    private var next = 0
-    private let total: Int
-    private(set) var failure: Error?
-    private var bytes: Int64 = 0
-    private var tables = 0
-
-    init(total: Int) { self.total = total }
-
-    /// The next load, nil when all are taken or one failed.
-    func take() -> Int? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard failure == nil, next < total else { return nil }
-        next += 1
-        return next - 1
-    }
-
-    func finished(_ member: String, bytes b: Int64, table: String, lastOfTable: Bool) {
-        lock.lock()
-        bytes += b
-        if lastOfTable { tables += 1 }
-        lock.unlock()
-    }
-
-    func fail(_ error: Error) {
-        lock.lock()
-        if failure == nil { failure = error }
-        lock.unlock()
-    }
-
-    var bytesDone: Int64 { lock.lock(); defer { lock.unlock() }; return bytes }
-    var tablesDone: Int { lock.lock(); defer { lock.unlock() }; return tables }
 }
 
 /// A folder of our own under the temporary directory, removed with what it holds.

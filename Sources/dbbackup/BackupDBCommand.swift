@@ -63,7 +63,7 @@ struct DedupBackupDB: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "How a database is dumped: pg_dump (the default; mariadb-dump for MySQL/MariaDB), or native (PostgreSQL: each table through COPY on --jobs connections of one snapshot, one member stream per table).",
+            "How a database is dumped: pg_dump (the default; mariadb-dump for MySQL/MariaDB), or native: each table on its own (PostgreSQL: COPY; MySQL/MariaDB: SELECT) on --jobs connections of one snapshot, one member stream per table.",
             valueName: "engine"))
     var engine: DumpEngine = .tool
 
@@ -90,10 +90,6 @@ struct DedupBackupDB: ParsableCommand {
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs takes a positive number") }
         if dumpEngine == .native {
-            guard dbType == .postgres else {
-                throw ValidationError(
-                    "--engine native is built for PostgreSQL so far; back up MySQL/MariaDB with mariadb-dump (leave out --engine)")
-            }
             guard !baseBackup else { throw ValidationError("--engine native dumps databases; --base-backup copies the cluster") }
             guard format == PostgresDumpFormat.custom.rawValue else {
                 throw ValidationError("--format is pg_dump's; the native engine has its own (one member per table)")
@@ -159,17 +155,26 @@ struct DedupBackupDB: ParsableCommand {
             try commit(try driver.dump(database: db), name: name, database: db, into: repo)
             return
         }
-        let dump = try PostgresNativeDump(address: server.address, database: db, jobs: workers)
-        defer { dump.close() }
-        var options = BackupOptions(name: name, source: dump.command.joined(separator: " "))
+        let members: [MemberPlan], streams: Int, info: Manifest.DumpInfo, command: [String], size: Int64?
+        let close: () -> Void
+        if dbType.isMySQLFamily {
+            let dump = try MariaDBNativeDump(address: server.address, database: db, jobs: workers) { Terminal.notice($0) }
+            (members, streams, info, command, size, close) =
+                (dump.members, dump.streams, dump.info, dump.command, dump.expectedSize, dump.close)
+        } else {
+            let dump = try PostgresNativeDump(address: server.address, database: db, jobs: workers)
+            (members, streams, info, command, size, close) =
+                (dump.members, dump.streams, dump.info, dump.command, dump.expectedSize, dump.close)
+        }
+        defer { close() }
+        var options = BackupOptions(name: name, source: command.joined(separator: " "))
         options.kind = .dump
         options.database = db
-        options.dbType = dump.info.engine
-        options.dbHost = dump.info.server
-        options.dump = dump.info
+        options.dbType = info.engine
+        options.dbHost = info.server
+        options.dump = info
         options.checkDumpComplete = false
-        try committing.commit(
-            members: dump.members, streams: dump.streams, into: repo, options: options, expectedSize: dump.expectedSize)
+        try committing.commit(members: members, streams: streams, into: repo, options: options, expectedSize: size)
     }
 
     /// The whole cluster (PostgreSQL's pg_basebackup), the start of point-in-time recovery.

@@ -147,6 +147,20 @@ struct DedupRestore: ParsableCommand {
         }
     }
 
+    /// The progress line of a native backup's restore: tables, bytes, ETA.
+    private func nativeProgress() -> (PostgresNativeRestore.Progress) -> Void {
+        let started = Date()
+        return { p in
+            let elapsed = Date().timeIntervalSince(started)
+            var line = "\(p.phase): \(p.tablesDone)/\(p.tables) tables, \(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytes))"
+            if p.phase == "data", p.bytesDone > 0, p.bytes > 0 {
+                let done = Double(p.bytesDone) / Double(p.bytes)
+                line += ", \(Format.rate(p.bytesDone, elapsed)), ETA \(Format.duration(elapsed / done - elapsed))"
+            }
+            Terminal.progress(line)
+        }
+    }
+
     /// --table picks tables of a native backup; another is one stream.
     private func requireNoTables(_ manifest: Manifest) throws {
         guard tables.isEmpty else {
@@ -159,10 +173,22 @@ struct DedupRestore: ParsableCommand {
     /// name, fsynced, then renamed) or standard output.
     private func writeScript(_ manifest: Manifest, _ repo: Repository, to output: String) throws {
         let contents = try NativeContents.read(manifest, from: repo)
+        let mysql = DatabaseEngine(name: contents.engine)?.isMySQLFamily == true
+        if mysql && !tables.isEmpty {
+            throw ValidationError("--table is for native backups of PostgreSQL so far; restore the whole backup")
+        }
         let selection = try NativeSelection(contents, patterns: tables)
+        func write(_ fd: Int32, _ name: String) throws {
+            if mysql {
+                try MariaDBNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: name,
+                                              lockWait: TimeInterval(lockWait))
+            } else {
+                try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: name,
+                                               selection: selection, lockWait: TimeInterval(lockWait))
+            }
+        }
         guard output != "-" else {
-            try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: STDOUT_FILENO,
-                                           name: "standard output", selection: selection, lockWait: TimeInterval(lockWait))
+            try write(STDOUT_FILENO, "standard output")
             return
         }
         if !force && FileIO.exists(output) {
@@ -171,8 +197,7 @@ struct DedupRestore: ParsableCommand {
         let temporary = output + ".dbbackup-partial"
         let fd = try FileIO.open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         do {
-            try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: output,
-                                           selection: selection, lockWait: TimeInterval(lockWait))
+            try write(fd, output)
             try FileIO.fsync(fd, path: temporary)
             close(fd)
             guard rename(temporary, output) == 0 else {
@@ -198,6 +223,25 @@ struct DedupRestore: ParsableCommand {
     /// pg_restore (custom format), psql (plain) or the mariadb client.
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
+        if let dump = manifest.dump, dump.format == NativeFormat.name, DatabaseEngine(name: dump.engine)?.isMySQLFamily == true {
+            guard tables.isEmpty else {
+                throw ValidationError("--table is for native backups of PostgreSQL so far; restore the whole backup")
+            }
+            let plan = try MariaDBRestorePlan.prepare(address: server.address, target: database, create: create, force: force)
+            let contents = try NativeContents.read(manifest, from: repo)
+            let loader = MariaDBNativeRestore(
+                repository: repo, manifest: manifest, contents: contents, address: server.address, target: database,
+                jobs: jobs ?? min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)))
+            loader.lockWait = TimeInterval(lockWait)
+            if let threads { loader.threads = threads }
+            loader.progress = nativeProgress()
+            try loader.run(client: plan.arguments)
+            Terminal.clearProgress()
+            Terminal.err(
+                "loaded on \(loader.jobs) connections: "
+                    + loader.phases.map { "\($0.name) \(String(format: "%.2f", $0.seconds)) s" }.joined(separator: ", "))
+            return manifest
+        }
         if let dump = manifest.dump, dump.format == NativeFormat.name, DatabaseEngine(name: dump.engine) == .postgres {
             // The target checked (and created) as for a pg_dump backup.
             _ = try PostgresRestorePlan.prepare(
@@ -210,16 +254,7 @@ struct DedupRestore: ParsableCommand {
             loader.lockWait = TimeInterval(lockWait)
             loader.selection = selection
             if let threads { loader.threads = threads }
-            let started = Date()
-            loader.progress = { p in
-                let elapsed = Date().timeIntervalSince(started)
-                var line = "\(p.phase): \(p.tablesDone)/\(p.tables) tables, \(Format.bytes(p.bytesDone)) of \(Format.bytes(p.bytes))"
-                if p.phase == "data", p.bytesDone > 0, p.bytes > 0 {
-                    let done = Double(p.bytesDone) / Double(p.bytes)
-                    line += ", \(Format.rate(p.bytesDone, elapsed)), ETA \(Format.duration(elapsed / done - elapsed))"
-                }
-                Terminal.progress(line)
-            }
+            loader.progress = nativeProgress()
             try loader.run(force: force)
             Terminal.clearProgress()
             Terminal.err(

@@ -1,0 +1,101 @@
+import DedupStore
+import Foundation
+
+/// The data members of a native backup loaded on several connections at once,
+/// the largest tables first: each worker takes the next member when it is
+/// done with one, and the first failure stops the others from starting
+/// another (those under way finish) and is thrown.
+struct NativeLoads {
+    /// One member's rows into its table.
+    struct Load {
+        var table: NativeContents.Table
+        var member: String
+        var bytes: Int64
+        /// The table's only member (PostgreSQL: loaded with FREEZE into the
+        /// table truncated in the same transaction).
+        var whole: Bool
+    }
+
+    /// What is done so far.
+    struct Done {
+        var tables: Int
+        var bytes: Int64
+    }
+
+    let loads: [Load]
+
+    init(manifest: Manifest, tables: [NativeContents.Table]) {
+        var planned = [Load]()
+        for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
+            for member in table.members {
+                planned.append(Load(table: table, member: member, bytes: (try? manifest.stream(member).size) ?? 0,
+                                    whole: table.members.count == 1))
+            }
+        }
+        loads = planned
+    }
+
+    /// Runs `load` for every member on `workers` threads (the worker's number
+    /// picks its connection), telling `progress` after each.
+    func run(workers: Int, progress: @escaping (Done) -> Void, load: @escaping (Load, Int) throws -> Void) throws {
+        let state = LoadState(total: loads.count, tables: Dictionary(grouping: loads, by: \.table.name).mapValues(\.count))
+        let done = DispatchGroup()
+        let loads = loads
+        // Each worker has a connection of its own; the rest is read only or locked.
+        nonisolated(unsafe) let body = load
+        nonisolated(unsafe) let report = progress
+        for worker in 0..<max(1, workers) {
+            DispatchQueue.global().async(group: done) {
+                while let k = state.take() {
+                    do {
+                        try body(loads[k], worker)
+                        report(state.finished(loads[k]))
+                    } catch {
+                        state.fail(error)
+                    }
+                }
+            }
+        }
+        done.wait()
+        if let failure = state.failure { throw failure }
+    }
+}
+
+/// The work list of the loading workers, and what they have done.
+private final class LoadState: @unchecked Sendable {
+    private let lock = NSLock()
+    private var next = 0
+    private let total: Int
+    private(set) var failure: Error?
+    private var bytes: Int64 = 0
+    private var tablesDone = 0
+    /// Members not loaded yet, by table.
+    private var left: [String: Int]
+
+    init(total: Int, tables: [String: Int]) {
+        self.total = total
+        left = tables
+    }
+
+    /// The next load, nil when all are taken or one failed.
+    func take() -> Int? {
+        lock.withLock {
+            guard failure == nil, next < total else { return nil }
+            next += 1
+            return next - 1
+        }
+    }
+
+    func finished(_ load: NativeLoads.Load) -> NativeLoads.Done {
+        lock.withLock {
+            bytes += load.bytes
+            left[load.table.name, default: 1] -= 1
+            if left[load.table.name] == 0 { tablesDone += 1 }
+            return NativeLoads.Done(tables: tablesDone, bytes: bytes)
+        }
+    }
+
+    func fail(_ error: Error) {
+        lock.withLock { if failure == nil { failure = error } }
+    }
+}

@@ -131,8 +131,7 @@ public final class MariaDBRowsOut: ByteSource {
     public let table: String
     private var result: UnsafeMutablePointer<MYSQL_RES>?
     private let columns: Int
-    private var pending: [UInt8] = []
-    private var pendingStart = 0
+    private var pending = SpilledBytes()
     private var ended = false
     public private(set) var rows: Int64 = 0
 
@@ -154,18 +153,12 @@ public final class MariaDBRowsOut: ByteSource {
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         var filled = 0
         while filled < buffer.count {
-            if pendingStart < pending.count {
-                let n = min(buffer.count - filled, pending.count - pendingStart)
-                pending.withUnsafeBytes {
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)])
-                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[pendingStart..<(pendingStart + n)]))
-                }
-                pendingStart += n
-                filled += n
+            if !pending.isEmpty {
+                filled = pending.drain(into: buffer, at: filled)
                 continue
             }
             if ended || (filled > 0 && filled >= buffer.count / 2) { break }
-            guard let result, let row = mysql_fetch_row(result) else {
+            guard let result, let fields = mysql_fetch_row(result) else {
                 if mysql_errno(connection.mysql) != 0 {
                     throw DatabaseError.copyFailed(table: table, detail: String(cString: mysql_error(connection.mysql)))
                 }
@@ -178,29 +171,30 @@ public final class MariaDBRowsOut: ByteSource {
             guard let lengths = mysql_fetch_lengths(result) else {
                 throw DatabaseError.copyFailed(table: table, detail: "no field lengths for a row")
             }
-            // The row's text into the buffer where it fits, else into `pending`.
-            pending.removeAll(keepingCapacity: true)
-            pendingStart = 0
-            for c in 0..<columns {
-                if c > 0 { pending.append(0x09) }
-                guard let field = row[c] else {
-                    pending.append(0x5C)
-                    pending.append(0x4E)
-                    continue
-                }
-                let bytes = UnsafeRawBufferPointer(start: field, count: Int(lengths[c]))
-                for b in bytes {
-                    switch b {
-                    case 0x5C: pending.append(0x5C); pending.append(0x5C)
-                    case 0x09: pending.append(0x5C); pending.append(0x74)
-                    case 0x0A: pending.append(0x5C); pending.append(0x6E)
-                    case 0x0D: pending.append(0x5C); pending.append(0x72)
-                    case 0x00: pending.append(0x5C); pending.append(0x30)
-                    default: pending.append(b)
+            // The row's text, handed out by the reads from `pending`.
+            let columns = columns
+            pending.refill { text in
+                for c in 0..<columns {
+                    if c > 0 { text.append(0x09) }
+                    guard let field = fields[c] else {
+                        text.append(0x5C)
+                        text.append(0x4E)
+                        continue
+                    }
+                    let bytes = UnsafeRawBufferPointer(start: field, count: Int(lengths[c]))
+                    for b in bytes {
+                        switch b {
+                        case 0x5C: text.append(0x5C); text.append(0x5C)
+                        case 0x09: text.append(0x5C); text.append(0x74)
+                        case 0x0A: text.append(0x5C); text.append(0x6E)
+                        case 0x0D: text.append(0x5C); text.append(0x72)
+                        case 0x00: text.append(0x5C); text.append(0x30)
+                        default: text.append(b)
+                        }
                     }
                 }
+                text.append(0x0A)
             }
-            pending.append(0x0A)
         }
         return filled
     }

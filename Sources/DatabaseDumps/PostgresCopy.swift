@@ -128,8 +128,7 @@ public final class PostgresCopyOut: ByteSource {
     private let sql: String
     /// The table, for messages.
     public let table: String
-    private var pending: [UInt8] = []
-    private var pendingStart = 0
+    private var pending = SpilledBytes()
     private var ended = false
     public private(set) var rows: Int64 = 0
     public private(set) var bytes: Int64 = 0
@@ -151,14 +150,8 @@ public final class PostgresCopyOut: ByteSource {
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         var filled = 0
         while filled < buffer.count {
-            if pendingStart < pending.count {
-                let n = min(buffer.count - filled, pending.count - pendingStart)
-                pending.withUnsafeBytes {
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)])
-                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[pendingStart..<(pendingStart + n)]))
-                }
-                pendingStart += n
-                filled += n
+            if !pending.isEmpty {
+                filled = pending.drain(into: buffer, at: filled)
                 continue
             }
             if ended { break }
@@ -194,10 +187,7 @@ public final class PostgresCopyOut: ByteSource {
             filled = at
             rows += rowCount
             bytes += byteCount
-            if let spill {
-                pending = spill
-                pendingStart = 0
-            }
+            if let spill { pending.keep(spill) }
             if !more { ended = true }
         }
         return filled
@@ -345,5 +335,40 @@ extension PostgresConnection {
     /// Large objects in this database.
     public func largeObjectCount() throws -> Int {
         Int(try column("SELECT count(*) FROM pg_largeobject_metadata").first ?? "") ?? 0
+    }
+}
+
+/// Bytes of a row that did not fit the reader's buffer, handed out first by
+/// the next read (the COPY and SELECT sources of the native engine).
+struct SpilledBytes {
+    private var bytes: [UInt8] = []
+    private var start = 0
+
+    var isEmpty: Bool { start >= bytes.count }
+
+    /// Keeps `more` for the next reads (what was kept before is handed out).
+    mutating func keep(_ more: [UInt8]) {
+        bytes = more
+        start = 0
+    }
+
+    /// Makes the next bytes to hand out those `body` appends (the storage of
+    /// the last ones reused).
+    mutating func refill(_ body: (inout [UInt8]) throws -> Void) rethrows {
+        bytes.removeAll(keepingCapacity: true)
+        start = 0
+        try body(&bytes)
+    }
+
+    /// Copies as much as fits into `buffer` from `filled` on; returns the new fill.
+    mutating func drain(into buffer: UnsafeMutableRawBufferPointer, at filled: Int) -> Int {
+        let n = min(buffer.count - filled, bytes.count - start)
+        guard n > 0 else { return filled }
+        bytes.withUnsafeBytes {
+            UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<(start + n)]))
+        }
+        start += n
+        return filled + n
     }
 }

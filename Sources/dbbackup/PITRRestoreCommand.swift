@@ -247,7 +247,13 @@ struct RestorePITR: ParsableCommand {
         let address = server.address
         let plan = try MariaDBRestorePlan.prepare(address: address, target: targetDb, create: create, force: force)
         let restorer = Restorer(repository: repo)
-        if let failure = try restore(dump.id, with: restorer, into: plan.arguments) {
+        if info.format == NativeFormat.name {
+            // A backup of the native engine: its tables on several connections.
+            let loader = MariaDBNativeRestore(
+                repository: repo, manifest: dump, contents: try NativeContents.read(dump, from: repo), address: address,
+                target: targetDb, jobs: min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)))
+            try loader.run(client: plan.arguments)
+        } else if let failure = try restore(dump.id, with: restorer, into: plan.arguments) {
             throw DatabaseError.invalidArgument(
                 "\(plan.arguments[0]) \(failure) while loading the dump (its messages are above); database \(targetDb) may be partly restored"
             )

@@ -26,6 +26,12 @@ struct DedupBackupDB: ParsableCommand {
         binary log, --master-data=2 --gtid: the log position and GTID of the
         snapshot go into the manifest. Passwords: MYSQL_PWD or the [client] group
         of ~/.my.cnf.
+
+        --engine native (or --native): each table as its own member stream, from
+        one consistent snapshot, on --jobs connections at once; the schema by pg_dump
+        --schema-only or mariadb-dump --no-data. `dedup list --tables <id>` shows the
+        tables. The default stays pg_dump / mariadb-dump (docs/NATIVE.md says why).
+          dbbackup dedup backup-db shop --engine native --jobs 4
         """)
 
     @OptionGroup var store: StoreOptions

@@ -23,6 +23,15 @@ struct DedupRestore: ParsableCommand {
         pg_restore drops what it restores first: --clean --if-exists; a MariaDB dump
         drops and recreates each of its tables).
           dbbackup dedup restore 2026-11-21_020000_shop --target-db shop_copy --create
+
+        A backup of the native engine (backup-db --engine native) loads into a server
+        table by table on --jobs connections (COPY, or LOAD DATA LOCAL INFILE), the
+        indexes and constraints after the rows; --table restores some of its tables
+        (PostgreSQL); to a file it becomes one SQL script for psql or mariadb; --member
+        restores one member stream byte for byte. docs/NATIVE.md.
+          dbbackup dedup restore <id> --target-db shop_copy --create --jobs 4
+          dbbackup dedup restore <id> --target-db shop_copy --table public.orders
+          dbbackup dedup restore <id> shop.sql
         """)
 
     @OptionGroup var store: StoreOptions

@@ -285,6 +285,38 @@ extension PostgresServerTests {
         #expect(none.status == 1 && none.stderr.contains("matches no table") && none.stderr.contains("public.orders"), "\(none.stderr)")
     }
 
+    /// A native backup in a bucket of `rclone serve s3`: members restored at
+    /// once, each fetched ahead by its own restore, into a server on three
+    /// connections and as a script.
+    @Test(.enabled(if: S3Test.available, "tools/test starts rclone serve s3"))
+    func aNativeBackupInABucketRestoresOnSeveralConnections() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "nat_s3_\(getpid())", copy = "nat_s3_copy_\(getpid())"
+        defer { drop([db, copy]) }
+        drop([db, copy])
+        try PG.psql("postgres", "CREATE DATABASE \(db)")
+        try PG.psql(db, """
+            CREATE TABLE a (id int PRIMARY KEY, v text);
+            INSERT INTO a SELECT g, md5(g::text) || repeat('x', g % 50) FROM generate_series(1, 120000) g;
+            CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a, w bytea);
+            INSERT INTO b SELECT g, g, decode(md5(g::text), 'hex') FROM generate_series(1, 60000) g;
+            CREATE TABLE c (id serial PRIMARY KEY, note text);
+            INSERT INTO c (note) SELECT 'note ' || g FROM generate_series(1, 30000) g;
+            """)
+        let cli = CLI(repo: "s3://\(S3Test.bucketName())/native", env: S3Test.credentials)
+        #expect(try cli.dedup(["init"]).status == 0)
+        let backup = try cli.dedup(["backup-db", db, "--native", "--jobs", "3", "--json"] + connection,
+                                   env: ["DBBACKUP_NATIVE_PART_MIB": "2"])
+        #expect(backup.status == 0, "\(backup.stderr)")
+        let m = try JSONDecoder().decode(Manifest.self, from: Data(backup.stdout))
+        #expect(m.streams.filter { $0.name.hasPrefix("data/public.a/") }.count >= 3, "\(m.streams.map(\.name))")
+        let restored = try cli.dedup(["restore", m.id, "--target-db", copy, "--create", "--jobs", "3"] + connection)
+        #expect(restored.status == 0, "\(restored.stderr)")
+        #expect(try Self.fingerprint(copy).data == Self.fingerprint(db).data)
+        let script = try cli.dedup(["restore", m.id, dir + "/s3.sql"])
+        #expect(script.status == 0, "\(script.stderr)")
+    }
+
     /// A chunk of one table's member damaged in its pack: the restore into a
     /// server fails naming that table, its COPY keeps nothing, no other table
     /// starts after it; verify names the backup; the other tables' rows are whole.

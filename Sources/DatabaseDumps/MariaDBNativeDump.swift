@@ -72,6 +72,19 @@ public final class MariaDBNativeDump {
 
         var described = [NativeContents.Table]()
         var data = [(member: String, table: MariaDBTable, query: String)]()
+        // Each table's own definition and triggers, for a restore of some tables.
+        var definitions = [String: (create: String, triggers: [String])]()
+        let triggerNames = try coordinator.rows(
+            "SELECT event_object_table, trigger_name FROM information_schema.triggers WHERE event_object_schema = "
+                + coordinator.quoted(literal: database) + " ORDER BY event_object_table, action_order")
+        for table in tables {
+            let create = try coordinator.rows("SHOW CREATE TABLE \(table.quoted)").first.flatMap { $0.count > 1 ? $0[1] : nil } ?? ""
+            let triggers = try triggerNames.filter { $0[0] == table.name }.compactMap { t in
+                try coordinator.rows("SHOW CREATE TRIGGER \(MariaDBConnection.quoted(identifier: t[1]))").first
+                    .flatMap { $0.count > 2 ? $0[2] : nil }
+            }
+            definitions[table.name] = (create, triggers)
+        }
         for table in tables {
             let select = "SELECT \(table.columns.joined(separator: ", ")) FROM \(table.quoted)"
             var parts = 1
@@ -83,6 +96,8 @@ public final class MariaDBNativeDump {
             let base = "data/" + table.name
             guard parts > 1, let (low, high) = bounds, let key = table.integerKey else {
                 described.append(.init(name: table.quoted, columns: table.columns, bytes: table.bytes, members: [base]))
+                described[described.count - 1].createStatement = definitions[table.name]?.create
+                described[described.count - 1].triggerStatements = definitions[table.name]?.triggers
                 data.append((base, table, select))
                 continue
             }
@@ -100,6 +115,8 @@ public final class MariaDBNativeDump {
                 data.append((name, table, select + condition))
             }
             described.append(.init(name: table.quoted, columns: table.columns, bytes: table.bytes, members: names))
+            described[described.count - 1].createStatement = definitions[table.name]?.create
+            described[described.count - 1].triggerStatements = definitions[table.name]?.triggers
         }
         let contents = NativeContents(
             engine: coordinator.engine.rawValue, schema: "schema", largeObjects: nil, afterData: "triggers",

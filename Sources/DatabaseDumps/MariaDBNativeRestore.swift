@@ -15,6 +15,11 @@ public final class MariaDBNativeRestore {
     public var threads = 1
     public var lockWait: TimeInterval = 600
     public var progress: ((PostgresNativeRestore.Progress) -> Void)?
+    /// Restore these tables alone (their definitions, rows and triggers); nil:
+    /// the whole backup.
+    public var selection: MariaDBSelection?
+    /// With `selection`: drop the tables first (`--force`).
+    public var replace = false
     public private(set) var phases: [(name: String, seconds: Double)] = []
 
     public init(repository: Repository, manifest: Manifest, contents: NativeContents, address: ServerAddress,
@@ -42,11 +47,16 @@ public final class MariaDBNativeRestore {
             phases.append((name, Date().timeIntervalSince(started)))
             started = Date()
         }
-        let tables = contents.tables
+        let tables = selection?.tables ?? contents.tables
         let totalBytes = tables.reduce(Int64(0)) { sum, t in
             sum + t.members.reduce(0) { $0 + ((try? manifest.stream($1).size) ?? 0) }
         }
-        try load(member: contents.schema, into: arguments, what: "the schema")
+        if let selection {
+            let control = try MariaDBConnection(address, database: target)
+            for statement in selection.createStatements(replace: replace) { try control.execute(statement) }
+        } else {
+            try load(member: contents.schema, into: arguments, what: "the schema")
+        }
         phaseEnded("schema")
         let connections = try (0..<min(jobs, max(1, tables.reduce(0) { $0 + $1.members.count }))).map { _ in
             let c = try MariaDBConnection(address, database: target, localInfile: true)
@@ -60,7 +70,12 @@ public final class MariaDBNativeRestore {
             try self.load(load, on: connections[worker])
         }
         phaseEnded("data")
-        if let triggers = contents.afterData { try load(member: triggers, into: arguments, what: "the triggers") }
+        if let selection {
+            let control = try MariaDBConnection(address, database: target)
+            for statement in selection.triggerStatements { try control.execute(statement) }
+        } else if let triggers = contents.afterData {
+            try load(member: triggers, into: arguments, what: "the triggers")
+        }
         phaseEnded("triggers")
     }
 
@@ -185,7 +200,7 @@ final class MemberPipe {
 /// the schema, each member's rows as INSERT statements, the triggers.
 public enum MariaDBNativeScript {
     public static func write(_ manifest: Manifest, contents: NativeContents, repository: Repository, to fd: Int32,
-                             name: String, lockWait: TimeInterval = 600) throws {
+                             name: String, selection: MariaDBSelection? = nil, lockWait: TimeInterval = 600) throws {
         try repository.requireKey()
         let lock = try repository.lock(.shared, command: "restore \(manifest.id) as SQL", wait: lockWait)
         defer { lock.release() }
@@ -196,9 +211,13 @@ public enum MariaDBNativeScript {
         }
         func text(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: name) } }
         try text(Array("-- dbbackup: backup \(manifest.id) of database \(manifest.database ?? "?") (native engine)\n-- load: mariadb --database=<db> < <this file>\n".utf8))
-        try restorer().restore(manifest.id, member: contents.schema, to: .descriptor(fd, name: name))
+        if let selection {
+            try text(Array((selection.createStatements(replace: true).joined(separator: ";\n") + ";\n").utf8))
+        } else {
+            try restorer().restore(manifest.id, member: contents.schema, to: .descriptor(fd, name: name))
+        }
         try text(Array("\nSET @DBBACKUP_FK = @@FOREIGN_KEY_CHECKS, @DBBACKUP_UQ = @@UNIQUE_CHECKS;\nSET FOREIGN_KEY_CHECKS = 0, UNIQUE_CHECKS = 0;\n".utf8))
-        for table in contents.tables {
+        for table in selection?.tables ?? contents.tables {
             for member in table.members {
                 let feed = try MemberPipe(restorer: restorer(), manifest: manifest.id, member: member)
                 defer { feed.finish() }
@@ -214,7 +233,11 @@ public enum MariaDBNativeScript {
             }
         }
         try text(Array("SET FOREIGN_KEY_CHECKS = @DBBACKUP_FK, UNIQUE_CHECKS = @DBBACKUP_UQ;\n".utf8))
-        if let triggers = contents.afterData {
+        if let selection {
+            for trigger in selection.triggerStatements {
+                try text(Array("DELIMITER ;;\n\(trigger);;\nDELIMITER ;\n".utf8))
+            }
+        } else if let triggers = contents.afterData {
             try restorer().restore(manifest.id, member: triggers, to: .descriptor(fd, name: name))
         }
     }

@@ -17,8 +17,12 @@ public struct NativeContents: Codable, Equatable, Sendable {
         public var bytes: Int64
         /// Its data members, in order.
         public var members: [String]
-        /// What a restore of some tables (`--table`) restores with it.
+        /// PostgreSQL: what a restore of some tables (`--table`) restores with it.
         public var dependents: Dependents?
+        /// MySQL/MariaDB: its `SHOW CREATE TABLE` and its triggers' `SHOW CREATE
+        /// TRIGGER`, for a restore of some tables (`--table`).
+        public var createStatement: String?
+        public var triggerStatements: [String]?
 
         public init(name: String, columns: [String], bytes: Int64, members: [String], dependents: Dependents? = nil) {
             self.name = name; self.columns = columns; self.bytes = bytes; self.members = members
@@ -140,27 +144,28 @@ public struct NativeContents: Codable, Equatable, Sendable {
         }
     }
 
-    /// `public."Order"` as `public.Order`.
+    /// `public."Order"` as `public.Order`, `` `Order` `` as `Order`.
     public static func unquoted(_ qualified: String) -> String {
         var out = ""
-        var quoted = false
-        var chars = Array(qualified)
+        var quote: Character?
+        let chars = Array(qualified)
         var i = 0
         while i < chars.count {
             let c = chars[i]
-            if c == "\"" {
-                if quoted && i + 1 < chars.count && chars[i + 1] == "\"" {
-                    out.append("\"")
+            if let q = quote, c == q {
+                if i + 1 < chars.count && chars[i + 1] == q {
+                    out.append(q)
                     i += 2
                     continue
                 }
-                quoted.toggle()
+                quote = nil
+            } else if quote == nil && (c == "\"" || c == "`") {
+                quote = c
             } else {
                 out.append(c)
             }
             i += 1
         }
-        chars.removeAll()
         return out
     }
 }
@@ -280,5 +285,61 @@ extension NativeSelection {
         guard FileManager.default.createFile(atPath: path, contents: Data(kept.utf8)) else {
             throw DatabaseError.invalidArgument("cannot write \(path)")
         }
+    }
+}
+
+/// What a restore of some tables of a native MySQL/MariaDB backup takes: the
+/// tables, each created from its own definition (without the foreign keys to
+/// tables left out), then their rows, then their triggers.
+public struct MariaDBSelection {
+    public let tables: [NativeContents.Table]
+
+    /// nil when no pattern is given; throws when one matches no table, or the
+    /// backup does not record the definitions.
+    public init?(_ contents: NativeContents, patterns: [String]) throws {
+        guard !patterns.isEmpty else { return nil }
+        for p in patterns where contents.tables(matching: [p]).isEmpty {
+            let known = contents.tables.map { NativeContents.unquoted($0.name) }
+            throw DatabaseError.invalidArgument(
+                "--table \(p) matches no table of the backup (it has \(known.count): \(known.prefix(12).joined(separator: ", "))\(known.count > 12 ? ", ..." : ""))")
+        }
+        tables = contents.tables(matching: patterns)
+        guard tables.allSatisfy({ $0.createStatement != nil }) else {
+            throw DatabaseError.invalidArgument(
+                "this backup does not record each table's definition (made by an older dbbackup): restore it whole")
+        }
+    }
+
+    /// The statements that create the tables (dropping them first with
+    /// `replace`), foreign key checks off while they run.
+    public func createStatements(replace: Bool) -> [String] {
+        let names = Set(tables.map { NativeContents.unquoted($0.name) })
+        var out = ["SET FOREIGN_KEY_CHECKS = 0"]
+        for t in tables {
+            if replace { out.append("DROP TABLE IF EXISTS \(t.name)") }
+            out.append(Self.withoutForeignKeys(outside: names, t.createStatement ?? ""))
+        }
+        out.append("SET FOREIGN_KEY_CHECKS = 1")
+        return out
+    }
+
+    /// The triggers of the tables, to run after their rows are in.
+    public var triggerStatements: [String] { tables.flatMap { $0.triggerStatements ?? [] } }
+
+    /// `SHOW CREATE TABLE`'s text without the constraints that reference a
+    /// table not in `kept` (one constraint a line, as the server writes them).
+    static func withoutForeignKeys(outside kept: Set<String>, _ create: String) -> String {
+        var lines = create.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        lines.removeAll { line in
+            guard line.contains(" FOREIGN KEY "), let r = line.range(of: " REFERENCES ") else { return false }
+            let after = line[r.upperBound...]
+            let referenced = after.hasPrefix("`") ? String(after.dropFirst().prefix { $0 != "`" }) : String(after.prefix { $0 != " " })
+            return !kept.contains(referenced)
+        }
+        // The last column or key before the closing line takes no comma.
+        if let close = lines.firstIndex(where: { $0.hasPrefix(")") }), close > 0, lines[close - 1].hasSuffix(",") {
+            lines[close - 1].removeLast()
+        }
+        return lines.joined(separator: "\n")
     }
 }

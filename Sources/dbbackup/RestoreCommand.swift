@@ -73,7 +73,7 @@ struct DedupRestore: ParsableCommand {
     @Option(
         name: .customLong("table"),
         help: ArgumentHelp(
-            "A native backup: restore this table alone (repeatable; shell patterns such as 'public.order*'; without a schema, in any schema), with its indexes, constraints, triggers and sequences, and the foreign keys among the tables restored.",
+            "A native backup: restore this table alone (repeatable; shell patterns such as 'public.order*'; without a schema, in any schema), with its indexes, constraints, triggers and sequences (MySQL/MariaDB: its definition and triggers), and the foreign keys among the tables restored.",
             valueName: "table"))
     var tables: [String] = []
 
@@ -183,14 +183,12 @@ struct DedupRestore: ParsableCommand {
     private func writeScript(_ manifest: Manifest, _ repo: Repository, to output: String) throws {
         let contents = try NativeContents.read(manifest, from: repo)
         let mysql = DatabaseEngine(name: contents.engine)?.isMySQLFamily == true
-        if mysql && !tables.isEmpty {
-            throw ValidationError("--table is for native backups of PostgreSQL so far; restore the whole backup")
-        }
-        let selection = try NativeSelection(contents, patterns: tables)
+        let selection = mysql ? nil : try NativeSelection(contents, patterns: tables)
+        let mariaSelection = mysql ? try MariaDBSelection(contents, patterns: tables) : nil
         func write(_ fd: Int32, _ name: String) throws {
             if mysql {
                 try MariaDBNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: name,
-                                              lockWait: TimeInterval(lockWait))
+                                              selection: mariaSelection, lockWait: TimeInterval(lockWait))
             } else {
                 try PostgresNativeScript.write(manifest, contents: contents, repository: repo, to: fd, name: name,
                                                selection: selection, lockWait: TimeInterval(lockWait))
@@ -233,9 +231,6 @@ struct DedupRestore: ParsableCommand {
     private func restoreIntoServer(_ repo: Repository, _ restorer: Restorer, database: String) throws -> Manifest {
         let manifest = try repo.loadManifest(try repo.resolveManifestID(id))
         if let dump = manifest.dump, dump.format == NativeFormat.name, DatabaseEngine(name: dump.engine)?.isMySQLFamily == true {
-            guard tables.isEmpty else {
-                throw ValidationError("--table is for native backups of PostgreSQL so far; restore the whole backup")
-            }
             let plan = try MariaDBRestorePlan.prepare(address: server.address, target: database, create: create, force: force)
             let contents = try NativeContents.read(manifest, from: repo)
             let loader = MariaDBNativeRestore(
@@ -243,6 +238,8 @@ struct DedupRestore: ParsableCommand {
                 jobs: jobs ?? min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)))
             loader.lockWait = TimeInterval(lockWait)
             if let threads { loader.threads = threads }
+            loader.selection = try MariaDBSelection(contents, patterns: tables)
+            loader.replace = force
             loader.progress = nativeProgress()
             try loader.run(client: plan.arguments)
             Terminal.clearProgress()

@@ -19,6 +19,10 @@ public struct NativeContents: Codable, Equatable, Sendable {
         public var members: [String]
         /// PostgreSQL: what a restore of some tables (`--table`) restores with it.
         public var dependents: Dependents?
+        /// An extension's configuration table: the extension creates it (and
+        /// may fill it) in the pre-data section; the rows are added, never
+        /// truncated first.
+        public var extensionConfiguration: Bool?
         /// MySQL/MariaDB: its `SHOW CREATE TABLE` and its triggers' `SHOW CREATE
         /// TRIGGER`, for a restore of some tables (`--table`).
         public var createStatement: String?

@@ -11,8 +11,9 @@ struct NativeLoads {
         var table: NativeContents.Table
         var member: String
         var bytes: Int64
-        /// The table's only member (PostgreSQL: loaded with FREEZE into the
-        /// table truncated in the same transaction).
+        /// The table's only member, and not an extension's configuration table
+        /// (PostgreSQL: loaded with FREEZE into the table truncated in the same
+        /// transaction).
         var whole: Bool
     }
 
@@ -29,7 +30,7 @@ struct NativeLoads {
         for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
             for member in table.members {
                 planned.append(Load(table: table, member: member, bytes: (try? manifest.stream(member).size) ?? 0,
-                                    whole: table.members.count == 1))
+                                    whole: table.members.count == 1 && table.extensionConfiguration != true))
             }
         }
         loads = planned

@@ -203,8 +203,18 @@ public struct PostgresTable: Equatable, Sendable {
     public var columns: [String]
     /// The table's size on disk (its heap), to dump and restore the largest first.
     public var bytes: Int64
+    /// An extension's configuration table (`pg_extension_config_dump`): its
+    /// rows that `condition` keeps (the extension's own condition, as pg_dump
+    /// applies it) are dumped, and restored beside the rows the extension
+    /// creates itself.
+    public var extensionCondition: String?
 
-    public var copyOut: String { "COPY \(qualified) (\(columns.joined(separator: ", "))) TO STDOUT" }
+    public var copyOut: String {
+        guard let condition = extensionCondition else {
+            return "COPY \(qualified) (\(columns.joined(separator: ", "))) TO STDOUT"
+        }
+        return "COPY (SELECT \(columns.joined(separator: ", ")) FROM ONLY \(qualified) \(condition)) TO STDOUT"
+    }
     public var copyIn: String { "COPY \(qualified) (\(columns.joined(separator: ", "))) FROM STDIN" }
 }
 
@@ -245,6 +255,28 @@ extension PostgresConnection {
             """).map { row in
             let columns = try JSONDecoder().decode([String].self, from: Data((row[2] ?? "[]").utf8))
             return PostgresTable(qualified: row[0] ?? "", columns: columns, bytes: Int64(row[1] ?? "") ?? 0)
+        } + extensionConfigurationTables()
+    }
+
+    /// Extensions' configuration tables (`pg_extension_config_dump`), whose rows
+    /// pg_dump dumps although the extension creates the table: with the
+    /// extension's condition on them.
+    func extensionConfigurationTables() throws -> [PostgresTable] {
+        try rows("""
+            SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_relation_size(c.oid),
+                   array_to_json(ARRAY(SELECT quote_ident(a.attname) FROM pg_attribute a
+                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                         ORDER BY a.attnum))::text,
+                   coalesce(x.cond, '')
+            FROM pg_extension e CROSS JOIN LATERAL unnest(e.extconfig, e.extcondition) AS x(cfg, cond)
+            JOIN pg_class c ON c.oid = x.cfg JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r'
+            ORDER BY 2 DESC, 1
+            """).map { row in
+            let columns = try JSONDecoder().decode([String].self, from: Data((row[2] ?? "[]").utf8))
+            var t = PostgresTable(qualified: row[0] ?? "", columns: columns, bytes: Int64(row[1] ?? "") ?? 0)
+            t.extensionCondition = row[3] ?? ""
+            return t
         }
     }
 

@@ -76,9 +76,10 @@ public final class PostgresNativeDump {
             let perPart = max(1, partBytes / 8192)
             let parts = Int((pages + perPart - 1) / perPart)
             let base = "data/" + NativeContents.unquoted(table.qualified)
-            if parts <= 1 {
+            if parts <= 1 || table.extensionCondition != nil {
                 described.append(.init(name: table.qualified, columns: table.columns, bytes: table.bytes, members: [base],
                                        dependents: dependents[table.qualified]))
+                if table.extensionCondition != nil { described[described.count - 1].extensionConfiguration = true }
                 data.append((base, table, table.copyOut))
                 continue
             }

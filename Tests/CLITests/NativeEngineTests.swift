@@ -317,6 +317,31 @@ extension PostgresServerTests {
         #expect(script.status == 0, "\(script.stderr)")
     }
 
+    /// An extension's configuration table (tools/test installs one): the rows
+    /// a user added come back beside the one the extension creates itself,
+    /// once each, as pg_dump would have it.
+    @Test(.enabled(if: PG.env["DBBACKUP_TEST_PGHOST"] != nil && FileManager.default.fileExists(
+        atPath: "/usr/share/postgresql/15/extension/dbbackup_test_config.control"), "tools/test installs the test extension"))
+    func anExtensionsConfigurationRowsComeBack() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "nat_ext_\(getpid())", copy = "nat_ext_copy_\(getpid())"
+        defer { drop([db, copy]) }
+        drop([db, copy])
+        try PG.psql("postgres", "CREATE DATABASE \(db)")
+        try PG.psql(db, """
+            CREATE EXTENSION dbbackup_test_config;
+            INSERT INTO dbbackup_test_settings (name, value) SELECT 'user ' || g, 'v' || g FROM generate_series(1, 50) g;
+            """)
+        let cli = CLI(repo: dir + "/repo")
+        let backup = try cli.dedup(["backup-db", db, "--native", "--json"] + connection)
+        #expect(backup.status == 0, "\(backup.stderr)")
+        let m = try JSONDecoder().decode(Manifest.self, from: Data(backup.stdout))
+        #expect(try m.stream("data/public.dbbackup_test_settings").rows == 50)
+        let restored = try cli.dedup(["restore", m.id, "--target-db", copy, "--create"] + connection)
+        #expect(restored.status == 0, "\(restored.stderr)")
+        #expect(try PG.query(copy, "SELECT count(*) || ' ' || count(*) FILTER (WHERE builtin) FROM dbbackup_test_settings") == "51 1")
+    }
+
     /// A chunk of one table's member damaged in its pack: the restore into a
     /// server fails naming that table, its COPY keeps nothing, no other table
     /// starts after it; verify names the backup; the other tables' rows are whole.

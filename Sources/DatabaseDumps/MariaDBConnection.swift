@@ -44,6 +44,9 @@ public final class MariaDBConnection {
     /// e.g. "10.11.19-MariaDB-0+deb12u1-log".
     public var serverVersion: String { String(cString: mysql_get_server_info(mysql)) }
 
+    /// The server's id of this connection (`KILL QUERY` takes it).
+    public var threadID: UInt { UInt(mysql_thread_id(mysql)) }
+
     /// MariaDB or MySQL, from the version string.
     public var engine: DatabaseEngine { serverVersion.lowercased().contains("mariadb") ? .mariadb : .mysql }
 

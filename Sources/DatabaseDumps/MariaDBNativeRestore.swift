@@ -63,9 +63,14 @@ public final class MariaDBNativeRestore {
             try c.execute("SET SESSION foreign_key_checks = 0, unique_checks = 0")
             return c
         }
+        let threadIDs = connections.map(\.threadID)
+        let server = address, database = target
         try NativeLoads(manifest: manifest, tables: tables).run(workers: connections.count) { p in
             self.progress?(.init(tablesDone: p.tables, tables: tables.count, bytesDone: p.bytes, bytes: totalBytes,
                                  phase: "data"))
+        } cancel: { worker in
+            // From a connection of its own: the worker's is busy.
+            try? MariaDBConnection(server, database: database).execute("KILL QUERY \(threadIDs[worker])")
         } load: { load, worker in
             try self.load(load, on: connections[worker])
         }

@@ -37,22 +37,30 @@ struct NativeLoads {
     }
 
     /// Runs `load` for every member on `workers` threads (the worker's number
-    /// picks its connection), telling `progress` after each.
-    func run(workers: Int, progress: @escaping (Done) -> Void, load: @escaping (Load, Int) throws -> Void) throws {
+    /// picks its connection), telling `progress` after each. At the first
+    /// failure, `cancel` is asked to stop every other worker's load under way.
+    func run(workers: Int, progress: @escaping (Done) -> Void, cancel: @escaping (Int) -> Void = { _ in },
+             load: @escaping (Load, Int) throws -> Void) throws {
         let state = LoadState(total: loads.count, tables: Dictionary(grouping: loads, by: \.table.name).mapValues(\.count))
         let done = DispatchGroup()
         let loads = loads
         // Each worker has a connection of its own; the rest is read only or locked.
         nonisolated(unsafe) let body = load
         nonisolated(unsafe) let report = progress
-        for worker in 0..<max(1, workers) {
+        nonisolated(unsafe) let stop = cancel
+        let count = max(1, workers)
+        for worker in 0..<count {
             DispatchQueue.global().async(group: done) {
                 while let k = state.take() {
                     do {
                         try body(loads[k], worker)
                         report(state.finished(loads[k]))
                     } catch {
-                        state.fail(error)
+                        // The first failure stops the loads under way on the
+                        // other connections; theirs are not the error told.
+                        if state.fail(error) {
+                            for other in 0..<count where other != worker { stop(other) }
+                        }
                     }
                 }
             }
@@ -96,7 +104,12 @@ private final class LoadState: @unchecked Sendable {
         }
     }
 
-    func fail(_ error: Error) {
-        lock.withLock { if failure == nil { failure = error } }
+    /// True for the first failure.
+    func fail(_ error: Error) -> Bool {
+        lock.withLock {
+            guard failure == nil else { return false }
+            failure = error
+            return true
+        }
     }
 }

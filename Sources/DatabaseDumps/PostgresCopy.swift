@@ -107,6 +107,15 @@ extension PostgresConnection {
         try finishCommand(sql)
     }
 
+    /// Asks the server to cancel what this connection is running (from any
+    /// thread: the native restore stops the other tables' loads after a failure).
+    public func cancelRunningCommand() {
+        guard let cancel = PQgetCancel(conn) else { return }
+        defer { PQfreeCancel(cancel) }
+        var message = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(cancel, &message, Int32(message.count))
+    }
+
     /// Reads the results of the command just ended; throws the server's error.
     private func finishCommand(_ sql: String) throws {
         var failure: String?

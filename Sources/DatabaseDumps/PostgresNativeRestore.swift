@@ -157,6 +157,8 @@ public final class PostgresNativeRestore {
         try NativeLoads(manifest: manifest, tables: tables).run(workers: connections.count) { p in
             self.report(.init(tablesDone: p.tables, tables: tables.count, bytesDone: p.bytes, bytes: totalBytes,
                               phase: "data"))
+        } cancel: { worker in
+            connections[worker].cancelRunningCommand()
         } load: { load, worker in
             try self.load(load, on: connections[worker])
         }

@@ -382,6 +382,43 @@ extension PostgresServerTests {
         #expect(try cli.dedup(["verify", "--deep"]).status == 1)
     }
 
+    /// On two connections: a member that fails stops the load of the large
+    /// table under way on the other (its COPY canceled: it keeps no rows), and
+    /// the error told is the first one.
+    @Test func aFailedTableStopsTheLoadUnderWayOnTheOtherConnection() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "nat_stop_\(getpid())", copy = "nat_stop_copy_\(getpid())"
+        defer { drop([db, copy]) }
+        drop([db, copy])
+        try PG.psql("postgres", "CREATE DATABASE \(db)")
+        try PG.psql(db, """
+            CREATE TABLE large (id int, v text);
+            INSERT INTO large SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 1500000) g;
+            CREATE TABLE victim (id int PRIMARY KEY, v text);
+            INSERT INTO victim SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+            """)
+        let cli = CLI(repo: dir + "/repo")
+        // Parts of 512 MiB: the large table is one member, loaded by one COPY.
+        #expect(try cli.dedup(["backup-db", db, "--native", "--no-delta"] + connection, env: ["DBBACKUP_NATIVE_PART_MIB": "512"]).status == 0)
+        let repo = try Repository(path: dir + "/repo")
+        let m = try onlyManifest(dir + "/repo")
+        var ids = [ChunkID]()
+        try ChunkListReader(repository: repo, manifest: m, member: "data/public.victim").forEach { id, _ in ids.append(id) }
+        let first = try #require(ids.first)
+        let loc = try #require(try repo.index().lookup(first))
+        let fd = open(repo.localFile(loc.pack.key), O_RDWR)
+        var byte: UInt8 = 0
+        let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + off_t(loc.storedLength / 2)
+        _ = pread(fd, &byte, 1, at)
+        byte ^= 0x5A
+        _ = pwrite(fd, &byte, 1, at)
+        close(fd)
+        let r = try cli.dedup(["restore", m.id, "--target-db", copy, "--create", "--jobs", "2"] + connection)
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("table public.victim was not loaded"), "\(r.stderr)")
+        #expect(try PG.query(copy, "SELECT count(*) FROM large") == "0", "the load under way was canceled")
+    }
+
     @Test func aWorkerKilledHalfWayFailsNamingItsTableAndCommitsNothing() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let db = "nat_kill_\(getpid())"

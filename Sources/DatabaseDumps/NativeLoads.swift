@@ -24,8 +24,11 @@ struct NativeLoads {
     }
 
     let loads: [Load]
+    /// Tables without a member (no rows to load): done from the start.
+    let emptyTables: Int
 
     init(manifest: Manifest, tables: [NativeContents.Table]) {
+        emptyTables = tables.filter(\.members.isEmpty).count
         var planned = [Load]()
         for table in tables.sorted(by: { $0.bytes > $1.bytes }) {
             for member in table.members {
@@ -41,7 +44,8 @@ struct NativeLoads {
     /// failure, `cancel` is asked to stop every other worker's load under way.
     func run(workers: Int, progress: @escaping (Done) -> Void, cancel: @escaping (Int) -> Void = { _ in },
              load: @escaping (Load, Int) throws -> Void) throws {
-        let state = LoadState(total: loads.count, tables: Dictionary(grouping: loads, by: \.table.name).mapValues(\.count))
+        let state = LoadState(total: loads.count, tables: Dictionary(grouping: loads, by: \.table.name).mapValues(\.count),
+                              alreadyDone: emptyTables)
         let done = DispatchGroup()
         let loads = loads
         // Each worker has a connection of its own; the rest is read only or locked.
@@ -81,9 +85,10 @@ private final class LoadState: @unchecked Sendable {
     /// Members not loaded yet, by table.
     private var left: [String: Int]
 
-    init(total: Int, tables: [String: Int]) {
+    init(total: Int, tables: [String: Int], alreadyDone: Int) {
         self.total = total
         left = tables
+        tablesDone = alreadyDone
     }
 
     /// The next load, nil when all are taken or one failed.

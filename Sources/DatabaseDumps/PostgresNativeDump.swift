@@ -72,6 +72,14 @@ public final class PostgresNativeDump {
         var described = [NativeContents.Table]()
         var data = [(member: String, table: PostgresTable, statement: String)]()
         for table in tables {
+            // A heap of no pages holds no row the snapshot sees (a row it sees
+            // was written before it, and the size is read after it): no member,
+            // no chunk list object.
+            if table.bytes == 0 && table.extensionCondition == nil {
+                described.append(.init(name: table.qualified, columns: table.columns, bytes: 0, members: [],
+                                       dependents: dependents[table.qualified]))
+                continue
+            }
             let pages = max(1, table.bytes / 8192)
             let perPart = max(1, partBytes / 8192)
             let parts = Int((pages + perPart - 1) / perPart)

@@ -115,6 +115,7 @@ extension PostgresServerTests {
                 && names.contains("data/Other Schema.Mixed \"Case\" Table"), "\(names)")
         #expect(try m.stream("data/public.medium").rows == 50_000)
         #expect(!names.contains("data/public.parted"), "a partitioned table holds no rows of its own")
+        #expect(!names.contains("data/public.empty"), "an empty table (no pages) costs no member")
 
         // Into a new database on two connections.
         let restored = try cli.dedup(["restore", m.id, "--target-db", copies[0], "--create", "--jobs", "2"] + connection)

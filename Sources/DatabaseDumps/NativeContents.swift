@@ -89,6 +89,9 @@ public struct NativeContents: Codable, Equatable, Sendable {
     public var afterData: String?
     /// Largest first.
     public var tables: [Table]
+    /// PostgreSQL: the encoding the rows are in (the database's), which a
+    /// restore's sessions set as their client encoding.
+    public var encoding: String?
     /// PostgreSQL: the materialized views that held rows, refreshed after the
     /// post-data section in this order (pg_dump's schema-only archive leaves
     /// their data out).

@@ -7,6 +7,37 @@ import Foundation
 /// `COPY ... TO STDOUT` as a byte source for the store, and streamed back in
 /// through `COPY ... FROM STDIN`.
 extension PostgresConnection {
+    /// The session settings a dump's rows depend on, as pg_dump sets them:
+    /// dates and intervals in ISO form, floats exact, no timeout cutting a long
+    /// COPY or an idle coordinator short, `row_security` off (a table whose
+    /// policies would hide rows from this role is an error, not a short table),
+    /// and the rows in `encoding` (the database's; nil: leave it).
+    public func setDumpSession(encoding: String?) throws {
+        var sql = """
+            SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3;
+            SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+            SET row_security = off;
+            """
+        if let encoding { sql += " SET client_encoding = \(try quoted(literal: encoding));" }
+        try execute(sql)
+    }
+
+    /// The same settings for a session that loads rows dumped with them.
+    public func setLoadSession(encoding: String?) throws {
+        var sql = """
+            SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3;
+            SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+            SET synchronous_commit = off;
+            """
+        if let encoding { sql += " SET client_encoding = \(try quoted(literal: encoding));" }
+        try execute(sql)
+    }
+
+    /// The connected database's encoding (UTF8, LATIN1, ...).
+    public func databaseEncoding() throws -> String? {
+        try column("SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()").first
+    }
+
     /// Opens a REPEATABLE READ, READ ONLY transaction and exports its snapshot:
     /// other connections that import it (`importSnapshot`) see exactly what this
     /// one sees, for as long as this transaction stays open.

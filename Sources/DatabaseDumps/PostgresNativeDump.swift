@@ -26,6 +26,8 @@ public final class PostgresNativeDump {
 
     private let coordinator: PostgresConnection
     private let snapshot: String
+    /// The database's encoding: the rows are dumped in it.
+    private let encoding: String?
     private var connections: [PostgresConnection?]
     /// The COPY sources made, by member, for their row counts.
     private var copies: [String: PostgresCopyOut] = [:]
@@ -48,6 +50,9 @@ public final class PostgresNativeDump {
         self.database = database
         streams = max(1, jobs)
         coordinator = try PostgresConnection(address, database: database)
+        let encoding = try coordinator.databaseEncoding()
+        self.encoding = encoding
+        try coordinator.setDumpSession(encoding: encoding)
         let size = try? coordinator.databaseSize()
         expectedSize = size
         snapshot = try coordinator.exportSnapshot()
@@ -106,10 +111,11 @@ public final class PostgresNativeDump {
                                    dependents: dependents[table.qualified]))
         }
         // The largest parts first, so that the last ones to end are small.
-        let contents = NativeContents(
+        var contents = NativeContents(
             engine: DatabaseEngine.postgres.rawValue, schema: "schema",
             largeObjects: largeObjects > 0 ? "large-objects" : nil, afterData: "sequences", tables: described,
             materializedViews: materializedViews.isEmpty ? nil : materializedViews)
+        contents.encoding = encoding
         self.contents = contents
 
         let encoded = try contents.encoded()
@@ -147,6 +153,7 @@ public final class PostgresNativeDump {
     private func connection(_ slot: Int) throws -> PostgresConnection {
         if let made = connections[slot] { return made }
         let made = try PostgresConnection(address, database: database)
+        try made.setDumpSession(encoding: encoding)
         try made.importSnapshot(snapshot)
         connections[slot] = made
         return made

@@ -151,7 +151,7 @@ public final class PostgresNativeRestore {
     private func loadTables(_ tables: [NativeContents.Table], totalBytes: Int64) throws {
         let connections = try (0..<min(jobs, max(1, tables.reduce(0) { $0 + $1.members.count }))).map { _ in
             let c = try PostgresConnection(address, database: target)
-            try c.execute("SET synchronous_commit = off")
+            try c.setLoadSession(encoding: contents.encoding)
             return c
         }
         try NativeLoads(manifest: manifest, tables: tables).run(workers: connections.count) { p in

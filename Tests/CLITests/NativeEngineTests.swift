@@ -343,6 +343,49 @@ extension PostgresServerTests {
         #expect(try PG.query(copy, "SELECT count(*) || ' ' || count(*) FILTER (WHERE builtin) FROM dbbackup_test_settings") == "51 1")
     }
 
+    /// The rows do not depend on the sessions' settings: dates dumped from a
+    /// database whose DateStyle is `SQL, DMY` load into one whose DateStyle is
+    /// `ISO, MDY` as the same dates; a table whose row-level security would hide
+    /// rows from the backup's role is an error, not a short table.
+    @Test func rowsDoNotDependOnSessionSettingsNorHideBehindPolicies() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "nat_style_\(getpid())", copy = "nat_style_copy_\(getpid())", role = "nat_rls_\(getpid())"
+        defer {
+            drop([db, copy])
+            _ = try? PG.psql("postgres", "DROP ROLE IF EXISTS \(role)")
+        }
+        drop([db, copy])
+        try PG.psql("postgres", "CREATE DATABASE \(db)")
+        try PG.psql("postgres", "ALTER DATABASE \(db) SET DateStyle = 'SQL, DMY'")
+        try PG.psql(db, """
+            CREATE TABLE days (d date, t timestamptz, i interval, f float8);
+            INSERT INTO days SELECT date '2026-01-02' + g, timestamptz '2026-03-04 05:06:07+00' + g * interval '1 hour',
+                g * interval '1 day 2 hours', 1.0 / (g + 3) FROM generate_series(0, 40) g;
+            """)
+        let cli = CLI(repo: dir + "/repo")
+        let backup = try cli.dedup(["backup-db", db, "--native", "--json"] + connection)
+        #expect(backup.status == 0, "\(backup.stderr)")
+        let m = try JSONDecoder().decode(Manifest.self, from: Data(backup.stdout))
+        try PG.psql("postgres", "CREATE DATABASE \(copy)")
+        try PG.psql("postgres", "ALTER DATABASE \(copy) SET DateStyle = 'ISO, MDY'")
+        let restored = try cli.dedup(["restore", m.id, "--target-db", copy, "--force"] + connection)
+        #expect(restored.status == 0, "\(restored.stderr)")
+        let digest = "SELECT md5(string_agg(to_char(d, 'YYYY-MM-DD') || extract(epoch FROM t) || extract(epoch FROM i) || f::text, ',' ORDER BY d)) FROM days"
+        #expect(try PG.query(copy, digest) == PG.query(db, digest))
+
+        try PG.psql("postgres", "CREATE ROLE \(role) LOGIN")
+        try PG.psql(db, """
+            CREATE TABLE secrets (id int, owner name);
+            INSERT INTO secrets SELECT g, CASE WHEN g % 2 = 0 THEN 'someone' ELSE '\(role)' END FROM generate_series(1, 10) g;
+            ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY mine ON secrets USING (owner = current_user);
+            GRANT SELECT ON ALL TABLES IN SCHEMA public TO \(role);
+            GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO \(role);
+            """)
+        let hidden = try cli.dedup(["backup-db", db, "--native", "--host", PG.host, "--port", PG.port, "--user", role])
+        #expect(hidden.status == 1 && hidden.stderr.contains("secrets"), "\(hidden.stderr)")
+    }
+
     /// A chunk of one table's member damaged in its pack: the restore into a
     /// server fails naming that table, its COPY keeps nothing, no other table
     /// starts after it; verify names the backup; the other tables' rows are whole.

@@ -8,6 +8,24 @@ import Foundation
 /// escapes, `\N` for NULL), and streamed back in through `LOAD DATA LOCAL
 /// INFILE` from a source of ours.
 extension MariaDBConnection {
+    /// The session settings the rows depend on, as mysqldump sets them: bytes
+    /// as they are stored (`SET NAMES binary`: no conversion to a connection
+    /// character set), TIMESTAMP values in UTC, and room for long reads.
+    public func setDumpSession() throws {
+        try execute("SET NAMES binary")
+        try execute("SET SESSION time_zone = '+00:00', SESSION net_write_timeout = 3600")
+    }
+
+    /// The same for a session that loads such rows: UTC, a 0 in an
+    /// AUTO_INCREMENT column kept as 0 (mysqldump's `NO_AUTO_VALUE_ON_ZERO`),
+    /// and no foreign key or unique checks while a table's rows go in.
+    public func setLoadSession() throws {
+        try execute("SET NAMES binary")
+        try execute(
+            "SET SESSION time_zone = '+00:00', SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO', SESSION foreign_key_checks = 0, SESSION unique_checks = 0, SESSION net_read_timeout = 3600"
+        )
+    }
+
     /// A REPEATABLE READ transaction with a consistent snapshot, read only.
     public func startConsistentSnapshot() throws {
         try execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")

@@ -44,7 +44,11 @@ public final class MariaDBNativeDump {
                 "the native engine's snapshot covers InnoDB tables; \(nontransactional.map { "\($0.name) (\($0.engine))" }.joined(separator: ", ")) would not be consistent: back them up with mariadb-dump (leave out --engine native)"
             )
         }
-        workers = try (0..<streams).map { _ in try MariaDBConnection(address, database: database) }
+        workers = try (0..<streams).map { _ in
+            let w = try MariaDBConnection(address, database: database)
+            try w.setDumpSession()
+            return w
+        }
         // The snapshot: every worker's transaction starts under the lock, at
         // the binary log position read under it.
         try coordinator.execute("FLUSH TABLES WITH READ LOCK")

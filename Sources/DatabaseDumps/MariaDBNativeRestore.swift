@@ -60,7 +60,7 @@ public final class MariaDBNativeRestore {
         phaseEnded("schema")
         let connections = try (0..<min(jobs, max(1, tables.reduce(0) { $0 + $1.members.count }))).map { _ in
             let c = try MariaDBConnection(address, database: target, localInfile: true)
-            try c.execute("SET SESSION foreign_key_checks = 0, unique_checks = 0")
+            try c.setLoadSession()
             return c
         }
         let threadIDs = connections.map(\.threadID)
@@ -221,7 +221,15 @@ public enum MariaDBNativeScript {
         } else {
             try restorer().restore(manifest.id, member: contents.schema, to: .descriptor(fd, name: name))
         }
-        try text(Array("\nSET @DBBACKUP_FK = @@FOREIGN_KEY_CHECKS, @DBBACKUP_UQ = @@UNIQUE_CHECKS;\nSET FOREIGN_KEY_CHECKS = 0, UNIQUE_CHECKS = 0;\n".utf8))
+        // The rows as the dump's sessions read them: bytes as stored, UTC, a 0
+        // kept in an AUTO_INCREMENT column; the client's settings come back after.
+        try text(Array("""
+
+            SET @DBBACKUP_FK = @@FOREIGN_KEY_CHECKS, @DBBACKUP_UQ = @@UNIQUE_CHECKS, @DBBACKUP_TZ = @@TIME_ZONE, @DBBACKUP_MODE = @@SQL_MODE, @DBBACKUP_CS = @@CHARACTER_SET_CLIENT, @DBBACKUP_CR = @@CHARACTER_SET_RESULTS, @DBBACKUP_CC = @@COLLATION_CONNECTION;
+            SET FOREIGN_KEY_CHECKS = 0, UNIQUE_CHECKS = 0, TIME_ZONE = '+00:00', SQL_MODE = 'NO_AUTO_VALUE_ON_ZERO';
+            SET NAMES binary;
+
+            """.utf8))
         for table in selection?.tables ?? contents.tables {
             for member in table.members {
                 let feed = try MemberPipe(restorer: restorer(), manifest: manifest.id, member: member)
@@ -237,7 +245,11 @@ public enum MariaDBNativeScript {
                 try writer.finish(emit: text)
             }
         }
-        try text(Array("SET FOREIGN_KEY_CHECKS = @DBBACKUP_FK, UNIQUE_CHECKS = @DBBACKUP_UQ;\n".utf8))
+        try text(Array("""
+            SET FOREIGN_KEY_CHECKS = @DBBACKUP_FK, UNIQUE_CHECKS = @DBBACKUP_UQ, TIME_ZONE = @DBBACKUP_TZ, SQL_MODE = @DBBACKUP_MODE;
+            SET CHARACTER_SET_CLIENT = @DBBACKUP_CS, CHARACTER_SET_RESULTS = @DBBACKUP_CR, COLLATION_CONNECTION = @DBBACKUP_CC;
+
+            """.utf8))
         if let selection {
             for trigger in selection.triggerStatements {
                 try text(Array("DELIMITER ;;\n\(trigger);;\nDELIMITER ;\n".utf8))

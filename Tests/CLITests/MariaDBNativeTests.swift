@@ -241,6 +241,43 @@ extension MariaDBTests {
         #expect(try Maria.sql("SELECT COUNT(*) FROM \(copies[2]).orders") == "5000")
     }
 
+    /// The rows do not depend on the sessions' settings: TIMESTAMPs dumped while
+    /// the server's time zone is +05:00 load as the same instants after it is
+    /// UTC again; a 0 in an AUTO_INCREMENT column stays 0; latin1 text keeps its
+    /// characters; into a server and through the script.
+    @Test func nativeRowsDoNotDependOnTheSessionsSettings() throws {
+        let dir = tempDir(); defer { removeDir(dir) }
+        let db = "mnat_tz_\(getpid())", copies = ["mnat_tz_a_\(getpid())", "mnat_tz_b_\(getpid())"]
+        let zone = try Maria.sql("SELECT @@GLOBAL.time_zone")
+        defer {
+            _ = try? Maria.sql("SET GLOBAL time_zone = '\(zone)'")
+            _ = try? Maria.sql(([db] + copies).map { "DROP DATABASE IF EXISTS \($0);" }.joined())
+        }
+        try Maria.sql("""
+            DROP DATABASE IF EXISTS \(db); CREATE DATABASE \(db); USE \(db);
+            CREATE TABLE moments (id INT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP NULL, note VARCHAR(20) CHARACTER SET latin1);
+            SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO', SESSION time_zone = '+00:00';
+            INSERT INTO moments VALUES (0, '2026-06-01 00:00:00', 'zéro');
+            INSERT INTO moments (at, note) SELECT TIMESTAMP('2026-06-01 12:00:00') + INTERVAL seq HOUR, CONCAT('çà ', seq) FROM seq_1_to_50;
+            """)
+        let digest = "SELECT GROUP_CONCAT(id, ':', UNIX_TIMESTAMP(at), ':', HEX(note) ORDER BY id) FROM %@.moments"
+        let source = try Maria.sql(digest.replacingOccurrences(of: "%@", with: db))
+        try Maria.sql("SET GLOBAL time_zone = '+05:00'")
+        let cli = CLI(repo: dir + "/repo")
+        #expect(try cli.dedup(native(db)).status == 0)
+        try Maria.sql("SET GLOBAL time_zone = '+00:00'")
+        let id = try #require(try Repository(path: dir + "/repo").manifests().first?.id)
+        let restored = try cli.dedup(["restore", id, "--target-db", copies[0], "--create"] + server)
+        #expect(restored.status == 0, "\(restored.stderr)")
+        #expect(try Maria.sql(digest.replacingOccurrences(of: "%@", with: copies[0])) == source)
+        let script = dir + "/tz.sql"
+        #expect(try cli.dedup(["restore", id, script]).status == 0)
+        try Maria.sql("CREATE DATABASE \(copies[1])")
+        let loaded = try CLI.runExecutable(["sh", "-c", "mariadb --no-defaults --socket=\(Maria.socket) --user=root \(copies[1]) < \(script)"])
+        #expect(loaded.status == 0, "\(loaded.stderr)")
+        #expect(try Maria.sql(digest.replacingOccurrences(of: "%@", with: copies[1])) == source)
+    }
+
     @Test func aNativeWorkerKilledHalfWayFailsNamingItsTableAndCommitsNothing() throws {
         let dir = tempDir(); defer { removeDir(dir) }
         let db = "mnat_kill_\(getpid())"

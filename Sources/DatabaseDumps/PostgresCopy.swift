@@ -84,30 +84,17 @@ extension PostgresConnection {
     /// Returns the bytes sent.
     @discardableResult
     public func copyIn<S: ByteSource>(_ sql: String, from source: inout S, bufferSize: Int = 1 << 20) throws -> Int64 {
-        try run(sql, expecting: PGRES_COPY_IN) { _ in }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
         defer { buffer.deallocate() }
         var sent: Int64 = 0
-        do {
+        try copyIn(sql) { send in
             while true {
                 let n = try source.read(into: buffer)
                 if n == 0 { break }
-                let base = buffer.baseAddress?.assumingMemoryBound(to: CChar.self)
-                guard PQputCopyData(conn, base, Int32(n)) == 1 else {
-                    throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
-                }
+                try send(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                 sent += Int64(n)
             }
-        } catch {
-            // The server must not take a table cut short for a whole one.
-            _ = PQputCopyEnd(conn, "the input failed")
-            try? finishCommand(sql)
-            throw error
         }
-        guard PQputCopyEnd(conn, nil) == 1 else {
-            throw DatabaseError.queryFailed(query: sql, detail: Self.oneLine(PQerrorMessage(conn)))
-        }
-        try finishCommand(sql)
         return sent
     }
 
@@ -128,6 +115,7 @@ extension PostgresConnection {
         do {
             try body(send)
         } catch {
+            // The server must not take a table cut short for a whole one.
             _ = PQputCopyEnd(conn, "the input failed")
             try? finishCommand(sql)
             throw error

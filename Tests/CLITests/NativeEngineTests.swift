@@ -88,6 +88,24 @@ extension PostgresServerTests {
         for db in dbs { _ = try? PG.psql("postgres", "DROP DATABASE IF EXISTS \(db) WITH (FORCE)") }
     }
 
+    /// Flips a byte in the middle of the stored bytes of the chunk of `member`
+    /// that stands at `fraction` of its list; returns where that chunk is.
+    func damageChunk(of member: String, in m: Manifest, repo path: String, at fraction: Double) throws -> ChunkLocation {
+        let repo = try Repository(path: path)
+        var ids = [ChunkID]()
+        try ChunkListReader(repository: repo, manifest: m, member: member).forEach { id, _ in ids.append(id) }
+        let chunk = try #require(ids.dropFirst(Int(Double(ids.count) * fraction)).first)
+        let loc = try #require(try repo.index().lookup(chunk))
+        let fd = open(repo.localFile(loc.pack.key), O_RDWR)
+        defer { close(fd) }
+        var byte: UInt8 = 0
+        let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + off_t(loc.storedLength / 2)
+        _ = pread(fd, &byte, 1, at)
+        byte ^= 0x5A
+        _ = pwrite(fd, &byte, 1, at)
+        return loc
+    }
+
     func onlyManifest(_ repo: String) throws -> Manifest {
         let all = try Repository(path: repo).manifests()
         return try #require(all.count == 1 ? all.first : nil, "\(all.map(\.id))")
@@ -403,20 +421,8 @@ extension PostgresServerTests {
             """)
         let cli = CLI(repo: dir + "/repo")
         #expect(try cli.dedup(["backup-db", db, "--native", "--no-delta"] + connection).status == 0)
-        let repo = try Repository(path: dir + "/repo")
         let m = try onlyManifest(dir + "/repo")
-        var ids = [ChunkID]()
-        try ChunkListReader(repository: repo, manifest: m, member: "data/public.victim").forEach { id, _ in ids.append(id) }
-        let victim = try #require(ids.dropFirst(ids.count / 2).first)
-        let loc = try #require(try repo.index().lookup(victim))
-        let pack = repo.localFile(loc.pack.key)
-        let fd = open(pack, O_RDWR)
-        var byte: UInt8 = 0
-        let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + off_t(loc.storedLength / 2)
-        _ = pread(fd, &byte, 1, at)
-        byte ^= 0x5A
-        _ = pwrite(fd, &byte, 1, at)
-        close(fd)
+        let loc = try damageChunk(of: "data/public.victim", in: m, repo: dir + "/repo", at: 0.5)
 
         let r = try cli.dedup(["restore", m.id, "--target-db", copy, "--create", "--jobs", "1"] + connection)
         #expect(r.status == 1, "\(r.stderr)")
@@ -444,19 +450,8 @@ extension PostgresServerTests {
         let cli = CLI(repo: dir + "/repo")
         // Parts of 512 MiB: the large table is one member, loaded by one COPY.
         #expect(try cli.dedup(["backup-db", db, "--native", "--no-delta"] + connection, env: ["DBBACKUP_NATIVE_PART_MIB": "512"]).status == 0)
-        let repo = try Repository(path: dir + "/repo")
         let m = try onlyManifest(dir + "/repo")
-        var ids = [ChunkID]()
-        try ChunkListReader(repository: repo, manifest: m, member: "data/public.victim").forEach { id, _ in ids.append(id) }
-        let first = try #require(ids.first)
-        let loc = try #require(try repo.index().lookup(first))
-        let fd = open(repo.localFile(loc.pack.key), O_RDWR)
-        var byte: UInt8 = 0
-        let at = off_t(loc.offset) + off_t(PackFormat.entryHeaderSize) + off_t(loc.storedLength / 2)
-        _ = pread(fd, &byte, 1, at)
-        byte ^= 0x5A
-        _ = pwrite(fd, &byte, 1, at)
-        close(fd)
+        _ = try damageChunk(of: "data/public.victim", in: m, repo: dir + "/repo", at: 0)
         let r = try cli.dedup(["restore", m.id, "--target-db", copy, "--create", "--jobs", "2"] + connection)
         #expect(r.status == 1, "\(r.stderr)")
         #expect(r.stderr.contains("table public.victim was not loaded"), "\(r.stderr)")

@@ -317,6 +317,9 @@ final class LocalObjectWriter: ObjectWriter {
         self.ifAbsent = ifAbsent
         self.tmpPath = tmpPath
         let flags = O_WRONLY | O_CREAT | O_EXCL
+        // Remembered before it exists: an interruption between the creation and
+        // the registration would leave the file behind.
+        InterruptCleanup.register(tmpPath)
         var opened: Int32 = -1
         if direct {
             // EINVAL: no direct I/O on this file system; the file is not created then.
@@ -328,10 +331,14 @@ final class LocalObjectWriter: ObjectWriter {
             stagingAllocation = room
             staging = UnsafeMutableRawBufferPointer(rebasing: room[shift...])
         } else {
-            opened = try asStorage { try FileIO.open(tmpPath, flags, mode: 0o644) }
+            do {
+                opened = try asStorage { try FileIO.open(tmpPath, flags, mode: 0o644) }
+            } catch {
+                InterruptCleanup.unregister(tmpPath)
+                throw error
+            }
         }
         fd = opened
-        InterruptCleanup.register(tmpPath)
     }
 
     deinit {

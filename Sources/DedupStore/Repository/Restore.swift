@@ -471,8 +471,14 @@ final class RestoreOutput {
             let tmp =
                 (dir.isEmpty ? "." : dir)
                 + "/.\(FileIO.lastComponent(path)).dbbackup-partial-\(Hex.encode(SecureRandom.bytes(4)))"
-            fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            // Remembered before it exists (an interruption in between would leave it).
             InterruptCleanup.register(tmp)
+            do {
+                fd = try FileIO.open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600)
+            } catch {
+                InterruptCleanup.unregister(tmp)
+                throw error
+            }
             tmpPath = tmp
             name = tmp
             finalPath = path

@@ -14,7 +14,7 @@ public final class MariaDBNativeRestore {
     public var jobs: Int
     public var threads = 1
     public var lockWait: TimeInterval = 600
-    public var progress: ((PostgresNativeRestore.Progress) -> Void)?
+    public var progress: ((NativeRestoreProgress) -> Void)?
     /// Restore these tables alone (their definitions, rows and triggers); nil:
     /// the whole backup.
     public var selection: MariaDBSelection?
@@ -41,31 +41,26 @@ public final class MariaDBNativeRestore {
         let lock = try repository.lock(.shared, command: "restore \(manifest.id) into \(target)", wait: lockWait)
         defer { lock.release() }
         signal(SIGPIPE, SIG_IGN)
-        phases = []
-        var started = Date()
-        func phaseEnded(_ name: String) {
-            phases.append((name, Date().timeIntervalSince(started)))
-            started = Date()
-        }
+        var clock = PhaseClock()
+        defer { phases = clock.phases }
         let tables = selection?.tables ?? contents.tables
-        let totalBytes = tables.reduce(Int64(0)) { sum, t in
-            sum + t.members.reduce(0) { $0 + ((try? manifest.stream($1).size) ?? 0) }
-        }
+        let loads = NativeLoads(manifest: manifest, tables: tables)
+        let totalBytes = loads.totalBytes
         if let selection {
             let control = try MariaDBConnection(address, database: target)
             for statement in selection.createStatements(replace: replace) { try control.execute(statement) }
         } else {
             try load(member: contents.schema, into: arguments, what: "the schema")
         }
-        phaseEnded("schema")
-        let connections = try (0..<min(jobs, max(1, tables.reduce(0) { $0 + $1.members.count }))).map { _ in
+        clock.end("schema")
+        let connections = try (0..<loads.workers(upTo: jobs)).map { _ in
             let c = try MariaDBConnection(address, database: target, localInfile: true)
             try c.setLoadSession()
             return c
         }
         let threadIDs = connections.map(\.threadID)
         let server = address, database = target
-        try NativeLoads(manifest: manifest, tables: tables).run(workers: connections.count) { p in
+        try loads.run(workers: connections.count) { p in
             self.progress?(.init(tablesDone: p.tables, tables: tables.count, bytesDone: p.bytes, bytes: totalBytes,
                                  phase: "data"))
         } cancel: { worker in
@@ -74,40 +69,23 @@ public final class MariaDBNativeRestore {
         } load: { load, worker in
             try self.load(load, on: connections[worker])
         }
-        phaseEnded("data")
+        clock.end("data")
         if let selection {
             let control = try MariaDBConnection(address, database: target)
             for statement in selection.triggerStatements { try control.execute(statement) }
         } else if let triggers = contents.afterData {
             try load(member: triggers, into: arguments, what: "the triggers")
         }
-        phaseEnded("triggers")
+        clock.end("triggers")
     }
 
-    private func restorer() -> Restorer {
-        let r = Restorer(repository: repository)
-        r.callerHoldsLock = true
-        r.jobs = threads
-        return r
-    }
+    private func restorer() -> Restorer { .forMember(of: repository, threads: threads) }
 
     /// A member of SQL into the mariadb client.
     private func load(member: String, into arguments: [String], what: String) throws {
-        guard let tool = arguments.first, let exe = findExecutable(tool) else {
-            throw DatabaseError.toolMissing(tool: arguments.first ?? "mariadb", package: "mariadb-client")
-        }
-        let (client, input) = try ChildProcess.feeding(executable: exe, arguments: arguments, stdoutFD: STDERR_FILENO)
-        do {
-            try restorer().restore(manifest.id, member: member, to: .descriptor(input, name: tool))
-        } catch {
-            close(input)
-            _ = client.wait()
-            throw error
-        }
-        close(input)
-        if let failure = client.failure() {
+        if let failure = try restorer().restore(manifest.id, member: member, intoProgram: arguments) {
             throw DatabaseError.invalidArgument(
-                "\(tool) loading \(what) \(failure) (its messages are above); database \(target) is partly restored: restore again with --force, or drop it"
+                "\(arguments.first ?? "mariadb") loading \(what) \(failure) (its messages are above); database \(target) is partly restored: restore again with --force, or drop it"
             )
         }
     }
@@ -124,19 +102,14 @@ public final class MariaDBNativeRestore {
             defer { feed.finish() }
             try connection.loadData(sql, from: feed.source)
         } catch {
-            let detail: String
-            switch error {
-            case DatabaseError.queryFailed(_, let d): detail = d
-            case let e as DatabaseError: detail = e.message
-            case let e as DedupError: detail = e.message
-            default: detail = "\(error)"
-            }
+            let failure = DatabaseError.loadFailed(table: load.table.name, error: error)
+            let detail = failure.detail
             if detail.contains("command is not allowed") || detail.contains("not allowed with this MariaDB version")
                 || detail.contains("local_infile") {
                 throw DatabaseError.invalidArgument(
                     "the server refuses LOAD DATA LOCAL INFILE (\(detail)); set local_infile=ON on it for the native engine's restore, or restore to a file and load the script with the mariadb client")
             }
-            throw DatabaseError.loadFailed(table: load.table.name, detail: detail)
+            throw failure
         }
     }
 }
@@ -209,11 +182,7 @@ public enum MariaDBNativeScript {
         try repository.requireKey()
         let lock = try repository.lock(.shared, command: "restore \(manifest.id) as SQL", wait: lockWait)
         defer { lock.release() }
-        func restorer() -> Restorer {
-            let r = Restorer(repository: repository)
-            r.callerHoldsLock = true
-            return r
-        }
+        func restorer() -> Restorer { .forMember(of: repository) }
         func text(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: name) } }
         try text(Array("-- dbbackup: backup \(manifest.id) of database \(manifest.database ?? "?") (native engine)\n-- load: mariadb --database=<db> < <this file>\n".utf8))
         if let selection {
@@ -232,17 +201,18 @@ public enum MariaDBNativeScript {
             """.utf8))
         for table in selection?.tables ?? contents.tables {
             for member in table.members {
-                let feed = try MemberPipe(restorer: restorer(), manifest: manifest.id, member: member)
-                defer { feed.finish() }
-                var source = feed.source
-                var writer = MariaDBInsertWriter(table: table.name, columns: table.columns)
-                var buffer = [UInt8](repeating: 0, count: 1 << 20)
-                while true {
-                    let n = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
-                    if n == 0 { break }
-                    try buffer.withUnsafeBytes { try writer.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), emit: text) }
+                // The restore's batches, in order, one at a time, into INSERTs.
+                final class Writer: @unchecked Sendable {
+                    var insert: MariaDBInsertWriter
+                    init(_ insert: MariaDBInsertWriter) { self.insert = insert }
                 }
-                try writer.finish(emit: text)
+                let writer = Writer(MariaDBInsertWriter(table: table.name, columns: table.columns))
+                try restorer().restore(manifest.id, member: member, to: .consumer(name: name) { batch in
+                    try writer.insert.feed(batch) { statement in
+                        try statement.withUnsafeBytes { try FileIO.writeAll(fd, $0, path: name) }
+                    }
+                })
+                try writer.insert.finish(emit: text)
             }
         }
         try text(Array("""

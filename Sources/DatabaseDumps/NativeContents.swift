@@ -350,3 +350,19 @@ public struct MariaDBSelection {
         return lines.joined(separator: "\n")
     }
 }
+
+/// A native dump under way, of either engine: the member streams to back up
+/// `streams` at once, what the manifest records, and the snapshot to end.
+public protocol NativeDump: AnyObject {
+    var members: [MemberPlan] { get }
+    var streams: Int { get }
+    var info: Manifest.DumpInfo { get }
+    /// What the backup records as its source.
+    var command: [String] { get }
+    var expectedSize: Int64? { get }
+    /// Ends the snapshot's transactions (the backup is committed or has failed).
+    func close()
+}
+
+extension PostgresNativeDump: NativeDump {}
+extension MariaDBNativeDump: NativeDump {}

@@ -26,6 +26,11 @@ struct NativeLoads {
     let loads: [Load]
     /// Tables without a member (no rows to load): done from the start.
     let emptyTables: Int
+    /// The plaintext bytes of every member to load.
+    var totalBytes: Int64 { loads.reduce(0) { $0 + $1.bytes } }
+
+    /// Connections worth opening for `jobs`: no more than there are members.
+    func workers(upTo jobs: Int) -> Int { min(max(1, jobs), max(1, loads.count)) }
 
     init(manifest: Manifest, tables: [NativeContents.Table]) {
         emptyTables = tables.filter(\.members.isEmpty).count
@@ -116,5 +121,73 @@ private final class LoadState: @unchecked Sendable {
             failure = error
             return true
         }
+    }
+}
+
+/// Where a native restore stands, for a progress line.
+public struct NativeRestoreProgress: Sendable {
+    public var tablesDone: Int
+    public var tables: Int
+    public var bytesDone: Int64
+    public var bytes: Int64
+    /// pre-data, data, post-data (PostgreSQL); schema, data, triggers (MySQL/MariaDB).
+    public var phase: String
+}
+
+/// How long each phase of a restore took, in order.
+struct PhaseClock {
+    private(set) var phases: [(name: String, seconds: Double)] = []
+    private var started = Date()
+
+    mutating func end(_ name: String) {
+        phases.append((name, Date().timeIntervalSince(started)))
+        started = Date()
+    }
+}
+
+extension Restorer {
+    /// Restores a backup (or its member `member`) into the standard input of a
+    /// program (pg_restore, psql, mariadb, tar), whose standard output goes to
+    /// our stderr. Returns how the program failed, nil when it exited 0.
+    public func restore(_ id: String, member: String? = nil, intoProgram arguments: [String]) throws -> String? {
+        // A loader that dies early must make our writes fail (EPIPE), not kill us.
+        signal(SIGPIPE, SIG_IGN)
+        guard let tool = arguments.first, let exe = findExecutable(tool) else {
+            throw DatabaseError.toolMissing(tool: arguments.first ?? "?", package: "the database's client tools")
+        }
+        let (loader, input) = try ChildProcess.feeding(executable: exe, arguments: arguments, stdoutFD: STDERR_FILENO)
+        do {
+            _ = try restore(id, member: member, to: .descriptor(input, name: tool))
+        } catch {
+            close(input)
+            _ = loader.wait()
+            throw error
+        }
+        close(input)
+        return loader.failure()
+    }
+
+    /// A restorer of one member of a backup whose shared lock the caller holds
+    /// for all of them, on `threads` threads.
+    static func forMember(of repository: Repository, threads: Int = 1) -> Restorer {
+        let r = Restorer(repository: repository)
+        r.callerHoldsLock = true
+        r.jobs = threads
+        return r
+    }
+}
+
+extension DatabaseError {
+    /// `error`, met loading `table`'s rows, as `loadFailed` says it: the
+    /// server's words, or the store's message.
+    static func loadFailed(table: String, error: Error) -> DatabaseError {
+        let detail: String
+        switch error {
+        case DatabaseError.queryFailed(_, let d): detail = d
+        case let e as DatabaseError: detail = e.message
+        case let e as DedupError: detail = e.message
+        default: detail = "\(error)"
+        }
+        return .loadFailed(table: table, detail: detail)
     }
 }

@@ -13,24 +13,23 @@ extension PostgresConnection {
     /// policies would hide rows from this role is an error, not a short table),
     /// and the rows in `encoding` (the database's; nil: leave it).
     public func setDumpSession(encoding: String?) throws {
-        var sql = """
-            SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3;
-            SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
-            SET row_security = off;
-            """
-        if let encoding { sql += " SET client_encoding = \(try quoted(literal: encoding));" }
-        try execute(sql)
+        try execute(Self.rowSettings(encoding: encoding) + " SET row_security = off;")
     }
 
     /// The same settings for a session that loads rows dumped with them.
     public func setLoadSession(encoding: String?) throws {
+        try execute(Self.rowSettings(encoding: encoding) + " SET synchronous_commit = off;")
+    }
+
+    /// What both a dump's and a load's sessions set.
+    private static func rowSettings(encoding: String?) -> String {
         var sql = """
             SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3;
             SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
-            SET synchronous_commit = off;
             """
-        if let encoding { sql += " SET client_encoding = \(try quoted(literal: encoding));" }
-        try execute(sql)
+        // The encoding's name is one of the server's own (pg_encoding_to_char).
+        if let encoding { sql += " SET client_encoding = '\(encoding.replacingOccurrences(of: "'", with: "''"))';" }
+        return sql
     }
 
     /// The connected database's encoding (UTF8, LATIN1, ...).

@@ -8,16 +8,6 @@ import Foundation
 /// chunks verified before a byte is sent), the sequences, and the post-data
 /// section (indexes, constraints, triggers) by pg_restore on `jobs` connections.
 public final class PostgresNativeRestore {
-    /// Where a restore stands, for a progress line.
-    public struct Progress: Sendable {
-        public var tablesDone: Int
-        public var tables: Int
-        public var bytesDone: Int64
-        public var bytes: Int64
-        /// pre-data, data, post-data.
-        public var phase: String
-    }
-
     private let repository: Repository
     private let manifest: Manifest
     private let contents: NativeContents
@@ -27,7 +17,7 @@ public final class PostgresNativeRestore {
     /// Decompression and hashing threads of each member's restore.
     public var threads = 1
     public var lockWait: TimeInterval = 600
-    public var progress: ((Progress) -> Void)?
+    public var progress: ((NativeRestoreProgress) -> Void)?
     /// Restore these tables alone (with their indexes, constraints, triggers,
     /// sequences, and the foreign keys between them); nil: the whole backup.
     public var selection: NativeSelection?
@@ -66,13 +56,10 @@ public final class PostgresNativeRestore {
         }
 
         let tables = selection?.tables ?? contents.tables
-        let totalBytes = tables.reduce(Int64(0)) { $0 + memberBytes($1) }
-        phases = []
-        var phaseStart = Date()
-        func phaseEnded(_ name: String) {
-            phases.append((name, Date().timeIntervalSince(phaseStart)))
-            phaseStart = Date()
-        }
+        let loads = NativeLoads(manifest: manifest, tables: tables)
+        let totalBytes = loads.totalBytes
+        var clock = PhaseClock()
+        defer { phases = clock.phases }
         report(.init(tablesDone: 0, tables: tables.count, bytesDone: 0, bytes: totalBytes, phase: "pre-data"))
         if force && !tables.isEmpty {
             let connection = try PostgresConnection(address, database: target)
@@ -85,15 +72,15 @@ public final class PostgresNativeRestore {
             try restoreMember(member, toFile: file)
             try pgRestore(force ? ["--clean", "--if-exists"] : [], file, what: "of the large objects")
         }
-        phaseEnded("pre-data")
-        try loadTables(tables, totalBytes: totalBytes)
+        clock.end("pre-data")
+        try load(loads, tables: tables.count, totalBytes: totalBytes)
         if let member = contents.afterData {
             var script = String(decoding: try restorer().bytes(of: manifest.id, member: member), as: UTF8.self)
             if let selection { script = selection.setvals(script) }
             // setval statements: their last result is rows.
             if !script.isEmpty { try PostgresConnection(address, database: target).run(script, expecting: PGRES_TUPLES_OK) { _ in } }
         }
-        phaseEnded("data")
+        clock.end("data")
         report(.init(tablesDone: tables.count, tables: tables.count, bytesDone: totalBytes, bytes: totalBytes,
                      phase: "post-data"))
         // Index builds in parallel, each with the server's parallel workers and
@@ -102,21 +89,12 @@ public final class PostgresNativeRestore {
                       options: "-c maintenance_work_mem=256MB -c max_parallel_maintenance_workers=\(max(0, jobs - 1))")
         let refresh = selection == nil ? contents.refreshStatements : []
         if !refresh.isEmpty { try PostgresConnection(address, database: target).execute(refresh.joined(separator: "\n")) }
-        phaseEnded("post-data")
+        clock.end("post-data")
     }
 
-    private func memberBytes(_ table: NativeContents.Table) -> Int64 {
-        table.members.reduce(0) { sum, name in sum + ((try? manifest.stream(name).size) ?? 0) }
-    }
+    private func report(_ p: NativeRestoreProgress) { progress?(p) }
 
-    private func report(_ p: Progress) { progress?(p) }
-
-    private func restorer() -> Restorer {
-        let r = Restorer(repository: repository)
-        r.callerHoldsLock = true
-        r.jobs = threads
-        return r
-    }
+    private func restorer() -> Restorer { .forMember(of: repository, threads: threads) }
 
     private func restoreMember(_ member: String, toFile path: String) throws {
         try restorer().restore(manifest.id, member: member, to: .file(path: path, overwrite: true))
@@ -124,22 +102,9 @@ public final class PostgresNativeRestore {
 
     /// pg_restore of `file` into the target, stopping at the first error.
     private func pgRestore(_ arguments: [String], _ file: String, what: String, options: String? = nil) throws {
-        guard let exe = findExecutable("pg_restore") else {
-            throw DatabaseError.toolMissing(tool: "pg_restore", package: "postgresql-client")
-        }
-        let args = ["pg_restore", "--no-password", "--exit-on-error", "--dbname=\(target)"] + arguments
+        let args = ["--no-password", "--exit-on-error", "--dbname=\(target)"] + arguments
             + PostgresDumpPlan.connectionArguments(address) + [file]
-        var environment: [String: String]?
-        if let options {
-            var env = ProcessInfo.processInfo.environment
-            env["PGOPTIONS"] = [env["PGOPTIONS"], options].compactMap { $0 }.joined(separator: " ")
-            environment = env
-        }
-        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer { close(devNull) }
-        let child = try ChildProcess(executable: exe, arguments: args, environment: environment, stdinFD: devNull,
-                                     stdoutFD: STDERR_FILENO)
-        if let failure = child.failure() {
+        if let failure = try PostgresRestorePlan.runPgRestore(args, stdoutFD: STDERR_FILENO, options: options) {
             throw DatabaseError.invalidArgument(
                 "pg_restore \(what) \(failure) (its messages are above); database \(target) is partly restored: restore again with --force, or drop it"
             )
@@ -147,16 +112,15 @@ public final class PostgresNativeRestore {
     }
 
     /// The data members on `jobs` connections, the largest tables first; the
-    /// first failure stops the others from starting another table and is thrown.
-    private func loadTables(_ tables: [NativeContents.Table], totalBytes: Int64) throws {
-        let connections = try (0..<min(jobs, max(1, tables.reduce(0) { $0 + $1.members.count }))).map { _ in
+    /// first failure cancels the loads under way and is thrown.
+    private func load(_ loads: NativeLoads, tables: Int, totalBytes: Int64) throws {
+        let connections = try (0..<loads.workers(upTo: jobs)).map { _ in
             let c = try PostgresConnection(address, database: target)
             try c.setLoadSession(encoding: contents.encoding)
             return c
         }
-        try NativeLoads(manifest: manifest, tables: tables).run(workers: connections.count) { p in
-            self.report(.init(tablesDone: p.tables, tables: tables.count, bytesDone: p.bytes, bytes: totalBytes,
-                              phase: "data"))
+        try loads.run(workers: connections.count) { p in
+            self.report(.init(tablesDone: p.tables, tables: tables, bytesDone: p.bytes, bytes: totalBytes, phase: "data"))
         } cancel: { worker in
             connections[worker].cancelRunningCommand()
         } load: { load, worker in
@@ -186,14 +150,7 @@ public final class PostgresNativeRestore {
             }
         } catch {
             if load.whole { try? connection.execute("ROLLBACK") }
-            let detail: String
-            switch error {
-            case DatabaseError.queryFailed(_, let d): detail = d
-            case let e as DatabaseError: detail = e.message
-            case let e as DedupError: detail = e.message
-            default: detail = "\(error)"
-            }
-            throw DatabaseError.loadFailed(table: load.table.name, detail: detail)
+            throw DatabaseError.loadFailed(table: load.table.name, error: error)
         }
     }
 }
@@ -233,38 +190,30 @@ public enum PostgresNativeScript {
         signal(SIGPIPE, SIG_IGN)
         let folder = try TemporaryFolder()
         defer { folder.remove() }
-        func restorer() -> Restorer {
-            let r = Restorer(repository: repository)
-            r.callerHoldsLock = true
-            return r
-        }
+        func restorer() -> Restorer { .forMember(of: repository) }
         func text(_ s: String) throws {
             try Array(s.utf8).withUnsafeBytes { try FileIO.writeAll(fd, $0, path: name) }
         }
-        var listed = [String]()
-        func archive(_ member: String, _ arguments: [String]) throws {
+        /// A member that is a pg_dump archive, in a file of the folder (restored once).
+        func archiveFile(_ member: String) throws -> String {
             let file = folder.path + "/" + member.replacingOccurrences(of: "/", with: "_")
             if !FileIO.exists(file) {
                 try restorer().restore(manifest.id, member: member, to: .file(path: file, overwrite: true))
             }
-            guard let exe = findExecutable("pg_restore") else {
-                throw DatabaseError.toolMissing(tool: "pg_restore", package: "postgresql-client")
-            }
-            let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            defer { close(devNull) }
-            let child = try ChildProcess(executable: exe, arguments: ["pg_restore", "--file=-"] + arguments + listed + [file],
-                                         stdinFD: devNull, stdoutFD: fd)
-            if let failure = child.failure() {
+            return file
+        }
+        var listed = [String]()
+        func archive(_ member: String, _ arguments: [String]) throws {
+            let file = try archiveFile(member)
+            if let failure = try PostgresRestorePlan.runPgRestore(["--file=-"] + arguments + listed + [file], stdoutFD: fd) {
                 throw DatabaseError.invalidArgument("pg_restore of the \(member) member \(failure) (its messages are above)")
             }
         }
         try text("-- dbbackup: backup \(manifest.id) of database \(manifest.database ?? "?") (native engine)\n"
                  + "-- load into an empty database: psql --set ON_ERROR_STOP=1 -d <db> -f <this file>\n")
         if let selection {
-            let schema = folder.path + "/" + contents.schema
-            try restorer().restore(manifest.id, member: contents.schema, to: .file(path: schema, overwrite: true))
             let list = folder.path + "/selection.list"
-            try selection.writeList(of: schema, to: list)
+            try selection.writeList(of: try archiveFile(contents.schema), to: list)
             listed = ["--use-list=\(list)"]
         }
         try archive(contents.schema, ["--section=pre-data"])

@@ -48,3 +48,25 @@ public struct PostgresRestorePlan: Sendable {
         return PostgresRestorePlan(arguments: args)
     }
 }
+
+extension PostgresRestorePlan {
+    /// Runs pg_restore with `arguments` (argv[0] excluded), its input
+    /// /dev/null and its output to `stdoutFD`; `options` joins PGOPTIONS for
+    /// its sessions. Returns how it failed, nil when it exited 0.
+    static func runPgRestore(_ arguments: [String], stdoutFD: Int32, options: String? = nil) throws -> String? {
+        guard let exe = findExecutable("pg_restore") else {
+            throw DatabaseError.toolMissing(tool: "pg_restore", package: "postgresql-client")
+        }
+        var environment: [String: String]?
+        if let options {
+            var env = ProcessInfo.processInfo.environment
+            env["PGOPTIONS"] = [env["PGOPTIONS"], options].compactMap { $0 }.joined(separator: " ")
+            environment = env
+        }
+        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(devNull) }
+        let child = try ChildProcess(executable: exe, arguments: ["pg_restore"] + arguments, environment: environment,
+                                     stdinFD: devNull, stdoutFD: stdoutFD)
+        return child.failure()
+    }
+}

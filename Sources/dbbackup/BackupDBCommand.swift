@@ -161,26 +161,19 @@ struct DedupBackupDB: ParsableCommand {
             try commit(try driver.dump(database: db), name: name, database: db, into: repo)
             return
         }
-        let members: [MemberPlan], streams: Int, info: Manifest.DumpInfo, command: [String], size: Int64?
-        let close: () -> Void
-        if dbType.isMySQLFamily {
-            let dump = try MariaDBNativeDump(address: server.address, database: db, jobs: workers) { Terminal.notice($0) }
-            (members, streams, info, command, size, close) =
-                (dump.members, dump.streams, dump.info, dump.command, dump.expectedSize, dump.close)
-        } else {
-            let dump = try PostgresNativeDump(address: server.address, database: db, jobs: workers)
-            (members, streams, info, command, size, close) =
-                (dump.members, dump.streams, dump.info, dump.command, dump.expectedSize, dump.close)
-        }
-        defer { close() }
-        var options = BackupOptions(name: name, source: command.joined(separator: " "))
+        let dump: any NativeDump = dbType.isMySQLFamily
+            ? try MariaDBNativeDump(address: server.address, database: db, jobs: workers) { Terminal.notice($0) }
+            : try PostgresNativeDump(address: server.address, database: db, jobs: workers)
+        defer { dump.close() }
+        var options = BackupOptions(name: name, source: dump.command.joined(separator: " "))
         options.kind = .dump
         options.database = db
-        options.dbType = info.engine
-        options.dbHost = info.server
-        options.dump = info
+        options.dbType = dump.info.engine
+        options.dbHost = dump.info.server
+        options.dump = dump.info
         options.checkDumpComplete = false
-        try committing.commit(members: members, streams: streams, into: repo, options: options, expectedSize: size)
+        try committing.commit(
+            members: dump.members, streams: dump.streams, into: repo, options: options, expectedSize: dump.expectedSize)
     }
 
     /// The whole cluster (PostgreSQL's pg_basebackup), the start of point-in-time recovery.

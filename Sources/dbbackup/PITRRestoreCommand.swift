@@ -133,8 +133,8 @@ struct RestorePITR: ParsableCommand {
 
         // The base backup, verified chunk by chunk, into tar.
         let restorer = Restorer(repository: repo)
-        if let failure = try restore(
-            base.id, with: restorer, into: ["tar", "--extract", "--file=-", "--directory=\(targetDir)"])
+        if let failure = try restorer.restore(
+            base.id, intoProgram: ["tar", "--extract", "--file=-", "--directory=\(targetDir)"])
         {
             throw DatabaseError.invalidArgument(
                 "tar \(failure) while unpacking the base backup into \(targetDir) (its messages are above); the folder holds a partial copy: empty it before trying again"
@@ -253,7 +253,7 @@ struct RestorePITR: ParsableCommand {
                 repository: repo, manifest: dump, contents: try NativeContents.read(dump, from: repo), address: address,
                 target: targetDb, jobs: min(8, max(1, ProcessInfo.processInfo.activeProcessorCount)))
             try loader.run(client: plan.arguments)
-        } else if let failure = try restore(dump.id, with: restorer, into: plan.arguments) {
+        } else if let failure = try restorer.restore(dump.id, intoProgram: plan.arguments) {
             throw DatabaseError.invalidArgument(
                 "\(plan.arguments[0]) \(failure) while loading the dump (its messages are above); database \(targetDb) may be partly restored"
             )

@@ -156,8 +156,16 @@ struct DedupRestore: ParsableCommand {
         }
     }
 
+    /// After a native backup's restore: how long each phase took.
+    private func tellPhases(_ phases: [(name: String, seconds: Double)], connections: Int) {
+        Terminal.clearProgress()
+        Terminal.err(
+            "loaded on \(connections) connections: "
+                + phases.map { "\($0.name) \(String(format: "%.2f", $0.seconds)) s" }.joined(separator: ", "))
+    }
+
     /// The progress line of a native backup's restore: tables, bytes, ETA.
-    private func nativeProgress() -> (PostgresNativeRestore.Progress) -> Void {
+    private func nativeProgress() -> (NativeRestoreProgress) -> Void {
         let started = Date()
         return { p in
             let elapsed = Date().timeIntervalSince(started)
@@ -242,10 +250,7 @@ struct DedupRestore: ParsableCommand {
             loader.replace = force
             loader.progress = nativeProgress()
             try loader.run(client: plan.arguments)
-            Terminal.clearProgress()
-            Terminal.err(
-                "loaded on \(loader.jobs) connections: "
-                    + loader.phases.map { "\($0.name) \(String(format: "%.2f", $0.seconds)) s" }.joined(separator: ", "))
+            tellPhases(loader.phases, connections: loader.jobs)
             return manifest
         }
         if let dump = manifest.dump, dump.format == NativeFormat.name, DatabaseEngine(name: dump.engine) == .postgres {
@@ -262,10 +267,7 @@ struct DedupRestore: ParsableCommand {
             if let threads { loader.threads = threads }
             loader.progress = nativeProgress()
             try loader.run(force: force)
-            Terminal.clearProgress()
-            Terminal.err(
-                "loaded on \(loader.jobs) connections: "
-                    + loader.phases.map { "\($0.name) \(String(format: "%.2f", $0.seconds)) s" }.joined(separator: ", "))
+            tellPhases(loader.phases, connections: loader.jobs)
             return manifest
         }
         try requireNoTables(manifest)
@@ -278,7 +280,7 @@ struct DedupRestore: ParsableCommand {
         }
         let arguments = plan.arguments
         let tool = arguments[0]
-        if let failure = try restore(manifest.id, with: restorer, into: arguments) {
+        if let failure = try restorer.restore(manifest.id, intoProgram: arguments) {
             throw DatabaseError.invalidArgument(
                 "\(tool) \(failure) (its messages are above); database \(database) may be partly restored")
         }
@@ -286,23 +288,3 @@ struct DedupRestore: ParsableCommand {
     }
 }
 
-/// Restores a backup into the standard input of a program (pg_restore, psql,
-/// mariadb, tar), whose standard output goes to our stderr. Returns how the
-/// program failed, or nil when it exited 0.
-func restore(_ id: String, with restorer: Restorer, into arguments: [String]) throws -> String? {
-    // A loader that dies early must make our writes fail (EPIPE), not kill us.
-    signal(SIGPIPE, SIG_IGN)
-    guard let tool = arguments.first, let exe = findExecutable(tool) else {
-        throw DatabaseError.toolMissing(tool: arguments.first ?? "?", package: "the database's client tools")
-    }
-    let (loader, input) = try ChildProcess.feeding(executable: exe, arguments: arguments, stdoutFD: STDERR_FILENO)
-    do {
-        _ = try restorer.restore(id, to: .descriptor(input, name: tool))
-    } catch {
-        close(input)
-        _ = loader.wait()
-        throw error
-    }
-    close(input)
-    return loader.failure()
-}

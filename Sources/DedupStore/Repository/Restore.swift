@@ -45,31 +45,13 @@ public final class Restorer {
         guard size <= limit else {
             throw DedupError.invalidArgument("member \(member ?? "") of \(manifest.id) is \(size) bytes, more than the \(limit) expected")
         }
-        guard let pipe = FileIO.makePipe() else {
-            throw DedupError.invalidArgument("cannot make a pipe (\(String(cString: strerror(errno))))")
-        }
         final class Collected: @unchecked Sendable { var bytes = [UInt8]() }
         let collected = Collected()
-        let done = DispatchSemaphore(value: 0)
-        let readFD = pipe.read
-        startThread(named: "dbbackup-member") {
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
-                if n > 0 { collected.bytes += buffer[0..<n] } else if n == 0 || errno != EINTR { break }
-            }
-            close(readFD)
-            done.signal()
-        }
-        do {
-            try restore(manifest.id, member: member, to: .descriptor(pipe.write, name: "member \(member ?? "")"))
-        } catch {
-            close(pipe.write)
-            done.wait()
-            throw error
-        }
-        close(pipe.write)
-        done.wait()
+        collected.bytes.reserveCapacity(Int(size))
+        // The batches come in order, one at a time, from the restore's writer.
+        try restore(manifest.id, member: member, to: .consumer(name: "member \(member ?? "")") { batch in
+            collected.bytes += batch
+        })
         return collected.bytes
     }
 
